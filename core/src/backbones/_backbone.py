@@ -1,0 +1,287 @@
+"""`Backbone`: the base every plugin's ``torch.nn.Module`` backbone extends.
+
+A plugin implements three things:
+
+* ``__init__(config)``: build the modules (attribute names are the checkpoint's key names), set
+  ``self.num_features`` (channels of every stage) and ``self.reductions`` (stride of every stage),
+  then call ``self.post_init()``.
+* ``_forward_features(pixel_values, *, last_stage, output_hidden_states, output_attentions)``: run
+  stages ``0..last_stage`` and return ``(stage_maps, hidden_states, attentions)`` where
+  ``stage_maps[i]`` is the feature map of stage ``i`` *if it is in* ``self.out_positions`` (others
+  may be ``None``, so no work is spent on them).
+* ``_init_weights(module)``: initialise one module as the reference implementation does.
+
+Optionally ``_prune_stages(last_stage)`` to drop the modules of deeper stages, and
+``_on_out_features_changed()`` when per-output modules (e.g. output norms) must follow a new selection.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ._config import BackboneConfig
+from ._output import BackboneOutput
+from ._stages import positive_indices
+
+__all__ = ["Backbone", "WEIGHTS_NAME"]
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+class Backbone(nn.Module):
+    """Base class of backbones: metadata known without a forward, transformers' forward contract.
+
+    Class attributes a plugin sets:
+        config_class: Its :class:`BackboneConfig` subclass.
+        base_model_prefix: Key prefix of the trunk inside task checkpoints (``"resnet"`` for
+            ``ResNetForImageClassification``'s ``resnet.embedder...``). Keys are matched with or without it.
+        has_attentions: Whether ``output_attentions=True`` can return attention weights.
+        ignored_checkpoint_keys: Regexes of checkpoint keys to drop silently (e.g. buffers that older
+            transformers releases saved and that are now recomputed).
+        reference_class_name: The transformers class name written to ``architectures`` on save.
+    """
+
+    config_class: ClassVar[type[BackboneConfig]] = BackboneConfig
+    base_model_prefix: ClassVar[str] = ""
+    has_attentions: ClassVar[bool] = True
+    ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = ()
+    reference_class_name: ClassVar[str] = ""
+
+    num_features: list[int]
+    """Channels of every stage, aligned with ``stage_names``."""
+    reductions: list[int]
+    """Stride of every stage relative to the input, aligned with ``stage_names``."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+        self._num_kept_stages = len(config.stage_names)
+
+    def post_init(self) -> None:
+        """Initialise every module with :meth:`_init_weights`; plugins call it at the end of ``__init__``."""
+        for name in ("num_features", "reductions"):
+            value = getattr(self, name, None)
+            if value is None or len(value) != len(self.stage_names):
+                raise TypeError(
+                    f"{type(self).__name__}.__init__ must set {name} to one value per stage "
+                    f"({len(self.stage_names)}: {self.stage_names}), got {value!r}"
+                )
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module``'s own parameters as the reference implementation does."""
+
+    # -- metadata ---------------------------------------------------------------------------------
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Names of every stage, shallowest first."""
+        return self.config.stage_names
+
+    @property
+    def out_features(self) -> list[str]:
+        """Names of the returned stages. Assigning re-aligns ``out_indices``."""
+        return self.config.out_features
+
+    @out_features.setter
+    def out_features(self, value: list[str] | tuple[str, ...] | None) -> None:
+        self._select_outputs(value, None)
+
+    @property
+    def out_indices(self) -> list[int]:
+        """Indices of the returned stages (negative allowed). Assigning re-aligns ``out_features``."""
+        return self.config.out_indices
+
+    @out_indices.setter
+    def out_indices(self, value: list[int] | tuple[int, ...] | None) -> None:
+        self._select_outputs(None, value)
+
+    @property
+    def out_positions(self) -> list[int]:
+        """``out_indices`` as non-negative positions into ``stage_names``."""
+        return positive_indices(self.config.out_indices, len(self.stage_names))
+
+    @property
+    def out_feature_channels(self) -> dict[str, int]:
+        """Channels of every stage, by stage name."""
+        return dict(zip(self.stage_names, self.num_features))
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels of each returned feature map."""
+        channels = self.out_feature_channels
+        return [channels[name] for name in self.out_features]
+
+    @property
+    def out_reductions(self) -> list[int]:
+        """Stride of each returned feature map."""
+        return [self.reductions[position] for position in self.out_positions]
+
+    def _select_outputs(self, out_features: Any, out_indices: Any) -> None:
+        kept = self._num_kept_stages
+        if kept < len(self.stage_names):
+            from ._stages import align_out_features_out_indices
+
+            features, indices = align_out_features_out_indices(out_features, out_indices, self.stage_names)
+            positions = positive_indices(indices, len(self.stage_names))
+            too_deep = [name for name, position in zip(features, positions) if position >= kept]
+            if too_deep:
+                raise ValueError(
+                    f"stages {too_deep} were pruned from this model (it keeps {self.stage_names[:kept]}); "
+                    "reload it to output deeper stages"
+                )
+        self.config.set_out_features_out_indices(out_features, out_indices)
+        self._on_out_features_changed()
+
+    def _on_out_features_changed(self) -> None:
+        """Hook for backbones with per-output modules; called after the selection changed."""
+
+    # -- forward ----------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BackboneOutput | tuple[Any, ...]:
+        """Compute the feature maps of the requested stages.
+
+        Only the stages up to the deepest requested one are run, unless hidden states are requested.
+
+        Args:
+            pixel_values: ``(batch, channels, height, width)`` images.
+            output_hidden_states: Also return every stage's hidden state (default: the config's).
+            output_attentions: Also return attention weights (attention backbones only; default: the
+                config's).
+            return_dict: Return a :class:`BackboneOutput` or a plain tuple (default: the config's, True).
+
+        Returns:
+            :class:`BackboneOutput`, or ``(feature_maps, [hidden_states], [attentions])`` when
+            ``return_dict=False``.
+        """
+        config = self.config
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = config.output_attentions and self.has_attentions
+        if return_dict is None:
+            return_dict = config.return_dict
+        if output_attentions and not self.has_attentions:
+            raise ValueError(
+                f"{type(self).__name__} has no attention layers, so output_attentions=True cannot be honoured; "
+                "drop the argument (forward_with_filtered_kwargs does this for you)"
+            )
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must be a 4-D (batch, channels, height, width) tensor, got shape {tuple(pixel_values.shape)}"
+            )
+        positions = self.out_positions
+        last_stage = self._num_kept_stages - 1 if output_hidden_states else max(positions, default=0)
+        stage_maps, hidden_states, attentions = self._forward_features(
+            pixel_values,
+            last_stage=last_stage,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        feature_maps = tuple(stage_maps[position] for position in positions)
+        if any(fmap is None for fmap in feature_maps):
+            missing = [self.stage_names[p] for p, fmap in zip(positions, feature_maps) if fmap is None]
+            raise RuntimeError(
+                f"{type(self).__name__}._forward_features returned no map for requested stages {missing}"
+            )
+        if not return_dict:
+            result: tuple[Any, ...] = (feature_maps,)
+            if output_hidden_states:
+                result += (hidden_states,)
+            if output_attentions:
+                result += (attentions,)
+            return result
+        return BackboneOutput(
+            feature_maps=feature_maps,  # type: ignore[arg-type]  # no None: checked above
+            hidden_states=hidden_states if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+        )
+
+    def _forward_features(
+        self,
+        pixel_values: Tensor,
+        *,
+        last_stage: int,
+        output_hidden_states: bool,
+        output_attentions: bool,
+    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        raise NotImplementedError(f"{type(self).__name__} must implement _forward_features")
+
+    def forward_with_filtered_kwargs(self, *args: Any, **kwargs: Any) -> BackboneOutput | tuple[Any, ...]:
+        """Call the backbone, dropping keyword arguments it does not take (as transformers does)."""
+        if not self.has_attentions:
+            kwargs.pop("output_attentions", None)
+        accepted = {"pixel_values", "output_hidden_states", "output_attentions", "return_dict"}
+        return self(*args, **{key: value for key, value in kwargs.items() if key in accepted})
+
+    # -- pruning ----------------------------------------------------------------------------------
+
+    def prune_unused_stages(self) -> list[str]:
+        """Delete the modules of stages deeper than the deepest requested one.
+
+        Their parameters are freed; afterwards only stages up to that one can be requested or
+        returned as hidden states.
+
+        Returns:
+            Names of the pruned stages.
+        """
+        last = max(self.out_positions, default=0)
+        pruned = self.stage_names[last + 1 : self._num_kept_stages]
+        if pruned:
+            self._prune_stages(last)
+            self._num_kept_stages = last + 1
+        return pruned
+
+    def _prune_stages(self, last_stage: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support pruning stages")
+
+    @property
+    def num_kept_stages(self) -> int:
+        """How many stages (from the stem) this model still has modules for."""
+        return self._num_kept_stages
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` in transformers' format.
+
+        Both files are written atomically. Returns the directory.
+        """
+        from ._loading import save_checkpoint
+
+        return save_checkpoint(self, Path(directory))
+
+    @classmethod
+    def from_config(cls, config: BackboneConfig) -> Backbone:
+        """Build a randomly initialised backbone from ``config``."""
+        return cls(config)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Load a checkpoint into this class; see :meth:`backbones.AutoBackbone.from_pretrained`."""
+        from ._loading import load_pretrained
+
+        return load_pretrained(name_or_path, model_class=cls, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"out_features={self.out_features}"
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the first parameter (CPU for a model without parameters)."""
+        for parameter in self.parameters():
+            return parameter.device
+        return torch.device("cpu")

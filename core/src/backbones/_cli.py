@@ -1,0 +1,250 @@
+"""The ``backbones`` command: ``list``, ``info`` and ``extract``.
+
+``list`` never imports torch. ``info`` builds the model with parameters on the meta device, so it is
+fast and needs no weights. ``extract`` runs a checkpoint on an image and prints, saves or plots its maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._errors import BackboneError
+
+if TYPE_CHECKING:
+    from ._backbone import Backbone
+    from ._config import BackboneConfig
+
+__all__ = ["main"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(value) for value in header], *[[str(value) for value in row] for row in rows]]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
+    lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from ._registry import get_registry
+
+    registry = get_registry()
+    rows = []
+    for entry in registry.registrations():
+        aliases = [name for name in registry.model_types() if registry.get(name) is entry and name != entry.model_type]
+        rows.append(
+            [
+                entry.model_type,
+                entry.distribution,
+                entry.version or "-",
+                ", ".join(aliases) or "-",
+                entry.description or "",
+            ]
+        )
+    if rows:
+        print(_table(rows, ["model type", "distribution", "version", "aliases", "description"]))
+    else:
+        print("no backbone plugins installed; e.g. pip install backbones-swin")
+    for name, distributions in sorted(registry.conflicts.items()):
+        print(f"\nconflict: model type {name!r} is provided by {' and '.join(distributions)}; uninstall all but one")
+    if registry.failures:
+        print("\nplugins that failed to load:")
+        for failure in registry.failures:
+            print(f"  {failure.name} ({failure.distribution} {failure.version}): {failure.summary}")
+            if args.verbose:
+                print("    " + failure.details.rstrip().replace("\n", "\n    "))
+    return 0
+
+
+def _is_model_type(target: str) -> bool:
+    """A bare name like ``swin`` is a model type; a directory or ``org/name`` is a checkpoint."""
+    from ._hub import is_local
+
+    return not is_local(target) and "/" not in target
+
+
+def _load_config(target: str, hub: dict[str, Any]) -> BackboneConfig:
+    from ._auto import AutoBackboneConfig
+    from ._registry import get_registry
+
+    if _is_model_type(target):
+        return AutoBackboneConfig.for_model(get_registry().get(target).model_type)
+    return AutoBackboneConfig.from_pretrained(target, **hub)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ._loading import parameters_on_meta
+    from ._registry import get_registry
+
+    config = _load_config(args.target, _hub_options(args))
+    model_class = get_registry().get(config.model_type).load_model_class()
+    with parameters_on_meta():
+        model: Backbone = model_class(config)
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    selected = set(model.out_features)
+    rows = [
+        [name, channels, reduction, "yes" if name in selected else ""]
+        for name, channels, reduction in zip(model.stage_names, model.num_features, model.reductions)
+    ]
+    print(f"{config.model_type}: {type(model).__name__}, {parameters:,} parameters ({parameters / 1e6:.2f} M)")
+    print(_table(rows, ["stage", "channels", "stride", "selected"]))
+    return 0
+
+
+def _read_image(path: Path, size: int | None) -> Any:
+    try:
+        import numpy as np
+        from PIL import Image
+    except ImportError:
+        raise BackboneError("reading images needs Pillow and NumPy: pip install 'backbones-core[image]'") from None
+    import torch
+
+    try:
+        image = Image.open(path).convert("RGB")
+    except FileNotFoundError:
+        raise BackboneError(f"image {path} does not exist") from None
+    except OSError as error:
+        raise BackboneError(f"cannot read image {path}: {error}") from None
+    if size is not None:
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)
+    return torch.from_numpy((array - mean) / std).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    import torch
+
+    from ._auto import AutoBackbone
+
+    overrides: dict[str, Any] = {}
+    if args.out_indices is not None:
+        overrides["out_indices"] = args.out_indices
+    if _is_model_type(args.model):
+        config = _load_config(args.model, {})
+        model = AutoBackbone.from_config(config, **overrides).eval()
+        print(f"note: {args.model!r} is a model type, so the weights are random (pass a checkpoint for real features)")
+    else:
+        loaded = AutoBackbone.from_pretrained(args.model, **overrides, **_hub_options(args))
+        assert not isinstance(loaded, tuple)
+        model = loaded
+    size = None if args.size == 0 else args.size
+    print(
+        f"preprocessing: RGB, resize to {size}x{size} (bilinear), scale to [0, 1], normalise with ImageNet "
+        f"mean {IMAGENET_MEAN} and std {IMAGENET_STD}"
+        if size
+        else f"preprocessing: RGB at native size, scale to [0, 1], normalise with ImageNet mean {IMAGENET_MEAN} and std {IMAGENET_STD}"
+    )
+    pixels = _read_image(Path(args.image), size)
+    with torch.inference_mode():
+        maps = model(pixels).feature_maps
+    rows = [
+        [
+            name,
+            "x".join(str(d) for d in fmap.shape[1:]),
+            stride,
+            f"{fmap.mean():.4f}",
+            f"{fmap.std():.4f}",
+            f"{fmap.abs().max():.4f}",
+        ]
+        for name, fmap, stride in zip(model.out_features, maps, model.out_reductions)
+    ]
+    print(_table(rows, ["stage", "channels x height x width", "stride", "mean", "std", "max |x|"]))
+    if args.save:
+        from safetensors.torch import save_file
+
+        from ._files import atomic_write
+
+        tensors = {name: fmap[0].contiguous() for name, fmap in zip(model.out_features, maps)}
+        atomic_write(
+            Path(args.save), lambda tmp: save_file(tensors, str(tmp), metadata={"image": os.fspath(args.image)})
+        )
+        print(f"saved {len(tensors)} feature maps to {args.save}")
+    if args.plot:
+        _plot(maps, model.out_features, Path(args.plot))
+        print(f"plotted feature maps to {args.plot}")
+    return 0
+
+
+def _plot(maps: Sequence[Any], names: Sequence[str], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BackboneError("--plot needs matplotlib: pip install 'backbones-core[plot]'") from None
+    from ._files import atomic_write
+
+    figure, axes = plt.subplots(1, len(maps), figsize=(3 * len(maps), 3.2), squeeze=False)
+    for axis, name, fmap in zip(axes[0], names, maps):
+        energy = fmap[0].float().pow(2).mean(dim=0).sqrt()
+        axis.imshow(energy.cpu().numpy(), cmap="viridis")
+        axis.set_title(f"{name}\n{fmap.shape[1]}x{fmap.shape[2]}x{fmap.shape[3]}", fontsize=9)
+        axis.axis("off")
+    figure.suptitle("feature-map energy (RMS over channels)", fontsize=10)
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100))
+    plt.close(figure)
+
+
+def _hub_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if getattr(args, "revision", None):
+        options["revision"] = args.revision
+    if getattr(args, "local_files_only", False):
+        options["local_files_only"] = True
+    return options
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="backbones", description="Computer-vision backbones from installed plugins.")
+    parser.add_argument("--version", action="version", version=f"backbones-core {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list", help="installed model types and plugins (and failed plugins)")
+    listing.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of failed plugins")
+    listing.set_defaults(run=_cmd_list)
+
+    info = commands.add_parser("info", help="stages, channels, strides and parameter count")
+    info.add_argument("target", help="a model type (default config), a checkpoint directory or a hub id")
+    info.set_defaults(run=_cmd_info)
+
+    extract = commands.add_parser("extract", help="run a backbone on an image and report its feature maps")
+    extract.add_argument("image", help="image file (any format Pillow reads)")
+    extract.add_argument("--model", required=True, help="checkpoint directory, hub id, or model type (random weights)")
+    extract.add_argument("--out-indices", type=int, nargs="+", help="stages to output (default: the checkpoint's)")
+    extract.add_argument("--size", type=int, default=224, help="resize to SIZExSIZE first (0 keeps the native size)")
+    extract.add_argument("--save", metavar="FILE.safetensors", help="save the maps, keyed by stage name")
+    extract.add_argument("--plot", metavar="FILE.png", help="save a picture of the maps")
+    extract.set_defaults(run=_cmd_extract)
+
+    for sub in (info, extract):
+        sub.add_argument("--revision", help="hub branch, tag or commit")
+        sub.add_argument("--local-files-only", action="store_true", help="never use the network")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``backbones`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (BackboneError, ValueError) as error:
+        print(f"backbones {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

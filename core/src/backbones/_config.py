@@ -1,0 +1,245 @@
+"""`BackboneConfig`: the configuration contract every plugin's config extends.
+
+A config reads and writes transformers' ``config.json`` format. Fields a plugin does not model
+(``architectures``, ``id2label``, ``transformers_version``, ...) are kept as extras and written back
+unchanged, so a round trip loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ._errors import ConfigError
+from ._stages import align_out_features_out_indices
+
+__all__ = ["BackboneConfig", "CONFIG_NAME", "config_from_file"]
+
+CONFIG_NAME = "config.json"
+
+# Keys that are derived (never read back) or handled by the output-stage logic.
+_DERIVED_KEYS = ("stage_names", "out_features", "out_indices", "_out_features", "_out_indices")
+
+
+def _config_error(class_name: str, error: ValidationError) -> ConfigError:
+    """One readable line per invalid field, instead of pydantic's multi-line report."""
+    problems = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(part) for part in item["loc"]) or "config"
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{field}={item.get('input')!r}: {message}")
+    return ConfigError(f"invalid {class_name}: " + "; ".join(problems))
+
+
+class BackboneConfig(BaseModel):
+    """Base configuration of a backbone.
+
+    Subclasses declare ``model_type`` (a class variable), their architecture fields (pydantic fields)
+    and the ``stage_names`` property. ``out_features`` and ``out_indices`` follow transformers'
+    alignment rules (see :func:`backbones.align_out_features_out_indices`); assigning one re-aligns
+    the other.
+
+    Example:
+        >>> cfg = SwinConfig(depths=[2, 2], out_indices=[-1])   # doctest: +SKIP
+        >>> cfg.out_features                                    # doctest: +SKIP
+        ['stage2']
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+        validate_assignment=True,
+        protected_namespaces=(),
+        arbitrary_types_allowed=False,
+    )
+
+    model_type: ClassVar[str] = ""
+    """The ``model_type`` written to and expected in ``config.json``."""
+
+    output_hidden_states: bool = False
+    """Default of the forward's ``output_hidden_states``."""
+    output_attentions: bool = False
+    """Default of the forward's ``output_attentions``."""
+    return_dict: bool = True
+    """Default of the forward's ``return_dict``."""
+
+    # The selection (_out_features, _out_indices) lives in the instance __dict__, set with
+    # object.__setattr__, and is not annotated here: pydantic would make annotated underscore names
+    # private attributes, read through its __getattr__, which torch.compile cannot trace.
+
+    def __init__(self, /, **data: Any) -> None:
+        out_features = data.pop("out_features", data.pop("_out_features", None))
+        out_indices = data.pop("out_indices", data.pop("_out_indices", None))
+        data.pop("stage_names", None)
+        given_type = data.pop("model_type", None)
+        if given_type is not None and self.model_type and given_type != self.model_type:
+            raise ConfigError(
+                f"{type(self).__name__} is for model_type {self.model_type!r}, but the config says "
+                f"{given_type!r}; use AutoBackboneConfig to pick the right class"
+            )
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise _config_error(type(self).__name__, error) from None
+        self.set_out_features_out_indices(out_features, out_indices)
+
+    # -- stages -----------------------------------------------------------------------------------
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Names of every stage, shallowest first (e.g. ``["stem", "stage1", ...]``)."""
+        raise NotImplementedError(f"{type(self).__name__} must define the stage_names property")
+
+    @property
+    def out_features(self) -> list[str]:
+        """Names of the stages whose feature maps the backbone returns."""
+        return list(self.__dict__["_out_features"])
+
+    @out_features.setter
+    def out_features(self, value: list[str] | tuple[str, ...] | None) -> None:
+        self.set_out_features_out_indices(value, None)
+
+    @property
+    def out_indices(self) -> list[int]:
+        """Indices (into ``stage_names``; negative allowed) of the returned stages."""
+        return list(self.__dict__["_out_indices"])
+
+    @out_indices.setter
+    def out_indices(self, value: list[int] | tuple[int, ...] | None) -> None:
+        self.set_out_features_out_indices(None, value)
+
+    def set_out_features_out_indices(
+        self,
+        out_features: list[str] | tuple[str, ...] | None,
+        out_indices: list[int] | tuple[int, ...] | None,
+    ) -> None:
+        """Validate, align and store the output stages (see transformers' method of the same purpose).
+
+        Raises:
+            ValueError: When the values are invalid for this config's ``stage_names``.
+        """
+        self._store_selection(*align_out_features_out_indices(out_features, out_indices, self.stage_names))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # pydantic routes assignments through its own machinery; properties with setters go here.
+        if isinstance(getattr(type(self), name, None), property):
+            object.__setattr__(self, name, value)
+            return
+        if name not in type(self).model_fields:
+            super().__setattr__(name, value)
+            return
+        previous = getattr(self, name)
+        features, indices = self.__dict__["_out_features"], self.__dict__["_out_indices"]
+        try:
+            super().__setattr__(name, value)  # pydantic rebuilds __dict__ from the fields
+        except ValidationError as error:
+            self._store_selection(features, indices)
+            raise _config_error(type(self).__name__, error) from None
+        try:
+            # An architecture change may change the stages: keep the selection valid or say why not.
+            self.set_out_features_out_indices(None, indices)
+        except ValueError:
+            super().__setattr__(name, previous)
+            self._store_selection(features, indices)
+            raise
+
+    def _store_selection(self, features: list[str], indices: list[int]) -> None:
+        object.__setattr__(self, "_out_features", features)
+        object.__setattr__(self, "_out_indices", indices)
+
+    # -- serialisation ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the ``config.json`` dictionary (transformers' format), extras included."""
+        data: dict[str, Any] = {"model_type": self.model_type}
+        data.update(self.model_dump(mode="json"))
+        data["stage_names"] = self.stage_names
+        data["out_features"] = self.out_features
+        data["out_indices"] = self.out_indices
+        return data
+
+    def to_json_string(self) -> str:
+        """Return :meth:`to_dict` as indented, key-sorted JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_dict` to ``path`` atomically (a temporary file, then a rename)."""
+        from ._files import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json_string())
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` into ``directory`` (created if needed) and return its path."""
+        path = Path(directory) / CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.to_json_file(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> BackboneConfig:
+        """Build a config from a ``config.json`` dictionary; ``overrides`` replace its values.
+
+        Raises:
+            ConfigError: When ``model_type`` names another architecture.
+            ValueError: When a field or the output stages are invalid (pydantic's message says which).
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object (dict), got {type(data).__name__}")
+        merged = {key: value for key, value in data.items() if key not in _DERIVED_KEYS}
+        if "out_features" in overrides or "out_indices" in overrides:
+            # An explicit choice replaces both saved values, or they could disagree.
+            merged.update(overrides)
+        else:
+            merged["out_features"] = data.get("out_features", data.get("_out_features"))
+            merged["out_indices"] = data.get("out_indices", data.get("_out_indices"))
+            merged.update(overrides)
+        return cls(**merged)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike[str], **overrides: Any) -> BackboneConfig:
+        """Read a ``config.json`` file (see :meth:`from_dict`)."""
+        from ._files import read_json
+
+        return config_from_file(cls, read_json(Path(path)), Path(path), **overrides)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> BackboneConfig:
+        """Read ``config.json`` from a local directory or a hub repository id.
+
+        Args:
+            name_or_path: A directory holding ``config.json``, or a hub id such as ``"org/name"``.
+            **kwargs: Hub options (``revision``, ``cache_dir``, ``local_files_only``, ``token``) and
+                field overrides.
+        """
+        from ._hub import HUB_OPTIONS, resolve_file
+
+        hub = {key: kwargs.pop(key) for key in list(kwargs) if key in HUB_OPTIONS}
+        path = resolve_file(name_or_path, CONFIG_NAME, **hub)
+        assert path is not None  # only optional look-ups return None
+        return cls.from_json_file(path, **kwargs)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{key}={value!r}" for key, value in self.to_dict().items() if key != "model_type")
+        return f"{type(self).__name__}({fields})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BackboneConfig):
+            return NotImplemented
+        return type(self) is type(other) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def config_from_file(
+    config_class: type[BackboneConfig], data: dict[str, Any], source: Path, **overrides: Any
+) -> BackboneConfig:
+    """``config_class.from_dict(data)``, with any rejection re-raised naming the file it came from."""
+    try:
+        return config_class.from_dict(data, **overrides)
+    except ValueError as error:
+        raise ConfigError(f"invalid backbone config in {source}: {error}") from error

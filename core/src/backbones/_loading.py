@@ -1,0 +1,401 @@
+"""Checkpoint loading and saving: the one place that maps checkpoint keys onto a backbone.
+
+Loading reads ``config.json``, picks the backbone class through the registry, builds the model with
+its parameters on the meta device (no throwaway random init), validates every checkpoint tensor
+against the model before anything is materialised, then fills the model from memory-mapped
+safetensors. Keys the model needs but the checkpoint lacks are initialised as the reference does and
+reported; checkpoint keys the model does not use are reported too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ._config import CONFIG_NAME, config_from_file
+from ._errors import CheckpointError, ConfigError, WeightsMismatchError
+from ._files import atomic_write, atomic_write_text, read_json
+from ._hub import HUB_OPTIONS, resolve_file
+from ._safetensors import SafetensorsFile
+
+if TYPE_CHECKING:
+    from ._backbone import Backbone
+
+__all__ = ["LoadReport", "load_pretrained", "save_checkpoint"]
+
+logger = logging.getLogger("backbones")
+
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_NAME = "pytorch_model.bin"
+PICKLE_INDEX_NAME = "pytorch_model.bin.index.json"
+
+
+@dataclass
+class LoadReport:
+    """What happened to each key when a checkpoint was loaded.
+
+    Attributes:
+        source: The checkpoint (directory or hub id).
+        missing_keys: Model keys absent from the checkpoint; they were initialised as the reference does.
+        unused_keys: Checkpoint keys the model does not use (e.g. a classifier head).
+        prefix: How task-checkpoint keys were mapped (e.g. ``"resnet."`` removed), or ``""``.
+    """
+
+    source: str
+    missing_keys: list[str] = field(default_factory=list)
+    unused_keys: list[str] = field(default_factory=list)
+    prefix: str = ""
+
+    @property
+    def clean(self) -> bool:
+        """True when every model key was loaded and every checkpoint key was used."""
+        return not self.missing_keys and not self.unused_keys
+
+    def __str__(self) -> str:
+        lines = [f"checkpoint {self.source}"]
+        if self.prefix:
+            lines.append(f"  key prefix mapped: {self.prefix}")
+        if self.missing_keys:
+            lines.append(f"  initialised (not in checkpoint): {_abbreviate(self.missing_keys)}")
+        if self.unused_keys:
+            lines.append(f"  unused checkpoint keys: {_abbreviate(self.unused_keys)}")
+        return "\n".join(lines)
+
+
+def _abbreviate(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+# -- building without initialising ----------------------------------------------------------------
+
+_meta_state = threading.local()
+_patch_lock = threading.Lock()
+_patched = False
+
+
+def _install_meta_parameter_patch() -> None:
+    global _patched
+    with _patch_lock:
+        if _patched:
+            return
+        original = nn.Module.register_parameter
+
+        def register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+            if param is not None and getattr(_meta_state, "active", False) and param.device.type != "meta":
+                param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+            original(self, name, param)
+
+        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
+        _patched = True
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Within this block (in this thread), new module parameters are created on the meta device.
+
+    Buffers stay real, so index tables that modules compute in ``__init__`` survive. Parameter init
+    then costs nothing, and a load fills every parameter from the checkpoint.
+    """
+    _install_meta_parameter_patch()
+    previous = getattr(_meta_state, "active", False)
+    _meta_state.active = True
+    try:
+        yield
+    finally:
+        _meta_state.active = previous
+
+
+# -- finding the weights --------------------------------------------------------------------------
+
+
+def _resolve_weights(
+    name_or_path: str | os.PathLike[str], hub: dict[str, Any], allow_pickle: bool
+) -> tuple[str, list[Path]]:
+    """Return ``("safetensors" | "pickle", files)``."""
+    single = resolve_file(name_or_path, SAFETENSORS_NAME, optional=True, **hub)
+    if single is not None:
+        return "safetensors", [single]
+    index = resolve_file(name_or_path, SAFETENSORS_INDEX_NAME, optional=True, **hub)
+    if index is not None:
+        return "safetensors", _resolve_shards(name_or_path, index, hub)
+    for pickle_name in (PICKLE_NAME, PICKLE_INDEX_NAME):
+        found = resolve_file(name_or_path, pickle_name, optional=True, **hub)
+        if found is None:
+            continue
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{name_or_path} has only {pickle_name}, a pickle checkpoint; unpickling can run arbitrary code, "
+                "so it is refused. Convert it once to safetensors (load it in a trusted environment and call "
+                "save_pretrained, or use `safetensors.torch.save_file`), or pass allow_pickle=True if you trust "
+                "its source (it is then loaded with torch.load(weights_only=True))."
+            )
+        if pickle_name == PICKLE_NAME:
+            return "pickle", [found]
+        return "pickle", _resolve_shards(name_or_path, found, hub)
+    raise CheckpointError(
+        f"no weights found for {name_or_path}: looked for {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} and {PICKLE_NAME}"
+    )
+
+
+def _resolve_shards(name_or_path: str | os.PathLike[str], index_path: Path, hub: dict[str, Any]) -> list[Path]:
+    index = read_json(index_path)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_path} has no valid 'weight_map' (a mapping of tensor names to shard files)")
+    shards = []
+    for shard in sorted(set(weight_map.values())):
+        if "/" in shard or "\\" in shard or shard.startswith(".."):
+            raise CheckpointError(f"{index_path} names shard {shard!r}, which is not a plain file name")
+        path = resolve_file(name_or_path, shard, optional=True, **hub)
+        if path is None:
+            raise CheckpointError(f"{index_path} names shard {shard!r}, which is missing from {name_or_path}")
+        shards.append(path)
+    return shards
+
+
+class _Checkpoint:
+    """Every tensor of a (possibly sharded) checkpoint: shapes up front, data on demand."""
+
+    def __init__(self, kind: str, files: list[Path]) -> None:
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._owners: dict[str, Any] = {}
+        for path in files:
+            if kind == "safetensors":
+                source: Any = SafetensorsFile(path)
+                shapes = {key: info.shape for key, info in source.tensors.items()}
+            else:
+                try:
+                    source = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except Exception as error:
+                    raise CheckpointError(
+                        f"cannot load pickle checkpoint {path} with weights_only=True: {error}"
+                    ) from error
+                if not isinstance(source, dict) or not all(isinstance(v, torch.Tensor) for v in source.values()):
+                    raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+                shapes = {key: tuple(value.shape) for key, value in source.items()}
+            for key, shape in shapes.items():
+                if key in self.shapes:
+                    raise CheckpointError(f"tensor {key!r} appears in more than one shard ({path})")
+                self.shapes[key] = shape
+                self._owners[key] = source
+
+    def get(self, key: str) -> torch.Tensor:
+        source = self._owners[key]
+        return source.get_tensor(key) if isinstance(source, SafetensorsFile) else source[key]
+
+
+# -- key matching ---------------------------------------------------------------------------------
+
+
+def _match_keys(
+    model: Backbone,
+    checkpoint_keys: list[str],
+    checkpoint_prefix: str,
+) -> tuple[dict[str, str], list[str], str]:
+    """Map checkpoint keys to model keys; return ``(mapping, unused, prefix_note)``."""
+    model_keys = set(model.state_dict().keys())
+    ignored = [re.compile(pattern) for pattern in model.ignored_checkpoint_keys]
+    base = model.base_model_prefix
+    mapping: dict[str, str] = {}
+    unused: list[str] = []
+    notes: set[str] = set()
+    for key in checkpoint_keys:
+        if checkpoint_prefix:
+            if not key.startswith(checkpoint_prefix):
+                unused.append(key)
+                continue
+            name = key[len(checkpoint_prefix) :]
+        else:
+            name = key
+        if any(pattern.search(name) for pattern in ignored):
+            continue
+        candidates = [(name, "")]
+        if base:
+            if name.startswith(base + "."):
+                candidates.append((name[len(base) + 1 :], f"'{base}.' removed"))
+            else:
+                candidates.append((f"{base}.{name}", f"'{base}.' added"))
+        for candidate, note in candidates:
+            if candidate in model_keys and candidate not in mapping.values():
+                mapping[key] = candidate
+                if note:
+                    notes.add(note)
+                break
+        else:
+            unused.append(key)
+    if checkpoint_prefix:
+        notes.add(f"'{checkpoint_prefix}' selected")
+    return mapping, unused, ", ".join(sorted(notes))
+
+
+def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """The requested floating dtype; ``None`` means "auto": keep the checkpoint's."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if dtype == "auto":
+        return None
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"dtype {dtype!r} is not a torch dtype; use e.g. torch.float32, 'bfloat16' or 'auto'")
+    return resolved
+
+
+def _initialise_missing(model: Backbone, device: torch.device, dtype: torch.dtype | None) -> None:
+    """Materialise parameters still on meta and initialise their modules as the reference does."""
+    for module in model.modules():
+        meta = [name for name, p in module.named_parameters(recurse=False) if p.device.type == "meta"]
+        if not meta:
+            continue
+        loaded = {name: p.detach().clone() for name, p in module.named_parameters(recurse=False) if name not in meta}
+        for name in meta:
+            old = getattr(module, name)
+            target = dtype if dtype is not None else old.dtype
+            setattr(
+                module,
+                name,
+                nn.Parameter(torch.empty_like(old, device=device, dtype=target), requires_grad=old.requires_grad),
+            )
+        with torch.no_grad():
+            model._init_weights(module)
+            for name, value in loaded.items():
+                getattr(module, name).copy_(value)
+
+
+# -- public entry points --------------------------------------------------------------------------
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike[str],
+    *,
+    model_class: type[Backbone] | None = None,
+    out_indices: list[int] | tuple[int, ...] | None = None,
+    out_features: list[str] | tuple[str, ...] | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    strict: bool = False,
+    allow_pickle: bool = False,
+    checkpoint_prefix: str = "",
+    config_key: str | None = None,
+    output_loading_info: bool = False,
+    **config_overrides: Any,
+) -> Backbone | tuple[Backbone, LoadReport]:
+    """Load a backbone checkpoint; see :meth:`backbones.AutoBackbone.from_pretrained`."""
+    hub: dict[str, Any] = {
+        "revision": revision,
+        "cache_dir": cache_dir,
+        "local_files_only": local_files_only,
+        "token": token,
+        "force_download": force_download,
+    }
+    assert set(hub) == HUB_OPTIONS
+    config_path = resolve_file(name_or_path, CONFIG_NAME, **hub)
+    assert config_path is not None
+    data = read_json(config_path)
+    if config_key is not None:
+        nested = data.get(config_key)
+        if not isinstance(nested, dict):
+            raise ConfigError(f"{config_path} has no {config_key!r} object to read the backbone config from")
+        data = nested
+    model_type = data.get("model_type")
+    if model_class is None:
+        if not isinstance(model_type, str) or not model_type:
+            raise ConfigError(
+                f'{config_path} has no \'model_type\', so the architecture is unknown; add "model_type": "<type>" '
+                "or load it with the plugin's backbone class"
+            )
+        from ._registry import get_registry
+
+        model_class = get_registry().get(model_type).load_model_class()
+    if out_indices is not None:
+        config_overrides["out_indices"] = out_indices
+    if out_features is not None:
+        config_overrides["out_features"] = out_features
+    config = config_from_file(model_class.config_class, data, config_path, **config_overrides)
+
+    target_dtype = _parse_dtype(dtype)
+    target_device = torch.device(device) if device is not None else torch.device("cpu")
+    kind, files = _resolve_weights(name_or_path, hub, allow_pickle)
+    checkpoint = _Checkpoint(kind, files)
+
+    with parameters_on_meta():
+        model = model_class(config)
+    mapping, unused, prefix_note = _match_keys(model, list(checkpoint.shapes), checkpoint_prefix)
+    expected = model.state_dict()
+    mismatched = [
+        f"{key}: checkpoint {list(checkpoint.shapes[key])} vs model {list(expected[model_key].shape)}"
+        for key, model_key in mapping.items()
+        if checkpoint.shapes[key] != tuple(expected[model_key].shape)
+    ]
+    if mismatched:
+        raise WeightsMismatchError(
+            f"{len(mismatched)} tensor(s) of {name_or_path} do not fit {type(model).__name__} "
+            f"(does config.json match the weights?): " + "; ".join(mismatched[:10])
+        )
+    report = LoadReport(
+        source=os.fspath(name_or_path),
+        missing_keys=sorted(set(expected) - set(mapping.values())),
+        unused_keys=sorted(unused),
+        prefix=prefix_note,
+    )
+    if strict and not report.clean:
+        raise WeightsMismatchError(f"strict loading of {name_or_path} failed:\n{report}")
+
+    state: dict[str, torch.Tensor] = {}
+    for key, model_key in mapping.items():
+        tensor = checkpoint.get(key)
+        reference = expected[model_key]
+        floating = target_dtype if target_dtype is not None else tensor.dtype
+        cast = floating if tensor.is_floating_point() else reference.dtype
+        state[model_key] = tensor.to(device=target_device, dtype=cast)
+    model.load_state_dict(state, strict=False, assign=True)
+    del state
+    _initialise_missing(model, target_device, target_dtype)
+    model.to(device=target_device, dtype=target_dtype)
+    model.eval()
+    if report.missing_keys:
+        logger.warning("%s", report)
+    elif report.unused_keys:
+        logger.info("%s", report)
+    return (model, report) if output_loading_info else model
+
+
+def save_checkpoint(model: Backbone, directory: Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (transformers' format) atomically into ``directory``."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, tensor in model.state_dict().items():
+        if tensor.device.type == "meta":
+            raise CheckpointError(f"cannot save {key}: it was never materialised (still on the meta device)")
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.untyped_storage().data_ptr() in seen:
+            tensor = tensor.clone()  # safetensors refuses tensors that share memory
+        seen.add(tensor.untyped_storage().data_ptr())
+        state[key] = tensor
+    config = model.config.to_dict()
+    config["architectures"] = [model.reference_class_name or type(model).__name__]
+    atomic_write(directory / SAFETENSORS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return directory

@@ -1,0 +1,125 @@
+"""BackboneConfig and AutoBackboneConfig: transformers' config.json format, alignment on assignment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from backbones import AutoBackboneConfig, ConfigError, UnknownModelTypeError
+from backbones_toynet.model import ToyNetConfig
+
+pytestmark = pytest.mark.usefixtures("registry")
+
+
+def test_defaults_select_the_last_stage() -> None:
+    config = ToyNetConfig()
+    assert config.stage_names == ["stem", "stage1", "stage2", "stage3"]
+    assert (config.out_features, config.out_indices) == (["stage3"], [3])
+
+
+def test_tuples_are_stored_as_lists() -> None:
+    config = ToyNetConfig(widths=(4, 8), out_indices=(0, -1))
+    assert config.widths == [4, 8]
+    assert config.out_indices == [0, -1]
+    assert config.out_features == ["stem", "stage2"]
+    assert json.loads(config.to_json_string())["widths"] == [4, 8]
+
+
+def test_assigning_one_selection_realigns_the_other() -> None:
+    config = ToyNetConfig(out_features=["stage1"])
+    config.out_indices = [1, 2]
+    assert config.out_features == ["stage1", "stage2"]
+    config.out_features = ("stem",)
+    assert config.out_indices == [0]
+    with pytest.raises(ValueError, match=r"out_indices \[9\] has indices \[9\] outside the 4 stages"):
+        config.out_indices = [9]
+    assert config.out_indices == [0], "a rejected assignment leaves the config as it was"
+
+
+def test_architecture_change_keeps_a_valid_selection_or_is_refused() -> None:
+    config = ToyNetConfig(widths=[4, 8, 16], out_indices=[-1])
+    config.widths = [4, 8]
+    assert config.out_features == ["stage2"]
+    config.out_indices = [1, 2]
+    with pytest.raises(ValueError, match="outside the 2 stages"):
+        config.widths = [4]
+    assert config.widths == [4, 8], "the refused change is rolled back"
+
+
+def test_field_validation_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"^invalid ToyNetConfig: widths='wide': Input should be a valid list$"):
+        ToyNetConfig(widths="wide")
+    with pytest.raises(ConfigError, match=r"widths=\[0\]: widths must be a non-empty list of positive ints"):
+        ToyNetConfig(widths=[0])
+    config = ToyNetConfig()
+    with pytest.raises(ConfigError, match=r"num_channels='three': Input should be a valid integer"):
+        config.num_channels = "three"
+    assert config.num_channels == 3
+
+
+def test_round_trip_keeps_unmodelled_keys(tmp_path: Path) -> None:
+    data = {
+        "model_type": "toynet",
+        "widths": [4, 8],
+        "architectures": ["ToyNetForImageClassification"],
+        "id2label": {"0": "cat", "1": "dog"},
+        "transformers_version": "5.23.0",
+        "dtype": "float32",
+        "stage_names": ["stale", "names"],
+        "out_features": ["stage1"],
+        "out_indices": [1],
+    }
+    config = ToyNetConfig.from_dict(data)
+    assert config.stage_names == ["stem", "stage1", "stage2"], "stage_names are derived, never read back"
+    written = config.to_dict()
+    defaults = {"num_channels": 3, "output_hidden_states": False, "output_attentions": False, "return_dict": True}
+    assert written == {**data, **defaults, "stage_names": ["stem", "stage1", "stage2"]}
+    path = config.save_pretrained(tmp_path)
+    assert path == tmp_path / "config.json"
+    assert ToyNetConfig.from_pretrained(tmp_path) == config
+    assert AutoBackboneConfig.from_pretrained(tmp_path) == config
+
+
+def test_transformers_private_key_names_are_read() -> None:
+    config = ToyNetConfig.from_dict({"model_type": "toynet", "_out_features": ["stem"], "_out_indices": [0]})
+    assert (config.out_features, config.out_indices) == (["stem"], [0])
+
+
+def test_overriding_one_selection_replaces_both_saved_values() -> None:
+    saved = {"model_type": "toynet", "out_features": ["stage3"], "out_indices": [3]}
+    assert ToyNetConfig.from_dict(saved, out_indices=[1]).out_features == ["stage1"]
+    assert ToyNetConfig.from_dict(saved, out_features=["stem"]).out_indices == [0]
+
+
+def test_wrong_model_type_is_refused() -> None:
+    with pytest.raises(ConfigError, match="ToyNetConfig is for model_type 'toynet', but the config says 'swin'"):
+        ToyNetConfig.from_dict({"model_type": "swin"})
+
+
+def test_auto_config_for_model_and_alias() -> None:
+    config = AutoBackboneConfig.for_model("toynet", widths=[2, 2], out_indices=[1])
+    assert isinstance(config, ToyNetConfig) and config.out_features == ["stage1"]
+    assert isinstance(AutoBackboneConfig.for_model("toy-net"), ToyNetConfig)
+
+
+def test_auto_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelTypeError, match="unknown model_type 'nope'; installed model types: .*toynet"):
+        AutoBackboneConfig.for_model("nope")
+    (tmp_path / "config.json").write_text('{"widths": [4]}')
+    with pytest.raises(ConfigError, match=r"config.json has no 'model_type'"):
+        AutoBackboneConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "toynet",')
+    with pytest.raises(ConfigError, match=r"config.json is not valid JSON"):
+        AutoBackboneConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('["toynet"]')
+    with pytest.raises(ConfigError, match=r"config.json must hold a JSON object, got list"):
+        AutoBackboneConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "toynet", "widths": [-1]}')
+    with pytest.raises(
+        ConfigError,
+        match=r"invalid backbone config in .*config.json: invalid ToyNetConfig: widths=\[-1\]: widths must be",
+    ):
+        AutoBackboneConfig.from_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="a backbone config must be a dict"):
+        AutoBackboneConfig.from_dict(["toynet"])  # type: ignore[arg-type]

@@ -1,0 +1,236 @@
+"""Plugin discovery: entry points, failures attributed to distributions, conflicts, switches, threads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from backbones import PluginError, UnknownModelTypeError
+from backbones._registry import Registry, get_registry, reset_registry
+
+GOOD_HOOK = """
+from backbones import hookimpl
+CALLS = []
+
+@hookimpl
+def register_backbones(register):
+    CALLS.append(1)
+    register("{model_type}", config="backbones_toynet.model:ToyNetConfig",
+             model="backbones_toynet.model:ToyNetBackbone", description="fake")
+"""
+
+
+class FakeSite:
+    """A directory on sys.path holding installed (dist-info) distributions made up by a test."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def install(self, dist: str, module: str, source: str, entry_name: str | None = None, version: str = "0.1") -> None:
+        (self.root / f"{module}.py").write_text(textwrap.dedent(source))
+        info = self.root / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[backbones]\n{entry_name or module} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSite]:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("BACKBONES_DISABLE_PLUGIN_AUTOLOAD", "BACKBONES_DISABLE_PLUGINS"):
+        monkeypatch.delenv(name, raising=False)
+    reset_registry()
+    yield FakeSite(tmp_path)
+    reset_registry()
+    for name in [name for name in sys.modules if name.startswith("fake_")]:
+        del sys.modules[name]
+
+
+def test_plugin_is_found_with_its_distribution(site: FakeSite) -> None:
+    site.install("backbones-fakegood", "fake_good", GOOD_HOOK.format(model_type="fakegood"), version="2.5")
+    entry = get_registry().get("fakegood")
+    assert (entry.distribution, entry.version, entry.description) == ("backbones-fakegood", "2.5", "fake")
+    assert entry.config == "backbones_toynet.model:ToyNetConfig", "registration stays lazy"
+    assert "fakegood" in get_registry().model_types()
+    assert get_registry().failures == []
+
+
+def test_import_failure_is_reported_and_raised_only_for_its_type(site: FakeSite) -> None:
+    site.install("backbones-fakegood", "fake_good", GOOD_HOOK.format(model_type="fakegood"))
+    site.install("backbones-fakebroken", "fake_broken", "import numpy_that_does_not_exist\n", entry_name="fakebroken")
+    registry = get_registry()
+    assert registry.get("fakegood").distribution == "backbones-fakegood"
+    (failure,) = registry.failures
+    assert (failure.name, failure.distribution) == ("fakebroken", "backbones-fakebroken")
+    assert failure.summary == "ModuleNotFoundError: No module named 'numpy_that_does_not_exist'"
+    with pytest.raises(
+        PluginError, match=r"comes from plugin backbones-fakebroken, which failed to load: ModuleNotFoundError"
+    ) as caught:
+        registry.get("fakebroken")
+    assert isinstance(caught.value.__cause__, ModuleNotFoundError)
+    with pytest.raises(
+        UnknownModelTypeError, match=r"Plugins that failed to load: backbones-fakebroken \(ModuleNotFoundError"
+    ):
+        registry.get("something-else")
+
+
+def test_failing_hook_registers_nothing(site: FakeSite) -> None:
+    site.install(
+        "backbones-fakehalf",
+        "fake_half",
+        """
+        from backbones import hookimpl
+
+        @hookimpl
+        def register_backbones(register):
+            register("half-one", config="a:B", model="a:C")
+            raise RuntimeError("second registration exploded")
+        """,
+    )
+    registry = get_registry()
+    (failure,) = registry.failures
+    assert failure.distribution == "backbones-fakehalf"
+    assert failure.summary == "RuntimeError: second registration exploded"
+    assert "half-one" not in registry.model_types()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            'register("bad", config=42, model="a:B")',
+            "config of 'bad' must be a class or a 'module:attr' string, got int",
+        ),
+        (
+            'register("bad", config="no_colon", model="a:B")',
+            "config of 'bad' must be a class or a 'module:attr' string, got 'no_colon'",
+        ),
+        ('register("", config="a:B", model="a:B")', "model_type must be a non-empty string, got ''"),
+        (
+            'register("bad", config="a:B", model="a:B", aliases="x")',
+            "aliases of 'bad' must be a list of non-empty strings",
+        ),
+    ],
+)
+def test_bad_registration_is_reported(site: FakeSite, call: str, message: str) -> None:
+    site.install(
+        "backbones-fakebad",
+        "fake_bad",
+        f"from backbones import hookimpl\n\n@hookimpl\ndef register_backbones(register):\n    {call}\n",
+    )
+    (failure,) = get_registry().failures
+    assert failure.distribution == "backbones-fakebad"
+    assert message in failure.summary
+
+
+def test_misspelled_hook_is_reported(site: FakeSite) -> None:
+    site.install(
+        "backbones-faketypo",
+        "fake_typo",
+        "from backbones import hookimpl\n\n@hookimpl\ndef register_backbone(register):\n    pass\n",
+    )
+    (failure,) = get_registry().failures
+    assert failure.distribution == "backbones-faketypo"
+    assert "implements an unknown hook" in failure.summary and "register_backbone" in failure.summary
+
+
+def test_module_without_hook_is_reported(site: FakeSite) -> None:
+    site.install("backbones-fakeempty", "fake_empty", "VALUE = 1\n")
+    (failure,) = get_registry().failures
+    assert failure.summary == "PluginError: plugin 'fake_empty' implements no register_backbones hook"
+
+
+def test_two_distributions_claiming_a_type_conflict(site: FakeSite) -> None:
+    site.install("backbones-fakea", "fake_a", GOOD_HOOK.format(model_type="shared"))
+    site.install("backbones-fakeb", "fake_b", GOOD_HOOK.format(model_type="shared"))
+    site.install("backbones-fakegood", "fake_good", GOOD_HOOK.format(model_type="fakegood"))
+    registry = get_registry()
+    with pytest.raises(
+        PluginError,
+        match="model type 'shared' is provided by several distributions: backbones-fakea and backbones-fakeb",
+    ):
+        registry.get("shared")
+    assert registry.conflicts == {"shared": ["backbones-fakea", "backbones-fakeb"]}
+    assert registry.get("fakegood").distribution == "backbones-fakegood"
+
+
+def test_environment_switches(site: FakeSite, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.install("backbones-fakegood", "fake_good", GOOD_HOOK.format(model_type="fakegood"))
+    site.install("backbones-fakeother", "fake_other", GOOD_HOOK.format(model_type="fakeother"))
+    monkeypatch.setenv("BACKBONES_DISABLE_PLUGINS", "fake_good, backbones-nothing")
+    assert "fakegood" not in get_registry().model_types()
+    assert "fakeother" in get_registry().model_types()
+    reset_registry()
+    monkeypatch.setenv("BACKBONES_DISABLE_PLUGINS", "backbones-fakeother")
+    assert "fakeother" not in get_registry().model_types() and "fakegood" in get_registry().model_types()
+    reset_registry()
+    monkeypatch.setenv("BACKBONES_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert get_registry().model_types() == []
+
+
+def test_unknown_known_architecture_names_the_install_command(site: FakeSite, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKBONES_DISABLE_PLUGIN_AUTOLOAD", "1")
+    with pytest.raises(
+        UnknownModelTypeError,
+        match=r"unknown model_type 'dinat'; installed model types: none. Install its plugin with: pip install backbones-dinat",
+    ):
+        get_registry().get("dinat")
+    with pytest.raises(UnknownModelTypeError, match="model_type must be a string, got int"):
+        get_registry().get(7)  # type: ignore[arg-type]
+
+
+def test_runtime_registration(site: FakeSite) -> None:
+    site.install("backbones-fakegood", "fake_good", GOOD_HOOK.format(model_type="fakegood"))
+    registry = get_registry()
+    with pytest.raises(
+        PluginError, match="model type 'fakegood' is already registered by backbones-fakegood; pass replace=True"
+    ):
+        registry.register("fakegood", config="a:B", model="a:C")
+    registry.register("fakegood", config="a:B", model="a:C", replace=True, aliases=["fg"])
+    assert registry.get("fg").distribution == "<runtime>"
+
+
+def test_concurrent_first_use_discovers_once(site: FakeSite) -> None:
+    site.install("backbones-fakegood", "fake_good", GOOD_HOOK.format(model_type="fakegood"))
+    registry = Registry()
+    barrier = threading.Barrier(8)
+    results: list[str] = []
+
+    def use() -> None:
+        barrier.wait()
+        results.append(registry.get("fakegood").distribution)
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["backbones-fakegood"] * 8
+    assert sys.modules["fake_good"].CALLS == [1], "the hook ran exactly once"
+
+
+def test_import_backbones_imports_neither_torch_nor_plugins() -> None:
+    code = (
+        "import sys, backbones\n"
+        "assert backbones.__version__\n"
+        "loaded = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'backbones_', 'pydantic', 'transformers', 'timm'))]\n"
+        "print(loaded)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_listing_plugins_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from backbones._cli import main\n"
+        "main(['list'])\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith("NO-TORCH"), result.stdout
