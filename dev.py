@@ -77,7 +77,8 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "demo":
         return subprocess.run([str(python()), str(ROOT / "examples" / "demo.py"), *argv[1:]], cwd=ROOT).returncode
-    args = argv[1:] or ["-n", "2"]
+    # loadfile keeps a module's tests on one worker, so module-scoped fixtures (a built venv) are made once.
+    args = argv[1:] or ["-n", "2", "--dist", "loadfile"]
     return subprocess.run([str(python()), "-m", "pytest", *args], cwd=ROOT).returncode
 
 

@@ -123,3 +123,21 @@ def test_auto_config_errors(tmp_path: Path) -> None:
         AutoBackboneConfig.from_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="a backbone config must be a dict"):
         AutoBackboneConfig.from_dict(["toynet"])  # type: ignore[arg-type]
+
+
+def test_failed_cross_field_validation_rolls_back() -> None:
+    from pydantic import model_validator
+
+    class Paired(ToyNetConfig):
+        depths: list[int] = [1, 1, 1]
+
+        @model_validator(mode="after")
+        def _same_length(self) -> "Paired":
+            if len(self.depths) != len(self.widths):
+                raise ValueError(f"depths {self.depths} and widths {self.widths} must have the same length")
+            return self
+
+    config = Paired(out_indices=[3])
+    with pytest.raises(ConfigError, match=r"depths \[1, 1\] and widths \[8, 16, 32\] must have the same length"):
+        config.depths = [1, 1]
+    assert config.depths == [1, 1, 1] and config.out_indices == [3]

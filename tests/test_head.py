@@ -88,9 +88,9 @@ def test_contradictions_and_gaps_are_clear(head: dict[str, Any], error: type[Exc
 
 
 def test_timm_backbone_without_the_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
-    from backbones._registry import get_registry
+    from backbones._registry import reset_registry
 
-    if "timm_backbone" in get_registry().model_types():
-        pytest.skip("backbones-timm is installed; its own tests cover use_timm_backbone")
-    with pytest.raises(UnknownModelTypeError, match="pip install backbones-timm"):
+    monkeypatch.setenv("BACKBONES_DISABLE_PLUGINS", "backbones-timm")
+    reset_registry()  # rediscover without it, as in an environment where it is not installed
+    with pytest.raises(UnknownModelTypeError, match="Install its plugin with: pip install backbones-timm"):
         load_backbone({"backbone": "resnet18", "use_timm_backbone": True})

@@ -33,6 +33,12 @@ def _torch_requirement() -> list[str]:
     return [wheels[-1]] if wheels else [f"torch=={torch.__version__.split('+')[0]}"]
 
 
+def importlib_missing(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is None
+
+
 @pytest.fixture(scope="module")
 def slim_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if importlib_missing("backbones_swin"):
@@ -45,12 +51,6 @@ def slim_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     projects = [ROOT / "core", ROOT / "plugins" / "swin", ROOT / "tests" / "third_party" / "backbones-toynet"]
     subprocess.run([*pip, "install", *map(str, projects)], check=True)
     return python
-
-
-def importlib_missing(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is None
 
 
 def _run(python: Path, code: str, **env: str) -> str:

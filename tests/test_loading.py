@@ -333,3 +333,30 @@ def test_meta_parameter_build_is_confined_to_its_thread() -> None:
     thread.join()
     devices["afterwards"] = {p.device.type for p in ToyNetBackbone(ToyNetConfig()).parameters()}
     assert devices == {"other thread": {"cpu"}, "loading thread": {"meta"}, "afterwards": {"cpu"}}
+
+
+def test_missing_parameter_does_not_reset_loaded_statistics(saved: tuple[Path, ToyNetBackbone]) -> None:
+    directory, model = saved
+    _rewrite(directory, lambda t: {k: v for k, v in t.items() if k != "stages.0.1.weight"})
+    loaded, report = AutoBackbone.from_pretrained(directory, output_loading_info=True)
+    assert report.missing_keys == ["stages.0.1.weight"]
+    norm, reference = loaded.stages[0][1], model.stages[0][1]
+    assert torch.equal(norm.weight, torch.ones(4)), "the missing weight is initialised"
+    for name in ("bias", "running_mean", "running_var"):
+        assert torch.equal(getattr(norm, name), getattr(reference, name)), f"loaded {name} was overwritten"
+
+
+def test_plugin_key_renames_map_other_module_names(
+    saved: tuple[Path, ToyNetBackbone], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory, model = saved
+    # As if another release called the stages "blocks" and the stem "patch_embed".
+    _rewrite(
+        directory, lambda t: {k.replace("stages.", "blocks.").replace("stem.", "patch_embed."): v for k, v in t.items()}
+    )
+    monkeypatch.setattr(
+        ToyNetBackbone, "checkpoint_key_renames", ((r"^blocks\.", "stages."), (r"^patch_embed\.", "stem."))
+    )
+    loaded, report = AutoBackbone.from_pretrained(directory, output_loading_info=True)
+    assert report.clean and report.prefix == "keys renamed"
+    assert_close_maps(_maps(loaded), _maps(model), atol=0.0)

@@ -43,6 +43,8 @@ class Backbone(nn.Module):
         has_attentions: Whether ``output_attentions=True`` can return attention weights.
         ignored_checkpoint_keys: Regexes of checkpoint keys to drop silently (e.g. buffers that older
             transformers releases saved and that are now recomputed).
+        checkpoint_key_renames: ``(pattern, replacement)`` regex pairs applied, in order, to checkpoint
+            keys that match no model key as they are (e.g. another release's module names).
         reference_class_name: The transformers class name written to ``architectures`` on save.
     """
 
@@ -50,6 +52,7 @@ class Backbone(nn.Module):
     base_model_prefix: ClassVar[str] = ""
     has_attentions: ClassVar[bool] = True
     ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = ()
+    checkpoint_key_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
     reference_class_name: ClassVar[str] = ""
 
     num_features: list[int]
@@ -154,7 +157,8 @@ class Backbone(nn.Module):
     ) -> BackboneOutput | tuple[Any, ...]:
         """Compute the feature maps of the requested stages.
 
-        Only the stages up to the deepest requested one are run, unless hidden states are requested.
+        Only the stages up to the deepest requested one are run, unless hidden states or attentions are
+        requested (they cover every stage).
 
         Args:
             pixel_values: ``(batch, channels, height, width)`` images.
@@ -184,7 +188,9 @@ class Backbone(nn.Module):
                 f"pixel_values must be a 4-D (batch, channels, height, width) tensor, got shape {tuple(pixel_values.shape)}"
             )
         positions = self.out_positions
-        last_stage = self._num_kept_stages - 1 if output_hidden_states else max(positions, default=0)
+        # Hidden states and attentions are returned for every stage, as transformers does.
+        run_all = output_hidden_states or output_attentions
+        last_stage = self._num_kept_stages - 1 if run_all else max(positions, default=0)
         stage_maps, hidden_states, attentions = self._forward_features(
             pixel_values,
             last_stage=last_stage,

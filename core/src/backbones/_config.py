@@ -136,6 +136,8 @@ class BackboneConfig(BaseModel):
         try:
             super().__setattr__(name, value)  # pydantic rebuilds __dict__ from the fields
         except ValidationError as error:
+            # A model-level validator fails after pydantic wrote the field: put the old value back.
+            self.__dict__[name] = previous
             self._store_selection(features, indices)
             raise _config_error(type(self).__name__, error) from None
         try:

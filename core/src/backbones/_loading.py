@@ -200,44 +200,52 @@ class _Checkpoint:
 # -- key matching ---------------------------------------------------------------------------------
 
 
+def _candidates(name: str, renames: list[tuple[re.Pattern[str], str]], base: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Model keys a checkpoint key may stand for, most literal first, each with how it was derived."""
+    variants: list[tuple[str, tuple[str, ...]]] = [(name, ())]
+    renamed = name
+    for pattern, replacement in renames:
+        renamed = pattern.sub(replacement, renamed)
+    if renamed != name:
+        variants.append((renamed, ("keys renamed",)))
+    candidates = []
+    for variant, how in variants:
+        candidates.append((variant, how))
+        if base and variant.startswith(base + "."):
+            candidates.append((variant[len(base) + 1 :], (*how, f"'{base}.' removed")))
+        elif base:
+            candidates.append((f"{base}.{variant}", (*how, f"'{base}.' added")))
+    return candidates
+
+
 def _match_keys(
     model: Backbone,
     checkpoint_keys: list[str],
     checkpoint_prefix: str,
 ) -> tuple[dict[str, str], list[str], str]:
-    """Map checkpoint keys to model keys; return ``(mapping, unused, prefix_note)``."""
+    """Map checkpoint keys to model keys; return ``(mapping, unused, how_keys_were_mapped)``."""
     model_keys = set(model.state_dict().keys())
     ignored = [re.compile(pattern) for pattern in model.ignored_checkpoint_keys]
-    base = model.base_model_prefix
+    renames = [(re.compile(pattern), replacement) for pattern, replacement in model.checkpoint_key_renames]
     mapping: dict[str, str] = {}
+    taken: set[str] = set()
     unused: list[str] = []
-    notes: set[str] = set()
+    notes: set[str] = {f"'{checkpoint_prefix}' selected"} if checkpoint_prefix else set()
     for key in checkpoint_keys:
-        if checkpoint_prefix:
-            if not key.startswith(checkpoint_prefix):
-                unused.append(key)
-                continue
-            name = key[len(checkpoint_prefix) :]
-        else:
-            name = key
+        if not key.startswith(checkpoint_prefix):
+            unused.append(key)
+            continue
+        name = key[len(checkpoint_prefix) :]
         if any(pattern.search(name) for pattern in ignored):
             continue
-        candidates = [(name, "")]
-        if base:
-            if name.startswith(base + "."):
-                candidates.append((name[len(base) + 1 :], f"'{base}.' removed"))
-            else:
-                candidates.append((f"{base}.{name}", f"'{base}.' added"))
-        for candidate, note in candidates:
-            if candidate in model_keys and candidate not in mapping.values():
+        for candidate, how in _candidates(name, renames, model.base_model_prefix):
+            if candidate in model_keys and candidate not in taken:
                 mapping[key] = candidate
-                if note:
-                    notes.add(note)
+                taken.add(candidate)
+                notes.update(how)
                 break
         else:
             unused.append(key)
-    if checkpoint_prefix:
-        notes.add(f"'{checkpoint_prefix}' selected")
     return mapping, unused, ", ".join(sorted(notes))
 
 
@@ -255,24 +263,27 @@ def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return resolved
 
 
-def _initialise_missing(model: Backbone, device: torch.device, dtype: torch.dtype | None) -> None:
-    """Materialise parameters still on meta and initialise their modules as the reference does."""
-    for module in model.modules():
+def _initialise_missing(model: Backbone, loaded: set[str], device: torch.device, dtype: torch.dtype | None) -> None:
+    """Materialise parameters still on meta and initialise their modules as the reference does.
+
+    ``_init_weights`` initialises a whole module, so every tensor of that module that did come from the
+    checkpoint (``loaded`` holds their state-dict keys) is put back afterwards.
+    """
+    for prefix, module in model.named_modules():
         meta = [name for name, p in module.named_parameters(recurse=False) if p.device.type == "meta"]
         if not meta:
             continue
-        loaded = {name: p.detach().clone() for name, p in module.named_parameters(recurse=False) if name not in meta}
+        dot = f"{prefix}." if prefix else ""
+        tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        kept = {name: t.detach().clone() for name, t in tensors if f"{dot}{name}" in loaded and name not in meta}
         for name in meta:
             old = getattr(module, name)
             target = dtype if dtype is not None else old.dtype
-            setattr(
-                module,
-                name,
-                nn.Parameter(torch.empty_like(old, device=device, dtype=target), requires_grad=old.requires_grad),
-            )
+            empty = torch.empty_like(old, device=device, dtype=target)
+            setattr(module, name, nn.Parameter(empty, requires_grad=old.requires_grad))
         with torch.no_grad():
             model._init_weights(module)
-            for name, value in loaded.items():
+            for name, value in kept.items():
                 getattr(module, name).copy_(value)
 
 
@@ -369,7 +380,7 @@ def load_pretrained(
         state[model_key] = tensor.to(device=target_device, dtype=cast)
     model.load_state_dict(state, strict=False, assign=True)
     del state
-    _initialise_missing(model, target_device, target_dtype)
+    _initialise_missing(model, set(mapping.values()), target_device, target_dtype)
     model.to(device=target_device, dtype=target_dtype)
     model.eval()
     if report.missing_keys:
