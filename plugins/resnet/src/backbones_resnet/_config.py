@@ -1,0 +1,101 @@
+"""Configuration of ResNet. Field names and defaults follow transformers' ResNetConfig (resnet-50)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from backbones import BackboneConfig
+from pydantic import field_validator, model_validator
+
+__all__ = ["ACTIVATIONS", "LAYER_TYPES", "ResNetConfig"]
+
+LAYER_TYPES = ("basic", "bottleneck")
+"""Residual block kinds: two 3x3 convolutions, or 1x1 -> 3x3 -> 1x1 with a 4x narrower middle."""
+
+ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    # name in config.json -> (torch.nn class, its arguments). Names and meanings are those of transformers'
+    # ACT2FN; only parameter-free ones are offered, as a learnable activation would add checkpoint keys
+    # transformers' ResNet never has. The ReLU family runs in place: its input is always a fresh tensor
+    # nothing else reads, and skipping the allocation is measurable at ResNet sizes. Kept here, torch-free,
+    # so the config validates without importing torch.
+    "relu": ("ReLU", {"inplace": True}),
+    "relu6": ("ReLU6", {"inplace": True}),
+    "leaky_relu": ("LeakyReLU", {"inplace": True}),
+    "gelu": ("GELU", {}),
+    "gelu_new": ("GELU", {"approximate": "tanh"}),
+    "gelu_pytorch_tanh": ("GELU", {"approximate": "tanh"}),
+    "silu": ("SiLU", {}),
+    "swish": ("SiLU", {}),
+    "mish": ("Mish", {}),
+    "hardswish": ("Hardswish", {}),
+    "tanh": ("Tanh", {}),
+    "sigmoid": ("Sigmoid", {}),
+}
+"""Supported values of ``hidden_act``."""
+
+
+class ResNetConfig(BackboneConfig):
+    """Configuration of a ResNet backbone (defaults: ResNet-50).
+
+    The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = len(depths)``.
+
+    Args:
+        num_channels: Channels of the input images.
+        embedding_size: Output channels of the stem (7x7 stride-2 convolution, then a stride-2 max-pool).
+        hidden_sizes: Output channels of each stage.
+        depths: Number of residual blocks in each stage; as long as ``hidden_sizes``.
+        layer_type: ``"basic"`` (ResNet-18/34 blocks) or ``"bottleneck"`` (ResNet-50 and deeper).
+        hidden_act: Activation of the stem and of each block's output (a name of :data:`ACTIVATIONS`).
+            As in transformers, the activations inside a block are always ReLU.
+        downsample_in_first_stage: Halve the resolution in the first stage too (stride 2 instead of 1).
+        downsample_in_bottleneck: In bottleneck blocks, put the stride on the first 1x1 convolution
+            instead of the 3x3 one (the original paper's placement; torchvision's "v1.5" uses the 3x3).
+    """
+
+    model_type: ClassVar[str] = "resnet"
+
+    num_channels: int = 3
+    embedding_size: int = 64
+    hidden_sizes: list[int] = [256, 512, 1024, 2048]
+    depths: list[int] = [3, 4, 6, 3]
+    layer_type: str = "bottleneck"
+    hidden_act: str = "relu"
+    downsample_in_first_stage: bool = False
+    downsample_in_bottleneck: bool = False
+
+    @field_validator("layer_type")
+    @classmethod
+    def _known_layer_type(cls, value: str) -> str:
+        if value not in LAYER_TYPES:
+            raise ValueError(
+                f"layer_type {value!r} is not supported; set layer_type to one of {list(LAYER_TYPES)} "
+                "('basic' for ResNet-18/34, 'bottleneck' for ResNet-50 and deeper)"
+            )
+        return value
+
+    @field_validator("hidden_act")
+    @classmethod
+    def _known_activation(cls, value: str) -> str:
+        if value not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {value!r} is not supported; set hidden_act to one of {sorted(ACTIVATIONS)}")
+        return value
+
+    @field_validator("hidden_sizes", "depths")
+    @classmethod
+    def _positive_per_stage(cls, value: list[int], info: Any) -> list[int]:
+        if not value or any(item < 1 for item in value):
+            raise ValueError(f"{info.field_name} must list one positive integer per stage, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_size_per_stage(self) -> ResNetConfig:
+        if len(self.hidden_sizes) != len(self.depths):
+            raise ValueError(
+                f"hidden_sizes has {len(self.hidden_sizes)} entries but depths has {len(self.depths)}; "
+                "give one channel count and one depth per stage (len(hidden_sizes) == len(depths))"
+            )
+        return self
+
+    @property
+    def stage_names(self) -> list[str]:
+        return ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]

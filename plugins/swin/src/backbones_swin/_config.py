@@ -1,0 +1,118 @@
+"""Configuration of Swin. Field names and defaults follow transformers' SwinConfig (swin-tiny)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from backbones import BackboneConfig
+from pydantic import Field, field_validator, model_validator
+
+# Activations the MLP supports, by the names transformers' configs use.
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+
+# Values transformers derives from the fields and writes to config.json; recomputed, never read back.
+_DERIVED_FIELDS = ("hidden_size", "num_layers")
+
+
+class SwinConfig(BackboneConfig):
+    """Configuration of a Swin Transformer backbone; the defaults describe swin-tiny.
+
+    Args:
+        image_size: Pre-training image size (height and width, or one int); only sizes the absolute
+            position embeddings.
+        patch_size: Side of the square patches the stem embeds (the stride of the stem).
+        num_channels: Input channels.
+        embed_dim: Channels of the patch embeddings; each stage after the first doubles them.
+        depths: Number of transformer blocks in each stage.
+        num_heads: Attention heads in each stage.
+        window_size: Side of the square attention windows.
+        mlp_ratio: Hidden width of each block's MLP, relative to its input width.
+        qkv_bias: Whether the query, key and value projections have a bias.
+        hidden_dropout_prob: Dropout on embeddings, attention outputs and MLP outputs (training only).
+        attention_probs_dropout_prob: Dropout on attention probabilities (training only).
+        drop_path_rate: Stochastic-depth rate of the deepest block; it grows linearly from 0.
+        hidden_act: Activation of the MLP (one of ``SUPPORTED_ACTIVATIONS``).
+        use_absolute_embeddings: Whether to add learned absolute position embeddings to the patches.
+        initializer_range: Standard deviation of the normal initialisation of linear and conv weights.
+        layer_norm_eps: Epsilon of the layer norms inside the transformer blocks.
+        encoder_stride: Upsampling factor of transformers' masked-image-modeling decoder (kept for
+            compatibility; unused by the backbone).
+    """
+
+    model_type: ClassVar[str] = "swin"
+
+    image_size: int | tuple[int, int] = 224
+    patch_size: int = Field(default=4, ge=1)
+    num_channels: int = Field(default=3, ge=1)
+    embed_dim: int = Field(default=96, ge=1)
+    depths: list[int] = [2, 2, 6, 2]
+    num_heads: list[int] = [3, 6, 12, 24]
+    window_size: int = Field(default=7, ge=1)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+    qkv_bias: bool = True
+    hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
+    attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
+    drop_path_rate: float = Field(default=0.1, ge=0, lt=1)
+    hidden_act: str = "gelu"
+    use_absolute_embeddings: bool = False
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+    encoder_stride: int = 32
+
+    def __init__(self, /, **data: Any) -> None:
+        for name in _DERIVED_FIELDS:
+            data.pop(name, None)
+        super().__init__(**data)
+
+    @field_validator("patch_size", mode="before")
+    @classmethod
+    def _square_patches(cls, value: Any) -> Any:
+        # transformers accepts [p, p]; the stage strides are only well defined for square patches.
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2 or value[0] != value[1]:
+                raise ValueError(f"patch_size must be one int or a square pair such as [4, 4], got {list(value)}")
+            return value[0]
+        return value
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> SwinConfig:
+        if not self.depths or any(depth < 1 for depth in self.depths):
+            raise ValueError(f"depths must list at least one stage, each with one block or more; got {self.depths}")
+        if len(self.num_heads) != len(self.depths):
+            raise ValueError(
+                f"num_heads has {len(self.num_heads)} entries but depths has {len(self.depths)}; "
+                "give num_heads one head count per stage"
+            )
+        for index, heads in enumerate(self.num_heads):
+            width = self.embed_dim * 2**index
+            if heads < 1 or width % heads:
+                raise ValueError(
+                    f"num_heads[{index}]={heads} must be a positive divisor of stage {index + 1}'s width "
+                    f"embed_dim * 2**{index} = {width}; change num_heads or embed_dim"
+                )
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not supported; use one of {list(SUPPORTED_ACTIVATIONS)}"
+            )
+        return self
+
+    @property
+    def stage_names(self) -> list[str]:
+        return ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+
+    @property
+    def num_layers(self) -> int:
+        """Number of stages (transformers' derived ``num_layers``)."""
+        return len(self.depths)
+
+    @property
+    def hidden_size(self) -> int:
+        """Channels of the last stage (transformers' derived ``hidden_size``)."""
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        # Written as transformers writes them, so tools that read config.json directly find them.
+        data["hidden_size"] = self.hidden_size
+        data["num_layers"] = self.num_layers
+        return data

@@ -1,0 +1,475 @@
+"""Swin Transformer backbone.
+
+Paper: Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows" (2021),
+https://arxiv.org/abs/2103.14030.
+
+Module attribute names are the checkpoint's key names, in the format transformers writes to disk and
+the hub holds (``swin.encoder.layers.N.blocks.M.attention.self.query.weight``, ``intermediate.dense``,
+``output.dense``). transformers 5 renames these in memory (``q_proj``, ``mlp.fc1``) but writes the old
+names back on save, so matching the files keeps both directions compatible without a key map.
+
+Layout: hidden states stay channels-last ``(batch, height, width, channels)`` from the stem to the
+last stage; feature maps are returned as ``(batch, channels, height, width)`` views of them (the
+channels-last memory format), so no stage pays for a transposing copy.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from backbones import Backbone
+from torch import Tensor, nn
+
+from ._config import SwinConfig
+
+__all__ = ["SwinBackbone"]
+
+_ACTIVATIONS: dict[str, Any] = {
+    "gelu": nn.GELU,
+    "gelu_new": functools.partial(nn.GELU, approximate="tanh"),
+    "gelu_pytorch_tanh": functools.partial(nn.GELU, approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+}
+
+# The additive mask value transformers (and the original code) use between shifted-window regions.
+_MASKED = -100.0
+# Input sizes whose attention biases one attention module keeps (a few sizes alternate in practice).
+_CACHED_SIZES = 8
+
+
+class _Holder(nn.Module):
+    """Holds one module under the checkpoint's name for it (``intermediate.dense``); calls it."""
+
+    def __init__(self, name: str, module: nn.Module) -> None:
+        super().__init__()
+        self.add_module(name, module)
+        self._held = name
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._modules[self._held](x)  # type: ignore[misc]
+
+
+def _to_windows(x: Tensor, window: int) -> Tensor:
+    """``(B, H, W, C)`` -> ``(B, window * window, num_windows, C)``: token-in-window axis before the
+    window axis, so that projections keep windows and heads adjacent (see :class:`_WindowSelfAttention`)."""
+    batch, height, width, channels = x.shape
+    x = x.view(batch, height // window, window, width // window, window, channels).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(batch, window * window, -1, channels)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_table(build: Any, *args: Any) -> Any:
+    # Built outside inference mode so a table cached there also serves later autograd-recording calls.
+    with torch.inference_mode(False), torch.no_grad():
+        return build(*args)
+
+
+def _table(build: Any, *args: Any) -> Any:
+    """``build(*args)`` (an index or mask table that depends on sizes only), cached across calls.
+
+    Under ``torch.compile`` the table is built in the graph instead: the compiler cannot guard a
+    Python-side cache, and it folds such size-only computations itself.
+    """
+    return build(*args) if torch.compiler.is_compiling() else _cached_table(build, *args)
+
+
+def _window_order(height: int, width: int, window: int, shift: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Index tables between a flattened ``height x width`` map and its (shifted) windows.
+
+    Returns ``(gather, scatter)``: ``map.index_select(1, gather)`` is the map cyclically shifted by
+    ``-shift`` and split into windows as :func:`_to_windows` does; ``index_select(1, scatter)`` undoes
+    both. One gather replaces ``torch.roll`` (two copies, and slow on CPU) plus the window permute.
+    """
+    positions = torch.arange(height * width, device=device).view(1, height, width, 1)
+    if shift:
+        positions = torch.roll(positions, (-shift, -shift), (1, 2))
+    gather = _to_windows(positions, window).reshape(-1)
+    return gather, torch.argsort(gather)
+
+
+def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> Tensor:
+    """Additive ``(num_windows, N, N)`` mask of a shifted-window layer on a padded ``height x width`` map.
+
+    After the cyclic shift, a window at the bottom or right edge holds tokens from up to three
+    regions per axis that are not neighbours in the image; tokens of different regions must not attend
+    to each other.
+    """
+
+    def regions(size: int) -> Tensor:
+        position = torch.arange(size, device=device)
+        return (position >= size - window).long() + (position >= size - shift).long()
+
+    region = regions(height)[:, None] * 3 + regions(width)[None, :]
+    region = _to_windows(region[None, :, :, None], window)[0, :, :, 0].t()  # (num_windows, N)
+    differs = region[:, :, None] != region[:, None, :]
+    return torch.zeros(differs.shape, device=device).masked_fill_(differs, _MASKED)
+
+
+class _Embeddings(nn.Module):
+    """Stem (keys ``swin.embeddings.*``): non-overlapping patch projection, norm, optional positions."""
+
+    def __init__(self, config: SwinConfig) -> None:
+        super().__init__()
+        patch = config.patch_size
+        self.patch_size = patch
+        self.patch_embeddings = _Holder(
+            "projection", nn.Conv2d(config.num_channels, config.embed_dim, kernel_size=patch, stride=patch)
+        )
+        self.norm = nn.LayerNorm(config.embed_dim)  # transformers leaves this one at the default eps
+        size = config.image_size if isinstance(config.image_size, tuple) else (config.image_size,) * 2
+        self.grid = (size[0] // patch, size[1] // patch)
+        self.position_embeddings = (
+            nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], config.embed_dim))
+            if config.use_absolute_embeddings
+            else None
+        )
+        self.dropout = config.hidden_dropout_prob
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        patch = self.patch_size
+        height, width = pixel_values.shape[-2:]
+        if height % patch or width % patch:
+            pixel_values = F.pad(pixel_values, (0, -width % patch, 0, -height % patch))
+        x = self.norm(self.patch_embeddings(pixel_values).permute(0, 2, 3, 1))
+        if self.position_embeddings is not None:
+            x = x + self._positions(x.shape[1], x.shape[2])
+        return F.dropout(x, self.dropout, self.training)
+
+    def _positions(self, height: int, width: int) -> Tensor:
+        assert self.position_embeddings is not None
+        table = self.position_embeddings.view(1, *self.grid, -1)
+        if (height, width) == self.grid:
+            return table
+        # Other input sizes: resample the grid (transformers raises here unless asked to interpolate).
+        table = F.interpolate(table.permute(0, 3, 1, 2), size=(height, width), mode="bicubic", align_corners=False)
+        return table.permute(0, 2, 3, 1)
+
+
+class _WindowSelfAttention(nn.Module):
+    """Multi-head self-attention inside each window, with a learned relative-position bias.
+
+    Keys ``attention.self.*``: the query/key/value projections and the bias table; the output
+    projection is the sibling ``attention.output.dense``.
+
+    Windows arrive as ``(B, N, num_windows, C)``. Each projection's output then reads as
+    ``(B, N, num_windows * heads, head_dim)`` without a copy, so attention runs with windows folded into
+    the head axis, and the per-window bias (relative positions + shift mask) broadcasts over the batch.
+    """
+
+    relative_position_index: Tensor
+
+    def __init__(self, config: SwinConfig, dim: int, num_heads: int) -> None:
+        super().__init__()
+        window = config.window_size
+        self.num_heads = num_heads
+        self.window_size = window
+        self.dropout = config.attention_probs_dropout_prob
+        self.query = nn.Linear(dim, dim, bias=config.qkv_bias)
+        self.key = nn.Linear(dim, dim, bias=config.qkv_bias)
+        self.value = nn.Linear(dim, dim, bias=config.qkv_bias)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        # Entry (i, j): the table row of the offset between tokens i and j of a window. Derived from
+        # window_size, so not saved (older checkpoints hold it; SwinBackbone ignores that key).
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        offsets = coords[:, :, None] - coords[:, None, :] + (window - 1)
+        self.register_buffer("relative_position_index", offsets[0] * (2 * window - 1) + offsets[1], persistent=False)
+        self._bias_cache: dict[tuple[Any, ...], Tensor] = {}
+        self._bias_cache_stamp: tuple[int, int] | None = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
+        self._bias_cache.clear()  # cached tables must follow .to() / .half() / .cuda()
+        return super()._apply(fn, recurse)
+
+    def attention_bias(self, height: int, width: int, shift: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Relative-position bias plus shift mask for a padded ``height x width`` map.
+
+        Returns:
+            ``(1, num_windows * heads, N, N)``, window-major like the folded query.
+        """
+        table = self.relative_position_bias_table
+        # Caching is only safe while the table cannot change under us or need a graph: reuse needs
+        # eval mode, no gradient into the table, and the table's storage and version unchanged.
+        if self.training or torch.compiler.is_compiling() or (torch.is_grad_enabled() and table.requires_grad):
+            return self._bias(height, width, shift, dtype, device)
+        stamp = (table.data_ptr(), table._version)
+        if stamp != self._bias_cache_stamp:
+            self._bias_cache.clear()
+            self._bias_cache_stamp = stamp
+        key = (height, width, shift, dtype, device)
+        bias = self._bias_cache.get(key)
+        if bias is None:
+            # Outside inference mode, so a table cached in one mode serves calls in the other.
+            with torch.inference_mode(False), torch.no_grad():
+                bias = self._bias(height, width, shift, dtype, device)
+            if len(self._bias_cache) >= _CACHED_SIZES:
+                self._bias_cache.pop(next(iter(self._bias_cache)))
+            self._bias_cache[key] = bias
+        return bias
+
+    def _bias(self, height: int, width: int, shift: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        tokens = self.window_size**2
+        table = self.relative_position_bias_table
+        bias = table[self.relative_position_index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
+        num_windows = (height // self.window_size) * (width // self.window_size)
+        if shift:
+            bias = bias[None] + _table(_shift_mask, height, width, self.window_size, shift, device)[:, None]
+        else:
+            bias = bias[None].expand(num_windows, -1, -1, -1)
+        return bias.reshape(1, num_windows * self.num_heads, tokens, tokens).to(dtype)
+
+    def forward(self, windows: Tensor, bias: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """Attend within windows; returns the context ``(B, N, num_windows, C)`` and, if asked, the
+        attention probabilities ``(B * num_windows, heads, N, N)`` as transformers returns them."""
+        batch, tokens, num_windows, channels = windows.shape
+        folded = (batch, tokens, num_windows * self.num_heads, channels // self.num_heads)
+        query, key, value = (proj(windows).view(folded).transpose(1, 2) for proj in (self.query, self.key, self.value))
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5 + bias
+            weights = F.dropout(scores.softmax(-1, dtype=torch.float32).to(query.dtype), dropout, self.training)
+            context = torch.matmul(weights, value)
+            weights = weights.view(batch * num_windows, self.num_heads, tokens, tokens)
+        else:
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+        return context.transpose(1, 2).reshape(windows.shape), weights
+
+
+class _WindowAttention(nn.Module):
+    """Keys ``attention.*``: self-attention within windows (``self``) and its output projection."""
+
+    def __init__(self, config: SwinConfig, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.self = _WindowSelfAttention(config, dim, num_heads)  # "self" is the checkpoint's name
+        self.output = _Holder("dense", nn.Linear(dim, dim))
+
+    def forward(
+        self, windows: Tensor, height: int, width: int, shift: int, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attention over ``windows`` of a padded ``height x width`` map shifted by ``shift``."""
+        bias = self.self.attention_bias(height, width, shift, windows.dtype, windows.device)
+        context, weights = self.self(windows, bias, need_weights)
+        return self.output(context), weights
+
+
+class _SwinBlock(nn.Module):
+    """One transformer block: (shifted-)window attention then an MLP, each a pre-norm residual branch."""
+
+    def __init__(self, config: SwinConfig, dim: int, num_heads: int, shift: int, drop_path: float) -> None:
+        super().__init__()
+        hidden = int(config.mlp_ratio * dim)
+        self.layernorm_before = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attention = _WindowAttention(config, dim, num_heads)
+        self.layernorm_after = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.intermediate = _Holder("dense", nn.Linear(dim, hidden))
+        self.output = _Holder("dense", nn.Linear(hidden, dim))
+        self.activation = _ACTIVATIONS[config.hidden_act]()
+        self.window_size = config.window_size
+        self.shift = shift
+        self.dropout = config.hidden_dropout_prob
+        self.drop_path = drop_path
+
+    def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        batch, height, width, channels = x.shape
+        window, shift = self.window_size, self.shift
+        branch = self.layernorm_before(x)
+        # Like transformers' backbone (always_partition=True): the window never shrinks to the map, the
+        # map is padded up to whole windows instead (padded tokens take part in attention, as there).
+        pad_bottom, pad_right = -height % window, -width % window
+        if pad_bottom or pad_right:
+            branch = F.pad(branch, (0, 0, 0, pad_right, 0, pad_bottom))
+        padded_height, padded_width = height + pad_bottom, width + pad_right
+        gather, scatter = _table(_window_order, padded_height, padded_width, window, shift, x.device)
+        tokens = branch.reshape(batch, padded_height * padded_width, channels)
+        windows = tokens.index_select(1, gather).view(batch, window * window, -1, channels)
+        attended, weights = self.attention(windows, padded_height, padded_width, shift, need_weights)
+        tokens = attended.view(batch, -1, channels).index_select(1, scatter)
+        branch = tokens.view(batch, padded_height, padded_width, channels)
+        if pad_bottom or pad_right:
+            branch = branch[:, :height, :width]
+        x = x + self._drop_path(F.dropout(branch, self.dropout, self.training))
+        branch = self.output(self.activation(self.intermediate(self.layernorm_after(x))))
+        # transformers applies stochastic depth to the attention branch only; so do we.
+        return x + F.dropout(branch, self.dropout, self.training), weights
+
+    def _drop_path(self, x: Tensor) -> Tensor:
+        if not self.training or self.drop_path == 0.0:
+            return x
+        keep = 1.0 - self.drop_path
+        kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
+        return x.div(keep) * kept
+
+
+class _PatchMerging(nn.Module):
+    """Halves the resolution: each 2x2 neighbourhood is concatenated (4C), normalised, projected to 2C."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, height, width, _ = x.shape
+        if height % 2 or width % 2:
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        # Checkpoint order of the four neighbours: (0,0), (1,0), (0,1), (1,1) as (row, column).
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class _SwinStage(nn.Module):
+    """Blocks alternating regular and shifted windows; ``downsample`` feeds the next stage."""
+
+    def __init__(self, config: SwinConfig, index: int, drop_paths: list[float], last: bool) -> None:
+        super().__init__()
+        dim = config.embed_dim * 2**index
+        self.blocks = nn.ModuleList(
+            _SwinBlock(config, dim, config.num_heads[index], 0 if depth % 2 == 0 else config.window_size // 2, rate)
+            for depth, rate in enumerate(drop_paths)
+        )
+        self.downsample: _PatchMerging | None = None if last else _PatchMerging(dim)
+
+    def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """Returns the stage output and, if asked, its last block's attention weights (as transformers)."""
+        weights = None
+        for depth, block in enumerate(self.blocks):
+            x, weights = block(x, need_weights and depth == len(self.blocks) - 1)
+        return x, weights
+
+    def merge(self, x: Tensor) -> Tensor:
+        """The patch merging that turns this stage's output into the next stage's input."""
+        assert self.downsample is not None, "the last stage has no patch merging"
+        return self.downsample(x)
+
+
+class _Encoder(nn.Module):
+    """Keys ``swin.encoder.layers.N``: the stages (pruning shortens the list)."""
+
+    def __init__(self, stages: list[_SwinStage]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(stages)
+
+
+class _Trunk(nn.Module):
+    """Keys ``swin.*``. Unlike transformers, no ``swin.layernorm``: the backbone forward never uses it."""
+
+    def __init__(self, config: SwinConfig, stages: list[_SwinStage]) -> None:
+        super().__init__()
+        self.embeddings = _Embeddings(config)
+        self.encoder = _Encoder(stages)
+
+    def stages(self) -> list[_SwinStage]:
+        return cast("list[_SwinStage]", list(self.encoder.layers))
+
+
+class SwinBackbone(Backbone):
+    """Swin Transformer feature extractor with transformers-compatible checkpoints.
+
+    Stages are ``stem`` (the patch embeddings) and ``stage1..stageK``; a stage's feature map is taken
+    before its patch merging and passed through its own LayerNorm (``hidden_states_norms.<stage>``),
+    exactly as transformers' ``SwinBackbone``. ``hidden_states`` are the stage outputs before those
+    norms; ``attentions`` hold the last block's attention probabilities of each stage. Feature maps
+    and hidden states are ``(B, C, H, W)`` views of channels-last memory (call ``.contiguous()`` if a
+    consumer needs the default layout).
+
+    Args:
+        config: The architecture and the output selection.
+    """
+
+    config_class = SwinConfig
+    base_model_prefix = "swin"  # trunk prefix in SwinForImageClassification checkpoints
+    has_attentions = True
+    # Saved by transformers before 5.x; recomputed from window_size here.
+    ignored_checkpoint_keys = (r"relative_position_index$",)
+    reference_class_name = "SwinBackbone"
+
+    config: SwinConfig
+
+    def __init__(self, config: SwinConfig) -> None:
+        super().__init__(config)
+        depths = config.depths
+        total = sum(depths)
+        rates = [config.drop_path_rate * block / max(total - 1, 1) for block in range(total)]
+        starts = [sum(depths[:index]) for index in range(len(depths))]
+        stages = [
+            _SwinStage(config, index, rates[start : start + depth], last=index == len(depths) - 1)
+            for index, (start, depth) in enumerate(zip(starts, depths))
+        ]
+        self.swin = _Trunk(config, stages)
+        self.num_features = [config.embed_dim] + [config.embed_dim * 2**index for index in range(len(depths))]
+        self.reductions = [config.patch_size] + [config.patch_size * 2**index for index in range(len(depths))]
+        self.hidden_states_norms = nn.ModuleDict(
+            {name: nn.LayerNorm(self.out_feature_channels[name]) for name in self.out_features}
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module``'s own parameters as transformers' ``SwinPreTrainedModel`` does."""
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, _Embeddings) and module.position_embeddings is not None:
+            nn.init.zeros_(module.position_embeddings)
+        elif isinstance(module, _WindowSelfAttention):
+            nn.init.zeros_(module.relative_position_bias_table)
+
+    def _on_out_features_changed(self) -> None:
+        """Keep one output norm per selected stage, as a model built for the new selection would have.
+
+        New norms start at weight 1, bias 0 (transformers' initialisation); norms of deselected stages
+        are dropped, so the state dict stays that of a fresh model of this config.
+        """
+        reference = self.swin.embeddings.norm.weight
+        norms = self.hidden_states_norms
+        for name in [name for name in norms if name not in self.out_features]:
+            del norms[name]
+        for name in self.out_features:
+            if name not in norms:
+                norms[name] = nn.LayerNorm(
+                    self.out_feature_channels[name], device=reference.device, dtype=reference.dtype
+                )
+
+    def _forward_features(
+        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        if output_attentions:
+            # transformers returns the attentions of every stage; core only runs to the deepest selected one.
+            last_stage = self.num_kept_stages - 1
+        norms = self.hidden_states_norms
+        names = self.stage_names
+        wanted = set(self.out_positions)
+        stages = self.swin.stages()
+        maps: list[Tensor | None] = [None] * len(names)
+        hidden_states: list[Tensor] = []
+        attentions: list[Tensor] = []
+        x = self.swin.embeddings(pixel_values)
+        for position in range(last_stage + 1):
+            if position:
+                if position > 1:
+                    x = stages[position - 2].merge(x)
+                x, weights = stages[position - 1](x, output_attentions)
+                if weights is not None:
+                    attentions.append(weights)
+            if position in wanted:
+                maps[position] = norms[names[position]](x).permute(0, 3, 1, 2)
+            if output_hidden_states:
+                hidden_states.append(x.permute(0, 3, 1, 2))
+        return (
+            maps,
+            tuple(hidden_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )
+
+    def _prune_stages(self, last_stage: int) -> None:
+        del self.swin.encoder.layers[last_stage:]
+        if last_stage:
+            self.swin.stages()[-1].downsample = None  # it only fed the first pruned stage
