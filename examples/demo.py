@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+
 from backbones import AutoBackbone, AutoBackboneConfig, get_registry
 from backbones._cli import main as cli
-from PIL import Image
 
 OUT = Path(__file__).resolve().parent.parent / "out"
 

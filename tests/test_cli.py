@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file
+
 from backbones._cli import main
 from backbones.testing import randomize_weights_
 from backbones_toynet.model import ToyNetBackbone, ToyNetConfig
-from PIL import Image
-from safetensors.torch import load_file
 
 pytestmark = pytest.mark.usefixtures("registry")
 

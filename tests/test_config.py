@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from backbones import AutoBackboneConfig, ConfigError, UnknownModelTypeError
 from backbones_toynet.model import ToyNetConfig
 
@@ -132,7 +133,7 @@ def test_failed_cross_field_validation_rolls_back() -> None:
         depths: list[int] = [1, 1, 1]
 
         @model_validator(mode="after")
-        def _same_length(self) -> "Paired":
+        def _same_length(self) -> Paired:
             if len(self.depths) != len(self.widths):
                 raise ValueError(f"depths {self.depths} and widths {self.widths} must have the same length")
             return self

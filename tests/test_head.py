@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from backbones import ConfigError, UnknownModelTypeError, load_backbone
 from backbones.testing import assert_close_maps, randomize_weights_
 from backbones_toynet.model import ToyNetBackbone, ToyNetConfig

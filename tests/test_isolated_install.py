@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from backbones.testing import randomize_weights_
 from safetensors.torch import save_file
+
+from backbones.testing import randomize_weights_
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from backbones import (
     AutoBackbone,
     CheckpointError,
@@ -21,7 +23,6 @@ from backbones import (
 )
 from backbones.testing import assert_close_maps, randomize_weights_
 from backbones_toynet.model import ToyNetBackbone, ToyNetConfig
-from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.usefixtures("registry")
 

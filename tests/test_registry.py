@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from backbones import PluginError, UnknownModelTypeError
 from backbones._registry import Registry, get_registry, reset_registry
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from backbones import align_out_features_out_indices
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.backbone_utils import BackboneConfigMixin
+
+from backbones import align_out_features_out_indices
 
 STAGES = ["stem", "stage1", "stage2", "stage3", "stage4"]
 

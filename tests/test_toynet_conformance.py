@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from backbones.testing import BackboneConformance
 from backbones_toynet.model import ToyNetConfig
 

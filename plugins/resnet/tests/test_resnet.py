@@ -9,13 +9,14 @@ from typing import Any, ClassVar
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file, save_file
+from transformers.activations import ACT2FN
+
 from backbones import AutoBackbone, ConfigError
 from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
 from backbones_resnet import ResNetBackbone, ResNetConfig
 from backbones_resnet._config import ACTIVATIONS
 from backbones_resnet._model import _make_activation
-from safetensors.torch import load_file, save_file
-from transformers.activations import ACT2FN
 
 TINY: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24], "depths": [1, 1, 2]}
 # Four stages, as real ResNets have, for parity; still a few thousand parameters.

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from backbones import AutoBackbone
 from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
 from backbones_swin import SwinBackbone, SwinConfig
-from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from backbones import BackboneConfig
 from pydantic import field_validator, model_validator
+
+from backbones import BackboneConfig
 
 __all__ = ["ACTIVATIONS", "LAYER_TYPES", "ResNetConfig"]
 

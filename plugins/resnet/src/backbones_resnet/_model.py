@@ -10,8 +10,9 @@ from __future__ import annotations
 from itertools import islice
 
 import torch
-from backbones import Backbone
 from torch import Tensor, nn
+
+from backbones import Backbone
 
 from ._config import ACTIVATIONS, ResNetConfig
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from backbones import BackboneConfig
 from pydantic import Field, field_validator, model_validator
+
+from backbones import BackboneConfig
 
 # Activations the MLP supports, by the names transformers' configs use.
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")

@@ -20,8 +20,9 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from backbones import Backbone
 from torch import Tensor, nn
+
+from backbones import Backbone
 
 from ._config import SwinConfig
 

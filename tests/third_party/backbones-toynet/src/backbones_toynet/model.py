@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from backbones import Backbone, BackboneConfig
 from pydantic import field_validator
 from torch import Tensor, nn
+
+from backbones import Backbone, BackboneConfig
 
 
 class ToyNetConfig(BackboneConfig):
