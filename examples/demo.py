@@ -26,10 +26,12 @@ def make_checkpoint(directory: Path) -> str:
     """Save swin-tiny (random weights) as transformers would; return who wrote it."""
     try:
         from transformers import SwinConfig, SwinForImageClassification
+        from transformers.utils import logging as transformers_logging
     except ImportError:
         config = AutoBackboneConfig.for_model("swin", out_indices=[1, 2, 3, 4])
         AutoBackbone.from_config(config).save_pretrained(directory)
         return "backbones (transformers is not installed)"
+    transformers_logging.set_verbosity_error()  # our own load report is the one to read
     torch.manual_seed(0)
     SwinForImageClassification(SwinConfig(num_labels=10)).save_pretrained(directory)
     return "transformers' SwinForImageClassification (a task checkpoint: keys under 'swin.', plus a classifier)"

@@ -25,7 +25,7 @@ from ._errors import BackboneError, ConfigError
 try:
     import numpy as np
     from PIL import Image
-except ImportError:  # the [image] extra is optional; _require_image_extra says what to install
+except ImportError:  # the [image] extra is optional; require_image_extra() says what to install
     _HAVE_IMAGE_EXTRA = False
 else:
     _HAVE_IMAGE_EXTRA = True
@@ -41,6 +41,7 @@ __all__ = [
     "ImageProcessor",
     "ProcessedImages",
     "checkpoint_image_processor",
+    "require_image_extra",
 ]
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
@@ -81,7 +82,8 @@ _PIL_INTENSITY_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "I;16", "F"})
 _IMAGE_EXTRA_HINT = "image preprocessing needs Pillow and NumPy: pip install 'backbones-core[image]'"
 
 
-def _require_image_extra() -> None:
+def require_image_extra() -> None:
+    """Raise :class:`BackboneError` naming the extra to install when Pillow or NumPy is missing."""
     if not _HAVE_IMAGE_EXTRA:
         raise BackboneError(_IMAGE_EXTRA_HINT)
 
@@ -93,8 +95,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+_SIZE_KEY_ORDER = ("height", "width", "shortest_edge", "longest_edge")
+
+
 def _key_sets_text(key_sets: tuple[frozenset[str], ...]) -> str:
-    texts = ["{" + ", ".join(repr(key) for key in sorted(keys, reverse=True)) + "}" for keys in key_sets]
+    texts = ["{" + ", ".join(repr(key) for key in _SIZE_KEY_ORDER if key in keys) + "}" for keys in key_sets]
     return texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " or " + texts[-1]
 
 
@@ -302,7 +307,7 @@ class ImageProcessor:
             ValueError: An image is empty, has an unsupported shape, dtype or value range, has a
                 channel count the normalisation does not fit, or the batch cannot be stacked.
         """
-        _require_image_extra()
+        require_image_extra()
         processor = self.replace(**overrides) if overrides else self
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors={return_tensors!r} must be 'pt', 'np' or None")
