@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,40 @@ def test_extract_maps_match_the_model(checkpoint: Path, image: Path, tmp_path: P
         expected = model(_read_image(image, 224)).feature_maps
     for name, fmap in zip(model.out_features, expected):
         assert torch.equal(load_file(saved)[name], fmap[0])
+
+
+def test_extract_uses_the_checkpoints_preprocessor_config(
+    capsys: pytest.CaptureFixture[str], checkpoint: Path, image: Path, tmp_path: Path
+) -> None:
+    from backbones import AutoBackbone, AutoImageProcessor
+
+    config = {"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 36}, "crop_size": 32}
+    (checkpoint / "preprocessor_config.json").write_text(json.dumps(config))
+    saved = tmp_path / "maps.safetensors"
+    assert main(["extract", str(image), "--model", str(checkpoint), "--save", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "preprocessing: RGB, resize the shortest edge to 36 (bicubic), centre-crop 32x32, scale to [0, 1], "
+        "normalise with mean (0.48145466, 0.4578275, 0.40821073) and std (0.26862954, 0.26130258, 0.27577711) "
+        "(the checkpoint's preprocessor_config.json (BitImageProcessor))"
+    ) in out
+    with Image.open(image) as opened:
+        inputs = AutoImageProcessor.from_pretrained(checkpoint)(opened, return_tensors="pt")
+    with torch.no_grad():
+        expected = AutoBackbone.from_pretrained(checkpoint)(**inputs).feature_maps
+    for name, fmap in zip(["stage1", "stage2", "stage3"], expected):
+        assert torch.equal(load_file(saved)[name], fmap[0])
+    assert main(["extract", str(image), "--model", str(checkpoint), "--size", "48"]) == 0
+    assert (
+        "preprocessing: RGB, resize to 48x48 (bicubic), scale to [0, 1], normalise with mean (0.4814"
+        in capsys.readouterr().out
+    )
+    (checkpoint / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "DeiTImageProcessor"}))
+    assert main(["extract", str(image), "--model", str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "preprocessing: RGB, resize to 224x224 (bilinear), scale to [0, 1], normalise with mean (0.485, 0.456, 0.406)"
+        in out
+    )
+    assert "(backbones' defaults: the checkpoint's preprocessor_config.json is unusable: " in out
+    assert "image_processor_type 'DeiTImageProcessor' is not supported" in out

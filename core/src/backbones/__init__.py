@@ -22,12 +22,14 @@ PLUGIN_API_VERSION = "1.0"
 _EXPORTS: dict[str, str] = {
     "AutoBackbone": "._auto",
     "AutoBackboneConfig": "._auto",
+    "AutoImageProcessor": "._image",
     "Backbone": "._backbone",
     "BackboneConfig": "._config",
     "BackboneError": "._errors",
     "BackboneOutput": "._output",
     "CheckpointError": "._errors",
     "ConfigError": "._errors",
+    "ImageProcessor": "._image",
     "LoadReport": "._loading",
     "PluginError": "._errors",
     "UnknownModelTypeError": "._errors",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
         WeightsMismatchError,
     )
     from ._head import load_backbone
+    from ._image import AutoImageProcessor, ImageProcessor
     from ._loading import LoadReport
     from ._output import BackboneOutput
     from ._registry import get_registry, register

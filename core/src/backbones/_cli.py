@@ -18,11 +18,9 @@ from ._errors import BackboneError
 if TYPE_CHECKING:
     from ._backbone import Backbone
     from ._config import BackboneConfig
+    from ._image import ImageProcessor
 
 __all__ = ["main"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -99,26 +97,55 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: Path, size: int | None) -> Any:
-    try:
-        import numpy as np
-        from PIL import Image
-    except ImportError:
-        raise BackboneError("reading images needs Pillow and NumPy: pip install 'backbones-core[image]'") from None
-    import torch
+def _image_processor(args: argparse.Namespace) -> tuple[ImageProcessor, str]:
+    """The checkpoint's preprocessor_config.json when it has a usable one, else the documented defaults.
 
+    ``--size`` replaces the resize (and crop) of either; the image is always converted to RGB.
+    """
+    from ._errors import ConfigError
+    from ._image import ImageProcessor, checkpoint_image_processor
+
+    processor = None
+    if _is_model_type(args.model):
+        source = "backbones' defaults: a model type has no preprocessor_config.json"
+    else:
+        source = "backbones' defaults: the checkpoint has no preprocessor_config.json"
+        try:
+            processor = checkpoint_image_processor(args.model, **_hub_options(args))
+        except ConfigError as error:
+            source = f"backbones' defaults: the checkpoint's preprocessor_config.json is unusable: {error}"
+    if processor is None:
+        processor = ImageProcessor()
+    else:
+        source = f"the checkpoint's preprocessor_config.json ({processor.image_processor_type})"
+    if args.size is not None:
+        size = {"height": args.size, "width": args.size} if args.size > 0 else processor.size
+        processor = processor.replace(do_resize=args.size > 0, size=size, crop_pct=None, do_center_crop=False)
+        source += f", resized by --size {args.size}"
+    return processor.replace(do_convert_rgb=True), source
+
+
+def _read_image(path: Path, processor: ImageProcessor | int | None) -> Any:
+    """Open an image and preprocess it into a ``(1, 3, H, W)`` tensor.
+
+    ``processor`` may be a size instead: the documented defaults at SIZExSIZE (``0``/``None``: native size).
+    """
+    from ._image import ImageProcessor, require_image_extra
+
+    require_image_extra()
+    from PIL import Image
+
+    if not isinstance(processor, ImageProcessor):
+        size = processor or 0
+        processor = ImageProcessor(size={"height": size, "width": size}) if size else ImageProcessor(do_resize=False)
     try:
-        image = Image.open(path).convert("RGB")
+        with Image.open(path) as image:
+            image.load()
     except FileNotFoundError:
         raise BackboneError(f"image {path} does not exist") from None
     except OSError as error:
         raise BackboneError(f"cannot read image {path}: {error}") from None
-    if size is not None:
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-    std = np.asarray(IMAGENET_STD, dtype=np.float32)
-    return torch.from_numpy((array - mean) / std).permute(2, 0, 1).unsqueeze(0).contiguous()
+    return processor(image, return_tensors="pt")["pixel_values"]
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -137,14 +164,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         loaded = AutoBackbone.from_pretrained(args.model, **overrides, **_hub_options(args))
         assert not isinstance(loaded, tuple)
         model = loaded
-    size = None if args.size == 0 else args.size
-    print(
-        f"preprocessing: RGB, resize to {size}x{size} (bilinear), scale to [0, 1], normalise with ImageNet "
-        f"mean {IMAGENET_MEAN} and std {IMAGENET_STD}"
-        if size
-        else f"preprocessing: RGB at native size, scale to [0, 1], normalise with ImageNet mean {IMAGENET_MEAN} and std {IMAGENET_STD}"
-    )
-    pixels = _read_image(Path(args.image), size)
+    processor, source = _image_processor(args)
+    print(f"preprocessing: {processor.describe()} ({source})")
+    pixels = _read_image(Path(args.image), processor)
     with torch.inference_mode():
         maps = model(pixels).feature_maps
     rows = [
@@ -225,7 +247,12 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("image", help="image file (any format Pillow reads)")
     extract.add_argument("--model", required=True, help="checkpoint directory, hub id, or model type (random weights)")
     extract.add_argument("--out-indices", type=int, nargs="+", help="stages to output (default: the checkpoint's)")
-    extract.add_argument("--size", type=int, default=224, help="resize to SIZExSIZE first (0 keeps the native size)")
+    extract.add_argument(
+        "--size",
+        type=int,
+        help="resize to SIZExSIZE instead (0 keeps the native size); default: the checkpoint's "
+        "preprocessor_config.json, else 224",
+    )
     extract.add_argument("--save", metavar="FILE.safetensors", help="save the maps, keyed by stage name")
     extract.add_argument("--plot", metavar="FILE.png", help="save a picture of the maps")
     extract.set_defaults(run=_cmd_extract)

@@ -623,7 +623,8 @@ def _resize(pixels: NDArray[Any], height: int, width: int, resample: int) -> NDA
         resized = np.asarray(band_image.resize((width, height), resample=resample))
         return resized[:, :, None] if resized.ndim == 2 else resized
     # Other float images keep their precision: each channel is resized as a 32-bit float image
-    # (transformers would truncate [0, 1] images to 8 bits here and refuse other ranges).
+    # (transformers would truncate [0, 1] images to 8 bits here and refuse other ranges). Images of
+    # more than 4 channels, which Pillow has no mode for, are resized channel by channel too.
     dtype = np.uint8 if pixels.dtype == np.uint8 else np.float32
     planes = [
         np.asarray(
