@@ -1,0 +1,385 @@
+"""BEiT backbone: a plain vision transformer whose layers are read out as feature maps.
+
+Paper: Bao et al., "BEiT: BERT Pre-Training of Image Transformers" (2021), https://arxiv.org/abs/2106.08254.
+
+Module attribute names are the checkpoint's key names, in the format transformers writes to disk and the
+hub holds: ``beit.encoder.layer.N.attention.attention.query.weight``, ``intermediate.dense``,
+``output.dense``, and the pyramid as ``fpn1.0`` / ``fpn1.1`` / ``fpn1.3`` / ``fpn2.0``. transformers 5
+renames these in memory (``q_proj``, ``mlp.fc1``, ``fpn.fpn1.conv_transpose1``) but writes them back
+under these names, and task checkpoints (``BeitForImageClassification``, ``BeitForSemanticSegmentation``)
+use them too. transformers' ``BeitBackbone`` saves its trunk without the ``beit.`` prefix; the loader
+adds it (``base_model_prefix``).
+
+Layout: tokens stay ``(batch, 1 + height * width, channels)``, CLS token first, from the embeddings to
+the last layer. A stage's feature map is a ``(batch, channels, height, width)`` view of its patch tokens,
+so no stage pays for a transposing copy.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones import Backbone
+
+from ._config import ACTIVATIONS, BeitConfig
+
+__all__ = ["BeitBackbone"]
+
+# Input sizes whose attention bias one relative-position module keeps (a few sizes alternate in practice).
+_CACHED_SIZES = 8
+
+
+def _named(**children: nn.Module) -> nn.Module:
+    """A parameterless module that only groups ``children``, to reproduce the checkpoint's key paths."""
+    module = nn.Module()
+    for name, child in children.items():
+        module.add_module(name, child)
+    return module
+
+
+def _activation(name: str) -> nn.Module:
+    class_name, arguments = ACTIVATIONS[name]
+    return getattr(nn, class_name)(**arguments)
+
+
+def _build_relative_index(height: int, width: int, device: torch.device) -> Tensor:
+    """``(1 + h*w, 1 + h*w)`` rows of the bias table for every (query, key) token pair of an ``h x w`` grid.
+
+    Patch pairs index a ``(2h - 1, 2w - 1)`` grid of offsets, row-major; the three rows after it hold
+    the CLS-to-patch, patch-to-CLS and CLS-to-CLS biases.
+    """
+    row = torch.arange(height, device=device).repeat_interleave(width)
+    col = torch.arange(width, device=device).repeat(height)
+    offsets = (row[:, None] - row[None, :] + height - 1) * (2 * width - 1) + (col[:, None] - col[None, :] + width - 1)
+    grid_rows = (2 * height - 1) * (2 * width - 1)
+    index = torch.full((height * width + 1, height * width + 1), grid_rows, dtype=torch.long, device=device)
+    index[1:, 0] = grid_rows + 1
+    index[0, 0] = grid_rows + 2
+    index[1:, 1:] = offsets
+    return index
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_relative_index(height: int, width: int, device: torch.device) -> Tensor:
+    # Built outside inference mode so that a table cached there also serves autograd-recording calls.
+    with torch.inference_mode(False), torch.no_grad():
+        return _build_relative_index(height, width, device)
+
+
+class _RelativePositionBias(nn.Module):
+    """Learned attention bias per head for every relative offset between two patches (and the CLS token).
+
+    Key ``relative_position_bias_table``: ``(2H - 1) * (2W - 1) + 3`` rows for the pre-training grid
+    ``H x W``. For another grid the offset part of the table is resampled bilinearly, as transformers does.
+    """
+
+    def __init__(self, config: BeitConfig) -> None:
+        super().__init__()
+        self.grid = config.patch_grid
+        rows = (2 * self.grid[0] - 1) * (2 * self.grid[1] - 1) + 3
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, config.num_attention_heads))
+        # The pre-training grid's index as a buffer, so a compiled graph reads it instead of rebuilding it.
+        self.register_buffer("grid_index", _build_relative_index(*self.grid, torch.device("cpu")), persistent=False)
+        self._bias_cache: dict[tuple[int, int], Tensor] = {}
+        self._bias_cache_stamp: tuple[int, int] | None = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
+        self._bias_cache.clear()  # cached biases must follow .to() / .half() / .cuda()
+        return super()._apply(fn, recurse)
+
+    def forward(self, height: int, width: int) -> Tensor:
+        """The additive attention bias ``(1, heads, 1 + h*w, 1 + h*w)`` for an ``height x width`` patch grid."""
+        table = self.relative_position_bias_table
+        # Reuse is only safe while the table cannot change under us or need a graph: eval mode, no
+        # gradient into the table, and the table's storage and version unchanged. Never while tracing.
+        if torch.compiler.is_compiling() or self.training or (torch.is_grad_enabled() and table.requires_grad):
+            return self._bias(height, width)
+        stamp = (table.data_ptr(), table._version)
+        if stamp != self._bias_cache_stamp:
+            self._bias_cache.clear()
+            self._bias_cache_stamp = stamp
+        bias = self._bias_cache.get((height, width))
+        if bias is None:
+            with torch.inference_mode(False), torch.no_grad():
+                bias = self._bias(height, width)
+            if len(self._bias_cache) >= _CACHED_SIZES:
+                self._bias_cache.pop(next(iter(self._bias_cache)))
+            self._bias_cache[(height, width)] = bias
+        return bias
+
+    def _bias(self, height: int, width: int) -> Tensor:
+        table = self.relative_position_bias_table
+        if (height, width) == self.grid:
+            index = self.grid_index
+        else:
+            table = self._resampled_table(height, width)
+            index = (
+                _build_relative_index(height, width, table.device)
+                if torch.compiler.is_compiling()
+                else _cached_relative_index(height, width, table.device)
+            )
+        tokens = index.shape[0]
+        # Heads first before the gather, so the bias comes out contiguous in the layout attention reads.
+        return table.t().contiguous().index_select(1, index.view(-1)).view(1, -1, tokens, tokens)
+
+    def _resampled_table(self, height: int, width: int) -> Tensor:
+        table = self.relative_position_bias_table
+        rows, cols = 2 * self.grid[0] - 1, 2 * self.grid[1] - 1
+        offsets = table[: rows * cols].t().reshape(1, -1, rows, cols)
+        # transformers reshapes this grid as (cols, rows): the same for the square pre-training sizes of
+        # every published checkpoint; for a non-square image_size the (rows, cols) order here is the right one.
+        offsets = F.interpolate(offsets, size=(2 * height - 1, 2 * width - 1), mode="bilinear", align_corners=False)
+        return torch.cat([offsets.flatten(2)[0].t(), table[rows * cols :]])
+
+
+class _Embeddings(nn.Module):
+    """Stem (keys ``beit.embeddings.*``): patch projection, CLS token, optional absolute positions."""
+
+    def __init__(self, config: BeitConfig) -> None:
+        super().__init__()
+        patch = config.patch_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.patch_embeddings = _named(
+            projection=nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=patch, stride=patch)
+        )
+        self.grid = config.patch_grid
+        # No mask_token: the backbone never masks patches (the key of pre-training checkpoints is unused).
+        self.position_embeddings = (
+            nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1] + 1, config.hidden_size))
+            if config.use_absolute_position_embeddings
+            else None
+        )
+        self.dropout = config.hidden_dropout_prob
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        patches = self.patch_embeddings.projection(pixel_values)
+        batch, _, height, width = patches.shape
+        tokens = torch.cat([self.cls_token.expand(batch, -1, -1), patches.flatten(2).transpose(1, 2)], dim=1)
+        if self.position_embeddings is not None:
+            tokens = tokens + self._positions(height, width)
+        return F.dropout(tokens, self.dropout, self.training)
+
+    def _positions(self, height: int, width: int) -> Tensor:
+        table = self.position_embeddings
+        assert table is not None
+        if (height, width) == self.grid:
+            return table
+        # Another input size: resample the patch part of the table bicubically, as transformers does.
+        patch_part = table[:, 1:].reshape(1, *self.grid, -1).permute(0, 3, 1, 2)
+        patch_part = F.interpolate(patch_part, size=(height, width), mode="bicubic", align_corners=False)
+        return torch.cat([table[:, :1], patch_part.flatten(2).transpose(1, 2)], dim=1)
+
+
+class _SelfAttention(nn.Module):
+    """Multi-head self-attention over all tokens (keys ``attention.attention.*``); the key has no bias.
+
+    The output projection is the sibling ``attention.output.dense``. The relative-position bias, when the
+    layer has its own, is the child ``relative_position_bias``.
+    """
+
+    def __init__(self, config: BeitConfig) -> None:
+        super().__init__()
+        width = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.dropout = config.attention_probs_dropout_prob
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width, bias=False)
+        self.value = nn.Linear(width, width)
+        self.relative_position_bias = _RelativePositionBias(config) if config.use_relative_position_bias else None
+
+    def forward(self, tokens: Tensor, bias: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """Returns the context ``(B, L, C)`` and, if asked, the probabilities ``(B, heads, L, L)``."""
+        batch, length, width = tokens.shape
+        split = (batch, length, self.num_heads, width // self.num_heads)
+        query, key, value = (proj(tokens).view(split).transpose(1, 2) for proj in (self.query, self.key, self.value))
+        if bias is not None:
+            bias = bias.to(query.dtype)  # autocast may run the projections in a lower precision
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
+            if bias is not None:
+                scores = scores + bias
+            weights = F.dropout(scores.softmax(-1, dtype=torch.float32).to(query.dtype), dropout, self.training)
+            context = torch.matmul(weights, value)
+        else:
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+        return context.transpose(1, 2).reshape(batch, length, width), weights
+
+
+class _Layer(nn.Module):
+    """One pre-norm transformer layer; both residual branches are scaled per channel (``lambda_1/2``)."""
+
+    def __init__(self, config: BeitConfig, drop_path: float) -> None:
+        super().__init__()
+        width = config.hidden_size
+        self.layernorm_before = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.attention = _named(attention=_SelfAttention(config), output=_named(dense=nn.Linear(width, width)))
+        self.layernorm_after = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.intermediate = _named(dense=nn.Linear(width, config.intermediate_size))
+        self.output = _named(dense=nn.Linear(config.intermediate_size, width))
+        self.activation = _activation(config.hidden_act)
+        scale = config.layer_scale_init_value
+        self.lambda_1 = nn.Parameter(torch.full((width,), scale)) if scale > 0 else None
+        self.lambda_2 = nn.Parameter(torch.full((width,), scale)) if scale > 0 else None
+        self.dropout = config.hidden_dropout_prob
+        self.drop_path = drop_path
+
+    def forward(
+        self, tokens: Tensor, shared_bias: Tensor | None, grid: tuple[int, int], need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        attention: _SelfAttention = self.attention.attention  # type: ignore[assignment]
+        bias = shared_bias
+        if attention.relative_position_bias is not None:
+            own = attention.relative_position_bias(*grid)
+            bias = own if bias is None else own + bias
+        branch, weights = attention(self.layernorm_before(tokens), bias, need_weights)
+        branch = F.dropout(self.attention.output.dense(branch), self.dropout, self.training)
+        if self.lambda_1 is not None:
+            branch = self.lambda_1 * branch
+        tokens = tokens + self._drop_path(branch)
+        branch = self.output.dense(self.activation(self.intermediate.dense(self.layernorm_after(tokens))))
+        branch = F.dropout(branch, self.dropout, self.training)
+        if self.lambda_2 is not None:
+            branch = self.lambda_2 * branch
+        return tokens + self._drop_path(branch), weights
+
+    def _drop_path(self, x: Tensor) -> Tensor:
+        if not self.training or self.drop_path == 0.0:
+            return x
+        keep = 1.0 - self.drop_path
+        kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
+        return x.div(keep) * kept
+
+
+def _pyramid_level(level: int, width: int) -> nn.Module:
+    """Level ``level`` (0..3) of transformers' BEiT pyramid neck: 4x up, 2x up, identity, 2x down.
+
+    Sequential containers reproduce the checkpoint keys (``fpn1.0``, ``fpn1.1``, ``fpn1.3``, ``fpn2.0``).
+    """
+    if level == 0:
+        return nn.Sequential(
+            nn.ConvTranspose2d(width, width, kernel_size=2, stride=2),
+            nn.BatchNorm2d(width),
+            nn.GELU(),
+            nn.ConvTranspose2d(width, width, kernel_size=2, stride=2),
+        )
+    if level == 1:
+        return nn.Sequential(nn.ConvTranspose2d(width, width, kernel_size=2, stride=2))
+    if level == 2:
+        return nn.Identity()
+    return nn.MaxPool2d(kernel_size=2, stride=2)
+
+
+# Stride of each pyramid level relative to the patch grid, as (numerator, denominator).
+_LEVEL_SCALES = ((1, 4), (1, 2), (1, 1), (2, 1))
+
+
+class BeitBackbone(Backbone):
+    """BEiT feature extractor with transformers-compatible checkpoints.
+
+    Stages are ``stem`` (the embeddings, positions added) and ``stage1..stageN`` (the output of each
+    transformer layer); a stage's map is its patch tokens as a ``(batch, hidden_size, H / patch,
+    W / patch)`` grid, exactly as transformers' ``BeitBackbone``. With ``add_fpn`` the four
+    ``fpn_indices`` stages go through the pyramid neck (``fpn1``..``fpn4``) and their strides become
+    ``patch / 4``, ``patch / 2``, ``patch`` and ``2 * patch``. ``hidden_states`` are the token sequences
+    ``(batch, 1 + tokens, hidden_size)`` of the stem and every layer run; ``attentions`` the attention
+    probabilities ``(batch, heads, 1 + tokens, 1 + tokens)`` of every layer run.
+    """
+
+    config_class = BeitConfig
+    base_model_prefix = "beit"  # trunk prefix of task checkpoints; transformers' BeitBackbone saves it without
+    has_attentions = True
+    # Saved by older transformers releases; recomputed from the grid here.
+    ignored_checkpoint_keys = (r"relative_position_index$",)
+    reference_class_name = "BeitBackbone"
+
+    def __init__(self, config: BeitConfig) -> None:
+        super().__init__(config)
+        layers = config.num_hidden_layers
+        rates = [config.drop_path_rate * index / max(layers - 1, 1) for index in range(layers)]
+        shared = _RelativePositionBias(config) if config.use_shared_relative_position_bias else None
+        encoder = _named(layer=nn.ModuleList(_Layer(config, rate) for rate in rates))
+        encoder.add_module("relative_position_bias", shared)
+        # No beit.layernorm nor beit.pooler: only transformers' pooling and heads use them.
+        self.beit = _named(embeddings=_Embeddings(config), encoder=encoder)
+        patch = config.patch_size
+        self.num_features = [config.hidden_size] * len(config.stage_names)
+        self.reductions = [patch] * len(config.stage_names)
+        # Stage position -> attribute name of its pyramid level; fixed for the model's lifetime.
+        self._pyramid: dict[int, str] = {}
+        for level, position in enumerate(config.fpn_positions):
+            self.add_module(f"fpn{level + 1}", _pyramid_level(level, config.hidden_size))
+            numerator, denominator = _LEVEL_SCALES[level]
+            self.reductions[position] = patch * numerator // denominator
+            self._pyramid[position] = f"fpn{level + 1}"
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module``'s own parameters as transformers' ``BeitPreTrainedModel`` does."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+        elif isinstance(module, _Embeddings):
+            nn.init.zeros_(module.cls_token)
+            if module.position_embeddings is not None:
+                nn.init.zeros_(module.position_embeddings)
+        elif isinstance(module, _RelativePositionBias):
+            nn.init.zeros_(module.relative_position_bias_table)
+        elif isinstance(module, _Layer) and module.lambda_1 is not None:
+            nn.init.constant_(module.lambda_1, self.config.layer_scale_init_value)
+            nn.init.constant_(module.lambda_2, self.config.layer_scale_init_value)  # type: ignore[arg-type]
+
+    def _forward_features(
+        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        patch = self.config.patch_size
+        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        encoder = self.beit.encoder
+        layers = encoder.layer
+        shared = encoder.relative_position_bias
+        shared_bias = shared(*grid) if shared is not None and last_stage > 0 else None
+        reshape = self.config.reshape_hidden_states
+        wanted = set(self.out_positions)
+        maps: list[Tensor | None] = [None] * len(self.stage_names)
+        hidden_states: list[Tensor] = []
+        attentions: list[Tensor] = []
+        tokens = self.beit.embeddings(pixel_values)
+        for position in range(last_stage + 1):
+            if position:
+                tokens, weights = layers[position - 1](tokens, shared_bias, grid, output_attentions)
+                if weights is not None:
+                    attentions.append(weights)
+            if output_hidden_states:
+                hidden_states.append(tokens)
+            if position in wanted:
+                maps[position] = self._stage_map(tokens, position, grid) if reshape else tokens
+        return (
+            maps,
+            tuple(hidden_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )
+
+    def _stage_map(self, tokens: Tensor, position: int, grid: tuple[int, int]) -> Tensor:
+        fmap = tokens[:, 1:].unflatten(1, grid).permute(0, 3, 1, 2)
+        level = self._pyramid.get(position)
+        return getattr(self, level)(fmap) if level is not None else fmap
+
+    def _prune_stages(self, last_stage: int) -> None:
+        del self.beit.encoder.layer[last_stage:]
+        for position, name in list(self._pyramid.items()):
+            if position > last_stage:
+                delattr(self, name)
+                del self._pyramid[position]

@@ -1,0 +1,140 @@
+"""Configuration of DINOv2. Field names and defaults follow transformers' Dinov2Config (dinov2-base)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
+
+from backbones import BackboneConfig
+
+__all__ = ["ACTIVATIONS", "Dinov2Config"]
+
+ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    # config.json name -> (torch.nn class, arguments), with transformers' ACT2FN meaning. Parameter-free
+    # only (a learnable activation would add keys transformers' checkpoints never hold); kept torch-free
+    # so that validating a config does not import torch.
+    "gelu": ("GELU", {}),
+    "gelu_new": ("GELU", {"approximate": "tanh"}),
+    "gelu_pytorch_tanh": ("GELU", {"approximate": "tanh"}),
+    "relu": ("ReLU", {}),
+    "silu": ("SiLU", {}),
+    "swish": ("SiLU", {}),
+}
+"""Supported values of ``hidden_act``."""
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return value if isinstance(value, tuple) else (value, value)
+
+
+class Dinov2Config(BackboneConfig):
+    """Configuration of a DINOv2 backbone; the defaults describe dinov2-base (ViT-B/14).
+
+    The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = num_hidden_layers``: the stem is the
+    patch embeddings (with the class token and position embeddings added), ``stageK`` the output of
+    transformer layer ``K``. Every stage has ``hidden_size`` channels and stride ``patch_size``.
+
+    Args:
+        hidden_size: Width of the token embeddings (the channels of every feature map).
+        num_hidden_layers: Number of transformer layers.
+        num_attention_heads: Attention heads per layer; must divide ``hidden_size``.
+        mlp_ratio: Hidden width of each MLP relative to ``hidden_size`` (the SwiGLU FFN keeps about two
+            thirds of it, rounded up to a multiple of 8).
+        hidden_act: Activation of the plain MLP (one of :data:`ACTIVATIONS`); the SwiGLU FFN always uses SiLU.
+        hidden_dropout_prob: Dropout on the embeddings (training only).
+        attention_probs_dropout_prob: Dropout on attention probabilities (training only).
+        initializer_range: Standard deviation of the truncated-normal initialisation.
+        layer_norm_eps: Epsilon of every layer norm.
+        image_size: Pre-training image size (one int or ``(height, width)``); sizes the position
+            embeddings, which are resampled for any other input size.
+        patch_size: Side of the square patches (the stride of every stage).
+        num_channels: Input channels.
+        qkv_bias: Whether the query, key and value projections have a bias.
+        layerscale_value: Initial value of the per-channel layer-scale factors.
+        drop_path_rate: Stochastic-depth rate of every residual branch (training only).
+        use_swiglu_ffn: Use a SwiGLU feed-forward network instead of the two-layer MLP (ViT-g).
+        apply_layernorm: Pass each feature map through the final layer norm (``layernorm``).
+        reshape_hidden_states: Return feature maps as ``(batch, channels, height, width)`` without the
+            class token; when False they are the ``(batch, 1 + height * width, channels)`` token sequences.
+        use_mask_token: Whether checkpoints hold a mask token (used only in masked pre-training; the
+            backbone never builds it, so its key is reported as unused when loading).
+    """
+
+    model_type: ClassVar[str] = "dinov2"
+
+    hidden_size: int = Field(default=768, ge=1)
+    num_hidden_layers: int = Field(default=12, ge=1)
+    num_attention_heads: int = Field(default=12, ge=1)
+    mlp_ratio: int | float = 4
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
+    attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-6
+    image_size: int | tuple[int, int] = 224
+    patch_size: int = Field(default=14, ge=1)
+    num_channels: int = Field(default=3, ge=1)
+    qkv_bias: bool = True
+    layerscale_value: float = 1.0
+    drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
+    use_swiglu_ffn: bool = False
+    apply_layernorm: bool = True
+    reshape_hidden_states: bool = True
+    use_mask_token: bool = True
+
+    @field_validator("patch_size", mode="before")
+    @classmethod
+    def _square_patches(cls, value: Any) -> Any:
+        # transformers also accepts [p, p]; every stage's stride is only one number for square patches.
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2 or value[0] != value[1]:
+                raise ValueError(f"patch_size must be one int or a square pair such as [14, 14], got {list(value)}")
+            return value[0]
+        return value
+
+    @field_validator("hidden_act")
+    @classmethod
+    def _known_activation(cls, value: str) -> str:
+        if value not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {value!r} is not supported; set hidden_act to one of {sorted(ACTIVATIONS)}")
+        return value
+
+    @field_validator("mlp_ratio")
+    @classmethod
+    def _positive_ratio(cls, value: int | float) -> int | float:
+        if not value > 0:
+            raise ValueError(f"mlp_ratio must be positive (the MLP is mlp_ratio * hidden_size wide), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> Dinov2Config:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} does not divide hidden_size={self.hidden_size}; "
+                "choose a head count that divides hidden_size"
+            )
+        height, width = _pair(self.image_size)
+        patch = self.patch_size
+        if height < patch or width < patch:
+            raise ValueError(
+                f"image_size {self.image_size} is smaller than patch_size {patch}; the position embeddings need "
+                "one patch at least, so set image_size >= patch_size"
+            )
+        if height // patch != width // patch:
+            raise ValueError(
+                f"image_size {self.image_size} gives a {height // patch}x{width // patch} grid of patches, but "
+                "DINOv2's position embeddings are a square grid; use a square image_size (e.g. 224 or 518)"
+            )
+        if int(self.hidden_size * self.mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio={self.mlp_ratio} leaves the MLP with no hidden units; raise mlp_ratio")
+        return self
+
+    @property
+    def stage_names(self) -> list[str]:
+        return ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
+
+    @property
+    def position_grid(self) -> int:
+        """Side of the square grid of pre-training position embeddings (``image_size // patch_size``)."""
+        return _pair(self.image_size)[0] // self.patch_size

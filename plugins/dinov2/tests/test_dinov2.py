@@ -1,0 +1,335 @@
+"""Tests of backbones-dinov2: the conformance kit, parity with transformers, a default-size shape check."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from backbones import AutoBackbone, ConfigError
+from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones_dinov2 import Dinov2Backbone, Dinov2Config
+
+TINY: dict[str, Any] = {
+    "hidden_size": 16,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+# Parity: four layers, a 4x4 grid of pre-training positions; still a few thousand parameters.
+SMALL: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+}
+ALL_STAGES = [0, 1, 2, 3, 4]
+# The training size (position embeddings used as stored), a non-square size (resampled to 6x5) and a
+# size that is no multiple of the patch (the projection floors it to 5x7).
+SIZES = [(32, 32), (48, 40), (42, 59)]
+
+
+# -- conformance ------------------------------------------------------------------------------------
+
+
+class TestDinov2Conformance(BackboneConformance):
+    model_type = "dinov2"
+    input_sizes = ((32, 32), (48, 40), (42, 59))
+    # The patch projection is a stride-p convolution without padding: a map is size // p wide.
+    spatial_rounding = "floor"
+
+    def make_config(self, **overrides: Any) -> Dinov2Config:
+        return Dinov2Config(**TINY, **overrides)
+
+
+class TestDinov2SwiGLUConformance(TestDinov2Conformance):
+    def make_config(self, **overrides: Any) -> Dinov2Config:
+        return Dinov2Config(**TINY, use_swiglu_ffn=True, apply_layernorm=False, **overrides)
+
+
+# -- parity with transformers -----------------------------------------------------------------------
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "mlp": {},
+    "swiglu": {"use_swiglu_ffn": True},
+    "no-layernorm-silu-no-qkv-bias": {"apply_layernorm": False, "hidden_act": "silu", "qkv_bias": False},
+}
+
+
+def pixels(height: int = 48, width: int = 40, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
+
+
+def oracle_config(variant: str, **extra: Any) -> transformers.Dinov2Config:
+    return transformers.Dinov2Config(**SMALL, **VARIANTS[variant], out_indices=ALL_STAGES, **extra)
+
+
+def load_oracle(directory: Path) -> tuple[transformers.Dinov2Backbone, dict[str, Any]]:
+    # The concrete class, not transformers.AutoBackbone: in 5.23 AutoBackbone.from_pretrained(local_dir)
+    # asks the hub first and fails offline. Eager attention: with the default "sdpa", transformers 5.23
+    # silently returns no attention weights when they are requested.
+    model, info = transformers.Dinov2Backbone.from_pretrained(
+        directory, attn_implementation="eager", output_loading_info=True
+    )
+    return model.eval(), info
+
+
+def oracle_maps(oracle: Any, inputs: torch.Tensor, out_indices: list[int]) -> tuple[torch.Tensor, ...]:
+    oracle.out_indices = out_indices
+    with torch.no_grad():
+        return oracle(inputs).feature_maps
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def oracle_checkpoint(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Any, list[str]]:
+    """A transformers Dinov2Backbone with every weight randomised, its checkpoint, and the checkpoint keys
+    our backbone leaves unused."""
+    config = oracle_config(request.param)
+    config._attn_implementation = "eager"  # see load_oracle
+    oracle = randomize_weights_(transformers.Dinov2Backbone(config)).eval()
+    directory = tmp_path_factory.mktemp(request.param)
+    oracle.save_pretrained(directory)
+    # The mask token only serves masked pre-training, and without apply_layernorm the final norm is
+    # never applied: the backbone builds neither.
+    unused = ["embeddings.mask_token"]
+    if not config.apply_layernorm:
+        unused = ["embeddings.mask_token", "layernorm.bias", "layernorm.weight"]
+    return directory, oracle, unused
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size[0]}x{size[1]}")
+@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0]], ids=str)
+def test_backbone_checkpoint_matches_transformers(
+    oracle_checkpoint: tuple[Path, Any, list[str]], out_indices: list[int], size: tuple[int, int]
+) -> None:
+    directory, oracle, unused = oracle_checkpoint
+    model, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
+    assert isinstance(model, Dinov2Backbone)
+    assert report.missing_keys == []
+    assert report.unused_keys == unused
+    inputs = pixels(*size)
+    with torch.no_grad():
+        ours = model(inputs).feature_maps
+    reference = oracle_maps(oracle, inputs, out_indices)
+    assert len(ours) == len(out_indices)
+    assert_close_maps(ours, reference, atol=1e-4)
+    assert model.channels == oracle.channels
+
+
+def test_hidden_states_and_attentions_match_transformers(oracle_checkpoint: tuple[Path, Any, list[str]]) -> None:
+    directory, oracle, _ = oracle_checkpoint
+    model = AutoBackbone.from_pretrained(directory, out_indices=[-1])
+    oracle.out_indices = [-1]
+    inputs = pixels()
+    with torch.no_grad():
+        ours = model(inputs, output_hidden_states=True, output_attentions=True)
+        reference = oracle(inputs, output_hidden_states=True, output_attentions=True)
+    assert len(ours.hidden_states) == len(reference.hidden_states) == 5
+    # Hidden states are the raw token sequences, class token first, before the final layer norm.
+    assert tuple(ours.hidden_states[0].shape) == (2, 1 + 6 * 5, 32)
+    assert_close_maps(ours.hidden_states, reference.hidden_states, atol=1e-4)
+    assert len(ours.attentions) == len(reference.attentions) == 4
+    assert tuple(ours.attentions[0].shape) == (2, 4, 31, 31)
+    assert_close_maps(ours.attentions, reference.attentions, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 40)], ids=lambda size: f"{size[0]}x{size[1]}")
+def test_token_sequences_without_reshape_match_transformers(tmp_path: Path, size: tuple[int, int]) -> None:
+    oracle = randomize_weights_(transformers.Dinov2Backbone(oracle_config("mlp", reshape_hidden_states=False))).eval()
+    oracle.save_pretrained(tmp_path)
+    model = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 2, 4])
+    assert model.config.reshape_hidden_states is False
+    inputs = pixels(*size)
+    with torch.no_grad():
+        ours = model(inputs).feature_maps
+    tokens = 1 + (size[0] // 8) * (size[1] // 8)
+    assert [tuple(fmap.shape) for fmap in ours] == [(2, tokens, 32)] * 3
+    assert_close_maps(ours, oracle_maps(oracle, inputs, [0, 2, 4]), atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 40)], ids=lambda size: f"{size[0]}x{size[1]}")
+@pytest.mark.parametrize("variant", ["mlp", "swiglu"])
+def test_classification_checkpoint_loads_trunk(tmp_path: Path, variant: str, size: tuple[int, int]) -> None:
+    config = oracle_config(variant, num_labels=5)
+    classifier = randomize_weights_(transformers.Dinov2ForImageClassification(config)).eval()
+    classifier.save_pretrained(tmp_path)
+    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 2, 4], output_loading_info=True)
+    assert report.missing_keys == []
+    assert report.unused_keys == ["classifier.bias", "classifier.weight", "dinov2.embeddings.mask_token"]
+    assert "'dinov2.' removed" in report.prefix
+    # The oracle backbone gets the trunk by state dict (both sides use transformers' in-memory names).
+    oracle = transformers.Dinov2Backbone(config).eval()
+    trunk = {
+        key.removeprefix("dinov2."): value
+        for key, value in classifier.state_dict().items()
+        if key.startswith("dinov2.")
+    }
+    oracle.load_state_dict(trunk, strict=True)
+    inputs = pixels(*size)
+    with torch.no_grad():
+        ours = model(inputs).feature_maps
+    assert_close_maps(ours, oracle_maps(oracle, inputs, [0, 2, 4]), atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) -> None:
+    config = Dinov2Config(**SMALL, **VARIANTS[variant], out_indices=[0, 2, 4])
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    model.save_pretrained(tmp_path)
+    oracle, info = load_oracle(tmp_path)
+    # transformers builds the pre-training mask token (and the final norm even when the backbone never
+    # applies it), which we never save; it initialises them.
+    unused_by_us = (
+        ["embeddings.mask_token"]
+        if config.apply_layernorm
+        else ["embeddings.mask_token", "layernorm.bias", "layernorm.weight"]
+    )
+    assert sorted(info["missing_keys"]) == unused_by_us
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert oracle.out_indices == [0, 2, 4]
+    for size in SIZES:
+        inputs = pixels(*size)
+        with torch.no_grad():
+            assert_close_maps(model(inputs).feature_maps, oracle(inputs).feature_maps, atol=1e-4)
+
+
+# -- behaviour --------------------------------------------------------------------------------------
+
+
+def test_position_embeddings_follow_transformers_resampling() -> None:
+    """The table is resampled bicubically in float32 by target size (no antialiasing), even for bfloat16."""
+    model = randomize_weights_(AutoBackbone.from_config(Dinov2Config(**TINY))).to(torch.bfloat16)
+    table = model.embeddings.position_embeddings
+    resized = model.embeddings._patch_positions(6, 5)
+    square = table[:, 1:].reshape(1, 4, 4, 16).permute(0, 3, 1, 2).float()
+    expected = torch.nn.functional.interpolate(square, size=(6, 5), mode="bicubic", align_corners=False)
+    expected = expected.to(torch.bfloat16).permute(0, 2, 3, 1).reshape(1, 30, 16)
+    assert resized.dtype == torch.bfloat16
+    assert torch.equal(resized, expected)
+    assert torch.equal(model.embeddings._patch_positions(4, 4), table[:, 1:])
+
+
+def test_fresh_weights_follow_transformers_init() -> None:
+    torch.manual_seed(0)
+    model = AutoBackbone.from_config(Dinov2Config(**SMALL, layerscale_value=0.25))
+    layer = model.encoder.layer[2]
+    assert torch.equal(layer.layer_scale1.lambda1, torch.full((32,), 0.25))
+    assert torch.equal(layer.norm2.weight, torch.ones(32)) and torch.equal(layer.norm2.bias, torch.zeros(32))
+    assert torch.equal(layer.attention.attention.query.bias, torch.zeros(32))
+    assert layer.mlp.fc1.weight.std().item() == pytest.approx(0.02, rel=0.15)
+    assert model.embeddings.position_embeddings.std().item() == pytest.approx(0.02, rel=0.15)
+
+
+def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
+    model = randomize_weights_(AutoBackbone.from_config(Dinov2Config(**SMALL)))
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["embeddings.position_embeddings"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
+    assert report.missing_keys == ["embeddings.position_embeddings"]
+    assert loaded.embeddings.position_embeddings.std().item() == pytest.approx(0.02, rel=0.15)
+    # The module's other parameter keeps its loaded value.
+    assert torch.equal(loaded.embeddings.cls_token, model.embeddings.cls_token)
+
+
+def test_pruning_keeps_only_the_layers_that_run() -> None:
+    model = AutoBackbone.from_config(Dinov2Config(**SMALL, out_indices=[2]))
+    assert model.prune_unused_stages() == ["stage3", "stage4"]
+    assert len(model.encoder.layer) == 2
+    model.out_indices = [0]
+    model.prune_unused_stages()
+    assert len(model.encoder.layer) == 0
+    with torch.no_grad():
+        (fmap,) = model(pixels()).feature_maps
+    assert tuple(fmap.shape) == (2, 32, 6, 5)
+
+
+def test_wrong_channel_count_is_explained() -> None:
+    model = AutoBackbone.from_config(Dinov2Config(**TINY))
+    with pytest.raises(
+        ValueError, match=r"pixel_values has 1 channels but this DINOv2 expects 3 \(config.num_channels\)"
+    ):
+        model(torch.zeros(1, 1, 32, 32))
+
+
+@pytest.mark.slow
+def test_dinov2_base_shapes_at_224() -> None:
+    model = AutoBackbone.from_config(Dinov2Config(out_indices=[3, 6, 9, 12])).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
+    assert [tuple(fmap.shape) for fmap in maps] == [(1, 768, 16, 16)] * 4
+    assert model.channels == [768] * 4
+    assert model.out_reductions == [14] * 4
+    # 12 layers of 7,089,408, the stem (452,352 + 257 positions * 768 + the class token) and the final norm;
+    # the hub's dinov2-base has 86,580,480 because it stores 37x37 positions (image_size 518) and a mask token.
+    assert sum(p.numel() for p in model.parameters()) == 12 * 7_089_408 + 452_352 + 257 * 768 + 768 + 2 * 768
+
+
+# -- config errors ----------------------------------------------------------------------------------
+
+
+def test_heads_must_divide_the_width() -> None:
+    with pytest.raises(ValueError, match=r"num_attention_heads=5 does not divide hidden_size=16; choose a head count"):
+        Dinov2Config(**{**TINY, "num_attention_heads": 5})
+
+
+def test_position_grid_must_be_square() -> None:
+    with pytest.raises(
+        ValueError, match=r"image_size \(32, 48\) gives a 4x6 grid of patches, .*use a square image_size"
+    ):
+        Dinov2Config(**{**TINY, "image_size": [32, 48]})
+    assert Dinov2Config(**{**TINY, "image_size": [32, 32]}).position_grid == 4
+
+
+def test_image_must_hold_a_patch() -> None:
+    with pytest.raises(ValueError, match=r"image_size 4 is smaller than patch_size 8; .*set image_size >= patch_size"):
+        Dinov2Config(**{**TINY, "image_size": 4})
+
+
+def test_patches_must_be_square() -> None:
+    with pytest.raises(
+        ValueError, match=r"patch_size must be one int or a square pair such as \[14, 14\], got \[8, 4\]"
+    ):
+        Dinov2Config(**{**TINY, "patch_size": [8, 4]})
+    assert Dinov2Config(**{**TINY, "patch_size": [8, 8]}).patch_size == 8
+
+
+def test_unknown_activation_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'"):
+        Dinov2Config(hidden_act="swishy")
+
+
+def test_mlp_ratio_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"mlp_ratio must be positive"):
+        Dinov2Config(mlp_ratio=0)
+    assert Dinov2Config(mlp_ratio=2.5).mlp_ratio == 2.5
+
+
+def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
+    Dinov2Config(**TINY).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(path.read_text().replace('"num_attention_heads": 2', '"num_attention_heads": 3'))
+    with pytest.raises(
+        ConfigError, match=r"invalid backbone config in .*config.json: .*num_attention_heads=3 does not divide"
+    ):
+        AutoBackbone.from_pretrained(tmp_path)
+
+
+def test_head_free_model_sizes_match_the_reference() -> None:
+    """Parameter counts of a transformers backbone and ours differ by exactly the unused mask token."""
+    config = oracle_config("swiglu")
+    ours = AutoBackbone.from_config(Dinov2Config(**SMALL, use_swiglu_ffn=True))
+    theirs = transformers.Dinov2Backbone(config)
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in theirs.parameters()) - 32
+    assert math.prod(ours.encoder.layer[0].mlp.weights_in.weight.shape) == 2 * 88 * 32
