@@ -1,0 +1,305 @@
+"""FocalNet backbone.
+
+Paper: Yang, Li, Dai, Gao, "Focal Modulation Networks" (2022), https://arxiv.org/abs/2203.11926.
+
+Focal modulation replaces self-attention: each token gates a stack of depthwise-convolution contexts of
+growing reach (plus a global average) and multiplies the gated sum, projected, into its query.
+
+Module attribute names are the checkpoint's key names: they reproduce transformers' ``FocalNetBackbone``
+state dict (``focalnet.encoder.stages.0.layers.1.modulation.focal_layers.0.0.weight``, ...), so its
+checkpoints load unchanged and ours load into it. ``focalnet.layernorm`` is not built: transformers
+creates it, but its backbone returns the stages before that norm.
+
+Layout: hidden states stay channels-last ``(batch, height, width, channels)`` from the stem to the last
+stage. The depthwise convolutions and the downsamplings read ``(batch, channels, height, width)`` views
+of them (the channels-last memory format, which the convolutions keep), so no block pays for a
+transposing copy; feature maps are returned as such views too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones import Backbone
+
+from ._config import ACTIVATIONS, FocalNetConfig
+
+__all__ = ["FocalNetBackbone"]
+
+
+def _make_activation(name: str) -> nn.Module:
+    class_name, arguments = ACTIVATIONS[name]
+    return getattr(nn, class_name)(**arguments)
+
+
+def _group(**children: nn.Module) -> nn.Module:
+    """A parameterless module holding ``children``, only to reproduce the checkpoint's key paths."""
+    holder = nn.Module()
+    for name, child in children.items():
+        holder.add_module(name, child)
+    return holder
+
+
+def _pad_to_multiple(x: Tensor, multiple: int, channels_last: bool) -> Tensor:
+    """Zero-pad the bottom and right of a map so both sides are multiples of ``multiple``."""
+    height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    pad_bottom, pad_right = -height % multiple, -width % multiple
+    if not (pad_bottom or pad_right):
+        return x
+    if channels_last:
+        return F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
+    return F.pad(x, (0, pad_right, 0, pad_bottom))
+
+
+class _Downsample(nn.Module):
+    """Halves the resolution of a channels-last map: a stride-2 convolution, then a LayerNorm.
+
+    Keys ``projection`` and ``norm``. The convolution is a 2x2 patch projection, or with
+    ``use_conv_embed`` an overlapping 3x3 one; odd maps are first zero-padded at the bottom and right.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, overlapping: bool, eps: float) -> None:
+        super().__init__()
+        kernel, padding = (3, 1) if overlapping else (2, 0)
+        self.projection = nn.Conv2d(in_channels, out_channels, kernel_size=kernel, stride=2, padding=padding)
+        self.norm = nn.LayerNorm(out_channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, H, W, C)`` -> ``(B, ceil(H / 2), ceil(W / 2), out_channels)``."""
+        x = _pad_to_multiple(x, 2, channels_last=True)
+        # The permuted view is a channels_last tensor: the convolution keeps that format, so its result
+        # permutes back to a contiguous channels-last map.
+        return self.norm(self.projection(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+class _Stem(nn.Module):
+    """Keys ``focalnet.embeddings.*``: ``patch_embeddings.projection`` then ``norm``, on NCHW pixels."""
+
+    def __init__(self, config: FocalNetConfig) -> None:
+        super().__init__()
+        patch = config.patch_size
+        if config.use_conv_embed:
+            conv = nn.Conv2d(config.num_channels, config.embed_dim, kernel_size=7, stride=patch, padding=2)
+        else:
+            conv = nn.Conv2d(config.num_channels, config.embed_dim, kernel_size=patch, stride=patch)
+        self.patch_embeddings = _group(projection=conv)
+        self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.patch_size = patch
+        self.dropout = config.hidden_dropout_prob
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        pixel_values = _pad_to_multiple(pixel_values, self.patch_size, channels_last=False)
+        # A channels_last input makes the convolution write channels-last maps: the permute below is
+        # then free, and the 3-channel copy costs less than re-laying out the embeddings.
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        x = self.norm(self.patch_embeddings.projection(pixel_values).permute(0, 2, 3, 1))
+        return F.dropout(x, self.dropout, self.training)
+
+
+class _FocalModulation(nn.Module):
+    """Focal modulation of channels-last tokens (keys ``modulation.*``).
+
+    ``projection_in`` yields a query, a context and ``focal_level + 1`` gates per token. The context
+    passes through ``focal_level`` depthwise convolutions (each followed by GELU), every level is
+    weighted by its gate, and the GELU of the last level's global mean is added with the last gate.
+    ``projection_context`` (a 1x1 convolution) turns the sum into a modulator that multiplies the query.
+    """
+
+    def __init__(self, config: FocalNetConfig, dim: int, stage: int) -> None:
+        super().__init__()
+        level, window = config.focal_levels[stage], config.focal_windows[stage]
+        self.dim = dim
+        self.focal_level = level
+        self.projection_in = nn.Linear(dim, 2 * dim + level + 1)
+        self.focal_layers = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(dim, dim, window + 2 * k, padding=(window + 2 * k) // 2, groups=dim, bias=False), nn.GELU()
+            )
+            for k in range(level)
+        )
+        self.projection_context = nn.Conv2d(dim, dim, kernel_size=1)
+        self.layernorm = (
+            nn.LayerNorm(dim, eps=config.layer_norm_eps) if config.use_post_layernorm_in_modulation else None
+        )
+        self.projection_out = nn.Linear(dim, dim)
+        self.context_scale = 1.0 / (level + 1) if config.normalize_modulator else 1.0
+        self.dropout = config.hidden_dropout_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        dim, level = self.dim, self.focal_level
+        query, context, gates = self.projection_in(x).split((dim, dim, level + 1), dim=-1)
+        # NCHW views of channels-last data: the first depthwise convolution packs the context slice into
+        # a dense channels_last map once, and every later map keeps that format without transposes.
+        context = context.permute(0, 3, 1, 2)
+        if self.context_scale != 1.0:
+            # Dividing the gates divides the gated sum, at the cost of focal_level + 1 channels.
+            gates = gates * self.context_scale
+        gates = gates.permute(0, 3, 1, 2)
+        total: Tensor | None = None
+        for k, layer in enumerate(self.focal_layers):
+            context = layer(context)
+            gate = gates[:, k : k + 1]
+            total = context * gate if total is None else torch.addcmul(total, context, gate)
+        global_context = F.gelu(context.mean((2, 3), keepdim=True))
+        gate = gates[:, level:]
+        total = global_context * gate if total is None else torch.addcmul(total, global_context, gate)
+        # projection_context is a 1x1 convolution: on channels-last data, a matmul.
+        context_weight = self.projection_context.weight.flatten(1)
+        modulator = F.linear(total.permute(0, 2, 3, 1), context_weight, self.projection_context.bias)
+        out = query * modulator
+        if self.layernorm is not None:
+            out = self.layernorm(out)
+        return F.dropout(self.projection_out(out), self.dropout, self.training)
+
+
+class _Mlp(nn.Module):
+    """``fc1`` -> activation -> ``fc2``, with dropout after the activation and after ``fc2``."""
+
+    def __init__(self, config: FocalNetConfig, dim: int) -> None:
+        super().__init__()
+        hidden = int(dim * config.mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.activation = _make_activation(config.hidden_act)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = config.hidden_dropout_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.dropout(self.activation(self.fc1(x)), self.dropout, self.training)
+        return F.dropout(self.fc2(x), self.dropout, self.training)
+
+
+class _FocalBlock(nn.Module):
+    """A modulation branch and an MLP branch, each residual, pre-norm (or post-norm), optionally layer-scaled."""
+
+    def __init__(self, config: FocalNetConfig, dim: int, stage: int, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.modulation = _FocalModulation(config, dim, stage)
+        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = _Mlp(config, dim)
+        if config.use_layerscale:
+            self.gamma_1: nn.Parameter | None = nn.Parameter(torch.full((dim,), config.layerscale_value))
+            self.gamma_2: nn.Parameter | None = nn.Parameter(torch.full((dim,), config.layerscale_value))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+        self.post_norm = config.use_post_layernorm
+        self.drop_path = drop_path
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.post_norm:
+            branch = self.norm1(self.modulation(x))
+        else:
+            branch = self.modulation(self.norm1(x))
+        x = x + self._drop_path(branch if self.gamma_1 is None else self.gamma_1 * branch)
+        branch = self.norm2(self.mlp(x)) if self.post_norm else self.mlp(self.norm2(x))
+        return x + self._drop_path(branch if self.gamma_2 is None else self.gamma_2 * branch)
+
+    def _drop_path(self, x: Tensor) -> Tensor:
+        if not self.training or self.drop_path == 0.0:
+            return x
+        keep = 1.0 - self.drop_path
+        kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
+        return x.div(keep) * kept
+
+
+class _Stage(nn.Module):
+    """Blocks at one width (keys ``layers``) and, except in the last stage, the downsampling after them."""
+
+    def __init__(self, config: FocalNetConfig, index: int, drop_paths: list[float]) -> None:
+        super().__init__()
+        widths = config.stage_widths
+        dim = widths[index]
+        self.layers = nn.ModuleList(_FocalBlock(config, dim, index, rate) for rate in drop_paths)
+        self.downsample = (
+            _Downsample(dim, widths[index + 1], config.use_conv_embed, config.layer_norm_eps)
+            if index + 1 < len(widths)
+            else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.layers:
+            x = block(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class FocalNetBackbone(Backbone):
+    """FocalNet feature extractor with transformers-compatible checkpoints.
+
+    Stages are ``stem`` (the normalised patch embeddings) and ``stage1..stageN``. As in transformers'
+    ``FocalNetBackbone``, stage ``i < N`` is taken *after* the downsampling that ends block group ``i``
+    (so it has the next group's width and stride) and the last stage is the last group's output; no
+    extra norm is applied to the maps. ``hidden_states`` are those same stages as token sequences
+    ``(batch, height * width, channels)``, as transformers returns them.
+
+    Args:
+        config: The architecture and the output selection.
+
+    Example:
+        >>> model = FocalNetBackbone(FocalNetConfig(out_indices=[0, 1, 2, 3])).eval()  # doctest: +SKIP
+        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
+        [96, 192, 384, 768]
+    """
+
+    config_class = FocalNetConfig
+    base_model_prefix = "focalnet"  # FocalNetModel checkpoints lack it; backbone and task ones have it
+    has_attentions = False
+    reference_class_name = "FocalNetBackbone"
+
+    def __init__(self, config: FocalNetConfig) -> None:
+        super().__init__(config)
+        depths = config.depths
+        total = sum(depths)
+        rates = [config.drop_path_rate * block / max(total - 1, 1) for block in range(total)]
+        starts = [sum(depths[:index]) for index in range(len(depths))]
+        stages = [
+            _Stage(config, index, rates[start : start + depth])
+            for index, (start, depth) in enumerate(zip(starts, depths))
+        ]
+        self.focalnet = _group(embeddings=_Stem(config), encoder=_group(stages=nn.ModuleList(stages)))
+        widths = config.stage_widths
+        strides = [config.patch_size * 2**index for index in range(len(depths))]
+        self.num_features = [widths[0], *widths[1:], widths[-1]]
+        self.reductions = [strides[0], *strides[1:], strides[-1]]
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module``'s own parameters as transformers' ``FocalNetPreTrainedModel`` does."""
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, _FocalBlock) and module.gamma_1 is not None and module.gamma_2 is not None:
+            nn.init.constant_(module.gamma_1, self.config.layerscale_value)
+            nn.init.constant_(module.gamma_2, self.config.layerscale_value)
+
+    def _forward_features(
+        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        expected = self.config.num_channels
+        if pixel_values.shape[1] != expected:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[1]} channels but this FocalNet expects {expected} "
+                "(config.num_channels); convert the images or load a model built for that many channels"
+            )
+        wanted = set(self.out_positions)
+        maps: list[Tensor | None] = [None] * len(self.stage_names)
+        hidden_states: list[Tensor] = []
+        x = self.focalnet.embeddings(pixel_values)
+        stages = self.focalnet.encoder.stages
+        for position in range(last_stage + 1):
+            if position:
+                x = stages[position - 1](x)
+            if position in wanted:
+                maps[position] = x.permute(0, 3, 1, 2)
+            if output_hidden_states:
+                hidden_states.append(x.flatten(1, 2))
+        return maps, tuple(hidden_states) if output_hidden_states else None, None
+
+    def _prune_stages(self, last_stage: int) -> None:
+        # Stage i >= 1 is the output of encoder.stages[i - 1], its downsampling included.
+        del self.focalnet.encoder.stages[last_stage:]

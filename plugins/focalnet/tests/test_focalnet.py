@@ -1,0 +1,399 @@
+"""Tests of backbones-focalnet: the conformance kit, parity with transformers, a default-size shape check."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers.activations import ACT2FN
+
+from backbones import AutoBackbone, ConfigError
+from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones_focalnet import FocalNetBackbone, FocalNetConfig
+from backbones_focalnet._config import ACTIVATIONS
+from backbones_focalnet._model import _make_activation
+
+# Every option that changes the math, switched on at once: the conformance kit then checks the
+# compile, gradient and pruning paths of all of them together.
+ALL_OPTIONS: dict[str, Any] = {
+    "use_conv_embed": True,
+    "use_post_layernorm": True,
+    "use_layerscale": True,
+    "normalize_modulator": True,
+    "use_post_layernorm_in_modulation": True,
+}
+TINY: dict[str, Any] = {
+    "embed_dim": 8,
+    "depths": [1, 1, 1],
+    "focal_levels": [2, 1, 3],
+    "focal_windows": [3, 1, 3],
+    "drop_path_rate": 0.0,
+}
+# Four stages, as real FocalNets have (the last two maps share a stride), still tiny.
+SMALL: dict[str, Any] = {"embed_dim": 8, "depths": [1, 1, 2, 1], "drop_path_rate": 0.0}
+ALL_STAGES = [0, 1, 2, 3, 4]
+
+
+# -- conformance ------------------------------------------------------------------------------------
+
+
+class TestFocalNetConformance(BackboneConformance):
+    model_type = "focalnet"
+    # 50 and 38 are not multiples of the strides: the stem and every downsampling pad (bottom, right)
+    # to a multiple of their stride first, as transformers does, so each map is ceil(size / stride).
+    input_sizes = ((64, 64), (50, 38))
+    spatial_rounding = "ceil"
+
+    def make_config(self, **overrides: Any) -> FocalNetConfig:
+        return FocalNetConfig(**TINY, **overrides)
+
+
+class TestFocalNetAllOptionsConformance(TestFocalNetConformance):
+    def make_config(self, **overrides: Any) -> FocalNetConfig:
+        return FocalNetConfig(**TINY, **ALL_OPTIONS, **overrides)
+
+
+# -- parity with transformers -----------------------------------------------------------------------
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "srf": {},
+    "conv-embed": {"use_conv_embed": True},
+    "post-layernorm": {"use_post_layernorm": True},
+    "layerscale": {"use_layerscale": True, "layerscale_value": 0.5},
+    "normalize-modulator": {"normalize_modulator": True},
+    "post-layernorm-in-modulation": {"use_post_layernorm_in_modulation": True},
+    # FocalNet-L/XL/H style: every option of the large models, three levels from a 5x5 window.
+    "large-style": {**ALL_OPTIONS, "focal_levels": [3, 3, 3, 3], "focal_windows": [5, 5, 5, 5]},
+    # Levels from 0 (global context only) to 4, windows 1 to 5, another patch size, MLP width and activation.
+    "mixed-levels": {
+        "focal_levels": [0, 1, 3, 4],
+        "focal_windows": [1, 3, 5, 3],
+        "patch_size": 2,
+        "mlp_ratio": 2.5,
+        "hidden_act": "gelu_new",
+        "normalize_modulator": True,
+        "use_post_layernorm_in_modulation": True,
+    },
+}
+
+
+def pixels(batch: int = 2, height: int = 37, width: int = 50) -> torch.Tensor:
+    # 37 x 50 is no multiple of any stride: the stem pads, and so do the downsamplings of odd maps.
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
+
+
+def oracle_config(variant: str, **extra: Any) -> transformers.FocalNetConfig:
+    # Every per-stage value is given as a list: transformers 5.23's default FocalNetConfig holds tuples,
+    # and FocalNetBackbone(FocalNetConfig()) raises "can only concatenate list (not "tuple") to list".
+    options: dict[str, Any] = {"focal_levels": [2, 2, 2, 2], "focal_windows": [3, 3, 3, 3], **VARIANTS[variant]}
+    width = SMALL["embed_dim"]
+    # transformers builds the widths from embed_dim and reads hidden_sizes only to report channels.
+    hidden_sizes = [width * 2, width * 4, width * 8, width * 8]
+    return transformers.FocalNetConfig(**SMALL, **options, hidden_sizes=hidden_sizes, out_indices=ALL_STAGES, **extra)
+
+
+def load_oracle(directory: Path) -> tuple[transformers.FocalNetBackbone, dict[str, Any]]:
+    # The concrete class, not transformers.AutoBackbone: in 5.23 AutoBackbone.from_pretrained(local_dir)
+    # asks the hub first and fails offline.
+    model, info = transformers.FocalNetBackbone.from_pretrained(directory, output_loading_info=True)
+    return model.eval(), info
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def oracle_checkpoint(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, Any]:
+    """A transformers FocalNetBackbone with every weight randomised, and its checkpoint."""
+    torch.manual_seed(0)
+    oracle = randomize_weights_(transformers.FocalNetBackbone(oracle_config(request.param))).eval()
+    directory = tmp_path_factory.mktemp(request.param)
+    oracle.save_pretrained(directory)
+    return request.param, directory, oracle
+
+
+# Every variant with every stage selected; the selection logic, which no option changes, with two of them.
+SELECTIONS = [pytest.param(variant, ALL_STAGES, id=f"{variant}-all") for variant in VARIANTS] + [
+    pytest.param(variant, out_indices, id=f"{variant}-" + "_".join(map(str, out_indices)))
+    for variant in ("srf", "large-style")
+    for out_indices in ([-1], [1, 3], [0], [2, -1])
+]
+
+
+@pytest.mark.parametrize(("oracle_checkpoint", "out_indices"), SELECTIONS, indirect=["oracle_checkpoint"])
+def test_backbone_checkpoint_matches_transformers(
+    oracle_checkpoint: tuple[str, Path, Any], out_indices: list[int]
+) -> None:
+    variant, directory, oracle = oracle_checkpoint
+    model, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
+    assert isinstance(model, FocalNetBackbone)
+    # transformers' backbone holds the final norm of FocalNetModel but never applies it.
+    assert report.missing_keys == []
+    assert report.unused_keys == ["focalnet.layernorm.bias", "focalnet.layernorm.weight"]
+    oracle.out_indices = out_indices
+    with torch.no_grad():
+        ours = model(pixels()).feature_maps
+        reference = oracle(pixels()).feature_maps
+    assert len(ours) == len(out_indices)
+    assert_close_maps(ours, reference, atol=1e-4)
+    assert model.channels == oracle.channels
+    patch = VARIANTS[variant].get("patch_size", 4)
+    assert model.reductions == [patch, patch * 2, patch * 4, patch * 8, patch * 8]
+    assert model.num_features == oracle.num_features == [8, 16, 32, 64, 64]
+    for fmap, reduction in zip(reference, model.out_reductions):
+        assert tuple(fmap.shape[2:]) == (math.ceil(37 / reduction), math.ceil(50 / reduction))
+
+
+def test_hidden_states_match_transformers(oracle_checkpoint: tuple[str, Path, Any]) -> None:
+    _, directory, oracle = oracle_checkpoint
+    model = AutoBackbone.from_pretrained(directory, out_indices=[1])
+    oracle.out_indices = [1]
+    with torch.no_grad():
+        ours = model(pixels(), output_hidden_states=True)
+        reference = oracle(pixels(), output_hidden_states=True)
+    # Token sequences (batch, height * width, channels), as transformers returns them.
+    assert len(ours.hidden_states) == len(reference.hidden_states) == 5
+    assert_close_maps(ours.hidden_states, reference.hidden_states, atol=1e-4)
+    assert_close_maps(ours.feature_maps, reference.feature_maps, atol=1e-4)
+
+
+TASK_CHECKPOINTS: dict[str, tuple[str, list[str], str]] = {
+    # transformers class -> (keys our backbone does not use, how the trunk's keys were matched)
+    "FocalNetForImageClassification": (
+        "FocalNetForImageClassification",
+        ["classifier.bias", "classifier.weight", "focalnet.layernorm.bias", "focalnet.layernorm.weight"],
+        "",
+    ),
+    "FocalNetForMaskedImageModeling": (
+        "FocalNetForMaskedImageModeling",
+        [
+            "decoder.0.bias",
+            "decoder.0.weight",
+            "focalnet.embeddings.mask_token",
+            "focalnet.layernorm.bias",
+            "focalnet.layernorm.weight",
+        ],
+        "",
+    ),
+    # The bare trunk saves its keys without the "focalnet." prefix.
+    "FocalNetModel": ("FocalNetModel", ["layernorm.bias", "layernorm.weight"], "'focalnet.' added"),
+}
+
+
+@pytest.mark.parametrize("variant", ["srf", "large-style"])
+@pytest.mark.parametrize("task", list(TASK_CHECKPOINTS))
+def test_task_checkpoint_loads_trunk(tmp_path: Path, task: str, variant: str) -> None:
+    class_name, unused, prefix = TASK_CHECKPOINTS[task]
+    config = oracle_config(variant, num_labels=5)
+    task_model = randomize_weights_(getattr(transformers, class_name)(config)).eval()
+    task_model.save_pretrained(tmp_path)
+    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=ALL_STAGES, output_loading_info=True)
+    assert report.missing_keys == []
+    assert report.unused_keys == unused
+    assert report.prefix == prefix
+    oracle = transformers.FocalNetBackbone(config).eval()
+    state = task_model.state_dict()
+    trunk = {
+        key if task != "FocalNetModel" else f"focalnet.{key}": value
+        for key, value in state.items()
+        if key.startswith("focalnet.") or task == "FocalNetModel"
+    }
+    trunk.pop("focalnet.embeddings.mask_token", None)
+    oracle.load_state_dict(trunk, strict=True)
+    with torch.no_grad():
+        assert_close_maps(model(pixels()).feature_maps, oracle(pixels()).feature_maps, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) -> None:
+    options = {"focal_levels": [2, 2, 2, 2], "focal_windows": [3, 3, 3, 3], **VARIANTS[variant]}
+    model = randomize_weights_(
+        AutoBackbone.from_config(FocalNetConfig(**SMALL, **options, out_indices=[0, 2, 4]))
+    ).eval()
+    model.save_pretrained(tmp_path)
+    oracle, info = load_oracle(tmp_path)
+    # Only the final norm that transformers builds and its backbone never applies.
+    assert sorted(info["missing_keys"]) == ["focalnet.layernorm.bias", "focalnet.layernorm.weight"]
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert oracle.out_indices == [0, 2, 4]
+    # Our config.json carries the real hidden_sizes, so transformers reports the right channels.
+    assert oracle.channels == model.channels == [8, 32, 64]
+    with torch.no_grad():
+        assert_close_maps(model(pixels()).feature_maps, oracle(pixels()).feature_maps, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_match_transformers(name: str) -> None:
+    values = torch.linspace(-6, 6, 241)
+    ours = _make_activation(name)(values.clone())
+    assert (ours - ACT2FN[name](values)).abs().max().item() <= 1e-6
+
+
+def test_default_config_matches_transformers() -> None:
+    ours = FocalNetConfig().to_dict()
+    # transformers' defaults are tuples; compared as lists. hidden_sizes is ours derived from embed_dim.
+    theirs = {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in transformers.FocalNetConfig().to_dict().items()
+    }
+    for key in FocalNetConfig.model_fields:
+        if key in theirs:
+            assert ours[key] == theirs[key], key
+    assert ours["hidden_sizes"] == theirs["hidden_sizes"] == [192, 384, 768, 768]
+    assert ours["stage_names"] == theirs["stage_names"]
+
+
+# -- behaviour --------------------------------------------------------------------------------------
+
+
+def test_stale_hidden_sizes_are_replaced_by_the_real_channels(tmp_path: Path) -> None:
+    # The conversion script left focalnet-tiny's hidden_sizes in the configs of the larger models.
+    config = FocalNetConfig.from_dict(
+        {"model_type": "focalnet", "embed_dim": 128, "hidden_sizes": [192, 384, 768, 768]}
+    )
+    assert config.hidden_sizes == [256, 512, 1024, 1024]
+    assert config.to_dict()["hidden_sizes"] == [256, 512, 1024, 1024]
+    with pytest.raises(AttributeError):
+        config.hidden_sizes = [1, 2, 3, 4]  # type: ignore[misc]
+
+
+def test_default_config_builds_and_reports_focalnet_tiny_stages() -> None:
+    model = FocalNetBackbone(FocalNetConfig(out_indices=ALL_STAGES))
+    assert model.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
+    assert model.num_features == [96, 192, 384, 768, 768]
+    assert model.reductions == [4, 8, 16, 32, 32]
+    # transformers' FocalNetBackbone has 27,658,116: the same plus its unused final norm (2 x 768).
+    assert sum(p.numel() for p in model.parameters()) == 27_656_580
+
+
+def test_fresh_weights_follow_transformers_init() -> None:
+    torch.manual_seed(0)
+    config = FocalNetConfig(**SMALL, use_layerscale=True, layerscale_value=0.25, use_post_layernorm_in_modulation=True)
+    model = AutoBackbone.from_config(config)
+    block = model.focalnet.encoder.stages[2].layers[1]
+    assert torch.equal(block.gamma_1, torch.full((32,), 0.25)) and torch.equal(block.gamma_2, torch.full((32,), 0.25))
+    norm = block.modulation.layernorm
+    assert torch.equal(norm.weight, torch.ones(32)) and torch.equal(norm.bias, torch.zeros(32))
+    linear = block.mlp.fc1  # 128 x 32
+    assert torch.equal(linear.bias, torch.zeros(128))
+    assert linear.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
+    model = randomize_weights_(AutoBackbone.from_config(FocalNetConfig(**TINY, use_layerscale=True)))
+    model.save_pretrained(tmp_path)
+    key = "focalnet.encoder.stages.1.layers.0.gamma_2"
+    state = load_file(tmp_path / "model.safetensors")
+    del state[key]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
+    assert report.missing_keys == [key]
+    assert torch.equal(loaded.get_parameter(key), torch.full((16,), 1e-4))
+    # Its sibling came from the checkpoint, not from the initialisation.
+    sibling = key.replace("gamma_2", "gamma_1")
+    assert torch.equal(loaded.get_parameter(sibling), model.get_parameter(sibling))
+
+
+def test_pruning_keeps_the_downsampling_that_makes_the_last_kept_stage() -> None:
+    model = AutoBackbone.from_config(FocalNetConfig(**SMALL, out_indices=[2]))
+    assert model.prune_unused_stages() == ["stage3", "stage4"]
+    stages = model.focalnet.encoder.stages
+    assert len(stages) == 2 and stages[1].downsample is not None
+    with torch.no_grad():
+        (fmap,) = model(pixels()).feature_maps
+    assert tuple(fmap.shape) == (2, 32, 3, 4)  # stride 16 on 37 x 50
+
+
+def test_wrong_channel_count_is_explained() -> None:
+    model = AutoBackbone.from_config(FocalNetConfig(**TINY))
+    with pytest.raises(
+        ValueError, match=r"pixel_values has 1 channels but this FocalNet expects 3 \(config.num_channels\)"
+    ):
+        model(torch.zeros(1, 1, 32, 32))
+
+
+@pytest.mark.slow
+def test_focalnet_tiny_shapes_at_224() -> None:
+    model = AutoBackbone.from_config(FocalNetConfig(out_indices=ALL_STAGES)).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
+    assert [tuple(fmap.shape) for fmap in maps] == [
+        (1, 96, 56, 56),
+        (1, 192, 28, 28),
+        (1, 384, 14, 14),
+        (1, 768, 7, 7),
+        (1, 768, 7, 7),
+    ]
+    assert model.channels == [96, 192, 384, 768, 768]
+    assert model.out_reductions == [4, 8, 16, 32, 32]
+
+
+# -- config errors ----------------------------------------------------------------------------------
+
+
+def test_even_focal_window_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"focal_windows must hold odd kernel sizes >= 1, got \[3, 2\]"):
+        FocalNetConfig(depths=[1, 1], focal_levels=[2, 2], focal_windows=[3, 2])
+
+
+def test_negative_focal_level_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"focal_levels must be >= 0 .*got \[2, -1, 2, 2\]"):
+        FocalNetConfig(focal_levels=[2, -1, 2, 2])
+
+
+@pytest.mark.parametrize("name", ["focal_levels", "focal_windows"])
+def test_one_focal_value_per_stage(name: str) -> None:
+    message = rf"{name} has 2 entries but depths has 3 stages; give {name} one value per stage"
+    with pytest.raises(ValueError, match=message):
+        FocalNetConfig(depths=[1, 1, 1], **{name: [3, 3]})
+    config = FocalNetConfig(depths=[1, 1])
+    with pytest.raises(ValueError, match=r"focal_levels has 4 entries but depths has 5 stages"):
+        config.depths = [1, 1, 1, 1, 1]
+    assert config.depths == [1, 1]
+
+
+def test_depths_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"depths must list one positive block count per stage, got \[1, 0\]"):
+        FocalNetConfig(depths=[1, 0])
+
+
+def test_conv_embed_needs_patch_size_4() -> None:
+    with pytest.raises(ValueError, match=r"use_conv_embed=True .* patch_size must be 4 \(got 2\); set patch_size=4"):
+        FocalNetConfig(use_conv_embed=True, patch_size=2)
+
+
+def test_unknown_activation_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'"):
+        FocalNetConfig(hidden_act="swishy")
+
+
+def test_non_square_patches_are_rejected() -> None:
+    assert FocalNetConfig(patch_size=[2, 2]).patch_size == 2
+    with pytest.raises(ValueError, match=r"patch_size must be one int or a square pair such as \[4, 4\], got \[2, 4\]"):
+        FocalNetConfig(patch_size=[2, 4])
+
+
+def test_empty_mlp_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"mlp_ratio=0.1 leaves the MLP of the first stage with no hidden unit"):
+        FocalNetConfig(embed_dim=8, mlp_ratio=0.1)
+
+
+def test_out_of_range_numbers_name_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"embed_dim=0: Input should be greater than or equal to 1"):
+        FocalNetConfig(embed_dim=0)
+    with pytest.raises(ConfigError, match=r"drop_path_rate=1.5: Input should be less than 1"):
+        FocalNetConfig(drop_path_rate=1.5)
+
+
+def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
+    FocalNetConfig(**TINY).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(path.read_text().replace('"hidden_act": "gelu"', '"hidden_act": "geluu"'))
+    with pytest.raises(
+        ConfigError, match=r"invalid backbone config in .*config.json: .*hidden_act 'geluu' is not supported"
+    ):
+        AutoBackbone.from_pretrained(tmp_path)
