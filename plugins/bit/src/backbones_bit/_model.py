@@ -1,0 +1,340 @@
+"""BiT backbone. Paper: Kolesnikov et al., "Big Transfer (BiT): General Visual Representation Learning"
+(2019), https://arxiv.org/abs/1912.11370.
+
+BiT is a ResNetV2: bottleneck blocks whose convolutions are weight-standardised (each filter is
+normalised to zero mean and unit variance before use) and whose norms are group norms, so nothing
+depends on the batch. transformers' ``BitBackbone`` also offers post-activation blocks (ViT-hybrid
+stems), TensorFlow-style "SAME" padding computed per input size, and dilation past ``output_stride``.
+
+Module attribute names are the checkpoint's key names: they reproduce transformers' ``BitBackbone`` state
+dict (``bit.embedder.convolution.weight``, ``bit.encoder.stages.1.layers.0.downsample.conv.weight``,
+``bit.encoder.stages.2.layers.3.norm2.bias``, ...), so its checkpoints load unchanged and ours load into
+it. transformers' final ``bit.norm`` belongs to the pooled classification path, which a backbone never
+runs, so it is not built (its keys are reported as unused).
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones import Backbone
+
+from ._config import ACTIVATIONS, BitConfig, StagePlan
+
+__all__ = ["BitBackbone"]
+
+# Epsilon of the weight standardisation; transformers passes it to every BiT convolution.
+_STANDARDISE_EPS = 1e-8
+
+
+def _make_activation(name: str) -> nn.Module:
+    class_name, arguments = ACTIVATIONS[name]
+    return getattr(nn, class_name)(**arguments)
+
+
+def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
+    """Total padding that makes a convolution's output ``ceil(size / stride)`` long (TensorFlow's "SAME")."""
+    return max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
+def _pad_same(x: Tensor, kernel: int, stride: int, dilation: int) -> Tensor:
+    """Zero-pad ``x`` for a TensorFlow-"SAME" window; the odd pixel, if any, goes to the bottom and right."""
+    height, width = x.shape[-2:]
+    pad_h = _same_padding(height, kernel, stride, dilation)
+    pad_w = _same_padding(width, kernel, stride, dilation)
+    if pad_h or pad_w:
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    return x
+
+
+class _StandardizedConv2d(nn.Conv2d):
+    """Bias-free convolution whose filters are standardised per output channel at every call.
+
+    ``padding`` follows ``global_padding``: ``None`` pads ``(stride - 1 + dilation * (k - 1)) // 2`` on
+    every side; ``"SAME"`` does the same where that keeps ``ceil(size / stride)`` (stride 1 and an even
+    ``dilation * (k - 1)``), and pads each input as TensorFlow would otherwise.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        padding: str | None = None,
+    ) -> None:
+        reach = dilation * (kernel_size - 1)
+        pads_per_input = padding == "SAME" and (stride != 1 or reach % 2 == 1)
+        static = 0 if pads_per_input else (stride - 1 + reach) // 2
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=static, dilation=dilation, bias=False
+        )
+        self.pads_per_input = pads_per_input
+
+    def standardized_weight(self) -> Tensor:
+        """The filters with zero mean and unit variance over each output channel's inputs."""
+        weight = self.weight
+        # A layer norm without affine over each filter's (in * k * k) values computes exactly this (biased
+        # variance). On CPU it is ~10x faster than var_mean over three dimensions and ~25% faster than the
+        # batch-norm formulation; BiT-50 standardises 23.5M weights on every forward.
+        flat = weight.reshape(weight.shape[0], -1)
+        return F.layer_norm(flat, flat.shape[1:], eps=_STANDARDISE_EPS).view_as(weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pads_per_input:
+            x = _pad_same(x, self.kernel_size[0], self.stride[0], self.dilation[0])
+        return F.conv2d(x, self.standardized_weight(), None, self.stride, self.padding, self.dilation)
+
+
+class _GroupNormActivation(nn.GroupNorm):
+    """Group norm, then an optional activation (keys ``weight``, ``bias``; the activation has none)."""
+
+    def __init__(self, num_groups: int, channels: int, activation: str | None) -> None:
+        super().__init__(num_groups, channels, eps=1e-5)
+        # None rather than nn.Identity: one module call fewer, and the state dict is the same.
+        self.activation = _make_activation(activation) if activation is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return x if self.activation is None else self.activation(x)
+
+
+class _Downsample(nn.Module):
+    """Projection shortcut of a stage's first block: a strided 1x1 convolution, normalised (without
+    activation) in post-activation blocks only."""
+
+    def __init__(self, config: BitConfig, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv = _StandardizedConv2d(in_channels, out_channels, 1, stride=stride, padding=config.global_padding)
+        self.norm = (
+            _GroupNormActivation(config.num_groups, out_channels, None) if config.layer_type == "bottleneck" else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        return x if self.norm is None else self.norm(x)
+
+
+def _drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
+    """Stochastic depth (https://arxiv.org/abs/1603.09382): drop whole residual branches of random samples."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    return x * x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep).div_(keep)
+
+
+class _PreActivationBlock(nn.Module):
+    """ResNetV2 bottleneck: ``x + conv3(na3(conv2(na2(conv1(na1(x))))))``, each ``na`` a group norm and
+    activation. The first block of a stage projects ``na1(x)`` for the shortcut.
+
+    As in transformers, the 3x3 convolution is never dilated (past ``output_stride`` the stage just
+    keeps its resolution).
+    """
+
+    def __init__(
+        self, config: BitConfig, in_channels: int, plan: StagePlan, stride: int, first: bool, drop_path_rate: float
+    ) -> None:
+        super().__init__()
+        out_channels, mid = plan.channels, plan.bottleneck_channels
+        groups, act, padding = config.num_groups, config.hidden_act, config.global_padding
+        self.downsample = _Downsample(config, in_channels, out_channels, stride) if first else None
+        self.norm1 = _GroupNormActivation(groups, in_channels, act)
+        self.conv1 = _StandardizedConv2d(in_channels, mid, 1, padding=padding)
+        self.norm2 = _GroupNormActivation(groups, mid, act)
+        self.conv2 = _StandardizedConv2d(mid, mid, 3, stride=stride, padding=padding)
+        self.norm3 = _GroupNormActivation(groups, mid, act)
+        self.conv3 = _StandardizedConv2d(mid, out_channels, 1, padding=padding)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        activated = self.norm1(x)
+        shortcut = x if self.downsample is None else self.downsample(activated)
+        branch = self.conv3(self.norm3(self.conv2(self.norm2(self.conv1(activated)))))
+        branch = _drop_path(branch, self.drop_path_rate, self.training)
+        # In place: ``branch`` is a fresh convolution output that no backward pass reads.
+        return branch.add_(shortcut)
+
+
+class _BottleneckBlock(nn.Module):
+    """Post-activation bottleneck (ResNet v1.5): ``act(norm3(conv3(na2(conv2(na1(conv1(x)))))) + shortcut)``.
+
+    The first block of a stage projects ``x`` for the shortcut; the 3x3 convolution carries the stride
+    and, past ``output_stride``, the dilation.
+    """
+
+    def __init__(
+        self,
+        config: BitConfig,
+        in_channels: int,
+        plan: StagePlan,
+        stride: int,
+        first: bool,
+        drop_path_rate: float,
+    ) -> None:
+        super().__init__()
+        out_channels, mid = plan.channels, plan.bottleneck_channels
+        groups, act, padding = config.num_groups, config.hidden_act, config.global_padding
+        dilation = plan.first_dilation if first else plan.dilation
+        self.downsample = _Downsample(config, in_channels, out_channels, stride) if first else None
+        self.conv1 = _StandardizedConv2d(in_channels, mid, 1, padding=padding)
+        self.norm1 = _GroupNormActivation(groups, mid, act)
+        self.conv2 = _StandardizedConv2d(mid, mid, 3, stride=stride, dilation=dilation, padding=padding)
+        self.norm2 = _GroupNormActivation(groups, mid, act)
+        self.conv3 = _StandardizedConv2d(mid, out_channels, 1, padding=padding)
+        self.norm3 = _GroupNormActivation(groups, out_channels, None)
+        self.activation = _make_activation(act)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        branch = self.norm3(self.conv3(self.norm2(self.conv2(self.norm1(self.conv1(x))))))
+        branch = _drop_path(branch, self.drop_path_rate, self.training)
+        # In place: ``branch`` is a fresh group-norm output, which the norm's backward does not read.
+        return self.activation(branch.add_(shortcut))
+
+
+class _Stage(nn.Module):
+    """A run of bottleneck blocks; only the first one changes channels or resolution."""
+
+    def __init__(self, config: BitConfig, in_channels: int, plan: StagePlan, drop_path_rates: list[float]) -> None:
+        super().__init__()
+        block = _BottleneckBlock if config.layer_type == "bottleneck" else _PreActivationBlock
+        self.layers = nn.Sequential(
+            *(
+                block(
+                    config,
+                    in_channels if index == 0 else plan.channels,
+                    plan,
+                    stride=plan.stride if index == 0 else 1,
+                    first=index == 0,
+                    drop_path_rate=rate,
+                )
+                for index, rate in enumerate(drop_path_rates)
+            )
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class _Stem(nn.Module):
+    """7x7 stride-2 convolution, a pixel of zero padding (unless "SAME"), a group norm and activation
+    (post-activation blocks only), then a 3x3 stride-2 max-pool: a 4x smaller map."""
+
+    def __init__(self, config: BitConfig) -> None:
+        super().__init__()
+        self.convolution = _StandardizedConv2d(
+            config.num_channels, config.embedding_size, 7, stride=2, padding=config.global_padding
+        )
+        self.pads_one = config.global_padding != "SAME"
+        self.norm = (
+            _GroupNormActivation(config.num_groups, config.embedding_size, config.hidden_act)
+            if config.layer_type == "bottleneck"
+            else None
+        )
+        self.pools_same = config.embedding_dynamic_padding
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        x = self.convolution(pixel_values)
+        if self.pads_one:
+            # Zeros, before the norm and the pool: both see them (the pool does not pad with -inf).
+            x = F.pad(x, (1, 1, 1, 1))
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.pools_same:
+            x = _pad_same(x, 3, 2, 1)
+        return F.max_pool2d(x, kernel_size=3, stride=2)
+
+
+class _Encoder(nn.Module):
+    """Holds the stages under the checkpoint's ``encoder.stages`` keys; the backbone runs them."""
+
+    def __init__(self, config: BitConfig) -> None:
+        super().__init__()
+        depths = config.depths
+        total = sum(depths)
+        rates = [config.drop_path_rate * block / max(total - 1, 1) for block in range(total)]
+        stages, in_channels = [], config.embedding_size
+        for index, plan in enumerate(config.stage_plans):
+            first = sum(depths[:index])
+            stages.append(_Stage(config, in_channels, plan, rates[first : first + depths[index]]))
+            in_channels = plan.channels
+        self.stages = nn.ModuleList(stages)
+
+
+class _Trunk(nn.Module):
+    """The ``bit.`` key prefix of transformers' backbone (its ``BitModel``), without the unused final norm."""
+
+    def __init__(self, config: BitConfig) -> None:
+        super().__init__()
+        self.embedder = _Stem(config)
+        self.encoder = _Encoder(config)
+
+
+class BitBackbone(Backbone):
+    """BiT feature extractor with transformers-compatible state-dict keys.
+
+    Stage 0 (``"stem"``) is the max-pooled stem output; stage ``i`` is the output of stage ``i``, with no
+    norm applied (as in transformers, the pre-activation model's final norm is not part of the
+    features). A forward runs only up to the deepest requested stage (all stages when hidden states are
+    requested).
+
+    Args:
+        config: The architecture and the output selection.
+
+    Example:
+        >>> model = BitBackbone(BitConfig(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
+        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
+        [256, 512, 1024, 2048]
+    """
+
+    config_class = BitConfig
+    # The trunk's prefix in every BiT checkpoint: BitBackbone and BitForImageClassification keys both start
+    # with it, and BitModel checkpoints (without it) load too.
+    base_model_prefix = "bit"
+    has_attentions = False
+    reference_class_name = "BitBackbone"
+
+    def __init__(self, config: BitConfig) -> None:
+        super().__init__(config)
+        self.bit = _Trunk(config)
+        plans = config.stage_plans
+        # The real channel counts: transformers' num_features ignores width_factor and the rounding to 8.
+        self.num_features = [config.embedding_size] + [plan.channels for plan in plans]
+        self.reductions = [4] + [plan.reduction for plan in plans]
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module`` as transformers' ``BitPreTrainedModel`` does."""
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.GroupNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def _forward_features(
+        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        expected = self.config.num_channels
+        if pixel_values.shape[1] != expected:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[1]} channels but this BiT expects {expected} "
+                "(config.num_channels); convert the images or load a model built for that many channels"
+            )
+        hidden = self.bit.embedder(pixel_values)
+        states = [hidden]
+        # islice, not a slice: slicing a ModuleList builds a new module on every call.
+        for stage in islice(self.bit.encoder.stages, last_stage):
+            hidden = stage(hidden)
+            states.append(hidden)
+        stage_maps: list[Tensor | None] = [*states, *([None] * (len(self.stage_names) - len(states)))]
+        return stage_maps, tuple(states) if output_hidden_states else None, None
+
+    def _prune_stages(self, last_stage: int) -> None:
+        # Stage i >= 1 lives at bit.encoder.stages[i - 1]; the stem is always kept.
+        del self.bit.encoder.stages[last_stage:]

@@ -1,0 +1,366 @@
+"""Tests of backbones-bit: the conformance kit, parity with transformers, a default-size shape check."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+import transformers
+from transformers.activations import ACT2FN
+
+from backbones import AutoBackbone, ConfigError
+from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones_bit import BitBackbone, BitConfig
+from backbones_bit._config import ACTIVATIONS, round_channels
+from backbones_bit._model import _make_activation, _pad_same, _StandardizedConv2d
+
+TINY: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24], "depths": [1, 1, 2], "num_groups": 4}
+# Four stages, as real BiTs have, for parity; two blocks in some stages so later blocks (no projection,
+# full dilation) are covered too. Every normalised width is a multiple of num_groups.
+SMALL: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24, 32], "depths": [1, 2, 1, 2], "num_groups": 4}
+ALL_STAGES = [0, 1, 2, 3, 4]
+# transformers' final norm of the pre-activation model: only its pooled classification path uses it.
+FINAL_NORM = ["bit.norm.bias", "bit.norm.weight"]
+
+
+# -- conformance ------------------------------------------------------------------------------------
+
+
+class _TinyBitConformance(BackboneConformance):
+    model_type = "bit"
+    options: ClassVar[dict[str, Any]] = {}
+    # 50 and 38 are not multiples of the strides, so the rounding below is really exercised.
+    input_sizes = ((64, 64), (50, 38))
+    # With symmetric padding (and the stem's extra pixel before an unpadded pool), or with "SAME" padding
+    # everywhere including the stem's pool, every halving is ceil(size / 2).
+    spatial_rounding = "ceil"
+
+    def make_config(self, **overrides: Any) -> BitConfig:
+        return BitConfig(**TINY, **self.options, **overrides)
+
+
+class TestPreActivationConformance(_TinyBitConformance):
+    options: ClassVar[dict[str, Any]] = {"layer_type": "preactivation"}
+
+
+class TestBottleneckSameConformance(_TinyBitConformance):
+    options: ClassVar[dict[str, Any]] = {
+        "layer_type": "bottleneck",
+        "global_padding": "SAME",
+        "embedding_dynamic_padding": True,
+    }
+
+
+# -- parity with transformers -----------------------------------------------------------------------
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "preactivation": {},
+    # google/bit-50's settings.
+    "preactivation-same-dynamic": {"global_padding": "SAME", "embedding_dynamic_padding": True},
+    # "SAME" convolutions but an unpadded pool: the stem pool floors (no extra pixel of zeros).
+    "preactivation-same": {"global_padding": "SAME"},
+    # The extra pixel of zeros, then a "SAME" pool on top of it.
+    "preactivation-dynamic-pool": {"embedding_dynamic_padding": True},
+    # Past output_stride the pre-activation blocks drop their stride and are not dilated (transformers' rule).
+    "preactivation-output-stride-8-gelu": {"output_stride": 8, "hidden_act": "gelu"},
+    "bottleneck": {"layer_type": "bottleneck"},
+    # ViT-hybrid's settings.
+    "bottleneck-same-dynamic": {
+        "layer_type": "bottleneck",
+        "global_padding": "SAME",
+        "embedding_dynamic_padding": True,
+    },
+    "bottleneck-output-stride-8": {"layer_type": "bottleneck", "output_stride": 8},
+    # Dilations 2, 4 and 8 (first blocks 1, 2, 2), with "SAME" padding (static there: stride 1, even dilation * (k - 1)).
+    "bottleneck-same-output-stride-4": {"layer_type": "bottleneck", "global_padding": "same", "output_stride": 4},
+    # Channels 24, 40, 48, 72: width_factor and the rounding to multiples of 8 (transformers' pre-activation
+    # model cannot be built with them: its unused final norm keeps the unwidened size).
+    "bottleneck-width-2-silu": {
+        "layer_type": "bottleneck",
+        "width_factor": 2,
+        "hidden_sizes": [12, 20, 24, 36],
+        "hidden_act": "silu",
+    },
+}
+
+
+def pixels(batch: int = 2, height: int = 67, width: int = 45) -> torch.Tensor:
+    # Odd sizes: "SAME" padding is asymmetric and differs per layer, so dynamic padding really matters.
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
+
+
+def options(variant: str) -> dict[str, Any]:
+    return {**SMALL, **VARIANTS[variant]}
+
+
+def unused_trunk_keys(variant: str) -> list[str]:
+    return FINAL_NORM if VARIANTS[variant].get("layer_type", "preactivation") == "preactivation" else []
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def oracle_checkpoint(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, Any]:
+    """A transformers BitBackbone with every weight randomised, and its checkpoint."""
+    oracle = transformers.BitBackbone(transformers.BitConfig(**options(request.param), out_indices=ALL_STAGES))
+    oracle = randomize_weights_(oracle).eval()
+    directory = tmp_path_factory.mktemp(request.param)
+    oracle.save_pretrained(directory)
+    return request.param, directory, oracle
+
+
+@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0], [2, -1]])
+def test_backbone_checkpoint_matches_transformers(
+    oracle_checkpoint: tuple[str, Path, Any], out_indices: list[int]
+) -> None:
+    variant, directory, oracle = oracle_checkpoint
+    model, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
+    assert isinstance(model, BitBackbone)
+    assert report.missing_keys == []
+    assert report.unused_keys == unused_trunk_keys(variant)
+    oracle.out_indices = out_indices
+    with torch.no_grad():
+        ours = model(pixels()).feature_maps
+        reference = oracle(pixels()).feature_maps
+    assert len(ours) == len(out_indices)
+    assert_close_maps(ours, reference, atol=1e-4)
+    assert model.channels == [fmap.shape[1] for fmap in ours]
+
+
+def test_hidden_states_match_transformers(oracle_checkpoint: tuple[str, Path, Any]) -> None:
+    _, directory, oracle = oracle_checkpoint
+    model = AutoBackbone.from_pretrained(directory, out_indices=[1])
+    with torch.no_grad():
+        ours = model(pixels(), output_hidden_states=True)
+        reference = oracle(pixels(), output_hidden_states=True)
+    assert len(ours.hidden_states) == len(reference.hidden_states) == 5
+    assert_close_maps(ours.hidden_states, reference.hidden_states, atol=1e-4)
+    assert_close_maps(ours.feature_maps, [reference.hidden_states[1]], atol=1e-4)
+
+
+def test_metadata_matches_oracle_shapes(oracle_checkpoint: tuple[str, Path, Any]) -> None:
+    variant, directory, oracle = oracle_checkpoint
+    model = AutoBackbone.from_pretrained(directory)
+    with torch.no_grad():
+        states = oracle(pixels(), output_hidden_states=True).hidden_states
+    assert model.num_features == [state.shape[1] for state in states]
+    if "width" not in variant:
+        assert model.num_features == oracle.num_features == [8, 8, 16, 24, 32]
+    else:
+        # transformers' metadata ignores width_factor and the rounding; ours reports the real channels.
+        assert (model.num_features, oracle.num_features) == ([8, 24, 40, 48, 72], [8, 12, 20, 24, 36])
+    output_stride = VARIANTS[variant].get("output_stride", 32)
+    assert model.reductions == [min(r, max(output_stride, 4)) for r in (4, 4, 8, 16, 32)]
+    padding, pool_padding = (
+        VARIANTS[variant].get("global_padding"),
+        VARIANTS[variant].get("embedding_dynamic_padding", False),
+    )
+    if (padding is None) != pool_padding:
+        # Symmetric padding with an unpadded pool, or "SAME" everywhere: maps are ceil(size / stride).
+        for state, reduction in zip(states, model.reductions):
+            assert tuple(state.shape[2:]) == (math.ceil(67 / reduction), math.ceil(45 / reduction))
+
+
+@pytest.mark.parametrize("variant", ["preactivation-same-dynamic", "bottleneck-output-stride-8"])
+def test_task_checkpoint_loads_trunk(tmp_path: Path, variant: str) -> None:
+    config = transformers.BitConfig(**options(variant), num_labels=5, out_indices=ALL_STAGES)
+    classifier = randomize_weights_(transformers.BitForImageClassification(config)).eval()
+    classifier.save_pretrained(tmp_path)
+    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 2, 4], output_loading_info=True)
+    assert report.missing_keys == []
+    # The trunk's keys already carry the "bit." prefix, as in BitBackbone checkpoints.
+    assert report.unused_keys == sorted(["classifier.1.bias", "classifier.1.weight", *unused_trunk_keys(variant)])
+    oracle = transformers.BitBackbone(config).eval()
+    oracle.load_state_dict(classifier.state_dict(), strict=False)
+    oracle.out_indices = [0, 2, 4]
+    with torch.no_grad():
+        assert_close_maps(model(pixels()).feature_maps, oracle(pixels()).feature_maps, atol=1e-4)
+
+
+def test_base_model_checkpoint_gets_the_prefix(tmp_path: Path) -> None:
+    config = transformers.BitConfig(**options("bottleneck-same-dynamic"))
+    base = randomize_weights_(transformers.BitModel(config)).eval()
+    base.save_pretrained(tmp_path)  # keys without "bit.": embedder.convolution.weight, ...
+    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[-1], output_loading_info=True)
+    assert report.clean, str(report)
+    assert report.prefix == "'bit.' added"
+    with torch.no_grad():
+        expected = base(pixels(), output_hidden_states=True).hidden_states[-1]
+        assert_close_maps(model(pixels()).feature_maps, [expected], atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) -> None:
+    model = randomize_weights_(AutoBackbone.from_config(BitConfig(**options(variant), out_indices=[0, 2, 4]))).eval()
+    model.save_pretrained(tmp_path)
+    # The concrete class, not transformers.AutoBackbone: in 5.23 AutoBackbone.from_pretrained(local_dir)
+    # asks the hub first and fails offline.
+    oracle, info = transformers.BitBackbone.from_pretrained(tmp_path, output_loading_info=True)
+    # Only the final norm that the backbone never runs is missing (transformers initialises it).
+    assert sorted(info["missing_keys"]) == unused_trunk_keys(variant) and not info["unexpected_keys"], info
+    assert oracle.out_indices == [0, 2, 4]
+    with torch.no_grad():
+        assert_close_maps(model(pixels()).feature_maps, oracle.eval()(pixels()).feature_maps, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_match_transformers(name: str) -> None:
+    values = torch.linspace(-6, 6, 241)
+    assert (_make_activation(name)(values.clone()) - ACT2FN[name](values)).abs().max().item() <= 1e-6
+
+
+# -- behaviour --------------------------------------------------------------------------------------
+
+
+def test_weight_standardisation() -> None:
+    conv = _StandardizedConv2d(3, 5, 3)
+    torch.nn.init.normal_(conv.weight, mean=2.0, std=3.0)
+    weight = conv.standardized_weight()
+    assert weight.shape == (5, 3, 3, 3)
+    assert weight.mean(dim=(1, 2, 3)).abs().max().item() < 1e-5
+    assert (weight.var(dim=(1, 2, 3), correction=0) - 1).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "dilation", "expected"),
+    [(64, 3, 2, 1, (0, 1)), (67, 7, 2, 1, (3, 3)), (17, 3, 2, 1, (1, 1)), (16, 3, 1, 2, (2, 2)), (16, 1, 2, 1, (0, 0))],
+)
+def test_same_padding_is_tensorflows(
+    size: int, kernel: int, stride: int, dilation: int, expected: tuple[int, int]
+) -> None:
+    # Ones inside, zeros in the padding: the zeros before and after the ones are the split.
+    padded = _pad_same(torch.ones(1, 1, size, size), kernel, stride, dilation)
+    row, column = padded[0, 0, padded.shape[-2] // 2], padded[0, 0, :, padded.shape[-1] // 2]
+    for line in (row, column):
+        before = int(line.nonzero()[0])
+        assert (before, line.numel() - size - before) == expected
+    out = (padded.shape[-1] - dilation * (kernel - 1) - 1) // stride + 1
+    assert out == math.ceil(size / stride)
+
+
+def test_dilation_past_output_stride() -> None:
+    model = AutoBackbone.from_config(BitConfig(**SMALL, layer_type="bottleneck", output_stride=8))
+    assert model.reductions == [4, 4, 8, 8, 8]
+    dilations = [[block.conv2.dilation[0] for block in stage.layers] for stage in model.bit.encoder.stages]
+    strides = [[block.conv2.stride[0] for block in stage.layers] for stage in model.bit.encoder.stages]
+    # Stage 3 has dilation 2 (its first block keeps 1), stage 4 dilation 4 (its first block 2).
+    assert dilations == [[1], [1, 1], [1], [2, 4]]
+    assert strides == [[1], [2, 1], [1], [1, 1]]
+    preact = AutoBackbone.from_config(BitConfig(**SMALL, output_stride=8))
+    assert all(block.conv2.dilation == (1, 1) for stage in preact.bit.encoder.stages for block in stage.layers)
+    assert preact.reductions == [4, 4, 8, 8, 8]
+
+
+def test_fresh_weights_follow_transformers_init() -> None:
+    torch.manual_seed(0)
+    model = AutoBackbone.from_config(BitConfig(**SMALL))
+    block = model.bit.encoder.stages[3].layers[0]
+    assert torch.equal(block.norm2.weight, torch.ones(8)) and torch.equal(block.norm2.bias, torch.zeros(8))
+    conv = block.conv3.weight  # 32 x 8 x 1 x 1
+    assert conv.std().item() == pytest.approx(math.sqrt(2 / 32), rel=0.2)
+    assert not any(key.startswith("bit.norm.") for key in model.state_dict())
+
+
+def test_drop_path_rates_grow_linearly() -> None:
+    model = AutoBackbone.from_config(BitConfig(**SMALL, drop_path_rate=0.3))
+    rates = [block.drop_path_rate for stage in model.bit.encoder.stages for block in stage.layers]
+    assert rates == pytest.approx([0.0, 0.06, 0.12, 0.18, 0.24, 0.3])
+
+
+def test_channel_rounding_matches_transformers() -> None:
+    from transformers.models.bit.modeling_bit import make_div
+
+    for value in [1, 2, 3.5, 7, 12, 20, 36, 64, 100, 2048 * 0.25, 123.4]:
+        assert round_channels(value) == make_div(value)
+
+
+def test_wrong_channel_count_is_explained() -> None:
+    model = AutoBackbone.from_config(BitConfig(**TINY))
+    with pytest.raises(ValueError, match=r"pixel_values has 1 channels but this BiT expects 3 \(config.num_channels\)"):
+        model(torch.zeros(1, 1, 32, 32))
+
+
+@pytest.mark.slow
+def test_bit50_shapes_at_224() -> None:
+    model = AutoBackbone.from_config(BitConfig(out_indices=[0, 1, 2, 3, 4])).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
+    assert [tuple(fmap.shape) for fmap in maps] == [
+        (1, 64, 56, 56),
+        (1, 256, 56, 56),
+        (1, 512, 28, 28),
+        (1, 1024, 14, 14),
+        (1, 2048, 7, 7),
+    ]
+    assert model.channels == [64, 256, 512, 1024, 2048]
+    assert model.out_reductions == [4, 4, 8, 16, 32]
+
+
+# -- config errors ----------------------------------------------------------------------------------
+
+
+def test_padding_is_normalised_like_transformers() -> None:
+    assert BitConfig(global_padding="same").global_padding == "SAME"
+    assert BitConfig().global_padding is None
+
+
+def test_valid_padding_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match=r"global_padding 'VALID' cannot work: .*set global_padding to None or 'SAME'"):
+        BitConfig(global_padding="valid")
+    with pytest.raises(
+        ValueError, match=r"global_padding 'reflect' is not supported; set global_padding to None or 'SAME'"
+    ):
+        BitConfig(global_padding="reflect")
+
+
+def test_unknown_layer_type_lists_the_valid_ones() -> None:
+    message = r"layer_type 'basic' is not supported; set layer_type to one of \['preactivation', 'bottleneck'\]"
+    with pytest.raises(ValueError, match=message):
+        BitConfig(layer_type="basic")
+    config = BitConfig()
+    with pytest.raises(ValueError, match=message):
+        config.layer_type = "basic"
+    assert config.layer_type == "preactivation"
+
+
+def test_unknown_activation_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'relu'"):
+        BitConfig(hidden_act="swishy")
+
+
+def test_num_groups_must_divide_every_norm() -> None:
+    with pytest.raises(
+        ValueError, match=r"num_groups=3 does not divide the 8 channels of embedding_size; .*\[8, 16, 24\]"
+    ):
+        BitConfig(**{**TINY, "num_groups": 3})
+    with pytest.raises(ValueError, match=r"num_groups=32 does not divide the 8 channels of embedding_size"):
+        BitConfig(embedding_size=8, hidden_sizes=[64], depths=[1])
+    with pytest.raises(ValueError, match=r"num_groups=16 does not divide the 8 channels of stage1 bottleneck"):
+        BitConfig(embedding_size=16, hidden_sizes=[16], depths=[1], num_groups=16)
+
+
+def test_output_stride_must_be_a_power_of_two() -> None:
+    with pytest.raises(ValueError, match=r"output_stride must be a power of two of at least 4 .*got 12"):
+        BitConfig(output_stride=12)
+    with pytest.raises(ValueError, match=r"output_stride must be a power of two of at least 4 .*got 2"):
+        BitConfig(output_stride=2)
+
+
+def test_one_hidden_size_per_stage() -> None:
+    with pytest.raises(
+        ValueError, match=r"hidden_sizes has 2 entries but depths has 3; .*len\(hidden_sizes\) == len\(depths\)"
+    ):
+        BitConfig(hidden_sizes=[256, 512], depths=[1, 1, 1])
+
+
+def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
+    BitConfig(**TINY).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(path.read_text().replace('"preactivation"', '"basic"'))
+    with pytest.raises(
+        ConfigError, match=r"invalid backbone config in .*config.json: .*layer_type 'basic' is not supported"
+    ):
+        AutoBackbone.from_pretrained(tmp_path)

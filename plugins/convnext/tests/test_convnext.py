@@ -1,0 +1,298 @@
+"""Tests of backbones-convnext: the conformance kit, parity with transformers, a default-size shape check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+from transformers.activations import ACT2FN
+
+from backbones import AutoBackbone, ConfigError
+from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones_convnext import ConvNextBackbone, ConvNextConfig
+from backbones_convnext._config import ACTIVATIONS
+from backbones_convnext._model import ChannelsFirstLayerNorm, make_activation
+
+TINY: dict[str, Any] = {"hidden_sizes": [8, 16, 24], "depths": [1, 1, 2]}
+# Four stages, as real ConvNeXts have, for parity; still a few thousand parameters.
+SMALL: dict[str, Any] = {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 2, 1, 1]}
+ALL_STAGES = [0, 1, 2, 3, 4]
+NAMES = ["stem", "stage1", "stage2", "stage3", "stage4"]
+
+
+def norm_keys(*stages: str) -> list[str]:
+    return sorted(f"hidden_states_norms.{stage}.{param}" for stage in stages for param in ("weight", "bias"))
+
+
+# -- conformance ------------------------------------------------------------------------------------
+
+
+class TestConvNextConformance(BackboneConformance):
+    model_type = "convnext"
+    # 50 and 38 are not multiples of the strides, so the rounding below is really exercised.
+    input_sizes = ((64, 64), (50, 38))
+    # The patch embedding and the 2x2 downsampling convolutions do not pad: each drops the remainder.
+    spatial_rounding = "floor"
+
+    def make_config(self, **overrides: Any) -> ConvNextConfig:
+        return ConvNextConfig(**TINY, **overrides)
+
+
+# -- parity with transformers -----------------------------------------------------------------------
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "layer-scale": {},
+    "no-layer-scale": {"layer_scale_init_value": 0.0},
+    "patch-2-gelu-tanh": {"patch_size": 2, "hidden_act": "gelu_pytorch_tanh"},
+}
+
+
+def pixels(batch: int = 2, height: int = 67, width: int = 45) -> torch.Tensor:
+    # 67 x 45 is no multiple of any stride, so every unpadded convolution drops a remainder.
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
+
+
+def oracle_config(variant: str, **extra: Any) -> transformers.ConvNextConfig:
+    # Lists, not transformers' defaults: in 5.23 ConvNextBackbone(ConvNextConfig()) raises
+    # "TypeError: can only concatenate list (not "tuple") to list" because the default sizes are tuples.
+    return transformers.ConvNextConfig(**SMALL, num_stages=4, **VARIANTS[variant], **extra)
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def oracle_checkpoint(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, Any]:
+    """A transformers ConvNextBackbone with every stage's output norm and every weight randomised, saved."""
+    oracle = transformers.ConvNextBackbone(oracle_config(request.param, out_indices=ALL_STAGES))
+    oracle = randomize_weights_(oracle).eval()
+    directory = tmp_path_factory.mktemp(request.param)
+    oracle.save_pretrained(directory)
+    return request.param, directory, oracle
+
+
+@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0], [2, -1]])
+def test_backbone_checkpoint_matches_transformers(
+    oracle_checkpoint: tuple[str, Path, Any], out_indices: list[int]
+) -> None:
+    _, directory, oracle = oracle_checkpoint
+    model, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
+    assert isinstance(model, ConvNextBackbone)
+    assert report.missing_keys == []
+    # The checkpoint has an output norm for every stage; ours keeps only the selected stages' norms.
+    unselected = [name for name in NAMES if name not in model.out_features]
+    assert report.unused_keys == norm_keys(*unselected)
+    oracle.out_indices = out_indices
+    with torch.no_grad():
+        ours = model(pixels()).feature_maps
+        reference = oracle(pixels()).feature_maps
+    assert len(ours) == len(out_indices)
+    assert_close_maps(ours, reference, atol=1e-4)
+    assert model.channels == oracle.channels
+
+
+def test_hidden_states_match_transformers(oracle_checkpoint: tuple[str, Path, Any]) -> None:
+    _, directory, oracle = oracle_checkpoint
+    model = AutoBackbone.from_pretrained(directory, out_indices=[1])
+    oracle.out_indices = ALL_STAGES  # the fixture is shared; earlier tests changed the selection
+    with torch.no_grad():
+        ours = model(pixels(), output_hidden_states=True)
+        reference = oracle(pixels(), output_hidden_states=True)
+    assert len(ours.hidden_states) == len(reference.hidden_states) == 5
+    assert_close_maps(ours.hidden_states, reference.hidden_states, atol=1e-4)
+    assert_close_maps(ours.feature_maps, [reference.feature_maps[1]], atol=1e-4)
+
+
+def test_metadata_matches_oracle_shapes(oracle_checkpoint: tuple[str, Path, Any]) -> None:
+    variant, directory, oracle = oracle_checkpoint
+    model = AutoBackbone.from_pretrained(directory)
+    patch = VARIANTS[variant].get("patch_size", 4)
+    assert model.reductions == [patch, patch, patch * 2, patch * 4, patch * 8]
+    assert model.num_features == oracle.num_features == [8, 8, 16, 24, 32]
+    with torch.no_grad():
+        states = oracle(pixels(), output_hidden_states=True).hidden_states
+    for state, reduction in zip(states, model.reductions):
+        assert tuple(state.shape[2:]) == (67 // reduction, 45 // reduction)
+
+
+@pytest.mark.parametrize("variant", ["layer-scale", "no-layer-scale"])
+def test_task_checkpoint_loads_trunk(tmp_path: Path, variant: str) -> None:
+    config = oracle_config(variant, num_labels=5)
+    classifier = randomize_weights_(transformers.ConvNextForImageClassification(config)).eval()
+    classifier.save_pretrained(tmp_path)
+    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[1, 3, 4], output_loading_info=True)
+    # The task model has no output norms (they are initialised as transformers does: weight 1, bias 0)
+    # and a pooled LayerNorm and classifier that a backbone never runs.
+    assert report.missing_keys == norm_keys("stage1", "stage3", "stage4")
+    assert report.unused_keys == [
+        "classifier.bias",
+        "classifier.weight",
+        "convnext.layernorm.bias",
+        "convnext.layernorm.weight",
+    ]
+    assert "'convnext.' removed" in report.prefix
+    for name in ("stage1", "stage3", "stage4"):
+        norm = model.hidden_states_norms[name]
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(
+            norm.bias, torch.zeros_like(norm.bias)
+        )
+    oracle = transformers.ConvNextBackbone(oracle_config(variant, out_indices=[1, 3, 4])).eval()
+    trunk = {
+        key.removeprefix("convnext."): value
+        for key, value in classifier.state_dict().items()
+        if key.startswith("convnext.") and not key.startswith("convnext.layernorm.")
+    }
+    missing, unexpected = oracle.load_state_dict(trunk, strict=False)
+    assert sorted(missing) == norm_keys("stage1", "stage3", "stage4") and unexpected == []
+    with torch.no_grad():
+        assert_close_maps(model(pixels()).feature_maps, oracle(pixels()).feature_maps, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) -> None:
+    config = ConvNextConfig(**SMALL, **VARIANTS[variant], out_indices=[0, 2, 4])
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    model.save_pretrained(tmp_path)
+    # The concrete class, not transformers.AutoBackbone: in 5.23 AutoBackbone.from_pretrained(local_dir)
+    # asks the hub first and fails offline.
+    oracle, info = transformers.ConvNextBackbone.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert oracle.out_indices == [0, 2, 4]
+    with torch.no_grad():
+        assert_close_maps(model(pixels()).feature_maps, oracle.eval()(pixels()).feature_maps, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_match_transformers(name: str) -> None:
+    values = torch.linspace(-6, 6, 241)
+    assert (make_activation(name)(values) - ACT2FN[name](values)).abs().max().item() <= 1e-6
+
+
+# -- behaviour --------------------------------------------------------------------------------------
+
+
+def test_output_norms_follow_the_selection() -> None:
+    model = AutoBackbone.from_config(ConvNextConfig(**TINY, out_indices=[0, 2]))
+    assert sorted(model.hidden_states_norms) == ["stage2", "stem"]
+    model.hidden_states_norms["stage2"].weight.data.fill_(3.0)
+    model.out_features = ["stage1", "stage2"]
+    assert sorted(model.hidden_states_norms) == ["stage1", "stage2"]
+    assert torch.equal(model.hidden_states_norms["stage2"].weight, torch.full((16,), 3.0)), "kept norms keep weights"
+    added = model.hidden_states_norms["stage1"]
+    assert isinstance(added, ChannelsFirstLayerNorm) and added.eps == 1e-6
+    assert torch.equal(added.weight, torch.ones(8)) and torch.equal(added.bias, torch.zeros(8))
+    fresh = AutoBackbone.from_config(ConvNextConfig(**TINY, out_indices=[1, 2]))
+    assert list(model.state_dict()) == list(fresh.state_dict())
+
+
+def test_fresh_weights_follow_transformers_init() -> None:
+    torch.manual_seed(0)
+    model = AutoBackbone.from_config(ConvNextConfig(**SMALL, initializer_range=0.05, layer_scale_init_value=0.5))
+    block = model.encoder.stages[2].layers[0]
+    assert torch.equal(block.layer_scale_parameter, torch.full((24,), 0.5))
+    assert torch.equal(block.pwconv1.bias, torch.zeros(96))
+    assert block.pwconv1.weight.std().item() == pytest.approx(0.05, rel=0.1)
+    assert torch.equal(block.layernorm.weight, torch.ones(24)) and torch.equal(block.layernorm.bias, torch.zeros(24))
+    assert model.encoder.stages[0].downsampling_layer is None
+    assert (
+        AutoBackbone.from_config(ConvNextConfig(**SMALL, layer_scale_init_value=0))
+        .encoder.stages[0]
+        .layers[0]
+        .layer_scale_parameter
+        is None
+    )
+
+
+def test_drop_path_only_acts_in_training() -> None:
+    torch.manual_seed(0)
+    model = AutoBackbone.from_config(ConvNextConfig(**TINY, drop_path_rate=0.5, out_indices=[-1]))
+    randomize_weights_(model)
+    rates = [block.drop_path_rate for stage in model.encoder.stages for block in stage.layers]
+    assert rates == pytest.approx([0.0, 0.5 / 3, 1.0 / 3, 0.5])
+    with torch.no_grad():
+        first, second = model.eval()(pixels()).feature_maps[0], model(pixels()).feature_maps[0]
+        assert torch.equal(first, second)
+        torch.manual_seed(1)
+        trained = model.train()(pixels()).feature_maps[0]
+    assert not torch.allclose(trained, first)
+
+
+def test_channels_last_output_views() -> None:
+    model = randomize_weights_(AutoBackbone.from_config(ConvNextConfig(**TINY, out_indices=[0, 1, 2, 3]))).eval()
+    with torch.no_grad():
+        maps = model(pixels()).feature_maps
+        again = model(pixels().contiguous(memory_format=torch.channels_last)).feature_maps
+    # Documented in the README: maps are (B, C, H, W) views of channels-last memory, no transposing copy.
+    assert all(fmap.is_contiguous(memory_format=torch.channels_last) for fmap in maps)
+    assert_close_maps(again, maps, atol=1e-5)
+
+
+def test_wrong_channel_count_is_explained() -> None:
+    model = AutoBackbone.from_config(ConvNextConfig(**TINY))
+    with pytest.raises(
+        ValueError, match=r"pixel_values has 1 channels but this model expects 3 \(config.num_channels\)"
+    ):
+        model(torch.zeros(1, 1, 32, 32))
+
+
+@pytest.mark.slow
+def test_convnext_tiny_shapes_at_224() -> None:
+    model = AutoBackbone.from_config(ConvNextConfig(out_indices=[1, 2, 3, 4])).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
+    assert [tuple(fmap.shape) for fmap in maps] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
+    assert model.channels == [96, 192, 384, 768]
+    assert model.out_reductions == [4, 8, 16, 32]
+    assert sum(p.numel() for p in model.parameters()) == 27_818_592 + 2 * (96 + 192 + 384 + 768)
+
+
+# -- config errors ----------------------------------------------------------------------------------
+
+
+def test_unknown_activation_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'"):
+        ConvNextConfig(hidden_act="swishy")
+
+
+def test_one_hidden_size_per_stage() -> None:
+    with pytest.raises(
+        ValueError, match=r"hidden_sizes has 2 entries but depths has 3; .*len\(hidden_sizes\) == len\(depths\)"
+    ):
+        ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1, 1])
+
+
+def test_depths_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"depths must list one positive integer per stage, got \[1, 0\]"):
+        ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 0])
+
+
+def test_num_stages_must_match_depths() -> None:
+    assert ConvNextConfig(**TINY, num_stages=3).num_stages == 3
+    assert ConvNextConfig(**TINY).to_dict()["num_stages"] == 3
+    with pytest.raises(ConfigError, match=r"num_stages=4: it must equal len\(depths\) = 3; drop num_stages"):
+        ConvNextConfig(**TINY, num_stages=4)
+
+
+def test_patch_size_must_be_square() -> None:
+    assert ConvNextConfig(patch_size=[2, 2]).patch_size == 2
+    with pytest.raises(ValueError, match=r"patch_size must be one int or a square pair such as \[4, 4\], got \[2, 4\]"):
+        ConvNextConfig(patch_size=[2, 4])
+
+
+def test_drop_path_rate_range_is_named() -> None:
+    with pytest.raises(ValueError, match=r"drop_path_rate=1.5: Input should be less than 1"):
+        ConvNextConfig(drop_path_rate=1.5)
+
+
+def test_transformers_default_config_loads(tmp_path: Path) -> None:
+    # A config.json as transformers writes it (lists, because tuple defaults break its backbone in 5.23).
+    oracle_config("layer-scale", out_indices=[2, 4]).save_pretrained(tmp_path)
+    config = ConvNextConfig.from_pretrained(tmp_path)
+    assert (config.hidden_sizes, config.depths, config.out_features) == (
+        [8, 16, 24, 32],
+        [1, 2, 1, 1],
+        ["stage2", "stage4"],
+    )
+    assert config.layer_norm_eps == 1e-12 and config.layer_scale_init_value == 1e-6
