@@ -1,16 +1,20 @@
-"""Swin Transformer backbone for backbones. Public names are imported on first access (no torch at import)."""
+"""Swin Transformer backbone for backbones. Public names are imported on first access (no torch at import).
+
+``SwinFamilyConfig`` and the hooks listed in ``backbones_swin._model`` are the extension points
+backbones-swinv2 and backbones-maskformer-swin build on.
+"""
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["SwinBackbone", "SwinConfig"]
+__all__ = ["SwinBackbone", "SwinConfig", "SwinFamilyConfig"]
 
-_EXPORTS = {"SwinConfig": "._config", "SwinBackbone": "._model"}
+_EXPORTS = {"SwinConfig": "._config", "SwinFamilyConfig": "._config", "SwinBackbone": "._model"}
 
 if TYPE_CHECKING:
-    from ._config import SwinConfig
+    from ._config import SwinConfig, SwinFamilyConfig
     from ._model import SwinBackbone
 
 

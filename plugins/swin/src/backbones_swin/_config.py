@@ -1,4 +1,8 @@
-"""Configuration of Swin. Field names and defaults follow transformers' SwinConfig (swin-tiny)."""
+"""Configuration of Swin. Field names and defaults follow transformers' SwinConfig (swin-tiny).
+
+:class:`SwinFamilyConfig` holds the fields Swin shares with its variants; backbones-swinv2 and
+backbones-maskformer-swin build their configs on it.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu"
 _DERIVED_FIELDS = ("hidden_size", "num_layers")
 
 
-class SwinConfig(BackboneConfig):
-    """Configuration of a Swin Transformer backbone; the defaults describe swin-tiny.
+class SwinFamilyConfig(BackboneConfig):
+    """Fields shared by Swin and its variants (a base class; use a concrete subclass such as :class:`SwinConfig`).
+
+    The defaults describe swin-tiny.
 
     Args:
         image_size: Pre-training image size (height and width, or one int); only sizes the absolute
@@ -36,11 +42,7 @@ class SwinConfig(BackboneConfig):
         use_absolute_embeddings: Whether to add learned absolute position embeddings to the patches.
         initializer_range: Standard deviation of the normal initialisation of linear and conv weights.
         layer_norm_eps: Epsilon of the layer norms inside the transformer blocks.
-        encoder_stride: Upsampling factor of transformers' masked-image-modeling decoder (kept for
-            compatibility; unused by the backbone).
     """
-
-    model_type: ClassVar[str] = "swin"
 
     image_size: int | tuple[int, int] = 224
     patch_size: int = Field(default=4, ge=1)
@@ -58,7 +60,6 @@ class SwinConfig(BackboneConfig):
     use_absolute_embeddings: bool = False
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
-    encoder_stride: int = 32
 
     def __init__(self, /, **data: Any) -> None:
         for name in _DERIVED_FIELDS:
@@ -76,7 +77,7 @@ class SwinConfig(BackboneConfig):
         return value
 
     @model_validator(mode="after")
-    def _check_stages(self) -> SwinConfig:
+    def _check_stages(self) -> SwinFamilyConfig:
         if not self.depths or any(depth < 1 for depth in self.depths):
             raise ValueError(f"depths must list at least one stage, each with one block or more; got {self.depths}")
         if len(self.num_heads) != len(self.depths):
@@ -117,3 +118,17 @@ class SwinConfig(BackboneConfig):
         data["hidden_size"] = self.hidden_size
         data["num_layers"] = self.num_layers
         return data
+
+
+class SwinConfig(SwinFamilyConfig):
+    """Configuration of a Swin Transformer backbone; the defaults describe swin-tiny.
+
+    Args:
+        encoder_stride: Upsampling factor of transformers' masked-image-modeling decoder (kept for
+            compatibility; unused by the backbone).
+        **fields: See :class:`SwinFamilyConfig`.
+    """
+
+    model_type: ClassVar[str] = "swin"
+
+    encoder_stride: int = 32

@@ -11,12 +11,21 @@ names back on save, so matching the files keeps both directions compatible witho
 Layout: hidden states stay channels-last ``(batch, height, width, channels)`` from the stem to the
 last stage; feature maps are returned as ``(batch, channels, height, width)`` views of them (the
 channels-last memory format), so no stage pays for a transposing copy.
+
+Extension points (used by backbones-swinv2 and backbones-maskformer-swin, which subclass these classes
+instead of copying them): the attention's ``_add_bias_parameters`` / ``_bias_parameters`` /
+``_bias_table`` / ``_qkv`` hooks and its ``key_bias`` / ``softmax_scale`` / ``shift_mask_value``
+attributes; the block's ``attention_class``, ``_attention_output_dropout`` and ``_attend`` (the
+pad-partition-attend-merge step, separate from the residual wiring in ``forward``); the stage's
+``block_class``, ``_make_block`` and ``_make_merging``; and the backbone's ``stage_class``,
+``_add_trunk`` / ``_embeddings`` / ``_encoder`` (where the stem and stages live in the checkpoint),
+``_add_output_norms``, ``_stage_map`` and ``_hidden_state``.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +33,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 
-from ._config import SwinConfig
+from ._config import SwinConfig, SwinFamilyConfig
 
 __all__ = ["SwinBackbone"]
 
@@ -93,12 +102,14 @@ def _window_order(height: int, width: int, window: int, shift: int, device: torc
     return gather, torch.argsort(gather)
 
 
-def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> Tensor:
+def _shift_mask(
+    height: int, width: int, window: int, shift: int, device: torch.device, masked: float = _MASKED
+) -> Tensor:
     """Additive ``(num_windows, N, N)`` mask of a shifted-window layer on a padded ``height x width`` map.
 
     After the cyclic shift, a window at the bottom or right edge holds tokens from up to three
     regions per axis that are not neighbours in the image; tokens of different regions must not attend
-    to each other.
+    to each other (their score gets ``masked`` added).
     """
 
     def regions(size: int) -> Tensor:
@@ -108,13 +119,13 @@ def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.
     region = regions(height)[:, None] * 3 + regions(width)[None, :]
     region = _to_windows(region[None, :, :, None], window)[0, :, :, 0].t()  # (num_windows, N)
     differs = region[:, :, None] != region[:, None, :]
-    return torch.zeros(differs.shape, device=device).masked_fill_(differs, _MASKED)
+    return torch.zeros(differs.shape, device=device).masked_fill_(differs, masked)
 
 
 class _Embeddings(nn.Module):
     """Stem (keys ``swin.embeddings.*``): non-overlapping patch projection, norm, optional positions."""
 
-    def __init__(self, config: SwinConfig) -> None:
+    def __init__(self, config: SwinFamilyConfig) -> None:
         super().__init__()
         patch = config.patch_size
         self.patch_size = patch
@@ -160,27 +171,57 @@ class _WindowSelfAttention(nn.Module):
     Windows arrive as ``(B, N, num_windows, C)``. Each projection's output then reads as
     ``(B, N, num_windows * heads, head_dim)`` without a copy, so attention runs with windows folded into
     the head axis, and the per-window bias (relative positions + shift mask) broadcasts over the batch.
+
+    Args:
+        config: The architecture.
+        dim: Channels of the tokens.
+        num_heads: Attention heads.
+        window: Side of the windows (default ``config.window_size``).
     """
+
+    key_bias: ClassVar[bool] = True
+    """Whether the key projection has a bias (when ``config.qkv_bias``)."""
+    softmax_scale: ClassVar[float | None] = None
+    """Factor of the query-key products; ``None`` is ``head_dim ** -0.5``."""
+    shift_mask_value: ClassVar[float] = _MASKED
+    """Added to the scores of token pairs from different regions of a shifted window."""
 
     relative_position_index: Tensor
 
-    def __init__(self, config: SwinConfig, dim: int, num_heads: int) -> None:
+    def __init__(self, config: SwinFamilyConfig, dim: int, num_heads: int, window: int | None = None) -> None:
         super().__init__()
-        window = config.window_size
+        window = config.window_size if window is None else window
         self.num_heads = num_heads
         self.window_size = window
         self.dropout = config.attention_probs_dropout_prob
         self.query = nn.Linear(dim, dim, bias=config.qkv_bias)
-        self.key = nn.Linear(dim, dim, bias=config.qkv_bias)
+        self.key = nn.Linear(dim, dim, bias=config.qkv_bias and self.key_bias)
         self.value = nn.Linear(dim, dim, bias=config.qkv_bias)
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        self._add_bias_parameters(num_heads)
         # Entry (i, j): the table row of the offset between tokens i and j of a window. Derived from
         # window_size, so not saved (older checkpoints hold it; SwinBackbone ignores that key).
         coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
         offsets = coords[:, :, None] - coords[:, None, :] + (window - 1)
         self.register_buffer("relative_position_index", offsets[0] * (2 * window - 1) + offsets[1], persistent=False)
         self._bias_cache: dict[tuple[Any, ...], Tensor] = {}
-        self._bias_cache_stamp: tuple[int, int] | None = None
+        self._bias_cache_stamp: tuple[tuple[int, int], ...] | None = None
+
+    def _add_bias_parameters(self, num_heads: int) -> None:
+        """Create the parameters the relative-position bias is computed from: here a learned table."""
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * self.window_size - 1) ** 2, num_heads))
+
+    def _bias_parameters(self) -> list[Tensor]:
+        """The parameters :meth:`_bias_table` reads (a cached bias is reused only while they are unchanged)."""
+        return [self.relative_position_bias_table]
+
+    def _bias_table(self) -> Tensor:
+        """The ``((2 * window - 1) ** 2, heads)`` bias of every relative offset (row-major over ``(dy, dx)``)."""
+        return self.relative_position_bias_table
+
+    def _relative_bias(self) -> Tensor:
+        """The ``(heads, N, N)`` relative-position bias of one window, ``N = window_size ** 2``."""
+        tokens = self.window_size**2
+        return self._bias_table()[self.relative_position_index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
 
     def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
         self._bias_cache.clear()  # cached tables must follow .to() / .half() / .cuda()
@@ -192,12 +233,14 @@ class _WindowSelfAttention(nn.Module):
         Returns:
             ``(1, num_windows * heads, N, N)``, window-major like the folded query.
         """
-        table = self.relative_position_bias_table
-        # Caching is only safe while the table cannot change under us or need a graph: reuse needs
-        # eval mode, no gradient into the table, and the table's storage and version unchanged.
-        if self.training or torch.compiler.is_compiling() or (torch.is_grad_enabled() and table.requires_grad):
+        # Caching is only safe while the parameters cannot change under us or need a graph: reuse needs
+        # eval mode, no gradient into them, and their storage and versions unchanged.
+        if self.training or torch.compiler.is_compiling():
             return self._bias(height, width, shift, dtype, device)
-        stamp = (table.data_ptr(), table._version)
+        parameters = self._bias_parameters()
+        if torch.is_grad_enabled() and any(parameter.requires_grad for parameter in parameters):
+            return self._bias(height, width, shift, dtype, device)
+        stamp = tuple((parameter.data_ptr(), parameter._version) for parameter in parameters)
         if stamp != self._bias_cache_stamp:
             self._bias_cache.clear()
             self._bias_cache_stamp = stamp
@@ -214,11 +257,11 @@ class _WindowSelfAttention(nn.Module):
 
     def _bias(self, height: int, width: int, shift: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         tokens = self.window_size**2
-        table = self.relative_position_bias_table
-        bias = table[self.relative_position_index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
+        bias = self._relative_bias()
         num_windows = (height // self.window_size) * (width // self.window_size)
         if shift:
-            bias = bias[None] + _table(_shift_mask, height, width, self.window_size, shift, device)[:, None]
+            mask = _table(_shift_mask, height, width, self.window_size, shift, device, self.shift_mask_value)
+            bias = bias[None] + mask[:, None]
         else:
             bias = bias[None].expand(num_windows, -1, -1, -1)
         return bias.reshape(1, num_windows * self.num_heads, tokens, tokens).to(dtype)
@@ -226,27 +269,41 @@ class _WindowSelfAttention(nn.Module):
     def forward(self, windows: Tensor, bias: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """Attend within windows; returns the context ``(B, N, num_windows, C)`` and, if asked, the
         attention probabilities ``(B * num_windows, heads, N, N)`` as transformers returns them."""
-        batch, tokens, num_windows, channels = windows.shape
-        folded = (batch, tokens, num_windows * self.num_heads, channels // self.num_heads)
-        query, key, value = (proj(windows).view(folded).transpose(1, 2) for proj in (self.query, self.key, self.value))
+        batch, tokens, num_windows, _ = windows.shape
+        query, key, value = self._qkv(windows)
         dropout = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
-            scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5 + bias
+            scale = query.shape[-1] ** -0.5 if self.softmax_scale is None else self.softmax_scale
+            scores = torch.matmul(query, key.transpose(-1, -2)) * scale + bias
             weights = F.dropout(scores.softmax(-1, dtype=torch.float32).to(query.dtype), dropout, self.training)
             context = torch.matmul(weights, value)
             weights = weights.view(batch * num_windows, self.num_heads, tokens, tokens)
         else:
-            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=bias, dropout_p=dropout, scale=self.softmax_scale
+            )
         return context.transpose(1, 2).reshape(windows.shape), weights
+
+    def _qkv(self, windows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Query, key and value of ``(B, N, num_windows, C)`` windows, each ``(B, num_windows * heads, N, head_dim)``."""
+        batch, tokens, num_windows, channels = windows.shape
+        folded = (batch, tokens, num_windows * self.num_heads, channels // self.num_heads)
+        query, key, value = (proj(windows).view(folded).transpose(1, 2) for proj in (self.query, self.key, self.value))
+        return query, key, value
 
 
 class _WindowAttention(nn.Module):
-    """Keys ``attention.*``: self-attention within windows (``self``) and its output projection."""
+    """Keys ``attention.*``: self-attention within windows (``self``) and its output projection.
 
-    def __init__(self, config: SwinConfig, dim: int, num_heads: int) -> None:
+    ``options`` (e.g. a window size) are passed on to :attr:`self_attention_class`.
+    """
+
+    self_attention_class: ClassVar[type[_WindowSelfAttention]] = _WindowSelfAttention
+
+    def __init__(self, config: SwinFamilyConfig, dim: int, num_heads: int, **options: Any) -> None:
         super().__init__()
-        self.self = _WindowSelfAttention(config, dim, num_heads)  # "self" is the checkpoint's name
+        self.self = self.self_attention_class(config, dim, num_heads, **options)  # "self" is the checkpoint's name
         self.output = _Holder("dense", nn.Linear(dim, dim))
 
     def forward(
@@ -259,44 +316,75 @@ class _WindowAttention(nn.Module):
 
 
 class _SwinBlock(nn.Module):
-    """One transformer block: (shifted-)window attention then an MLP, each a pre-norm residual branch."""
+    """One transformer block: (shifted-)window attention then an MLP, each a pre-norm residual branch.
 
-    def __init__(self, config: SwinConfig, dim: int, num_heads: int, shift: int, drop_path: float) -> None:
+    Args:
+        config: The architecture.
+        dim: Channels.
+        num_heads: Attention heads.
+        shift: Cyclic shift of the window grid (0 for regular windows).
+        drop_path: Stochastic-depth rate (training only).
+        window: Side of the windows (default ``config.window_size``).
+        **attention_options: Passed on to :attr:`attention_class`.
+    """
+
+    attention_class: ClassVar[type[_WindowAttention]] = _WindowAttention
+
+    def __init__(
+        self,
+        config: SwinFamilyConfig,
+        dim: int,
+        num_heads: int,
+        shift: int,
+        drop_path: float,
+        window: int | None = None,
+        **attention_options: Any,
+    ) -> None:
         super().__init__()
         hidden = int(config.mlp_ratio * dim)
+        window = config.window_size if window is None else window
         self.layernorm_before = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.attention = _WindowAttention(config, dim, num_heads)
+        self.attention = self.attention_class(config, dim, num_heads, window=window, **attention_options)
         self.layernorm_after = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.intermediate = _Holder("dense", nn.Linear(dim, hidden))
         self.output = _Holder("dense", nn.Linear(hidden, dim))
         self.activation = _ACTIVATIONS[config.hidden_act]()
-        self.window_size = config.window_size
+        self.window_size = window
         self.shift = shift
         self.dropout = config.hidden_dropout_prob
+        self.attention_dropout = self._attention_output_dropout(config)
         self.drop_path = drop_path
 
+    def _attention_output_dropout(self, config: SwinFamilyConfig) -> float:
+        """Dropout rate on the attention branch's output (transformers' Swin uses ``hidden_dropout_prob``)."""
+        return config.hidden_dropout_prob
+
     def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        branch, weights = self._attend(self.layernorm_before(x), need_weights)
+        x = x + self._drop_path(F.dropout(branch, self.attention_dropout, self.training))
+        branch = self.output(self.activation(self.intermediate(self.layernorm_after(x))))
+        # transformers applies stochastic depth to the attention branch only; so do we.
+        return x + F.dropout(branch, self.dropout, self.training), weights
+
+    def _attend(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """(Shifted-)window attention over a ``(B, H, W, C)`` map; returns ``(B, H, W, C)`` and the weights."""
         batch, height, width, channels = x.shape
         window, shift = self.window_size, self.shift
-        branch = self.layernorm_before(x)
         # Like transformers' backbone (always_partition=True): the window never shrinks to the map, the
         # map is padded up to whole windows instead (padded tokens take part in attention, as there).
         pad_bottom, pad_right = -height % window, -width % window
         if pad_bottom or pad_right:
-            branch = F.pad(branch, (0, 0, 0, pad_right, 0, pad_bottom))
+            x = F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
         padded_height, padded_width = height + pad_bottom, width + pad_right
         gather, scatter = _table(_window_order, padded_height, padded_width, window, shift, x.device)
-        tokens = branch.reshape(batch, padded_height * padded_width, channels)
+        tokens = x.reshape(batch, padded_height * padded_width, channels)
         windows = tokens.index_select(1, gather).view(batch, window * window, -1, channels)
         attended, weights = self.attention(windows, padded_height, padded_width, shift, need_weights)
         tokens = attended.view(batch, -1, channels).index_select(1, scatter)
-        branch = tokens.view(batch, padded_height, padded_width, channels)
+        x = tokens.view(batch, padded_height, padded_width, channels)
         if pad_bottom or pad_right:
-            branch = branch[:, :height, :width]
-        x = x + self._drop_path(F.dropout(branch, self.dropout, self.training))
-        branch = self.output(self.activation(self.intermediate(self.layernorm_after(x))))
-        # transformers applies stochastic depth to the attention branch only; so do we.
-        return x + F.dropout(branch, self.dropout, self.training), weights
+            x = x[:, :height, :width]
+        return x, weights
 
     def _drop_path(self, x: Tensor) -> Tensor:
         if not self.training or self.drop_path == 0.0:
@@ -304,6 +392,16 @@ class _SwinBlock(nn.Module):
         keep = 1.0 - self.drop_path
         kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
         return x.div(keep) * kept
+
+
+def _merge_neighbours(x: Tensor) -> Tensor:
+    """``(B, H, W, C)`` -> ``(B, ceil(H / 2), ceil(W / 2), 4C)``: each 2x2 neighbourhood concatenated (odd
+    sizes padded with zeros at the bottom and right)."""
+    _, height, width, _ = x.shape
+    if height % 2 or width % 2:
+        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+    # Checkpoint order of the four neighbours: (0,0), (1,0), (0,1), (1,1) as (row, column).
+    return torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
 
 
 class _PatchMerging(nn.Module):
@@ -315,25 +413,29 @@ class _PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(4 * dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        _, height, width, _ = x.shape
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-        # Checkpoint order of the four neighbours: (0,0), (1,0), (0,1), (1,1) as (row, column).
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x))
+        return self.reduction(self.norm(_merge_neighbours(x)))
 
 
 class _SwinStage(nn.Module):
     """Blocks alternating regular and shifted windows; ``downsample`` feeds the next stage."""
 
-    def __init__(self, config: SwinConfig, index: int, drop_paths: list[float], last: bool) -> None:
+    block_class: ClassVar[type[_SwinBlock]] = _SwinBlock
+
+    def __init__(self, config: SwinFamilyConfig, index: int, drop_paths: list[float], last: bool) -> None:
         super().__init__()
-        dim = config.embed_dim * 2**index
         self.blocks = nn.ModuleList(
-            _SwinBlock(config, dim, config.num_heads[index], 0 if depth % 2 == 0 else config.window_size // 2, rate)
-            for depth, rate in enumerate(drop_paths)
+            self._make_block(config, index, depth, rate) for depth, rate in enumerate(drop_paths)
         )
-        self.downsample: _PatchMerging | None = None if last else _PatchMerging(dim)
+        self.downsample: nn.Module | None = None if last else self._make_merging(config.embed_dim * 2**index)
+
+    def _make_block(self, config: SwinFamilyConfig, index: int, depth: int, drop_path: float) -> _SwinBlock:
+        """Block ``depth`` of stage ``index``: every second one shifts its windows by half a window."""
+        shift = 0 if depth % 2 == 0 else config.window_size // 2
+        return self.block_class(config, config.embed_dim * 2**index, config.num_heads[index], shift, drop_path)
+
+    def _make_merging(self, dim: int) -> nn.Module:
+        """The patch merging after this stage (``dim`` channels in, ``2 * dim`` out)."""
+        return _PatchMerging(dim)
 
     def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """Returns the stage output and, if asked, its last block's attention weights (as transformers)."""
@@ -359,13 +461,10 @@ class _Encoder(nn.Module):
 class _Trunk(nn.Module):
     """Keys ``swin.*``. Unlike transformers, no ``swin.layernorm``: the backbone forward never uses it."""
 
-    def __init__(self, config: SwinConfig, stages: list[_SwinStage]) -> None:
+    def __init__(self, config: SwinFamilyConfig, stages: list[_SwinStage]) -> None:
         super().__init__()
         self.embeddings = _Embeddings(config)
         self.encoder = _Encoder(stages)
-
-    def stages(self) -> list[_SwinStage]:
-        return cast("list[_SwinStage]", list(self.encoder.layers))
 
 
 class SwinBackbone(Backbone):
@@ -388,26 +487,51 @@ class SwinBackbone(Backbone):
     # Saved by transformers before 5.x; recomputed from window_size here.
     ignored_checkpoint_keys = (r"relative_position_index$",)
     reference_class_name = "SwinBackbone"
+    stage_class: ClassVar[type[_SwinStage]] = _SwinStage
 
-    config: SwinConfig
+    config: SwinFamilyConfig
 
-    def __init__(self, config: SwinConfig) -> None:
+    def __init__(self, config: SwinFamilyConfig) -> None:
         super().__init__(config)
         depths = config.depths
         total = sum(depths)
         rates = [config.drop_path_rate * block / max(total - 1, 1) for block in range(total)]
         starts = [sum(depths[:index]) for index in range(len(depths))]
         stages = [
-            _SwinStage(config, index, rates[start : start + depth], last=index == len(depths) - 1)
+            self.stage_class(config, index, rates[start : start + depth], last=index == len(depths) - 1)
             for index, (start, depth) in enumerate(zip(starts, depths))
         ]
-        self.swin = _Trunk(config, stages)
+        self._add_trunk(config, stages)
         self.num_features = [config.embed_dim] + [config.embed_dim * 2**index for index in range(len(depths))]
         self.reductions = [config.patch_size] + [config.patch_size * 2**index for index in range(len(depths))]
+        self._add_output_norms()
+        self.post_init()
+
+    # -- layout hooks: where the stem, the stages and the output norms live in the checkpoint --------
+
+    def _add_trunk(self, config: SwinFamilyConfig, stages: list[_SwinStage]) -> None:
+        """Register the stem and the stages (here under ``swin.embeddings`` and ``swin.encoder``)."""
+        self.swin = _Trunk(config, stages)
+
+    def _embeddings(self) -> _Embeddings:
+        return self.swin.embeddings
+
+    def _encoder(self) -> _Encoder:
+        return self.swin.encoder
+
+    def _add_output_norms(self) -> None:
+        """One LayerNorm per selected stage (``hidden_states_norms.<stage>``), as transformers' SwinBackbone."""
         self.hidden_states_norms = nn.ModuleDict(
             {name: nn.LayerNorm(self.out_feature_channels[name]) for name in self.out_features}
         )
-        self.post_init()
+
+    def _stage_map(self, position: int, x: Tensor) -> Tensor:
+        """The feature map of stage ``position`` from its channels-last output ``x``."""
+        return self.hidden_states_norms[self.stage_names[position]](x).permute(0, 3, 1, 2)
+
+    def _hidden_state(self, x: Tensor) -> Tensor:
+        """The ``hidden_states`` entry of a channels-last stage output ``x``: here ``(B, C, H, W)``."""
+        return x.permute(0, 3, 1, 2)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module``'s own parameters as transformers' ``SwinPreTrainedModel`` does."""
@@ -429,7 +553,7 @@ class SwinBackbone(Backbone):
         New norms start at weight 1, bias 0 (transformers' initialisation); norms of deselected stages
         are dropped, so the state dict stays that of a fresh model of this config.
         """
-        reference = self.swin.embeddings.norm.weight
+        reference = self._embeddings().norm.weight
         norms = self.hidden_states_norms
         for name in [name for name in norms if name not in self.out_features]:
             del norms[name]
@@ -445,14 +569,13 @@ class SwinBackbone(Backbone):
         if output_attentions:
             # transformers returns the attentions of every stage; core only runs to the deepest selected one.
             last_stage = self.num_kept_stages - 1
-        norms = self.hidden_states_norms
         names = self.stage_names
         wanted = set(self.out_positions)
-        stages = self.swin.stages()
+        stages = cast("list[_SwinStage]", list(self._encoder().layers))
         maps: list[Tensor | None] = [None] * len(names)
         hidden_states: list[Tensor] = []
         attentions: list[Tensor] = []
-        x = self.swin.embeddings(pixel_values)
+        x = self._embeddings()(pixel_values)
         for position in range(last_stage + 1):
             if position:
                 if position > 1:
@@ -461,9 +584,9 @@ class SwinBackbone(Backbone):
                 if weights is not None:
                     attentions.append(weights)
             if position in wanted:
-                maps[position] = norms[names[position]](x).permute(0, 3, 1, 2)
+                maps[position] = self._stage_map(position, x)
             if output_hidden_states:
-                hidden_states.append(x.permute(0, 3, 1, 2))
+                hidden_states.append(self._hidden_state(x))
         return (
             maps,
             tuple(hidden_states) if output_hidden_states else None,
@@ -471,6 +594,7 @@ class SwinBackbone(Backbone):
         )
 
     def _prune_stages(self, last_stage: int) -> None:
-        del self.swin.encoder.layers[last_stage:]
+        layers = self._encoder().layers
+        del layers[last_stage:]
         if last_stage:
-            self.swin.stages()[-1].downsample = None  # it only fed the first pruned stage
+            cast("_SwinStage", layers[-1]).downsample = None  # it only fed the first pruned stage
