@@ -7,19 +7,10 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig, ConfigError, align_out_features_out_indices
+from backbones.activations import ACTIVATIONS, check_activation
 
 __all__ = ["ACTIVATIONS", "BeitConfig"]
 
-ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    # name in config.json -> (torch.nn class, its arguments), with transformers' ACT2FN meanings. Kept
-    # torch-free so that the config validates without importing torch.
-    "gelu": ("GELU", {}),
-    "gelu_new": ("GELU", {"approximate": "tanh"}),
-    "gelu_pytorch_tanh": ("GELU", {"approximate": "tanh"}),
-    "relu": ("ReLU", {}),
-    "silu": ("SiLU", {}),
-    "swish": ("SiLU", {}),
-}
 """Supported values of ``hidden_act``."""
 
 PYRAMID_LEVELS = 4
@@ -122,9 +113,7 @@ class BeitConfig(BackboneConfig):
     @field_validator("hidden_act")
     @classmethod
     def _known_activation(cls, value: str) -> str:
-        if value not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {value!r} is not supported; set hidden_act to one of {sorted(ACTIVATIONS)}")
-        return value
+        return check_activation(value)
 
     @model_validator(mode="after")
     def _check_architecture(self) -> BeitConfig:

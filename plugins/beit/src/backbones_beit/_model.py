@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
+from backbones.activations import make_activation as build_activation
 
-from ._config import ACTIVATIONS, BeitConfig
+from ._config import BeitConfig
 
 __all__ = ["BeitBackbone"]
 
@@ -43,8 +44,7 @@ def _named(**children: nn.Module) -> nn.Module:
 
 
 def _activation(name: str) -> nn.Module:
-    class_name, arguments = ACTIVATIONS[name]
-    return getattr(nn, class_name)(**arguments)
+    return build_activation(name)
 
 
 def _build_relative_index(height: int, width: int, device: torch.device) -> Tensor:

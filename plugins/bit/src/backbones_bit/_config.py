@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
+from backbones.activations import ACTIVATIONS, check_activation
 
 __all__ = ["ACTIVATIONS", "LAYER_TYPES", "PADDINGS", "BitConfig", "StagePlan", "round_channels"]
 
@@ -17,24 +18,6 @@ LAYER_TYPES = ("preactivation", "bottleneck")
 PADDINGS = (None, "SAME")
 """Supported ``global_padding`` values (any letter case)."""
 
-ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    # name in config.json -> (torch.nn class, its arguments), with the meaning transformers' ACT2FN gives the
-    # name. Only parameter-free activations: a learnable one would add keys transformers' BiT never has.
-    # The ReLU family runs in place: its input is always the fresh output of a norm or a residual sum.
-    # Kept here, torch-free, so the config validates without importing torch.
-    "relu": ("ReLU", {"inplace": True}),
-    "relu6": ("ReLU6", {"inplace": True}),
-    "leaky_relu": ("LeakyReLU", {"inplace": True}),
-    "gelu": ("GELU", {}),
-    "gelu_new": ("GELU", {"approximate": "tanh"}),
-    "gelu_pytorch_tanh": ("GELU", {"approximate": "tanh"}),
-    "silu": ("SiLU", {}),
-    "swish": ("SiLU", {}),
-    "mish": ("Mish", {}),
-    "hardswish": ("Hardswish", {}),
-    "tanh": ("Tanh", {}),
-    "sigmoid": ("Sigmoid", {}),
-}
 """Supported values of ``hidden_act``."""
 
 
@@ -124,9 +107,7 @@ class BitConfig(BackboneConfig):
     @field_validator("hidden_act")
     @classmethod
     def _known_activation(cls, value: str) -> str:
-        if value not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {value!r} is not supported; set hidden_act to one of {sorted(ACTIVATIONS)}")
-        return value
+        return check_activation(value)
 
     @field_validator("global_padding")
     @classmethod

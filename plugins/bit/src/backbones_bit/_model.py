@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
+from backbones.activations import make_activation as build_activation
 
-from ._config import ACTIVATIONS, BitConfig, StagePlan
+from ._config import BitConfig, StagePlan
 
 __all__ = ["BitBackbone"]
 
@@ -31,8 +32,7 @@ _STANDARDISE_EPS = 1e-8
 
 
 def _make_activation(name: str) -> nn.Module:
-    class_name, arguments = ACTIVATIONS[name]
-    return getattr(nn, class_name)(**arguments)
+    return build_activation(name, inplace=True)
 
 
 def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:

@@ -11,22 +11,10 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig, ConfigError
+from backbones.activations import ACTIVATIONS, check_activation
 
 __all__ = ["ACTIVATIONS", "ConvNextConfig", "ConvNextFamilyConfig"]
 
-ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    # name in config.json -> (torch.nn class, its arguments), with the meaning transformers' ACT2FN gives
-    # the name. Only parameter-free activations: a learnable one would add keys transformers never has.
-    # Kept torch-free so the config validates without importing torch.
-    "gelu": ("GELU", {}),
-    "gelu_new": ("GELU", {"approximate": "tanh"}),
-    "gelu_pytorch_tanh": ("GELU", {"approximate": "tanh"}),
-    "relu": ("ReLU", {}),
-    "silu": ("SiLU", {}),
-    "swish": ("SiLU", {}),
-    "mish": ("Mish", {}),
-    "tanh": ("Tanh", {}),
-}
 """Supported values of ``hidden_act``."""
 
 
@@ -84,9 +72,7 @@ class ConvNextFamilyConfig(BackboneConfig):
     @field_validator("hidden_act")
     @classmethod
     def _known_activation(cls, value: str) -> str:
-        if value not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {value!r} is not supported; set hidden_act to one of {sorted(ACTIVATIONS)}")
-        return value
+        return check_activation(value)
 
     @field_validator("hidden_sizes", "depths")
     @classmethod

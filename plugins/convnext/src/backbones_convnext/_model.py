@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
+from backbones.activations import make_activation as build_activation
 
-from ._config import ACTIVATIONS, ConvNextConfig, ConvNextFamilyConfig
+from ._config import ConvNextConfig, ConvNextFamilyConfig
 
 __all__ = ["ChannelsFirstLayerNorm", "ConvNextBackbone", "ConvNextBlock", "drop_path", "make_activation"]
 
@@ -34,8 +35,7 @@ _NORM_EPS = 1e-6
 
 def make_activation(name: str) -> nn.Module:
     """The activation module of ``hidden_act`` ``name`` (a key of :data:`ACTIVATIONS`)."""
-    class_name, arguments = ACTIVATIONS[name]
-    return getattr(nn, class_name)(**arguments)
+    return build_activation(name)
 
 
 def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
+from backbones.activations import make_activation as build_activation
 
-from ._config import ACTIVATIONS, Dinov2Config
+from ._config import Dinov2Config
 
 __all__ = ["Dinov2Backbone"]
 
@@ -36,8 +37,7 @@ def _named(**children: nn.Module) -> nn.Module:
 
 
 def _make_activation(name: str) -> nn.Module:
-    class_name, arguments = ACTIVATIONS[name]
-    return getattr(nn, class_name)(**arguments)
+    return build_activation(name)
 
 
 def _drop_path(x: Tensor, rate: float, training: bool) -> Tensor:

@@ -7,20 +7,10 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
+from backbones.activations import ACTIVATIONS, check_activation
 
 __all__ = ["ACTIVATIONS", "FocalNetConfig"]
 
-ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    # name in config.json -> (torch.nn class, its arguments), with the meanings of transformers' ACT2FN.
-    # Kept torch-free so that the config validates without importing torch.
-    "gelu": ("GELU", {}),
-    "gelu_new": ("GELU", {"approximate": "tanh"}),
-    "gelu_pytorch_tanh": ("GELU", {"approximate": "tanh"}),
-    "relu": ("ReLU", {}),
-    "silu": ("SiLU", {}),
-    "swish": ("SiLU", {}),
-    "mish": ("Mish", {}),
-}
 """Supported values of ``hidden_act`` (the activation inside each block's MLP)."""
 
 # The convolutional stem is a 7x7 convolution of stride 4 whatever patch_size says.
@@ -108,9 +98,7 @@ class FocalNetConfig(BackboneConfig):
     @field_validator("hidden_act")
     @classmethod
     def _known_activation(cls, value: str) -> str:
-        if value not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {value!r} is not supported; set hidden_act to one of {sorted(ACTIVATIONS)}")
-        return value
+        return check_activation(value)
 
     @field_validator("depths")
     @classmethod

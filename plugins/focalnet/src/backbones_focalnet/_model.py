@@ -23,15 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
+from backbones.activations import make_activation as build_activation
 
-from ._config import ACTIVATIONS, FocalNetConfig
+from ._config import FocalNetConfig
 
 __all__ = ["FocalNetBackbone"]
 
 
 def _make_activation(name: str) -> nn.Module:
-    class_name, arguments = ACTIVATIONS[name]
-    return getattr(nn, class_name)(**arguments)
+    return build_activation(name)
 
 
 def _group(**children: nn.Module) -> nn.Module:

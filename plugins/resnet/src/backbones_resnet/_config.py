@@ -7,31 +7,13 @@ from typing import Any, ClassVar
 from pydantic import field_validator, model_validator
 
 from backbones import BackboneConfig
+from backbones.activations import ACTIVATIONS, check_activation
 
 __all__ = ["ACTIVATIONS", "LAYER_TYPES", "ResNetConfig"]
 
 LAYER_TYPES = ("basic", "bottleneck")
 """Residual block kinds: two 3x3 convolutions, or 1x1 -> 3x3 -> 1x1 with a 4x narrower middle."""
 
-ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    # name in config.json -> (torch.nn class, its arguments). Names and meanings are those of transformers'
-    # ACT2FN; only parameter-free ones are offered, as a learnable activation would add checkpoint keys
-    # transformers' ResNet never has. The ReLU family runs in place: its input is always a fresh tensor
-    # nothing else reads, and skipping the allocation is measurable at ResNet sizes. Kept here, torch-free,
-    # so the config validates without importing torch.
-    "relu": ("ReLU", {"inplace": True}),
-    "relu6": ("ReLU6", {"inplace": True}),
-    "leaky_relu": ("LeakyReLU", {"inplace": True}),
-    "gelu": ("GELU", {}),
-    "gelu_new": ("GELU", {"approximate": "tanh"}),
-    "gelu_pytorch_tanh": ("GELU", {"approximate": "tanh"}),
-    "silu": ("SiLU", {}),
-    "swish": ("SiLU", {}),
-    "mish": ("Mish", {}),
-    "hardswish": ("Hardswish", {}),
-    "tanh": ("Tanh", {}),
-    "sigmoid": ("Sigmoid", {}),
-}
 """Supported values of ``hidden_act``."""
 
 
@@ -77,9 +59,7 @@ class ResNetConfig(BackboneConfig):
     @field_validator("hidden_act")
     @classmethod
     def _known_activation(cls, value: str) -> str:
-        if value not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {value!r} is not supported; set hidden_act to one of {sorted(ACTIVATIONS)}")
-        return value
+        return check_activation(value)
 
     @field_validator("hidden_sizes", "depths")
     @classmethod

@@ -13,15 +13,15 @@ import torch
 from torch import Tensor, nn
 
 from backbones import Backbone
+from backbones.activations import make_activation as build_activation
 
-from ._config import ACTIVATIONS, ResNetConfig
+from ._config import ResNetConfig
 
 __all__ = ["ResNetBackbone"]
 
 
 def _make_activation(name: str) -> nn.Module:
-    class_name, arguments = ACTIVATIONS[name]
-    return getattr(nn, class_name)(**arguments)
+    return build_activation(name, inplace=True)
 
 
 class _ConvNorm(nn.Module):

@@ -7,20 +7,10 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
+from backbones.activations import ACTIVATIONS, check_activation
 
 __all__ = ["ACTIVATIONS", "VitDetConfig"]
 
-ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    # config.json name -> (torch.nn class, arguments), with transformers' ACT2FN meaning. Parameter-free
-    # only (a learnable activation would add keys transformers' checkpoints never hold); kept torch-free
-    # so that validating a config does not import torch.
-    "gelu": ("GELU", {}),
-    "gelu_new": ("GELU", {"approximate": "tanh"}),
-    "gelu_pytorch_tanh": ("GELU", {"approximate": "tanh"}),
-    "relu": ("ReLU", {}),
-    "silu": ("SiLU", {}),
-    "swish": ("SiLU", {}),
-}
 """Supported values of ``hidden_act``."""
 
 
@@ -96,9 +86,7 @@ class VitDetConfig(BackboneConfig):
     @field_validator("hidden_act")
     @classmethod
     def _known_activation(cls, value: str) -> str:
-        if value not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {value!r} is not supported; set hidden_act to one of {sorted(ACTIVATIONS)}")
-        return value
+        return check_activation(value)
 
     @field_validator("mlp_ratio")
     @classmethod

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
+from backbones.activations import make_activation as build_activation
 
-from ._config import ACTIVATIONS, VitDetConfig
+from ._config import VitDetConfig
 
 __all__ = ["VitDetBackbone"]
 
@@ -33,8 +34,7 @@ _CHANNEL_NORM_EPS = 1e-6
 
 
 def _make_activation(name: str) -> nn.Module:
-    class_name, arguments = ACTIVATIONS[name]
-    return getattr(nn, class_name)(**arguments)
+    return build_activation(name)
 
 
 def _drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
