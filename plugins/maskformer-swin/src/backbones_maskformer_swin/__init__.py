@@ -1,0 +1,24 @@
+"""MaskFormer's Swin backbone for backbones. Public names are imported on first access (no torch at import)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["MASKFORMER_BACKBONE_PREFIX", "MaskFormerSwinBackbone", "MaskFormerSwinConfig"]
+
+MASKFORMER_BACKBONE_PREFIX = "model.pixel_level_module.encoder."
+"""Key prefix of the backbone inside transformers' MaskFormer segmentation checkpoints
+(``MaskFormerForInstanceSegmentation``); pass it as ``checkpoint_prefix`` with ``config_key="backbone_config"``."""
+
+_EXPORTS = {"MaskFormerSwinConfig": "._config", "MaskFormerSwinBackbone": "._model"}
+
+if TYPE_CHECKING:
+    from ._config import MaskFormerSwinConfig
+    from ._model import MaskFormerSwinBackbone
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -1,0 +1,383 @@
+"""Tests of backbones-maskformer-swin: the conformance kit, parity with transformers (backbone, base-model
+and MaskFormer segmentation checkpoints), a default-size shape check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from backbones import AutoBackbone, load_backbone
+from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones_maskformer_swin import MASKFORMER_BACKBONE_PREFIX, MaskFormerSwinBackbone, MaskFormerSwinConfig
+
+transformers = pytest.importorskip("transformers")
+
+# Two stages: regular and shifted windows, patch merging, a single-window stage.
+TINY: dict[str, Any] = {
+    "embed_dim": 16,
+    "depths": [1, 2],
+    "num_heads": [2, 4],
+    "window_size": 4,
+    "patch_size": 4,
+    "image_size": 32,
+    "drop_path_rate": 0.0,
+}
+# Three stages (four stage names), for selections such as [1, 3].
+SMALL: dict[str, Any] = {**TINY, "depths": [1, 2, 2], "num_heads": [2, 2, 4]}
+STAGES = [1, 2, 3]  # transformers' MaskFormerSwinBackbone refuses "stem"
+# 32: whole windows; 36 x 52: a 9 x 13 grid, padded in every stage; 38 x 50: not a patch multiple.
+SIZES = [(32, 32), (36, 52), (38, 50)]
+NORM_KEYS = [f"hidden_states_norms.{index}.{kind}" for index in range(3) for kind in ("bias", "weight")]
+
+
+def _pixels(height: int, width: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def _reference(model_class: Any = None, **config: Any) -> Any:
+    """A transformers MaskFormer-Swin model with every weight re-randomised, in eval mode."""
+    model_class = model_class or transformers.MaskFormerSwinBackbone
+    model = model_class(transformers.MaskFormerSwinConfig(**config))
+    return randomize_weights_(model, seed=3).eval()
+
+
+def _as_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """transformers' ``(B, H * W, C)`` hidden state as a ``(B, C, H, W)`` map."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
+
+
+class TestMaskFormerSwinConformance(BackboneConformance):
+    model_type = "maskformer-swin"
+    # 40 x 56 gives a 10 x 14 patch grid: not a multiple of the window, so every stage pads.
+    input_sizes = ((32, 32), (40, 56))
+
+    def make_config(self, **overrides: Any) -> MaskFormerSwinConfig:
+        return MaskFormerSwinConfig(**{**TINY, **overrides})
+
+
+# -- parity with transformers ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """transformers' MaskFormerSwinBackbone (every stage after the stem selected) saved by transformers."""
+    reference = _reference(out_indices=STAGES, **SMALL)
+    directory = tmp_path_factory.mktemp("reference")
+    reference.save_pretrained(directory)
+    return reference, directory
+
+
+@pytest.mark.parametrize("out_indices", [STAGES, [-1], [1, 3], [0, 2]])
+def test_backbone_checkpoint_parity(reference_checkpoint: tuple[Any, Path], out_indices: list[int]) -> None:
+    reference, directory = reference_checkpoint
+    ours, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
+    assert isinstance(ours, MaskFormerSwinBackbone)
+    assert ours.out_features == [ours.stage_names[index] for index in out_indices]
+    # Every stage's norm is a weight whatever the selection; the trunk's final norm is unused by backbones.
+    assert report.missing_keys == []
+    assert report.unused_keys == ["model.layernorm.bias", "model.layernorm.weight"]
+    for size in SIZES:
+        pixels = _pixels(*size)
+        with torch.no_grad():
+            expected = reference(pixels, output_hidden_states=True)
+            maps = ours(pixels).feature_maps
+        # transformers has no "stem" map: the stem is its first hidden state (the patch embeddings).
+        stem = _as_map(expected.hidden_states[0], -(-size[0] // 4), -(-size[1] // 4))
+        by_stage = {0: stem, **{index: fmap for index, fmap in zip(STAGES, expected.feature_maps)}}
+        assert_close_maps(maps, [by_stage[index % 4] for index in out_indices], atol=1e-4)
+
+
+def test_task_checkpoint_parity(tmp_path: Path) -> None:
+    trunk = _reference(transformers.MaskFormerSwinModel, **SMALL)
+    trunk.save_pretrained(tmp_path)
+    ours, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[1, 2, 3], output_loading_info=True)
+    assert report.missing_keys == NORM_KEYS
+    assert report.unused_keys == ["layernorm.bias", "layernorm.weight"]
+    for norm in ours.hidden_states_norms:
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(
+            norm.bias, torch.zeros_like(norm.bias)
+        )
+    # The reference: transformers' MaskFormerSwinBackbone holding the trunk, its own norms at 1 / 0.
+    # (transformers' AutoBackbone.from_pretrained(local_dir) asks the hub first and fails offline.)
+    reference = transformers.MaskFormerSwinBackbone(transformers.MaskFormerSwinConfig(out_indices=STAGES, **SMALL))
+    result = reference.load_state_dict(
+        {f"model.{key}": value for key, value in trunk.state_dict().items()}, strict=False
+    )
+    assert sorted(result.missing_keys) == NORM_KEYS and result.unexpected_keys == []
+    for size in [(36, 52), (64, 64)]:
+        pixels = _pixels(*size)
+        with torch.no_grad():
+            assert_close_maps(ours(pixels).feature_maps, reference.eval()(pixels).feature_maps, atol=1e-4)
+
+
+def test_hidden_states_and_attentions_match(reference_checkpoint: tuple[Any, Path]) -> None:
+    reference, directory = reference_checkpoint
+    ours = AutoBackbone.from_pretrained(directory)
+    pixels = _pixels(36, 52)
+    probabilities: list[torch.Tensor] = []
+    hooks = [
+        stage.blocks[-1].attention.self.register_forward_hook(lambda module, args, out: probabilities.append(out[1]))
+        for stage in reference.model.encoder.layers
+    ]
+    try:
+        with torch.no_grad():
+            expected = reference(pixels, output_hidden_states=True, output_attentions=True)
+            output = ours(pixels, output_hidden_states=True, output_attentions=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # transformers nests the hidden states: the stem, then per stage (block input, block output, ...);
+    # ours are the stem and each stage's output, the last entry of each of those tuples.
+    assert [tuple(state.shape) for state in output.hidden_states] == [
+        (2, 117, 16),
+        (2, 117, 16),
+        (2, 35, 32),
+        (2, 12, 64),
+    ]
+    flat = [expected.hidden_states[0]] + [stage[-1] for stage in expected.hidden_states[1:]]
+    assert_close_maps(output.hidden_states, flat, atol=1e-4)
+    # transformers 5.23 returns each stage's first block output as its "attention" (an indexing slip), so the
+    # probabilities are taken from the last block of each stage with hooks instead.
+    assert all(torch.equal(theirs, stage[1]) for theirs, stage in zip(expected.attentions, expected.hidden_states[1:]))
+    assert [tuple(a.shape) for a in output.attentions] == [(2 * 12, 2, 16, 16), (2 * 4, 2, 16, 16), (2, 4, 16, 16)]
+    assert_close_maps(output.attentions, probabilities, atol=1e-5)
+    assert_close_maps(output.feature_maps, expected.feature_maps, atol=1e-4)
+
+
+def test_saved_checkpoint_loads_into_transformers(tmp_path: Path) -> None:
+    ours = randomize_weights_(AutoBackbone.from_config(MaskFormerSwinConfig(out_indices=[1, 3], **SMALL))).eval()
+    ours.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["MaskFormerSwinBackbone"] and config["model_type"] == "maskformer-swin"
+    with safe_open(tmp_path / "model.safetensors", "pt") as saved:
+        indices = [key for key in saved.keys() if key.endswith("relative_position_index")]
+    assert len(indices) == 5
+    # The concrete class: transformers' AutoBackbone.from_pretrained(local_dir) asks the hub first.
+    reference, info = transformers.MaskFormerSwinBackbone.from_pretrained(tmp_path, output_loading_info=True)
+    # Only the trunk's final norm, which no backbone forward reads (transformers initialises it to 1 / 0).
+    assert sorted(info["missing_keys"]) == ["model.layernorm.bias", "model.layernorm.weight"]
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert reference.out_indices == [1, 3]
+    for size in [(32, 32), (38, 50)]:
+        pixels = _pixels(*size)
+        with torch.no_grad():
+            assert_close_maps(ours(pixels).feature_maps, reference.eval()(pixels).feature_maps, atol=1e-4)
+
+
+def test_training_gradients_match(reference_checkpoint: tuple[Any, Path]) -> None:
+    reference, directory = reference_checkpoint
+    ours = AutoBackbone.from_pretrained(directory).train()
+    reference.train()
+    pixels = _pixels(36, 52)
+    try:
+        for model in (ours, reference):
+            model.zero_grad()
+            sum(fmap.pow(2).mean() for fmap in model(pixels).feature_maps).backward()
+    finally:
+        reference.eval()
+    ours_grads = {name: p.grad for name, p in ours.named_parameters()}
+    compared = 0
+    for name, parameter in reference.named_parameters():
+        if name.startswith("model.layernorm."):
+            assert parameter.grad is None
+            continue
+        assert_close_maps([ours_grads[name]], [parameter.grad], atol=1e-4)
+        compared += 1
+    assert compared == len(ours_grads)
+
+
+def test_dropout_rates_follow_transformers() -> None:
+    config = MaskFormerSwinConfig(**{**SMALL, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.2})
+    block = MaskFormerSwinBackbone(config).model.encoder.layers[1].blocks[1]
+    # transformers' MaskFormerSwinSelfOutput drops the attention output with attention_probs_dropout_prob.
+    assert (block.attention_dropout, block.dropout, block.attention.self.dropout) == (0.2, 0.1, 0.2)
+
+
+# -- MaskFormer segmentation checkpoints ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def segmentation_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """A randomised transformers MaskFormerForInstanceSegmentation with a three-stage MaskFormer-Swin encoder."""
+    from transformers.models.maskformer import modeling_maskformer
+
+    backbone = transformers.MaskFormerSwinConfig(out_indices=STAGES, **SMALL)
+    decoder = transformers.DetrConfig(
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_queries=4,
+    )
+    config = transformers.MaskFormerConfig(
+        backbone_config=backbone, decoder_config=decoder, fpn_feature_size=32, mask_feature_size=32, num_labels=3
+    )
+    # Building the model builds its training loss, which asks for scipy (Hungarian matching of targets);
+    # the loss is never run here, and scipy is no test dependency.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modeling_maskformer, "requires_backends", lambda *args, **kwargs: None)
+        model = transformers.MaskFormerForInstanceSegmentation(config)
+    model = randomize_weights_(model, seed=5).eval()
+    directory = tmp_path_factory.mktemp("segmentation")
+    model.save_pretrained(directory)
+    return model, directory
+
+
+def _segmentation_keys(directory: Path) -> list[str]:
+    with safe_open(directory / "model.safetensors", "pt") as saved:
+        return list(saved.keys())
+
+
+def test_segmentation_checkpoint_layout(segmentation_checkpoint: tuple[Any, Path]) -> None:
+    model, directory = segmentation_checkpoint
+    encoder = model.model.pixel_level_module.encoder
+    assert type(encoder) is transformers.MaskFormerSwinBackbone
+    keys = [key for key in _segmentation_keys(directory) if key.startswith(MASKFORMER_BACKBONE_PREFIX)]
+    # Under the prefix, the backbone keeps its own trunk level ("model."), the same as our base_model_prefix.
+    assert sorted({key.removeprefix(MASKFORMER_BACKBONE_PREFIX).split(".")[0] for key in keys}) == [
+        "hidden_states_norms",
+        "model",
+    ]
+    backbone_config = json.loads((directory / "config.json").read_text())["backbone_config"]
+    assert backbone_config["model_type"] == "maskformer-swin"
+
+
+def test_segmentation_checkpoint_loads_with_prefix(segmentation_checkpoint: tuple[Any, Path]) -> None:
+    model, directory = segmentation_checkpoint
+    ours, report = MaskFormerSwinBackbone.from_pretrained(
+        directory, checkpoint_prefix=MASKFORMER_BACKBONE_PREFIX, config_key="backbone_config", output_loading_info=True
+    )
+    assert ours.out_indices == STAGES  # the selection saved in backbone_config
+    assert report.missing_keys == []
+    keys = _segmentation_keys(directory)
+    outside = [key for key in keys if not key.startswith(MASKFORMER_BACKBONE_PREFIX)]
+    trunk_norm = [MASKFORMER_BACKBONE_PREFIX + f"model.layernorm.{kind}" for kind in ("bias", "weight")]
+    assert report.unused_keys == sorted(outside + trunk_norm)
+    assert len(outside) > 50  # the pixel decoder, the transformer decoder and the heads
+    encoder = model.model.pixel_level_module.encoder
+    for size in SIZES:
+        pixels = _pixels(*size)
+        with torch.no_grad():
+            assert_close_maps(ours(pixels).feature_maps, encoder(pixels).feature_maps, atol=1e-4)
+
+
+def test_segmentation_checkpoint_through_auto_and_load_backbone(segmentation_checkpoint: tuple[Any, Path]) -> None:
+    model, directory = segmentation_checkpoint
+    options = {"checkpoint_prefix": MASKFORMER_BACKBONE_PREFIX, "config_key": "backbone_config"}
+    auto = AutoBackbone.from_pretrained(directory, out_indices=[1, 3], **options)
+    head = load_backbone({"backbone": str(directory), "use_pretrained_backbone": True, "backbone_kwargs": options})
+    assert isinstance(auto, MaskFormerSwinBackbone) and isinstance(head, MaskFormerSwinBackbone)
+    pixels = _pixels(36, 52)
+    with torch.no_grad():
+        expected = model.model.pixel_level_module.encoder(pixels).feature_maps
+        assert_close_maps(auto(pixels).feature_maps, [expected[0], expected[2]], atol=1e-4)
+        assert_close_maps(head(pixels).feature_maps, expected, atol=1e-4)
+
+
+def test_segmentation_checkpoint_with_swin_backbone_config(
+    segmentation_checkpoint: tuple[Any, Path], tmp_path: Path
+) -> None:
+    # MaskFormer checkpoints written before transformers 5 (the hub's facebook/maskformer-swin-*) say "swin".
+    model, directory = segmentation_checkpoint
+    config = json.loads((directory / "config.json").read_text())
+    config["backbone_config"]["model_type"] = "swin"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").symlink_to(directory / "model.safetensors")
+    ours = MaskFormerSwinBackbone.from_pretrained(
+        tmp_path, checkpoint_prefix=MASKFORMER_BACKBONE_PREFIX, config_key="backbone_config", out_indices=STAGES
+    )
+    assert ours.config.model_type == "maskformer-swin"
+    pixels = _pixels(32, 32)
+    with torch.no_grad():
+        assert_close_maps(ours(pixels).feature_maps, model.model.pixel_level_module.encoder(pixels).feature_maps)
+
+
+# -- selection, norms and pruning -----------------------------------------------------------------
+
+
+def test_every_stage_has_a_norm_whatever_the_selection() -> None:
+    model = randomize_weights_(MaskFormerSwinBackbone(MaskFormerSwinConfig(out_indices=[-1], **SMALL))).eval()
+    keys = list(model.state_dict())
+    assert [key for key in keys if key.startswith("hidden_states_norms.")] == [
+        f"hidden_states_norms.{index}.{kind}" for index in range(3) for kind in ("weight", "bias")
+    ]
+    pixels = _pixels(32, 32)
+    with torch.no_grad():
+        (last,) = model(pixels).feature_maps
+        model.out_indices = [0, 1, 3]
+        stem, first, again = model(pixels).feature_maps
+        hidden = model(pixels, output_hidden_states=True).hidden_states
+    assert list(model.state_dict()) == keys
+    assert torch.equal(again, last)
+    assert torch.equal(stem, _as_map(hidden[0], 8, 8))  # the stem has no norm
+    norm = model.hidden_states_norms[0]
+    assert torch.equal(first, norm(_as_map(hidden[1], 8, 8).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
+def test_pruning_drops_deeper_stages_and_their_norms() -> None:
+    model = MaskFormerSwinBackbone(MaskFormerSwinConfig(out_indices=[1], **SMALL))
+    assert model.prune_unused_stages() == ["stage2", "stage3"]
+    assert len(model.model.encoder.layers) == 1 and model.model.encoder.layers[0].downsample is None
+    assert len(model.hidden_states_norms) == 1
+    assert not any(
+        key.startswith(("model.encoder.layers.1.", "model.encoder.layers.0.downsample", "hidden_states_norms.1."))
+        for key in model.state_dict()
+    )
+
+
+# -- default size ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_maskformer_swin_tiny_feature_map_shapes() -> None:
+    model = AutoBackbone.from_config(MaskFormerSwinConfig(out_indices=[1, 2, 3, 4])).eval()
+    assert model.channels == [96, 192, 384, 768] and model.out_reductions == [4, 8, 16, 32]
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
+    assert [tuple(fmap.shape) for fmap in maps] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+def test_transformers_config_json_round_trips(reference_checkpoint: tuple[Any, Path]) -> None:
+    _, directory = reference_checkpoint
+    saved = json.loads((directory / "config.json").read_text())
+    config = MaskFormerSwinConfig.from_dict(saved)
+    assert config.depths == [1, 2, 2] and config.out_indices == STAGES
+    written = config.to_dict()
+    assert {key: value for key, value in written.items() if key in saved} == saved  # extras kept
+
+
+def test_config_reads_a_swin_config() -> None:
+    data = transformers.SwinConfig(out_indices=[1, 2], **TINY).to_dict()
+    assert data["model_type"] == "swin"
+    config = MaskFormerSwinConfig.from_dict(data)
+    assert config.model_type == "maskformer-swin" and config.out_indices == [1, 2]
+    assert config.to_dict()["encoder_stride"] == 32  # Swin's field, kept as an extra
+    with pytest.raises(ValueError, match="is for model_type 'maskformer-swin', but the config says 'swinv2'"):
+        MaskFormerSwinConfig(model_type="swinv2")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"use_absolute_embeddings": True}, "use_absolute_embeddings=True is not supported"),
+        ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
+        ({"embed_dim": 18, "num_heads": [4, 4]}, r"num_heads\[0\]=4 must be a positive divisor of stage 1's width"),
+        ({"hidden_act": "mish"}, "hidden_act 'mish' is not supported"),
+        ({"patch_size": [4, 2]}, r"patch_size must be one int or a square pair"),
+        ({"window_size": 0}, "window_size=0: Input should be greater than or equal to 1"),
+    ],
+)
+def test_config_rejects_bad_values(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MaskFormerSwinConfig(**{**TINY, **overrides})

@@ -1,0 +1,240 @@
+"""Swin Transformer V2 backbone.
+
+Paper: Liu et al., "Swin Transformer V2: Scaling Up Capacity and Resolution" (2022),
+https://arxiv.org/abs/2111.09883.
+
+Swin V2 keeps Swin's stem, (shifted) windows, padding and staging, and changes four things, each
+supplied here through backbones-swin's extension hooks rather than a copy of its modules:
+
+* scaled cosine attention: scores are the cosine similarity of query and key, times a learned
+  per-head temperature ``exp(logit_scale)`` clamped at 100; the key projection has no bias;
+* a continuous relative-position bias: a two-layer MLP (``continuous_position_bias_mlp``) maps the
+  log-spaced offset between two tokens of a window to one bias per head, squashed to ``(0, 16)``;
+* residual post-norm: each residual branch is normalised after the attention or MLP, not before, and
+  patch merging normalises after its projection (2C channels) instead of before it (4C);
+* windows fixed by the pre-training resolution: a stage whose pre-training map (from ``image_size``) is
+  smaller than ``window_size`` uses that smaller window and never shifts.
+
+Module names are the checkpoint keys transformers writes for ``Swinv2Backbone``: ``embeddings.*`` and
+``encoder.layers.N.*`` at the top level (``swinv2.`` in task checkpoints, accepted through
+``base_model_prefix``). transformers 5 keeps these names in memory too (no renaming on save).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones_swin import SwinBackbone
+from backbones_swin._model import (
+    _MASKED,
+    _Embeddings,
+    _Encoder,
+    _merge_neighbours,
+    _SwinBlock,
+    _SwinStage,
+    _table,
+    _WindowAttention,
+    _WindowSelfAttention,
+)
+
+from ._config import Swinv2Config
+
+__all__ = ["Swinv2Backbone"]
+
+# transformers clamps the temperature at log(1 / 0.01): attention logits stay within +-100.
+_MAX_LOGIT_SCALE = math.log(100.0)
+_BIAS_MLP_WIDTH = 512
+# The bias MLP's output passes through a sigmoid scaled to (0, _BIAS_RANGE).
+_BIAS_RANGE = 16.0
+
+
+def _log_spaced_offsets(window: int, pretrained_window: int, device: torch.device) -> Tensor:
+    """``((2 * window - 1) ** 2, 2)`` inputs of the bias MLP, one row per relative offset ``(dy, dx)``.
+
+    Offsets are divided by ``pretrained_window - 1`` (or ``window - 1`` without one), stretched to
+    ``[-8, 8]`` and log-spaced: ``sign(t) * log2(1 + |t|) / 3``, so a model fine-tuned with larger
+    windows extrapolates smoothly to offsets it never saw.
+    """
+    span = torch.arange(-(window - 1), window, device=device).float()
+    offsets = torch.stack(torch.meshgrid(span, span, indexing="ij"), dim=-1)
+    if pretrained_window > 0:
+        offsets = offsets / (pretrained_window - 1)
+    elif window > 1:
+        offsets = offsets / (window - 1)
+    offsets = offsets * 8
+    return (torch.sign(offsets) * torch.log2(offsets.abs() + 1.0) / math.log2(8)).view(-1, 2)
+
+
+class _CosineWindowSelfAttention(_WindowSelfAttention):
+    """Keys ``attention.self.*``: scaled cosine attention in windows with the continuous position bias.
+
+    Runs as scaled-dot-product attention: the normalised query is multiplied by the clamped temperature,
+    the key is normalised, and the bias (plus the shift mask) is the additive mask, with ``scale=1``.
+
+    Args:
+        config: The architecture.
+        dim: Channels of the tokens.
+        num_heads: Attention heads.
+        window: Side of the windows.
+        pretrained_window: The stage's pre-training window side, or ``0`` (see
+            :attr:`Swinv2Config.pretrained_window_sizes`).
+    """
+
+    key_bias = False
+    softmax_scale = 1.0
+    # transformers' Swinv2 adds the shift mask to the scores twice. The sum matters: next to cosine scores
+    # scaled by up to 100, a single -100 does not always silence a token pair.
+    shift_mask_value = 2 * _MASKED
+
+    def __init__(
+        self, config: Swinv2Config, dim: int, num_heads: int, window: int | None = None, pretrained_window: int = 0
+    ) -> None:
+        super().__init__(config, dim, num_heads, window)
+        self.pretrained_window = pretrained_window
+
+    def _add_bias_parameters(self, num_heads: int) -> None:
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        self.continuous_position_bias_mlp = nn.Sequential(
+            nn.Linear(2, _BIAS_MLP_WIDTH), nn.ReLU(), nn.Linear(_BIAS_MLP_WIDTH, num_heads, bias=False)
+        )
+
+    def _bias_parameters(self) -> list[Tensor]:
+        return list(self.continuous_position_bias_mlp.parameters())
+
+    def _bias_table(self) -> Tensor:
+        mlp = self.continuous_position_bias_mlp
+        reference = mlp[0].weight
+        offsets = _table(_log_spaced_offsets, self.window_size, self.pretrained_window, reference.device)
+        return _BIAS_RANGE * torch.sigmoid(mlp(offsets.to(reference.dtype)))
+
+    def _qkv(self, windows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch, tokens, num_windows, channels = windows.shape
+        heads = self.num_heads
+        split = (batch, tokens, num_windows, heads, channels // heads)
+        temperature = self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp().view(heads, 1)
+        query = F.normalize(self.query(windows).view(split), dim=-1) * temperature
+        key = F.normalize(self.key(windows).view(split), dim=-1)
+        value = self.value(windows).view(split)
+        folded = (batch, tokens, num_windows * heads, channels // heads)
+        return query.view(folded).transpose(1, 2), key.view(folded).transpose(1, 2), value.view(folded).transpose(1, 2)
+
+
+class _CosineWindowAttention(_WindowAttention):
+    """Keys ``attention.*``: cosine self-attention (``self``) and the output projection."""
+
+    self_attention_class = _CosineWindowSelfAttention
+
+
+class _PostNormBlock(_SwinBlock):
+    """A Swin V2 block: ``x + drop_path(norm(attention(x)))``, then ``x + drop_path(norm(mlp(x)))``.
+
+    ``layernorm_before`` / ``layernorm_after`` keep transformers' names although they now follow the
+    attention and the MLP. The attention sees the un-normalised map (zero-padded to whole windows).
+    """
+
+    attention_class = _CosineWindowAttention
+
+    def _attention_output_dropout(self, config: Swinv2Config) -> float:  # type: ignore[override]
+        return config.attention_probs_dropout_prob
+
+    def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        branch, weights = self._attend(x, need_weights)
+        branch = self.layernorm_before(F.dropout(branch, self.attention_dropout, self.training))
+        x = x + self._drop_path(branch)
+        branch = F.dropout(self.output(self.activation(self.intermediate(x))), self.dropout, self.training)
+        return x + self._drop_path(self.layernorm_after(branch)), weights
+
+
+class _PostNormPatchMerging(nn.Module):
+    """Halves the resolution: 2x2 neighbourhoods concatenated (4C), projected to 2C, then normalised."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(2 * dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.reduction(_merge_neighbours(x)))
+
+
+class _Swinv2Stage(_SwinStage):
+    """A stage of post-norm blocks with the stage's window, shift and pre-training window."""
+
+    block_class = _PostNormBlock
+
+    def _make_block(self, config: Swinv2Config, index: int, depth: int, drop_path: float) -> _SwinBlock:  # type: ignore[override]
+        shift = config.stage_shift_sizes[index] if depth % 2 else 0
+        return self.block_class(
+            config,
+            config.embed_dim * 2**index,
+            config.num_heads[index],
+            shift,
+            drop_path,
+            window=config.stage_window_sizes[index],
+            pretrained_window=config.pretrained_window_sizes[index],
+        )
+
+    def _make_merging(self, dim: int) -> nn.Module:
+        return _PostNormPatchMerging(dim)
+
+
+class Swinv2Backbone(SwinBackbone):
+    """Swin Transformer V2 feature extractor with transformers-compatible checkpoints.
+
+    Stages are ``stem`` (the patch embeddings) and ``stage1..stageK``; a stage's feature map is its
+    output before patch merging, with no further norm, exactly as transformers' ``Swinv2Backbone``.
+    ``hidden_states`` are the same outputs as ``(B, H * W, C)`` token sequences (transformers' layout);
+    ``attentions`` hold the last block's attention probabilities of each stage. Feature maps are
+    ``(B, C, H, W)`` views of channels-last memory.
+
+    Args:
+        config: The architecture and the output selection.
+
+    Example:
+        >>> model = Swinv2Backbone(Swinv2Config(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
+        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
+        [96, 192, 384, 768]
+    """
+
+    config_class = Swinv2Config
+    base_model_prefix = "swinv2"  # trunk prefix in Swinv2ForImageClassification checkpoints
+    # Derived from the window sizes; some converted checkpoints hold them.
+    ignored_checkpoint_keys = (r"relative_position_index$", r"relative_coords_table$")
+    reference_class_name = "Swinv2Backbone"
+    stage_class = _Swinv2Stage
+
+    config: Swinv2Config
+
+    def _add_trunk(self, config: Swinv2Config, stages: list[_SwinStage]) -> None:  # type: ignore[override]
+        # No trunk module: transformers' Swinv2Backbone holds the stem and the stages itself.
+        self.embeddings = _Embeddings(config)
+        self.encoder = _Encoder(stages)
+
+    def _embeddings(self) -> _Embeddings:
+        return self.embeddings
+
+    def _encoder(self) -> _Encoder:
+        return self.encoder
+
+    def _add_output_norms(self) -> None:
+        """Swin V2's backbone has no output norms: its blocks already end in a norm."""
+
+    def _on_out_features_changed(self) -> None:
+        """Nothing to follow: no module depends on the selection."""
+
+    def _stage_map(self, position: int, x: Tensor) -> Tensor:
+        return x.permute(0, 3, 1, 2)
+
+    def _hidden_state(self, x: Tensor) -> Tensor:
+        return x.flatten(1, 2)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module``'s own parameters as transformers' ``Swinv2PreTrainedModel`` does."""
+        if isinstance(module, _CosineWindowSelfAttention):
+            nn.init.constant_(module.logit_scale, math.log(10.0))
+        else:
+            super()._init_weights(module)
