@@ -142,3 +142,13 @@ def test_failed_cross_field_validation_rolls_back() -> None:
     with pytest.raises(ConfigError, match=r"depths \[1, 1\] and widths \[8, 16, 32\] must have the same length"):
         config.depths = [1, 1]
     assert config.depths == [1, 1, 1] and config.out_indices == [3]
+
+
+def test_assigning_extras_keeps_the_selection_and_writes_no_private_keys() -> None:
+    config = ToyNetConfig(out_indices=[1, 2])
+    config.note = "kept"
+    config.widths = [4, 8, 16]
+    assert config.out_indices == [1, 2] and config.out_features == ["stage1", "stage2"]
+    written = config.to_dict()
+    assert written["note"] == "kept"
+    assert not [key for key in written if key.startswith("_")], written

@@ -240,3 +240,32 @@ def test_listing_plugins_does_not_import_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().endswith("NO-TORCH"), result.stdout
+
+
+NAME_HOOK = """
+from backbones import hookimpl
+
+@hookimpl
+def register_backbones(register):
+    pass
+
+@hookimpl
+def load_backbone_from_name(name, options):
+    if not name.startswith("zoo:"):
+        return None
+    from backbones_toynet.model import ToyNetBackbone, ToyNetConfig
+    indices = options["out_indices"] or [-1]
+    return ToyNetBackbone(ToyNetConfig(widths=[4, 8], out_indices=indices))
+"""
+
+
+def test_a_plugin_can_load_names_that_are_not_checkpoints(site: FakeSite, tmp_path: Path) -> None:
+    from backbones import AutoBackbone, CheckpointError
+
+    site.install("backbones-fakezoo", "fake_zoo", NAME_HOOK)
+    model = AutoBackbone.from_pretrained("zoo:tiny", out_indices=[1], local_files_only=True)
+    assert type(model).__name__ == "ToyNetBackbone" and model.out_indices == [1]
+    with pytest.raises(CheckpointError, match="not in the local cache and local_files_only=True"):
+        AutoBackbone.from_pretrained("someone/not-a-zoo-name", local_files_only=True, cache_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="checkpoint directory .* does not exist"):
+        AutoBackbone.from_pretrained(tmp_path / "zoo:tiny")  # a Path is a directory, never a name

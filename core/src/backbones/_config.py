@@ -128,25 +128,47 @@ class BackboneConfig(BaseModel):
         if isinstance(getattr(type(self), name, None), property):
             object.__setattr__(self, name, value)
             return
-        if name not in type(self).model_fields:
+        if name.startswith("_"):
             super().__setattr__(name, value)
             return
-        previous = getattr(self, name)
+        # Fields, and extras too: pydantic rebuilds __dict__ for either, and an extra may be architecture
+        # (a timm argument of timm_backbone).
+        is_field = name in type(self).model_fields
+        missing = object()
+        previous = getattr(self, name) if is_field else (self.model_extra or {}).get(name, missing)
         features, indices = self.__dict__["_out_features"], self.__dict__["_out_indices"]
         try:
             super().__setattr__(name, value)  # pydantic rebuilds __dict__ from the fields
         except ValidationError as error:
-            # A model-level validator fails after pydantic wrote the field: put the old value back.
-            self.__dict__[name] = previous
+            # A model-level validator fails after pydantic wrote the value: put the old one back.
+            self._restore(name, is_field, previous, missing)
             self._store_selection(features, indices)
             raise _config_error(type(self).__name__, error) from None
+        finally:
+            self._drop_selection_extras()
         try:
             # An architecture change may change the stages: keep the selection valid or say why not.
             self.set_out_features_out_indices(None, indices)
         except ValueError:
-            super().__setattr__(name, previous)
+            self._restore(name, is_field, previous, missing)
             self._store_selection(features, indices)
             raise
+
+    def _restore(self, name: str, is_field: bool, previous: Any, missing: object) -> None:
+        if is_field:
+            self.__dict__[name] = previous
+        elif previous is missing:
+            (self.model_extra or {}).pop(name, None)
+        else:
+            (self.model_extra or {})[name] = previous
+
+    def _drop_selection_extras(self) -> None:
+        # On assignment pydantic validates __dict__ again and files the private selection keys as extras:
+        # a stale copy that to_dict() would write to config.json. The live selection stays in __dict__.
+        extra = self.model_extra
+        if extra is not None:
+            extra.pop("_out_features", None)
+            extra.pop("_out_indices", None)
 
     def _store_selection(self, features: list[str], indices: list[int]) -> None:
         object.__setattr__(self, "_out_features", features)

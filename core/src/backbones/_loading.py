@@ -319,7 +319,32 @@ def load_pretrained(
         "force_download": force_download,
     }
     assert set(hub) == HUB_OPTIONS
-    config_path = resolve_file(name_or_path, CONFIG_NAME, **hub)
+    by_name = config_overrides.pop("use_timm_backbone", None)
+    options = {
+        **hub,
+        "out_indices": out_indices,
+        "out_features": out_features,
+        "dtype": dtype,
+        "device": device,
+        "strict": strict,
+        "allow_pickle": allow_pickle,
+        "checkpoint_prefix": checkpoint_prefix,
+        "config_key": config_key,
+        "output_loading_info": output_loading_info,
+        **config_overrides,
+    }
+    if by_name and model_class is None:  # transformers' AutoBackbone.from_pretrained(name, use_timm_backbone=True)
+        loaded = _load_from_name(name_or_path, options)
+        if loaded is not None:
+            return loaded
+    try:
+        config_path = resolve_file(name_or_path, CONFIG_NAME, **hub)
+    except CheckpointError:
+        # Not a checkpoint: a plugin may know the name (backbones-timm: a timm model name).
+        loaded = _load_from_name(name_or_path, options) if model_class is None else None
+        if loaded is None:
+            raise
+        return loaded
     assert config_path is not None
     data = read_json(config_path)
     if config_key is not None:
@@ -388,6 +413,17 @@ def load_pretrained(
     elif report.unused_keys:
         logger.info("%s", report)
     return (model, report) if output_loading_info else model
+
+
+def _load_from_name(name_or_path: str | os.PathLike[str], options: dict[str, Any]) -> Any:
+    """Ask the plugins' ``load_backbone_from_name`` hooks; None if no plugin knows the name."""
+    if not isinstance(name_or_path, str):  # a Path is a directory, never a name
+        return None
+    from ._registry import get_registry
+
+    registry = get_registry()
+    registry.discover()
+    return registry.plugin_manager.hook.load_backbone_from_name(name=name_or_path, options=dict(options))
 
 
 def save_checkpoint(model: Backbone, directory: Path) -> Path:

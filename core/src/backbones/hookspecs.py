@@ -12,14 +12,14 @@ light: it is imported by ``backbones list``, which never imports torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
     from ._registry import Register
 
-__all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "register_backbones"]
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "load_backbone_from_name", "register_backbones"]
 
 PROJECT_NAME = "backbones"
 
@@ -53,4 +53,23 @@ def register_backbones(register: Register) -> None:
             def register_backbones(register):
                 register("swin", config="backbones_swin._config:SwinConfig",
                          model="backbones_swin._model:SwinBackbone")
+    """
+
+
+@hookspec(firstresult=True)
+def load_backbone_from_name(name: str, options: dict[str, Any]) -> Any:
+    """Load a backbone from a name that is not a checkpoint (no ``config.json`` was found for it).
+
+    ``AutoBackbone.from_pretrained(name)`` calls it when ``name`` is neither a local directory nor a hub
+    repository with a ``config.json`` (and at once when ``use_timm_backbone=True`` is passed); the first
+    plugin that returns something wins. ``backbones-timm`` loads timm model names (``"resnet50"``).
+
+    Args:
+        name: The name passed to ``from_pretrained``.
+        options: Its other keyword arguments (``out_indices``, ``dtype``, ``device``,
+            ``output_loading_info``, the hub options, config overrides), to honour or to reject.
+
+    Returns:
+        The backbone (or ``(backbone, LoadReport)`` when ``options["output_loading_info"]``), or None
+        when the name is not this plugin's. Import heavy modules inside the hook, not at plugin import.
     """
