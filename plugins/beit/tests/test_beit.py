@@ -575,7 +575,7 @@ def test_config_accepts_square_patch_pair_and_image_pair() -> None:
     ("overrides", "message"),
     [
         ({"num_attention_heads": 3}, r"num_attention_heads=3 must divide hidden_size=16"),
-        ({"hidden_act": "mish"}, r"hidden_act 'mish' is not supported; set hidden_act to one of"),
+        ({"hidden_act": "swishy"}, r"hidden_act 'swishy' is not supported; set hidden_act to one of"),
         ({"patch_size": [8, 4]}, r"patch_size must be one int or a square pair"),
         ({"image_size": 4}, r"image_size 4 is smaller than patch_size=8"),
         ({"num_hidden_layers": 0}, r"num_hidden_layers=0: Input should be greater than or equal to 1"),

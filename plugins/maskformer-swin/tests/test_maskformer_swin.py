@@ -373,7 +373,7 @@ def test_config_reads_a_swin_config() -> None:
         ({"use_absolute_embeddings": True}, "use_absolute_embeddings=True is not supported"),
         ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
         ({"embed_dim": 18, "num_heads": [4, 4]}, r"num_heads\[0\]=4 must be a positive divisor of stage 1's width"),
-        ({"hidden_act": "mish"}, "hidden_act 'mish' is not supported"),
+        ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
         ({"patch_size": [4, 2]}, r"patch_size must be one int or a square pair"),
         ({"window_size": 0}, "window_size=0: Input should be greater than or equal to 1"),
     ],

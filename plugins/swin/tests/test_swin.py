@@ -325,7 +325,7 @@ def test_transformers_config_json_round_trips(reference_checkpoint: tuple[Any, P
         ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
         ({"embed_dim": 18, "num_heads": [4, 4]}, r"num_heads\[0\]=4 must be a positive divisor of stage 1's width"),
         ({"depths": []}, "depths must list at least one stage"),
-        ({"hidden_act": "mish"}, "hidden_act 'mish' is not supported"),
+        ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
         ({"patch_size": [4, 2]}, r"patch_size must be one int or a square pair"),
         ({"window_size": 0}, "window_size=0: Input should be greater than or equal to 1"),
         ({"drop_path_rate": 1.0}, "drop_path_rate=1.0: Input should be less than 1"),

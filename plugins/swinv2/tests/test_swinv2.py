@@ -383,7 +383,7 @@ def test_longer_pretrained_window_sizes_are_accepted() -> None:
             r"gives a 1-patch-high grid, too small for 3 stages .* at least patch_size \* 2\*\*2 = 16",
         ),
         ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
-        ({"hidden_act": "mish"}, "hidden_act 'mish' is not supported"),
+        ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
         ({"window_size": 0}, "window_size=0: Input should be greater than or equal to 1"),
     ],
 )

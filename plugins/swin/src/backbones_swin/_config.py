@@ -11,10 +11,9 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
+from backbones.activations import check_activation
 
 # Activations the MLP supports, by the names transformers' configs use.
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
-
 # Values transformers derives from the fields and writes to config.json; recomputed, never read back.
 _DERIVED_FIELDS = ("hidden_size", "num_layers")
 
@@ -38,7 +37,7 @@ class SwinFamilyConfig(BackboneConfig):
         hidden_dropout_prob: Dropout on embeddings, attention outputs and MLP outputs (training only).
         attention_probs_dropout_prob: Dropout on attention probabilities (training only).
         drop_path_rate: Stochastic-depth rate of the deepest block; it grows linearly from 0.
-        hidden_act: Activation of the MLP (one of ``SUPPORTED_ACTIVATIONS``).
+        hidden_act: Activation of the MLP (a name of :data:`backbones.activations.ACTIVATIONS`).
         use_absolute_embeddings: Whether to add learned absolute position embeddings to the patches.
         initializer_range: Standard deviation of the normal initialisation of linear and conv weights.
         layer_norm_eps: Epsilon of the layer norms inside the transformer blocks.
@@ -92,10 +91,7 @@ class SwinFamilyConfig(BackboneConfig):
                     f"num_heads[{index}]={heads} must be a positive divisor of stage {index + 1}'s width "
                     f"embed_dim * 2**{index} = {width}; change num_heads or embed_dim"
                 )
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            raise ValueError(
-                f"hidden_act {self.hidden_act!r} is not supported; use one of {list(SUPPORTED_ACTIVATIONS)}"
-            )
+        check_activation(self.hidden_act)
         return self
 
     @property

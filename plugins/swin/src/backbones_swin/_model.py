@@ -32,19 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
+from backbones.activations import make_activation
 
 from ._config import SwinConfig, SwinFamilyConfig
 
 __all__ = ["SwinBackbone"]
-
-_ACTIVATIONS: dict[str, Any] = {
-    "gelu": nn.GELU,
-    "gelu_new": functools.partial(nn.GELU, approximate="tanh"),
-    "gelu_pytorch_tanh": functools.partial(nn.GELU, approximate="tanh"),
-    "relu": nn.ReLU,
-    "silu": nn.SiLU,
-    "swish": nn.SiLU,
-}
 
 # The additive mask value transformers (and the original code) use between shifted-window regions.
 _MASKED = -100.0
@@ -348,7 +340,7 @@ class _SwinBlock(nn.Module):
         self.layernorm_after = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.intermediate = _Holder("dense", nn.Linear(dim, hidden))
         self.output = _Holder("dense", nn.Linear(hidden, dim))
-        self.activation = _ACTIVATIONS[config.hidden_act]()
+        self.activation = make_activation(config.hidden_act)
         self.window_size = window
         self.shift = shift
         self.dropout = config.hidden_dropout_prob
