@@ -1,0 +1,277 @@
+"""Everything that talks to timm: building models, reading their stages, naming weight sources, freezing norms.
+
+Imported only when a timm backbone is configured or built (``import timm`` takes seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import timm
+import torch
+from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d, SyncBatchNormAct
+from timm.layers.norm_act import FrozenBatchNorm2d
+from timm.models import FeatureInfo, parse_model_name, resolve_pretrained_cfg, split_model_name_tag
+from torch import nn
+
+from backbones import CheckpointError, ConfigError
+
+__all__ = [
+    "FeatureSpec",
+    "create_timm_model",
+    "describe_features",
+    "feature_dicts",
+    "freeze_batch_norm_2d",
+    "weights_source",
+]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The stages of a timm model, from its ``feature_info``."""
+
+    names: tuple[str, ...]
+    channels: tuple[int, ...]
+    reductions: tuple[int, ...]
+
+
+def feature_dicts(model: nn.Module) -> list[dict[str, Any]] | None:
+    """The model's ``feature_info`` entries (every stage, whatever its out_indices), or None if it has none."""
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, FeatureInfo):
+        return list(info.info)
+    if isinstance(info, (list, tuple)) and all(isinstance(entry, dict) for entry in info):
+        return list(info)
+    return None
+
+
+def _unknown_model(name: str) -> ConfigError:
+    architecture, _ = split_model_name_tag(name)
+    close = difflib.get_close_matches(architecture, timm.list_models(), n=6, cutoff=0.6)
+    hint = (
+        f"close matches: {', '.join(close)}"
+        if close
+        else f"no close match; list names with timm.list_models('{architecture[:4]}*')"
+    )
+    return ConfigError(f"{name!r} is not a timm model name ({hint})")
+
+
+def _check_name(backbone: str) -> None:
+    """Reject a registry name timm does not know, before building anything."""
+    try:
+        source, model_id = parse_model_name(backbone)
+    except ValueError as error:  # e.g. "org/name" without "hf-hub:"
+        raise ConfigError(f"backbone={backbone!r}: {error}") from None
+    if source is None and not timm.is_model(model_id):
+        raise _unknown_model(backbone)
+
+
+def _build(
+    backbone: str,
+    *,
+    pretrained: bool,
+    features_only: bool,
+    num_channels: int,
+    output_stride: int | None,
+    kwargs: dict[str, Any],
+    num_stages: int | None,
+    on_meta: bool,
+) -> nn.Module:
+    arguments = dict(kwargs)
+    if features_only:
+        # Every stage is built (so any selection works later); the probe asks for the last one only,
+        # which is valid for every model, to learn how many there are.
+        arguments["features_only"] = True
+        arguments["out_indices"] = tuple(range(num_stages)) if num_stages is not None else (-1,)
+    device = torch.device("meta") if on_meta else contextlib.nullcontext()
+    with device:
+        return timm.create_model(
+            backbone,
+            pretrained=pretrained,
+            in_chans=num_channels,
+            output_stride=output_stride,
+            **arguments,
+        )
+
+
+def _hub_or_folder_error(backbone: str, error: Exception) -> CheckpointError:
+    source, model_id = parse_model_name(backbone)
+    where = f"the Hugging Face hub repository {model_id!r}" if source == "hf-hub" else f"the folder {model_id}"
+    return CheckpointError(
+        f"cannot read the timm config of {backbone!r} from {where}: {type(error).__name__}: {error}"
+        + _offline_hint(source == "hf-hub")
+    )
+
+
+def _offline_hint(from_hub: bool) -> str:
+    if not from_hub:
+        return ""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return " (HF_HUB_OFFLINE is set and it is not in the cache: fetch it once with network access)"
+    return ""
+
+
+@lru_cache(maxsize=256)
+def describe_features(
+    backbone: str, features_only: bool, num_channels: int, output_stride: int | None, kwargs_json: str
+) -> FeatureSpec:
+    """Build the model on the meta device (no weights, no init cost) and read its stages. Cached.
+
+    Raises:
+        ConfigError: Unknown model name (with close matches), an argument timm rejects, or a model
+            without ``feature_info`` (or without ``forward_intermediates`` when ``features_only`` is false).
+        CheckpointError: The timm config of a ``hf-hub:`` or ``local-dir:`` model cannot be read.
+    """
+    _check_name(backbone)
+    kwargs = json.loads(kwargs_json)
+    options = {
+        "pretrained": False,
+        "features_only": features_only,
+        "num_channels": num_channels,
+        "output_stride": output_stride,
+        "kwargs": kwargs,
+        "num_stages": None,
+    }
+    try:
+        try:
+            model = _build(backbone, **options, on_meta=True)
+        except (TypeError, ValueError, OSError, ConfigError):
+            raise
+        except Exception:
+            # A model whose __init__ computes with tensor values cannot be built on meta; build it for real.
+            model = _build(backbone, **options, on_meta=False)
+    except TypeError as error:
+        extra = f" (extra config fields passed to it: {sorted(kwargs)})" if kwargs else ""
+        raise ConfigError(
+            f"timm.create_model({backbone!r}) failed: {error}{extra}; remove or rename the config fields "
+            "the model does not take"
+        ) from error
+    except OSError as error:
+        raise _hub_or_folder_error(backbone, error) from error
+    except RuntimeError as error:
+        if str(error).startswith("Unknown model"):
+            raise _unknown_model(str(error).partition("(")[2].rstrip(")") or backbone) from None
+        raise ConfigError(f"timm.create_model({backbone!r}) failed: {error}") from error
+    except (ValueError, AssertionError) as error:
+        raise ConfigError(f"timm.create_model({backbone!r}) failed: {error}") from error
+    dicts = feature_dicts(model)
+    if not dicts:
+        raise ConfigError(f"timm model {backbone!r} has no feature_info, so its stages are unknown")
+    if not features_only and not hasattr(model, "forward_intermediates"):
+        raise ConfigError(
+            f"timm model {backbone!r} has no forward_intermediates, so features_only=False cannot return its "
+            "stages; use features_only=True"
+        )
+    return FeatureSpec(
+        names=tuple(str(entry["module"]) for entry in dicts),
+        channels=tuple(int(entry["num_chs"]) for entry in dicts),
+        reductions=tuple(int(entry["reduction"]) for entry in dicts),
+    )
+
+
+def weights_source(backbone: str, kwargs: dict[str, Any]) -> str:
+    """Where timm would load ``backbone``'s pretrained weights from, in words (timm's order of precedence)."""
+    source, model_id = parse_model_name(backbone)
+    if source == "hf-hub":
+        return f"the Hugging Face hub repository {model_id!r}"
+    if source == "local-dir":
+        return f"the local folder {model_id}"
+    architecture, tag = split_model_name_tag(model_id)
+    try:
+        cfg = resolve_pretrained_cfg(architecture, tag or None, kwargs.get("pretrained_cfg_overlay")).to_dict()
+    except Exception:  # an invalid tag: timm's own error says which
+        return f"timm's pretrained config of {model_id!r}"
+    if cfg.get("file"):
+        return f"the local file {cfg['file']}"
+    if cfg.get("hf_hub_id"):
+        filename = cfg.get("hf_hub_filename")
+        return f"the Hugging Face hub repository {cfg['hf_hub_id']!r}" + (f" (file {filename})" if filename else "")
+    if cfg.get("url"):
+        return f"the URL {cfg['url']}"
+    return "nowhere: timm lists no pretrained weights for this model"
+
+
+def create_timm_model(
+    backbone: str,
+    *,
+    pretrained: bool,
+    features_only: bool,
+    num_channels: int,
+    output_stride: int | None,
+    kwargs: dict[str, Any],
+    num_stages: int,
+) -> nn.Module:
+    """Build the timm model with every stage; with ``pretrained``, load timm's weights for it.
+
+    Raises:
+        CheckpointError: The pretrained weights cannot be reached or read; the message names the model
+            and where the weights were looked for.
+    """
+    options: dict[str, Any] = {
+        "features_only": features_only,
+        "num_channels": num_channels,
+        "output_stride": output_stride,
+        "kwargs": kwargs,
+        "num_stages": num_stages,
+        "on_meta": False,
+    }
+    if not pretrained:
+        return _build(backbone, pretrained=False, **options)
+    try:
+        return _build(backbone, pretrained=True, **options)
+    except Exception as error:  # the architecture built without weights, so this is about the weights
+        source = weights_source(backbone, kwargs)
+        raise CheckpointError(
+            f"cannot load the pretrained weights of timm model {backbone!r} from {source}: "
+            f"{type(error).__name__}: {error}"
+            + _offline_hint("Hugging Face hub" in source)
+            + ". Pass a local file with pretrained_cfg_overlay={'file': '/path/to/weights.safetensors'} "
+            "or set use_pretrained_backbone=False"
+        ) from error
+
+
+def _frozen_copy(norm: nn.BatchNorm2d | nn.SyncBatchNorm) -> nn.Module:
+    frozen: Any
+    if isinstance(norm, (BatchNormAct2d, SyncBatchNormAct)):
+        frozen = FrozenBatchNormAct2d(norm.num_features, eps=norm.eps)
+        frozen.drop = norm.drop
+        frozen.act = norm.act
+    else:
+        frozen = FrozenBatchNorm2d(norm.num_features, eps=norm.eps)
+    # As timm's freeze_batch_norm_2d does, so that timm's unfreeze_batch_norm_2d can undo it.
+    frozen.num_features = norm.num_features
+    frozen.affine = norm.affine
+    sources = {"running_mean": norm.running_mean, "running_var": norm.running_var}
+    if norm.affine:
+        sources.update(weight=norm.weight, bias=norm.bias)
+    with torch.no_grad():
+        for name, value in sources.items():
+            # Parameters on meta (a checkpoint is about to be loaded): keep the defaults, the load fills them.
+            if value is not None and value.device.type != "meta":
+                getattr(frozen, name).copy_(value.detach())
+    return frozen
+
+
+def freeze_batch_norm_2d(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d / SyncBatchNorm (and timm's BatchNormAct2d) under ``module`` by a frozen copy.
+
+    The same conversion as timm's ``freeze_batch_norm_2d`` (torchvision's ``FrozenBatchNorm2d``, timm's
+    ``FrozenBatchNormAct2d``, same buffer names), except that it also accepts parameters on the meta device.
+
+    Returns:
+        ``module``, or its frozen replacement if ``module`` itself is a batch norm.
+    """
+    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+        return _frozen_copy(module)
+    for name, child in module.named_children():
+        replacement = freeze_batch_norm_2d(child)
+        if replacement is not child:
+            module.add_module(name, replacement)
+    return module
