@@ -1,0 +1,364 @@
+"""Tests of backbones-dinat: the conformance kit, parity with transformers 4.53.3's DiNAT, a default-size check.
+
+The oracle harness (transformers 4.53.3 in ``.venvs/`` with brute-force natten kernels) belongs to
+backbones-nat's tests, which this distribution's code depends on too.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from backbones import AutoBackbone
+from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones_dinat import DinatBackbone, DinatConfig
+from backbones_nat import NatBackbone, NatConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "nat" / "tests"))
+
+from nat_oracle import TESTS, fake_natten, run_oracle, subprocess_environment
+
+# Two stages; at 32 px the second stage's 4 x 4 map is far smaller than its 3 x 5 dilated window.
+TINY: dict[str, Any] = {
+    "embed_dim": 16,
+    "depths": [2, 2],
+    "num_heads": [2, 4],
+    "kernel_size": 3,
+    "dilations": [[1, 2], [5, 1]],
+    "drop_path_rate": 0.0,
+}
+# Three stages for the oracle. At 64 px the maps are 16, 8 and 4 wide: stage 1 fits dilation 4
+# (window 12); stage 2 pads for dilation 16 (window 48, dilation twice the map); stage 3 pads for 3.
+SMALL: dict[str, Any] = {
+    "embed_dim": 16,
+    "depths": [2, 2, 1],
+    "num_heads": [2, 2, 4],
+    "kernel_size": 3,
+    "dilations": [[1, 4], [2, 16], [3]],
+    "drop_path_rate": 0.0,
+}
+# Kernel 5; dilations 2 then 3: at 64 px stage 1 (16 wide) fits window 10, stage 2 (8 wide) pads to 15.
+KERNEL5: dict[str, Any] = {
+    "embed_dim": 16,
+    "depths": [1, 2],
+    "num_heads": [2, 4],
+    "kernel_size": 5,
+    "dilations": [[2], [1, 3]],
+    "drop_path_rate": 0.0,
+}
+CLASSIFIER: dict[str, Any] = {
+    "embed_dim": 16,
+    "depths": [2, 1, 1],
+    "num_heads": [1, 2, 4],
+    "kernel_size": 3,
+    "dilations": [[1, 3], [2], [1]],
+    "mlp_ratio": 2.0,
+    "layer_scale_init_value": 0.5,
+    "drop_path_rate": 0.0,
+    "num_labels": 4,
+}
+ALL_STAGES = [0, 1, 2, 3]
+# 40 x 56 and 38 x 50 give maps of 10 x 14 / 10 x 13, 5 x 7 and 3 x 4: every stage pads at least one axis.
+INPUTS = [[2, 64, 64, 1], [2, 40, 56, 2], [1, 38, 50, 3]]
+
+
+class TestDinatConformance(BackboneConformance):
+    model_type = "dinat"
+    input_sizes = ((32, 32), (40, 56))
+
+    def make_config(self, **overrides: Any) -> DinatConfig:
+        return DinatConfig(**{**TINY, **overrides})
+
+
+# -- parity with transformers 4.53.3 --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every oracle case of this module, run in one subprocess."""
+    directory = tmp_path_factory.mktemp("dinat-oracle")
+    ours = randomize_weights_(DinatBackbone(DinatConfig(out_indices=[1, 3], **SMALL)), seed=12).eval()
+    ours.save_pretrained(directory / "ours")
+    cases = [
+        {
+            "name": "backbone",
+            "class": "DinatBackbone",
+            "config": {**SMALL, "out_indices": ALL_STAGES},
+            "seed": 5,
+            "inputs": INPUTS,
+            "hidden_states": True,
+            "attentions": True,
+            "gradients": True,
+        },
+        {
+            "name": "kernel5",
+            "class": "DinatBackbone",
+            "config": {**KERNEL5, "out_indices": [0, 1, 2]},
+            "seed": 6,
+            "inputs": [[2, 64, 64, 4], [1, 72, 44, 5]],
+        },
+        {
+            "name": "classifier",
+            "class": "DinatForImageClassification",
+            "config": CLASSIFIER,
+            "seed": 7,
+            "inputs": [[2, 48, 40, 6]],
+            "backbone_out_indices": [0, 1, 3],
+        },
+        {"name": "saved_by_us", "class": "DinatBackbone", "load": str(directory / "ours"), "inputs": [[2, 44, 60, 8]]},
+    ]
+    return run_oracle(cases, directory)
+
+
+def _expected(oracle: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(oracle / name / "expected.safetensors")
+
+
+def _maps(expected: dict[str, torch.Tensor], index: int) -> list[torch.Tensor]:
+    count = sum(1 for key in expected if key.startswith(f"map.{index}."))
+    return [expected[f"map.{index}.{position}"] for position in range(count)]
+
+
+def _unselected_norms(names: list[str], selected: list[str]) -> list[str]:
+    return sorted(
+        f"hidden_states_norms.{name}.{kind}" for name in names if name not in selected for kind in ("bias", "weight")
+    )
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0, 2]])
+def test_backbone_checkpoint_parity(oracle: Path, out_indices: list[int]) -> None:
+    ours, report = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=out_indices, output_loading_info=True)
+    assert type(ours) is DinatBackbone
+    assert ours.config.dilations == SMALL["dilations"]
+    assert report.missing_keys == []
+    assert report.unused_keys == _unselected_norms(ours.stage_names, [ours.stage_names[i] for i in out_indices])
+    expected = _expected(oracle, "backbone")
+    positions = [index % 4 for index in out_indices]
+    for index in range(len(INPUTS)):
+        with torch.no_grad():
+            maps = ours(expected[f"pixels.{index}"]).feature_maps
+        reference = _maps(expected, index)
+        assert assert_close_maps(maps, [reference[position] for position in positions], atol=1e-4) < 1e-4
+
+
+@pytest.mark.oracle
+def test_kernel5_checkpoint_parity(oracle: Path) -> None:
+    ours, report = AutoBackbone.from_pretrained(oracle / "kernel5", output_loading_info=True)
+    assert report.clean, str(report)
+    assert ours.out_indices == [0, 1, 2]
+    expected = _expected(oracle, "kernel5")
+    for index in range(2):
+        with torch.no_grad():
+            maps = ours(expected[f"pixels.{index}"]).feature_maps
+        assert_close_maps(maps, _maps(expected, index), atol=1e-4)
+
+
+@pytest.mark.oracle
+def test_hidden_states_and_attentions_match(oracle: Path) -> None:
+    ours = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=[1])
+    expected = _expected(oracle, "backbone")
+    with torch.no_grad():
+        output = ours(expected["pixels.0"], output_hidden_states=True, output_attentions=True)
+    assert [tuple(state.shape) for state in output.hidden_states] == [
+        (2, 16, 16, 16),
+        (2, 16, 16, 16),
+        (2, 8, 8, 32),
+        (2, 4, 4, 64),
+    ]
+    assert_close_maps(output.hidden_states, [expected[f"hidden.{j}"] for j in range(4)], atol=1e-4)
+    # The last layer of each stage: dilation 4 on 16 x 16, dilation 16 on 8 x 8 padded to 48 x 48,
+    # dilation 3 on 4 x 4 padded to 9 x 9.
+    assert [tuple(weights.shape) for weights in output.attentions] == [
+        (2, 2, 16, 16, 9),
+        (2, 2, 48, 48, 9),
+        (2, 4, 9, 9, 9),
+    ]
+    assert_close_maps(output.attentions, [expected[f"attention.{j}"] for j in range(3)], atol=1e-5)
+
+
+@pytest.mark.oracle
+def test_training_gradients_match(oracle: Path) -> None:
+    ours = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=ALL_STAGES).train()
+    expected = _expected(oracle, "backbone")
+    sum(fmap.pow(2).mean() for fmap in ours(expected["pixels.0"]).feature_maps).backward()
+    grads = {name: p.grad for name, p in ours.named_parameters()}
+    reference = {key.removeprefix("grad."): value for key, value in expected.items() if key.startswith("grad.")}
+    assert sorted(reference) == sorted(grads)
+    for name, grad in reference.items():
+        assert_close_maps([grads[name]], [grad], atol=1e-4)
+
+
+@pytest.mark.oracle
+def test_task_checkpoint_parity(oracle: Path) -> None:
+    ours, report = AutoBackbone.from_pretrained(oracle / "classifier", out_indices=[0, 1, 3], output_loading_info=True)
+    assert type(ours) is DinatBackbone
+    assert report.prefix == "'dinat.' removed"
+    assert report.missing_keys == [
+        f"hidden_states_norms.{name}.{kind}" for name in ("stage1", "stage3", "stem") for kind in ("bias", "weight")
+    ]
+    assert report.unused_keys == [
+        "classifier.bias",
+        "classifier.weight",
+        "dinat.layernorm.bias",
+        "dinat.layernorm.weight",
+    ]
+    state = load_file(oracle / "classifier" / "model.safetensors")
+    scales = ours.encoder.levels[0].layers[1].layer_scale_parameters
+    assert torch.equal(scales, state["dinat.encoder.levels.0.layers.1.layer_scale_parameters"])
+    info = json.loads((oracle / "classifier" / "info.json").read_text())["trunk"]
+    assert info["missing_keys"] == report.missing_keys
+    assert info["unexpected_keys"] == ["layernorm.bias", "layernorm.weight"]
+    expected = _expected(oracle, "classifier")
+    with torch.no_grad():
+        maps = ours(expected["pixels.0"]).feature_maps
+    assert assert_close_maps(maps, _maps(expected, 0), atol=1e-4) < 1e-4
+
+
+@pytest.mark.oracle
+def test_saved_checkpoint_loads_into_transformers(oracle: Path) -> None:
+    info = json.loads((oracle / "saved_by_us" / "info.json").read_text())["loading"]
+    assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    config = json.loads((oracle / "ours" / "config.json").read_text())
+    assert config["architectures"] == ["DinatBackbone"] and config["model_type"] == "dinat"
+    assert config["dilations"] == SMALL["dilations"]
+    ours = AutoBackbone.from_pretrained(oracle / "ours")
+    expected = _expected(oracle, "saved_by_us")
+    with torch.no_grad():
+        assert_close_maps(ours(expected["pixels.0"]).feature_maps, _maps(expected, 0), atol=1e-4)
+
+
+@pytest.mark.oracle
+def test_transformers_config_json_round_trips(oracle: Path) -> None:
+    saved = json.loads((oracle / "classifier" / "config.json").read_text())
+    config = DinatConfig.from_dict(saved)
+    assert config.dilations == CLASSIFIER["dilations"] and config.layer_scale_init_value == 0.5
+    written = config.to_dict()
+    assert {key: value for key, value in written.items() if key in saved} == saved
+
+
+@pytest.mark.oracle
+def test_transformers_5_checkpoints_load_both_ways(tmp_path: Path) -> None:
+    """transformers 5.x keeps DiNAT's on-disk format (its attention is not usable as an oracle: it needs
+    natten's removed kernels). Checked with this environment's transformers and the fake natten: its
+    backbone and task checkpoints load here with the expected reports, and ours load there cleanly."""
+    transformers = pytest.importorskip("transformers")
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("needs transformers 5 in the test environment")
+    ours = randomize_weights_(DinatBackbone(DinatConfig(out_indices=[0, 2], **CLASSIFIER)), seed=13)
+    ours.save_pretrained(tmp_path / "ours")
+    code = f"""
+        import json, torch
+        from transformers import DinatBackbone, DinatConfig, DinatForImageClassification
+        config = dict({CLASSIFIER!r})
+        DinatBackbone(DinatConfig(**config, out_indices=[1, 3])).save_pretrained({str(tmp_path / "backbone")!r})
+        DinatForImageClassification(DinatConfig(**config)).save_pretrained({str(tmp_path / "classifier")!r})
+        model, info = DinatBackbone.from_pretrained({str(tmp_path / "ours")!r}, output_loading_info=True)
+        print(json.dumps({{key: sorted(map(str, value)) for key, value in info.items()}}))
+    """
+    environment = subprocess_environment(fake_natten(tmp_path / "natten"), TESTS)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=environment, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+    backbone, report = AutoBackbone.from_pretrained(tmp_path / "backbone", output_loading_info=True)
+    assert report.clean, str(report)
+    assert backbone.out_features == ["stage1", "stage3"] and backbone.config.dilations == CLASSIFIER["dilations"]
+    saved = load_file(tmp_path / "backbone" / "model.safetensors")
+    state = backbone.state_dict()
+    assert sorted(saved) == sorted(state) and all(torch.equal(saved[key], state[key]) for key in saved)
+    _, report = AutoBackbone.from_pretrained(tmp_path / "classifier", output_loading_info=True)
+    assert report.prefix == "'dinat.' removed"
+    assert report.missing_keys == ["hidden_states_norms.stage3.bias", "hidden_states_norms.stage3.weight"]
+    assert report.unused_keys == [
+        "classifier.bias",
+        "classifier.weight",
+        "dinat.layernorm.bias",
+        "dinat.layernorm.weight",
+    ]
+
+
+# -- model behaviour ------------------------------------------------------------------------------
+
+
+def test_dinat_reuses_nat_layers_with_its_dilations() -> None:
+    model = DinatBackbone(DinatConfig(**SMALL))
+    assert isinstance(model, NatBackbone)
+    dilations = [[layer.attention.self.dilation for layer in level.layers] for level in model.encoder.levels]
+    assert dilations == SMALL["dilations"]
+    windows = [[layer.window for layer in level.layers] for level in model.encoder.levels]
+    assert windows == [[3, 12], [6, 48], [9]]
+
+
+def test_all_ones_dilations_equal_nat(tmp_path: Path) -> None:
+    # With dilation 1 everywhere DiNAT is NAT: the same checkpoint gives the same maps.
+    config = {key: value for key, value in SMALL.items() if key != "dilations"}
+    dinat = randomize_weights_(DinatBackbone(DinatConfig(**config, dilations=[[1, 1], [1, 1], [1]]))).eval()
+    nat = NatBackbone(NatConfig(**config)).eval()
+    nat.load_state_dict(dinat.state_dict())
+    pixels = torch.randn(1, 3, 48, 40)
+    with torch.no_grad():
+        assert_close_maps(dinat(pixels).feature_maps, nat(pixels).feature_maps, atol=0.0)
+
+
+# -- default size ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dinat_mini_feature_map_shapes() -> None:
+    model = AutoBackbone.from_config(DinatConfig(out_indices=[1, 2, 3, 4])).eval()
+    assert model.channels == [64, 128, 256, 512] and model.out_reductions == [4, 8, 16, 32]
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
+    assert [tuple(fmap.shape) for fmap in maps] == [(1, 64, 56, 56), (1, 128, 28, 28), (1, 256, 14, 14), (1, 512, 7, 7)]
+    assert all(torch.isfinite(fmap).all() for fmap in maps)
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"dilations": [[1, 2]]}, "dilations has 1 entries but depths has 2; give dilations one list per stage"),
+        (
+            {"dilations": [[1, 2], [1]]},
+            r"dilations\[1\] has 1 entries but depths\[1\] = 2; give one dilation per layer",
+        ),
+        ({"dilations": [[1, 2], [1, 0]]}, r"dilations\[1\]\[1\]=0 must be a positive integer"),
+        ({"kernel_size": 4}, "kernel_size must be odd"),
+        ({"patch_size": 8}, "patch_size must be 4"),
+    ],
+)
+def test_config_rejects_bad_values(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DinatConfig(**{**TINY, **overrides})
+
+
+def test_config_defaults_are_dinat_mini() -> None:
+    config = DinatConfig()
+    assert config.dilations == [[1, 8, 1], [1, 4, 1, 4], [1, 2, 1, 2, 1, 2], [1, 1, 1, 1, 1]]
+    assert config.layer_dilations == config.dilations
+    assert (config.embed_dim, config.depths, config.num_heads, config.kernel_size) == (
+        64,
+        [3, 4, 6, 5],
+        [2, 4, 8, 16],
+        7,
+    )
+    assert config.to_dict()["model_type"] == "dinat"
+
+
+def test_nat_config_is_refused_for_dinat_checkpoints(tmp_path: Path) -> None:
+    DinatConfig(**TINY).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="NatConfig is for model_type 'nat', but the config says 'dinat'"):
+        NatConfig.from_pretrained(tmp_path)

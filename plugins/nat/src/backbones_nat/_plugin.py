@@ -1,0 +1,15 @@
+"""Entry point of backbones-nat: registers the model type lazily (imports neither torch nor the model)."""
+
+from __future__ import annotations
+
+from backbones import hookimpl
+
+
+@hookimpl
+def register_backbones(register):  # type: ignore[no-untyped-def]
+    register(
+        "nat",
+        config="backbones_nat._config:NatConfig",
+        model="backbones_nat._model:NatBackbone",
+        description="Neighborhood Attention Transformer (local attention around every token, 2022)",
+    )

@@ -1,0 +1,297 @@
+"""Two-dimensional (dilated) neighbourhood attention with relative position bias, in plain PyTorch.
+
+Neighbourhood attention (Hassani et al., https://arxiv.org/abs/2204.07143) lets every query attend to
+the ``kernel_size x kernel_size`` keys around it; the dilated variant (https://arxiv.org/abs/2209.15001)
+spreads those keys ``dilation`` positions apart. The semantics are natten's, axis by axis:
+
+* positions with the same residue modulo ``dilation`` form a sub-sequence, and a query only sees keys
+  of its own sub-sequence;
+* on that sub-sequence the window of ``kernel_size`` keys is centred on the query and, near a border,
+  shifted inwards so that it stays whole (every query attends to exactly ``kernel_size**2`` keys);
+* the bias of a key is ``rpb[head, dy + kernel_size - 1, dx + kernel_size - 1]``, where ``(dy, dx)`` is
+  the key's offset from the query counted in dilated steps.
+
+This needs every axis to be at least ``kernel_size * dilation`` long (each sub-sequence then holds a
+whole window); the NAT and DiNAT blocks pad smaller maps, as transformers does.
+
+How it is computed: along each axis the sub-sequences are laid end to end and cut into tiles of
+consecutive queries; the keys a tile needs form a run of at most ``tile + kernel_size - 1`` positions
+of the same sub-sequence. A pair of (row tile, column tile) is then one small dense attention problem,
+``tile**2`` queries against at most ``(tile + kernel_size - 1)**2`` keys, with every key outside a
+query's neighbourhood masked out, solved by ``scaled_dot_product_attention`` for all tiles at once.
+Keys and values are copied about ``((tile + kernel_size - 1) / tile)**2`` times (about 3.4 for the
+default tile, ``kernel_size``), not ``kernel_size**2`` times as a per-query gather would; in exchange
+each query is scored against that many more keys than its window holds, as a few large matrix
+products instead of many tiny ones. ``plugins/nat/benchmarks/bench_attention.py`` measures both
+against brute force. Index tables depend on sizes only; they are cached per size in eager mode and
+built inside the graph under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["neighborhood_attention_2d", "neighborhood_indices"]
+
+
+class _AxisTiles(NamedTuple):
+    """Index tables of one axis (see :func:`_axis_tiles`)."""
+
+    queries: Tensor
+    """``(tiles, tile)`` position of each query slot (padding slots repeat a real position)."""
+    keys: Tensor
+    """``(tiles, span)`` position of each key slot (padding slots repeat a real position)."""
+    bias: Tensor
+    """``(tiles, tile, span)`` bias row (or column) of each (query slot, key slot) pair; ``2K - 1`` when
+    the key is outside the query's window."""
+    kernel_slots: Tensor
+    """``(tiles, tile, kernel_size)`` key slot of each kernel offset of each query slot."""
+    slots: Tensor
+    """``(length,)`` query slot (``tile_index * tile + slot``) of each position; every position has one."""
+
+
+def neighborhood_indices(length: int, kernel_size: int, dilation: int, device: torch.device | None = None) -> Tensor:
+    """Positions of the keys each query attends to along one axis.
+
+    Args:
+        length: Length of the axis (at least ``kernel_size * dilation``).
+        kernel_size: Window size (odd).
+        dilation: Distance between neighbouring keys.
+        device: Device of the returned table.
+
+    Returns:
+        ``(length, kernel_size)`` integer table: entry ``[i, a]`` is the position of the ``a``-th key of
+        query ``i`` (keys in ascending order).
+    """
+    _check_axis(length, kernel_size, dilation, "length")
+    position = torch.arange(length, device=device)
+    residue, index = position % dilation, position // dilation
+    segment = (length - residue + dilation - 1) // dilation
+    start = torch.minimum((index - kernel_size // 2).clamp(min=0), segment - kernel_size)
+    offsets = torch.arange(kernel_size, device=device)
+    return (start[:, None] + offsets) * dilation + residue[:, None]
+
+
+def _tile_shape(length: int, kernel_size: int, dilation: int, tile: int) -> tuple[int, int, int]:
+    """``(tile, span, tiles per sub-sequence)`` of one axis."""
+    longest = -(-length // dilation)
+    if longest <= tile + kernel_size - 1:
+        tile = longest  # one tile holds a whole sub-sequence: plain masked attention on it
+    return tile, min(tile + kernel_size - 1, longest), -(-longest // tile)
+
+
+def _axis_tiles(length: int, kernel_size: int, dilation: int, tile: int, device: torch.device) -> _AxisTiles:
+    """Cut one axis into tiles of queries and the runs of keys they need (see the module docstring).
+
+    Sub-sequence ``r`` (positions ``r, r + d, ...``) is cut into ``count`` tiles of ``tile`` queries;
+    slot ``u`` of tile ``m`` holds the query at index ``m * tile + u`` of the sub-sequence. Shorter
+    sub-sequences leave padding slots, which repeat the sub-sequence's last query.
+    """
+    tile, span, count = _tile_shape(length, kernel_size, dilation, tile)
+    residue = torch.arange(dilation, device=device).view(-1, 1, 1)
+    segment = (length - residue + dilation - 1) // dilation
+    index = torch.arange(count, device=device).view(1, -1, 1) * tile + torch.arange(tile, device=device)
+    index = torch.minimum(index, segment - 1)  # (dilation, count, tile)
+    window = torch.minimum((index - kernel_size // 2).clamp(min=0), segment - kernel_size)
+    first = torch.minimum(window[..., :1], segment - span).clamp(min=0)
+    key_index = first + torch.arange(span, device=device)  # (dilation, count, span)
+
+    key, start = key_index[..., None, :], window[..., :, None]
+    inside = (key >= start) & (key < start + kernel_size)
+    bias = torch.where(inside, key - index[..., :, None] + kernel_size - 1, 2 * kernel_size - 1)
+    kernel_slots = window[..., None] - first[..., None] + torch.arange(kernel_size, device=device)
+
+    position = torch.arange(length, device=device)
+    within = position // dilation
+    tiles = dilation * count
+    return _AxisTiles(
+        queries=(index * dilation + residue).reshape(tiles, tile),
+        keys=(torch.minimum(key_index, segment - 1) * dilation + residue).reshape(tiles, span),
+        bias=bias.reshape(tiles, tile, span),
+        kernel_slots=kernel_slots.reshape(tiles, tile, kernel_size),
+        slots=((position % dilation) * count + within // tile) * tile + within % tile,
+    )
+
+
+class _Plan(NamedTuple):
+    """Index tables of one ``(height, width)`` problem; 2-D tables are tile-major, rows before columns."""
+
+    rows: _AxisTiles
+    columns: _AxisTiles
+    queries: Tensor
+    """``(tiles * tile_h * tile_w,)`` flat position of each query slot."""
+    keys: Tensor
+    """``(tiles * span_h * span_w,)`` flat position of each key slot."""
+    bias: Tensor
+    """``(tiles * tile_h * tile_w * span_h * span_w,)`` entry of the flattened ``2K x 2K`` bias table
+    (``-inf`` in its last row and column) of each (query slot, key slot) pair; int32, the largest table."""
+    slots: Tensor
+    """``(height * width,)`` query slot of each flat position."""
+
+
+def _outer(row: Tensor, column: Tensor, scale: int) -> Tensor:
+    """``row * scale + column`` over every (row tile, column tile) pair and every slot pair, flattened.
+
+    ``row`` is ``(row tiles, *slots)`` and ``column`` is ``(column tiles, *slots)`` with the same number of
+    slot axes; the result is ordered ``(row tile, column tile, row slot 0, column slot 0, row slot 1, ...)``.
+    """
+    extra = row.dim() - 1
+    row_shape, column_shape = [row.shape[0], 1], [1, column.shape[0]]
+    for axis in range(extra):
+        row_shape += [row.shape[axis + 1], 1]
+        column_shape += [1, column.shape[axis + 1]]
+    return (row.reshape(row_shape) * scale + column.reshape(column_shape)).reshape(-1)
+
+
+def _plan(height: int, width: int, kernel_size: int, dilation: int, tile: int, device: torch.device) -> _Plan:
+    rows = _axis_tiles(height, kernel_size, dilation, tile, device)
+    columns = _axis_tiles(width, kernel_size, dilation, tile, device)
+    row_tile, column_tile = rows.queries.shape[1], columns.queries.shape[1]
+    slots = _outer(rows.slots // row_tile, columns.slots // column_tile, columns.queries.shape[0])
+    slots = slots.view(height, width) * (row_tile * column_tile)
+    slots = slots + (rows.slots % row_tile)[:, None] * column_tile + columns.slots % column_tile
+    return _Plan(
+        rows=rows,
+        columns=columns,
+        queries=_outer(rows.queries, columns.queries, width),
+        keys=_outer(rows.keys, columns.keys, width),
+        bias=_outer(rows.bias, columns.bias, 2 * kernel_size).to(torch.int32),
+        slots=slots.reshape(-1),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_plan(height: int, width: int, kernel_size: int, dilation: int, tile: int, device: torch.device) -> _Plan:
+    # Built outside inference mode, so that a plan cached there also serves calls that record autograd.
+    with torch.inference_mode(False), torch.no_grad():
+        return _plan(height, width, kernel_size, dilation, tile, device)
+
+
+def _get_plan(height: int, width: int, kernel_size: int, dilation: int, tile: int, device: torch.device) -> _Plan:
+    if torch.compiler.is_compiling():
+        return _plan(height, width, kernel_size, dilation, tile, device)
+    return _cached_plan(height, width, kernel_size, dilation, tile, device)
+
+
+def _check_axis(length: int, kernel_size: int, dilation: int, name: str) -> None:
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(
+            f"kernel_size must be a positive odd number (the window is centred on the query), got {kernel_size}"
+        )
+    if dilation < 1:
+        raise ValueError(f"dilation must be a positive integer, got {dilation}")
+    if length < kernel_size * dilation:
+        raise ValueError(
+            f"{name} {length} is smaller than kernel_size * dilation = {kernel_size} * {dilation} = "
+            f"{kernel_size * dilation}; pad the map to at least that size first (the NAT and DiNAT blocks "
+            "pad their normalised input on the bottom and right, as transformers does)"
+        )
+
+
+def neighborhood_attention_2d(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    rpb: Tensor | None,
+    kernel_size: int,
+    dilation: int = 1,
+    *,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+    tile_size: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Neighbourhood attention over a 2-D map, with natten's semantics (see the module docstring).
+
+    Args:
+        query: ``(batch, height, width, heads, head_dim)``.
+        key: Same shape as ``query``.
+        value: ``(batch, height, width, heads, value_dim)``.
+        rpb: Relative position bias ``(heads, 2 * kernel_size - 1, 2 * kernel_size - 1)``, or ``None``.
+        kernel_size: Side of the neighbourhood (odd).
+        dilation: Distance between neighbouring keys; ``height`` and ``width`` must be at least
+            ``kernel_size * dilation``.
+        scale: Factor of the query-key products (default ``head_dim ** -0.5``).
+        dropout_p: Dropout probability of the attention weights (pass 0 in eval mode).
+        return_weights: Also return the attention weights.
+        tile_size: Queries per tile along each axis (default ``kernel_size``); affects speed and
+            memory, not the result.
+
+    Returns:
+        ``(context, weights)``: ``context`` is ``(batch, height, width, heads, value_dim)``; ``weights``
+        is ``(batch, heads, height, width, kernel_size ** 2)`` (natten's layout: kernel rows major,
+        entry ``a * kernel_size + b`` for the key ``a`` rows and ``b`` columns into the window) when
+        ``return_weights``, else ``None``.
+
+    Raises:
+        ValueError: When shapes disagree, ``kernel_size`` is even, or the map is too small.
+    """
+    if query.dim() != 5 or key.shape != query.shape or value.shape[:4] != query.shape[:4]:
+        raise ValueError(
+            "query, key and value must be (batch, height, width, heads, dim) tensors with equal leading dimensions; "
+            f"got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    batch, height, width, heads, head_dim = query.shape
+    _check_axis(height, kernel_size, dilation, "height")
+    _check_axis(width, kernel_size, dilation, "width")
+    side = 2 * kernel_size - 1
+    if rpb is not None and tuple(rpb.shape) != (heads, side, side):
+        raise ValueError(
+            f"rpb must have shape (heads, 2 * kernel_size - 1, 2 * kernel_size - 1) = {(heads, side, side)}, "
+            f"got {tuple(rpb.shape)}"
+        )
+    tile = kernel_size if tile_size is None else tile_size
+    if tile < 1:
+        raise ValueError(f"tile_size must be a positive integer, got {tile_size}")
+    plan = _get_plan(height, width, kernel_size, dilation, tile, query.device)
+    (tiles, row_tile), column_tile = plan.rows.queries.shape, plan.columns.queries.shape[1]
+    tiles *= plan.columns.queries.shape[0]
+    queries_per_tile = row_tile * column_tile
+    keys_per_tile = plan.rows.keys.shape[1] * plan.columns.keys.shape[1]
+
+    def gather(x: Tensor, index: Tensor, per_tile: int) -> Tensor:
+        # (B, H, W, heads, dim) -> (B, heads * tiles, per_tile, dim), written contiguously by index_select.
+        # Heads and tiles share one axis: the 4-D form reaches the fused attention kernels.
+        flat = x.reshape(batch, height * width, heads, x.shape[-1]).transpose(1, 2)
+        return flat.index_select(2, index).view(batch, heads * tiles, per_tile, x.shape[-1])
+
+    q = gather(query, plan.queries, queries_per_tile)
+    k = gather(key, plan.keys, keys_per_tile)
+    v = gather(value, plan.keys, keys_per_tile)
+    if rpb is None:
+        rpb = query.new_zeros(heads, side, side)
+    # One more row and column, -inf, that the bias tables use for keys outside a query's window.
+    table = F.pad(rpb.to(query.dtype), (0, 1, 0, 1), value=-math.inf).flatten(1)
+    bias = table.index_select(1, plan.bias).view(1, heads * tiles, queries_per_tile, keys_per_tile)
+    scale = head_dim**-0.5 if scale is None else scale
+
+    weights = None
+    if return_weights:
+        probabilities = (torch.matmul(q * scale, k.transpose(-1, -2)) + bias).softmax(-1)
+        weights = _kernel_weights(probabilities.view(batch, heads, tiles, queries_per_tile, -1), plan, kernel_size)
+        context = torch.matmul(F.dropout(probabilities, dropout_p, dropout_p > 0), v)
+    else:
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+    # (B, heads * tiles, slots, dim) -> (B, H * W, heads, dim): one gather puts every query back in place.
+    context = context.view(batch, heads, -1, value.shape[-1]).transpose(1, 2).index_select(1, plan.slots)
+    return context.view(batch, height, width, heads, value.shape[-1]), weights
+
+
+def _kernel_weights(probabilities: Tensor, plan: _Plan, kernel_size: int) -> Tensor:
+    """Pick each query's ``kernel_size ** 2`` window entries out of its tile's weights, natten's layout.
+
+    ``probabilities`` is ``(B, heads, tiles, queries per tile, keys per tile)``.
+    """
+    rows, columns = plan.rows, plan.columns
+    batch, heads, tiles, queries_per_tile, _ = probabilities.shape
+    slot = _outer(rows.kernel_slots, columns.kernel_slots, columns.keys.shape[1])
+    slot = slot.view(tiles, queries_per_tile, kernel_size * kernel_size)
+    picked = probabilities.gather(-1, slot.expand(batch, heads, -1, -1, -1))
+    picked = picked.view(batch, heads, -1, kernel_size * kernel_size).index_select(2, plan.slots)
+    return picked.view(batch, heads, rows.slots.numel(), columns.slots.numel(), kernel_size * kernel_size)

@@ -1,0 +1,317 @@
+"""Tests of backbones-nat: the conformance kit, parity with transformers 4.53.3's NAT, a default-size check."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from backbones import AutoBackbone
+from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones_nat import NatBackbone, NatConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from nat_oracle import run_oracle
+
+# Two stages; kernel 5 makes the second stage's map (4 x 4 at 32 px) smaller than the window (padded).
+TINY: dict[str, Any] = {"embed_dim": 16, "depths": [1, 2], "num_heads": [2, 4], "kernel_size": 5, "drop_path_rate": 0.0}
+# Three stages for the oracle: at 64 px the maps are 16, 8 and 4 wide, the last one padded to the window.
+SMALL: dict[str, Any] = {
+    "embed_dim": 16,
+    "depths": [1, 2, 1],
+    "num_heads": [2, 2, 4],
+    "kernel_size": 5,
+    "drop_path_rate": 0.0,
+}
+# A task checkpoint with layer scales, another kernel and MLP width.
+CLASSIFIER: dict[str, Any] = {
+    "embed_dim": 16,
+    "depths": [2, 1, 1],
+    "num_heads": [1, 2, 4],
+    "kernel_size": 3,
+    "mlp_ratio": 2.0,
+    "layer_scale_init_value": 0.5,
+    "drop_path_rate": 0.0,
+    "num_labels": 5,
+}
+ALL_STAGES = [0, 1, 2, 3]
+# 64: whole windows; 40 x 56 and 38 x 50: maps of 10 x 14 / 10 x 13, then 5 x 7, then 3 x 4 (padded).
+INPUTS = [[2, 64, 64, 1], [2, 40, 56, 2], [1, 38, 50, 3]]
+
+
+class TestNatConformance(BackboneConformance):
+    model_type = "nat"
+    input_sizes = ((32, 32), (40, 56))
+
+    def make_config(self, **overrides: Any) -> NatConfig:
+        return NatConfig(**{**TINY, **overrides})
+
+
+# -- parity with transformers 4.53.3 --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every oracle case of this module, run in one subprocess."""
+    directory = tmp_path_factory.mktemp("nat-oracle")
+    ours = randomize_weights_(NatBackbone(NatConfig(out_indices=[0, 2, 3], **SMALL)), seed=11).eval()
+    ours.save_pretrained(directory / "ours")
+    cases = [
+        {
+            "name": "backbone",
+            "class": "NatBackbone",
+            "config": {**SMALL, "out_indices": ALL_STAGES},
+            "seed": 3,
+            "inputs": INPUTS,
+            "hidden_states": True,
+            "attentions": True,
+            "gradients": True,
+        },
+        {
+            "name": "classifier",
+            "class": "NatForImageClassification",
+            "config": CLASSIFIER,
+            "seed": 4,
+            "inputs": [[2, 48, 40, 5]],
+            "backbone_out_indices": [1, 2, 3],
+        },
+        {"name": "saved_by_us", "class": "NatBackbone", "load": str(directory / "ours"), "inputs": [[2, 44, 60, 6]]},
+    ]
+    return run_oracle(cases, directory)
+
+
+def _expected(oracle: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(oracle / name / "expected.safetensors")
+
+
+def _maps(expected: dict[str, torch.Tensor], index: int) -> list[torch.Tensor]:
+    count = sum(1 for key in expected if key.startswith(f"map.{index}."))
+    return [expected[f"map.{index}.{position}"] for position in range(count)]
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0, 2]])
+def test_backbone_checkpoint_parity(oracle: Path, out_indices: list[int]) -> None:
+    ours, report = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=out_indices, output_loading_info=True)
+    assert isinstance(ours, NatBackbone)
+    selected = [ours.stage_names[index] for index in out_indices]
+    assert report.missing_keys == []
+    assert report.unused_keys == sorted(
+        f"hidden_states_norms.{name}.{kind}"
+        for name in ours.stage_names
+        if name not in selected
+        for kind in ("bias", "weight")
+    )
+    expected = _expected(oracle, "backbone")
+    positions = [index % 4 for index in out_indices]
+    for index in range(len(INPUTS)):
+        with torch.no_grad():
+            maps = ours(expected[f"pixels.{index}"]).feature_maps
+        reference = _maps(expected, index)
+        assert assert_close_maps(maps, [reference[position] for position in positions], atol=1e-4) < 1e-4
+
+
+@pytest.mark.oracle
+def test_hidden_states_and_attentions_match(oracle: Path) -> None:
+    ours = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=[1])
+    expected = _expected(oracle, "backbone")
+    with torch.no_grad():
+        output = ours(expected["pixels.0"], output_hidden_states=True, output_attentions=True)
+    # Channels-last, stem then every stage before its downsampling, as transformers returns them.
+    assert [tuple(state.shape) for state in output.hidden_states] == [
+        (2, 16, 16, 16),
+        (2, 16, 16, 16),
+        (2, 8, 8, 32),
+        (2, 4, 4, 64),
+    ]
+    assert_close_maps(output.hidden_states, [expected[f"hidden.{j}"] for j in range(4)], atol=1e-4)
+    # Every stage's last layer, over the padded map in the last stage (4 x 4 padded to the 5 x 5 window).
+    assert [tuple(weights.shape) for weights in output.attentions] == [
+        (2, 2, 16, 16, 25),
+        (2, 2, 8, 8, 25),
+        (2, 4, 5, 5, 25),
+    ]
+    assert_close_maps(output.attentions, [expected[f"attention.{j}"] for j in range(3)], atol=1e-5)
+
+
+@pytest.mark.oracle
+def test_training_gradients_match(oracle: Path) -> None:
+    ours = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=ALL_STAGES).train()
+    expected = _expected(oracle, "backbone")
+    sum(fmap.pow(2).mean() for fmap in ours(expected["pixels.0"]).feature_maps).backward()
+    grads = {name: p.grad for name, p in ours.named_parameters()}
+    reference = {key.removeprefix("grad."): value for key, value in expected.items() if key.startswith("grad.")}
+    assert sorted(reference) == sorted(grads)
+    for name, grad in reference.items():
+        assert_close_maps([grads[name]], [grad], atol=1e-4)
+
+
+@pytest.mark.oracle
+def test_task_checkpoint_parity(oracle: Path) -> None:
+    ours, report = AutoBackbone.from_pretrained(oracle / "classifier", out_indices=[1, 2, 3], output_loading_info=True)
+    assert report.prefix == "'nat.' removed"
+    assert report.missing_keys == [
+        f"hidden_states_norms.stage{i}.{kind}" for i in (1, 2, 3) for kind in ("bias", "weight")
+    ]
+    assert report.unused_keys == ["classifier.bias", "classifier.weight", "nat.layernorm.bias", "nat.layernorm.weight"]
+    # The layer scales of the checkpoint are loaded, not re-initialised.
+    state = load_file(oracle / "classifier" / "model.safetensors")
+    scales = ours.encoder.levels[0].layers[1].layer_scale_parameters
+    assert torch.equal(scales, state["nat.encoder.levels.0.layers.1.layer_scale_parameters"])
+    # The reference holds the same trunk with its own norms at their initial values, as transformers does.
+    info = json.loads((oracle / "classifier" / "info.json").read_text())["trunk"]
+    assert info["missing_keys"] == report.missing_keys
+    assert info["unexpected_keys"] == ["layernorm.bias", "layernorm.weight"]
+    expected = _expected(oracle, "classifier")
+    with torch.no_grad():
+        maps = ours(expected["pixels.0"]).feature_maps
+    assert assert_close_maps(maps, _maps(expected, 0), atol=1e-4) < 1e-4
+
+
+@pytest.mark.oracle
+def test_saved_checkpoint_loads_into_transformers(oracle: Path) -> None:
+    info = json.loads((oracle / "saved_by_us" / "info.json").read_text())["loading"]
+    assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    config = json.loads((oracle / "ours" / "config.json").read_text())
+    assert config["architectures"] == ["NatBackbone"] and config["model_type"] == "nat"
+    assert (config["hidden_size"], config["num_layers"]) == (64, 3)
+    ours = AutoBackbone.from_pretrained(oracle / "ours")
+    expected = _expected(oracle, "saved_by_us")
+    with torch.no_grad():
+        assert_close_maps(ours(expected["pixels.0"]).feature_maps, _maps(expected, 0), atol=1e-4)
+
+
+@pytest.mark.oracle
+def test_transformers_config_json_round_trips(oracle: Path) -> None:
+    saved = json.loads((oracle / "classifier" / "config.json").read_text())
+    config = NatConfig.from_dict(saved)
+    assert config.layer_scale_init_value == 0.5 and config.kernel_size == 3
+    assert config.out_features == ["stage3"]
+    written = config.to_dict()
+    assert {key: value for key, value in written.items() if key in saved} == saved  # extras and derived values kept
+
+
+# -- model behaviour ------------------------------------------------------------------------------
+
+
+def test_drop_path_schedule_and_training_only() -> None:
+    config = NatConfig(**{**SMALL, "drop_path_rate": 0.5, "depths": [2, 2, 1]})
+    model = randomize_weights_(NatBackbone(config))
+    rates = [layer.drop_path for level in model.encoder.levels for layer in level.layers]
+    assert rates == torch.linspace(0, 0.5, 5).tolist()
+    assert rates[-1] == 0.5 and rates[0] == 0.0
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        first, second = (model.train()(pixels).feature_maps[0] for _ in range(2))
+        third, fourth = (model.eval()(pixels).feature_maps[0] for _ in range(2))
+    assert not torch.equal(first, second)
+    assert torch.equal(third, fourth)
+
+
+def test_layer_scale_parameters_follow_the_config() -> None:
+    plain = NatBackbone(NatConfig(**TINY))
+    assert not any("layer_scale" in key for key in plain.state_dict())
+    scaled = NatBackbone(NatConfig(**{**TINY, "layer_scale_init_value": 1e-2}))
+    scales = scaled.encoder.levels[1].layers[0].layer_scale_parameters
+    assert scales is not None and scales.shape == (2, 32) and torch.equal(scales, torch.full((2, 32), 1e-2))
+
+
+def test_missing_layer_scales_are_initialised_as_the_reference(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    model = randomize_weights_(NatBackbone(NatConfig(**{**TINY, "layer_scale_init_value": 0.25})))
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["encoder.levels.1.layers.1.layer_scale_parameters"], state["encoder.levels.0.layers.0.attention.self.rpb"]
+    save_file(state, tmp_path / "model.safetensors")
+    loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
+    assert report.missing_keys == [
+        "encoder.levels.0.layers.0.attention.self.rpb",
+        "encoder.levels.1.layers.1.layer_scale_parameters",
+    ]
+    assert torch.equal(loaded.encoder.levels[1].layers[1].layer_scale_parameters, torch.full((2, 32), 0.25))
+    assert torch.equal(loaded.encoder.levels[0].layers[0].attention.self.rpb, torch.zeros(2, 9, 9))
+    # Loaded neighbours in the same modules keep their checkpoint values.
+    assert torch.equal(
+        loaded.encoder.levels[0].layers[0].attention.self.query.weight,
+        model.encoder.levels[0].layers[0].attention.self.query.weight,
+    )
+
+
+def test_reassigning_out_features_follows_norms() -> None:
+    model = randomize_weights_(NatBackbone(NatConfig(**SMALL))).eval()
+    model.out_indices = [1, 2]
+    assert sorted(model.hidden_states_norms) == ["stage1", "stage2"]
+    fresh = NatBackbone(NatConfig(out_indices=[1, 2], **SMALL)).eval()
+    fresh.load_state_dict(model.state_dict())  # strict: the keys of a model built for [1, 2]
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert_close_maps(model(pixels).feature_maps, fresh(pixels).feature_maps, atol=0.0)
+
+
+def test_pruning_drops_unused_levels() -> None:
+    model = NatBackbone(NatConfig(out_indices=[1], **SMALL))
+    assert model.prune_unused_stages() == ["stage2", "stage3"]
+    assert len(model.encoder.levels) == 1 and model.encoder.levels[0].downsample is None
+    stem_only = NatBackbone(NatConfig(out_indices=[0], **SMALL))
+    stem_only.prune_unused_stages()
+    assert len(stem_only.encoder.levels) == 0
+    with torch.no_grad():
+        (fmap,) = stem_only(torch.randn(1, 3, 32, 32)).feature_maps
+    assert fmap.shape == (1, 16, 8, 8)
+
+
+# -- default size ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_nat_mini_feature_map_shapes() -> None:
+    model = AutoBackbone.from_config(NatConfig(out_indices=[1, 2, 3, 4])).eval()
+    assert model.channels == [64, 128, 256, 512] and model.out_reductions == [4, 8, 16, 32]
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
+    assert [tuple(fmap.shape) for fmap in maps] == [(1, 64, 56, 56), (1, 128, 28, 28), (1, 256, 14, 14), (1, 512, 7, 7)]
+    assert all(torch.isfinite(fmap).all() for fmap in maps)
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"patch_size": 2}, "patch_size must be 4: the stem is two stride-2 convolutions"),
+        (
+            {"kernel_size": 6},
+            r"kernel_size must be odd, so that the neighbourhood is centred on its query; got 6 \(use 5 or 7\)",
+        ),
+        ({"kernel_size": 0}, "kernel_size=0: Input should be greater than or equal to 1"),
+        ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
+        ({"embed_dim": 18, "num_heads": [4, 4]}, r"num_heads\[0\]=4 must be a positive divisor of stage 1's width"),
+        ({"depths": []}, "depths must list at least one stage"),
+        ({"depths": [1, 0]}, "depths must list at least one stage, each with one layer or more; got \\[1, 0\\]"),
+        ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
+        ({"mlp_ratio": 0.01}, "mlp_ratio=0.01 leaves the first stage's MLP with no hidden units"),
+        ({"drop_path_rate": 1.0}, "drop_path_rate=1.0: Input should be less than 1"),
+    ],
+)
+def test_config_rejects_bad_values(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        NatConfig(**{**TINY, **overrides})
+
+
+def test_config_derived_values() -> None:
+    config = NatConfig()
+    assert config.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
+    assert (config.hidden_size, config.num_layers) == (512, 4)
+    assert config.layer_dilations == [[1, 1, 1], [1, 1, 1, 1], [1] * 6, [1] * 5]
+    data = config.to_dict()
+    assert (data["hidden_size"], data["num_layers"]) == (512, 4)
+    assert NatConfig.from_dict({**data, "hidden_size": 7}).hidden_size == 512  # derived, never read back
