@@ -2,7 +2,7 @@
 """Developer entry point. Needs only Python >= 3.10 and pip; sets up its own virtual environment.
 
     python3 dev.py demo     # load a transformers-format Swin checkpoint and extract feature maps (no network)
-    python3 dev.py test     # run the whole test suite (what CI runs)
+    python3 dev.py test     # ruff, mypy (core), then the whole test suite: what CI runs
     python3 dev.py setup    # only create/refresh .venv
 
 The environment lives in .venv and is refreshed when requirements/test.txt or a pyproject.toml changes.
@@ -77,6 +77,12 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "demo":
         return subprocess.run([str(python()), str(ROOT / "examples" / "demo.py"), *argv[1:]], cwd=ROOT).returncode
+    if not argv[1:]:
+        # The whole suite (what CI runs) starts with the house checks: lint, format, types of core's API.
+        for check in (["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy", "core/src/backbones"]):
+            print("+", " ".join(check), flush=True)
+            if subprocess.run([str(python()), "-m", *check], cwd=ROOT).returncode:
+                return 1
     # loadfile keeps a module's tests on one worker, so module-scoped fixtures (a built venv) are made once.
     args = argv[1:] or ["-n", "2", "--dist", "loadfile"]
     return subprocess.run([str(python()), "-m", "pytest", *args], cwd=ROOT).returncode
