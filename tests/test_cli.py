@@ -100,14 +100,15 @@ def test_errors_exit_2_with_a_message(capsys: pytest.CaptureFixture[str], checkp
 
 
 def test_extract_maps_match_the_model(checkpoint: Path, image: Path, tmp_path: Path) -> None:
-    from backbones import AutoBackbone
+    from backbones import AutoBackbone, ImageProcessor
     from backbones._cli import _read_image
 
     saved = tmp_path / "maps.safetensors"
     assert main(["extract", str(image), "--model", str(checkpoint), "--save", str(saved)]) == 0
     model = AutoBackbone.from_pretrained(checkpoint)
     with torch.no_grad():
-        expected = model(_read_image(image, 224)).feature_maps
+        # ImageProcessor() is the documented default: RGB, 224x224 bilinear, ImageNet mean and std.
+        expected = model(_read_image(image, ImageProcessor())).feature_maps
     for name, fmap in zip(model.out_features, expected):
         assert torch.equal(load_file(saved)[name], fmap[0])
 

@@ -125,19 +125,13 @@ def _image_processor(args: argparse.Namespace) -> tuple[ImageProcessor, str]:
     return processor.replace(do_convert_rgb=True), source
 
 
-def _read_image(path: Path, processor: ImageProcessor | int | None) -> Any:
-    """Open an image and preprocess it into a ``(1, 3, H, W)`` tensor.
-
-    ``processor`` may be a size instead: the documented defaults at SIZExSIZE (``0``/``None``: native size).
-    """
-    from ._image import ImageProcessor, require_image_extra
+def _read_image(path: Path, processor: ImageProcessor) -> Any:
+    """Open an image and preprocess it into a ``(1, 3, H, W)`` tensor."""
+    from ._image import require_image_extra
 
     require_image_extra()
     from PIL import Image
 
-    if not isinstance(processor, ImageProcessor):
-        size = processor or 0
-        processor = ImageProcessor(size={"height": size, "width": size}) if size else ImageProcessor(do_resize=False)
     try:
         with Image.open(path) as image:
             image.load()
