@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig, ConfigError, align_out_features_out_indices
 from backbones.activations import ACTIVATIONS, check_activation
+from backbones.validation import square_patch_size
 
 __all__ = ["ACTIVATIONS", "BeitConfig"]
 
@@ -103,12 +104,7 @@ class BeitConfig(BackboneConfig):
     @field_validator("patch_size", mode="before")
     @classmethod
     def _square_patches(cls, value: Any) -> Any:
-        # transformers' config accepts [p, p], but its backbone divides by patch_size as an int.
-        if isinstance(value, (list, tuple)):
-            if len(value) != 2 or value[0] != value[1]:
-                raise ValueError(f"patch_size must be one int or a square pair such as [16, 16], got {list(value)}")
-            return value[0]
-        return value
+        return square_patch_size(value, example=16)
 
     @field_validator("hidden_act")
     @classmethod

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
 from backbones.activations import ACTIVATIONS, check_activation
+from backbones.validation import square_patch_size
 
 __all__ = ["ACTIVATIONS", "Dinov2Config"]
 
@@ -76,12 +77,7 @@ class Dinov2Config(BackboneConfig):
     @field_validator("patch_size", mode="before")
     @classmethod
     def _square_patches(cls, value: Any) -> Any:
-        # transformers also accepts [p, p]; every stage's stride is only one number for square patches.
-        if isinstance(value, (list, tuple)):
-            if len(value) != 2 or value[0] != value[1]:
-                raise ValueError(f"patch_size must be one int or a square pair such as [14, 14], got {list(value)}")
-            return value[0]
-        return value
+        return square_patch_size(value, example=14)
 
     @field_validator("hidden_act")
     @classmethod

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
 from backbones.activations import ACTIVATIONS, check_activation
+from backbones.validation import square_patch_size
 
 __all__ = ["ACTIVATIONS", "FocalNetConfig"]
 
@@ -88,12 +89,7 @@ class FocalNetConfig(BackboneConfig):
     @field_validator("patch_size", mode="before")
     @classmethod
     def _square_patches(cls, value: Any) -> Any:
-        # transformers accepts [p, p]; the stage strides are only defined for square patches.
-        if isinstance(value, (list, tuple)):
-            if len(value) != 2 or value[0] != value[1]:
-                raise ValueError(f"patch_size must be one int or a square pair such as [4, 4], got {list(value)}")
-            return value[0]
-        return value
+        return square_patch_size(value, example=4)
 
     @field_validator("hidden_act")
     @classmethod

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
 from backbones.activations import check_activation
+from backbones.validation import square_patch_size
 
 # Activations the MLP supports, by the names transformers' configs use.
 # Values transformers derives from the fields and writes to config.json; recomputed, never read back.
@@ -68,12 +69,7 @@ class SwinFamilyConfig(BackboneConfig):
     @field_validator("patch_size", mode="before")
     @classmethod
     def _square_patches(cls, value: Any) -> Any:
-        # transformers accepts [p, p]; the stage strides are only well defined for square patches.
-        if isinstance(value, (list, tuple)):
-            if len(value) != 2 or value[0] != value[1]:
-                raise ValueError(f"patch_size must be one int or a square pair such as [4, 4], got {list(value)}")
-            return value[0]
-        return value
+        return square_patch_size(value, example=4)
 
     @model_validator(mode="after")
     def _check_stages(self) -> SwinFamilyConfig:
