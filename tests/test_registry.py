@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backbones import PluginError, UnknownModelTypeError
-from backbones._registry import Registry, get_registry, reset_registry
+from backbones._registry import KNOWN_DISTRIBUTIONS, Registry, get_registry, reset_registry
 
 GOOD_HOOK = """
 from backbones import hookimpl
@@ -32,8 +33,17 @@ class FakeSite:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def install(self, dist: str, module: str, source: str, entry_name: str | None = None, version: str = "0.1") -> None:
-        (self.root / f"{module}.py").write_text(textwrap.dedent(source))
+    def install(
+        self,
+        dist: str,
+        module: str,
+        source: str,
+        entry_name: str | None = None,
+        version: str = "0.1",
+        api: str | None = "1.0",
+    ) -> None:
+        declaration = f"BACKBONES_PLUGIN_API = {api!r}\n" if api is not None else ""
+        (self.root / f"{module}.py").write_text(declaration + textwrap.dedent(source))
         info = self.root / f"{dist.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
@@ -269,3 +279,77 @@ def test_a_plugin_can_load_names_that_are_not_checkpoints(site: FakeSite, tmp_pa
         AutoBackbone.from_pretrained("someone/not-a-zoo-name", local_files_only=True, cache_dir=tmp_path)
     with pytest.raises(CheckpointError, match="checkpoint directory .* does not exist"):
         AutoBackbone.from_pretrained(tmp_path / "zoo:tiny")  # a Path is a directory, never a name
+
+
+# -- plugin-API versions ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("core", "declared", "expected"),
+    [
+        (
+            "1.0",
+            None,
+            r"does not declare the plugin API it was built for.*must set BACKBONES_PLUGIN_API.*\"1.0\" to \"1.0\"",
+        ),
+        ("1.0", "2.0", r"built for plugin API 2.0, but this backbones-core implements 1.0.*upgrade backbones-core"),
+        ("1.0", "1.1", r"built for plugin API 1.1, but this backbones-core implements 1.0.*upgrade backbones-core"),
+        (
+            "2.3",
+            "1.4",
+            r"built for plugin API 1.4, but this backbones-core implements 2.3 and fits plugins built for \"2.0\" to \"2.3\".*upgrade backbones-fake-api",
+        ),
+        ("1.0", "one", r"BACKBONES_PLUGIN_API = 'one', which is not a \"major.minor\" string"),
+        ("1.0", 1.0, r"BACKBONES_PLUGIN_API = 1.0, which is not a \"major.minor\" string"),
+    ],
+)
+def test_incompatible_plugin_is_reported_and_not_loaded(
+    site: FakeSite, monkeypatch: pytest.MonkeyPatch, core: str, declared: object, expected: str
+) -> None:
+    monkeypatch.setattr("backbones._registry.PLUGIN_API_VERSION", core)
+    site.install("backbones-fake-api", "fake_api", GOOD_HOOK.format(model_type="fake-api"), api=None)
+    if declared is not None:
+        path = site.root / "fake_api.py"
+        path.write_text(f"BACKBONES_PLUGIN_API = {declared!r}\n" + path.read_text())
+    site.install("backbones-fake-ok", "fake_ok", GOOD_HOOK.format(model_type="fake-ok"), api=core)
+    registry = get_registry()
+    assert "fake-api" not in registry.model_types() and "fake-ok" in registry.model_types()
+    (failure,) = _fake_failures(registry)
+    assert failure.distribution == "backbones-fake-api"
+    assert re.search(expected, str(failure.error)), str(failure.error)
+    assert not get_registry().plugin_manager.has_plugin("fake_api"), "an incompatible plugin's hooks are not registered"
+    assert sys.modules["fake_api"].CALLS == []
+
+
+def test_older_minor_version_fits(site: FakeSite, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("backbones._registry.PLUGIN_API_VERSION", "1.3")
+    site.install("backbones-fake-old", "fake_old", GOOD_HOOK.format(model_type="fake-old"), api="1.1")
+    registry = get_registry()
+    assert "fake-old" in registry.model_types()
+    assert _fake_failures(registry) == []
+
+
+def test_every_published_plugin_declares_the_current_api() -> None:
+    from importlib import metadata
+
+    import backbones
+
+    modules = {ep.dist.metadata["Name"]: ep.load() for ep in metadata.entry_points(group="backbones") if ep.dist}
+    ours = {name: module for name, module in modules.items() if name in set(KNOWN_DISTRIBUTIONS.values())}
+    assert set(ours) == set(KNOWN_DISTRIBUTIONS.values())
+    assert {name: module.BACKBONES_PLUGIN_API for name, module in ours.items()} == dict.fromkeys(
+        ours, backbones.PLUGIN_API_VERSION
+    )
+
+
+def test_list_command_reports_an_incompatible_plugin(site: FakeSite, capsys: pytest.CaptureFixture[str]) -> None:
+    from backbones._cli import main
+
+    site.install("backbones-fake-future", "fake_future", GOOD_HOOK.format(model_type="fake-future"), api="9.0")
+    main(["list"])
+    out = capsys.readouterr().out
+    assert "fake-future" not in out.split("plugins that failed to load:")[0]
+    assert (
+        "fake_future (backbones-fake-future 0.1): PluginError: plugin 'fake_future' (backbones-fake-future) was built "
+        "for plugin API 9.0, but this backbones-core implements 1.0" in out
+    )

@@ -27,10 +27,26 @@ from torch import Tensor, nn
 from ._config import BackboneConfig
 from ._output import BackboneOutput
 from ._stages import positive_indices
+from .layers import CheckpointableLayer, convert_batch_norm_to_frozen
 
 __all__ = ["Backbone", "WEIGHTS_NAME"]
 
 WEIGHTS_NAME = "model.safetensors"
+
+
+def _flatten_output(output: BackboneOutput) -> tuple[list[Any], None]:
+    return [output.feature_maps, output.hidden_states, output.attentions], None
+
+
+def _unflatten_output(values: Any, _context: None) -> BackboneOutput:
+    feature_maps, hidden_states, attentions = values
+    return BackboneOutput(feature_maps, hidden_states, attentions)
+
+
+# torch.export, ONNX export and FSDP walk outputs as pytrees; this makes BackboneOutput one of them.
+torch.utils._pytree.register_pytree_node(
+    BackboneOutput, _flatten_output, _unflatten_output, serialized_type_name="backbones.BackboneOutput"
+)
 
 
 class Backbone(nn.Module):
@@ -66,6 +82,7 @@ class Backbone(nn.Module):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
         self._num_kept_stages = len(config.stage_names)
+        self._frozen_stages = -1
 
     def post_init(self) -> None:
         """Initialise every module with :meth:`_init_weights`; plugins call it at the end of ``__init__``."""
@@ -258,6 +275,97 @@ class Backbone(nn.Module):
     def num_kept_stages(self) -> int:
         """How many stages (from the stem) this model still has modules for."""
         return self._num_kept_stages
+
+    # -- training switches ------------------------------------------------------------------------
+
+    def _checkpointable_layers(self) -> list[CheckpointableLayer]:
+        return [module for module in self.modules() if isinstance(module, CheckpointableLayer)]
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each block's activations during backward instead of storing them.
+
+        Saves activation memory at the cost of about one more forward. Outputs and gradients are
+        unchanged; it only acts in training mode with autograd recording.
+
+        Raises:
+            NotImplementedError: The plugin's blocks are not :class:`~backbones.layers.CheckpointableLayer`.
+        """
+        layers = self._checkpointable_layers()
+        if not layers:
+            raise NotImplementedError(
+                f"{type(self).__name__} does not support gradient checkpointing: none of its modules is a "
+                "backbones.layers.CheckpointableLayer (the plugin must derive its blocks from it)"
+            )
+        for layer in layers:
+            layer.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Store activations again (the default)."""
+        for layer in self._checkpointable_layers():
+            layer.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether gradient checkpointing is switched on."""
+        return any(layer.gradient_checkpointing for layer in self._checkpointable_layers())
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """The modules that compute stage ``position`` (0 is the stem), for :meth:`freeze_stages`.
+
+        Per-output modules (output norms) belong to no stage: they stay trainable.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support freezing stages")
+
+    def freeze_stages(self, num_stages: int) -> list[str]:
+        """Freeze the first stages: no gradients, and evaluation mode even while the model trains.
+
+        Args:
+            num_stages: How many stages to freeze from the stem, ``stage_names[:num_stages]``
+                (1 freezes the stem only; 0 unfreezes everything).
+
+        Returns:
+            Names of the frozen stages.
+
+        Raises:
+            ValueError: ``num_stages`` is negative or larger than the number of kept stages.
+        """
+        if isinstance(num_stages, bool) or not isinstance(num_stages, int):
+            raise TypeError(f"num_stages must be an int, got {type(num_stages).__name__}")
+        if not 0 <= num_stages <= self._num_kept_stages:
+            raise ValueError(
+                f"num_stages must be between 0 and {self._num_kept_stages} (the stages {self.stage_names[: self._num_kept_stages]}), got {num_stages}"
+            )
+        for position in range(self._num_kept_stages):
+            for module in self._stage_modules(position):
+                module.requires_grad_(position >= num_stages)
+        self._frozen_stages = num_stages - 1
+        self.train(self.training)
+        return self.stage_names[:num_stages]
+
+    @property
+    def frozen_stages(self) -> list[str]:
+        """Names of the stages frozen by :meth:`freeze_stages`."""
+        return self.stage_names[: self._frozen_stages + 1]
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Set training mode; frozen stages (see :meth:`freeze_stages`) stay in evaluation mode."""
+        super().train(mode)
+        for position in range(self._frozen_stages + 1):
+            for module in self._stage_modules(position):
+                module.eval()
+        return self
+
+    def freeze_batch_norm(self) -> int:
+        """Replace every BatchNorm by a :class:`~backbones.layers.FrozenBatchNorm2d` (detection-style training).
+
+        Running statistics then never change, in training mode too, and the affine terms are not
+        trained. Weights already loaded are kept. Returns how many layers were replaced (0 for
+        backbones without BatchNorm).
+        """
+        return self._freeze_batch_norm()
+
+    def _freeze_batch_norm(self) -> int:
+        return convert_batch_norm_to_frozen(self)
 
     # -- persistence ------------------------------------------------------------------------------
 

@@ -5,6 +5,10 @@ calls each plugin's ``register_backbones`` hook separately so every registration
 attributed to its distribution. A model type claimed by two distributions is recorded as a conflict
 and raises, naming both, only when that type is requested.
 
+Each plugin module declares the plugin-API version it was built for, ``BACKBONES_PLUGIN_API = "1.0"``.
+It is loaded only if that fits :data:`backbones.PLUGIN_API_VERSION`: the same major version and a minor
+version no newer than core's. Others are recorded as failures (``backbones list`` shows them).
+
 Environment variables:
     BACKBONES_DISABLE_PLUGIN_AUTOLOAD: when set to a true value, no entry point is loaded.
     BACKBONES_DISABLE_PLUGINS: comma-separated entry-point or distribution names to skip.
@@ -23,7 +27,7 @@ from typing import Any, Protocol
 
 import pluggy
 
-from . import hookspecs
+from . import PLUGIN_API_VERSION, hookspecs
 from ._errors import PluginError, UnknownModelTypeError
 
 __all__ = [
@@ -71,6 +75,40 @@ class Register(Protocol):
         aliases: tuple[str, ...] | list[str] = (),
         description: str = "",
     ) -> None: ...
+
+
+def _parse_api_version(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")
+    return int(major), int(minor)
+
+
+def check_plugin_api(module: Any, plugin_name: str, dist_name: str) -> None:
+    """Raise :class:`PluginError` unless ``module`` declares a plugin-API version this core implements.
+
+    A plugin built for ``M.m`` fits a core implementing ``M.n`` with ``m <= n``: minor versions only add.
+    """
+    core_major, core_minor = _parse_api_version(PLUGIN_API_VERSION)
+    fits = f'"{core_major}.0" to "{core_major}.{core_minor}"'
+    declared = getattr(module, "BACKBONES_PLUGIN_API", None)
+    if declared is None:
+        raise PluginError(
+            f"plugin {plugin_name!r} ({dist_name}) does not declare the plugin API it was built for, so it is not "
+            f"loaded; its module {module.__name__!r} must set BACKBONES_PLUGIN_API (this backbones-core fits {fits})"
+        )
+    try:
+        major, minor = _parse_api_version(declared)
+    except (AttributeError, ValueError):
+        raise PluginError(
+            f"plugin {plugin_name!r} ({dist_name}) declares BACKBONES_PLUGIN_API = {declared!r}, which is not a "
+            f'"major.minor" string; this backbones-core fits {fits}'
+        ) from None
+    if major != core_major or minor > core_minor:
+        advice = "upgrade backbones-core" if (major, minor) > (core_major, core_minor) else f"upgrade {dist_name}"
+        raise PluginError(
+            f"plugin {plugin_name!r} ({dist_name}) was built for plugin API {declared}, but this backbones-core "
+            f"implements {PLUGIN_API_VERSION} and fits plugins built for {fits}; it is not loaded ({advice}, or "
+            f"install a release of {dist_name} built for a fitting version)"
+        )
 
 
 def _truthy(value: str | None) -> bool:
@@ -172,6 +210,7 @@ class Registry:
                 continue  # the same distribution visible twice on sys.path
             try:
                 module = entry_point.load()
+                check_plugin_api(module, entry_point.name, dist_name)
                 self.plugin_manager.register(module, name=entry_point.name)
                 self._check_hooks(entry_point.name)
             except Exception as error:  # a broken plugin must not take the registry down

@@ -19,8 +19,12 @@ pytest then runs every ``test_*`` method below against it. Also exported: :func:
 from __future__ import annotations
 
 import copy
+import json
 import math
-from collections.abc import Sequence
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +34,7 @@ from torch import Tensor, nn
 
 from .. import AutoBackbone, Backbone, BackboneConfig, BackboneOutput, get_registry
 
-__all__ = ["BackboneConformance", "assert_close_maps", "randomize_weights_"]
+__all__ = ["BackboneConformance", "assert_close_maps", "randomize_weights_", "saved_activation_bytes"]
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
 
@@ -95,6 +99,24 @@ def assert_close_maps(ours: Sequence[Tensor], reference: Sequence[Tensor], atol:
     return worst
 
 
+def _labelled(name: str) -> Callable[[str], str]:
+    return lambda message: f"{name}: {message}"
+
+
+def saved_activation_bytes(model: nn.Module, pixels: Tensor) -> int:
+    """Bytes of tensors autograd stores for backward during one forward (activations plus parameters)."""
+    total = 0
+
+    def pack(tensor: Tensor) -> Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(pixels)
+    return total
+
+
 class BackboneConformance:
     """Contract tests for one backbone plugin. Subclass it as ``Test<Name>Conformance``.
 
@@ -105,6 +127,17 @@ class BackboneConformance:
             backbones), ``"floor"`` if ``size // r``.
         batch_size: Batch size of the test inputs.
         grad_exempt: Names of parameters that get no gradient by design (document why in the plugin).
+        export_range: ``(min, max)`` input height and width over which ``torch.export`` and ONNX
+            export must hold with dynamic sizes (default: from twice the deepest stride to 256).
+        export_multiple: Input sizes must be multiples of this for export (1: any size).
+        bf16_tolerance: Largest relative error (``||bf16 - fp32|| / ||fp32||`` per map) allowed under
+            bfloat16 autocast.
+        deployment_checks: Run the distributed, export and ONNX checks (slow). A variant whose code
+            paths another conformance class of the same plugin already covers may switch them off.
+        limitations: Modes the architecture cannot support, mapped to the reason (from its math). Each
+            is then an expected failure: the check must still fail (strict), so a limitation that
+            stops being one is noticed. Modes: ``"gradient_checkpointing"``, ``"freeze_stages"``,
+            ``"compile"``, ``"export"``, ``"onnx"``, ``"bf16"``, ``"channels_last"``, ``"distributed"``.
     """
 
     model_type: ClassVar[str] = ""
@@ -112,6 +145,11 @@ class BackboneConformance:
     spatial_rounding: ClassVar[str] = "ceil"
     batch_size: ClassVar[int] = 2
     grad_exempt: ClassVar[tuple[str, ...]] = ()
+    export_range: ClassVar[tuple[int, int] | None] = None
+    export_multiple: ClassVar[int] = 1
+    bf16_tolerance: ClassVar[float] = 0.05
+    deployment_checks: ClassVar[bool] = True
+    limitations: ClassVar[dict[str, str]] = {}
 
     def make_config(self, **overrides: Any) -> BackboneConfig:
         """Return a small config of this plugin's architecture with ``overrides`` applied."""
@@ -137,6 +175,23 @@ class BackboneConformance:
 
     def expected_size(self, size: int, reduction: int) -> int:
         return math.ceil(size / reduction) if self.spatial_rounding == "ceil" else size // reduction
+
+    def expect_support(self, request: pytest.FixtureRequest, mode: str) -> None:
+        """Mark the running check as an expected (strict) failure if ``mode`` is a declared limitation."""
+        reason = self.limitations.get(mode)
+        if reason:
+            request.node.add_marker(pytest.mark.xfail(reason=f"{mode}: {reason}", strict=True))
+
+    def deployment(self) -> None:
+        if not self.deployment_checks:
+            pytest.skip("deployment checks run in another conformance class of this plugin")
+
+    def train_step_gradients(self, model: Backbone, pixels: Tensor) -> dict[str, Tensor]:
+        """Gradients of a loss over every feature map, by parameter name."""
+        model.zero_grad(set_to_none=True)
+        loss = sum(fmap.float().pow(2).mean() for fmap in model(pixels).feature_maps)
+        loss.backward()  # type: ignore[union-attr]
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     # -- registry and config ----------------------------------------------------------------------
 
@@ -269,11 +324,17 @@ class BackboneConformance:
             single = model(pixels[1:2]).feature_maps
         assert_close_maps([fmap[1:2] for fmap in batched], single, atol=1e-4)
 
-    def test_compiles_as_one_graph(self) -> None:
+    def test_compiles_as_one_graph(self, request: pytest.FixtureRequest) -> None:
         import torch._dynamo
 
+        self.expect_support(request, "compile")
         model = self.build(out_indices=[1, -1])
         pixels = self.inputs()
+        torch._dynamo.reset()
+        with torch.no_grad():
+            explanation = torch._dynamo.explain(model)(pixels)
+        assert explanation.graph_break_count == 0, f"graph breaks: {explanation.break_reasons}"
+        assert explanation.graph_count == 1
         torch._dynamo.reset()
         compiled = torch.compile(model, backend="eager", fullgraph=True)
         with torch.no_grad():
@@ -327,6 +388,221 @@ class BackboneConformance:
         assert not missing, f"parameters without a gradient (unused in forward): {missing}"
         bad = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         assert not bad, f"non-finite gradients: {bad}"
+
+    def test_gradient_checkpointing_gives_same_gradients(self, request: pytest.FixtureRequest) -> None:
+        self.expect_support(request, "gradient_checkpointing")
+        model = self.build().train()
+        pixels = self.inputs()
+        reference = self.train_step_gradients(model, pixels)
+        stored = saved_activation_bytes(model, pixels)
+        assert not model.is_gradient_checkpointing
+        model.gradient_checkpointing_enable()
+        assert model.is_gradient_checkpointing
+        checkpointed = self.train_step_gradients(model, pixels)
+        assert checkpointed.keys() == reference.keys()
+        for name, grad in reference.items():
+            torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-5, msg=_labelled(name))
+        with_checkpointing = saved_activation_bytes(model, pixels)
+        assert with_checkpointing < stored, (
+            f"gradient checkpointing is on but the forward still stores {with_checkpointing} bytes for backward "
+            f"(off: {stored})"
+        )
+        model.gradient_checkpointing_disable()
+        assert not model.is_gradient_checkpointing
+        assert saved_activation_bytes(model, pixels) == stored
+
+    def test_freeze_stages(self, request: pytest.FixtureRequest) -> None:
+        self.expect_support(request, "freeze_stages")
+        model = self.build()
+        names = model.stage_names
+        owners: dict[int, int] = {}
+        for position in range(len(names)):
+            for module in model._stage_modules(position):
+                for parameter in module.parameters():
+                    assert owners.setdefault(id(parameter), position) == position, (
+                        f"a parameter of stage {names[position]} also belongs to stage {names[owners[id(parameter)]]}"
+                    )
+        for num_stages in (1, 2):
+            model = self.build()
+            assert model.freeze_stages(num_stages) == names[:num_stages]
+            assert model.frozen_stages == names[:num_stages]
+            frozen = {
+                id(p) for position in range(num_stages) for m in model._stage_modules(position) for p in m.parameters()
+            }
+            assert frozen, f"stages {names[:num_stages]} own no parameters"
+            model.train()
+            for position in range(len(names)):
+                for module in model._stage_modules(position):
+                    assert all(not m.training for m in module.modules()) == (position < num_stages)
+            pixels = self.inputs()
+            with torch.no_grad():
+                before = model(pixels, output_hidden_states=True).hidden_states
+            grads = self.train_step_gradients(model, pixels)
+            for name, parameter in model.named_parameters():
+                if id(parameter) in frozen:
+                    assert not parameter.requires_grad and name not in grads, f"{name} is frozen but trained"
+                elif name not in self.grad_exempt:
+                    assert name in grads, f"{name} is not frozen but got no gradient"
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    if parameter.grad is not None:
+                        parameter.sub_(0.1 * parameter.grad)
+                after = model(pixels, output_hidden_states=True).hidden_states
+            # Hidden states are the stages' own outputs (before any per-output module, which stays trainable).
+            assert_close_maps(after[:num_stages], before[:num_stages], atol=0.0)
+        model.freeze_stages(0)
+        assert model.frozen_stages == [] and all(p.requires_grad for p in model.parameters())
+        with pytest.raises(ValueError, match="num_stages"):
+            model.freeze_stages(len(names) + 1)
+
+    def test_frozen_batch_norm_keeps_statistics(self) -> None:
+        model = self.build()
+        batch_norms = sum(type(m) in (nn.BatchNorm2d, nn.SyncBatchNorm) for m in model.modules())
+        pixels = self.inputs()
+        with torch.no_grad():
+            reference = model(pixels).feature_maps
+        converted = model.freeze_batch_norm()
+        assert converted == batch_norms or (batch_norms == 0 and converted > 0)
+        assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        state = {name: value.clone() for name, value in model.state_dict().items()}
+        model.train()
+        with torch.no_grad():
+            trained = model(pixels).feature_maps
+        if not any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+            assert_close_maps(trained, reference, atol=1e-5)
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, state[name]), f"{name} changed in training mode after freeze_batch_norm"
+
+    # -- precision and layout ---------------------------------------------------------------------
+
+    def test_bf16_autocast_is_close(self, request: pytest.FixtureRequest) -> None:
+        self.expect_support(request, "bf16")
+        model = self.build()
+        pixels = self.inputs()
+        with torch.no_grad():
+            reference = model(pixels).feature_maps
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = model(pixels).feature_maps
+        for name, fmap, ref in zip(model.out_features, low, reference):
+            assert torch.isfinite(fmap).all(), f"stage {name}: non-finite values under bf16 autocast"
+            error = ((fmap.float() - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+            assert error <= self.bf16_tolerance, f"stage {name}: relative error {error:.3g} > {self.bf16_tolerance}"
+
+    def test_channels_last_gives_same_maps(self, request: pytest.FixtureRequest) -> None:
+        self.expect_support(request, "channels_last")
+        model = self.build()
+        pixels = self.inputs()
+        with torch.no_grad():
+            reference = model(pixels).feature_maps
+            as_input = model(pixels.to(memory_format=torch.channels_last)).feature_maps
+            model.to(memory_format=torch.channels_last)
+            both = model(pixels.to(memory_format=torch.channels_last)).feature_maps
+        assert_close_maps(as_input, reference, atol=1e-4)
+        assert_close_maps(both, reference, atol=1e-4)
+
+    # -- deployment -------------------------------------------------------------------------------
+
+    def _export_bounds(self, model: Backbone) -> tuple[int, int]:
+        if self.export_range is not None:
+            return self.export_range
+        return 2 * max(model.reductions), 256
+
+    def _exported(self) -> tuple[Backbone, Any]:
+        """The model (every stage selected) and its ``torch.export`` program with dynamic H and W; cached per class."""
+        cache = type(self).__dict__.get("_export_cache")
+        if cache is None:
+            from torch.export import Dim
+
+            model = self.build()
+            low, high = self._export_bounds(model)
+            step = self.export_multiple
+            dims = {}
+            for axis, name in ((2, "height"), (3, "width")):
+                if step == 1:
+                    dims[axis] = Dim(name, min=low, max=high)
+                else:
+                    dims[axis] = step * Dim(f"{name}_over_{step}", min=-(-low // step), max=high // step)
+            traced = torch.export.export(model, (self.inputs(),), dynamic_shapes={"pixel_values": dims})
+            cache = (model, traced)
+            type(self)._export_cache = cache  # type: ignore[attr-defined]
+        return cache  # type: ignore[no-any-return]
+
+    def test_export_with_dynamic_size(self, request: pytest.FixtureRequest) -> None:
+        self.deployment()
+        self.expect_support(request, "export")
+        model, program = self._exported()
+        low, high = self._export_bounds(model)
+        for size in self.input_sizes:
+            assert all(low <= side <= high and side % self.export_multiple == 0 for side in size), (
+                f"input size {size} is outside export_range {(low, high)} or not a multiple of {self.export_multiple}"
+            )
+            pixels = self.inputs(size, seed=7)
+            with torch.no_grad():
+                exported = program.module()(pixels)
+                assert_close_maps(exported.feature_maps, model(pixels).feature_maps, atol=1e-5)
+
+    def test_onnx_export_matches_eager(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+        self.deployment()
+        self.expect_support(request, "export")
+        self.expect_support(request, "onnx")
+        import onnxruntime
+
+        model, program = self._exported()
+        onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+        assert onnx_program is not None
+        path = tmp_path / "model.onnx"
+        onnx_program.save(str(path))
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (input_name,) = [node.name for node in session.get_inputs()]
+        for size in self.input_sizes:
+            pixels = self.inputs(size, seed=11)
+            outputs = session.run(None, {input_name: pixels.numpy()})
+            with torch.no_grad():
+                reference = model(pixels).feature_maps
+            assert_close_maps([torch.from_numpy(array) for array in outputs[: len(reference)]], reference, atol=1e-4)
+
+    def test_distributed_training_ddp_and_fsdp2(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+        """Two CPU ranks (gloo): DDP and FSDP2 train; every parameter gets a gradient; ranks agree."""
+        self.deployment()
+        self.expect_support(request, "distributed")
+        from safetensors.torch import load_file
+
+        model = self.build()
+        spec = {
+            "config": model.config.to_dict(),
+            "config_class": f"{type(model.config).__module__}:{type(model.config).__qualname__}",
+            "model_class": f"{type(model).__module__}:{type(model).__qualname__}",
+            "sys_path": [entry for entry in sys.path if entry],
+            "batch_size": self.batch_size,
+            "channels": self.inputs().shape[1],
+            "size": list(self.input_sizes[0]),
+            "steps": 2,
+            "lr": 0.05,
+            "out_dir": str(tmp_path),
+        }
+        (tmp_path / "spec.json").write_text(json.dumps(spec))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        command += ["-m", "backbones.testing._distributed", str(tmp_path / "spec.json")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        for rank in (0, 1):
+            report = json.loads((tmp_path / f"report-{rank}.json").read_text())
+            missing = [name for name in report["ddp_missing"] if name not in self.grad_exempt]
+            assert not missing, f"rank {rank}: parameters without a gradient under DDP: {missing}"
+            missing = [name for name in report["fsdp_missing"] if name not in self.grad_exempt]
+            assert not missing, f"rank {rank}: parameters without a gradient under FSDP2: {missing}"
+        ddp = [load_file(tmp_path / f"ddp-{rank}.safetensors") for rank in (0, 1)]
+        fsdp = [load_file(tmp_path / f"fsdp-{rank}.safetensors") for rank in (0, 1)]
+        initial = dict(model.named_parameters())
+        assert ddp[0].keys() == fsdp[0].keys() == initial.keys()
+        moved = 0
+        for name in initial:
+            assert torch.equal(ddp[0][name], ddp[1][name]), f"DDP ranks disagree on {name}"
+            assert torch.equal(fsdp[0][name], fsdp[1][name]), f"FSDP2 ranks disagree on {name}"
+            torch.testing.assert_close(fsdp[0][name], ddp[0][name], rtol=1e-4, atol=1e-5, msg=_labelled(name))
+            moved += not torch.equal(ddp[0][name], initial[name].detach())
+        assert moved > 0, "training changed no parameter"
 
     # -- persistence ------------------------------------------------------------------------------
 

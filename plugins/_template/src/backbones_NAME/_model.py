@@ -5,8 +5,14 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from backbones import Backbone
+from backbones.layers import CheckpointableLayer
 
 from ._config import NAMEConfig
+
+
+class NAMELayer(CheckpointableLayer):
+    """One repeated block. Deriving from CheckpointableLayer is all gradient checkpointing needs;
+    make the innermost repeated blocks checkpointable, not the modules that contain them."""
 
 
 class NAMEBackbone(Backbone):
@@ -30,6 +36,10 @@ class NAMEBackbone(Backbone):
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        raise NotImplementedError
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """The modules computing stage ``position`` (0: the stem/embeddings), for ``freeze_stages``."""
         raise NotImplementedError
 
     def _prune_stages(self, last_stage: int) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from backbones import hookimpl
 
+# The plugin API this plugin was built for; core loads it only if it fits (see backbones.PLUGIN_API_VERSION).
+BACKBONES_PLUGIN_API = "1.0"
+
 
 @hookimpl
 def register_backbones(register):  # type: ignore[no-untyped-def]

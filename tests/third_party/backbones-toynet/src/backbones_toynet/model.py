@@ -8,6 +8,7 @@ from pydantic import field_validator
 from torch import Tensor, nn
 
 from backbones import Backbone, BackboneConfig
+from backbones.layers import CheckpointableLayer
 
 
 class ToyNetConfig(BackboneConfig):
@@ -28,6 +29,10 @@ class ToyNetConfig(BackboneConfig):
         return ["stem"] + [f"stage{index}" for index in range(1, len(self.widths) + 1)]
 
 
+class ToyStage(CheckpointableLayer, nn.Sequential):
+    """conv/BatchNorm/ReLU; checkpointable, so gradient checkpointing works."""
+
+
 class ToyNetBackbone(Backbone):
     config_class = ToyNetConfig
     base_model_prefix = "toynet"
@@ -38,7 +43,7 @@ class ToyNetBackbone(Backbone):
         self.stem = nn.Conv2d(config.num_channels, config.widths[0], 3, stride=2, padding=1)
         inputs = [config.widths[0], *config.widths[:-1]]
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU())
+            ToyStage(nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU())
             for a, b in zip(inputs, config.widths)
         )
         self.num_features = [config.widths[0], *config.widths]
@@ -63,6 +68,9 @@ class ToyNetBackbone(Backbone):
             hidden = stage(hidden)
             maps.append(hidden)
         return maps, tuple(maps) if output_hidden_states else None, None
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        return [self.stem] if position == 0 else [self.stages[position - 1]]
 
     def _prune_stages(self, last_stage: int) -> None:
         del self.stages[last_stage:]

@@ -1,0 +1,97 @@
+"""Worker of the conformance kit's distributed check, run as ``torchrun --nproc_per_node=2 -m backbones.testing._distributed SPEC``.
+
+Every rank builds the same randomly initialised backbone, trains it for a few SGD steps on its own
+inputs with a loss over every feature map, first under DDP (without ``find_unused_parameters``) and
+then, from the same start, under FSDP2 (``fully_shard`` on every CheckpointableLayer, then the root).
+Each rank writes what it ended with to ``SPEC``'s output directory; the kit compares the ranks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def _load(target: str) -> Any:
+    module_name, _, qualname = target.partition(":")
+    value: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _build(spec: dict[str, Any]) -> nn.Module:
+    from . import randomize_weights_
+
+    config = _load(spec["config_class"]).from_dict(spec["config"])
+    torch.manual_seed(0)
+    model = _load(spec["model_class"])(config)
+    randomize_weights_(model, 0)
+    return model.train()
+
+
+def _batch(spec: dict[str, Any], rank: int, step: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1000 * rank + step)
+    return torch.randn(spec["batch_size"], spec["channels"], *spec["size"], generator=generator)
+
+
+def _loss(output: Any) -> torch.Tensor:
+    return sum((fmap.float().pow(2).mean() for fmap in output.feature_maps), torch.zeros(()))
+
+
+def _train(model: nn.Module, wrapped: nn.Module, spec: dict[str, Any], rank: int) -> list[str]:
+    """Run the steps; return the trainable parameters that got no gradient in the first step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec["lr"])
+    missing: list[str] = []
+    for step in range(spec["steps"]):
+        optimizer.zero_grad(set_to_none=True)
+        _loss(wrapped(_batch(spec, rank, step))).backward()
+        if step == 0:
+            missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        optimizer.step()
+    return missing
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    sys.path[:0] = [entry for entry in spec["sys_path"] if entry not in sys.path]
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    out = Path(spec["out_dir"])
+    from safetensors.torch import save_file
+
+    from ..layers import CheckpointableLayer
+
+    # DDP: a parameter without a gradient makes the second step fail, as it would for users.
+    model = _build(spec)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    ddp_missing = _train(model, ddp, spec, rank)
+    save_file({name: p.detach().contiguous() for name, p in model.named_parameters()}, out / f"ddp-{rank}.safetensors")
+
+    # FSDP2 from the same start.
+    from torch.distributed.fsdp import fully_shard
+
+    model = _build(spec)
+    layers = [module for module in model.modules() if isinstance(module, CheckpointableLayer)]
+    for layer in reversed(layers):
+        fully_shard(layer)
+    fully_shard(model)
+    fsdp_missing = _train(model, model, spec, rank)
+    full = {name: p.full_tensor().detach().contiguous() for name, p in model.named_parameters()}  # type: ignore[attr-defined]
+    save_file(full, out / f"fsdp-{rank}.safetensors")
+    (out / f"report-{rank}.json").write_text(
+        json.dumps({"ddp_missing": ddp_missing, "fsdp_missing": fsdp_missing, "fsdp_sharded_layers": len(layers)})
+    )
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
