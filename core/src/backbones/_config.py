@@ -8,6 +8,7 @@ unchanged, so a round trip loses nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -259,11 +260,58 @@ class BackboneConfig(BaseModel):
     __hash__ = None  # type: ignore[assignment]
 
 
+MAX_CONFIG_NUMBER = 1 << 16
+"""Largest magnitude a number in a config file may have (65536).
+
+No real backbone comes near it (widths stay below 16k, depths below 100, image sizes below 8k), while a
+corrupt or hostile ``config.json`` (``"depths": [1000000000]``) would otherwise make building the model
+take hours or try to allocate terabytes. Checked on the fields of configs read from files.
+"""
+
+
+def _implausible_number(value: Any, where: str) -> str | None:
+    """``where`` (extended with list indices) of the first number that no real architecture has, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{where}={value!r} is not a finite number"
+        if abs(value) > MAX_CONFIG_NUMBER:
+            return f"{where}={value!r} is beyond any real architecture (limit: magnitude {MAX_CONFIG_NUMBER})"
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _implausible_number(item, f"{where}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def check_plausible_sizes(config: BackboneConfig, source: object) -> None:
+    """Reject a config whose fields hold absurd numbers, before anything is built from it.
+
+    Raises:
+        ConfigError: Naming the field, its value and the limit (:data:`MAX_CONFIG_NUMBER`).
+    """
+    for name in type(config).model_fields:
+        found = _implausible_number(getattr(config, name, None), name)
+        if found is not None:
+            raise ConfigError(
+                f"invalid backbone config in {source}: {found}; the file is corrupt or not this architecture's config"
+            )
+
+
 def config_from_file(
     config_class: type[BackboneConfig], data: dict[str, Any], source: Path, **overrides: Any
 ) -> BackboneConfig:
-    """``config_class.from_dict(data)``, with any rejection re-raised naming the file it came from."""
+    """``config_class.from_dict(data)``, with any rejection re-raised naming the file it came from.
+
+    Raises:
+        ConfigError: The values are invalid for ``config_class``, or absurd (see :func:`check_plausible_sizes`).
+    """
     try:
-        return config_class.from_dict(data, **overrides)
+        config = config_class.from_dict(data, **overrides)
     except ValueError as error:
         raise ConfigError(f"invalid backbone config in {source}: {error}") from error
+    check_plausible_sizes(config, source)
+    return config

@@ -60,6 +60,12 @@ def read_json(path: Path) -> dict[str, Any]:
             f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
             "fix or regenerate the file"
         ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path} nests JSON arrays or objects too deeply to be a config; fix or regenerate the file"
+        ) from None
+    except ValueError as error:  # e.g. an integer literal with thousands of digits
+        raise ConfigError(f"{path} is not valid JSON ({error}); fix or regenerate the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data

@@ -150,4 +150,31 @@ def _resolve_hub_file(
                 f"the hub refused access to {where} (HTTP {status}): pass a valid token=... or log in"
             ) from error
         raise CheckpointError(f"downloading {where} failed: {error}") from error
+    except _transfer_errors() as error:
+        # huggingface_hub retries a broken or stalled transfer, then lets the HTTP client's own error (a
+        # timeout, a dropped connection) or its size check (an OSError) through; its partial file is removed.
+        if isinstance(error, OSError) and error.errno is not None:
+            raise CheckpointError(
+                f"cannot store {where} in the hub cache ({type(error).__name__}: {error}); "
+                "check that the cache directory (cache_dir or HF_HUB_CACHE) is writable and has free space"
+            ) from error
+        raise CheckpointError(
+            f"downloading {where} failed ({type(error).__name__}: {error}); check the network connection and retry "
+            "(HF_HUB_DOWNLOAD_TIMEOUT sets the timeout; set HF_HUB_OFFLINE=1 to use only cached files). "
+            "Nothing partial was kept in the cache"
+        ) from error
     return Path(path)
+
+
+def _transfer_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions of a failed transfer: OSError, and the HTTP client's errors (httpx2, or requests before 1.0)."""
+    found: list[type[BaseException]] = [OSError]
+    for module_name, class_name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            continue
+        error_class = getattr(module, class_name, None)
+        if isinstance(error_class, type) and issubclass(error_class, BaseException):
+            found.append(error_class)
+    return tuple(found)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ._config import CONFIG_NAME, config_from_file
-from ._errors import CheckpointError, ConfigError, WeightsMismatchError
+from ._errors import BackboneError, CheckpointError, ConfigError, WeightsMismatchError
 from ._files import atomic_write, atomic_write_text, read_json
 from ._hub import HUB_OPTIONS, resolve_file
 from ._safetensors import SafetensorsFile
@@ -118,19 +118,44 @@ def parameters_on_meta() -> Iterator[None]:
         _meta_state.active = previous
 
 
+def _build(model_class: type[Backbone], config: Any, source: Path) -> Backbone:
+    """Build ``model_class(config)`` with its parameters on the meta device.
+
+    The config was read from a file and checked for absurd numbers (``config_from_file``); an error the
+    plugin raises while building (values that pass its validation but do not fit the architecture) is
+    reported against that file instead of surfacing from deep inside the model code.
+
+    Raises:
+        ConfigError: Construction fails; the message names the config file and the original error.
+    """
+    try:
+        with parameters_on_meta():
+            return model_class(config)
+    except BackboneError:
+        raise
+    except Exception as error:
+        raise ConfigError(
+            f"cannot build {model_class.__name__} from {source} ({type(error).__name__}: {error}); "
+            "its values do not fit the architecture: fix or regenerate config.json"
+        ) from error
+
+
 # -- finding the weights --------------------------------------------------------------------------
+
+
+_Index = tuple[Path, dict[str, str]]
 
 
 def _resolve_weights(
     name_or_path: str | os.PathLike[str], hub: dict[str, Any], allow_pickle: bool
-) -> tuple[str, list[Path]]:
-    """Return ``("safetensors" | "pickle", files)``."""
+) -> tuple[str, list[Path], _Index | None]:
+    """Return ``("safetensors" | "pickle", files, (index path, weight map) or None)``."""
     single = resolve_file(name_or_path, SAFETENSORS_NAME, optional=True, **hub)
     if single is not None:
-        return "safetensors", [single]
+        return "safetensors", [single], None
     index = resolve_file(name_or_path, SAFETENSORS_INDEX_NAME, optional=True, **hub)
     if index is not None:
-        return "safetensors", _resolve_shards(name_or_path, index, hub)
+        return "safetensors", *_resolve_shards(name_or_path, index, hub)
     for pickle_name in (PICKLE_NAME, PICKLE_INDEX_NAME):
         found = resolve_file(name_or_path, pickle_name, optional=True, **hub)
         if found is None:
@@ -143,14 +168,17 @@ def _resolve_weights(
                 "its source (it is then loaded with torch.load(weights_only=True))."
             )
         if pickle_name == PICKLE_NAME:
-            return "pickle", [found]
-        return "pickle", _resolve_shards(name_or_path, found, hub)
+            return "pickle", [found], None
+        return "pickle", *_resolve_shards(name_or_path, found, hub)
     raise CheckpointError(
         f"no weights found for {name_or_path}: looked for {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} and {PICKLE_NAME}"
     )
 
 
-def _resolve_shards(name_or_path: str | os.PathLike[str], index_path: Path, hub: dict[str, Any]) -> list[Path]:
+def _resolve_shards(
+    name_or_path: str | os.PathLike[str], index_path: Path, hub: dict[str, Any]
+) -> tuple[list[Path], _Index]:
+    """The shard files an index names, and ``(index path, weight map)`` to check them against."""
     index = read_json(index_path)
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -163,7 +191,7 @@ def _resolve_shards(name_or_path: str | os.PathLike[str], index_path: Path, hub:
         if path is None:
             raise CheckpointError(f"{index_path} names shard {shard!r}, which is missing from {name_or_path}")
         shards.append(path)
-    return shards
+    return shards, (index_path, weight_map)
 
 
 class _Checkpoint:
@@ -171,11 +199,14 @@ class _Checkpoint:
 
     def __init__(self, kind: str, files: list[Path]) -> None:
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
         self._owners: dict[str, Any] = {}
+        self._files: dict[str, str] = {}
         for path in files:
             if kind == "safetensors":
                 source: Any = SafetensorsFile(path)
                 shapes = {key: info.shape for key, info in source.tensors.items()}
+                dtypes = {key: info.dtype for key, info in source.tensors.items()}
             else:
                 try:
                     source = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -186,11 +217,28 @@ class _Checkpoint:
                 if not isinstance(source, dict) or not all(isinstance(v, torch.Tensor) for v in source.values()):
                     raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
                 shapes = {key: tuple(value.shape) for key, value in source.items()}
+                dtypes = {key: value.dtype for key, value in source.items()}
             for key, shape in shapes.items():
                 if key in self.shapes:
                     raise CheckpointError(f"tensor {key!r} appears in more than one shard ({path})")
                 self.shapes[key] = shape
+                self.dtypes[key] = dtypes[key]
                 self._owners[key] = source
+                self._files[key] = path.name
+
+    def check_index(self, index_path: Path, weight_map: dict[str, str]) -> None:
+        """Every tensor a sharded checkpoint's index lists must be in the shard it names.
+
+        Raises:
+            CheckpointError: Naming the tensor and the shard; such a tensor would otherwise be silently
+                initialised instead of loaded.
+        """
+        for key, shard in weight_map.items():
+            if self._files.get(key) != shard:
+                raise CheckpointError(
+                    f"{index_path} says tensor {key!r} is in shard {shard!r}, which does not hold it; "
+                    "the index and the shards are out of step: re-download or re-save the checkpoint"
+                )
 
     def get(self, key: str) -> torch.Tensor:
         source = self._owners[key]
@@ -370,17 +418,25 @@ def load_pretrained(
 
     target_dtype = _parse_dtype(dtype)
     target_device = torch.device(device) if device is not None else torch.device("cpu")
-    kind, files = _resolve_weights(name_or_path, hub, allow_pickle)
+    kind, files, index = _resolve_weights(name_or_path, hub, allow_pickle)
     checkpoint = _Checkpoint(kind, files)
+    if index is not None:
+        checkpoint.check_index(*index)
 
-    with parameters_on_meta():
-        model = model_class(config)
+    model = _build(model_class, config, config_path)
     mapping, unused, prefix_note = _match_keys(model, list(checkpoint.shapes), checkpoint_prefix)
     expected = model.state_dict()
     mismatched = [
         f"{key}: checkpoint {list(checkpoint.shapes[key])} vs model {list(expected[model_key].shape)}"
         for key, model_key in mapping.items()
         if checkpoint.shapes[key] != tuple(expected[model_key].shape)
+    ]
+    # Float precision is converted (dtype=...), but integers for floats or floats for integers (a step
+    # counter, an index table) mean the tensor is not what the model expects.
+    mismatched += [
+        f"{key}: checkpoint {checkpoint.dtypes[key]} vs model {expected[model_key].dtype}"
+        for key, model_key in mapping.items()
+        if checkpoint.dtypes[key].is_floating_point != expected[model_key].dtype.is_floating_point
     ]
     if mismatched:
         raise WeightsMismatchError(

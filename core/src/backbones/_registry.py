@@ -213,7 +213,7 @@ class Registry:
                 check_plugin_api(module, entry_point.name, dist_name)
                 self.plugin_manager.register(module, name=entry_point.name)
                 self._check_hooks(entry_point.name)
-            except Exception as error:  # a broken plugin must not take the registry down
+            except (Exception, SystemExit) as error:  # a broken plugin must not take the registry down
                 self._fail(entry_point.name, dist_name, version, error)
                 continue
             self._call_register_hook(entry_point.name, dist_name, version)
@@ -245,7 +245,7 @@ class Registry:
         try:
             for impl in impls:
                 impl.function(register=register_from_plugin)
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             # Nothing of a plugin whose hook failed is kept: a half-registered plugin is worse than none.
             self._fail(plugin_name, dist_name, version, error)
             return

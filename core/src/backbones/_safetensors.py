@@ -44,6 +44,19 @@ for _name, _attr in (
         _DTYPES[_name] = getattr(torch, _attr)
 
 
+class _DuplicateKeyError(ValueError):
+    """A JSON object names a key twice (``json`` would silently keep the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
 class TensorInfo:
     """Where one tensor lies in a safetensors file."""
 
@@ -83,9 +96,15 @@ class SafetensorsFile:
         except OSError as error:
             raise CheckpointError(f"cannot read weights file {path}: {error}") from error
         try:
-            header = json.loads(raw_header)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise self._error(f"has a header that is not valid JSON ({error})") from None
+            header = json.loads(raw_header, object_pairs_hook=_unique_keys)
+        except _DuplicateKeyError as error:
+            raise self._error(
+                f"has a header that names {error.args[0]!r} twice, so which data it means is ambiguous"
+            ) from None
+        except RecursionError:
+            raise self._error("has a header nested too deeply to be a safetensors header") from None
+        except ValueError as error:  # UnicodeDecodeError and JSONDecodeError included
+            raise self._error(f"has a header that is not valid UTF-8 JSON ({error})") from None
         if not isinstance(header, dict):
             raise self._error("has a header that is not a JSON object")
         metadata = header.pop("__metadata__", None)
@@ -95,7 +114,21 @@ class SafetensorsFile:
         self.tensors: dict[str, TensorInfo] = {}
         for key, entry in header.items():
             self.tensors[key] = self._parse_entry(key, entry, data_size)
+        self._check_layout()
         self._map: mmap.mmap | None = None
+
+    def _check_layout(self) -> None:
+        """Tensors must tile the data without overlapping: two tensors sharing bytes is a forged file."""
+        previous: tuple[str, TensorInfo] | None = None
+        for key, info in sorted(self.tensors.items(), key=lambda item: (item[1].start, item[1].end)):
+            if previous is not None and info.start < previous[1].end:
+                raise self._error(
+                    f"lets tensors {previous[0]!r} (bytes {previous[1].start - self._data_start}-"
+                    f"{previous[1].end - self._data_start}) and {key!r} (bytes {info.start - self._data_start}-"
+                    f"{info.end - self._data_start}) overlap"
+                )
+            if info.end > info.start:
+                previous = (key, info)
 
     def _error(self, message: str) -> CheckpointError:
         return CheckpointError(f"weights file {self.path} {message}; re-download or re-save the checkpoint")
