@@ -357,7 +357,9 @@ def test_list_command_reports_an_incompatible_plugin(site: FakeSite, capsys: pyt
 
 def test_plugin_that_exits_at_import_or_in_its_hook_is_contained(site: FakeSite) -> None:
     site.install("backbones-fake-exit", "fake_exit", "import sys\nsys.exit(3)\n")
-    hook_exits = "from backbones import hookimpl\n\n@hookimpl\ndef register_backbones(register):\n    raise SystemExit(4)\n"
+    hook_exits = (
+        "from backbones import hookimpl\n\n@hookimpl\ndef register_backbones(register):\n    raise SystemExit(4)\n"
+    )
     site.install("backbones-fake-hookexit", "fake_hookexit", hook_exits)
     site.install("backbones-fake-fine", "fake_fine", GOOD_HOOK.format(model_type="fake-fine"))
     registry = get_registry()
