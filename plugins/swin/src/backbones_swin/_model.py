@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation
+from backbones.layers import CheckpointableLayer
 
 from ._config import SwinConfig, SwinFamilyConfig
 
@@ -56,12 +57,16 @@ class _Holder(nn.Module):
         return self._modules[self._held](x)  # type: ignore[misc]
 
 
-def _to_windows(x: Tensor, window: int) -> Tensor:
-    """``(B, H, W, C)`` -> ``(B, window * window, num_windows, C)``: token-in-window axis before the
-    window axis, so that projections keep windows and heads adjacent (see :class:`_WindowSelfAttention`)."""
-    batch, height, width, channels = x.shape
-    x = x.view(batch, height // window, window, width // window, window, channels).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(batch, window * window, -1, channels)
+def _pad_bottom_right(x: Tensor, bottom: Any, right: Any) -> Tensor:
+    """Zero-pad a ``(B, H, W, C)`` map by ``bottom`` rows and ``right`` columns (either may be 0).
+
+    Eager skips the copy when nothing is padded. Traced (``torch.compile`` / ``torch.export``), the pad
+    is always applied, possibly by zero: a branch on a symbolic size would specialise the graph to one
+    side of it (a shape guard), and a zero pad is free there anyway.
+    """
+    if not torch.compiler.is_compiling() and not (bottom or right):
+        return x
+    return F.pad(x, (0, 0, 0, right, 0, bottom))
 
 
 @functools.lru_cache(maxsize=32)
@@ -80,38 +85,105 @@ def _table(build: Any, *args: Any) -> Any:
     return build(*args) if torch.compiler.is_compiling() else _cached_table(build, *args)
 
 
-def _window_order(height: int, width: int, window: int, shift: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _floor_mod(x: Tensor, n: int) -> Tensor:
+    """``x % n`` for a non-negative integer tensor ``x``, written with a floor division: ``n`` may be a
+    symbolic size when traced, and ONNX export takes a symbolic divisor but no symbolic remainder."""
+    return x - torch.div(x, n, rounding_mode="floor") * n
+
+
+def _window_order(
+    height: int, width: int, window: int, shift: int, window_major: bool, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """Index tables between a flattened ``height x width`` map and its (shifted) windows.
 
-    Returns ``(gather, scatter)``: ``map.index_select(1, gather)`` is the map cyclically shifted by
-    ``-shift`` and split into windows as :func:`_to_windows` does; ``index_select(1, scatter)`` undoes
-    both. One gather replaces ``torch.roll`` (two copies, and slow on CPU) plus the window permute.
+    Returns ``(gather, scatter)``. The map is first zero-padded at the bottom and right to whole windows
+    (``padded_height x padded_width``); ``padded.index_select(1, gather)`` is that map cyclically shifted
+    by ``-shift`` and split into windows, laid out ``(window * window, num_windows)`` (token-in-window
+    axis first, windows row-major) or, if ``window_major``, ``(num_windows, window * window)`` (see
+    :meth:`_SwinBlock._attend`); ``windows.index_select(1, scatter)`` undoes both and drops the
+    padding (``height * width`` tokens). One gather replaces ``torch.roll`` (two copies, and slow on CPU)
+    plus the window permutes, and one the un-shift, reverse permutes and crop.
+
+    The sizes may be symbolic (traced with dynamic sizes), so the tables are integer arithmetic on flat
+    ``arange``s: no view, permute, broadcast, slice or sort whose tracing would depend on whether there
+    is one window or several along an axis, or on whether the map needed padding.
     """
-    positions = torch.arange(height * width, device=device).view(1, height, width, 1)
-    if shift:
-        positions = torch.roll(positions, (-shift, -shift), (1, 2))
-    gather = _to_windows(positions, window).reshape(-1)
-    return gather, torch.argsort(gather)
+    rows, cols = (height + window - 1) // window, (width + window - 1) // window
+    original_height, original_width = height, width
+    height, width = rows * window, cols * window
+    tokens = window * window
+    # Slot k of the windowed layout: (token offset, window index) or (window index, token offset).
+    slot = torch.arange(height * width, device=device)
+    if window_major:
+        windows, offsets = torch.div(slot, tokens, rounding_mode="floor"), slot % tokens
+    else:
+        windows, offsets = _floor_mod(slot, rows * cols), torch.div(slot, rows * cols, rounding_mode="floor")
+    window_row, window_col = torch.div(windows, cols, rounding_mode="floor"), _floor_mod(windows, cols)
+    row = _floor_mod(window_row * window + torch.div(offsets, window, rounding_mode="floor") + shift, height)
+    col = _floor_mod(window_col * window + offsets % window + shift, width)
+    gather = row * width + col
+    # Unpadded map position m = (y, x): where it went, after shifting by -shift.
+    position = torch.arange(original_height * original_width, device=device)
+    # (+ height, + width: the shift is less than a window, so the dividends stay non-negative.)
+    y = _floor_mod(torch.div(position, original_width, rounding_mode="floor") - shift + height, height)
+    x = _floor_mod(_floor_mod(position, original_width) - shift + width, width)
+    offsets = (y % window) * window + x % window
+    windows = torch.div(y, window, rounding_mode="floor") * cols + torch.div(x, window, rounding_mode="floor")
+    scatter = windows * tokens + offsets if window_major else offsets * (rows * cols) + windows
+    return gather, scatter
+
+
+def _head_window_order(
+    height: int, width: int, window: int, shift: int, heads: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """:func:`_window_order` for per-head tokens, the layout of traced attention (see :meth:`_SwinBlock._attend`).
+
+    Returns ``(gather, scatter)``: ``per_head.index_select(1, gather)``, where ``per_head`` is the padded
+    map's ``(B, padded_height * padded_width * heads, head_dim)``, gives ``(B, num_windows * heads * N,
+    head_dim)`` laid out ``(window, head, token)``; ``index_select(1, scatter)`` brings such a tensor back
+    to the unpadded map's ``(B, height * width * heads, head_dim)``. Flat arithmetic, as there.
+    """
+    gather, scatter = _window_order(height, width, window, shift, True, device)
+    tokens = window * window
+    entry = torch.arange(gather.shape[0] * heads, device=device)
+    head = torch.div(entry, tokens, rounding_mode="floor") % heads
+    slot = torch.div(entry, heads * tokens, rounding_mode="floor") * tokens + entry % tokens
+    head_gather = gather[slot] * heads + head
+    entry = torch.arange(scatter.shape[0] * heads, device=device)
+    head = entry % heads
+    slot = scatter[torch.div(entry, heads, rounding_mode="floor")]
+    windows, offsets = torch.div(slot, tokens, rounding_mode="floor"), slot % tokens
+    return head_gather, (windows * heads + head) * tokens + offsets
 
 
 def _shift_mask(
-    height: int, width: int, window: int, shift: int, device: torch.device, masked: float = _MASKED
+    height: int, width: int, window: int, shift: int, heads: int, device: torch.device, masked: float = _MASKED
 ) -> Tensor:
-    """Additive ``(num_windows, N, N)`` mask of a shifted-window layer on a padded ``height x width`` map.
+    """Additive ``(num_windows * heads, N, N)`` mask of a shifted-window layer on a padded ``height x width``
+    map (window-major, the same for every head).
 
     After the cyclic shift, a window at the bottom or right edge holds tokens from up to three
     regions per axis that are not neighbours in the image; tokens of different regions must not attend
-    to each other (their score gets ``masked`` added).
+    to each other (their score gets ``masked`` added). Built from flat index arithmetic (see
+    :func:`_window_order`): no tensor has a ``num_windows`` axis of its own, whose size may be 1.
     """
+    rows, cols = height // window, width // window
+    tokens = window * window
 
-    def regions(size: int) -> Tensor:
-        position = torch.arange(size, device=device)
-        return (position >= size - window).long() + (position >= size - shift).long()
+    def region(token: Tensor, window_row: Tensor, window_col: Tensor) -> Tensor:
+        row = window_row * window + torch.div(token, window, rounding_mode="floor")
+        col = window_col * window + token % window
+        row_region = (row >= height - window).long() + (row >= height - shift).long()
+        col_region = (col >= width - window).long() + (col >= width - shift).long()
+        return row_region * 3 + col_region
 
-    region = regions(height)[:, None] * 3 + regions(width)[None, :]
-    region = _to_windows(region[None, :, :, None], window)[0, :, :, 0].t()  # (num_windows, N)
-    differs = region[:, :, None] != region[:, None, :]
-    return torch.zeros(differs.shape, device=device).masked_fill_(differs, masked)
+    entry = torch.arange(rows * cols * heads * tokens * tokens, device=device)
+    index = torch.div(entry, heads * tokens * tokens, rounding_mode="floor")
+    window_row, window_col = torch.div(index, cols, rounding_mode="floor"), _floor_mod(index, cols)
+    query, key = torch.div(entry, tokens, rounding_mode="floor") % tokens, entry % tokens
+    differs = region(query, window_row, window_col) != region(key, window_row, window_col)
+    mask = torch.zeros(differs.shape, device=device).masked_fill_(differs, masked)
+    return mask.view(rows * cols * heads, tokens, tokens)
 
 
 class _Embeddings(nn.Module):
@@ -137,8 +209,12 @@ class _Embeddings(nn.Module):
     def forward(self, pixel_values: Tensor) -> Tensor:
         patch = self.patch_size
         height, width = pixel_values.shape[-2:]
-        if height % patch or width % patch:
-            pixel_values = F.pad(pixel_values, (0, -width % patch, 0, -height % patch))
+        # Zero-pad to whole patches (bottom and right), as transformers does. Written as "round up to a
+        # multiple" so that traced sizes stay simple expressions ((H + p - 1) // p patches).
+        pad_bottom = (height + patch - 1) // patch * patch - height
+        pad_right = (width + patch - 1) // patch * patch - width
+        if torch.compiler.is_compiling() or pad_bottom or pad_right:
+            pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
         x = self.norm(self.patch_embeddings(pixel_values).permute(0, 2, 3, 1))
         if self.position_embeddings is not None:
             x = x + self._positions(x.shape[1], x.shape[2])
@@ -147,8 +223,10 @@ class _Embeddings(nn.Module):
     def _positions(self, height: int, width: int) -> Tensor:
         assert self.position_embeddings is not None
         table = self.position_embeddings.view(1, *self.grid, -1)
-        if (height, width) == self.grid:
+        if not torch.compiler.is_compiling() and (height, width) == self.grid:
             return table
+        # Traced, always resample: no guard on the size, and bicubic resampling to the same size is the
+        # identity (its weights at integer positions are exactly 1 and 0).
         # Other input sizes: resample the grid (transformers raises here unless asked to interpolate).
         table = F.interpolate(table.permute(0, 3, 1, 2), size=(height, width), mode="bicubic", align_corners=False)
         return table.permute(0, 2, 3, 1)
@@ -163,6 +241,8 @@ class _WindowSelfAttention(nn.Module):
     Windows arrive as ``(B, N, num_windows, C)``. Each projection's output then reads as
     ``(B, N, num_windows * heads, head_dim)`` without a copy, so attention runs with windows folded into
     the head axis, and the per-window bias (relative positions + shift mask) broadcasts over the batch.
+    Traced (torch.compile / torch.export), the padded map is projected first and gathered into the same
+    folded layout per head (see :meth:`_SwinBlock._attend`).
 
     Args:
         config: The architecture.
@@ -248,21 +328,39 @@ class _WindowSelfAttention(nn.Module):
         return bias
 
     def _bias(self, height: int, width: int, shift: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        tokens = self.window_size**2
         bias = self._relative_bias()
         num_windows = (height // self.window_size) * (width // self.window_size)
+        bias = bias.repeat(num_windows, 1, 1)
         if shift:
-            mask = _table(_shift_mask, height, width, self.window_size, shift, device, self.shift_mask_value)
-            bias = bias[None] + mask[:, None]
-        else:
-            bias = bias[None].expand(num_windows, -1, -1, -1)
-        return bias.reshape(1, num_windows * self.num_heads, tokens, tokens).to(dtype)
+            heads = self.num_heads
+            bias = bias + _table(
+                _shift_mask, height, width, self.window_size, shift, heads, device, self.shift_mask_value
+            )
+        return bias[None].to(dtype)
 
-    def forward(self, windows: Tensor, bias: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        """Attend within windows; returns the context ``(B, N, num_windows, C)`` and, if asked, the
-        attention probabilities ``(B * num_windows, heads, N, N)`` as transformers returns them."""
-        batch, tokens, num_windows, _ = windows.shape
+    def forward(
+        self, windows: Tensor, bias: Tensor, need_weights: bool, gather: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend within windows; returns the context and, if asked, the attention probabilities
+        ``(B * num_windows, heads, N, N)`` as transformers returns them.
+
+        Eager: ``windows`` are ``(B, N, num_windows, C)`` and so is the context. Traced (``gather`` given,
+        see :meth:`_SwinBlock._attend`): ``windows`` are the padded map's tokens ``(B, T, C)``, gathered into
+        windows per head after the projections, and the context is ``(B, num_windows * heads * N, head_dim)``.
+        """
+        tokens = self.window_size**2
+        folded = bias.shape[1]  # num_windows * heads
         query, key, value = self._qkv(windows)
+        if gather is None:
+            batch, _, num_windows, channels = windows.shape
+            query, key, value = (x.flatten(2, 3).transpose(1, 2) for x in (query, key, value))
+        else:
+            batch, channels = windows.shape[0], windows.shape[-1]
+            num_windows = folded // self.num_heads
+            query, key, value = (
+                x.flatten(1, 2).index_select(1, gather).view(batch, folded, tokens, channels // self.num_heads)
+                for x in (query, key, value)
+            )
         dropout = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
@@ -275,14 +373,21 @@ class _WindowSelfAttention(nn.Module):
             context = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=bias, dropout_p=dropout, scale=self.softmax_scale
             )
+        if gather is not None:
+            return context.flatten(1, 2), weights
         return context.transpose(1, 2).reshape(windows.shape), weights
 
-    def _qkv(self, windows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Query, key and value of ``(B, N, num_windows, C)`` windows, each ``(B, num_windows * heads, N, head_dim)``."""
-        batch, tokens, num_windows, channels = windows.shape
-        folded = (batch, tokens, num_windows * self.num_heads, channels // self.num_heads)
-        query, key, value = (proj(windows).view(folded).transpose(1, 2) for proj in (self.query, self.key, self.value))
-        return query, key, value
+    def _qkv(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Query, key and value of ``(..., C)`` tokens, each split into heads: ``(..., heads, head_dim)``."""
+        return (
+            self._split_heads(self.query(tokens)),
+            self._split_heads(self.key(tokens)),
+            self._split_heads(self.value(tokens)),
+        )
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """``(..., C)`` -> ``(..., heads, head_dim)``."""
+        return x.unflatten(-1, (self.num_heads, x.shape[-1] // self.num_heads))
 
 
 class _WindowAttention(nn.Module):
@@ -299,16 +404,34 @@ class _WindowAttention(nn.Module):
         self.output = _Holder("dense", nn.Linear(dim, dim))
 
     def forward(
-        self, windows: Tensor, height: int, width: int, shift: int, need_weights: bool
+        self,
+        windows: Tensor,
+        height: int,
+        width: int,
+        shift: int,
+        need_weights: bool,
+        order: tuple[Tensor, Tensor, int, int] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Attention over ``windows`` of a padded ``height x width`` map shifted by ``shift``."""
+        """Attention over ``windows`` of a padded ``height x width`` map shifted by ``shift``.
+
+        ``order`` (traced only): ``(gather, scatter, map_height, map_width)`` of
+        :func:`_head_window_order`; ``windows`` are then the padded map's tokens and the result is the
+        unpadded ``(B, map_height, map_width, C)`` map.
+        """
         bias = self.self.attention_bias(height, width, shift, windows.dtype, windows.device)
+        if order is not None:
+            gather, scatter, map_height, map_width = order
+            context, weights = self.self(windows, bias, need_weights, gather)
+            context = context.index_select(1, scatter).view(windows.shape[0], map_height, map_width, -1)
+            return self.output(context), weights
         context, weights = self.self(windows, bias, need_weights)
         return self.output(context), weights
 
 
-class _SwinBlock(nn.Module):
+class _SwinBlock(CheckpointableLayer):
     """One transformer block: (shifted-)window attention then an MLP, each a pre-norm residual branch.
+
+    The unit of gradient checkpointing (and of FSDP2 sharding): see :class:`~backbones.layers.CheckpointableLayer`.
 
     Args:
         config: The architecture.
@@ -364,19 +487,32 @@ class _SwinBlock(nn.Module):
         window, shift = self.window_size, self.shift
         # Like transformers' backbone (always_partition=True): the window never shrinks to the map, the
         # map is padded up to whole windows instead (padded tokens take part in attention, as there).
-        pad_bottom, pad_right = -height % window, -width % window
-        if pad_bottom or pad_right:
-            x = F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
-        padded_height, padded_width = height + pad_bottom, width + pad_right
-        gather, scatter = _table(_window_order, padded_height, padded_width, window, shift, x.device)
-        tokens = x.reshape(batch, padded_height * padded_width, channels)
-        windows = tokens.index_select(1, gather).view(batch, window * window, -1, channels)
+        # So no branch depends on the input size: a map smaller than the window is one padded window,
+        # and the shift stays on (transformers' non-backbone models clamp the window to small maps
+        # instead, a size-dependent branch our forward does not have).
+        padded_height = (height + window - 1) // window * window
+        padded_width = (width + window - 1) // window * window
+        x = _pad_bottom_right(x, padded_height - height, padded_width - width)
+        if torch.compiler.is_compiling():
+            # Traced: project the padded map, then gather the windows per head with one index table, and
+            # scatter the context straight back to the unpadded map. No tensor then has an axis of
+            # num_windows (or windows-per-row) alone: such an axis may be 1 (deep stages often hold a
+            # single window), and every view or layout check on it would become a shape guard.
+            heads = self.attention.self.num_heads
+            gather, scatter = _table(_head_window_order, height, width, window, shift, heads, x.device)
+            tokens = x.reshape(batch, padded_height * padded_width, channels)
+            order = (gather, scatter, height, width)
+            return self.attention(tokens, padded_height, padded_width, shift, need_weights, order)
+        # Eager: one gather into token-major windows, (B, N, num_windows, C); the head split then folds
+        # windows and heads into one axis without a copy.
+        gather, scatter = _table(_window_order, height, width, window, shift, False, x.device)
+        num_windows = (padded_height // window) * (padded_width // window)
+        tokens = x.reshape(batch, padded_height * padded_width, channels).index_select(1, gather)
+        windows = tokens.view(batch, window * window, num_windows, channels)
         attended, weights = self.attention(windows, padded_height, padded_width, shift, need_weights)
-        tokens = attended.view(batch, -1, channels).index_select(1, scatter)
-        x = tokens.view(batch, padded_height, padded_width, channels)
-        if pad_bottom or pad_right:
-            x = x[:, :height, :width]
-        return x, weights
+        # The scatter also drops the padding (no crop: a slice's bounds would need a guard when traced).
+        tokens = attended.reshape(batch, padded_height * padded_width, channels).index_select(1, scatter)
+        return tokens.view(batch, height, width, channels), weights
 
     def _drop_path(self, x: Tensor) -> Tensor:
         if not self.training or self.drop_path == 0.0:
@@ -389,11 +525,13 @@ class _SwinBlock(nn.Module):
 def _merge_neighbours(x: Tensor) -> Tensor:
     """``(B, H, W, C)`` -> ``(B, ceil(H / 2), ceil(W / 2), 4C)``: each 2x2 neighbourhood concatenated (odd
     sizes padded with zeros at the bottom and right)."""
-    _, height, width, _ = x.shape
-    if height % 2 or width % 2:
-        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-    # Checkpoint order of the four neighbours: (0,0), (1,0), (0,1), (1,1) as (row, column).
-    return torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+    batch, height, width, channels = x.shape
+    rows, cols = (height + 1) // 2, (width + 1) // 2
+    x = _pad_bottom_right(x, 2 * rows - height, 2 * cols - width)
+    # Checkpoint order of the four neighbours: (0,0), (1,0), (0,1), (1,1) as (row, column), i.e. the
+    # column offset is the slower axis. One reshape (no strided slices), which traced sizes also keep simple.
+    x = x.reshape(batch, rows, 2, cols, 2, channels).permute(0, 1, 3, 4, 2, 5)
+    return x.reshape(batch, rows, cols, 4 * channels)
 
 
 class _PatchMerging(nn.Module):
@@ -584,6 +722,24 @@ class SwinBackbone(Backbone):
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
         )
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """The stem (0), or stage ``position``'s blocks plus the patch merging that feeds them.
+
+        The merging after stage ``i`` (``layers[i - 1].downsample``) computes stage ``i + 1``'s input, so it
+        belongs to stage ``i + 1``: freezing stage ``i`` then leaves its output untouched and everything
+        deeper trainable. Output norms (``hidden_states_norms``) belong to no stage.
+        """
+        if position == 0:
+            return [self._embeddings()]
+        layers = cast("list[_SwinStage]", list(self._encoder().layers))
+        stage = layers[position - 1]
+        modules: list[nn.Module] = [stage.blocks]
+        if position > 1:
+            merging = layers[position - 2].downsample
+            assert merging is not None, "a stage before a kept stage has its patch merging"
+            modules.insert(0, merging)
+        return modules
 
     def _prune_stages(self, last_stage: int) -> None:
         layers = self._encoder().layers

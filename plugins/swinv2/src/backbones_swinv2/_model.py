@@ -111,16 +111,11 @@ class _CosineWindowSelfAttention(_WindowSelfAttention):
         offsets = _table(_log_spaced_offsets, self.window_size, self.pretrained_window, reference.device)
         return _BIAS_RANGE * torch.sigmoid(mlp(offsets.to(reference.dtype)))
 
-    def _qkv(self, windows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        batch, tokens, num_windows, channels = windows.shape
-        heads = self.num_heads
-        split = (batch, tokens, num_windows, heads, channels // heads)
-        temperature = self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp().view(heads, 1)
-        query = F.normalize(self.query(windows).view(split), dim=-1) * temperature
-        key = F.normalize(self.key(windows).view(split), dim=-1)
-        value = self.value(windows).view(split)
-        folded = (batch, tokens, num_windows * heads, channels // heads)
-        return query.view(folded).transpose(1, 2), key.view(folded).transpose(1, 2), value.view(folded).transpose(1, 2)
+    def _qkv(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        temperature = self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp().view(self.num_heads, 1)
+        query = F.normalize(self._split_heads(self.query(tokens)), dim=-1) * temperature
+        key = F.normalize(self._split_heads(self.key(tokens)), dim=-1)
+        return query, key, self._split_heads(self.value(tokens))
 
 
 class _CosineWindowAttention(_WindowAttention):
