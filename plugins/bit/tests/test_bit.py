@@ -37,6 +37,11 @@ class _TinyBitConformance(BackboneConformance):
     # With symmetric padding (and the stem's extra pixel before an unpadded pool), or with "SAME" padding
     # everywhere including the stem's pool, every halving is ceil(size / 2).
     spatial_rounding = "ceil"
+    # Any size exports, "SAME" padding included (its amounts are traced as expressions of the size). The
+    # lower end is the deepest stride (16) + 1, so that every map is 2 pixels or more: torch.export
+    # specialises a size of 1 (it broadcasts), not a limit of BiT's. Both classes keep the deployment checks:
+    # static and per-input ("SAME") padding, and pre-activation and bottleneck blocks, are different paths.
+    export_range = (17, 4096)
 
     def make_config(self, **overrides: Any) -> BitConfig:
         return BitConfig(**TINY, **self.options, **overrides)
@@ -252,6 +257,39 @@ def test_dilation_past_output_stride() -> None:
     preact = AutoBackbone.from_config(BitConfig(**SMALL, output_stride=8))
     assert all(block.conv2.dilation == (1, 1) for stage in preact.bit.encoder.stages for block in stage.layers)
     assert preact.reductions == [4, 4, 8, 8, 8]
+
+
+def test_dilated_same_model_exports_with_dynamic_size() -> None:
+    # The conformance classes export the strided paths; this covers dilation past output_stride together
+    # with "SAME" padding: one program, exact at odd sizes whose per-layer padding differs.
+    from torch.export import Dim
+
+    config = BitConfig(**SMALL, layer_type="bottleneck", global_padding="SAME", output_stride=8, out_indices=ALL_STAGES)
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    # Stride 8 at most, and the unpadded stem pool floors: every map is 2 pixels or more from 17 on.
+    dims = {2: Dim("height", min=17, max=1024), 3: Dim("width", min=17, max=1024)}
+    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
+    for height, width in [(67, 45), (40, 33), (17, 130)]:
+        images = pixels(height=height, width=width)
+        with torch.no_grad():
+            assert_close_maps(program.module()(images).feature_maps, model(images).feature_maps, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["preactivation", "preactivation-same-dynamic"])
+def test_fixed_size_onnx_stem_pads_with_zeros(tmp_path: Path, variant: str) -> None:
+    # The pre-activation stem zero-pads a map that can be negative, then max-pools. onnxruntime folds a
+    # constant zero Pad into a following MaxPool (whose padding acts as -inf); a fixed-size export makes
+    # every pad constant, so this is where our workaround (concatenated zeros) must hold.
+    import onnxruntime
+
+    model = randomize_weights_(AutoBackbone.from_config(BitConfig(**options(variant), out_indices=[0]))).eval()
+    images = pixels()
+    program = torch.onnx.export(torch.export.export(model, (images,)), dynamo=True, verbose=False)
+    program.save(str(tmp_path / "stem.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "stem.onnx"), providers=["CPUExecutionProvider"])
+    (output, *_) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    with torch.no_grad():
+        assert_close_maps([torch.from_numpy(output)], model(images).feature_maps, atol=1e-4)
 
 
 def test_fresh_weights_follow_transformers_init() -> None:

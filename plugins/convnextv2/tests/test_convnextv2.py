@@ -37,6 +37,11 @@ class TestConvNextV2Conformance(BackboneConformance):
     input_sizes = ((64, 64), (50, 38))
     # The patch embedding and the 2x2 downsampling convolutions do not pad: each drops the remainder.
     spatial_rounding = "floor"
+    # Any size exports. The lower end is twice the deepest stride (16), so that every map is 2 pixels or
+    # more: torch.export specialises a size of 1 (it broadcasts), not a limit of ConvNeXt V2's. The
+    # deployment checks stay on: GRN (a global reduction over the map) and the block without layer scale
+    # are code paths that backbones-convnext's class does not cover.
+    export_range = (32, 4096)
 
     def make_config(self, **overrides: Any) -> ConvNextV2Config:
         return ConvNextV2Config(**TINY, **overrides)

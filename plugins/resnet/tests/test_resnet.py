@@ -34,6 +34,9 @@ class _TinyResNetConformance(BackboneConformance):
     input_sizes = ((64, 64), (50, 38))
     # Every stride-2 convolution and the max-pool pad by kernel // 2, so each halving is ceil(size / 2).
     spatial_rounding = "ceil"
+    # Any size exports: padding is static. The lower end is the deepest stride (16) + 1, so that every map
+    # is 2 pixels or more: torch.export specialises a size of 1 (it broadcasts), not a limit of ResNet's.
+    export_range = (17, 4096)
 
     def make_config(self, **overrides: Any) -> ResNetConfig:
         return ResNetConfig(**TINY, layer_type=self.layer_type, **overrides)
@@ -41,6 +44,9 @@ class _TinyResNetConformance(BackboneConformance):
 
 class TestBasicConformance(_TinyResNetConformance):
     layer_type = "basic"
+    # The same operations as bottleneck blocks (convolution, BatchNorm, ReLU, residual add), only fewer
+    # of them: the bottleneck class's export, ONNX and DDP/FSDP2 checks cover this code path.
+    deployment_checks = False
 
 
 class TestBottleneckConformance(_TinyResNetConformance):

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from itertools import islice
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
+from backbones.layers import CheckpointableLayer
 
 from ._config import BitConfig, StagePlan
 
@@ -36,18 +38,65 @@ def _make_activation(name: str) -> nn.Module:
 
 
 def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
-    """Total padding that makes a convolution's output ``ceil(size / stride)`` long (TensorFlow's "SAME")."""
-    return max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    """Total padding that makes a convolution's output ``ceil(size / stride)`` long (TensorFlow's "SAME").
+
+    It is ``((size - 1) // stride) * stride + reach + 1 - size`` with ``reach = dilation * (kernel - 1)``,
+    clamped at 0; it lies in ``[reach + 1 - stride, reach]``: never negative when ``reach + 1 >= stride``
+    (every strided 3x3 and 7x7 window of BiT) and always 0 when ``reach == 0`` (1x1 convolutions), so only
+    the other windows need the clamp.
+
+    Sizes may be symbolic (``torch.export`` with dynamic height and width). The clamp is then
+    ``torch.sym_max`` rather than a comparison that would pin the size, and the formula is written so
+    that the padded window's output length simplifies to ``(size - 1) // stride + 1``, the very expression
+    of an unpadded strided 1x1 convolution: a block's branch and projected shortcut then have provably
+    equal sizes (with ``ceil`` written another way the tracer cannot prove it and export fails).
+    """
+    reach = dilation * (kernel - 1)
+    pad = ((size - 1) // stride) * stride + reach + 1 - size
+    if reach + 1 >= stride:
+        return pad
+    if reach == 0:
+        return 0
+    return torch.sym_max(pad, 0)
 
 
-def _pad_same(x: Tensor, kernel: int, stride: int, dilation: int) -> Tensor:
+def _pad_zeros(x: Tensor, left: int, right: int, top: int, bottom: int, *, before_max_pool: bool = False) -> Tensor:
+    """Zero-pad ``x``'s last two axes (amounts may be symbolic, and zero).
+
+    Everything goes through ``F.pad`` but one case: a pad of constant amounts before a max-pool, in traced
+    code (``torch.compile``, ``torch.export`` and so ONNX), concatenates zeros instead. onnxruntime (1.31 at
+    least) folds a ``Pad`` of constant zeros followed by ``MaxPool`` into the pool's own padding, which
+    ignores padded pixels (as -inf would) instead of taking the zeros into the maximum: a stem whose
+    pre-pool map can be negative would come out wrong. Symbolic amounts (dynamic height and width) are
+    computed at run time, which onnxruntime cannot fold, and need no workaround (concatenating zeros of a
+    symbolic, possibly zero, width would add shape guards that export cannot prove).
+    """
+    amounts = (left, right, top, bottom)
+    if not (before_max_pool and torch.compiler.is_compiling() and all(type(a) is int for a in amounts)):
+        return F.pad(x, amounts)
+    batch, channels, height, width = x.shape
+    if left or right:
+        x = torch.cat([x.new_zeros(batch, channels, height, left), x, x.new_zeros(batch, channels, height, right)], 3)
+    width = width + left + right
+    if top or bottom:
+        x = torch.cat([x.new_zeros(batch, channels, top, width), x, x.new_zeros(batch, channels, bottom, width)], 2)
+    return x
+
+
+def _pad_same(x: Tensor, kernel: int, stride: int, dilation: int, *, before_max_pool: bool = False) -> Tensor:
     """Zero-pad ``x`` for a TensorFlow-"SAME" window; the odd pixel, if any, goes to the bottom and right."""
+    if dilation * (kernel - 1) == 0:
+        return x  # a 1x1 window needs no padding at any size (see _same_padding)
     height, width = x.shape[-2:]
     pad_h = _same_padding(height, kernel, stride, dilation)
     pad_w = _same_padding(width, kernel, stride, dilation)
-    if pad_h or pad_w:
-        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-    return x
+    # Eager skips the copy when nothing is padded; traced code pads unconditionally (a zero-width pad is the
+    # identity) because branching on a symbolic size would specialise the graph to it.
+    if not torch.compiler.is_compiling() and not (pad_h or pad_w):
+        return x
+    return _pad_zeros(
+        x, pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2, before_max_pool=before_max_pool
+    )
 
 
 class _StandardizedConv2d(nn.Conv2d):
@@ -128,7 +177,7 @@ def _drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
     return x * x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep).div_(keep)
 
 
-class _PreActivationBlock(nn.Module):
+class _PreActivationBlock(CheckpointableLayer):
     """ResNetV2 bottleneck: ``x + conv3(na3(conv2(na2(conv1(na1(x))))))``, each ``na`` a group norm and
     activation. The first block of a stage projects ``na1(x)`` for the shortcut.
 
@@ -160,7 +209,7 @@ class _PreActivationBlock(nn.Module):
         return branch.add_(shortcut)
 
 
-class _BottleneckBlock(nn.Module):
+class _BottleneckBlock(CheckpointableLayer):
     """Post-activation bottleneck (ResNet v1.5): ``act(norm3(conv3(na2(conv2(na1(conv1(x)))))) + shortcut)``.
 
     The first block of a stage projects ``x`` for the shortcut; the 3x3 convolution carries the stride
@@ -243,11 +292,11 @@ class _Stem(nn.Module):
         x = self.convolution(pixel_values)
         if self.pads_one:
             # Zeros, before the norm and the pool: both see them (the pool does not pad with -inf).
-            x = F.pad(x, (1, 1, 1, 1))
+            x = _pad_zeros(x, 1, 1, 1, 1, before_max_pool=True)
         if self.norm is not None:
             x = self.norm(x)
         if self.pools_same:
-            x = _pad_same(x, 3, 2, 1)
+            x = _pad_same(x, 3, 2, 1, before_max_pool=True)
         return F.max_pool2d(x, kernel_size=3, stride=2)
 
 
@@ -334,6 +383,10 @@ class BitBackbone(Backbone):
             states.append(hidden)
         stage_maps: list[Tensor | None] = [*states, *([None] * (len(self.stage_names) - len(states)))]
         return stage_maps, tuple(states) if output_hidden_states else None, None
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """The stem (``bit.embedder``) for position 0, else stage ``position`` (``bit.encoder.stages[position - 1]``)."""
+        return [self.bit.embedder] if position == 0 else [self.bit.encoder.stages[position - 1]]
 
     def _prune_stages(self, last_stage: int) -> None:
         # Stage i >= 1 lives at bit.encoder.stages[i - 1]; the stem is always kept.

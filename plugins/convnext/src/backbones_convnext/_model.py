@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
+from backbones.layers import CheckpointableLayer
 
 from ._config import ConvNextConfig, ConvNextFamilyConfig
 
@@ -63,8 +64,9 @@ class ChannelsFirstLayerNorm(nn.LayerNorm):
         return normed.permute(0, 3, 1, 2)
 
 
-class ConvNextBlock(nn.Module):
-    """One ConvNeXt block: ``x + scale * pwconv2(act(pwconv1(norm(dwconv(x)))))``.
+class ConvNextBlock(CheckpointableLayer):
+    """One ConvNeXt block: ``x + scale * pwconv2(act(pwconv1(norm(dwconv(x)))))``; the unit of gradient
+    checkpointing.
 
     ``dwconv`` is a 7x7 depthwise convolution; the norm and the two pointwise layers (4x expansion,
     ``nn.Linear`` as in transformers' keys) act on channels-last views.
@@ -97,17 +99,20 @@ class ConvNextBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         branch = self.layernorm(self.dwconv(x).permute(0, 2, 3, 1))
-        branch = self.pwconv2(self._activate(self.pwconv1(branch))).permute(0, 3, 1, 2)
+        branch = self.pwconv2(self._activate(self.pwconv1(branch)))
         scale = self.layer_scale_parameter
         if self.drop_path_rate and self.training:
             if scale is not None:
-                branch = branch * scale[:, None, None]
-            return x + drop_path(branch, self.drop_path_rate, True)
+                branch = branch * scale
+            return x + drop_path(branch.permute(0, 3, 1, 2), self.drop_path_rate, True)
         if scale is None:
             # In place: ``branch`` is the fresh output of pwconv2, which no backward pass reads.
-            return branch.add_(x)
-        # One fused pass for scale and residual instead of a multiply and an add.
-        return torch.addcmul(x, branch, scale[:, None, None])
+            return branch.permute(0, 3, 1, 2).add_(x)
+        # One fused pass for scale and residual instead of a multiply and an add. It runs on the
+        # (B, H, W, C) views, where the scale broadcasts along the last axis: a (C, 1, 1) scale against the
+        # (B, C, H, W) view makes the output-layout logic compare its strides with symbolic ones, a guard
+        # that torch.export with dynamic height and width cannot prove.
+        return torch.addcmul(x.permute(0, 2, 3, 1), branch, scale).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return f"drop_path_rate={self.drop_path_rate}" if self.drop_path_rate else ""
@@ -260,6 +265,12 @@ class ConvNextBackbone(Backbone):
             if position in wanted:
                 maps[position] = norms[names[position]](x)
         return maps, tuple(states) if output_hidden_states else None, None
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """The patch embedding and its norm (``embeddings``) for position 0, else stage ``position``
+        (``encoder.stages[position - 1]``: its downsampling layer and blocks). The output norms
+        (``hidden_states_norms``) belong to no stage: they stay trainable."""
+        return [self.embeddings] if position == 0 else [self.encoder.stages[position - 1]]
 
     def _prune_stages(self, last_stage: int) -> None:
         # Stage i >= 1 lives at encoder.stages[i - 1]; the stem is always kept.

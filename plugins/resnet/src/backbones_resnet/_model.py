@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
+from backbones.layers import CheckpointableLayer
 
 from ._config import ResNetConfig
 
@@ -50,8 +51,8 @@ class _ConvNorm(nn.Module):
         return hidden
 
 
-class _ResidualBlock(nn.Module):
-    """One residual block: ``activation(layer(x) + shortcut(x))``.
+class _ResidualBlock(CheckpointableLayer):
+    """One residual block: ``activation(layer(x) + shortcut(x))``; the unit of gradient checkpointing.
 
     ``layer`` holds two 3x3 convolutions (basic) or 1x1 -> 3x3 -> 1x1 with a 4x narrower middle
     (bottleneck). ``shortcut`` is a strided 1x1 projection when the shape changes, else the identity.
@@ -190,6 +191,10 @@ class ResNetBackbone(Backbone):
             states.append(hidden)
         stage_maps: list[Tensor | None] = [*states, *([None] * (len(self.stage_names) - len(states)))]
         return stage_maps, tuple(states) if output_hidden_states else None, None
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """The stem (``embedder``) for position 0, else residual stage ``position`` (``encoder.stages[position - 1]``)."""
+        return [self.embedder] if position == 0 else [self.encoder.stages[position - 1]]
 
     def _prune_stages(self, last_stage: int) -> None:
         # Stage i >= 1 lives at encoder.stages[i - 1]; the stem is always kept.
