@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
+from backbones.layers import CheckpointableLayer
 
 from ._config import BeitConfig
 
@@ -53,8 +54,11 @@ def _build_relative_index(height: int, width: int, device: torch.device) -> Tens
     Patch pairs index a ``(2h - 1, 2w - 1)`` grid of offsets, row-major; the three rows after it hold
     the CLS-to-patch, patch-to-CLS and CLS-to-CLS biases.
     """
-    row = torch.arange(height, device=device).repeat_interleave(width)
-    col = torch.arange(width, device=device).repeat(height)
+    # Row and column of every patch by division (not repeat_interleave, whose ONNX translation with a
+    # symbolic count yields the wrong length).
+    patch = torch.arange(height * width, device=device)
+    row = patch.div(width, rounding_mode="floor")
+    col = patch - row * width
     offsets = (row[:, None] - row[None, :] + height - 1) * (2 * width - 1) + (col[:, None] - col[None, :] + width - 1)
     grid_rows = (2 * height - 1) * (2 * width - 1)
     index = torch.full((height * width + 1, height * width + 1), grid_rows, dtype=torch.long, device=device)
@@ -83,7 +87,7 @@ class _RelativePositionBias(nn.Module):
         self.grid = config.patch_grid
         rows = (2 * self.grid[0] - 1) * (2 * self.grid[1] - 1) + 3
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, config.num_attention_heads))
-        # The pre-training grid's index as a buffer, so a compiled graph reads it instead of rebuilding it.
+        # The pre-training grid's index as a buffer, read in eager mode at that grid (graphs build theirs).
         self.register_buffer("grid_index", _build_relative_index(*self.grid, torch.device("cpu")), persistent=False)
         self._bias_cache: dict[tuple[int, int], Tensor] = {}
         self._bias_cache_stamp: tuple[int, int] | None = None
@@ -114,7 +118,11 @@ class _RelativePositionBias(nn.Module):
 
     def _bias(self, height: int, width: int) -> Tensor:
         table = self.relative_position_bias_table
-        if (height, width) == self.grid:
+        # Bilinear resampling to the table's own size is the identity (every output sits exactly on an input
+        # offset, weights 1 and 0), so eager reads the table as stored at the pre-training grid. While
+        # compiling or exporting the sizes may be symbolic and comparing them would guard the graph to one
+        # size, so there the table is always resampled (as transformers always does).
+        if not torch.compiler.is_compiling() and (height, width) == self.grid:
             index = self.grid_index
         else:
             table = self._resampled_table(height, width)
@@ -123,9 +131,10 @@ class _RelativePositionBias(nn.Module):
                 if torch.compiler.is_compiling()
                 else _cached_relative_index(height, width, table.device)
             )
-        tokens = index.shape[0]
+        tokens = height * width + 1
+        heads = table.shape[1]
         # Heads first before the gather, so the bias comes out contiguous in the layout attention reads.
-        return table.t().contiguous().index_select(1, index.view(-1)).view(1, -1, tokens, tokens)
+        return table.t().contiguous().index_select(1, index.view(-1)).view(1, heads, tokens, tokens)
 
     def _resampled_table(self, height: int, width: int) -> Tensor:
         table = self.relative_position_bias_table
@@ -167,7 +176,10 @@ class _Embeddings(nn.Module):
     def _positions(self, height: int, width: int) -> Tensor:
         table = self.position_embeddings
         assert table is not None
-        if (height, width) == self.grid:
+        # Bicubic resampling to the table's own size is the identity (cubic weights 0, 1, 0, 0 at zero
+        # offset), so eager skips it at the pre-training grid; while compiling or exporting the sizes may be
+        # symbolic, so the table is always resampled there (as transformers does when tracing).
+        if not torch.compiler.is_compiling() and (height, width) == self.grid:
             return table
         # Another input size: resample the patch part of the table bicubically, as transformers does.
         patch_part = table[:, 1:].reshape(1, *self.grid, -1).permute(0, 3, 1, 2)
@@ -209,11 +221,19 @@ class _SelfAttention(nn.Module):
             context = torch.matmul(weights, value)
         else:
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
-        return context.transpose(1, 2).reshape(batch, length, width), weights
+        context = context.transpose(1, 2)
+        if torch.compiler.is_compiling():
+            # The traced reshape becomes a view when the traced attention kernel returns heads-inner memory;
+            # ONNX export later swaps in a decomposition that returns heads-outer memory, which that view
+            # cannot read. An explicit contiguous copy makes the graph independent of the kernel's layout.
+            context = context.clone(memory_format=torch.contiguous_format)
+        return context.reshape(batch, length, width), weights
 
 
-class _Layer(nn.Module):
-    """One pre-norm transformer layer; both residual branches are scaled per channel (``lambda_1/2``)."""
+class _Layer(CheckpointableLayer):
+    """One pre-norm transformer layer; both residual branches are scaled per channel (``lambda_1/2``).
+
+    The unit of gradient checkpointing and of FSDP sharding (with its own relative-position bias)."""
 
     def __init__(self, config: BeitConfig, drop_path: float) -> None:
         super().__init__()
@@ -375,7 +395,27 @@ class BeitBackbone(Backbone):
     def _stage_map(self, tokens: Tensor, position: int, grid: tuple[int, int]) -> Tensor:
         fmap = tokens[:, 1:].unflatten(1, grid).permute(0, 3, 1, 2)
         level = self._pyramid.get(position)
-        return getattr(self, level)(fmap) if level is not None else fmap
+        if level is None:
+            return fmap
+        if torch.compiler.is_compiling():
+            # The token view has symbolic strides (batch stride (1 + h * w) * C); ordering them to lay out the
+            # pyramid's outputs makes the tracer guard on comparisons it cannot prove for every size. A
+            # contiguous copy has plainly ordered strides (eager keeps the view: no copy, same values).
+            fmap = fmap.contiguous()
+        return getattr(self, level)(fmap)
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """Stage 0 is the embeddings, stage ``p`` the transformer layer ``p - 1`` (with its own relative-position
+        bias). The shared relative-position bias feeds every layer; it belongs to ``stage1``, the first that
+        reads it, so freezing ``stage1`` keeps that stage's output fixed. The pyramid levels only form
+        feature maps: they belong to no stage and stay trainable."""
+        encoder = self.beit.encoder
+        if position == 0:
+            return [self.beit.embeddings]
+        modules: list[nn.Module] = [encoder.layer[position - 1]]
+        if position == 1 and encoder.relative_position_bias is not None:
+            modules.append(encoder.relative_position_bias)
+        return modules
 
     def _prune_stages(self, last_stage: int) -> None:
         del self.beit.encoder.layer[last_stage:]

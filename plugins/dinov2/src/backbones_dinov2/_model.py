@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
+from backbones.layers import CheckpointableLayer
 
 from ._config import Dinov2Config
 
@@ -88,7 +89,11 @@ class _Embeddings(nn.Module):
         """Position embeddings of a ``height x width`` patch grid, ``(1, height * width, channels)``."""
         table = self.position_embeddings[:, 1:]
         grid = self.grid
-        if (height, width) == (grid, grid):
+        # Bicubic resampling to the table's own size is the identity (the cubic weights at zero offset are
+        # exactly 0, 1, 0, 0), so skipping it at the pre-training grid changes no value: it only saves eager
+        # time. While compiling or exporting the sizes may be symbolic and comparing them would guard the
+        # graph to one size, so there the table is always resampled (as transformers does when tracing).
+        if not torch.compiler.is_compiling() and (height, width) == (grid, grid):
             return table
         # As transformers (and the original code): bicubic by target size, no antialiasing, computed in
         # float32 because bicubic resampling in half precision visibly shifts the embeddings.
@@ -171,8 +176,10 @@ class _SwiGLU(nn.Module):
         return self.weights_out(F.silu(gate) * value)
 
 
-class _Layer(nn.Module):
-    """One pre-norm transformer layer; each residual branch is layer-scaled (keys ``encoder.layer.N.*``)."""
+class _Layer(CheckpointableLayer):
+    """One pre-norm transformer layer; each residual branch is layer-scaled (keys ``encoder.layer.N.*``).
+
+    The unit of gradient checkpointing and of FSDP sharding."""
 
     def __init__(self, config: Dinov2Config) -> None:
         super().__init__()
@@ -268,6 +275,13 @@ class Dinov2Backbone(Backbone):
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
         )
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """Stage 0 is the embeddings, stage ``p`` the transformer layer ``p - 1``; the final layer norm
+        only forms feature maps, so it belongs to no stage (and stays trainable)."""
+        if position == 0:
+            return [self.embeddings]
+        return [self.encoder.layer[position - 1]]
 
     def _prune_stages(self, last_stage: int) -> None:
         del self.encoder.layer[last_stage:]

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
+from backbones.layers import CheckpointableLayer
 
 from ._config import VitDetConfig
 
@@ -59,40 +60,86 @@ def _cached_relative_index(size: int, device: torch.device) -> Tensor:
         return _relative_index(size, device)
 
 
-def _relative_table(table: Tensor, size: int) -> Tensor:
-    """Relative embeddings of every (query, key) pair along one axis of ``size`` tokens: ``(size, size, dim)``.
+def _resampled_table(table: Tensor, size: int) -> Tensor:
+    """The relative table for an axis of ``size`` tokens: ``(2 * size - 1, dim)``, one row per offset.
 
-    A table trained for another size is first resampled linearly to the ``2 * size - 1`` offsets.
+    A table trained for another size is resampled linearly to the ``2 * size - 1`` offsets, as transformers.
     """
     length = 2 * size - 1
-    if table.shape[0] != length:
+    # Linear resampling to the table's own length is the identity (every output sits exactly on an input
+    # row, with weight 1 and 0 for its neighbour), so skipping it for a matching table changes no value.
+    # While compiling or exporting ``size`` may be symbolic and comparing it would guard the graph to one
+    # size, so there the table is always resampled.
+    if torch.compiler.is_compiling() or table.shape[0] != length:
         table = F.interpolate(table.t()[None], size=length, mode="linear", align_corners=False)[0].t()
-    if torch.compiler.is_compiling():
-        # A compiled graph bakes the table in as a constant; the cache would only hide it from the tracer.
-        return table[_relative_index(size, table.device)]
+    return table
+
+
+def _relative_table(table: Tensor, size: int) -> Tensor:
+    """Relative embeddings of every (query, key) pair along one axis of ``size`` tokens: ``(size, size, dim)``."""
+    table = _resampled_table(table, size)
     return table[_cached_relative_index(size, table.device)]
+
+
+def _relative_logits(grid: Tensor, table: Tensor, axis: int) -> Tensor:
+    """Per query, the dot products with the relative embeddings of every key along ``axis`` (2: rows,
+    3: columns) of the ``(B, heads, height, width, dim)`` query grid: ``(B, heads, height, width, size)``.
+    """
+    size = grid.shape[axis]
+    if torch.compiler.is_compiling():
+        # Traced form (torch.compile / torch.export with symbolic sizes): dot every query with every offset
+        # row, then pick each key's offset with a gather. The einsum below batches its matrix products over
+        # the symbolic axis, and merging that axis with the static ones makes the tracer guard on
+        # divisibility facts it cannot prove for all sizes; this form never merges a symbolic axis.
+        index = _relative_index(size, grid.device)  # (query position, key position) -> offset row
+        shape = [1, 1, 1, 1, size]
+        shape[axis] = size
+        index = index.view(shape).expand(*grid.shape[:-1], size)
+        return torch.matmul(grid, _resampled_table(table, size).t()).gather(-1, index)
+    # Eager: gather the (size, size, dim) embeddings once (index cached per size), one batched product.
+    embeddings = _relative_table(table, size)
+    if axis == 2:
+        return torch.einsum("bnhwc,hkc->bnhwk", grid, embeddings)
+    return torch.einsum("bnhwc,wkc->bnhwk", grid, embeddings)
 
 
 def _to_windows(x: Tensor, window: int) -> tuple[Tensor, int, int]:
     """``(B, H, W, C)`` -> ``(B * windows, window, window, C)``, zero-padding the map to whole windows.
 
-    Returns the windows and the padded height and width. As in transformers, the padded tokens take
-    part in attention as keys.
+    Returns the windows and how many windows tile the padded map vertically and horizontally. As in
+    transformers, the padded tokens take part in attention as keys.
     """
     batch, height, width, channels = x.shape
-    pad_bottom, pad_right = -height % window, -width % window
-    if pad_bottom or pad_right:
-        x = F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
-    padded_height, padded_width = height + pad_bottom, width + pad_right
-    x = x.view(batch, padded_height // window, window, padded_width // window, window, channels)
-    return x.transpose(2, 3).reshape(-1, window, window, channels), padded_height, padded_width
+    # Window counts by ceiling division: the padded sizes are then multiples of the window by
+    # construction, which symbolic shapes (torch.export with dynamic H/W) can verify without a guard.
+    rows, cols = (height + window - 1) // window, (width + window - 1) // window
+    if torch.compiler.is_compiling():
+        rows, cols = torch.sym_max(rows, 2), torch.sym_max(cols, 2)
+    # Padding by zero is a no-op, so eager skips the copy when the map tiles; a graph always pads (possibly
+    # by zero) instead of branching on sizes that may be symbolic.
+    if torch.compiler.is_compiling() or rows * window != height or cols * window != width:
+        x = F.pad(x, (0, 0, 0, cols * window - width, 0, rows * window - height))
+    x = x.view(batch, rows, window, cols, window, channels).transpose(2, 3).contiguous()
+    return x.view(batch * rows * cols, window, window, channels), rows, cols
 
 
-def _from_windows(windows: Tensor, batch: int, padded_height: int, padded_width: int) -> Tensor:
+def _from_windows(windows: Tensor, batch: int, rows: int, cols: int) -> Tensor:
     """Inverse of :func:`_to_windows` (without removing the padding)."""
     window, channels = windows.shape[1], windows.shape[-1]
-    x = windows.view(batch, padded_height // window, padded_width // window, window, window, channels)
-    return x.transpose(2, 3).reshape(batch, padded_height, padded_width, channels)
+    x = windows.view(batch, rows, cols, window, window, channels).transpose(2, 3).contiguous()
+    return x.view(batch, rows * window, cols * window, channels)
+
+
+def _crop(x: Tensor, height: int, width: int) -> Tensor:
+    """The top-left ``height x width`` of a padded ``(B, H, W, C)`` map."""
+    if torch.compiler.is_compiling():
+        # With symbolic sizes, slicing makes the tracer guard that the crop fits and whether the result is
+        # contiguous, facts about ceiling divisions it cannot prove for all sizes; selecting the kept rows
+        # and columns by index gives the same values without a guard.
+        rows = torch.arange(height, device=x.device)
+        cols = torch.arange(width, device=x.device)
+        return x.index_select(1, rows).index_select(2, cols)
+    return x[:, :height, :width]
 
 
 class _Embeddings(nn.Module):
@@ -127,7 +174,10 @@ class _Embeddings(nn.Module):
     def _positions(self, height: int, width: int) -> Tensor:
         grid = self.grid
         table = self.position_embeddings[:, 1:].reshape(1, grid, grid, -1)  # type: ignore[index]
-        if (height, width) == (grid, grid):
+        # Bicubic resampling to the table's own size is the identity (the cubic weights at zero offset are
+        # exactly 0, 1, 0, 0), so eager skips it at the pre-training grid; while compiling or exporting the
+        # sizes may be symbolic, so the table is always resampled there (as transformers does when tracing).
+        if not torch.compiler.is_compiling() and (height, width) == (grid, grid):
             return table
         # Bicubic by target size, no antialiasing, in the table's dtype: as transformers and detectron2.
         resized = F.interpolate(table.permute(0, 3, 1, 2), size=(height, width), mode="bicubic", align_corners=False)
@@ -160,8 +210,8 @@ class _Attention(nn.Module):
         """``(B, heads, N, N)`` bias: per query, a learned term for the row offset plus one for the column offset."""
         batch, heads, tokens, head_dim = query.shape
         grid = query.reshape(batch, heads, height, width, head_dim)
-        rows = torch.einsum("bnhwc,hkc->bnhwk", grid, _relative_table(self.rel_pos_h, height))  # type: ignore[arg-type]
-        columns = torch.einsum("bnhwc,wkc->bnhwk", grid, _relative_table(self.rel_pos_w, width))  # type: ignore[arg-type]
+        rows = _relative_logits(grid, self.rel_pos_h, 2)  # type: ignore[arg-type]
+        columns = _relative_logits(grid, self.rel_pos_w, 3)  # type: ignore[arg-type]
         return (rows[..., :, None] + columns[..., None, :]).reshape(batch, heads, tokens, tokens)
 
     def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
@@ -180,7 +230,13 @@ class _Attention(nn.Module):
             context = torch.matmul(weights, value)
         else:
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
-        return self.proj(context.transpose(1, 2).reshape(batch, height, width, channels)), weights
+        context = context.transpose(1, 2)
+        if torch.compiler.is_compiling():
+            # The traced reshape becomes a view when the traced attention kernel returns heads-inner memory;
+            # ONNX export later swaps in a decomposition that returns heads-outer memory, which that view
+            # cannot read. An explicit contiguous copy makes the graph independent of the kernel's layout.
+            context = context.clone(memory_format=torch.contiguous_format)
+        return self.proj(context.reshape(batch, height, width, channels)), weights
 
 
 class _Mlp(nn.Module):
@@ -237,8 +293,10 @@ class _ResidualBlock(nn.Module):
         return x + self.norm3(F.linear(out, self.conv3.weight.flatten(1)))
 
 
-class _Layer(nn.Module):
-    """One pre-norm transformer layer, windowed or global, optionally followed by a residual conv block."""
+class _Layer(CheckpointableLayer):
+    """One pre-norm transformer layer, windowed or global, optionally followed by a residual conv block.
+
+    The unit of gradient checkpointing and of FSDP sharding (its residual block included)."""
 
     def __init__(self, config: VitDetConfig, window: int, residual: bool, drop_path: float) -> None:
         super().__init__()
@@ -255,9 +313,9 @@ class _Layer(nn.Module):
         branch = self.norm1(x)
         if self.window:
             batch, height, width, _ = x.shape
-            windows, padded_height, padded_width = _to_windows(branch, self.window)
+            windows, rows, cols = _to_windows(branch, self.window)
             windows, weights = self.attention(windows, need_weights)
-            branch = _from_windows(windows, batch, padded_height, padded_width)[:, :height, :width]
+            branch = _crop(_from_windows(windows, batch, rows, cols), height, width)
         else:
             branch, weights = self.attention(branch, need_weights)
         x = x + _drop_path(branch, self.drop_path, self.training)
@@ -344,6 +402,12 @@ class VitDetBackbone(Backbone):
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
         )
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """Stage 0 is the embeddings, stage ``p`` the transformer layer ``p - 1`` (with its residual block)."""
+        if position == 0:
+            return [self.embeddings]
+        return [self.encoder.layer[position - 1]]
 
     def _prune_stages(self, last_stage: int) -> None:
         del self.encoder.layer[last_stage:]
