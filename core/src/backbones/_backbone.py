@@ -11,8 +11,10 @@ A plugin implements three things:
   may be ``None``, so no work is spent on them).
 * ``_init_weights(module)``: initialise one module as the reference implementation does.
 
-Optionally ``_prune_stages(last_stage)`` to drop the modules of deeper stages, and
-``_on_out_features_changed()`` when per-output modules (e.g. output norms) must follow a new selection.
+Optionally ``_prune_stages(last_stage)`` to drop the modules of deeper stages,
+``_on_out_features_changed()`` when per-output modules (e.g. output norms) must follow a new selection,
+and ``_stage_modules(position)`` for :meth:`Backbone.freeze_stages`. Repeated blocks derived from
+:class:`backbones.layers.CheckpointableLayer` make gradient checkpointing work.
 """
 
 from __future__ import annotations
@@ -93,7 +95,13 @@ class Backbone(nn.Module):
                     f"{type(self).__name__}.__init__ must set {name} to one value per stage "
                     f"({len(self.stage_names)}: {self.stage_names}), got {value!r}"
                 )
-        self.apply(self._init_weights)
+        from ._loading import building_on_meta
+
+        # A model built for a load gets its weights from the checkpoint; modules the checkpoint misses
+        # are initialised after materialising. Initialising meta tensors here would cost nothing but
+        # torch's imports of its symbolic-shape machinery (sympy, dynamo), a second of process start-up.
+        if not building_on_meta():
+            self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module``'s own parameters as the reference implementation does."""

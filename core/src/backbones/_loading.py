@@ -102,6 +102,11 @@ def _install_meta_parameter_patch() -> None:
         _patched = True
 
 
+def building_on_meta() -> bool:
+    """Whether this thread is inside :func:`parameters_on_meta` (a model being built for a load)."""
+    return bool(getattr(_meta_state, "active", False))
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
     """Within this block (in this thread), new module parameters are created on the meta device.
