@@ -1,0 +1,231 @@
+"""The architectures benchmarked: how to build the transformers model, our checkpoint and the timm model.
+
+Each architecture is measured at its usual tiny/base size at 224 x 224. Ours and transformers share one
+checkpoint, written by transformers' ``save_pretrained`` from a randomly initialised model; timm builds
+the matching architecture with random weights (``pretrained=False``), since it uses another key format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ARCHS", "Arch", "arch_by_name"]
+
+FOUR_STAGES = [1, 2, 3, 4]
+VIT_LAYERS = [3, 6, 9, 12]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One benchmarked architecture.
+
+    Attributes:
+        name: Short name used in tables and ``--only`` (e.g. ``swin``).
+        label: The model size measured (e.g. ``swin-tiny``).
+        hf_config: transformers config class name, or ``None`` when transformers cannot run it.
+        hf_backbone: transformers backbone class name (the concrete class: see ``run.py`` for why).
+        config: Config fields (lists, not tuples: some transformers 5.23 configs reject tuples).
+        ours_config: Our config class ``(module, name)`` when transformers cannot write the checkpoint.
+        timm_name: timm model name, or ``None`` when timm has no equivalent.
+        timm_kwargs: Extra ``timm.create_model`` arguments.
+        timm_features_only: Use ``features_only=True`` (else ``forward_features``).
+        channels_last: Whether a ``channels_last`` row is measured (convolutional networks).
+        note: Shown under the table.
+    """
+
+    name: str
+    label: str
+    hf_config: str | None
+    hf_backbone: str | None
+    config: dict[str, Any]
+    ours_config: tuple[str, str] | None = None
+    timm_name: str | None = None
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    timm_features_only: bool = True
+    channels_last: bool = False
+    note: str = ""
+
+    def write_checkpoint(self, directory: Path) -> None:
+        """Save a randomly initialised checkpoint of this architecture into ``directory``."""
+        import torch
+
+        torch.manual_seed(0)
+        if self.hf_config is not None:
+            import transformers
+
+            config = getattr(transformers, self.hf_config)(**self.config)
+            model = getattr(transformers, self.hf_backbone)(config)
+        else:
+            import importlib
+
+            from backbones import AutoBackbone
+
+            assert self.ours_config is not None
+            module, name = self.ours_config
+            config = getattr(importlib.import_module(module), name)(**self.config)
+            model = AutoBackbone.from_config(config)
+        model.save_pretrained(directory)
+
+    def load_transformers(self, directory: Path) -> Any:
+        """transformers' backbone from ``directory``, in eval mode, or ``None`` when it cannot run."""
+        if self.hf_backbone is None:
+            return None
+        import transformers
+
+        # The concrete class: transformers.AutoBackbone.from_pretrained(local_dir) may ask the hub first.
+        return getattr(transformers, self.hf_backbone).from_pretrained(directory).eval()
+
+    def build_timm(self) -> Any:
+        """timm's equivalent model with random weights, in eval mode, or ``None``."""
+        if self.timm_name is None:
+            return None
+        import timm
+
+        kwargs = dict(self.timm_kwargs)
+        if self.timm_features_only:
+            kwargs["features_only"] = True
+        return timm.create_model(self.timm_name, pretrained=False, **kwargs).eval()
+
+
+ARCHS: list[Arch] = [
+    Arch(
+        "swin",
+        "swin-tiny",
+        "SwinConfig",
+        "SwinBackbone",
+        {"out_indices": FOUR_STAGES},
+        timm_name="swin_tiny_patch4_window7_224",
+    ),
+    Arch(
+        "swinv2",
+        "swinv2-tiny (window 7)",
+        "Swinv2Config",
+        "Swinv2Backbone",
+        {"out_indices": FOUR_STAGES},
+        timm_name="swinv2_tiny_window8_256",
+        timm_kwargs={"img_size": 224, "window_size": 7},
+        note="timm's swinv2_tiny_window8_256 built at img_size=224, window_size=7 to match SwinV2Config() defaults",
+    ),
+    Arch(
+        "maskformer-swin",
+        "maskformer-swin-tiny",
+        "MaskFormerSwinConfig",
+        "MaskFormerSwinBackbone",
+        {"out_indices": FOUR_STAGES},
+        timm_name="swin_tiny_patch4_window7_224",
+        note="timm has no MaskFormer Swin; its swin_tiny_patch4_window7_224 is the same network without per-stage norms",
+    ),
+    Arch(
+        "resnet",
+        "resnet50",
+        "ResNetConfig",
+        "ResNetBackbone",
+        {"out_indices": FOUR_STAGES},
+        timm_name="resnet50",
+        timm_kwargs={"out_indices": FOUR_STAGES},
+        channels_last=True,
+    ),
+    Arch(
+        "bit",
+        "bit-50",
+        "BitConfig",
+        "BitBackbone",
+        {"out_indices": FOUR_STAGES},
+        timm_name="resnetv2_50x1_bit",
+        timm_kwargs={"out_indices": FOUR_STAGES},
+        channels_last=True,
+    ),
+    Arch(
+        "convnext",
+        "convnext-tiny",
+        "ConvNextConfig",
+        "ConvNextBackbone",
+        {"depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768], "out_indices": FOUR_STAGES},
+        timm_name="convnext_tiny",
+        channels_last=True,
+    ),
+    Arch(
+        "convnextv2",
+        "convnextv2-tiny",
+        "ConvNextV2Config",
+        "ConvNextV2Backbone",
+        {"depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768], "out_indices": FOUR_STAGES},
+        timm_name="convnextv2_tiny",
+        channels_last=True,
+    ),
+    Arch(
+        "focalnet",
+        "focalnet-tiny (srf)",
+        "FocalNetConfig",
+        "FocalNetBackbone",
+        {
+            "depths": [2, 2, 6, 2],
+            "hidden_sizes": [192, 384, 768, 768],
+            "focal_levels": [2, 2, 2, 2],
+            "focal_windows": [3, 3, 3, 3],
+            "out_indices": FOUR_STAGES,
+        },
+        timm_name="focalnet_tiny_srf",
+    ),
+    Arch(
+        "beit",
+        "beit-base (relative position bias)",
+        "BeitConfig",
+        "BeitBackbone",
+        {"use_relative_position_bias": True, "out_indices": VIT_LAYERS},
+        timm_name="beit_base_patch16_224",
+        timm_kwargs={"out_indices": [index - 1 for index in VIT_LAYERS]},
+    ),
+    Arch(
+        "dinov2",
+        "dinov2-small (patch 14, 224)",
+        "Dinov2Config",
+        "Dinov2Backbone",
+        {"hidden_size": 384, "num_attention_heads": 6, "out_indices": VIT_LAYERS},
+        timm_name="vit_small_patch14_dinov2",
+        timm_kwargs={"img_size": 224, "out_indices": [index - 1 for index in VIT_LAYERS]},
+    ),
+    Arch(
+        "vitdet",
+        "vitdet-base (window 14, rel-pos, global at 3/6/9/12)",
+        "VitDetConfig",
+        "VitDetBackbone",
+        {
+            "window_size": 14,
+            "window_block_indices": [0, 1, 3, 4, 6, 7, 9, 10],
+            "use_relative_position_embeddings": True,
+            "out_indices": [12],
+        },
+        timm_name="samvit_base_patch16_224",
+        timm_kwargs={"neck_chans": 0},
+        timm_features_only=False,
+        note="timm has no ViTDet; samvit_base_patch16_224 (windowed + global attention, rel-pos, no neck) is the same block design",
+    ),
+    Arch(
+        "nat",
+        "nat-mini",
+        None,
+        None,
+        {"out_indices": FOUR_STAGES},
+        ours_config=("backbones_nat", "NatConfig"),
+        note="transformers 5.23 ships no NAT and timm has none: our latency only",
+    ),
+    Arch(
+        "dinat",
+        "dinat-mini",
+        None,
+        None,
+        {"out_indices": FOUR_STAGES},
+        ours_config=("backbones_dinat", "DinatConfig"),
+        note="transformers' DiNAT needs natten (not installable here) and timm has none: our latency only",
+    ),
+]
+
+
+def arch_by_name(name: str) -> Arch:
+    for arch in ARCHS:
+        if arch.name == name:
+            return arch
+    raise KeyError(f"unknown architecture {name!r}; choose from {', '.join(arch.name for arch in ARCHS)}")
