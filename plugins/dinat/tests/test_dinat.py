@@ -73,6 +73,11 @@ INPUTS = [[2, 64, 64, 1], [2, 40, 56, 2], [1, 38, 50, 3]]
 class TestDinatConformance(BackboneConformance):
     model_type = "dinat"
     input_sizes = ((32, 32), (40, 56))
+    # Any input size works: maps smaller than the (dilated) window are padded. Under torch.export the padding
+    # is virtual and every size-dependent choice symbolic (padded_neighborhood_attention_2d), so one program
+    # serves maps both smaller and larger than the window; exported from 16 (twice the deepest stride:
+    # torch.export specialises maps of size 1) to 1024.
+    export_range = (16, 1024)
 
     def make_config(self, **overrides: Any) -> DinatConfig:
         return DinatConfig(**{**TINY, **overrides})

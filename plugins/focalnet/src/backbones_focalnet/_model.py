@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
+from backbones.layers import CheckpointableLayer
 
 from ._config import FocalNetConfig
 
@@ -46,11 +47,25 @@ def _pad_to_multiple(x: Tensor, multiple: int, channels_last: bool) -> Tensor:
     """Zero-pad the bottom and right of a map so both sides are multiples of ``multiple``."""
     height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
     pad_bottom, pad_right = -height % multiple, -width % multiple
-    if not (pad_bottom or pad_right):
+    # Eager (and static-shape compiles) skip the copy when nothing is padded; with symbolic sizes
+    # (torch.export with dynamic height and width) the pad is always applied, possibly by zero, so no
+    # guard on the size is created.
+    if isinstance(pad_bottom, int) and isinstance(pad_right, int) and not (pad_bottom or pad_right):
         return x
     if channels_last:
         return F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
     return F.pad(x, (0, pad_right, 0, pad_bottom))
+
+
+def _add_product(total: Tensor, x: Tensor, gate: Tensor) -> Tensor:
+    """``total + x * gate``: fused in eager; two plain products under symbolic sizes.
+
+    torch.export's stride propagation for ``addcmul`` broadcasts the one-channel gate first (stride 0 over
+    channels) and then guards on the map size; the product and the sum alone trace without guards.
+    """
+    if isinstance(gate.shape[-1], int) and isinstance(gate.shape[-2], int):
+        return torch.addcmul(total, x, gate)
+    return total + x * gate
 
 
 class _Downsample(nn.Module):
@@ -133,21 +148,32 @@ class _FocalModulation(nn.Module):
         # NCHW views of channels-last data: the first depthwise convolution packs the context slice into
         # a dense channels_last map once, and every later map keeps that format without transposes.
         context = context.permute(0, 3, 1, 2)
+        # One dense (batch, height, width) map per gate, level-major: each gate is then a (batch, 1, height,
+        # width) channels_last map like the context maps, so their products take the fast layout path and
+        # torch.export with dynamic sizes traces them without guards on the map size (with gates sliced
+        # out of projection_in's output it would not). The copy is focal_level + 1 channels.
+        gates = gates.permute(3, 0, 1, 2).clone(memory_format=torch.contiguous_format)
         if self.context_scale != 1.0:
             # Dividing the gates divides the gated sum, at the cost of focal_level + 1 channels.
-            gates = gates * self.context_scale
-        gates = gates.permute(0, 3, 1, 2)
+            gates = gates.mul_(self.context_scale)
         total: Tensor | None = None
         for k, layer in enumerate(self.focal_layers):
             context = layer(context)
-            gate = gates[:, k : k + 1]
-            total = context * gate if total is None else torch.addcmul(total, context, gate)
+            gate = gates[k].unsqueeze(-1).permute(0, 3, 1, 2)
+            total = context * gate if total is None else _add_product(total, context, gate)
         global_context = F.gelu(context.mean((2, 3), keepdim=True))
-        gate = gates[:, level:]
-        total = global_context * gate if total is None else torch.addcmul(total, global_context, gate)
+        # The global term is the outer product of the last gate map and the pooled context, added as a
+        # batched matmul on (batch, tokens, channels): fused, and free of stride guesses under export.
+        batch, height, width = gates.shape[1:]
+        gate = gates[level].reshape(batch, height * width, 1)
+        pooled = global_context.reshape(batch, 1, dim)
+        if total is None:
+            tokens = torch.bmm(gate, pooled)
+        else:
+            tokens = torch.baddbmm(total.permute(0, 2, 3, 1).reshape(batch, height * width, dim), gate, pooled)
         # projection_context is a 1x1 convolution: on channels-last data, a matmul.
         context_weight = self.projection_context.weight.flatten(1)
-        modulator = F.linear(total.permute(0, 2, 3, 1), context_weight, self.projection_context.bias)
+        modulator = F.linear(tokens.view(batch, height, width, dim), context_weight, self.projection_context.bias)
         out = query * modulator
         if self.layernorm is not None:
             out = self.layernorm(out)
@@ -170,7 +196,7 @@ class _Mlp(nn.Module):
         return F.dropout(self.fc2(x), self.dropout, self.training)
 
 
-class _FocalBlock(nn.Module):
+class _FocalBlock(CheckpointableLayer):
     """A modulation branch and an MLP branch, each residual, pre-norm (or post-norm), optionally layer-scaled."""
 
     def __init__(self, config: FocalNetConfig, dim: int, stage: int, drop_path: float) -> None:
@@ -299,6 +325,13 @@ class FocalNetBackbone(Backbone):
             if output_hidden_states:
                 hidden_states.append(x.flatten(1, 2))
         return maps, tuple(hidden_states) if output_hidden_states else None, None
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """Stage 0 is the stem (``focalnet.embeddings``); stage ``i`` is block group ``i - 1`` with its
+        downsampling (``focalnet.encoder.stages[i - 1]``), as its map is taken after it."""
+        if position == 0:
+            return [self.focalnet.embeddings]
+        return [self.focalnet.encoder.stages[position - 1]]
 
     def _prune_stages(self, last_stage: int) -> None:
         # Stage i >= 1 is the output of encoder.stages[i - 1], its downsampling included.

@@ -24,9 +24,10 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation
+from backbones.layers import CheckpointableLayer
 
 from ._config import NatConfig
-from .attention import neighborhood_attention_2d
+from .attention import neighborhood_attention_2d, padded_neighborhood_attention_2d
 
 __all__ = ["NatBackbone"]
 
@@ -95,19 +96,28 @@ class _NeighborhoodSelfAttention(nn.Module):
         self.key = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.value = nn.Linear(dim, dim, bias=config.qkv_bias)
 
-    def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        """``(B, H, W, C)`` -> context of the same shape, and the ``(B, heads, H, W, K*K)`` weights if asked."""
+    def forward(self, x: Tensor, need_weights: bool, pad_virtually: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``(B, H, W, C)`` -> context of the same shape, and the ``(B, heads, H, W, K*K)`` weights if asked.
+
+        With ``pad_virtually`` the map may be smaller than the dilated window: it is attended over as if
+        zero-padded to it (see :func:`padded_neighborhood_attention_2d`), and only real positions return.
+        """
         heads = (*x.shape[:3], self.num_heads, x.shape[-1] // self.num_heads)
-        context, weights = neighborhood_attention_2d(
-            self.query(x).view(heads),
-            self.key(x).view(heads),
-            self.value(x).view(heads),
-            self.rpb,
-            self.kernel_size,
-            self.dilation,
-            dropout_p=self.dropout if self.training else 0.0,
-            return_weights=need_weights,
-        )
+        query, key, value = self.query(x).view(heads), self.key(x).view(heads), self.value(x).view(heads)
+        options = {"dropout_p": self.dropout if self.training else 0.0, "return_weights": need_weights}
+        if pad_virtually:
+            # What the projections make of a zero-padded position: their biases.
+            paddings = [
+                (layer.bias if layer.bias is not None else x.new_zeros(x.shape[-1])).view(heads[3:])
+                for layer in (self.key, self.value)
+            ]
+            context, weights = padded_neighborhood_attention_2d(
+                query, key, value, *paddings, self.rpb, self.kernel_size, self.dilation, **options
+            )
+        else:
+            context, weights = neighborhood_attention_2d(
+                query, key, value, self.rpb, self.kernel_size, self.dilation, **options
+            )
         return context.view(x.shape), weights
 
 
@@ -120,12 +130,12 @@ class _NeighborhoodAttention(nn.Module):
         self.output = _Holder("dense", nn.Linear(dim, dim))
         self.dropout = config.attention_probs_dropout_prob
 
-    def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        context, weights = self.self(x, need_weights)
+    def forward(self, x: Tensor, need_weights: bool, pad_virtually: bool = False) -> tuple[Tensor, Tensor | None]:
+        context, weights = self.self(x, need_weights, pad_virtually)
         return F.dropout(self.output(context), self.dropout, self.training), weights
 
 
-class _Layer(nn.Module):
+class _Layer(CheckpointableLayer):
     """One transformer layer: neighbourhood attention then an MLP, each a pre-norm residual branch.
 
     Keys ``encoder.levels.N.layers.M.*``; ``layer_scale_parameters`` (``(2, dim)``: attention branch,
@@ -154,12 +164,17 @@ class _Layer(nn.Module):
     def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         _, height, width, _ = x.shape
         branch = self.layernorm_before(x)
-        pad_bottom, pad_right = max(0, self.window - height), max(0, self.window - width)
-        if pad_bottom or pad_right:
-            branch = F.pad(branch, (0, 0, 0, pad_right, 0, pad_bottom))
-        branch, weights = self.attention(branch, need_weights)
-        if pad_bottom or pad_right:
-            branch = branch[:, :height, :width]
+        if not (isinstance(height, int) and isinstance(width, int)):
+            # Symbolic sizes (torch.export with dynamic height and width): the padding is virtual, so one
+            # guard-free program serves maps both smaller and larger than the window.
+            branch, weights = self.attention(branch, need_weights, pad_virtually=True)
+        else:
+            pad_bottom, pad_right = max(0, self.window - height), max(0, self.window - width)
+            if pad_bottom or pad_right:
+                branch = F.pad(branch, (0, 0, 0, pad_right, 0, pad_bottom))
+            branch, weights = self.attention(branch, need_weights)
+            if pad_bottom or pad_right:
+                branch = branch[:, :height, :width]
         scales = self.layer_scale_parameters
         if scales is not None:
             branch = scales[0] * branch
@@ -317,6 +332,20 @@ class NatBackbone(Backbone):
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
         )
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """Stage 0 is the stem (``embeddings``); stage ``i`` is the layers of ``encoder.levels[i - 1]`` and,
+        for ``i >= 2``, the downsampler before them (``encoder.levels[i - 2].downsample``). The output norms
+        (``hidden_states_norms``) belong to no stage."""
+        if position == 0:
+            return [self.embeddings]
+        levels = self.encoder.stages()
+        modules: list[nn.Module] = [levels[position - 1].layers]
+        if position > 1:
+            downsample = levels[position - 2].downsample
+            assert downsample is not None
+            modules.insert(0, downsample)
+        return modules
 
     def _prune_stages(self, last_stage: int) -> None:
         del self.encoder.levels[last_stage:]

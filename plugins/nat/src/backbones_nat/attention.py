@@ -25,6 +25,12 @@ each query is scored against that many more keys than its window holds, as a few
 products instead of many tiny ones. ``plugins/nat/benchmarks/bench_attention.py`` measures both
 against brute force. Index tables depend on sizes only; they are cached per size in eager mode and
 built inside the graph under ``torch.compile``.
+
+:func:`padded_neighborhood_attention_2d` is the same computation on a map that is virtually zero-padded
+(bottom and right) to at least ``kernel_size * dilation``, for maps of symbolic size (``torch.export``
+with dynamic height and width): its tiles and spans have fixed sizes and every size-dependent choice is
+a tensor computation, so one traced program, free of guards on the size, serves maps both smaller and
+larger than the window.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["neighborhood_attention_2d", "neighborhood_indices"]
+__all__ = ["neighborhood_attention_2d", "neighborhood_indices", "padded_neighborhood_attention_2d"]
 
 
 class _AxisTiles(NamedTuple):
@@ -166,6 +172,68 @@ def _plan(height: int, width: int, kernel_size: int, dilation: int, tile: int, d
     )
 
 
+def _padded_axis_tiles(length: int, kernel_size: int, dilation: int, tile: int, device: torch.device) -> _AxisTiles:
+    """:func:`_axis_tiles` of an axis of ``length`` real positions, zero-padded to ``kernel_size * dilation``.
+
+    Shapes depend on ``length`` only through the tile count, so a symbolic ``length`` creates no guard:
+    the tile is always ``tile`` and the span ``tile + kernel_size - 1`` (key slots past a sub-sequence's
+    end repeat its last position, outside every window, so masked). Windows are placed on the padded
+    axis, ``max(length, kernel_size * dilation)`` long; only real positions are queries, and key
+    positions are those of the padded axis (``>= length`` for the padding).
+    """
+    padded = torch.sym_max(length, kernel_size * dilation)
+    span = tile + kernel_size - 1
+    # One spare tile (of padding slots), so that the count is at least 2: a count that may be 1 makes
+    # the contiguity checks of the tables' views guard on it.
+    count = ((length + dilation - 1) // dilation + tile - 1) // tile + 1
+    residue = torch.arange(dilation, device=device).view(-1, 1, 1)
+    real = (length - residue + dilation - 1) // dilation  # queries of each sub-sequence (0 if none)
+    segment = (padded - residue + dilation - 1) // dilation  # its positions on the padded axis
+    index = torch.arange(count, device=device).view(1, -1, 1) * tile + torch.arange(tile, device=device)
+    index = torch.minimum(index, (real - 1).clamp(min=0))  # (dilation, count, tile)
+    window = torch.minimum((index - kernel_size // 2).clamp(min=0), segment - kernel_size)
+    first = torch.minimum(window[..., :1], segment - span).clamp(min=0)
+    key_index = first + torch.arange(span, device=device)  # (dilation, count, span)
+
+    key, start = key_index[..., None, :], window[..., :, None]
+    inside = (key >= start) & (key < start + kernel_size)
+    bias = torch.where(inside, key - index[..., :, None] + kernel_size - 1, 2 * kernel_size - 1)
+    kernel_slots = window[..., None] - first[..., None] + torch.arange(kernel_size, device=device)
+
+    position = torch.arange(length, device=device)
+    within = position // dilation
+    tiles = dilation * count
+    # A sub-sequence without real queries (a map shorter than the dilation) fills its slots with the last
+    # real position: computed and never read back.
+    queries = (index * dilation + residue).clamp(max=length - 1)
+    return _AxisTiles(
+        queries=queries.reshape(tiles, tile),
+        keys=(torch.minimum(key_index, segment - 1) * dilation + residue).reshape(tiles, span),
+        bias=bias.reshape(tiles, tile, span),
+        kernel_slots=kernel_slots.reshape(tiles, tile, kernel_size),
+        slots=((position % dilation) * count + within // tile) * tile + within % tile,
+    )
+
+
+def _padded_plan(height: int, width: int, kernel_size: int, dilation: int, tile: int, device: torch.device) -> _Plan:
+    """:func:`_plan` of a virtually padded map; key index ``height * width`` is the padding token."""
+    rows = _padded_axis_tiles(height, kernel_size, dilation, tile, device)
+    columns = _padded_axis_tiles(width, kernel_size, dilation, tile, device)
+    column_tiles = columns.queries.shape[0]
+    slots = _outer(rows.slots // tile, columns.slots // tile, column_tiles).view(height, width) * (tile * tile)
+    slots = slots + (rows.slots % tile)[:, None] * tile + columns.slots % tile
+    keys = _outer(rows.keys, columns.keys, width)
+    padding = _outer((rows.keys >= height).long(), (columns.keys >= width).long(), 1) > 0
+    return _Plan(
+        rows=rows,
+        columns=columns,
+        queries=_outer(rows.queries, columns.queries, width),
+        keys=torch.where(padding, height * width, keys),
+        bias=_outer(rows.bias, columns.bias, 2 * kernel_size).to(torch.int32),
+        slots=slots.reshape(-1),
+    )
+
+
 @functools.lru_cache(maxsize=32)
 def _cached_plan(height: int, width: int, kernel_size: int, dilation: int, tile: int, device: torch.device) -> _Plan:
     # Built outside inference mode, so that a plan cached there also serves calls that record autograd.
@@ -237,7 +305,7 @@ def neighborhood_attention_2d(
             "query, key and value must be (batch, height, width, heads, dim) tensors with equal leading dimensions; "
             f"got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
         )
-    batch, height, width, heads, head_dim = query.shape
+    batch, height, width, heads, _ = query.shape
     _check_axis(height, kernel_size, dilation, "height")
     _check_axis(width, kernel_size, dilation, "width")
     side = 2 * kernel_size - 1
@@ -250,18 +318,100 @@ def neighborhood_attention_2d(
     if tile < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size}")
     plan = _get_plan(height, width, kernel_size, dilation, tile, query.device)
+    flat = (batch, height * width, heads)
+    return _attend(
+        query,
+        key.reshape(*flat, -1),
+        value.reshape(*flat, -1),
+        rpb,
+        plan,
+        kernel_size,
+        scale,
+        dropout_p,
+        return_weights,
+    )
+
+
+def padded_neighborhood_attention_2d(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_padding: Tensor,
+    value_padding: Tensor,
+    rpb: Tensor | None,
+    kernel_size: int,
+    dilation: int = 1,
+    *,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`neighborhood_attention_2d` of a map zero-padded (bottom, right) to ``kernel_size * dilation``.
+
+    Equal to padding the map's input to ``max(side, kernel_size * dilation)`` on each side, running
+    :func:`neighborhood_attention_2d` and cropping back, but the padding is virtual: every padded key and
+    value is ``key_padding`` and ``value_padding`` (what the projections make of the zero padding: their
+    biases). Any map size works, and sizes only enter the computation symbolically, so it traces without
+    guards under ``torch.export`` with dynamic sizes.
+
+    Args:
+        query: ``(batch, height, width, heads, head_dim)``, any height and width.
+        key: Same shape as ``query``.
+        value: ``(batch, height, width, heads, value_dim)``.
+        key_padding: ``(heads, head_dim)`` key of a padded position.
+        value_padding: ``(heads, value_dim)`` value of a padded position.
+        rpb, kernel_size, dilation, scale, dropout_p, return_weights: As :func:`neighborhood_attention_2d`.
+
+    Returns:
+        ``(context, weights)`` of the real positions: ``(batch, height, width, heads, value_dim)`` and
+        ``(batch, heads, height, width, kernel_size ** 2)`` (if ``return_weights``).
+    """
+    batch, height, width, heads, _ = query.shape
+    _check_axis(kernel_size * dilation, kernel_size, dilation, "window")
+    plan = _padded_plan(height, width, kernel_size, dilation, kernel_size, query.device)
+
+    def flat(x: Tensor, padding: Tensor) -> Tensor:
+        padding = padding.to(x.dtype).reshape(1, 1, heads, -1).expand(batch, 1, heads, -1)
+        return torch.cat([x.reshape(batch, height * width, heads, -1), padding], dim=1)
+
+    return _attend(
+        query,
+        flat(key, key_padding),
+        flat(value, value_padding),
+        rpb,
+        plan,
+        kernel_size,
+        scale,
+        dropout_p,
+        return_weights,
+    )
+
+
+def _attend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    rpb: Tensor | None,
+    plan: _Plan,
+    kernel_size: int,
+    scale: float | None,
+    dropout_p: float,
+    return_weights: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """The attention of a plan: ``query`` ``(B, H, W, heads, dim)``; ``key``, ``value`` ``(B, tokens, heads, dim)``."""
+    batch, height, width, heads, head_dim = query.shape
+    side = 2 * kernel_size - 1
     (tiles, row_tile), column_tile = plan.rows.queries.shape, plan.columns.queries.shape[1]
     tiles *= plan.columns.queries.shape[0]
     queries_per_tile = row_tile * column_tile
     keys_per_tile = plan.rows.keys.shape[1] * plan.columns.keys.shape[1]
 
-    def gather(x: Tensor, index: Tensor, per_tile: int) -> Tensor:
-        # (B, H, W, heads, dim) -> (B, heads * tiles, per_tile, dim), written contiguously by index_select.
+    def gather(flat: Tensor, index: Tensor, per_tile: int) -> Tensor:
+        # (B, tokens, heads, dim) -> (B, heads * tiles, per_tile, dim), written contiguously by index_select.
         # Heads and tiles share one axis: the 4-D form reaches the fused attention kernels.
-        flat = x.reshape(batch, height * width, heads, x.shape[-1]).transpose(1, 2)
-        return flat.index_select(2, index).view(batch, heads * tiles, per_tile, x.shape[-1])
+        return flat.transpose(1, 2).index_select(2, index).view(batch, heads * tiles, per_tile, flat.shape[-1])
 
-    q = gather(query, plan.queries, queries_per_tile)
+    q = gather(query.reshape(batch, height * width, heads, head_dim), plan.queries, queries_per_tile)
     k = gather(key, plan.keys, keys_per_tile)
     v = gather(value, plan.keys, keys_per_tile)
     if rpb is None:

@@ -25,6 +25,7 @@ from timm.models._features import FeatureGetterNet
 from timm.models.efficientnet import EfficientNetFeatures
 from timm.models.mobilenetv3 import MobileNetV3Features
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from backbones import Backbone
 
@@ -186,8 +187,16 @@ class TimmBackbone(Backbone):
 
     def _run_modules(self, hidden: Any, maps: list[Tensor | None], last_stage: int) -> None:
         concat = self._backbone.concat
-        for name, module in self._backbone.items():
-            hidden = module(hidden)
+        recompute = self._recomputing()
+        last = len(self._backbone) - 1
+        for index, (name, module) in enumerate(self._backbone.items()):
+            # As timm's FeatureDictNet, but only the stages after the stem (tapped modules of stage >= 1) run
+            # under checkpointing: the stem's layers may be in-place activations (ResNet's act1), which
+            # would modify the input a checkpoint saved.
+            if recompute and index < last and self._module_stages.get(name, 0) > 0:
+                hidden = checkpoint(module, hidden, use_reentrant=False)
+            else:
+                hidden = module(hidden)
             stage = self._module_stages.get(name)
             if stage is not None:
                 if isinstance(hidden, (tuple, list)):
@@ -206,8 +215,9 @@ class TimmBackbone(Backbone):
             maps[self._stem_stage] = hidden
             if self._stem_stage >= last_stage:
                 return
+        recompute = self._recomputing()
         for position, block in enumerate(model.blocks):
-            hidden = block(hidden)
+            hidden = checkpoint(block, hidden, use_reentrant=False) if recompute else block(hidden)
             stage = self._block_stages.get(position)
             if stage is not None:
                 maps[stage] = hidden
@@ -243,6 +253,101 @@ class TimmBackbone(Backbone):
                 f"pruning stages of timm's {type(model).__name__} feature extractor is not supported; "
                 "keep the model whole (its forward computes every stage)"
             )
+
+    # -- training switches ----------------------------------------------------------------------------
+
+    def _timm_model(self) -> Any:
+        """The timm module whose ``set_grad_checkpointing`` and ``grad_checkpointing`` rule its blocks."""
+        model = self._backbone
+        return model.model if isinstance(model, FeatureGetterNet) else model
+
+    def _recomputing(self) -> bool:
+        """Whether the stage loops run here (modules, blocks) must checkpoint, as timm's own forwards do."""
+        return bool(getattr(self._backbone, "grad_checkpointing", False)) and self.training and torch.is_grad_enabled()
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute activations during backward, through timm's ``set_grad_checkpointing``.
+
+        timm's blocks are not :class:`~backbones.layers.CheckpointableLayer`: timm checkpoints them itself
+        (its ``forward_intermediates``), and the stage loops of this class follow timm's flag.
+
+        Raises:
+            NotImplementedError: The timm model has no ``set_grad_checkpointing``.
+        """
+        model = self._timm_model()
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise NotImplementedError(f"timm's {type(model).__name__} has no set_grad_checkpointing")
+        model.set_grad_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Store activations again (the default)."""
+        model = self._timm_model()
+        if hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether timm's gradient checkpointing is switched on."""
+        return bool(getattr(self._timm_model(), "grad_checkpointing", False))
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """The timm modules (in execution order) from after stage ``position - 1``'s tapped module to stage
+        ``position``'s (feature_info's module names); modules after the deepest stage (a final norm) belong
+        to none. Parameters held directly by the model (ViT's ``cls_token``, ``pos_embed``) belong to the
+        first stage."""
+        return self._stage_groups()[position]
+
+    def _stage_groups(self) -> list[list[nn.Module]]:
+        groups: list[list[nn.Module]] = [[] for _ in self.stage_names]
+        pending: list[nn.Module] = []
+
+        def close(stage: int, module: nn.Module | None = None) -> None:
+            groups[stage].extend([*pending, *([module] if module is not None else [])])
+            pending.clear()
+
+        model: Any = self._backbone
+        if self._runner == "modules":
+            for name, module in model.items():
+                pending.append(module)
+                if name in self._module_stages:
+                    close(self._module_stages[name])
+        elif self._runner == "blocks":
+            pending.extend(getattr(model, name) for name in self._stem_modules)
+            if self._stem_stage is not None:
+                close(self._stem_stage)
+            for index, block in enumerate(model.blocks):
+                pending.append(block)
+                if index in self._block_stages:
+                    close(self._block_stages[index])
+        else:
+            root = self._timm_model()
+            tapped = {name: stage for stage, name in enumerate(self.stage_names)}
+            own = [name for name, _ in root.named_parameters(recurse=False)]
+            if own:
+                pending.append(_parameter_group(root, own))
+
+            def walk(module: nn.Module, prefix: str) -> None:
+                for name, child in module.named_children():
+                    path = f"{prefix}{name}"
+                    if path in tapped:
+                        close(tapped[path], child)
+                    elif any(stage.startswith(path + ".") for stage in tapped):
+                        own = [n for n, _ in child.named_parameters(recurse=False)]
+                        if own:
+                            pending.append(_parameter_group(child, own))
+                        walk(child, path + ".")
+                    else:
+                        pending.append(child)
+
+            walk(root, "")
+        return groups
+
+    def _freeze_batch_norm(self) -> int:
+        """timm's conversion: BatchNorm2d to FrozenBatchNorm2d, BatchNormAct2d (a BatchNorm2d subclass with a
+        fused activation, which core's generic converter refuses) to FrozenBatchNormAct2d."""
+        count = sum(isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)) for m in self._backbone.modules())
+        self.freeze_batch_norm_2d()
+        return count
 
     # -- weights --------------------------------------------------------------------------------------
 
@@ -297,3 +402,22 @@ class TimmBackbone(Backbone):
 
     def extra_repr(self) -> str:
         return f"backbone={self.config.backbone!r}, out_features={self.out_features}"
+
+
+class _ParameterGroup(nn.Module):
+    """Parameters a timm module holds directly (ViT's ``cls_token``), as a module :meth:`freeze_stages` can
+    act on. It is not registered in the model, so the state dict is unchanged."""
+
+    def __init__(self, owner: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        for name in names:
+            self.register_parameter(name, owner._parameters[name])
+
+
+def _parameter_group(owner: nn.Module, names: list[str]) -> _ParameterGroup:
+    """The :class:`_ParameterGroup` of ``owner``, cached on it (outside its modules) so its training flag persists."""
+    group = owner.__dict__.get("_backbones_parameter_group")
+    if group is None:
+        group = _ParameterGroup(owner, names)
+        owner.__dict__["_backbones_parameter_group"] = group
+    return group  # type: ignore[no-any-return]
