@@ -347,6 +347,25 @@ def measure_forward(
 # -- the run ----------------------------------------------------------------------------------------------
 
 
+def merge_section(previous: Any, fresh: Any) -> Any:
+    """``fresh`` measurements merged into a section of an earlier run: rows measured again replace theirs.
+
+    Dict sections merge by key; list sections (one row per architecture, mode and batch) replace the
+    rows with the same ``(arch, mode, batch)`` in place and append new ones.
+    """
+    if isinstance(previous, dict) and isinstance(fresh, dict):
+        return {**previous, **fresh}
+    if isinstance(previous, list) and isinstance(fresh, list):
+
+        def identity(row: dict[str, Any]) -> tuple[Any, ...]:
+            return row.get("arch"), row.get("mode"), row.get("batch")
+
+        replacements = {identity(row): row for row in fresh}
+        merged = [replacements.pop(identity(row), row) for row in previous]
+        return merged + [row for row in fresh if identity(row) in replacements]
+    return fresh
+
+
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {
@@ -550,7 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.update and args.json.exists():
             previous = json.loads(args.json.read_text())
             fresh = {key: value for key, value in results.items() if key not in ("meta", "notes") and value}
-            previous.update(fresh)
+            for key, value in fresh.items():
+                previous[key] = merge_section(previous.get(key), value)
             previous["meta"].setdefault("updates", []).append(
                 {"command": results["meta"]["command"], "date": results["meta"]["date"], "sections": sorted(fresh)}
             )

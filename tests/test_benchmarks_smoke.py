@@ -133,3 +133,19 @@ def test_interleaved_timing_on_a_tiny_model() -> None:
     entry = {"arch": "resnet", "mode": "channels_last", "batch": 1, "samples": result}
     (row,) = forward_rows([entry])
     assert row["ratio"] == pytest.approx(row["ours"] / row["timm"])
+
+
+def test_update_merges_rows_instead_of_replacing_sections() -> None:
+    from benchmarks.run import merge_section
+
+    previous = [
+        {"arch": "swin", "mode": "fp32", "batch": 1, "samples": [1.0]},
+        {"arch": "resnet", "mode": "fp32", "batch": 1, "samples": [2.0]},
+    ]
+    fresh = [
+        {"arch": "resnet", "mode": "fp32", "batch": 1, "samples": [3.0]},
+        {"arch": "resnet", "mode": "bf16", "batch": 1, "samples": [4.0]},
+    ]
+    assert merge_section(previous, fresh) == [previous[0], fresh[0], fresh[1]]
+    assert merge_section({"a": 1, "b": 2}, {"b": 3}) == {"a": 1, "b": 3}
+    assert merge_section(None, fresh) == fresh

@@ -104,20 +104,41 @@ def _axis_tiles(length: int, kernel_size: int, dilation: int, tile: int, device:
     segment = (length - residue + dilation - 1) // dilation
     index = torch.arange(count, device=device).view(1, -1, 1) * tile + torch.arange(tile, device=device)
     index = torch.minimum(index, segment - 1)  # (dilation, count, tile)
+    queries = index * dilation + residue
+    return _tiles_from_slots(index, queries, segment, residue, length, kernel_size, dilation, tile, span, count)
+
+
+def _tiles_from_slots(
+    index: Tensor,
+    queries: Tensor,
+    segment: Tensor,
+    residue: Tensor,
+    length: int,
+    kernel_size: int,
+    dilation: int,
+    tile: int,
+    span: int,
+    count: int,
+) -> _AxisTiles:
+    """The tables of one axis, given each query slot's ``index`` in its sub-sequence and its position.
+
+    ``segment`` is the number of key positions of each sub-sequence; the rest (windows, key runs, the
+    relative-bias index, kernel slots, the slot of each position) follows from the window rule.
+    """
     window = torch.minimum((index - kernel_size // 2).clamp(min=0), segment - kernel_size)
     first = torch.minimum(window[..., :1], segment - span).clamp(min=0)
-    key_index = first + torch.arange(span, device=device)  # (dilation, count, span)
+    key_index = first + torch.arange(span, device=index.device)  # (dilation, count, span)
 
     key, start = key_index[..., None, :], window[..., :, None]
     inside = (key >= start) & (key < start + kernel_size)
     bias = torch.where(inside, key - index[..., :, None] + kernel_size - 1, 2 * kernel_size - 1)
-    kernel_slots = window[..., None] - first[..., None] + torch.arange(kernel_size, device=device)
+    kernel_slots = window[..., None] - first[..., None] + torch.arange(kernel_size, device=index.device)
 
-    position = torch.arange(length, device=device)
+    position = torch.arange(length, device=index.device)
     within = position // dilation
     tiles = dilation * count
     return _AxisTiles(
-        queries=(index * dilation + residue).reshape(tiles, tile),
+        queries=queries.reshape(tiles, tile),
         keys=(torch.minimum(key_index, segment - 1) * dilation + residue).reshape(tiles, span),
         bias=bias.reshape(tiles, tile, span),
         kernel_slots=kernel_slots.reshape(tiles, tile, kernel_size),
@@ -191,28 +212,10 @@ def _padded_axis_tiles(length: int, kernel_size: int, dilation: int, tile: int, 
     segment = (padded - residue + dilation - 1) // dilation  # its positions on the padded axis
     index = torch.arange(count, device=device).view(1, -1, 1) * tile + torch.arange(tile, device=device)
     index = torch.minimum(index, (real - 1).clamp(min=0))  # (dilation, count, tile)
-    window = torch.minimum((index - kernel_size // 2).clamp(min=0), segment - kernel_size)
-    first = torch.minimum(window[..., :1], segment - span).clamp(min=0)
-    key_index = first + torch.arange(span, device=device)  # (dilation, count, span)
-
-    key, start = key_index[..., None, :], window[..., :, None]
-    inside = (key >= start) & (key < start + kernel_size)
-    bias = torch.where(inside, key - index[..., :, None] + kernel_size - 1, 2 * kernel_size - 1)
-    kernel_slots = window[..., None] - first[..., None] + torch.arange(kernel_size, device=device)
-
-    position = torch.arange(length, device=device)
-    within = position // dilation
-    tiles = dilation * count
     # A sub-sequence without real queries (a map shorter than the dilation) fills its slots with the last
     # real position: computed and never read back.
     queries = (index * dilation + residue).clamp(max=length - 1)
-    return _AxisTiles(
-        queries=queries.reshape(tiles, tile),
-        keys=(torch.minimum(key_index, segment - 1) * dilation + residue).reshape(tiles, span),
-        bias=bias.reshape(tiles, tile, span),
-        kernel_slots=kernel_slots.reshape(tiles, tile, kernel_size),
-        slots=((position % dilation) * count + within // tile) * tile + within % tile,
-    )
+    return _tiles_from_slots(index, queries, segment, residue, length, kernel_size, dilation, tile, span, count)
 
 
 def _padded_plan(height: int, width: int, kernel_size: int, dilation: int, tile: int, device: torch.device) -> _Plan:
