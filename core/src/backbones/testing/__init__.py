@@ -132,8 +132,9 @@ class BackboneConformance:
         export_multiple: Input sizes must be multiples of this for export (1: any size).
         bf16_tolerance: Largest relative error (``||bf16 - fp32|| / ||fp32||`` per map) allowed under
             bfloat16 autocast.
-        deployment_checks: Run the distributed, export and ONNX checks (slow). A variant whose code
-            paths another conformance class of the same plugin already covers may switch them off.
+        deployment_checks: Have the distributed, export and ONNX checks (slow). A variant whose code
+            paths another conformance class of the same plugin already covers may switch them off;
+            its class then does not have those checks at all.
         limitations: Modes the architecture cannot support, mapped to the reason (from its math). Each
             is then an expected failure: the check must still fail (strict), so a limitation that
             stops being one is noticed. Modes: ``"gradient_checkpointing"``, ``"freeze_stages"``,
@@ -150,6 +151,21 @@ class BackboneConformance:
     bf16_tolerance: ClassVar[float] = 0.05
     deployment_checks: ClassVar[bool] = True
     limitations: ClassVar[dict[str, str]] = {}
+
+    _DEPLOYMENT_CHECKS: ClassVar[tuple[str, ...]] = (
+        "test_export_with_dynamic_size",
+        "test_onnx_export_matches_eager",
+        "test_distributed_training_ddp_and_fsdp2",
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A variant that switches the slow checks off does not have them (rather than skipping them).
+        for name in cls._DEPLOYMENT_CHECKS:
+            if not cls.deployment_checks:
+                setattr(cls, name, None)
+            elif getattr(cls, name) is None:
+                setattr(cls, name, getattr(BackboneConformance, name))
 
     def make_config(self, **overrides: Any) -> BackboneConfig:
         """Return a small config of this plugin's architecture with ``overrides`` applied."""
@@ -181,10 +197,6 @@ class BackboneConformance:
         reason = self.limitations.get(mode)
         if reason:
             request.node.add_marker(pytest.mark.xfail(reason=f"{mode}: {reason}", strict=True))
-
-    def deployment(self) -> None:
-        if not self.deployment_checks:
-            pytest.skip("deployment checks run in another conformance class of this plugin")
 
     def train_step_gradients(self, model: Backbone, pixels: Tensor) -> dict[str, Tensor]:
         """Gradients of a loss over every feature map, by parameter name."""
@@ -528,7 +540,6 @@ class BackboneConformance:
         return cache  # type: ignore[no-any-return]
 
     def test_export_with_dynamic_size(self, request: pytest.FixtureRequest) -> None:
-        self.deployment()
         self.expect_support(request, "export")
         model, program = self._exported()
         low, high = self._export_bounds(model)
@@ -542,7 +553,6 @@ class BackboneConformance:
                 assert_close_maps(exported.feature_maps, model(pixels).feature_maps, atol=1e-5)
 
     def test_onnx_export_matches_eager(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-        self.deployment()
         self.expect_support(request, "export")
         self.expect_support(request, "onnx")
         import onnxruntime
@@ -563,7 +573,6 @@ class BackboneConformance:
 
     def test_distributed_training_ddp_and_fsdp2(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
         """Two CPU ranks (gloo): DDP and FSDP2 train; every parameter gets a gradient; ranks agree."""
-        self.deployment()
         self.expect_support(request, "distributed")
         from safetensors.torch import load_file
 
