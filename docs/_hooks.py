@@ -104,20 +104,26 @@ def _stage_table(page: BackbonePage) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rewrite_links(markdown: str, readme: str, pages: dict[str, str]) -> str:
-    """Make a README's relative links work on its page: other plugins' READMEs become their pages,
-    docs/ files become doc pages, any other file of the repository a link to its source."""
+def _rewrite_links(markdown: str, source: str, pages: dict[str, str], docs_prefix: str | None) -> str:
+    """Rewrite the relative links of ``source`` (a repository path) for its place in the site.
+
+    Links to other plugins' READMEs become their pages (``pages``); links into docs/ get ``docs_prefix``
+    in place of ``docs/`` (or stay as written when it is None); any other repository file becomes a link
+    to its source.
+    """
 
     def replace(match: re.Match[str]) -> str:
         target = match.group(2)
         if re.match(r"^([a-z][a-z0-9+.-]*:|#)", target):
             return match.group(0)
         path, _, anchor = target.partition("#")
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(readme), path))
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(source), path))
         if resolved in pages:
             new = pages[resolved]
         elif resolved.startswith("docs/"):
-            new = "../" + resolved[len("docs/") :]
+            if docs_prefix is None:
+                return match.group(0)
+            new = docs_prefix + resolved[len("docs/") :]
         else:
             new = SOURCE_URL + resolved
         return f"{match.group(1)}({new}{'#' + anchor if anchor else ''})"
@@ -193,7 +199,7 @@ def collect_pages() -> list[BackbonePage]:
         except Exception as error:
             log.warning(f"cannot build the stage table of {page.model_type!r}: {type(error).__name__}: {error}")
             table = ""
-        page.markdown = _insert_table(_rewrite_links(readme, readme_path, readme_pages), table)
+        page.markdown = _insert_table(_rewrite_links(readme, readme_path, readme_pages, "../"), table)
     return pages
 
 
@@ -219,3 +225,11 @@ def on_files(files: Files, config: Any) -> Files:
     for page in _pages:
         files.append(File.generated(config, page.src_uri, content=page.markdown))
     return files
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
+    """Links from a docs page to repository files outside docs/ (e.g. ``../benchmarks/README.md``) become
+    links to their source, so pages written to read well on GitHub also build in strict mode."""
+    if page.file.generated_by or page.file.src_uri.startswith(f"{SECTION}/"):
+        return markdown
+    return _rewrite_links(markdown, posixpath.join("docs", page.file.src_uri), {}, None)
