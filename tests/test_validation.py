@@ -21,3 +21,27 @@ def test_square_patch_size_rejects_other_shapes(value: object) -> None:
         match=rf"^patch_size must be one int or a square pair such as \[14, 14\], got \[{', '.join(map(str, value))}\]$",
     ):
         square_patch_size(value, example=14)
+
+
+def test_heads_must_divide_the_width() -> None:
+    from backbones.validation import check_heads_divide
+
+    check_heads_divide(768, 12)
+    with pytest.raises(ValueError, match=r"^num_attention_heads=5 does not divide hidden_size=16; choose a head count"):
+        check_heads_divide(16, 5)
+
+
+@pytest.mark.parametrize(
+    ("num_heads", "message"),
+    [
+        ([1, 2], r"num_heads has 2 entries but depths has 3; give num_heads one head count per stage"),
+        ([1, 2, 0], r"num_heads\[2\]=0 must be a positive divisor of stage 3's width embed_dim \* 2\*\*2 = 32"),
+        ([1, 3, 4], r"num_heads\[1\]=3 must be a positive divisor of stage 2's width embed_dim \* 2\*\*1 = 16"),
+    ],
+)
+def test_stage_heads_are_checked_per_stage(num_heads: list[int], message: str) -> None:
+    from backbones.validation import check_stage_heads
+
+    check_stage_heads(8, [1, 1, 1], [1, 2, 4])
+    with pytest.raises(ValueError, match=message):
+        check_stage_heads(8, [1, 1, 1], num_heads)

@@ -5,6 +5,7 @@
   its activations in the backward pass instead of storing them.
 * :class:`FrozenBatchNorm2d`: BatchNorm with fixed statistics and affine terms, which
   ``Backbone.freeze_batch_norm()`` puts in place of every ``nn.BatchNorm2d``.
+* :func:`drop_path`: stochastic depth for residual branches.
 """
 
 from __future__ import annotations
@@ -15,7 +16,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["CheckpointableLayer", "FrozenBatchNorm2d", "convert_batch_norm_to_frozen"]
+__all__ = ["CheckpointableLayer", "FrozenBatchNorm2d", "convert_batch_norm_to_frozen", "drop_path"]
+
+
+def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
+    """Stochastic depth (Huang et al., 2016): zero a whole sample's residual branch with probability
+    ``rate`` and rescale the kept ones by ``1 / (1 - rate)``; the identity outside training or at rate 0.
+
+    The mask is drawn as ``floor(keep + U[0, 1))`` per sample, as the reference implementations draw it.
+    """
+    if not training or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
+    return x.div(keep) * kept
 
 
 class CheckpointableLayer(nn.Module):

@@ -574,7 +574,7 @@ def test_config_accepts_square_patch_pair_and_image_pair() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"num_attention_heads": 3}, r"num_attention_heads=3 must divide hidden_size=16"),
+        ({"num_attention_heads": 3}, r"num_attention_heads=3 does not divide hidden_size=16; choose a head count"),
         ({"hidden_act": "swishy"}, r"hidden_act 'swishy' is not supported; set hidden_act to one of"),
         ({"patch_size": [8, 4]}, r"patch_size must be one int or a square pair"),
         ({"image_size": 4}, r"image_size 4 is smaller than patch_size=8"),
@@ -622,6 +622,7 @@ def test_enabling_pyramid_later_needs_its_stages() -> None:
 def test_bad_config_file_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "beit", **TINY, "num_attention_heads": 5}))
     with pytest.raises(
-        ConfigError, match=r"invalid backbone config in .*config.json: .*num_attention_heads=5 must divide"
+        ConfigError,
+        match=r"invalid backbone config in .*config.json: .*num_attention_heads=5 does not divide hidden_size",
     ):
         AutoBackbone.from_pretrained(tmp_path)

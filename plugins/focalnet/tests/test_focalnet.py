@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 from transformers.activations import ACT2FN
 
 from backbones import AutoBackbone, ConfigError
+from backbones.activations import make_activation
 from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
 from backbones_focalnet import FocalNetBackbone, FocalNetConfig
 from backbones_focalnet._config import ACTIVATIONS
-from backbones_focalnet._model import _make_activation
 
 # Every option that changes the math, switched on at once: the conformance kit then checks the
 # compile, gradient and pruning paths of all of them together.
@@ -237,7 +237,7 @@ def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) ->
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_activations_match_transformers(name: str) -> None:
     values = torch.linspace(-6, 6, 241)
-    ours = _make_activation(name)(values.clone())
+    ours = make_activation(name)(values.clone())
     assert (ours - ACT2FN[name](values)).abs().max().item() <= 1e-6
 
 

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig, ConfigError, align_out_features_out_indices
 from backbones.activations import ACTIVATIONS, check_activation
-from backbones.validation import square_patch_size
+from backbones.validation import check_heads_divide, square_patch_size
 
 __all__ = ["ACTIVATIONS", "BeitConfig"]
 
@@ -113,11 +113,7 @@ class BeitConfig(BackboneConfig):
 
     @model_validator(mode="after")
     def _check_architecture(self) -> BeitConfig:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.hidden_size}; "
-                "change one of them (head width = hidden_size / num_attention_heads)"
-            )
+        check_heads_divide(self.hidden_size, self.num_attention_heads)
         height, width = self.image_size if isinstance(self.image_size, tuple) else (self.image_size,) * 2
         if min(height, width) < self.patch_size:
             raise ValueError(

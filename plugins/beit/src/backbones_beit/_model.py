@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer
+from backbones.layers import CheckpointableLayer, drop_path
 
 from ._config import BeitConfig
 
@@ -270,11 +270,7 @@ class _Layer(CheckpointableLayer):
         return tokens + self._drop_path(branch), weights
 
     def _drop_path(self, x: Tensor) -> Tensor:
-        if not self.training or self.drop_path == 0.0:
-            return x
-        keep = 1.0 - self.drop_path
-        kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
-        return x.div(keep) * kept
+        return drop_path(x, self.drop_path, self.training)
 
 
 def _pyramid_level(level: int, width: int) -> nn.Module:

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
 from backbones.activations import ACTIVATIONS, check_activation
-from backbones.validation import square_patch_size
+from backbones.validation import check_heads_divide, square_patch_size
 
 __all__ = ["ACTIVATIONS", "Dinov2Config"]
 
@@ -93,11 +93,7 @@ class Dinov2Config(BackboneConfig):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> Dinov2Config:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"num_attention_heads={self.num_attention_heads} does not divide hidden_size={self.hidden_size}; "
-                "choose a head count that divides hidden_size"
-            )
+        check_heads_divide(self.hidden_size, self.num_attention_heads)
         height, width = _pair(self.image_size)
         patch = self.patch_size
         if height < patch or width < patch:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer
+from backbones.activations import make_activation
+from backbones.layers import CheckpointableLayer, drop_path
 
 from ._config import Dinov2Config
 
@@ -35,19 +35,6 @@ def _named(**children: nn.Module) -> nn.Module:
     for name, child in children.items():
         module.add_module(name, child)
     return module
-
-
-def _make_activation(name: str) -> nn.Module:
-    return build_activation(name)
-
-
-def _drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
-    """Stochastic depth: zero a whole sample's residual branch with probability ``rate`` (training only)."""
-    if not training or rate == 0.0:
-        return x
-    keep = 1.0 - rate
-    kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
-    return x.div(keep) * kept
 
 
 class _Embeddings(nn.Module):
@@ -150,7 +137,7 @@ class _Mlp(nn.Module):
         super().__init__()
         hidden = int(config.hidden_size * config.mlp_ratio)
         self.fc1 = nn.Linear(config.hidden_size, hidden)
-        self.activation = _make_activation(config.hidden_act)
+        self.activation = make_activation(config.hidden_act)
         self.fc2 = nn.Linear(hidden, config.hidden_size)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -195,9 +182,9 @@ class _Layer(CheckpointableLayer):
     def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         context, weights = self.attention.attention(self.norm1(x), need_weights)
         branch = self.layer_scale1(self.attention.output.dense(context))
-        x = x + _drop_path(branch, self.drop_path, self.training)
+        x = x + drop_path(branch, self.drop_path, self.training)
         branch = self.layer_scale2(self.mlp(self.norm2(x)))
-        return x + _drop_path(branch, self.drop_path, self.training), weights
+        return x + drop_path(branch, self.drop_path, self.training), weights
 
 
 class Dinov2Backbone(Backbone):

@@ -23,16 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer
+from backbones.activations import make_activation
+from backbones.layers import CheckpointableLayer, drop_path
 
 from ._config import FocalNetConfig
 
 __all__ = ["FocalNetBackbone"]
-
-
-def _make_activation(name: str) -> nn.Module:
-    return build_activation(name)
 
 
 def _group(**children: nn.Module) -> nn.Module:
@@ -187,7 +183,7 @@ class _Mlp(nn.Module):
         super().__init__()
         hidden = int(dim * config.mlp_ratio)
         self.fc1 = nn.Linear(dim, hidden)
-        self.activation = _make_activation(config.hidden_act)
+        self.activation = make_activation(config.hidden_act)
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = config.hidden_dropout_prob
 
@@ -223,11 +219,7 @@ class _FocalBlock(CheckpointableLayer):
         return x + self._drop_path(branch if self.gamma_2 is None else self.gamma_2 * branch)
 
     def _drop_path(self, x: Tensor) -> Tensor:
-        if not self.training or self.drop_path == 0.0:
-            return x
-        keep = 1.0 - self.drop_path
-        kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
-        return x.div(keep) * kept
+        return drop_path(x, self.drop_path, self.training)
 
 
 class _Stage(nn.Module):

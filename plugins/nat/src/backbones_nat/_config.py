@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from backbones import BackboneConfig
 from backbones.activations import check_activation
+from backbones.validation import check_stage_heads
 
 # Activations the MLP supports, by the names transformers' configs use.
 # Values transformers derives from the fields and writes to config.json; recomputed, never read back.
@@ -73,18 +74,7 @@ class NatConfig(BackboneConfig):
             )
         if not self.depths or any(depth < 1 for depth in self.depths):
             raise ValueError(f"depths must list at least one stage, each with one layer or more; got {self.depths}")
-        if len(self.num_heads) != len(self.depths):
-            raise ValueError(
-                f"num_heads has {len(self.num_heads)} entries but depths has {len(self.depths)}; "
-                "give num_heads one head count per stage"
-            )
-        for index, heads in enumerate(self.num_heads):
-            width = self.embed_dim * 2**index
-            if heads < 1 or width % heads:
-                raise ValueError(
-                    f"num_heads[{index}]={heads} must be a positive divisor of stage {index + 1}'s width "
-                    f"embed_dim * 2**{index} = {width}; change num_heads or embed_dim"
-                )
+        check_stage_heads(self.embed_dim, self.depths, self.num_heads)
         if int(self.mlp_ratio * self.embed_dim) < 1:
             raise ValueError(
                 f"mlp_ratio={self.mlp_ratio} leaves the first stage's MLP with no hidden units "

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer
+from backbones.layers import CheckpointableLayer, drop_path
 
 from ._config import NatConfig
 from .attention import neighborhood_attention_2d, padded_neighborhood_attention_2d
@@ -42,15 +42,6 @@ class _Holder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._modules[self._held](x)  # type: ignore[misc]
-
-
-def _drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
-    """Stochastic depth: zero the whole branch for a random subset of the batch, rescale the rest."""
-    if not training or rate == 0.0:
-        return x
-    keep = 1.0 - rate
-    kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
-    return x.div(keep) * kept
 
 
 class _PatchEmbeddings(nn.Module):
@@ -178,12 +169,12 @@ class _Layer(CheckpointableLayer):
         scales = self.layer_scale_parameters
         if scales is not None:
             branch = scales[0] * branch
-        x = x + _drop_path(branch, self.drop_path, self.training)
+        x = x + drop_path(branch, self.drop_path, self.training)
         branch = self.output(self.activation(self.intermediate(self.layernorm_after(x))))
         branch = F.dropout(branch, self.dropout, self.training)
         if scales is not None:
             branch = scales[1] * branch
-        return x + _drop_path(branch, self.drop_path, self.training), weights
+        return x + drop_path(branch, self.drop_path, self.training), weights
 
 
 class _Downsampler(nn.Module):

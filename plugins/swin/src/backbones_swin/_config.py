@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
 from backbones.activations import check_activation
-from backbones.validation import square_patch_size
+from backbones.validation import check_stage_heads, square_patch_size
 
 # Activations the MLP supports, by the names transformers' configs use.
 # Values transformers derives from the fields and writes to config.json; recomputed, never read back.
@@ -75,18 +75,7 @@ class SwinFamilyConfig(BackboneConfig):
     def _check_stages(self) -> SwinFamilyConfig:
         if not self.depths or any(depth < 1 for depth in self.depths):
             raise ValueError(f"depths must list at least one stage, each with one block or more; got {self.depths}")
-        if len(self.num_heads) != len(self.depths):
-            raise ValueError(
-                f"num_heads has {len(self.num_heads)} entries but depths has {len(self.depths)}; "
-                "give num_heads one head count per stage"
-            )
-        for index, heads in enumerate(self.num_heads):
-            width = self.embed_dim * 2**index
-            if heads < 1 or width % heads:
-                raise ValueError(
-                    f"num_heads[{index}]={heads} must be a positive divisor of stage {index + 1}'s width "
-                    f"embed_dim * 2**{index} = {width}; change num_heads or embed_dim"
-                )
+        check_stage_heads(self.embed_dim, self.depths, self.num_heads)
         check_activation(self.hidden_act)
         return self
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer
+from backbones.layers import CheckpointableLayer, drop_path
 
 from ._config import SwinConfig, SwinFamilyConfig
 
@@ -515,11 +515,7 @@ class _SwinBlock(CheckpointableLayer):
         return tokens.view(batch, height, width, channels), weights
 
     def _drop_path(self, x: Tensor) -> Tensor:
-        if not self.training or self.drop_path == 0.0:
-            return x
-        keep = 1.0 - self.drop_path
-        kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
-        return x.div(keep) * kept
+        return drop_path(x, self.drop_path, self.training)
 
 
 def _merge_neighbours(x: Tensor) -> Tensor:

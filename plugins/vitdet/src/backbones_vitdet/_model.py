@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer
+from backbones.activations import make_activation
+from backbones.layers import CheckpointableLayer, drop_path
 
 from ._config import VitDetConfig
 
@@ -32,19 +32,6 @@ __all__ = ["VitDetBackbone"]
 
 # Epsilon of the residual blocks' channel norms: fixed in transformers, not layer_norm_eps.
 _CHANNEL_NORM_EPS = 1e-6
-
-
-def _make_activation(name: str) -> nn.Module:
-    return build_activation(name)
-
-
-def _drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
-    """Stochastic depth: zero a whole sample's residual branch with probability ``rate`` (training only)."""
-    if not training or rate == 0.0:
-        return x
-    keep = 1.0 - rate
-    kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
-    return x.div(keep) * kept
 
 
 def _relative_index(size: int, device: torch.device) -> Tensor:
@@ -246,7 +233,7 @@ class _Mlp(nn.Module):
         super().__init__()
         hidden = int(config.hidden_size * config.mlp_ratio)
         self.fc1 = nn.Linear(config.hidden_size, hidden)
-        self.activation = _make_activation(config.hidden_act)
+        self.activation = make_activation(config.hidden_act)
         self.fc2 = nn.Linear(hidden, config.hidden_size)
         self.dropout = config.dropout_prob
 
@@ -283,7 +270,7 @@ class _ResidualBlock(nn.Module):
         self.norm2 = _ChannelNorm(narrow)
         self.conv3 = _BottleneckConv(narrow, width, 1, bias=False)
         self.norm3 = _ChannelNorm(width, zero_init=True)
-        self.activation = _make_activation(config.hidden_act)
+        self.activation = make_activation(config.hidden_act)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.activation(self.norm1(F.linear(x, self.conv1.weight.flatten(1))))
@@ -318,8 +305,8 @@ class _Layer(CheckpointableLayer):
             branch = _crop(_from_windows(windows, batch, rows, cols), height, width)
         else:
             branch, weights = self.attention(branch, need_weights)
-        x = x + _drop_path(branch, self.drop_path, self.training)
-        x = x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        x = x + drop_path(branch, self.drop_path, self.training)
+        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
         if self.residual is not None:
             x = self.residual(x)
         return x, weights
