@@ -34,7 +34,13 @@ from torch import Tensor, nn
 
 from .. import AutoBackbone, Backbone, BackboneConfig, BackboneOutput, get_registry
 
-__all__ = ["BackboneConformance", "assert_close_maps", "randomize_weights_", "saved_activation_bytes"]
+__all__ = [
+    "BackboneConformance",
+    "assert_close_maps",
+    "feature_map_loss",
+    "randomize_weights_",
+    "saved_activation_bytes",
+]
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
 
@@ -97,6 +103,11 @@ def assert_close_maps(ours: Sequence[Tensor], reference: Sequence[Tensor], atol:
         assert diff <= atol, f"map {index} (shape {tuple(mine.shape)}): max abs diff {diff:.3g} > {atol}"
         worst = max(worst, diff)
     return worst
+
+
+def feature_map_loss(feature_maps: Sequence[Tensor]) -> Tensor:
+    """The training loss of the kit's checks: the sum over feature maps of their mean square (fp32)."""
+    return sum((fmap.float().pow(2).mean() for fmap in feature_maps), torch.zeros((), device=feature_maps[0].device))
 
 
 def _labelled(name: str) -> Callable[[str], str]:
@@ -201,8 +212,7 @@ class BackboneConformance:
     def train_step_gradients(self, model: Backbone, pixels: Tensor) -> dict[str, Tensor]:
         """Gradients of a loss over every feature map, by parameter name."""
         model.zero_grad(set_to_none=True)
-        loss = sum(fmap.float().pow(2).mean() for fmap in model(pixels).feature_maps)
-        loss.backward()  # type: ignore[union-attr]
+        feature_map_loss(model(pixels).feature_maps).backward()
         return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     # -- registry and config ----------------------------------------------------------------------
@@ -389,9 +399,7 @@ class BackboneConformance:
 
     def test_every_parameter_gets_a_gradient(self) -> None:
         model = self.build().train()
-        maps = model(self.inputs()).feature_maps
-        loss = sum(fmap.float().pow(2).mean() for fmap in maps)
-        loss.backward()
+        feature_map_loss(model(self.inputs()).feature_maps).backward()
         missing = [
             name
             for name, p in model.named_parameters()

@@ -42,17 +42,15 @@ def _batch(spec: dict[str, Any], rank: int, step: int) -> torch.Tensor:
     return torch.randn(spec["batch_size"], spec["channels"], *spec["size"], generator=generator)
 
 
-def _loss(output: Any) -> torch.Tensor:
-    return sum((fmap.float().pow(2).mean() for fmap in output.feature_maps), torch.zeros(()))
-
-
 def _train(model: nn.Module, wrapped: nn.Module, spec: dict[str, Any], rank: int) -> list[str]:
     """Run the steps; return the trainable parameters that got no gradient in the first step."""
+    from . import feature_map_loss
+
     optimizer = torch.optim.SGD(model.parameters(), lr=spec["lr"])
     missing: list[str] = []
     for step in range(spec["steps"]):
         optimizer.zero_grad(set_to_none=True)
-        _loss(wrapped(_batch(spec, rank, step))).backward()
+        feature_map_loss(wrapped(_batch(spec, rank, step)).feature_maps).backward()
         if step == 0:
             missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
         optimizer.step()
