@@ -2,7 +2,7 @@
 """Developer entry point. Needs only Python >= 3.10 and pip; sets up its own virtual environment.
 
     python3 dev.py demo     # load a transformers-format Swin checkpoint and extract feature maps (no network)
-    python3 dev.py test     # ruff, mypy (core), then the whole test suite: what CI runs
+    python3 dev.py test     # ruff, mypy (every distribution), then the whole test suite: what CI runs
     python3 dev.py setup    # only create/refresh .venv
 
 The environment lives in .venv and is refreshed when requirements/test.txt or a pyproject.toml changes.
@@ -30,6 +30,17 @@ def distributions() -> list[Path]:
         path.parent for path in ROOT.glob("plugins/*/pyproject.toml") if not path.parent.name.startswith("_")
     )
     return [ROOT / "core", *plugins]
+
+
+def mypy_targets() -> list[Path]:
+    """The src folder of every distribution: mypy checks them together, so cross-plugin imports resolve."""
+    return [dist / "src" for dist in distributions()]
+
+
+def house_checks() -> list[list[str]]:
+    """The checks `test` runs before the suite: lint, format, and types of every distribution."""
+    mypy = ["mypy", *(str(target.relative_to(ROOT)) for target in mypy_targets())]
+    return [["ruff", "check", "."], ["ruff", "format", "--check", "."], mypy]
 
 
 def python() -> Path:
@@ -78,8 +89,8 @@ def main(argv: list[str]) -> int:
     if command == "demo":
         return subprocess.run([str(python()), str(ROOT / "examples" / "demo.py"), *argv[1:]], cwd=ROOT).returncode
     if not argv[1:]:
-        # The whole suite (what CI runs) starts with the house checks: lint, format, types of core's API.
-        for check in (["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy", "core/src/backbones"]):
+        # The whole suite (what CI runs) starts with the house checks: lint, format, types of every distribution.
+        for check in house_checks():
             print("+", " ".join(check), flush=True)
             if subprocess.run([str(python()), "-m", *check], cwd=ROOT).returncode:
                 return 1

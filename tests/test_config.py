@@ -31,11 +31,34 @@ def test_assigning_one_selection_realigns_the_other() -> None:
     config = ToyNetConfig(out_features=["stage1"])
     config.out_indices = [1, 2]
     assert config.out_features == ["stage1", "stage2"]
-    config.out_features = ("stem",)
+    config.out_features = ["stem"]
     assert config.out_indices == [0]
     with pytest.raises(ValueError, match=r"out_indices \[9\] has indices \[9\] outside the 4 stages"):
         config.out_indices = [9]
+    with pytest.raises(ValueError, match=r"out_features must be a list of str, got tuple \('stage1',\)"):
+        config.out_features = ("stage1",)  # transformers refuses a tuple too
     assert config.out_indices == [0], "a rejected assignment leaves the config as it was"
+    config.out_indices = (1,)  # ... but takes out_indices as a tuple
+    assert (config.out_features, config.out_indices) == (["stage1"], [1])
+
+
+def test_transformers_method_names_and_stage_names_assignment() -> None:
+    config = ToyNetConfig()
+    config.set_output_features_output_indices(None, (0, 2))
+    assert (config.out_features, config.out_indices) == (["stem", "stage2"], [0, 2])
+    config.verify_out_features_out_indices()
+    # transformers' code assigns stage_names; ours follow from the architecture, so the same names (or None)
+    # are accepted and change nothing, and other names are refused.
+    config.stage_names = ["stem", "stage1", "stage2", "stage3"]
+    config.stage_names = None
+    assert config.stage_names == ["stem", "stage1", "stage2", "stage3"]
+    with pytest.raises(ValueError, match=r"stage_names of a ToyNetConfig follow from its architecture fields and are"):
+        config.stage_names = ["a", "b"]
+    assert ToyNetConfig(stage_names=None).stage_names == ["stem", "stage1", "stage2", "stage3"]
+    # A selection written around the setters is caught by verify.
+    config.__dict__["_out_indices"] = [1, 0]
+    with pytest.raises(ValueError, match=r"must follow the order of the stages: use \[0, 1\]"):
+        config.verify_out_features_out_indices()
 
 
 def test_architecture_change_keeps_a_valid_selection_or_is_refused() -> None:

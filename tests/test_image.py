@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -404,8 +405,8 @@ def test_unknown_processor_type(tmp_path: Path) -> None:
         AutoImageProcessor.from_pretrained(directory)
     assert str(caught.value) == (
         f"{directory / 'preprocessor_config.json'}: image_processor_type 'DeiTImageProcessor' is not supported; "
-        "backbones implements BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor and ViTImageProcessor "
-        "(preprocess with that transformers class, or build an ImageProcessor with the same steps)"
+        "backbones implements BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor and ViTImageProcessor; "
+        "installed plugins add RTDetrImageProcessor (backbones-rt-detr-resnet) (preprocess with that transformers class, or build an ImageProcessor with the same steps)"
     )
     with pytest.raises(ConfigError, match=r"image_processor_type 'CLIPImageProcessor' is not supported"):
         AutoImageProcessor.from_dict({"feature_extractor_type": "CLIPFeatureExtractor"})
@@ -609,6 +610,119 @@ def test_center_crop_matches_transformers(height: int, width: int, crop_height: 
     image = np.arange(1, height * width * 2 + 1, dtype=np.float32).reshape(height, width, 2)
     expected = center_crop(image, (crop_height, crop_width), input_data_format=ChannelDimension.LAST)
     assert np.array_equal(_center_crop(image, crop_height, crop_width), expected)
+
+
+# -- processors declared by plugins -----------------------------------------------------------------
+
+# What each plugin of this repository declares for checkpoints whose preprocessor config names no type
+# (transformers' model_type fallback); core holds no such table.
+DECLARED_FALLBACKS = {
+    "beit": "BeitImageProcessor",
+    "bit": "BitImageProcessor",
+    "convnext": "ConvNextImageProcessor",
+    "convnextv2": "ConvNextImageProcessor",
+    "dinat": "ViTImageProcessor",
+    "dinov2": "BitImageProcessor",
+    "dinov2_with_registers": "BitImageProcessor",
+    "focalnet": "BitImageProcessor",
+    "resnet": "ConvNextImageProcessor",
+    "rt_detr_resnet": "RTDetrImageProcessor",
+    "swin": "ViTImageProcessor",
+    "swinv2": "ViTImageProcessor",
+}
+
+
+def test_each_plugin_declares_the_fallback_transformers_uses() -> None:
+    from backbones._image import _fallback_type
+
+    assert {model_type: _fallback_type(model_type) for model_type in DECLARED_FALLBACKS} == DECLARED_FALLBACKS
+    assert {
+        model_type: _fallback_type(model_type) for model_type in ("vitdet", "nat", "unknown", None)
+    } == dict.fromkeys(("vitdet", "nat", "unknown", None))
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+    for model_type, declared in DECLARED_FALLBACKS.items():
+        if model_type in IMAGE_PROCESSOR_MAPPING_NAMES:
+            assert IMAGE_PROCESSOR_MAPPING_NAMES[model_type]["pil"] == declared + "Pil", model_type
+
+
+@pytest.fixture
+def toynet_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """backbones-toynet installed as a distribution (a dist-info with its entry point), found by discovery."""
+    from backbones._registry import reset_registry
+
+    site = tmp_path / "site"
+    info = site / "backbones_toynet-1.2.3.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: backbones-toynet\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text("[backbones]\ntoynet = backbones_toynet.plugin\n")
+    monkeypatch.syspath_prepend(str(site))
+    for name in ("BACKBONES_DISABLE_PLUGIN_AUTOLOAD", "BACKBONES_DISABLE_PLUGINS"):
+        monkeypatch.delenv(name, raising=False)
+    reset_registry()
+    yield tmp_path / "checkpoint"
+    reset_registry()
+
+
+def test_a_third_party_plugin_declares_its_own_processor(toynet_installed: Path) -> None:
+    from backbones import AutoBackbone, AutoBackboneConfig, get_registry
+    from backbones_toynet.processing import ToyNetImageProcessor
+
+    assert [f.distribution for f in get_registry().failures if f.distribution == "backbones-toynet"] == []
+    directory = toynet_installed
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "toynet", "widths": [4, 8]}))
+    image = np.zeros((20, 30, 3), dtype=np.uint8)
+    image[..., 0] = 255  # pure red: RGB (1, -1, -1) after scaling to [-1, 1], BGR (-1, -1, 1)
+
+    # preprocessor_config.json names the plugin's type: its class, its defaults, the file's settings.
+    _write(directory, {"image_processor_type": "ToyNetImageProcessor", "size": {"height": 16, "width": 24}})
+    processor = AutoImageProcessor.from_pretrained(directory)
+    assert type(processor) is ToyNetImageProcessor
+    assert processor.image_processor_type == "ToyNetImageProcessor"
+    assert (processor.size, processor.resample, processor.image_mean) == ({"height": 16, "width": 24}, 0, (0.5,) * 3)
+    pixels = processor(image, return_tensors="pt").pixel_values
+    assert tuple(pixels.shape) == (1, 3, 16, 24)
+    assert pixels[0, :, 0, 0].tolist() == [-1.0, -1.0, 1.0]
+    assert processor.describe() == (
+        "RGB, resize to 16x24 (nearest), scale to [0, 1], normalise with mean (0.5, 0.5, 0.5) and std "
+        "(0.5, 0.5, 0.5), reverse the channels (RGB to BGR)"
+    )
+    assert processor.to_dict()["do_reverse_channels"] is True
+    model = AutoBackbone.from_config(AutoBackboneConfig.for_model("toynet", widths=[4, 8], out_indices=[1, 2]))
+    assert [tuple(fmap.shape) for fmap in model(pixels).feature_maps] == [(1, 4, 4, 6), (1, 8, 2, 3)]
+
+    # A file that names no type: the processor the plugin declares for config.json's model type (an alias here).
+    (directory / "config.json").write_text(json.dumps({"model_type": "toy-net"}))
+    _write(directory, {"do_reverse_channels": False})
+    processor = AutoImageProcessor.from_pretrained(directory)
+    assert type(processor) is ToyNetImageProcessor and processor.size == {"height": 32, "width": 32}
+    assert processor(image, return_tensors="np").pixel_values[0, :, 0, 0].tolist() == [1.0, -1.0, -1.0]
+    assert AutoImageProcessor.from_dict({"image_processor_type": "ToyNetImageProcessor"}) == ToyNetImageProcessor(
+        image_processor_type="ToyNetImageProcessor"
+    )
+    with pytest.raises(
+        TypeError, match=r"ToyNetImageProcessor has no field 'do_flip'; its fields are \[.*'do_reverse_channels'"
+    ):
+        processor.replace(do_flip=True)
+    with pytest.raises(ConfigError, match=r"do_reverse_channels=1 must be true or false"):
+        AutoImageProcessor.from_pretrained(directory, do_reverse_channels=1)
+
+    # No preprocessor_config.json at all: as in transformers, an error (the checkpoint's preprocessing is unknown).
+    (directory / "preprocessor_config.json").unlink()
+    where = re.escape(str(directory.resolve()))
+    with pytest.raises(CheckpointError, match=f"^preprocessor_config.json not found in checkpoint directory {where}$"):
+        AutoImageProcessor.from_pretrained(directory)
+    assert checkpoint_image_processor(directory) is None
+
+    # An unknown type lists core's families and the processors installed plugins add.
+    with pytest.raises(ConfigError) as caught:
+        AutoImageProcessor.from_dict({"image_processor_type": "DeiTImageProcessor"})
+    assert str(caught.value) == (
+        "image_processor_type 'DeiTImageProcessor' is not supported; backbones implements BeitImageProcessor, "
+        "BitImageProcessor, ConvNextImageProcessor and ViTImageProcessor; installed plugins add RTDetrImageProcessor "
+        "(backbones-rt-detr-resnet), ToyNetImageProcessor (backbones-toynet) (preprocess with that transformers class, or build an ImageProcessor with the same steps)"
+    )
 
 
 # -- dependencies -----------------------------------------------------------------------------------

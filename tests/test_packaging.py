@@ -35,7 +35,10 @@ PROJECTS = [ROOT / "core", *sorted(path.parent for path in ROOT.glob("plugins/[!
 BUILT_ON = {
     "backbones-convnextv2": {"backbones-convnext"},
     "backbones-dinat": {"backbones-nat"},
+    "backbones-dinov2-with-registers": {"backbones-dinov2"},
+    "backbones-dinov3-vit": {"backbones-dinov2"},
     "backbones-maskformer-swin": {"backbones-swin"},
+    "backbones-rt-detr-resnet": {"backbones-resnet"},
     "backbones-swinv2": {"backbones-swin"},
 }
 INSTALLED = ["core", "resnet", "convnext", "convnextv2"]

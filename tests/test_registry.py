@@ -329,16 +329,37 @@ def test_older_minor_version_fits(site: FakeSite, monkeypatch: pytest.MonkeyPatc
     assert _fake_failures(registry) == []
 
 
-def test_every_published_plugin_declares_the_current_api() -> None:
+def test_every_published_plugin_declares_the_api_of_what_it_uses() -> None:
+    """Each plugin declares a version this core fits, and 1.1 when it declares an image processor (1.1's field)."""
     from importlib import metadata
-
-    import backbones
 
     modules = {ep.dist.metadata["Name"]: ep.load() for ep in metadata.entry_points(group="backbones") if ep.dist}
     ours = {name: module for name, module in modules.items() if name in set(KNOWN_DISTRIBUTIONS.values())}
     assert set(ours) == set(KNOWN_DISTRIBUTIONS.values())
-    assert {name: module.BACKBONES_PLUGIN_API for name, module in ours.items()} == dict.fromkeys(
-        ours, backbones.PLUGIN_API_VERSION
+    registry = get_registry()
+    declaring = {entry.distribution for entry in registry.registrations() if entry.image_processor_types}
+    assert declaring >= {"backbones-swin", "backbones-convnext", "backbones-dinov2", "backbones-beit"}
+    for name, module in ours.items():
+        assert module.BACKBONES_PLUGIN_API in ("1.0", "1.1"), name
+        if name in declaring:
+            assert module.BACKBONES_PLUGIN_API == "1.1", name
+    assert [failure.distribution for failure in registry.failures if failure.distribution in ours] == []
+
+
+def test_core_implements_1_1_and_keeps_loading_1_0_plugins(site: FakeSite) -> None:
+    import backbones
+
+    assert backbones.PLUGIN_API_VERSION == "1.1"
+    site.install("backbones-fake-ten", "fake_ten", GOOD_HOOK.format(model_type="fake-ten"), api="1.0")
+    site.install("backbones-fake-eleven", "fake_eleven", GOOD_HOOK.format(model_type="fake-eleven"), api="1.1")
+    site.install("backbones-fake-twelve", "fake_twelve", GOOD_HOOK.format(model_type="fake-twelve"), api="1.2")
+    registry = get_registry()
+    assert {"fake-ten", "fake-eleven"} <= set(registry.model_types())
+    assert registry.get("fake-ten").image_processor is None and registry.get("fake-ten").image_processor_types == ()
+    (failure,) = _fake_failures(registry)
+    assert failure.distribution == "backbones-fake-twelve"
+    assert "built for plugin API 1.2, but this backbones-core implements 1.1 and fits plugins built for " in str(
+        failure.error
     )
 
 
@@ -351,7 +372,7 @@ def test_list_command_reports_an_incompatible_plugin(site: FakeSite, capsys: pyt
     assert "fake-future" not in out.split("plugins that failed to load:")[0]
     assert (
         "fake_future (backbones-fake-future 0.1): PluginError: plugin 'fake_future' (backbones-fake-future) was built "
-        "for plugin API 9.0, but this backbones-core implements 1.0" in out
+        "for plugin API 9.0, but this backbones-core implements 1.1" in out
     )
 
 
@@ -366,3 +387,194 @@ def test_plugin_that_exits_at_import_or_in_its_hook_is_contained(site: FakeSite)
     assert "fake-fine" in registry.model_types()
     failures = {failure.distribution: failure.summary for failure in _fake_failures(registry)}
     assert failures == {"backbones-fake-exit": "SystemExit: 3", "backbones-fake-hookexit": "SystemExit: 4"}
+
+
+# -- image processors declared by plugins (plugin API 1.1) ------------------------------------------------------
+
+PROCESSOR_HOOK = """
+from backbones import hookimpl
+
+@hookimpl
+def register_backbones(register):
+    register("{model_type}", config="backbones_toynet.model:ToyNetConfig",
+             model="backbones_toynet.model:ToyNetBackbone", {arguments})
+"""
+
+FAMILIES = "BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor and ViTImageProcessor"
+
+
+def test_processor_declarations_are_registered(site: FakeSite) -> None:
+    arguments = (
+        'image_processor="FakeImageProcessor", image_processor_types=["ViTImageProcessor"], '
+        'image_processor_classes={"FakeImageProcessor": "backbones_toynet.processing:ToyNetImageProcessor"}'
+    )
+    site.install(
+        "backbones-fakeproc", "fake_proc", PROCESSOR_HOOK.format(model_type="fake-proc", arguments=arguments), api="1.1"
+    )
+    site.install(
+        "backbones-fakefamily",
+        "fake_family",
+        PROCESSOR_HOOK.format(model_type="fake-family", arguments='image_processor="ConvNextImageProcessor"'),
+        api="1.1",
+    )
+    registry = get_registry()
+    assert _fake_failures(registry) == []
+    entry = registry.get("fake-proc")
+    assert entry.image_processor == "FakeImageProcessor"
+    assert entry.image_processor_types == ("FakeImageProcessor", "ViTImageProcessor")
+    assert registry.get("fake-family").image_processor_types == ("ConvNextImageProcessor",)
+    processor = registry.image_processor("FakeImageProcessor")
+    assert processor is not None and (processor.distribution, processor.version) == ("backbones-fakeproc", "0.1")
+    assert processor.load_class().__name__ == "ToyNetImageProcessor"
+    assert registry.image_processor("ConvNextImageProcessor") is None  # a family: core's, not a plugin's
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            'image_processor="FooImageProcessor"',
+            "PluginError: model type 'fake-bad' declares the image processor 'FooImageProcessor', which is neither a "
+            f"family backbones-core implements ({FAMILIES}) nor one its plugin implements; give its class in "
+            "image_processor_classes={'FooImageProcessor': 'module:Class'}",
+        ),
+        (
+            'image_processor_types=["ViTImageProcessor", "Nope"]',
+            "PluginError: model type 'fake-bad' declares the image processor 'Nope', which is neither",
+        ),
+        (
+            "image_processor=3",
+            "PluginError: image_processor of 'fake-bad' must be an image_processor_type name (a non-empty string) or "
+            "None, got 3",
+        ),
+        (
+            'image_processor_types="ViTImageProcessor"',
+            "PluginError: image_processor_types of 'fake-bad' must be a list of non-empty strings, got 'ViTImageProcessor'",
+        ),
+        (
+            'image_processor_classes=["FooImageProcessor"]',
+            "PluginError: image_processor_classes of 'fake-bad' must be a dict from image_processor_type names to "
+            "classes or 'module:attr' strings, got list",
+        ),
+        (
+            'image_processor_classes={"ViTImageProcessor": "a:B"}',
+            "PluginError: image_processor_classes of 'fake-bad' gives a class for 'ViTImageProcessor', a processor "
+            "family backbones-core implements; name your own processor differently, or drop it from "
+            "image_processor_classes to use core's",
+        ),
+        (
+            'image_processor_classes={"FooImageProcessor": "no_colon"}',
+            "PluginError: image processor 'FooImageProcessor' of 'fake-bad' must be a class or a 'module:attr' "
+            "string, got 'no_colon'",
+        ),
+    ],
+)
+def test_a_bad_processor_declaration_fails_its_plugin(site: FakeSite, arguments: str, message: str) -> None:
+    site.install(
+        "backbones-fakebadproc",
+        "fake_bad_proc",
+        PROCESSOR_HOOK.format(model_type="fake-bad", arguments=arguments),
+        api="1.1",
+    )
+    site.install("backbones-fakegood", "fake_good", GOOD_HOOK.format(model_type="fakegood"))
+    registry = get_registry()
+    (failure,) = _fake_failures(registry)
+    assert failure.distribution == "backbones-fakebadproc"
+    assert failure.summary.startswith(message), failure.summary
+    assert "fake-bad" not in registry.model_types() and "fakegood" in registry.model_types()
+    with pytest.raises(
+        UnknownModelTypeError, match=r"Plugins that failed to load: backbones-fakebadproc \(PluginError: "
+    ):
+        registry.get("fake-bad")
+
+
+def test_a_1_0_plugin_cannot_use_the_1_1_fields(site: FakeSite) -> None:
+    hook = PROCESSOR_HOOK.format(model_type="fake-old", arguments='image_processor="ViTImageProcessor"')
+    site.install("backbones-fakeold", "fake_old", hook, api="1.0")
+    (failure,) = _fake_failures(get_registry())
+    assert failure.summary == (
+        "PluginError: model type 'fake-old' passes image_processor, which plugin API 1.1 added, but plugin 'fake_old' "
+        "declares BACKBONES_PLUGIN_API = '1.0'; declare \"1.1\" (and depend on a backbones-core that implements it)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            "fake_missing_module:Processor",
+            "the image processor 'FooImageProcessor' of backbones-fakelazy, 'fake_missing_module:Processor', cannot be "
+            "imported: ModuleNotFoundError: No module named 'fake_missing_module'",
+        ),
+        (
+            "backbones_toynet.processing:Missing",
+            "the image processor 'FooImageProcessor' of backbones-fakelazy, 'backbones_toynet.processing:Missing', "
+            "does not exist: module 'backbones_toynet.processing' has no attribute 'Missing'",
+        ),
+        (
+            "backbones_toynet.model:ToyNetConfig",
+            "the image processor 'FooImageProcessor' of backbones-fakelazy, 'backbones_toynet.model:ToyNetConfig', is "
+            "<class 'backbones_toynet.model.ToyNetConfig'>, not a subclass of backbones.ImageProcessor; derive it "
+            "from ImageProcessor with @dataclasses.dataclass(frozen=True)",
+        ),
+    ],
+)
+def test_a_bad_processor_class_is_reported_when_used(site: FakeSite, tmp_path: Path, target: str, message: str) -> None:
+    from backbones import AutoImageProcessor
+
+    arguments = f'image_processor="FooImageProcessor", image_processor_classes={{"FooImageProcessor": "{target}"}}'
+    site.install(
+        "backbones-fakelazy", "fake_lazy", PROCESSOR_HOOK.format(model_type="fake-lazy", arguments=arguments), api="1.1"
+    )
+    assert _fake_failures(get_registry()) == [], "a lazy class is imported only when used"
+    with pytest.raises(PluginError) as caught:
+        AutoImageProcessor.from_dict({"image_processor_type": "FooImageProcessor"})
+    assert str(caught.value) == message
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text('{"model_type": "fake-lazy"}')
+    (checkpoint / "preprocessor_config.json").write_text("{}")
+    with pytest.raises(PluginError, match=re.escape(message)):
+        AutoImageProcessor.from_pretrained(checkpoint)
+
+
+def test_two_distributions_implementing_one_processor_conflict(site: FakeSite) -> None:
+    from backbones import AutoImageProcessor
+
+    classes = 'image_processor_classes={"FooImageProcessor": "backbones_toynet.processing:ToyNetImageProcessor"}'
+    for letter in "ab":
+        site.install(
+            f"backbones-fakeproc{letter}",
+            f"fake_proc_{letter}",
+            PROCESSOR_HOOK.format(model_type=f"fake-{letter}", arguments=classes),
+            api="1.1",
+        )
+    registry = get_registry()
+    assert {"fake-a", "fake-b"} <= set(registry.model_types())
+    message = (
+        "image processor 'FooImageProcessor' is provided by several distributions: backbones-fakeproca and "
+        "backbones-fakeprocb; uninstall all but one"
+    )
+    with pytest.raises(PluginError, match=re.escape(message)):
+        AutoImageProcessor.from_dict({"image_processor_type": "FooImageProcessor"})
+
+
+def test_runtime_registration_declares_processors(site: FakeSite) -> None:
+    from backbones import AutoImageProcessor
+    from backbones_toynet.processing import ToyNetImageProcessor
+
+    registry = get_registry()
+    with pytest.raises(PluginError, match="model type 'mine' declares the image processor 'MineImageProcessor', which"):
+        registry.register("mine", config="a:B", model="a:C", image_processor="MineImageProcessor")
+    registry.register(
+        "mine",
+        config="a:B",
+        model="a:C",
+        image_processor="MineImageProcessor",
+        image_processor_classes={"MineImageProcessor": ToyNetImageProcessor},
+    )
+    assert registry.get("mine").image_processor == "MineImageProcessor"
+    processor = AutoImageProcessor.from_dict(
+        {"image_processor_type": "MineImageProcessor", "do_reverse_channels": False}
+    )
+    assert type(processor) is ToyNetImageProcessor and processor.do_reverse_channels is False

@@ -59,16 +59,19 @@ def test_accept_reject_and_alignment_match_transformers(request: tuple[Any, Any,
 
 @settings(max_examples=300, deadline=None)
 @given(_requests())
-def test_tuples_are_accepted_and_stored_as_lists(request: tuple[Any, Any, list[str]]) -> None:
+def test_out_indices_tuples_are_stored_as_lists_and_out_features_tuples_refused(
+    request: tuple[Any, Any, list[str]],
+) -> None:
     out_features, out_indices, stage_names = request
-    as_tuples = (
-        tuple(out_features) if out_features is not None else None,
-        tuple(out_indices) if out_indices is not None else None,
-    )
-    result = _ours(*as_tuples, stage_names)
-    assert result == _ours(out_features, out_indices, stage_names)
-    if result is not None:
-        assert type(result[0]) is list and type(result[1]) is list
+    if out_indices is not None:
+        result = _ours(out_features, tuple(out_indices), stage_names)
+        assert result == _ours(out_features, out_indices, stage_names)
+        if result is not None:
+            assert type(result[0]) is list and type(result[1]) is list
+    if out_features is not None:
+        # transformers: "out_features must be a list"; the message here also says what to pass.
+        with pytest.raises(ValueError, match=r"out_features must be a list of str, got tuple .*; pass out_features=\["):
+            align_out_features_out_indices(tuple(out_features), out_indices, stage_names)
 
 
 @pytest.mark.parametrize(
@@ -101,6 +104,11 @@ def test_alignment_examples(out_features: Any, out_indices: Any, expected: tuple
         (["stage1"], [2], r"name different stages \(the indices select \['stage2'\]\)"),
         (["stage1"], [1, 2], "name different stages"),
         ("stage1", None, "out_features must be a list"),
+        (
+            ("stage1",),
+            None,
+            r"out_features must be a list of str, got tuple \('stage1',\); pass out_features=\['stage1'\]",
+        ),
         (None, 1, "out_indices must be a list"),
         (None, ["1"], "out_indices must contain only int values"),
         (None, [True], "out_indices must contain only int values"),
@@ -112,6 +120,13 @@ def test_rejections_name_the_value_and_the_stages(out_features: Any, out_indices
     assert f"valid stage names are {STAGES}" in str(caught.value)
 
 
-def test_empty_stage_list_is_rejected() -> None:
-    with pytest.raises(ValueError, match="stage_names is empty"):
+def test_empty_stage_list_has_no_default_stage() -> None:
+    with pytest.raises(ValueError, match="stage_names is empty: there is no last stage to select by default"):
         align_out_features_out_indices(None, None, [])
+    # As transformers: an explicitly empty selection is valid, even of no stages.
+    assert align_out_features_out_indices([], None, []) == ([], [])
+
+
+def test_stage_names_none_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="stage_names is None: the output stages can only be chosen once"):
+        align_out_features_out_indices(None, [0], None)

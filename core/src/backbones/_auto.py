@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ._config import CONFIG_NAME, BackboneConfig, config_from_file
 from ._errors import ConfigError
 from ._files import read_json
+from ._options import LoadOptions, check_config_overrides
 from ._registry import get_registry
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
     from ._backbone import Backbone
     from ._loading import LoadReport
 
@@ -19,6 +25,33 @@ __all__ = ["AutoBackbone", "AutoBackboneConfig"]
 
 def _config_class(model_type: str) -> type[BackboneConfig]:
     return get_registry().get(model_type).load_config_class()
+
+
+def checkpoint_config_data(path: Path, options: LoadOptions) -> dict[str, Any]:
+    """The backbone config a checkpoint's ``config.json`` holds: all of it, or its ``options.config_key`` object.
+
+    Raises:
+        ConfigError: ``options.config_key`` names no object of it.
+    """
+    data = read_json(path)
+    if options.config_key is not None:
+        nested = data.get(options.config_key)
+        if not isinstance(nested, dict):
+            raise ConfigError(f"{path} has no {options.config_key!r} object to read the backbone config from")
+        data = nested
+    return data
+
+
+def config_with_overrides(
+    config_class: type[BackboneConfig],
+    data: dict[str, Any],
+    path: Path,
+    options: LoadOptions,
+    overrides: Mapping[str, Any],
+) -> BackboneConfig:
+    """The config ``data`` describes, with ``overrides`` and the options' stage selection applied."""
+    check_config_overrides(overrides, accepted={*config_class.model_fields, *data})
+    return config_from_file(config_class, data, path, **{**overrides, **options.selection()})
 
 
 class AutoBackboneConfig:
@@ -47,24 +80,27 @@ class AutoBackboneConfig:
         return _config_class(model_type).from_dict(data, **overrides)
 
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike[str], **kwargs: Any) -> BackboneConfig:
+    def from_pretrained(
+        name_or_path: str | os.PathLike[str], *, load_options: LoadOptions | None = None, **kwargs: Any
+    ) -> BackboneConfig:
         """Read ``config.json`` from a directory or hub id and return the matching config.
 
         Args:
             name_or_path: Local directory or hub repository id.
-            **kwargs: Hub options (``revision``, ``cache_dir``, ``local_files_only``, ``token``,
-                ``force_download``) and field overrides.
+            load_options: The hub options and ``config_key``, ``out_indices``, ``out_features`` are used
+                (see :class:`backbones.LoadOptions`); the options about weights have nothing to do here.
+            **kwargs: Any of those options by name, and config-field overrides.
         """
-        from ._hub import HUB_OPTIONS, resolve_file
+        from ._hub import resolve_file
 
-        hub = {key: kwargs.pop(key) for key in list(kwargs) if key in HUB_OPTIONS}
-        path = resolve_file(name_or_path, CONFIG_NAME, **hub)
-        assert path is not None
-        data = read_json(path)
+        options, overrides = LoadOptions.split(kwargs, base=load_options)
+        path = resolve_file(name_or_path, CONFIG_NAME, **options.hub_kwargs())
+        assert path is not None  # only optional look-ups return None
+        data = checkpoint_config_data(path, options)
         model_type = data.get("model_type")
         if not isinstance(model_type, str) or not model_type:
             raise ConfigError(f"{path} has no 'model_type', so the architecture is unknown; add \"model_type\"")
-        return config_from_file(_config_class(model_type), data, path, **kwargs)
+        return config_with_overrides(_config_class(model_type), data, path, options, overrides)
 
 
 class AutoBackbone:
@@ -95,17 +131,22 @@ class AutoBackbone:
     def from_pretrained(
         name_or_path: str | os.PathLike[str],
         *,
+        load_options: LoadOptions | None = None,
         out_indices: list[int] | tuple[int, ...] | None = None,
         out_features: list[str] | tuple[str, ...] | None = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         local_files_only: bool = False,
         token: str | bool | None = None,
-        dtype: Any = None,
-        device: Any = None,
+        force_download: bool = False,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
         strict: bool = False,
         allow_pickle: bool = False,
+        checkpoint_prefix: str = "",
+        config_key: str | None = None,
         output_loading_info: Literal[False] = False,
+        use_timm_backbone: bool = False,
         **config_overrides: Any,
     ) -> Backbone: ...
 
@@ -114,74 +155,54 @@ class AutoBackbone:
     def from_pretrained(
         name_or_path: str | os.PathLike[str],
         *,
+        load_options: LoadOptions | None = None,
         out_indices: list[int] | tuple[int, ...] | None = None,
         out_features: list[str] | tuple[str, ...] | None = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         local_files_only: bool = False,
         token: str | bool | None = None,
-        dtype: Any = None,
-        device: Any = None,
+        force_download: bool = False,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
         strict: bool = False,
         allow_pickle: bool = False,
+        checkpoint_prefix: str = "",
+        config_key: str | None = None,
         output_loading_info: Literal[True],
+        use_timm_backbone: bool = False,
         **config_overrides: Any,
     ) -> tuple[Backbone, LoadReport]: ...
 
+    # The overloads spell out the fields of LoadOptions for type checkers and editors (a test keeps them
+    # in step); the implementation takes them as keywords and builds one LoadOptions.
     @staticmethod
     def from_pretrained(
-        name_or_path: str | os.PathLike[str],
-        *,
-        out_indices: list[int] | tuple[int, ...] | None = None,
-        out_features: list[str] | tuple[str, ...] | None = None,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        dtype: Any = None,
-        device: Any = None,
-        strict: bool = False,
-        allow_pickle: bool = False,
-        output_loading_info: bool = False,
-        **config_overrides: Any,
+        name_or_path: str | os.PathLike[str], *, load_options: LoadOptions | None = None, **kwargs: Any
     ) -> Backbone | tuple[Backbone, LoadReport]:
         """Load a checkpoint (backbone or task checkpoint) saved by transformers or by backbones.
 
+        Every keyword argument that is a field of :class:`backbones.LoadOptions` (``out_indices``,
+        ``out_features``, ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download``,
+        ``dtype``, ``device``, ``strict``, ``allow_pickle``, ``checkpoint_prefix``, ``config_key``,
+        ``output_loading_info``, ``use_timm_backbone``) is a load option, documented there. Every other one
+        overrides a config field, or sets an extra config attribute, as transformers does; one that looks
+        like a misspelt option (``revison=``, ``torch_dtype=``) is an error.
+
         Args:
             name_or_path: Local directory (relative or absolute) or hub repository id. A local
-                directory, or a hub id whose files are cached, makes no network call.
-            out_indices: Stages to output (overrides the saved selection).
-            out_features: Stage names to output (overrides the saved selection).
-            revision: Hub branch, tag or commit.
-            cache_dir: Hub cache directory.
-            local_files_only: Never use the network.
-            token: Hub token.
-            dtype: Floating dtype of the parameters (default float32; ``"auto"`` keeps the checkpoint's).
-            device: Device to load onto (default CPU).
-            strict: Raise if any model key is missing from the checkpoint or any checkpoint key is unused.
-            allow_pickle: Accept a ``pytorch_model.bin`` (loaded with ``torch.load(weights_only=True)``).
-            output_loading_info: Return ``(model, LoadReport)`` instead of the model.
-            **config_overrides: Config fields to override, plus ``force_download``, ``checkpoint_prefix``
-                (load only checkpoint keys under this prefix, e.g. a backbone inside a head model) and
-                ``config_key`` (read the backbone config from this key of ``config.json``).
+                directory, or a hub id whose files are cached, makes no network call. A name that is
+                neither (``"resnet50"``) is offered to the plugins (``backbones-timm`` loads timm names).
+            load_options: Options to start from; keyword options replace its fields.
+            **kwargs: Load options by name, and config-field overrides.
 
         Returns:
-            The backbone in eval mode, or ``(backbone, report)``.
+            The backbone in eval mode, or ``(backbone, report)`` with ``output_loading_info=True``.
+
+        Raises:
+            TypeError: A keyword looks like a misspelt load option; the message names the valid ones.
         """
         from ._loading import load_pretrained
 
-        return load_pretrained(
-            name_or_path,
-            out_indices=out_indices,
-            out_features=out_features,
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            token=token,
-            dtype=dtype,
-            device=device,
-            strict=strict,
-            allow_pickle=allow_pickle,
-            output_loading_info=output_loading_info,
-            **config_overrides,
-        )
+        options, config_overrides = LoadOptions.split(kwargs, base=load_options)
+        return load_pretrained(name_or_path, options, config_overrides)

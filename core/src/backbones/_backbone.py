@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ._backbone_type import BackboneType
 from ._config import BackboneConfig
 from ._output import BackboneOutput
 from ._stages import positive_indices
 from .layers import CheckpointableLayer, convert_batch_norm_to_frozen
+
+if TYPE_CHECKING:
+    from ._options import LoadOptions
 
 __all__ = ["Backbone", "WEIGHTS_NAME"]
 
@@ -64,6 +68,8 @@ class Backbone(nn.Module):
         checkpoint_key_renames: ``(pattern, replacement)`` regex pairs applied, in order, to checkpoint
             keys that match no model key as they are (e.g. another release's module names).
         reference_class_name: The transformers class name written to ``architectures`` on save.
+        backbone_type: transformers' kind of backbone, which heads branch on:
+            :attr:`BackboneType.TRANSFORMERS` (the default) or :attr:`BackboneType.TIMM` (the timm wrapper).
     """
 
     config_class: ClassVar[type[BackboneConfig]] = BackboneConfig
@@ -72,6 +78,7 @@ class Backbone(nn.Module):
     ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = ()
     checkpoint_key_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
     reference_class_name: ClassVar[str] = ""
+    backbone_type: ClassVar[BackboneType] = BackboneType.TRANSFORMERS
 
     num_features: list[int]
     """Channels of every stage, aligned with ``stage_names``."""
@@ -274,6 +281,8 @@ class Backbone(nn.Module):
         if pruned:
             self._prune_stages(last)
             self._num_kept_stages = last + 1
+            # Pruned stages have no modules left to keep frozen (train() walks the frozen ones).
+            self._frozen_stages = min(self._frozen_stages, last)
         return pruned
 
     def _prune_stages(self, last_stage: int) -> None:
@@ -392,11 +401,25 @@ class Backbone(nn.Module):
         return cls(config)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Load a checkpoint into this class; see :meth:`backbones.AutoBackbone.from_pretrained`."""
-        from ._loading import load_pretrained
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike[str], *, load_options: LoadOptions | None = None, **kwargs: Any
+    ) -> Any:
+        """Load a checkpoint into this class; see :meth:`backbones.AutoBackbone.from_pretrained`.
 
-        return load_pretrained(name_or_path, model_class=cls, **kwargs)
+        Args:
+            name_or_path: Local directory or hub repository id.
+            load_options: Options to start from (see :class:`backbones.LoadOptions`).
+            **kwargs: Load options by name (they replace fields of ``load_options``), and config-field
+                overrides.
+
+        Returns:
+            The backbone in eval mode, or ``(backbone, report)`` with ``output_loading_info=True``.
+        """
+        from ._loading import load_pretrained
+        from ._options import LoadOptions
+
+        options, config_overrides = LoadOptions.split(kwargs, base=load_options)
+        return load_pretrained(name_or_path, options, config_overrides, model_class=cls)
 
     def extra_repr(self) -> str:
         return f"out_features={self.out_features}"

@@ -1,7 +1,8 @@
-"""The ``backbones`` command: ``list``, ``info`` and ``extract``.
+"""The ``backbones`` command: ``list``, ``info``, ``extract`` and ``new-plugin``.
 
 ``list`` never imports torch. ``info`` builds the model with parameters on the meta device, so it is
 fast and needs no weights. ``extract`` runs a checkpoint on an image and prints, saves or plots its maps.
+``new-plugin`` writes a working plugin distribution from core's templates (``backbones._scaffold``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from ._backbone import Backbone
     from ._config import BackboneConfig
     from ._image import ImageProcessor
+    from ._options import LoadOptions
 
 __all__ = ["main"]
 
@@ -69,20 +71,20 @@ def _is_model_type(target: str) -> bool:
     return not is_local(target) and "/" not in target
 
 
-def _load_config(target: str, hub: dict[str, Any]) -> BackboneConfig:
+def _load_config(target: str, options: LoadOptions) -> BackboneConfig:
     from ._auto import AutoBackboneConfig
     from ._registry import get_registry
 
     if _is_model_type(target):
         return AutoBackboneConfig.for_model(get_registry().get(target).model_type)
-    return AutoBackboneConfig.from_pretrained(target, **hub)
+    return AutoBackboneConfig.from_pretrained(target, load_options=options)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from ._loading import parameters_on_meta
     from ._registry import get_registry
 
-    config = _load_config(args.target, _hub_options(args))
+    config = _load_config(args.target, _load_options(args))
     model_class = get_registry().get(config.model_type).load_model_class()
     with parameters_on_meta():
         model: Backbone = model_class(config)
@@ -111,7 +113,7 @@ def _image_processor(args: argparse.Namespace) -> tuple[ImageProcessor, str]:
     else:
         source = "backbones' defaults: the checkpoint has no preprocessor_config.json"
         try:
-            processor = checkpoint_image_processor(args.model, **_hub_options(args))
+            processor = checkpoint_image_processor(args.model, **_load_options(args).hub_kwargs())
         except ConfigError as error:
             source = f"backbones' defaults: the checkpoint's preprocessor_config.json is unusable: {error}"
     if processor is None:
@@ -147,15 +149,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     from ._auto import AutoBackbone
 
-    overrides: dict[str, Any] = {}
-    if args.out_indices is not None:
-        overrides["out_indices"] = args.out_indices
+    options = _load_options(args)
     if _is_model_type(args.model):
-        config = _load_config(args.model, {})
-        model = AutoBackbone.from_config(config, **overrides).eval()
+        config = _load_config(args.model, options)
+        model = AutoBackbone.from_config(config, **options.selection()).eval()
         print(f"note: {args.model!r} is a model type, so the weights are random (pass a checkpoint for real features)")
     else:
-        loaded = AutoBackbone.from_pretrained(args.model, **overrides, **_hub_options(args))
+        loaded = AutoBackbone.from_pretrained(args.model, load_options=options)
         assert not isinstance(loaded, tuple)
         model = loaded
     processor, source = _image_processor(args)
@@ -213,13 +213,30 @@ def _plot(maps: Sequence[Any], names: Sequence[str], path: Path) -> None:
     plt.close(figure)
 
 
-def _hub_options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if getattr(args, "revision", None):
-        options["revision"] = args.revision
-    if getattr(args, "local_files_only", False):
-        options["local_files_only"] = True
-    return options
+def _load_options(args: argparse.Namespace) -> LoadOptions:
+    """The :class:`LoadOptions` the command line sets; the others keep their defaults."""
+    from ._options import LoadOptions
+
+    return LoadOptions(
+        revision=getattr(args, "revision", None) or None,
+        local_files_only=bool(getattr(args, "local_files_only", False)),
+        out_indices=getattr(args, "out_indices", None),
+    )
+
+
+def _cmd_new_plugin(args: argparse.Namespace) -> int:
+    from ._scaffold import new_plugin
+
+    directory = Path(args.dir) if args.dir else Path("backbones-" + args.name.replace("_", "-"))
+    files = new_plugin(args.name, directory, family=args.family)
+    print(f"wrote a {args.family} plugin, backbones-{args.name.replace('_', '-')}, to {directory}:")
+    for path in files:
+        print(f"  {path}")
+    print(
+        f"next: pip install -e {directory} && pytest {directory / 'tests'}  "
+        "(then fill in the parity skeleton, the README and the metadata)"
+    )
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -250,6 +267,18 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--save", metavar="FILE.safetensors", help="save the maps, keyed by stage name")
     extract.add_argument("--plot", metavar="FILE.png", help="save a picture of the maps")
     extract.set_defaults(run=_cmd_extract)
+
+    scaffold = commands.add_parser("new-plugin", help="write a new plugin distribution that passes its tests")
+    scaffold.add_argument("name", help="model type of the new architecture, e.g. foonet (lowercase, '-' or '_')")
+    scaffold.add_argument("--dir", help="folder to create (default: ./backbones-NAME); it must not exist")
+    scaffold.add_argument(
+        "--family",
+        choices=["cnn", "vit", "hierarchical"],
+        default="cnn",
+        help="starting architecture: residual conv stages, a plain ViT read at several depths, or "
+        "patch-merging attention stages (default: cnn)",
+    )
+    scaffold.set_defaults(run=_cmd_new_plugin)
 
     for sub in (info, extract):
         sub.add_argument("--revision", help="hub branch, tag or commit")

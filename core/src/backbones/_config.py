@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ._errors import ConfigError
-from ._stages import align_out_features_out_indices
+from ._stages import align_out_features_out_indices, verify_out_features_out_indices
 
 __all__ = ["BackboneConfig", "CONFIG_NAME", "config_from_file"]
 
@@ -60,6 +60,9 @@ class BackboneConfig(BaseModel):
     model_type: ClassVar[str] = ""
     """The ``model_type`` written to and expected in ``config.json``."""
 
+    _selection_keys: ClassVar[tuple[str, ...]] = ("_out_features", "_out_indices")
+    """Instance ``__dict__`` entries that hold the selection (never fields, never written to config.json)."""
+
     output_hidden_states: bool = False
     """Default of the forward's ``output_hidden_states``."""
     output_attentions: bool = False
@@ -100,7 +103,7 @@ class BackboneConfig(BaseModel):
         return list(self.__dict__["_out_features"])
 
     @out_features.setter
-    def out_features(self, value: list[str] | tuple[str, ...] | None) -> None:
+    def out_features(self, value: list[str] | None) -> None:
         self.set_out_features_out_indices(value, None)
 
     @property
@@ -114,17 +117,56 @@ class BackboneConfig(BaseModel):
 
     def set_out_features_out_indices(
         self,
-        out_features: list[str] | tuple[str, ...] | None,
+        out_features: list[str] | None,
         out_indices: list[int] | tuple[int, ...] | None,
     ) -> None:
-        """Validate, align and store the output stages (see transformers' method of the same purpose).
+        """Validate, align and store the output stages (transformers' ``set_output_features_output_indices``).
+
+        ``out_features`` must be a list; ``out_indices`` may be a tuple and is stored as a list.
 
         Raises:
-            ValueError: When the values are invalid for this config's ``stage_names``.
+            ValueError: When the values are invalid for this config's ``stage_names`` (see
+                :func:`backbones.verify_out_features_out_indices`).
         """
         self._store_selection(*align_out_features_out_indices(out_features, out_indices, self.stage_names))
 
+    def set_output_features_output_indices(
+        self,
+        out_features: list[str] | None,
+        out_indices: list[int] | tuple[int, ...] | None,
+    ) -> None:
+        """transformers' name of :meth:`set_out_features_out_indices` (same rules)."""
+        self.set_out_features_out_indices(out_features, out_indices)
+
+    def verify_out_features_out_indices(self) -> None:
+        """Check the stored selection against ``stage_names`` (transformers' method of this name).
+
+        The selection is checked whenever it or the architecture changes, so this only fails for a
+        config whose selection was written around the public setters.
+
+        Raises:
+            ValueError: The stored ``out_features`` / ``out_indices`` are invalid for ``stage_names``.
+        """
+        verify_out_features_out_indices(self.__dict__["_out_features"], self.__dict__["_out_indices"], self.stage_names)
+
+    def _assign_stage_names(self, value: Any) -> None:
+        """``config.stage_names = value``: transformers' code assigns it; ours follow from the architecture.
+
+        ``None`` or the config's own stage names are accepted and change nothing; other names are refused.
+        """
+        if value is None:
+            return
+        names = list(value) if isinstance(value, (list, tuple)) else value
+        if names != self.stage_names:
+            raise ValueError(
+                f"stage_names of a {type(self).__name__} follow from its architecture fields and are "
+                f"{self.stage_names}; cannot set them to {value!r}: change the architecture fields instead"
+            )
+
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "stage_names":
+            self._assign_stage_names(value)
+            return
         # pydantic routes assignments through its own machinery; properties with setters go here.
         if isinstance(getattr(type(self), name, None), property):
             object.__setattr__(self, name, value)
@@ -137,23 +179,29 @@ class BackboneConfig(BaseModel):
         is_field = name in type(self).model_fields
         missing = object()
         previous = getattr(self, name) if is_field else (self.model_extra or {}).get(name, missing)
-        features, indices = self.__dict__["_out_features"], self.__dict__["_out_indices"]
+        selection = {key: self.__dict__[key] for key in self._selection_keys if key in self.__dict__}
+        features, indices = selection["_out_features"], selection["_out_indices"]
         try:
             super().__setattr__(name, value)  # pydantic rebuilds __dict__ from the fields
         except ValidationError as error:
             # A model-level validator fails after pydantic wrote the value: put the old one back.
             self._restore(name, is_field, previous, missing)
-            self._store_selection(features, indices)
+            self.__dict__.update(selection)
             raise _config_error(type(self).__name__, error) from None
         finally:
             self._drop_selection_extras()
+            self.__dict__.update(selection)
         try:
-            # An architecture change may change the stages: keep the selection valid or say why not.
-            self.set_out_features_out_indices(None, indices)
+            self._realign_selection(features, indices)
         except ValueError:
             self._restore(name, is_field, previous, missing)
             self._store_selection(features, indices)
             raise
+
+    def _realign_selection(self, features: list[str], indices: list[int]) -> None:
+        """After a field changed: an architecture change may change the stages, so keep the selection
+        valid (the indices are kept, the names follow) or say why not."""
+        self.set_out_features_out_indices(None, indices)
 
     def _restore(self, name: str, is_field: bool, previous: Any, missing: object) -> None:
         if is_field:
@@ -168,8 +216,8 @@ class BackboneConfig(BaseModel):
         # a stale copy that to_dict() would write to config.json. The live selection stays in __dict__.
         extra = self.model_extra
         if extra is not None:
-            extra.pop("_out_features", None)
-            extra.pop("_out_indices", None)
+            for key in self._selection_keys:
+                extra.pop(key, None)
 
     def _store_selection(self, features: list[str], indices: list[int]) -> None:
         object.__setattr__(self, "_out_features", features)

@@ -6,7 +6,9 @@ The head config may be a transformers config object, any object with the attribu
   config (anything with ``to_dict()``) -> a randomly initialised backbone of that config;
 * ``backbone``: a hub id or directory, with ``use_pretrained_backbone=True`` -> its weights are loaded;
   with ``use_pretrained_backbone`` false only its config is read;
-* ``backbone_kwargs``: overrides (e.g. ``{"out_indices": [1, 2, 3]}``) for the ``backbone`` path;
+* ``backbone_kwargs``: for the ``backbone`` path, load options (:class:`backbones.LoadOptions` fields, e.g.
+  ``{"out_indices": [1, 2, 3], "revision": "v2"}``) and config overrides, as ``from_pretrained`` takes
+  them; with ``use_timm_backbone`` they are ``TimmBackboneConfig`` fields and timm arguments;
 * ``use_timm_backbone=True`` with ``backbone`` a timm model name -> the ``backbones-timm`` plugin.
 
 A config with none of these is taken to be a backbone config itself.
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import BackboneConfig
 from ._errors import ConfigError
+from ._options import LoadOptions
 
 if TYPE_CHECKING:
     from ._backbone import Backbone
@@ -55,6 +58,7 @@ def load_backbone(config: Any) -> Backbone:
     Raises:
         ConfigError: When the fields contradict each other or a required one is missing.
         UnknownModelTypeError: When the backbone's model type has no installed plugin.
+        TypeError: A key of ``backbone_kwargs`` looks like a misspelt load option.
     """
     from ._auto import AutoBackbone, AutoBackboneConfig
 
@@ -88,14 +92,20 @@ def load_backbone(config: Any) -> Backbone:
             **backbone_kwargs,
         )
         return AutoBackbone.from_config(timm_config)
+    options, overrides = LoadOptions.split(backbone_kwargs)
+    if options.output_loading_info:
+        raise ConfigError(
+            "backbone_kwargs cannot set output_loading_info: load_backbone returns the backbone alone; "
+            "call AutoBackbone.from_pretrained(backbone, output_loading_info=True) for the report"
+        )
     if use_pretrained:
         if checkpoint is None:
             raise ConfigError("use_pretrained_backbone=True needs backbone set to a hub id or a directory")
-        model = AutoBackbone.from_pretrained(checkpoint, **backbone_kwargs)
+        model = AutoBackbone.from_pretrained(checkpoint, load_options=options, **overrides)
         assert not isinstance(model, tuple)
         return model
     if backbone_config is None:
         if checkpoint is None:
             raise ConfigError("set backbone_config, or backbone (a hub id or directory)")
-        backbone_config = AutoBackboneConfig.from_pretrained(checkpoint, **backbone_kwargs)
+        backbone_config = AutoBackboneConfig.from_pretrained(checkpoint, load_options=options, **overrides)
     return AutoBackbone.from_config(_as_backbone_config(backbone_config))

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import CheckpointError
+from ._options import HUB_OPTION_NAMES
 
 __all__ = ["HUB_OPTIONS", "is_local", "resolve_file"]
 
-HUB_OPTIONS = frozenset({"revision", "cache_dir", "local_files_only", "token", "force_download"})
+HUB_OPTIONS = frozenset(HUB_OPTION_NAMES)
+"""The load options that say where hub files come from (see :class:`backbones.LoadOptions`)."""
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 

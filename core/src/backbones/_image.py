@@ -20,7 +20,17 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._errors import BackboneError, ConfigError
+from ._errors import BackboneError, ConfigError, PluginError
+from ._processor_families import (
+    BICUBIC,
+    BILINEAR,
+    BOX,
+    FAMILIES,
+    HAMMING,
+    LANCZOS,
+    NEAREST,
+    family_names_text,
+)
 
 try:
     import numpy as np
@@ -48,11 +58,7 @@ PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_HALF = (0.5, 0.5, 0.5)
-_OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING = range(6)
 # Pillow's numbering, which preprocessor_config.json stores.
 _FILTER_NAMES = {
     NEAREST: "nearest",
@@ -202,6 +208,11 @@ class ImageProcessor:
         image_std: One value per channel, or one number for all.
         image_processor_type: The transformers class these settings came from (informational).
 
+    A plugin implements a processor of its own as a subclass decorated with
+    ``@dataclasses.dataclass(frozen=True)``: its field defaults are the defaults of keys its
+    ``preprocessor_config.json`` leaves out, it may add fields (read from that file too), and it may
+    override :meth:`postprocess`.
+
     Raises:
         ConfigError: A field has an unusable value, or a step is on without what it needs.
 
@@ -326,9 +337,10 @@ class ImageProcessor:
         Raises:
             TypeError: A name in ``changes`` is not a field.
         """
-        unknown = sorted(set(changes) - _FIELD_NAMES)
+        field_names = _field_names(type(self))
+        unknown = sorted(set(changes) - field_names)
         if unknown:
-            raise TypeError(f"ImageProcessor has no field {unknown[0]!r}; its fields are {sorted(_FIELD_NAMES)}")
+            raise TypeError(f"{type(self).__name__} has no field {unknown[0]!r}; its fields are {sorted(field_names)}")
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> str:
@@ -411,7 +423,16 @@ class ImageProcessor:
             mean = _per_channel("image_mean", self.image_mean, channels, index)
             std = _per_channel("image_std", self.image_std, channels, index)
             pixels = (pixels - np.asarray(mean, dtype=pixels.dtype)) / np.asarray(std, dtype=pixels.dtype)
-        return np.ascontiguousarray(pixels.astype(np.float32, copy=False).transpose(2, 0, 1))
+        planar = pixels.astype(np.float32, copy=False).transpose(2, 0, 1)
+        return np.ascontiguousarray(self.postprocess(planar), dtype=np.float32)
+
+    def postprocess(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The last step, on each image as a ``(channels, height, width)`` float32 array: none here.
+
+        A plugin's own processor (a subclass, see ``image_processor_classes`` in docs/plugins.md)
+        overrides it to add a step its architecture needs, e.g. reversing the channel order.
+        """
+        return pixels
 
     def _resize(self, pixels: NDArray[Any]) -> NDArray[Any]:
         assert self.size is not None
@@ -425,7 +446,8 @@ class ImageProcessor:
         return _resize(pixels, *_target_size(self.size, height, width), self.resample)
 
 
-_FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(ImageProcessor))
+def _field_names(cls: type[ImageProcessor]) -> frozenset[str]:
+    return frozenset(item.name for item in dataclasses.fields(cls))
 
 
 def _per_channel(name: str, stats: float | tuple[float, ...], channels: int, index: int) -> tuple[float, ...]:
@@ -677,75 +699,7 @@ def _pack(arrays: list[NDArray[Any]], return_tensors: str | None) -> Any:
     return torch.from_numpy(batch)
 
 
-# -- transformers' processor types ------------------------------------------------------------------
-
-_COMMON_DEFAULTS: dict[str, Any] = {
-    "do_convert_rgb": False,
-    "do_resize": True,
-    "default_to_square": True,
-    "crop_pct": None,
-    "do_center_crop": False,
-    "crop_size": None,
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-}
-
-# The class defaults of transformers' image processors (the PIL backend's are the same). A key missing
-# from preprocessor_config.json, or null there, takes these values.
-_PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ViTImageProcessor": {
-        **_COMMON_DEFAULTS,
-        "size": {"height": 224, "width": 224},
-        "resample": BILINEAR,
-        "image_mean": _HALF,
-        "image_std": _HALF,
-    },
-    "ConvNextImageProcessor": {
-        **_COMMON_DEFAULTS,
-        "size": {"shortest_edge": 384},
-        "default_to_square": False,
-        "crop_pct": 224 / 256,
-        "resample": BICUBIC,
-        "image_mean": _HALF,
-        "image_std": _HALF,
-    },
-    "BitImageProcessor": {
-        **_COMMON_DEFAULTS,
-        "do_convert_rgb": True,
-        "size": {"shortest_edge": 224},
-        "default_to_square": False,
-        "do_center_crop": True,
-        "crop_size": {"height": 224, "width": 224},
-        "resample": BICUBIC,
-        "image_mean": _OPENAI_CLIP_MEAN,
-        "image_std": _OPENAI_CLIP_STD,
-    },
-    "BeitImageProcessor": {
-        **_COMMON_DEFAULTS,
-        "size": {"height": 224, "width": 224},
-        "crop_size": {"height": 224, "width": 224},
-        "resample": BICUBIC,
-        "image_mean": _HALF,
-        "image_std": _HALF,
-    },
-}
-
-# transformers' fallback when preprocessor_config.json names no type: config.json's model_type.
-_MODEL_TYPE_PROCESSORS = {
-    "beit": "BeitImageProcessor",
-    "bit": "BitImageProcessor",
-    "convnext": "ConvNextImageProcessor",
-    "convnextv2": "ConvNextImageProcessor",
-    "data2vec-vision": "BeitImageProcessor",
-    "dinov2": "BitImageProcessor",
-    "focalnet": "BitImageProcessor",
-    "regnet": "ConvNextImageProcessor",
-    "resnet": "ConvNextImageProcessor",
-    "swin": "ViTImageProcessor",
-    "swinv2": "ViTImageProcessor",
-    "vit": "ViTImageProcessor",
-}
+# -- processor types: core's families and the plugins' own -----------------------------------------
 
 
 def _declared_type(data: Mapping[str, Any]) -> str | None:
@@ -754,7 +708,7 @@ def _declared_type(data: Mapping[str, Any]) -> str | None:
     if isinstance(declared, str) and declared:
         # "...Fast" (transformers 4's torchvision classes) and "...Pil" (5's PIL classes) share settings.
         for suffix in ("Fast", "Pil"):
-            if declared.endswith(suffix) and declared[: -len(suffix)] in _PROCESSOR_DEFAULTS:
+            if declared.endswith(suffix) and declared[: -len(suffix)] in FAMILIES:
                 return declared[: -len(suffix)]
         return declared
     legacy = data.get("feature_extractor_type")
@@ -764,39 +718,96 @@ def _declared_type(data: Mapping[str, Any]) -> str | None:
 
 
 def _supported_types_text() -> str:
-    names = sorted(_PROCESSOR_DEFAULTS)
-    return ", ".join(names[:-1]) + " and " + names[-1]
+    from ._registry import get_registry
+
+    text = family_names_text()
+    plugins = get_registry().image_processors()
+    if plugins:
+        text += "; installed plugins add " + ", ".join(
+            f"{name} ({processor.distribution})" for name, processor in plugins.items()
+        )
+    return text
+
+
+def _plugin_processor_class(processor_type: str) -> type[ImageProcessor] | None:
+    """The class a plugin implements for ``processor_type``, checked; None when no plugin has one."""
+    from ._registry import get_registry
+
+    registration = get_registry().image_processor(processor_type)
+    if registration is None:
+        return None
+    cls = registration.load_class()
+    if not (isinstance(cls, type) and issubclass(cls, ImageProcessor) and dataclasses.is_dataclass(cls)):
+        raise PluginError(
+            f"the image processor {processor_type!r} of {registration.distribution}, {registration.target!r}, is "
+            f"{cls!r}, not a subclass of backbones.ImageProcessor; derive it from ImageProcessor with "
+            "@dataclasses.dataclass(frozen=True)"
+        )
+    return cls
+
+
+def _class_defaults(cls: type[ImageProcessor]) -> dict[str, Any]:
+    """The field defaults of a processor class: what a key missing from its preprocessor config takes."""
+    defaults: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        if item.default is not dataclasses.MISSING:
+            defaults[item.name] = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            defaults[item.name] = item.default_factory()
+    return defaults
 
 
 def _build(processor_type: str, data: Mapping[str, Any], overrides: Mapping[str, Any]) -> ImageProcessor:
-    defaults = _PROCESSOR_DEFAULTS.get(processor_type)
-    if defaults is None:
-        raise ConfigError(
-            f"image_processor_type {processor_type!r} is not supported; backbones implements {_supported_types_text()} "
-            "(preprocess with that transformers class, or build an ImageProcessor with the same steps)"
-        )
+    cls: type[ImageProcessor] = ImageProcessor
+    defaults = FAMILIES.get(processor_type)
+    if defaults is not None:
+        # Only ConvNeXt's family reads crop_pct; the others ignore a stray one, as transformers does.
+        ignored = {"image_processor_type"} | ({"crop_pct"} if defaults["crop_pct"] is None else set())
+    else:
+        plugin_class = _plugin_processor_class(processor_type)
+        if plugin_class is None:
+            raise ConfigError(
+                f"image_processor_type {processor_type!r} is not supported; backbones implements "
+                f"{_supported_types_text()} (preprocess with that transformers class, or build an ImageProcessor "
+                "with the same steps)"
+            )
+        cls, defaults, ignored = plugin_class, _class_defaults(plugin_class), {"image_processor_type"}
     if data.get("do_pad"):
         raise ConfigError("do_pad=true (padding the images of a batch to one size) is not supported; set it to false")
+    field_names = _field_names(cls)
     fields = dict(defaults)
-    # Only ConvNeXt's processor reads crop_pct; the others ignore a stray one, as transformers does.
-    honoured = _FIELD_NAMES - {"image_processor_type"} - ({"crop_pct"} if defaults["crop_pct"] is None else set())
-    fields.update({key: value for key, value in data.items() if key in honoured and value is not None})
-    unknown = sorted(set(overrides) - _FIELD_NAMES)
+    fields.update({key: value for key, value in data.items() if key in field_names - ignored and value is not None})
+    unknown = sorted(set(overrides) - field_names)
     if unknown:
-        raise TypeError(f"unexpected argument {unknown[0]!r}; the image processor's fields are {sorted(_FIELD_NAMES)}")
+        raise TypeError(f"unexpected argument {unknown[0]!r}; the image processor's fields are {sorted(field_names)}")
     fields.update(overrides)
     fields["image_processor_type"] = processor_type
-    return ImageProcessor(**fields)
+    return cls(**fields)
+
+
+def _fallback_type(model_type: Any) -> str | None:
+    """The processor the plugin of ``model_type`` declares for checkpoints whose config names none."""
+    from ._errors import UnknownModelTypeError
+    from ._registry import get_registry
+
+    if not isinstance(model_type, str):
+        return None
+    try:
+        return get_registry().get(model_type).image_processor
+    except UnknownModelTypeError:
+        return None
 
 
 class AutoImageProcessor:
     """Build the :class:`ImageProcessor` that a checkpoint's ``preprocessor_config.json`` describes.
 
-    Supported ``image_processor_type`` values (the processors of the checkpoints of backbones' plugins):
-    ``ViTImageProcessor`` (Swin, Swinv2, ViT), ``ConvNextImageProcessor`` (ConvNeXt, ConvNeXt V2,
-    ResNet, RegNet), ``BitImageProcessor`` (BiT, DINOv2, FocalNet) and ``BeitImageProcessor`` (BEiT,
-    Data2Vec-Vision). Legacy ``feature_extractor_type`` names and the ``...Fast`` / ``...Pil`` variants
-    map to the same processors.
+    Supported ``image_processor_type`` values: core's families ``ViTImageProcessor`` (Swin, Swinv2,
+    DiNAT, ViT), ``ConvNextImageProcessor`` (ConvNeXt, ConvNeXt V2, ResNet, RegNet),
+    ``BitImageProcessor`` (BiT, DINOv2, FocalNet) and ``BeitImageProcessor`` (BEiT, Data2Vec-Vision),
+    and any processor an installed plugin implements (``image_processor_classes`` of its
+    registration). Legacy ``feature_extractor_type`` names and the ``...Fast`` / ``...Pil`` variants
+    map to the same families. A file that names no type gets the processor the plugin of
+    ``config.json``'s ``model_type`` declares (``image_processor`` of its registration).
 
     Example:
         >>> processor = AutoImageProcessor.from_pretrained("microsoft/swin-tiny-patch4-window7-224")  # doctest: +SKIP
@@ -819,6 +830,9 @@ class AutoImageProcessor:
 
         Raises:
             ConfigError: The type is missing or not supported, or a value is unusable.
+            PluginError: The plugin processor of that type cannot be imported or is no
+                :class:`ImageProcessor` subclass, or two distributions implement it (the message
+                names them).
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"a preprocessor config must be a dict, got {type(data).__name__}")
@@ -845,6 +859,8 @@ class AutoImageProcessor:
                 (or is not cached while offline).
             ConfigError: The file is not valid JSON, names no supported processor type, or holds an
                 unusable value; the message names the file.
+            PluginError: The processor comes from a plugin that cannot provide it (see
+                :meth:`from_dict`), or the plugin of ``config.json``'s model type failed to load.
         """
         from ._hub import HUB_OPTIONS, resolve_file
 
@@ -869,10 +885,11 @@ def _from_file(
 
         config_path = resolve_file(name_or_path, CONFIG_NAME, optional=True, **hub)
         model_type = read_json(config_path).get("model_type") if config_path is not None else None
-        processor_type = _MODEL_TYPE_PROCESSORS.get(model_type) if isinstance(model_type, str) else None
+        processor_type = _fallback_type(model_type)
         if processor_type is None:
             found = (
-                f"config.json's model_type {model_type!r} has no known one"
+                f"config.json's model_type {model_type!r} has no known one (no installed plugin declares an "
+                "image_processor for it)"
                 if config_path
                 else "there is no config.json"
             )

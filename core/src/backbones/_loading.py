@@ -15,18 +15,21 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ._config import CONFIG_NAME, config_from_file
+from ._auto import checkpoint_config_data, config_with_overrides
+from ._config import CONFIG_NAME
 from ._errors import BackboneError, CheckpointError, ConfigError, WeightsMismatchError
 from ._files import atomic_write, atomic_write_text, read_json
-from ._hub import HUB_OPTIONS, resolve_file
+from ._hub import resolve_file
+from ._options import LoadOptions, check_config_overrides
 from ._safetensors import SafetensorsFile
 
 if TYPE_CHECKING:
@@ -81,30 +84,55 @@ def _abbreviate(keys: list[str], limit: int = 8) -> str:
 
 # -- building without initialising ----------------------------------------------------------------
 
+# The build swaps in its own ``nn.Module.register_parameter`` for as long as a build runs in any thread
+# (installed by the outermost build, put back by the last one to finish), and only the threads that are
+# building see a difference: their new parameters go to the meta device, every other thread's stay
+# real. Buffers are never touched, so index tables that modules compute in ``__init__`` stay real.
+# torch's own ``with torch.device("meta")`` cannot do this: it would put the buffers on meta too.
+
 _meta_state = threading.local()
 _patch_lock = threading.Lock()
-_patched = False
+_active_builds = 0
+_TORCH_REGISTER_PARAMETER = nn.Module.register_parameter
+_original_register_parameter: Any = _TORCH_REGISTER_PARAMETER
 
 
-def _install_meta_parameter_patch() -> None:
-    global _patched
+def _register_parameter_on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    if getattr(_meta_state, "forwarding", False):
+        # A wrapper installed over ours during a build (and so left in place) calls ours again: end there.
+        _TORCH_REGISTER_PARAMETER(self, name, param)
+        return
+    if param is not None and building_on_meta() and param.device.type != "meta":
+        param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+    _meta_state.forwarding = True
+    try:
+        _original_register_parameter(self, name, param)
+    finally:
+        _meta_state.forwarding = False
+
+
+def _enter_build() -> None:
+    global _active_builds, _original_register_parameter
     with _patch_lock:
-        if _patched:
-            return
-        original = nn.Module.register_parameter
+        current = nn.Module.__dict__.get("register_parameter")
+        if _active_builds == 0 and current is not _register_parameter_on_meta:
+            _original_register_parameter = current
+            nn.Module.register_parameter = _register_parameter_on_meta  # type: ignore[method-assign]
+        _active_builds += 1
 
-        def register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-            if param is not None and getattr(_meta_state, "active", False) and param.device.type != "meta":
-                param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-            original(self, name, param)
 
-        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
-        _patched = True
+def _exit_build() -> None:
+    global _active_builds
+    with _patch_lock:
+        _active_builds -= 1
+        # Someone who replaced ours meanwhile keeps theirs (ours, which it may call, just forwards).
+        if _active_builds == 0 and nn.Module.__dict__.get("register_parameter") is _register_parameter_on_meta:
+            nn.Module.register_parameter = _original_register_parameter  # type: ignore[method-assign]
 
 
 def building_on_meta() -> bool:
     """Whether this thread is inside :func:`parameters_on_meta` (a model being built for a load)."""
-    return bool(getattr(_meta_state, "active", False))
+    return bool(getattr(_meta_state, "depth", 0))
 
 
 @contextlib.contextmanager
@@ -112,15 +140,16 @@ def parameters_on_meta() -> Iterator[None]:
     """Within this block (in this thread), new module parameters are created on the meta device.
 
     Buffers stay real, so index tables that modules compute in ``__init__`` survive. Parameter init
-    then costs nothing, and a load fills every parameter from the checkpoint.
+    then costs nothing, and a load fills every parameter from the checkpoint. Blocks nest, and run in
+    several threads at once; ``nn.Module.register_parameter`` is torch's own again once none is running.
     """
-    _install_meta_parameter_patch()
-    previous = getattr(_meta_state, "active", False)
-    _meta_state.active = True
+    _enter_build()
+    _meta_state.depth = getattr(_meta_state, "depth", 0) + 1
     try:
         yield
     finally:
-        _meta_state.active = previous
+        _meta_state.depth -= 1
+        _exit_build()
 
 
 def _build(model_class: type[Backbone], config: Any, source: Path) -> Backbone:
@@ -345,66 +374,38 @@ def _initialise_missing(model: Backbone, loaded: set[str], device: torch.device,
 
 def load_pretrained(
     name_or_path: str | os.PathLike[str],
+    options: LoadOptions | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
     *,
     model_class: type[Backbone] | None = None,
-    out_indices: list[int] | tuple[int, ...] | None = None,
-    out_features: list[str] | tuple[str, ...] | None = None,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
-    force_download: bool = False,
-    dtype: torch.dtype | str | None = None,
-    device: torch.device | str | None = None,
-    strict: bool = False,
-    allow_pickle: bool = False,
-    checkpoint_prefix: str = "",
-    config_key: str | None = None,
-    output_loading_info: bool = False,
-    **config_overrides: Any,
 ) -> Backbone | tuple[Backbone, LoadReport]:
-    """Load a backbone checkpoint; see :meth:`backbones.AutoBackbone.from_pretrained`."""
-    hub: dict[str, Any] = {
-        "revision": revision,
-        "cache_dir": cache_dir,
-        "local_files_only": local_files_only,
-        "token": token,
-        "force_download": force_download,
-    }
-    assert set(hub) == HUB_OPTIONS
-    by_name = config_overrides.pop("use_timm_backbone", None)
-    options = {
-        **hub,
-        "out_indices": out_indices,
-        "out_features": out_features,
-        "dtype": dtype,
-        "device": device,
-        "strict": strict,
-        "allow_pickle": allow_pickle,
-        "checkpoint_prefix": checkpoint_prefix,
-        "config_key": config_key,
-        "output_loading_info": output_loading_info,
-        **config_overrides,
-    }
-    if by_name and model_class is None:  # transformers' AutoBackbone.from_pretrained(name, use_timm_backbone=True)
-        loaded = _load_from_name(name_or_path, options)
+    """Load a backbone checkpoint; see :meth:`backbones.AutoBackbone.from_pretrained`.
+
+    Args:
+        name_or_path: Local directory, hub repository id, or a name a plugin loads.
+        options: How to load (default: every option at its default).
+        config_overrides: Config fields to override (and extras to set).
+        model_class: Load into this class instead of the one ``config.json``'s ``model_type`` names.
+    """
+    options = options if options is not None else LoadOptions()
+    if not isinstance(options, LoadOptions):
+        raise TypeError(f"options must be a backbones.LoadOptions, got {type(options).__name__}")
+    overrides = dict(config_overrides or {})
+    hub = options.hub_kwargs()
+    if options.use_timm_backbone and model_class is None:  # transformers' from_pretrained(name, use_timm_backbone=True)
+        loaded = _load_from_name(name_or_path, options, overrides)
         if loaded is not None:
             return loaded
     try:
         config_path = resolve_file(name_or_path, CONFIG_NAME, **hub)
     except CheckpointError:
         # Not a checkpoint: a plugin may know the name (backbones-timm: a timm model name).
-        loaded = _load_from_name(name_or_path, options) if model_class is None else None
+        loaded = _load_from_name(name_or_path, options, overrides) if model_class is None else None
         if loaded is None:
             raise
         return loaded
     assert config_path is not None
-    data = read_json(config_path)
-    if config_key is not None:
-        nested = data.get(config_key)
-        if not isinstance(nested, dict):
-            raise ConfigError(f"{config_path} has no {config_key!r} object to read the backbone config from")
-        data = nested
+    data = checkpoint_config_data(config_path, options)
     model_type = data.get("model_type")
     if model_class is None:
         if not isinstance(model_type, str) or not model_type:
@@ -415,21 +416,17 @@ def load_pretrained(
         from ._registry import get_registry
 
         model_class = get_registry().get(model_type).load_model_class()
-    if out_indices is not None:
-        config_overrides["out_indices"] = out_indices
-    if out_features is not None:
-        config_overrides["out_features"] = out_features
-    config = config_from_file(model_class.config_class, data, config_path, **config_overrides)
+    config = config_with_overrides(model_class.config_class, data, config_path, options, overrides)
 
-    target_dtype = _parse_dtype(dtype)
-    target_device = torch.device(device) if device is not None else torch.device("cpu")
-    kind, files, index = _resolve_weights(name_or_path, hub, allow_pickle)
+    target_dtype = _parse_dtype(options.dtype)
+    target_device = torch.device(options.device) if options.device is not None else torch.device("cpu")
+    kind, files, index = _resolve_weights(name_or_path, hub, options.allow_pickle)
     checkpoint = _Checkpoint(kind, files)
     if index is not None:
         checkpoint.check_index(*index)
 
     model = _build(model_class, config, config_path)
-    mapping, unused, prefix_note = _match_keys(model, list(checkpoint.shapes), checkpoint_prefix)
+    mapping, unused, prefix_note = _match_keys(model, list(checkpoint.shapes), options.checkpoint_prefix)
     expected = model.state_dict()
     mismatched = [
         f"{key}: checkpoint {list(checkpoint.shapes[key])} vs model {list(expected[model_key].shape)}"
@@ -454,7 +451,7 @@ def load_pretrained(
         unused_keys=sorted(unused),
         prefix=prefix_note,
     )
-    if strict and not report.clean:
+    if options.strict and not report.clean:
         raise WeightsMismatchError(f"strict loading of {name_or_path} failed:\n{report}")
 
     state: dict[str, torch.Tensor] = {}
@@ -473,18 +470,26 @@ def load_pretrained(
         logger.warning("%s", report)
     elif report.unused_keys:
         logger.info("%s", report)
-    return (model, report) if output_loading_info else model
+    return (model, report) if options.output_loading_info else model
 
 
-def _load_from_name(name_or_path: str | os.PathLike[str], options: dict[str, Any]) -> Any:
+def _load_from_name(name_or_path: str | os.PathLike[str], options: LoadOptions, overrides: dict[str, Any]) -> Any:
     """Ask the plugins' ``load_backbone_from_name`` hooks; None if no plugin knows the name."""
     if not isinstance(name_or_path, str):  # a Path is a directory, never a name
         return None
     from ._registry import get_registry
 
+    # No config class is known yet, so only keywords that look like misspelt options are refused here;
+    # the plugin validates the config overrides against its own config.
+    check_config_overrides(overrides)
     registry = get_registry()
     registry.discover()
-    return registry.plugin_manager.hook.load_backbone_from_name(name=name_or_path, options=dict(options))
+    # Plugins built for plugin API 1.0 take ``options``: one dict of the options and the overrides.
+    legacy = {**options.as_dict(), **overrides}
+    del legacy["use_timm_backbone"]
+    return registry.plugin_manager.hook.load_backbone_from_name(
+        name=name_or_path, load_options=options, config_overrides=MappingProxyType(dict(overrides)), options=legacy
+    )
 
 
 def save_checkpoint(model: Backbone, directory: Path) -> Path:

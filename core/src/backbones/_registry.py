@@ -5,9 +5,13 @@ calls each plugin's ``register_backbones`` hook separately so every registration
 attributed to its distribution. A model type claimed by two distributions is recorded as a conflict
 and raises, naming both, only when that type is requested.
 
-Each plugin module declares the plugin-API version it was built for, ``BACKBONES_PLUGIN_API = "1.0"``.
+Each plugin module declares the plugin-API version it was built for, ``BACKBONES_PLUGIN_API = "1.1"``.
 It is loaded only if that fits :data:`backbones.PLUGIN_API_VERSION`: the same major version and a minor
 version no newer than core's. Others are recorded as failures (``backbones list`` shows them).
+
+Since plugin API 1.1 a registration also says how the model type's images are prepared: the processor
+its checkpoints use (a family core implements, or one the plugin implements itself, given lazily).
+Core holds no table from model types to processors; :mod:`backbones._image` asks the registry.
 
 Environment variables:
     BACKBONES_DISABLE_PLUGIN_AUTOLOAD: when set to a true value, no entry point is loaded.
@@ -21,6 +25,7 @@ import logging
 import os
 import threading
 import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Protocol
@@ -29,10 +34,12 @@ import pluggy
 
 from . import PLUGIN_API_VERSION, hookspecs
 from ._errors import PluginError, UnknownModelTypeError
+from ._processor_families import FAMILIES, family_names_text
 
 __all__ = [
     "KNOWN_DISTRIBUTIONS",
     "PluginFailure",
+    "ProcessorRegistration",
     "Register",
     "Registration",
     "get_registry",
@@ -52,10 +59,14 @@ KNOWN_DISTRIBUTIONS: dict[str, str] = {
     "convnextv2": "backbones-convnextv2",
     "dinat": "backbones-dinat",
     "dinov2": "backbones-dinov2",
+    "dinov2_with_registers": "backbones-dinov2-with-registers",
+    "dinov3_vit": "backbones-dinov3-vit",
     "focalnet": "backbones-focalnet",
+    "hgnet_v2": "backbones-hgnet-v2",
     "maskformer-swin": "backbones-maskformer-swin",
     "nat": "backbones-nat",
     "resnet": "backbones-resnet",
+    "rt_detr_resnet": "backbones-rt-detr-resnet",
     "swin": "backbones-swin",
     "swinv2": "backbones-swinv2",
     "timm_backbone": "backbones-timm",
@@ -74,7 +85,18 @@ class Register(Protocol):
         model: type | str,
         aliases: tuple[str, ...] | list[str] = (),
         description: str = "",
+        image_processor: str | None = None,
+        image_processor_types: Sequence[str] = (),
+        image_processor_classes: Mapping[str, type | str] | None = None,
     ) -> None: ...
+
+
+# The registration arguments each plugin-API minor version added: a plugin that passes one declares that version.
+_ADDED_IN: dict[str, tuple[int, int]] = {
+    "image_processor": (1, 1),
+    "image_processor_types": (1, 1),
+    "image_processor_classes": (1, 1),
+}
 
 
 def _parse_api_version(text: str) -> tuple[int, int]:
@@ -128,7 +150,14 @@ def _import_object(target: type | str, what: str, model_type: str) -> Any:
 
 @dataclass
 class Registration:
-    """One registered model type."""
+    """One registered model type.
+
+    Attributes:
+        image_processor: The ``image_processor_type`` used for this type's checkpoints whose
+            ``preprocessor_config.json`` names none (transformers' ``model_type`` fallback), or None.
+        image_processor_types: Every ``image_processor_type`` its checkpoints write (the fallback first).
+        image_processor_classes: Processors the plugin implements itself, by ``image_processor_type``.
+    """
 
     model_type: str
     config: type | str
@@ -137,6 +166,9 @@ class Registration:
     version: str
     aliases: tuple[str, ...] = ()
     description: str = ""
+    image_processor: str | None = None
+    image_processor_types: tuple[str, ...] = ()
+    image_processor_classes: dict[str, type | str] = field(default_factory=dict)
 
     def load_config_class(self) -> type:
         """Import (if lazy) and return the config class."""
@@ -145,6 +177,41 @@ class Registration:
     def load_model_class(self) -> type:
         """Import (if lazy) and return the backbone class."""
         return _import_object(self.model, "model class", self.model_type)
+
+
+@dataclass
+class ProcessorRegistration:
+    """An image processor a plugin implements, under the ``image_processor_type`` its checkpoints write."""
+
+    name: str
+    target: type | str
+    distribution: str
+    version: str
+
+    def load_class(self) -> type:
+        """Import (if lazy) and return the processor class.
+
+        Raises:
+            PluginError: The module cannot be imported or lacks the attribute; the message names the
+                distribution that declared it.
+        """
+        if not isinstance(self.target, str):
+            return self.target
+        module_name, _, attribute = self.target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as error:
+            raise PluginError(
+                f"the image processor {self.name!r} of {self.distribution}, {self.target!r}, cannot be imported: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        try:
+            return getattr(module, attribute)
+        except AttributeError:
+            raise PluginError(
+                f"the image processor {self.name!r} of {self.distribution}, {self.target!r}, does not exist: "
+                f"module {module_name!r} has no attribute {attribute!r}"
+            ) from None
 
 
 @dataclass
@@ -161,6 +228,18 @@ class PluginFailure:
     def summary(self) -> str:
         """``"ExceptionType: message"`` of the original error."""
         return f"{type(self.error).__name__}: {self.error}"
+
+
+def _check_declared_processors(registrations: Sequence[Registration], implemented: set[str]) -> None:
+    """Every processor a registration declares is one of core's families or in ``implemented``."""
+    for registration in registrations:
+        for name in registration.image_processor_types:
+            if name not in FAMILIES and name not in implemented:
+                raise PluginError(
+                    f"model type {registration.model_type!r} declares the image processor {name!r}, which is neither "
+                    f"a family backbones-core implements ({family_names_text()}) nor one its plugin implements; "
+                    f"give its class in image_processor_classes={{{name!r}: 'module:Class'}}"
+                )
 
 
 def _validate_class(value: object, what: str) -> None:
@@ -180,6 +259,8 @@ class Registry:
         self._discovered = False
         self._names: dict[str, Registration] = {}  # model types and aliases
         self._conflicts: dict[str, list[str]] = {}
+        self._processors: dict[str, ProcessorRegistration] = {}  # image processors plugins implement
+        self._processor_conflicts: dict[str, list[str]] = {}
         self._failures: list[PluginFailure] = []
         self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.plugin_manager.add_hookspecs(hookspecs)
@@ -238,13 +319,23 @@ class Registry:
             )
             return
         staged: list[Registration] = []
+        declared_api = _parse_api_version(getattr(plugin, "BACKBONES_PLUGIN_API", PLUGIN_API_VERSION))
 
         def register_from_plugin(model_type: str, **kwargs: Any) -> None:
+            for argument, added in _ADDED_IN.items():
+                if argument in kwargs and declared_api < added:
+                    raise PluginError(
+                        f"model type {model_type!r} passes {argument}, which plugin API {added[0]}.{added[1]} added, "
+                        f"but plugin {plugin_name!r} declares BACKBONES_PLUGIN_API = "
+                        f"'{declared_api[0]}.{declared_api[1]}'; declare \"{added[0]}.{added[1]}\" (and depend on a "
+                        "backbones-core that implements it)"
+                    )
             staged.append(self._make_registration(model_type, distribution=dist_name, version=version, **kwargs))
 
         try:
             for impl in impls:
                 impl.function(register=register_from_plugin)
+            _check_declared_processors(staged, {name for entry in staged for name in entry.image_processor_classes})
         except (Exception, SystemExit) as error:
             # Nothing of a plugin whose hook failed is kept: a half-registered plugin is worse than none.
             self._fail(plugin_name, dist_name, version, error)
@@ -271,6 +362,9 @@ class Registry:
         version: str,
         aliases: tuple[str, ...] | list[str] = (),
         description: str = "",
+        image_processor: str | None = None,
+        image_processor_types: Sequence[str] = (),
+        image_processor_classes: Mapping[str, type | str] | None = None,
     ) -> Registration:
         if not isinstance(model_type, str) or not model_type:
             raise PluginError(f"model_type must be a non-empty string, got {model_type!r}")
@@ -278,7 +372,49 @@ class Registry:
         _validate_class(model, f"model of {model_type!r}")
         if isinstance(aliases, str) or not all(isinstance(alias, str) and alias for alias in aliases):
             raise PluginError(f"aliases of {model_type!r} must be a list of non-empty strings, got {aliases!r}")
-        return Registration(model_type, config, model, distribution, version, tuple(aliases), description)
+        if image_processor is not None and (not isinstance(image_processor, str) or not image_processor):
+            raise PluginError(
+                f"image_processor of {model_type!r} must be an image_processor_type name (a non-empty string) or "
+                f"None, got {image_processor!r}"
+            )
+        if not isinstance(image_processor_types, (list, tuple)) or not all(
+            isinstance(name, str) and name for name in image_processor_types
+        ):
+            raise PluginError(
+                f"image_processor_types of {model_type!r} must be a list of non-empty strings, got "
+                f"{image_processor_types!r}"
+            )
+        classes = {} if image_processor_classes is None else image_processor_classes
+        if not isinstance(classes, Mapping):
+            raise PluginError(
+                f"image_processor_classes of {model_type!r} must be a dict from image_processor_type names to "
+                f"classes or 'module:attr' strings, got {type(classes).__name__}"
+            )
+        for name, target in classes.items():
+            if not isinstance(name, str) or not name:
+                raise PluginError(
+                    f"image_processor_classes of {model_type!r} has a key {name!r}; keys must be non-empty strings"
+                )
+            if name in FAMILIES:
+                raise PluginError(
+                    f"image_processor_classes of {model_type!r} gives a class for {name!r}, a processor family "
+                    f"backbones-core implements; name your own processor differently, or drop it from "
+                    f"image_processor_classes to use core's"
+                )
+            _validate_class(target, f"image processor {name!r} of {model_type!r}")
+        declared = tuple(dict.fromkeys([*([image_processor] if image_processor else []), *image_processor_types]))
+        return Registration(
+            model_type,
+            config,
+            model,
+            distribution,
+            version,
+            tuple(aliases),
+            description,
+            image_processor,
+            declared,
+            dict(classes),
+        )
 
     def _add(self, registration: Registration, *, replace: bool = False) -> None:
         for name in (registration.model_type, *registration.aliases):
@@ -295,6 +431,23 @@ class Registry:
                 continue
             self._conflicts.pop(name, None)
             self._names[name] = registration
+        for name, target in registration.image_processor_classes.items():
+            processor = ProcessorRegistration(name, target, registration.distribution, registration.version)
+            current = self._processors.get(name)
+            if replace or (current is None and name not in self._processor_conflicts):
+                self._processor_conflicts.pop(name, None)
+                self._processors[name] = processor
+            elif current is not None and (current.distribution, current.target) == (processor.distribution, target):
+                continue  # two model types of one plugin sharing its processor
+            else:
+                claimants = self._processor_conflicts.setdefault(name, [current.distribution] if current else [])
+                claimants.append(registration.distribution)
+                self._processors.pop(name, None)
+                logger.warning(
+                    "image processor %r is provided by %s; it is unusable until all but one are uninstalled",
+                    name,
+                    " and ".join(claimants),
+                )
 
     def register(
         self,
@@ -304,12 +457,20 @@ class Registry:
         model: type | str,
         aliases: tuple[str, ...] | list[str] = (),
         description: str = "",
+        image_processor: str | None = None,
+        image_processor_types: Sequence[str] = (),
+        image_processor_classes: Mapping[str, type | str] | None = None,
         replace: bool = False,
     ) -> None:
         """Register classes at runtime (e.g. a model defined in a notebook).
 
+        The arguments are those of the ``register`` callable of the ``register_backbones`` hook; a
+        declared image processor must be a core family, one of ``image_processor_classes``, or one an
+        installed plugin implements.
+
         Raises:
-            PluginError: When ``model_type`` is already registered and ``replace`` is false.
+            PluginError: When ``model_type`` is already registered and ``replace`` is false, or an
+                argument is invalid.
         """
         self.discover()
         registration = self._make_registration(
@@ -320,7 +481,11 @@ class Registry:
             version="",
             aliases=aliases,
             description=description,
+            image_processor=image_processor,
+            image_processor_types=image_processor_types,
+            image_processor_classes=image_processor_classes,
         )
+        _check_declared_processors([registration], {*registration.image_processor_classes, *self._processors})
         with self._lock:
             for name in (model_type, *registration.aliases):
                 if not replace and (name in self._names or name in self._conflicts):
@@ -355,6 +520,25 @@ class Registry:
         """Registered model types and aliases."""
         self.discover()
         return sorted(self._names)
+
+    def image_processors(self) -> dict[str, ProcessorRegistration]:
+        """The image processors plugins implement, by ``image_processor_type`` (core's families excluded)."""
+        self.discover()
+        return dict(sorted(self._processors.items()))
+
+    def image_processor(self, name: str) -> ProcessorRegistration | None:
+        """The plugin processor registered as ``name``, or None when no plugin implements one by that name.
+
+        Raises:
+            PluginError: Several distributions implement a processor of that name.
+        """
+        self.discover()
+        if name in self._processor_conflicts:
+            raise PluginError(
+                f"image processor {name!r} is provided by several distributions: "
+                f"{' and '.join(self._processor_conflicts[name])}; uninstall all but one"
+            )
+        return self._processors.get(name)
 
     def get(self, model_type: str) -> Registration:
         """Return the registration of ``model_type`` (or of an alias).
@@ -422,9 +606,20 @@ def register(
     model: type | str,
     aliases: tuple[str, ...] | list[str] = (),
     description: str = "",
+    image_processor: str | None = None,
+    image_processor_types: Sequence[str] = (),
+    image_processor_classes: Mapping[str, type | str] | None = None,
     replace: bool = False,
 ) -> None:
     """Register a backbone at runtime; see :meth:`Registry.register`."""
     get_registry().register(
-        model_type, config=config, model=model, aliases=aliases, description=description, replace=replace
+        model_type,
+        config=config,
+        model=model,
+        aliases=aliases,
+        description=description,
+        image_processor=image_processor,
+        image_processor_types=image_processor_types,
+        image_processor_classes=image_processor_classes,
+        replace=replace,
     )

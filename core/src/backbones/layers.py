@@ -5,18 +5,32 @@
   its activations in the backward pass instead of storing them.
 * :class:`FrozenBatchNorm2d`: BatchNorm with fixed statistics and affine terms, which
   ``Backbone.freeze_batch_norm()`` puts in place of every ``nn.BatchNorm2d``.
-* :func:`drop_path`: stochastic depth for residual branches.
+* :func:`drop_path`: stochastic depth for residual branches; :func:`drop_path_rates`, its usual schedule.
+* :func:`init_linear_and_norm_`: transformers' default initialisation of linear, convolution and layer-norm
+  modules, which most plugins' ``_init_weights`` start from.
+* :func:`check_pixel_channels`: the shared error for inputs with the wrong number of channels.
+* :func:`reselect_output_modules`: per-output modules (e.g. output norms) following a new selection.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["CheckpointableLayer", "FrozenBatchNorm2d", "convert_batch_norm_to_frozen", "drop_path"]
+__all__ = [
+    "CheckpointableLayer",
+    "FrozenBatchNorm2d",
+    "check_pixel_channels",
+    "convert_batch_norm_to_frozen",
+    "drop_path",
+    "drop_path_rates",
+    "init_linear_and_norm_",
+    "reselect_output_modules",
+]
 
 
 def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
@@ -30,6 +44,23 @@ def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
     keep = 1.0 - rate
     kept = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
     return x.div(keep) * kept
+
+
+def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:
+    """The stochastic-depth rate of every block, per stage: growing linearly over all blocks of the network
+    from 0 (the first) to ``rate`` (the last), as transformers' and timm's models schedule it.
+
+    Args:
+        rate: The deepest block's rate (a config's ``drop_path_rate``).
+        depths: Blocks per stage (``[num_hidden_layers]`` for a plain transformer).
+
+    Returns:
+        One list per stage, one rate per block.
+    """
+    total = sum(depths)
+    rates = [rate * block / max(total - 1, 1) for block in range(total)]
+    starts = [sum(depths[:index]) for index in range(len(depths))]
+    return [rates[start : start + depth] for start, depth in zip(starts, depths)]
 
 
 class CheckpointableLayer(nn.Module):
@@ -122,3 +153,74 @@ def convert_batch_norm_to_frozen(module: nn.Module) -> int:
         else:
             count += convert_batch_norm_to_frozen(child)
     return count
+
+
+def init_linear_and_norm_(module: nn.Module, std: float, *, truncated: bool = False) -> bool:
+    """Initialise ``module``'s own parameters as transformers' vision models do by default, if it is a
+    linear, convolution or layer-norm module.
+
+    ``nn.Linear`` and ``nn.Conv2d``: weight from a normal distribution of mean 0 and standard deviation ``std``
+    (``nn.init.trunc_normal_``'s, cut at -2 and 2, if ``truncated``), bias 0. ``nn.LayerNorm``: weight 1,
+    bias 0. Meant for a backbone's ``_init_weights``, before its architecture-specific cases.
+
+    Args:
+        module: The module (its children are not visited).
+        std: Standard deviation of the weights (a config's ``initializer_range``).
+        truncated: Draw from the truncated normal distribution (DINOv2, ViTDet) instead of the normal one.
+
+    Returns:
+        Whether ``module`` was one of those kinds (and so is initialised).
+    """
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if truncated:
+            nn.init.trunc_normal_(module.weight, mean=0.0, std=std)
+        else:
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+        return True
+    if isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+        return True
+    return False
+
+
+def check_pixel_channels(pixel_values: Tensor, expected: int, model: str) -> None:
+    """Require ``(batch, channels, height, width)`` pixels to have the channels a model was built for.
+
+    Args:
+        pixel_values: The model input.
+        expected: The channels the model takes (its config's ``num_channels``).
+        model: How to name the model in the message (``"ResNet"``, ``"DINOv2"``, ...).
+
+    Raises:
+        ValueError: ``pixel_values.shape[1] != expected``; the message names both counts and the fix.
+    """
+    if pixel_values.shape[1] != expected:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[1]} channels but this {model} expects {expected} "
+            "(config.num_channels); convert the images or load a model built for that many channels"
+        )
+
+
+def reselect_output_modules(
+    current: nn.ModuleDict, out_features: Iterable[str], make: Callable[[str], nn.Module]
+) -> nn.ModuleDict:
+    """The per-output modules of a new stage selection (a backbone's ``_on_out_features_changed``).
+
+    A selected stage keeps its module (trained weights stay); a newly selected one gets ``make(name)``; those
+    of deselected stages are dropped. The result is ordered as ``out_features``, so the state dict is that of
+    a model built for the new selection (same keys, same order).
+
+    Args:
+        current: The modules by stage name.
+        out_features: The new selection.
+        make: Builds the module of a newly selected stage (on the model's device and dtype).
+
+    Returns:
+        A new ``nn.ModuleDict``; assign it in place of ``current``.
+    """
+    return nn.ModuleDict({name: current[name] if name in current else make(name) for name in out_features})

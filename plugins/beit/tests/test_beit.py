@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from backbones import AutoBackbone, ConfigError
-from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones import AutoBackbone, Backbone, ConfigError, testing
+from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, assert_parity
 from backbones_beit import BeitBackbone, BeitConfig
 
 transformers = pytest.importorskip("transformers")
@@ -32,7 +31,7 @@ PYRAMID: dict[str, Any] = {**TINY, "add_fpn": True, "use_relative_position_bias"
 # The pre-training size, a larger non-square one (both position tables upsampled) and a smaller one.
 SIZES = [(32, 32), (48, 40), (24, 16)]
 # transformers 5.x renames the on-disk keys in memory; ours keep the on-disk names. Ours -> theirs.
-_REFERENCE_RENAMES = (
+REFERENCE_RENAMES = (
     (r"^beit\.encoder\.relative_position_bias\.", "beit.shared_position_bias."),
     (r"\.encoder\.layer\.", ".layers."),
     (r"\.attention\.attention\.relative_position_bias\.", ".relative_position_bias."),
@@ -53,32 +52,19 @@ def _pixels(height: int, width: int, batch: int = 2, seed: int = 1) -> torch.Ten
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
-def _reference(model_class: Any = None, seed: int = 3, **config: Any) -> Any:
-    """A transformers BEiT model with every weight (and BatchNorm statistic) re-randomised, in eval mode."""
-    model_class = model_class or transformers.BeitBackbone
-    model = model_class(transformers.BeitConfig(**config))
-    return randomize_weights_(model, seed=seed).eval()
-
-
-def _reference_trunk(task_model: Any, neck_missing: bool = False, **config: Any) -> Any:
+def _reference_trunk(task_model: Any, config: Any, neck_missing: bool = False) -> Any:
     """transformers' BeitBackbone holding a task model's trunk (and pyramid), loaded by state dict.
 
     transformers' AutoBackbone.from_pretrained(local_dir) asks the hub first and fails offline, and
     BeitBackbone.from_pretrained on a task checkpoint would not map its keys; in memory both classes
     use the same names, so the state dict carries over directly.
     """
-    reference = transformers.BeitBackbone(transformers.BeitConfig(**config)).eval()
+    reference = transformers.BeitBackbone(config).eval()
     own = set(reference.state_dict())
     result = reference.load_state_dict({k: v for k, v in task_model.state_dict().items() if k in own}, strict=False)
     assert result.unexpected_keys == []
     assert all(key.startswith("fpn.") for key in result.missing_keys) if neck_missing else result.missing_keys == []
     return reference
-
-
-def _reference_name(our_name: str) -> str:
-    for pattern, replacement in _REFERENCE_RENAMES:
-        our_name = re.sub(pattern, replacement, our_name)
-    return our_name
 
 
 # -- conformance ----------------------------------------------------------------------------------
@@ -91,6 +77,7 @@ class _BeitConformance(BackboneConformance):
     # 48 x 40 is non-square and not the pre-training size, so both position tables are resampled.
     input_sizes = ((32, 32), (48, 40))
     spatial_rounding = "floor"
+    bad_config_value = ("num_attention_heads", 5, "num_attention_heads=5 does not divide hidden_size")
     extra: dict[str, Any] = {}
 
     def make_config(self, **overrides: Any) -> BeitConfig:
@@ -118,283 +105,265 @@ class TestBeitPyramidConformance(_BeitConformance):
 # -- parity with transformers ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def reference_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
-    """transformers' BeitBackbone (all stages selected) saved by transformers itself."""
-    reference = _reference(
-        out_indices=ALL_STAGES, use_relative_position_bias=True, use_absolute_position_embeddings=True, **TINY
-    )
-    directory = tmp_path_factory.mktemp("reference")
-    reference.save_pretrained(directory)
-    return reference, directory
+class TestBeitParity(TransformersParity):
+    """transformers' BeitBackbone checkpoints (every stage saved), and classification checkpoints."""
 
-
-@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0]])
-def test_backbone_checkpoint_parity(reference_checkpoint: tuple[Any, Path], out_indices: list[int]) -> None:
-    reference, directory = reference_checkpoint
-    ours, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
-    assert isinstance(ours, BeitBackbone)
-    assert ours.out_features == [ours.stage_names[index] for index in out_indices]
+    backbone_class = BeitBackbone
+    reference_task_class = "BeitForImageClassification"
+    config = TINY
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "relative-absolute": {"use_relative_position_bias": True, "use_absolute_position_embeddings": True},
+        # Mean pooling normalises in the pooler, CLS pooling in a final layernorm; the backbone uses neither.
+        "mean-pooling": {"use_relative_position_bias": True, "use_mean_pooling": True},
+        "cls-pooling": {"use_relative_position_bias": True, "use_mean_pooling": False},
+    }
+    seed = 3
+    # 48 x 40 first: the one the hidden states are compared at.
+    input_sizes = (SIZES[1], SIZES[0], SIZES[2])
+    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0,))
+    selection_variants = ("relative-absolute",)
     # transformers' BeitBackbone writes its trunk without the "beit." prefix.
-    assert (report.missing_keys, report.unused_keys, report.prefix) == ([], [], "'beit.' added")
-    positions = [index % 5 for index in out_indices]
-    for size in SIZES:
-        pixels = _pixels(*size)
-        with torch.no_grad():
-            expected = reference(pixels).feature_maps
-            maps = ours(pixels).feature_maps
-        assert [tuple(fmap.shape) for fmap in maps] == [(2, 16, size[0] // 8, size[1] // 8)] * len(out_indices)
-        assert_close_maps(maps, [expected[position] for position in positions], atol=1e-4)
-
-
-def test_shared_bias_checkpoint_parity(tmp_path: Path) -> None:
-    # The pre-training layout: one shared bias, no layer scale; without mean pooling the trunk has a
-    # final layernorm, which no backbone stage uses.
-    reference = _reference(
-        out_indices=[0, 2, 4],
-        use_shared_relative_position_bias=True,
-        layer_scale_init_value=0.0,
-        use_mean_pooling=False,
-        **TINY,
-    )
-    reference.save_pretrained(tmp_path)
-    assert "beit.encoder.relative_position_bias.relative_position_bias_table" in load_file(
-        tmp_path / "model.safetensors"
-    )
-    ours, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
-    assert report.missing_keys == []
-    assert report.unused_keys == ["beit.layernorm.bias", "beit.layernorm.weight"]
-    assert not any("lambda" in key for key in ours.state_dict())
-    for size in SIZES:
-        pixels = _pixels(*size)
-        with torch.no_grad():
-            assert_close_maps(ours(pixels).feature_maps, reference(pixels).feature_maps, atol=1e-4)
-
-
-def test_shared_and_per_layer_bias_add_up(tmp_path: Path) -> None:
-    reference = _reference(
-        out_indices=[1, 4], use_shared_relative_position_bias=True, use_relative_position_bias=True, **TINY
-    )
-    reference.save_pretrained(tmp_path)
-    ours, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
-    assert report.clean, str(report)
-    for size in SIZES:
-        pixels = _pixels(*size)
-        with torch.no_grad():
-            assert_close_maps(ours(pixels).feature_maps, reference(pixels).feature_maps, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def pyramid_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
-    """transformers' BeitBackbone with its pyramid neck on stages 1..4, saved by transformers."""
-    reference = _reference(out_indices=[1, 2, 3, 4], use_absolute_position_embeddings=True, **PYRAMID)
-    directory = tmp_path_factory.mktemp("pyramid")
-    reference.save_pretrained(directory)
-    return reference, directory
-
-
-def test_pyramid_checkpoint_parity(pyramid_checkpoint: tuple[Any, Path]) -> None:
-    reference, directory = pyramid_checkpoint
-    ours, report = AutoBackbone.from_pretrained(directory, output_loading_info=True)
-    assert report.clean, str(report)
-    # transformers' rule: the four selected stages feed the four levels; the config records them.
-    assert ours.config.fpn_indices == [1, 2, 3, 4]
-    assert ours.out_reductions == [2, 4, 8, 16] and ours.channels == [16] * 4
-    for size in SIZES:
-        pixels = _pixels(*size)
-        with torch.no_grad():
-            expected = reference(pixels).feature_maps
-            maps = ours(pixels).feature_maps
-        grid = (size[0] // 8, size[1] // 8)
-        assert [tuple(fmap.shape[2:]) for fmap in maps] == [
-            (4 * grid[0], 4 * grid[1]),
-            (2 * grid[0], 2 * grid[1]),
-            grid,
-            (grid[0] // 2, grid[1] // 2),
-        ]
-        assert_close_maps(maps, expected, atol=1e-4)
-
-
-def test_pyramid_stages_keep_their_level_in_any_selection(pyramid_checkpoint: tuple[Any, Path]) -> None:
-    reference, directory = pyramid_checkpoint
-    pixels = _pixels(48, 40)
-    with torch.no_grad():
-        expected = reference(pixels, output_hidden_states=True)
-    # A subset of the pyramid stages, plus the stem (not a pyramid stage: its raw patch grid).
-    ours = AutoBackbone.from_pretrained(directory, out_indices=[0, 2, 4], fpn_indices=[1, 2, 3, 4])
-    assert ours.out_reductions == [8, 4, 16]
-    with torch.no_grad():
-        stem, stage2, stage4 = ours(pixels).feature_maps
-    stem_reference = expected.hidden_states[0][:, 1:].transpose(1, 2).reshape(2, 16, 6, 5)
-    assert_close_maps([stem, stage2, stage4], [stem_reference, *expected.feature_maps[1::2]], atol=1e-4)
-    # Reselecting on a loaded model keeps the bound levels too.
-    ours.out_indices = [3]
-    with torch.no_grad():
-        assert_close_maps(ours(pixels).feature_maps, [expected.feature_maps[2]], atol=1e-4)
-
-
-def test_pyramid_override_without_fpn_indices_says_what_to_do(pyramid_checkpoint: tuple[Any, Path]) -> None:
-    _, directory = pyramid_checkpoint
-    with pytest.raises(
-        ConfigError, match=r"add_fpn=True feeds a 4-level pyramid from 4 stages, but the selection has 2"
-    ):
-        AutoBackbone.from_pretrained(directory, out_indices=[2, 4])
-
-
-@pytest.mark.parametrize("mean_pooling", [True, False])
-def test_classification_checkpoint_parity(tmp_path: Path, mean_pooling: bool) -> None:
-    config = {**TINY, "use_relative_position_bias": True, "use_mean_pooling": mean_pooling}
-    classifier = _reference(transformers.BeitForImageClassification, num_labels=5, **config)
-    classifier.save_pretrained(tmp_path)
-    ours, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[1, 2, 4], output_loading_info=True)
-    assert report.missing_keys == []
-    # Mean pooling normalises in the pooler, CLS pooling in a final layernorm; the backbone uses neither.
-    pooling_norm = "beit.pooler.layernorm" if mean_pooling else "beit.layernorm"
-    assert report.unused_keys == sorted(
-        ["classifier.bias", "classifier.weight", f"{pooling_norm}.bias", f"{pooling_norm}.weight"]
-    )
-    assert report.prefix == ""
-    reference = _reference_trunk(classifier, out_indices=[1, 2, 4], **config)
-    for size in SIZES:
-        pixels = _pixels(*size)
-        with torch.no_grad():
-            assert_close_maps(ours(pixels).feature_maps, reference(pixels).feature_maps, atol=1e-4)
-
-
-def test_pyramid_on_a_classification_checkpoint_is_initialised_as_transformers_does(tmp_path: Path) -> None:
-    config = {**TINY, "use_relative_position_bias": True}
-    classifier = _reference(transformers.BeitForImageClassification, num_labels=5, **config)
-    classifier.save_pretrained(tmp_path)
-    ours, report = AutoBackbone.from_pretrained(
-        tmp_path, out_indices=[1, 2, 3, 4], add_fpn=True, output_loading_info=True
-    )
-    assert ours.config.fpn_indices == [1, 2, 3, 4] and ours.out_reductions == [2, 4, 8, 16]
-    assert report.missing_keys == sorted(
-        [f"fpn1.{i}.{kind}" for i in (0, 3) for kind in ("bias", "weight")]
-        + [f"fpn1.1.{kind}" for kind in ("bias", "weight", "running_mean", "running_var", "num_batches_tracked")]
-        + ["fpn2.0.bias", "fpn2.0.weight"]
-    )
-    norm = ours.fpn1[1]
-    assert torch.equal(norm.weight, torch.ones(16)) and torch.equal(norm.bias, torch.zeros(16))
-    assert torch.equal(norm.running_mean, torch.zeros(16)) and torch.equal(norm.running_var, torch.ones(16))
-    assert torch.equal(ours.fpn2[0].bias, torch.zeros(16)) and 0.01 < ours.fpn2[0].weight.std() < 0.03
-    # With the neck copied over, transformers' BeitBackbone gives the same maps.
-    reference = _reference_trunk(classifier, neck_missing=True, out_indices=[1, 2, 3, 4], add_fpn=True, **config)
-    reference.load_state_dict({_reference_name(k): v for k, v in ours.state_dict().items() if "fpn" in k}, strict=False)
-    pixels = _pixels(32, 32)
-    with torch.no_grad():
-        assert_close_maps(ours(pixels).feature_maps, reference(pixels).feature_maps, atol=1e-4)
-
-
-def test_masked_image_modeling_checkpoint_parity(tmp_path: Path) -> None:
-    # A pre-training checkpoint: shared bias, a mask token the backbone never uses, an LM head.
-    config = {**TINY, "use_shared_relative_position_bias": True, "use_mask_token": True, "use_mean_pooling": False}
-    pretrained = _reference(transformers.BeitForMaskedImageModeling, **config)
-    pretrained.save_pretrained(tmp_path)
-    ours, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 3], output_loading_info=True)
-    assert report.missing_keys == []
-    assert report.unused_keys == [
-        "beit.embeddings.mask_token",
-        "beit.layernorm.bias",
-        "beit.layernorm.weight",
-        "layernorm.bias",
-        "layernorm.weight",
-        "lm_head.bias",
-        "lm_head.weight",
-    ]
-    reference = _reference_trunk(pretrained, out_indices=[0, 3], **config)
-    for size in SIZES[:2]:
-        pixels = _pixels(*size)
-        with torch.no_grad():
-            assert_close_maps(ours(pixels).feature_maps, reference(pixels).feature_maps, atol=1e-4)
-
-
-def test_segmentation_checkpoint_loads_its_pyramid(tmp_path: Path) -> None:
-    config = {**PYRAMID, "out_indices": [1, 2, 3, 4], "pool_scales": [1, 2], "auxiliary_channels": 8}
-    segmenter = _reference(transformers.BeitForSemanticSegmentation, num_labels=3, **config)
-    segmenter.save_pretrained(tmp_path)
-    saved = load_file(tmp_path / "model.safetensors")
-    ours, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
-    assert report.missing_keys == []
-    assert report.unused_keys == sorted(key for key in saved if key.startswith(("decode_head.", "auxiliary_head.")))
-    reference = _reference_trunk(segmenter, **config)
-    for size in SIZES[:2]:
-        pixels = _pixels(*size)
-        with torch.no_grad():
-            assert_close_maps(ours(pixels).feature_maps, reference(pixels).feature_maps, atol=1e-4)
-
-
-def test_hidden_states_and_attentions_match(reference_checkpoint: tuple[Any, Path]) -> None:
-    reference, directory = reference_checkpoint
-    reference.set_attn_implementation("eager")  # transformers' sdpa path returns no attention probabilities
-    ours = AutoBackbone.from_pretrained(directory, out_indices=[2])
-    pixels = _pixels(48, 40)
-    try:
-        with torch.no_grad():
-            expected = reference(pixels, output_hidden_states=True, output_attentions=True)
-            output = ours(pixels, output_hidden_states=True, output_attentions=True)
-    finally:
-        reference.set_attn_implementation("sdpa")
+    backbone_prefix = "'beit.' added"
+    hidden_out_indices = (2,)
     # The stem and every layer as token sequences, CLS first; one attention map per layer.
-    assert [tuple(state.shape) for state in output.hidden_states] == [(2, 31, 16)] * 5
-    assert [tuple(weights.shape) for weights in output.attentions] == [(2, 2, 31, 31)] * 4
-    assert_close_maps(output.hidden_states, expected.hidden_states, atol=1e-4)
-    assert_close_maps(output.attentions, expected.attentions, atol=1e-5)
-    assert_close_maps(output.feature_maps, [expected.feature_maps[2]], atol=1e-4)
-    for weights in output.attentions:
-        assert torch.allclose(weights.sum(-1), torch.ones(()))
+    hidden_state_count = 5
+    hidden_state_shapes = ((2, 31, 16),) * 5
+    compare_attentions = True
+    attention_shapes = ((2, 2, 31, 31),) * 4
+    task_variants = ("mean-pooling", "cls-pooling")
+    task_out_indices = (1, 2, 4)
+    task_prefix = ""
+    round_trip_variants = ("relative-absolute",)
+    round_trip_out_indices = (0, 2, 4)
+    round_trip_tolerance = 1e-5
 
+    def pooling_norm(self, variant: str) -> str:
+        return "beit.pooler.layernorm" if self.options(variant).get("use_mean_pooling", True) else "beit.layernorm"
 
-def test_unreshaped_hidden_states_parity(tmp_path: Path) -> None:
-    # reshape_hidden_states=False: each map is the stage's whole token sequence, CLS token included.
-    reference = _reference(out_indices=[0, 4], reshape_hidden_states=False, use_relative_position_bias=True, **TINY)
-    reference.save_pretrained(tmp_path)
-    ours = AutoBackbone.from_pretrained(tmp_path)
-    pixels = _pixels(48, 40)
-    with torch.no_grad():
-        maps = ours(pixels).feature_maps
-        assert_close_maps(maps, reference(pixels).feature_maps, atol=1e-4)
-    assert [tuple(fmap.shape) for fmap in maps] == [(2, 31, 16)] * 2
+    def expected_backbone_unused(self, variant: str, model: Backbone) -> list[str]:
+        norm = self.pooling_norm(variant)
+        return [] if norm == "beit.pooler.layernorm" else [f"{norm}.bias", f"{norm}.weight"]
 
+    def expected_task_report(self, task_class: str, variant: str, model: Backbone) -> tuple[list[str], list[str]]:
+        norm = self.pooling_norm(variant)
+        return [], sorted(["classifier.bias", "classifier.weight", f"{norm}.bias", f"{norm}.weight"])
 
-def test_saved_checkpoint_loads_into_transformers(tmp_path: Path) -> None:
-    config = BeitConfig(
-        **PYRAMID,
-        out_indices=[1, 2, 3, 4],
-        use_shared_relative_position_bias=True,
-        use_absolute_position_embeddings=True,
-    )
-    ours = randomize_weights_(AutoBackbone.from_config(config)).eval()
-    ours.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["architectures"] == ["BeitBackbone"] and saved["fpn_indices"] == [1, 2, 3, 4]
-    # The concrete class: transformers' AutoBackbone.from_pretrained(local_dir) asks the hub first.
-    reference, info = transformers.BeitBackbone.from_pretrained(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert reference.out_indices == [1, 2, 3, 4]
-    reference.eval()
-    for size in SIZES:
-        pixels = _pixels(*size)
+    def test_attention_rows_sum_to_one(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        directory, _ = self.reference_checkpoint("relative-absolute", tmp_path_factory)
+        ours = AutoBackbone.from_pretrained(directory, out_indices=[2])
         with torch.no_grad():
-            assert_close_maps(ours(pixels).feature_maps, reference(pixels).feature_maps, atol=1e-5)
+            output = ours(self.pixels(), output_attentions=True)
+        for weights in output.attentions:
+            assert torch.allclose(weights.sum(-1), torch.ones(()))
+
+    def test_shared_bias_checkpoint_parity(self, tmp_path: Path) -> None:
+        # The pre-training layout: one shared bias, no layer scale; without mean pooling the trunk has a
+        # final layernorm, which no backbone stage uses.
+        reference = self.reference_model(
+            "BeitBackbone",
+            "cls-pooling",
+            out_indices=[0, 2, 4],
+            use_relative_position_bias=False,
+            use_shared_relative_position_bias=True,
+            layer_scale_init_value=0.0,
+        )
+        reference.save_pretrained(tmp_path)
+        assert "beit.encoder.relative_position_bias.relative_position_bias_table" in load_file(
+            tmp_path / "model.safetensors"
+        )
+        ours, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
+        assert report.missing_keys == []
+        assert report.unused_keys == ["beit.layernorm.bias", "beit.layernorm.weight"]
+        assert not any("lambda" in key for key in ours.state_dict())
+        for size in SIZES:
+            pixels = self.pixels(size)
+            with torch.no_grad():
+                assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps)
+
+    def test_shared_and_per_layer_bias_add_up(self, tmp_path: Path) -> None:
+        reference = self.reference_model(
+            "BeitBackbone", "mean-pooling", out_indices=[1, 4], use_shared_relative_position_bias=True
+        )
+        reference.save_pretrained(tmp_path)
+        ours, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
+        assert report.clean, str(report)
+        for size in SIZES:
+            pixels = self.pixels(size)
+            with torch.no_grad():
+                assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps)
+
+    def test_masked_image_modeling_checkpoint_parity(self, tmp_path: Path) -> None:
+        # A pre-training checkpoint: shared bias, a mask token the backbone never uses, an LM head.
+        options = {"use_relative_position_bias": False, "use_shared_relative_position_bias": True}
+        pretrained = self.reference_model("BeitForMaskedImageModeling", "cls-pooling", use_mask_token=True, **options)
+        pretrained.save_pretrained(tmp_path)
+        ours, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 3], output_loading_info=True)
+        assert report.missing_keys == []
+        assert report.unused_keys == [
+            "beit.embeddings.mask_token",
+            "beit.layernorm.bias",
+            "beit.layernorm.weight",
+            "layernorm.bias",
+            "layernorm.weight",
+            "lm_head.bias",
+            "lm_head.weight",
+        ]
+        reference = _reference_trunk(pretrained, self.reference_config("cls-pooling", out_indices=[0, 3], **options))
+        for size in SIZES[:2]:
+            pixels = self.pixels(size)
+            with torch.no_grad():
+                assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps)
+
+    def test_unreshaped_hidden_states_parity(self, tmp_path: Path) -> None:
+        # reshape_hidden_states=False: each map is the stage's whole token sequence, CLS token included.
+        reference = self.reference_model(
+            "BeitBackbone", "mean-pooling", out_indices=[0, 4], reshape_hidden_states=False
+        )
+        reference.save_pretrained(tmp_path)
+        ours = AutoBackbone.from_pretrained(tmp_path)
+        pixels = self.pixels((48, 40))
+        with torch.no_grad():
+            maps = ours(pixels).feature_maps
+            assert_parity(maps, reference(pixels).feature_maps)
+        assert [tuple(fmap.shape) for fmap in maps] == [(2, 31, 16)] * 2
+
+    def test_checkpoint_with_saved_relative_position_index_loads(
+        self, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+    ) -> None:
+        # Checkpoints of older transformers releases hold the (derivable) index buffers; they are ignored.
+        directory, _ = self.reference_checkpoint("relative-absolute", tmp_path_factory)
+        index_keys: list[str] = []
+
+        def add_indices(state: dict[str, torch.Tensor]) -> None:
+            index_keys.extend(
+                key.replace("relative_position_bias_table", "relative_position_index")
+                for key in state
+                if key.endswith("bias_table")
+            )
+            state.update({key: torch.zeros(17, 17, dtype=torch.long) for key in index_keys})
+
+        testing.edit_checkpoint(directory, tmp_path, add_indices)
+        _, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
+        assert len(index_keys) == 4
+        assert report.clean, str(report)
 
 
-def test_training_gradients_match(pyramid_checkpoint: tuple[Any, Path]) -> None:
+class TestBeitPyramidParity(TransformersParity):
+    """transformers' BeitBackbone with its pyramid neck on stages 1..4, saved by transformers."""
+
+    backbone_class = BeitBackbone
+    config = PYRAMID
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "pyramid": {"use_absolute_position_embeddings": True},
+        "pyramid-shared-bias": {"use_absolute_position_embeddings": True, "use_shared_relative_position_bias": True},
+    }
+    seed = 3
+    input_sizes = (SIZES[1], SIZES[0], SIZES[2])
+    reference_out_indices = (1, 2, 3, 4)
+    # transformers' rule: the four selected stages feed the four levels (see the tests below for others).
+    out_indices = ((1, 2, 3, 4),)
+    backbone_prefix = "'beit.' added"
+    hidden_out_indices = (1, 2, 3, 4)
+    hidden_state_count = 5
+    round_trip_out_indices = (1, 2, 3, 4)
+    round_trip_tolerance = 1e-5
     # Training mode: the bias is rebuilt with a graph every call, BatchNorm uses batch statistics.
-    reference, directory = pyramid_checkpoint
-    ours = AutoBackbone.from_pretrained(directory).train()
-    reference.train()
-    pixels = _pixels(48, 40)
-    try:
-        for model in (ours, reference):
-            model.zero_grad()
-            sum(fmap.pow(2).mean() for fmap in model(pixels).feature_maps).backward()
-    finally:
-        reference.eval()
-    reference_grads = {name: p.grad for name, p in reference.named_parameters()}
-    for name, parameter in ours.named_parameters():
-        assert_close_maps([parameter.grad], [reference_grads.pop(_reference_name(name))], atol=1e-4)
-    assert reference_grads == {}  # every parameter of theirs has one of ours
+    compare_gradients = True
+    key_renames = REFERENCE_RENAMES
+
+    def reference_maps(self, reference: Any, pixels: torch.Tensor) -> list[torch.Tensor]:
+        expected = reference(pixels, output_hidden_states=True)
+        # The stem is not a pyramid stage: its map is the raw patch grid (CLS token dropped).
+        tokens = expected.hidden_states[0][:, 1:]
+        stem = tokens.transpose(1, 2).reshape(pixels.shape[0], -1, pixels.shape[2] // 8, pixels.shape[3] // 8)
+        return [stem, *expected.feature_maps]
+
+    def test_pyramid_levels_and_shapes(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        directory, _ = self.reference_checkpoint("pyramid", tmp_path_factory)
+        ours = AutoBackbone.from_pretrained(directory)
+        assert ours.config.fpn_indices == [1, 2, 3, 4]
+        assert ours.out_reductions == [2, 4, 8, 16] and ours.channels == [16] * 4
+        for size in SIZES:
+            with torch.no_grad():
+                maps = ours(self.pixels(size)).feature_maps
+            grid = (size[0] // 8, size[1] // 8)
+            assert [tuple(fmap.shape[2:]) for fmap in maps] == [
+                (4 * grid[0], 4 * grid[1]),
+                (2 * grid[0], 2 * grid[1]),
+                grid,
+                (grid[0] // 2, grid[1] // 2),
+            ]
+
+    def test_saved_config_records_the_pyramid(self, tmp_path: Path) -> None:
+        AutoBackbone.from_config(self.our_config("pyramid-shared-bias", out_indices=[1, 2, 3, 4])).save_pretrained(
+            tmp_path
+        )
+        assert json.loads((tmp_path / "config.json").read_text())["fpn_indices"] == [1, 2, 3, 4]
+
+    def test_pyramid_stages_keep_their_level_in_any_selection(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        directory, reference = self.reference_checkpoint("pyramid", tmp_path_factory)
+        pixels = self.pixels((48, 40))
+        with torch.no_grad():
+            expected = self.reference_maps(reference, pixels)
+        # A subset of the pyramid stages, plus the stem (not a pyramid stage: its raw patch grid).
+        ours = AutoBackbone.from_pretrained(directory, out_indices=[0, 2, 4], fpn_indices=[1, 2, 3, 4])
+        assert ours.out_reductions == [8, 4, 16]
+        with torch.no_grad():
+            assert_parity(ours(pixels).feature_maps, [expected[0], expected[2], expected[4]])
+        # Reselecting on a loaded model keeps the bound levels too.
+        ours.out_indices = [3]
+        with torch.no_grad():
+            assert_parity(ours(pixels).feature_maps, [expected[3]])
+
+    def test_pyramid_override_without_fpn_indices_says_what_to_do(
+        self, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        directory, _ = self.reference_checkpoint("pyramid", tmp_path_factory)
+        with pytest.raises(
+            ConfigError, match=r"add_fpn=True feeds a 4-level pyramid from 4 stages, but the selection has 2"
+        ):
+            AutoBackbone.from_pretrained(directory, out_indices=[2, 4])
+
+    def test_pyramid_on_a_classification_checkpoint_is_initialised_as_transformers_does(self, tmp_path: Path) -> None:
+        options = {"add_fpn": False, "use_absolute_position_embeddings": False}
+        classifier = self.reference_model("BeitForImageClassification", "pyramid", num_labels=5, **options)
+        classifier.save_pretrained(tmp_path)
+        ours, report = AutoBackbone.from_pretrained(
+            tmp_path, out_indices=[1, 2, 3, 4], add_fpn=True, output_loading_info=True
+        )
+        assert ours.config.fpn_indices == [1, 2, 3, 4] and ours.out_reductions == [2, 4, 8, 16]
+        assert report.missing_keys == sorted(
+            [f"fpn1.{i}.{kind}" for i in (0, 3) for kind in ("bias", "weight")]
+            + [f"fpn1.1.{kind}" for kind in ("bias", "weight", "running_mean", "running_var", "num_batches_tracked")]
+            + ["fpn2.0.bias", "fpn2.0.weight"]
+        )
+        norm = ours.fpn1[1]
+        assert torch.equal(norm.weight, torch.ones(16)) and torch.equal(norm.bias, torch.zeros(16))
+        assert torch.equal(norm.running_mean, torch.zeros(16)) and torch.equal(norm.running_var, torch.ones(16))
+        assert torch.equal(ours.fpn2[0].bias, torch.zeros(16)) and 0.01 < ours.fpn2[0].weight.std() < 0.03
+        # With the neck copied over, transformers' BeitBackbone gives the same maps.
+        config = self.reference_config("pyramid", out_indices=[1, 2, 3, 4], use_absolute_position_embeddings=False)
+        reference = _reference_trunk(classifier, config, neck_missing=True)
+        neck = {self.reference_name(k): v for k, v in ours.state_dict().items() if "fpn" in k}
+        reference.load_state_dict(neck, strict=False)
+        pixels = self.pixels((32, 32))
+        with torch.no_grad():
+            assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps)
+
+    def test_segmentation_checkpoint_loads_its_pyramid(self, tmp_path: Path) -> None:
+        options = {"out_indices": [1, 2, 3, 4], "pool_scales": [1, 2], "auxiliary_channels": 8}
+        options["use_absolute_position_embeddings"] = False
+        segmenter = self.reference_model("BeitForSemanticSegmentation", "pyramid", num_labels=3, **options)
+        segmenter.save_pretrained(tmp_path)
+        saved = load_file(tmp_path / "model.safetensors")
+        ours, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
+        assert report.missing_keys == []
+        assert report.unused_keys == sorted(key for key in saved if key.startswith(("decode_head.", "auxiliary_head.")))
+        reference = _reference_trunk(segmenter, self.reference_config("pyramid", **options))
+        for size in SIZES[:2]:
+            pixels = self.pixels(size)
+            with torch.no_grad():
+                assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps)
 
 
 def test_drop_path_rates_and_training_only() -> None:
@@ -402,35 +371,11 @@ def test_drop_path_rates_and_training_only() -> None:
     reference = transformers.BeitBackbone(transformers.BeitConfig.from_dict(config.to_dict()))
     # transformers uses an Identity where the rate is 0.
     expected = [getattr(layer.drop_path, "drop_prob", 0.0) for layer in reference.beit.layers]
-    model = randomize_weights_(BeitBackbone(config))
+    model = testing.randomize_weights_(BeitBackbone(config))
     assert [layer.drop_path for layer in model.beit.encoder.layer] == pytest.approx(expected)
     assert expected == pytest.approx([0.0, 0.1, 0.2, 0.3])
     pixels = _pixels(32, 32)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        first, second = (model.train()(pixels).feature_maps[0] for _ in range(2))
-        third, fourth = (model.eval()(pixels).feature_maps[0] for _ in range(2))
-    assert not torch.equal(first, second)
-    assert torch.equal(third, fourth)
-
-
-def test_checkpoint_with_saved_relative_position_index_loads(
-    reference_checkpoint: tuple[Any, Path], tmp_path: Path
-) -> None:
-    # Checkpoints of older transformers releases hold the (derivable) index buffers; they are ignored.
-    _, directory = reference_checkpoint
-    state = load_file(directory / "model.safetensors")
-    index_keys = [
-        key.replace("relative_position_bias_table", "relative_position_index")
-        for key in state
-        if key.endswith("bias_table")
-    ]
-    state.update({key: torch.zeros(17, 17, dtype=torch.long) for key in index_keys})
-    save_file(state, tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
-    _, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
-    assert len(index_keys) == 4
-    assert report.clean, str(report)
+    testing.assert_random_only_in_training(model, pixels)
 
 
 # -- position tables ------------------------------------------------------------------------------
@@ -438,7 +383,7 @@ def test_checkpoint_with_saved_relative_position_index_loads(
 
 def test_bias_cache_follows_weight_updates_and_dtype() -> None:
     config = BeitConfig(**TINY, use_relative_position_bias=True, out_indices=[-1])
-    model = randomize_weights_(BeitBackbone(config)).eval()
+    model = testing.randomize_weights_(BeitBackbone(config)).eval()
     pixels = _pixels(48, 40)
     with torch.no_grad():
         before = model(pixels).feature_maps[0]
@@ -455,7 +400,7 @@ def test_bias_cache_follows_weight_updates_and_dtype() -> None:
 
 
 def test_relative_bias_gets_gradient_in_eval_mode() -> None:
-    model = randomize_weights_(BeitBackbone(BeitConfig(**TINY, use_shared_relative_position_bias=True))).eval()
+    model = testing.randomize_weights_(BeitBackbone(BeitConfig(**TINY, use_shared_relative_position_bias=True))).eval()
     with torch.no_grad():
         model(_pixels(32, 32))  # fills the cache
     model(_pixels(32, 32)).feature_maps[0].pow(2).sum().backward()
@@ -487,7 +432,7 @@ def test_non_square_pretraining_size() -> None:
         use_absolute_position_embeddings=True,
         out_indices=[-1],
     )
-    model = randomize_weights_(BeitBackbone(config)).eval()
+    model = testing.randomize_weights_(BeitBackbone(config)).eval()
     module = model.beit.encoder.layer[0].attention.attention.relative_position_bias
     assert module.relative_position_bias_table.shape == (7 * 11 + 3, 2)
     assert model.beit.embeddings.position_embeddings.shape == (1, 4 * 6 + 1, 16)
@@ -548,16 +493,16 @@ def test_beit_base_feature_map_shapes() -> None:
 # -- config ---------------------------------------------------------------------------------------
 
 
-def test_transformers_config_json_round_trips(
-    reference_checkpoint: tuple[Any, Path], pyramid_checkpoint: tuple[Any, Path]
-) -> None:
-    saved = json.loads((reference_checkpoint[1] / "config.json").read_text())
+def test_transformers_config_json_round_trips(tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory, _ = TestBeitParity().reference_checkpoint("relative-absolute", tmp_path_factory)
+    pyramid_directory, _ = TestBeitPyramidParity().reference_checkpoint("pyramid", tmp_path_factory)
+    saved = json.loads((directory / "config.json").read_text())
     config = BeitConfig.from_dict(saved)
     assert config.out_indices == ALL_STAGES and config.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
     # Head fields (pool_scales, vocab_size, ...) are kept as they were; the forward defaults are added.
     defaults = {"output_attentions": False, "output_hidden_states": False, "return_dict": True}
     assert config.to_dict() == {**saved, **defaults}
-    saved = json.loads((pyramid_checkpoint[1] / "config.json").read_text())
+    saved = json.loads((pyramid_directory / "config.json").read_text())
     assert BeitConfig.from_dict(saved).to_dict() == {**saved, **defaults, "fpn_indices": [1, 2, 3, 4]}
 
 
@@ -593,10 +538,6 @@ def test_config_accepts_square_patch_pair_and_image_pair() -> None:
         ({"add_fpn": True, "fpn_indices": [1, 2, 2, 4]}, r"fpn_indices \[1, 2, 2, 4\] names a stage twice"),
         ({"add_fpn": True, "fpn_indices": [4, 1, 2, 3]}, r"must go from shallow to deep .*use \[1, 2, 3, 4\]"),
         (
-            {"add_fpn": True, "fpn_indices": [1, 2, 3, 4], "patch_size": 6, "image_size": 36},
-            r"patch_size divisible by 4",
-        ),
-        (
             {"add_fpn": True, "fpn_indices": [1, 2, 3, 4], "reshape_hidden_states": False},
             r"add_fpn=True needs reshape_hidden_states=True",
         ),
@@ -617,12 +558,3 @@ def test_enabling_pyramid_later_needs_its_stages() -> None:
     assert config.fpn_positions == [1, 2, 3, 4]
     with pytest.raises(ConfigError, match=r"fpn_indices \[1, 2, 3, 4\] has indices outside the 4 stages"):
         config.num_hidden_layers = 3
-
-
-def test_bad_config_file_names_the_file(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "beit", **TINY, "num_attention_heads": 5}))
-    with pytest.raises(
-        ConfigError,
-        match=r"invalid backbone config in .*config.json: .*num_attention_heads=5 does not divide hidden_size",
-    ):
-        AutoBackbone.from_pretrained(tmp_path)

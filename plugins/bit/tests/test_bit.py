@@ -8,11 +8,10 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-import transformers
 from transformers.activations import ACT2FN
 
-from backbones import AutoBackbone, ConfigError
-from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones import AutoBackbone, Backbone, testing
+from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, randomize_weights_
 from backbones_bit import BitBackbone, BitConfig
 from backbones_bit._config import ACTIVATIONS, round_channels
 from backbones_bit._model import _make_activation, _pad_same, _StandardizedConv2d
@@ -22,8 +21,6 @@ TINY: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24], "depth
 # full dilation) are covered too. Every normalised width is a multiple of num_groups.
 SMALL: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24, 32], "depths": [1, 2, 1, 2], "num_groups": 4}
 ALL_STAGES = [0, 1, 2, 3, 4]
-# transformers' final norm of the pre-activation model: only its pooled classification path uses it.
-FINAL_NORM = ["bit.norm.bias", "bit.norm.weight"]
 
 
 # -- conformance ------------------------------------------------------------------------------------
@@ -42,6 +39,8 @@ class _TinyBitConformance(BackboneConformance):
     # specialises a size of 1 (it broadcasts), not a limit of BiT's. Both classes keep the deployment checks:
     # static and per-input ("SAME") padding, and pre-activation and bottleneck blocks, are different paths.
     export_range = (17, 4096)
+    channel_error_name = "BiT"
+    bad_config_value = ("layer_type", "basic", r"layer_type 'basic' is not supported")
 
     def make_config(self, **overrides: Any) -> BitConfig:
         return BitConfig(**TINY, **self.options, **overrides)
@@ -61,154 +60,103 @@ class TestBottleneckSameConformance(_TinyBitConformance):
 
 # -- parity with transformers -----------------------------------------------------------------------
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "preactivation": {},
-    # google/bit-50's settings.
-    "preactivation-same-dynamic": {"global_padding": "SAME", "embedding_dynamic_padding": True},
-    # "SAME" convolutions but an unpadded pool: the stem pool floors (no extra pixel of zeros).
-    "preactivation-same": {"global_padding": "SAME"},
-    # The extra pixel of zeros, then a "SAME" pool on top of it.
-    "preactivation-dynamic-pool": {"embedding_dynamic_padding": True},
-    # Past output_stride the pre-activation blocks drop their stride and are not dilated (transformers' rule).
-    "preactivation-output-stride-8-gelu": {"output_stride": 8, "hidden_act": "gelu"},
-    "bottleneck": {"layer_type": "bottleneck"},
-    # ViT-hybrid's settings.
-    "bottleneck-same-dynamic": {
-        "layer_type": "bottleneck",
-        "global_padding": "SAME",
-        "embedding_dynamic_padding": True,
-    },
-    "bottleneck-output-stride-8": {"layer_type": "bottleneck", "output_stride": 8},
-    # Dilations 2, 4 and 8 (first blocks 1, 2, 2), with "SAME" padding (static there: stride 1, even dilation * (k - 1)).
-    "bottleneck-same-output-stride-4": {"layer_type": "bottleneck", "global_padding": "same", "output_stride": 4},
-    # Channels 24, 40, 48, 72: width_factor and the rounding to multiples of 8 (transformers' pre-activation
-    # model cannot be built with them: its unused final norm keeps the unwidened size).
-    "bottleneck-width-2-silu": {
-        "layer_type": "bottleneck",
-        "width_factor": 2,
-        "hidden_sizes": [12, 20, 24, 36],
-        "hidden_act": "silu",
-    },
-}
+
+class TestBitParity(TransformersParity):
+    backbone_class = BitBackbone
+    reference_task_class = "BitForImageClassification"
+    config = SMALL
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "preactivation": {},
+        # google/bit-50's settings.
+        "preactivation-same-dynamic": {"global_padding": "SAME", "embedding_dynamic_padding": True},
+        # "SAME" convolutions but an unpadded pool: the stem pool floors (no extra pixel of zeros).
+        "preactivation-same": {"global_padding": "SAME"},
+        # The extra pixel of zeros, then a "SAME" pool on top of it.
+        "preactivation-dynamic-pool": {"embedding_dynamic_padding": True},
+        # Past output_stride the pre-activation blocks drop their stride and are not dilated (transformers' rule).
+        "preactivation-output-stride-8-gelu": {"output_stride": 8, "hidden_act": "gelu"},
+        "bottleneck": {"layer_type": "bottleneck"},
+        # ViT-hybrid's settings.
+        "bottleneck-same-dynamic": {
+            "layer_type": "bottleneck",
+            "global_padding": "SAME",
+            "embedding_dynamic_padding": True,
+        },
+        "bottleneck-output-stride-8": {"layer_type": "bottleneck", "output_stride": 8},
+        # Dilations 2, 4 and 8 (first blocks 1, 2, 2), with "SAME" padding (static there: stride 1, even
+        # dilation * (k - 1)).
+        "bottleneck-same-output-stride-4": {"layer_type": "bottleneck", "global_padding": "same", "output_stride": 4},
+        # Channels 24, 40, 48, 72: width_factor and the rounding to multiples of 8 (transformers' pre-activation
+        # model cannot be built with them: its unused final norm keeps the unwidened size).
+        "bottleneck-width-2-silu": {
+            "layer_type": "bottleneck",
+            "width_factor": 2,
+            "hidden_sizes": [12, 20, 24, 36],
+            "hidden_act": "silu",
+        },
+    }
+    # Odd sizes: "SAME" padding is asymmetric and differs per layer, so dynamic padding really matters.
+    input_sizes = ((67, 45),)
+    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0,), (2, -1))
+    hidden_state_count = 5
+    task_variants = ("preactivation-same-dynamic", "bottleneck-output-stride-8")
+    task_out_indices = (0, 2, 4)
+    # The trunk's keys already carry the "bit." prefix, as in BitBackbone checkpoints.
+    task_unused_keys = ("classifier.1.bias", "classifier.1.weight")
+    round_trip_out_indices = (0, 2, 4)
+    # transformers' metadata ignores width_factor and the rounding (see test_metadata_matches_oracle_shapes).
+    reference_reports_channels = False
+
+    def final_norm(self, variant: str) -> list[str]:
+        """transformers' final norm of the pre-activation model: only its pooled classification path uses it."""
+        preactivation = self.variants[variant].get("layer_type", "preactivation") == "preactivation"
+        return ["bit.norm.bias", "bit.norm.weight"] if preactivation else []
+
+    def expected_backbone_unused(self, variant: str, model: Backbone) -> list[str]:
+        return self.final_norm(variant)
+
+    def expected_task_report(self, task_class: str, variant: str, model: Backbone) -> tuple[list[str], list[str]]:
+        return [], sorted([*self.task_unused_keys, *self.final_norm(variant)])
+
+    def expected_round_trip_missing(self, variant: str) -> list[str]:
+        # Only the final norm that the backbone never runs is missing (transformers initialises it).
+        return self.final_norm(variant)
+
+    def test_metadata_matches_oracle_shapes(
+        self, tmp_path_factory: pytest.TempPathFactory, parity_variant: str
+    ) -> None:
+        directory, oracle = self.reference_checkpoint(parity_variant, tmp_path_factory)
+        model = AutoBackbone.from_pretrained(directory)
+        with torch.no_grad():
+            states = oracle(self.pixels(), output_hidden_states=True).hidden_states
+        assert model.num_features == [state.shape[1] for state in states]
+        if "width" not in parity_variant:
+            assert model.num_features == oracle.num_features == [8, 8, 16, 24, 32]
+        else:
+            # transformers' metadata ignores width_factor and the rounding; ours reports the real channels.
+            assert (model.num_features, oracle.num_features) == ([8, 24, 40, 48, 72], [8, 12, 20, 24, 36])
+        variant = self.variants[parity_variant]
+        output_stride = variant.get("output_stride", 32)
+        assert model.reductions == [min(r, max(output_stride, 4)) for r in (4, 4, 8, 16, 32)]
+        padding, pool_padding = variant.get("global_padding"), variant.get("embedding_dynamic_padding", False)
+        if (padding is None) != pool_padding:
+            # Symmetric padding with an unpadded pool, or "SAME" everywhere: maps are ceil(size / stride).
+            for state, reduction in zip(states, model.reductions):
+                assert tuple(state.shape[2:]) == (math.ceil(67 / reduction), math.ceil(45 / reduction))
+
+    def test_base_model_checkpoint_gets_the_prefix(self, tmp_path: Path) -> None:
+        base = self.reference_model("BitModel", "bottleneck-same-dynamic")
+        base.save_pretrained(tmp_path)  # keys without "bit.": embedder.convolution.weight, ...
+        model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[-1], output_loading_info=True)
+        assert report.clean, str(report)
+        assert report.prefix == "'bit.' added"
+        with torch.no_grad():
+            expected = base(self.pixels(), output_hidden_states=True).hidden_states[-1]
+            assert_close_maps(model(self.pixels()).feature_maps, [expected], atol=1e-4)
 
 
 def pixels(batch: int = 2, height: int = 67, width: int = 45) -> torch.Tensor:
-    # Odd sizes: "SAME" padding is asymmetric and differs per layer, so dynamic padding really matters.
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
-
-
-def options(variant: str) -> dict[str, Any]:
-    return {**SMALL, **VARIANTS[variant]}
-
-
-def unused_trunk_keys(variant: str) -> list[str]:
-    return FINAL_NORM if VARIANTS[variant].get("layer_type", "preactivation") == "preactivation" else []
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def oracle_checkpoint(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[str, Path, Any]:
-    """A transformers BitBackbone with every weight randomised, and its checkpoint."""
-    oracle = transformers.BitBackbone(transformers.BitConfig(**options(request.param), out_indices=ALL_STAGES))
-    oracle = randomize_weights_(oracle).eval()
-    directory = tmp_path_factory.mktemp(request.param)
-    oracle.save_pretrained(directory)
-    return request.param, directory, oracle
-
-
-@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0], [2, -1]])
-def test_backbone_checkpoint_matches_transformers(
-    oracle_checkpoint: tuple[str, Path, Any], out_indices: list[int]
-) -> None:
-    variant, directory, oracle = oracle_checkpoint
-    model, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
-    assert isinstance(model, BitBackbone)
-    assert report.missing_keys == []
-    assert report.unused_keys == unused_trunk_keys(variant)
-    oracle.out_indices = out_indices
-    with torch.no_grad():
-        ours = model(pixels()).feature_maps
-        reference = oracle(pixels()).feature_maps
-    assert len(ours) == len(out_indices)
-    assert_close_maps(ours, reference, atol=1e-4)
-    assert model.channels == [fmap.shape[1] for fmap in ours]
-
-
-def test_hidden_states_match_transformers(oracle_checkpoint: tuple[str, Path, Any]) -> None:
-    _, directory, oracle = oracle_checkpoint
-    model = AutoBackbone.from_pretrained(directory, out_indices=[1])
-    with torch.no_grad():
-        ours = model(pixels(), output_hidden_states=True)
-        reference = oracle(pixels(), output_hidden_states=True)
-    assert len(ours.hidden_states) == len(reference.hidden_states) == 5
-    assert_close_maps(ours.hidden_states, reference.hidden_states, atol=1e-4)
-    assert_close_maps(ours.feature_maps, [reference.hidden_states[1]], atol=1e-4)
-
-
-def test_metadata_matches_oracle_shapes(oracle_checkpoint: tuple[str, Path, Any]) -> None:
-    variant, directory, oracle = oracle_checkpoint
-    model = AutoBackbone.from_pretrained(directory)
-    with torch.no_grad():
-        states = oracle(pixels(), output_hidden_states=True).hidden_states
-    assert model.num_features == [state.shape[1] for state in states]
-    if "width" not in variant:
-        assert model.num_features == oracle.num_features == [8, 8, 16, 24, 32]
-    else:
-        # transformers' metadata ignores width_factor and the rounding; ours reports the real channels.
-        assert (model.num_features, oracle.num_features) == ([8, 24, 40, 48, 72], [8, 12, 20, 24, 36])
-    output_stride = VARIANTS[variant].get("output_stride", 32)
-    assert model.reductions == [min(r, max(output_stride, 4)) for r in (4, 4, 8, 16, 32)]
-    padding, pool_padding = (
-        VARIANTS[variant].get("global_padding"),
-        VARIANTS[variant].get("embedding_dynamic_padding", False),
-    )
-    if (padding is None) != pool_padding:
-        # Symmetric padding with an unpadded pool, or "SAME" everywhere: maps are ceil(size / stride).
-        for state, reduction in zip(states, model.reductions):
-            assert tuple(state.shape[2:]) == (math.ceil(67 / reduction), math.ceil(45 / reduction))
-
-
-@pytest.mark.parametrize("variant", ["preactivation-same-dynamic", "bottleneck-output-stride-8"])
-def test_task_checkpoint_loads_trunk(tmp_path: Path, variant: str) -> None:
-    config = transformers.BitConfig(**options(variant), num_labels=5, out_indices=ALL_STAGES)
-    classifier = randomize_weights_(transformers.BitForImageClassification(config)).eval()
-    classifier.save_pretrained(tmp_path)
-    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 2, 4], output_loading_info=True)
-    assert report.missing_keys == []
-    # The trunk's keys already carry the "bit." prefix, as in BitBackbone checkpoints.
-    assert report.unused_keys == sorted(["classifier.1.bias", "classifier.1.weight", *unused_trunk_keys(variant)])
-    oracle = transformers.BitBackbone(config).eval()
-    oracle.load_state_dict(classifier.state_dict(), strict=False)
-    oracle.out_indices = [0, 2, 4]
-    with torch.no_grad():
-        assert_close_maps(model(pixels()).feature_maps, oracle(pixels()).feature_maps, atol=1e-4)
-
-
-def test_base_model_checkpoint_gets_the_prefix(tmp_path: Path) -> None:
-    config = transformers.BitConfig(**options("bottleneck-same-dynamic"))
-    base = randomize_weights_(transformers.BitModel(config)).eval()
-    base.save_pretrained(tmp_path)  # keys without "bit.": embedder.convolution.weight, ...
-    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[-1], output_loading_info=True)
-    assert report.clean, str(report)
-    assert report.prefix == "'bit.' added"
-    with torch.no_grad():
-        expected = base(pixels(), output_hidden_states=True).hidden_states[-1]
-        assert_close_maps(model(pixels()).feature_maps, [expected], atol=1e-4)
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) -> None:
-    model = randomize_weights_(AutoBackbone.from_config(BitConfig(**options(variant), out_indices=[0, 2, 4]))).eval()
-    model.save_pretrained(tmp_path)
-    # The concrete class, not transformers.AutoBackbone: in 5.23 AutoBackbone.from_pretrained(local_dir)
-    # asks the hub first and fails offline.
-    oracle, info = transformers.BitBackbone.from_pretrained(tmp_path, output_loading_info=True)
-    # Only the final norm that the backbone never runs is missing (transformers initialises it).
-    assert sorted(info["missing_keys"]) == unused_trunk_keys(variant) and not info["unexpected_keys"], info
-    assert oracle.out_indices == [0, 2, 4]
-    with torch.no_grad():
-        assert_close_maps(model(pixels()).feature_maps, oracle.eval()(pixels()).feature_maps, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
@@ -282,7 +230,9 @@ def test_fixed_size_onnx_stem_pads_with_zeros(tmp_path: Path, variant: str) -> N
     # every pad constant, so this is where our workaround (concatenated zeros) must hold.
     import onnxruntime
 
-    model = randomize_weights_(AutoBackbone.from_config(BitConfig(**options(variant), out_indices=[0]))).eval()
+    model = randomize_weights_(
+        AutoBackbone.from_config(BitConfig(**TestBitParity().options(variant), out_indices=[0]))
+    ).eval()
     images = pixels()
     program = torch.onnx.export(torch.export.export(model, (images,)), dynamo=True, verbose=False)
     program.save(str(tmp_path / "stem.onnx"))
@@ -315,26 +265,18 @@ def test_channel_rounding_matches_transformers() -> None:
         assert round_channels(value) == make_div(value)
 
 
-def test_wrong_channel_count_is_explained() -> None:
-    model = AutoBackbone.from_config(BitConfig(**TINY))
-    with pytest.raises(ValueError, match=r"pixel_values has 1 channels but this BiT expects 3 \(config.num_channels\)"):
-        model(torch.zeros(1, 1, 32, 32))
-
-
 @pytest.mark.slow
 def test_bit50_shapes_at_224() -> None:
-    model = AutoBackbone.from_config(BitConfig(out_indices=[0, 1, 2, 3, 4])).eval()
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (1, 64, 56, 56),
-        (1, 256, 56, 56),
-        (1, 512, 28, 28),
-        (1, 1024, 14, 14),
-        (1, 2048, 7, 7),
-    ]
-    assert model.channels == [64, 256, 512, 1024, 2048]
-    assert model.out_reductions == [4, 4, 8, 16, 32]
+    testing.assert_maps_at_size(
+        BitConfig(out_indices=[0, 1, 2, 3, 4]),
+        [
+            (1, 64, 56, 56),
+            (1, 256, 56, 56),
+            (1, 512, 28, 28),
+            (1, 1024, 14, 14),
+            (1, 2048, 7, 7),
+        ],
+    )
 
 
 # -- config errors ----------------------------------------------------------------------------------
@@ -392,13 +334,3 @@ def test_one_hidden_size_per_stage() -> None:
         ValueError, match=r"hidden_sizes has 2 entries but depths has 3; .*len\(hidden_sizes\) == len\(depths\)"
     ):
         BitConfig(hidden_sizes=[256, 512], depths=[1, 1, 1])
-
-
-def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
-    BitConfig(**TINY).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    path.write_text(path.read_text().replace('"preactivation"', '"basic"'))
-    with pytest.raises(
-        ConfigError, match=r"invalid backbone config in .*config.json: .*layer_type 'basic' is not supported"
-    ):
-        AutoBackbone.from_pretrained(tmp_path)

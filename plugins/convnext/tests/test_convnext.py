@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
-import transformers
 from transformers.activations import ACT2FN
 
-from backbones import AutoBackbone, ConfigError
-from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones import AutoBackbone, ConfigError, testing
+from backbones.activations import make_activation
+from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, randomize_weights_
 from backbones_convnext import ConvNextBackbone, ConvNextConfig
 from backbones_convnext._config import ACTIVATIONS
-from backbones_convnext._model import ChannelsFirstLayerNorm, make_activation
+from backbones_convnext.blocks import ChannelsFirstLayerNorm
 
 TINY: dict[str, Any] = {"hidden_sizes": [8, 16, 24], "depths": [1, 1, 2]}
 # Four stages, as real ConvNeXts have, for parity; still a few thousand parameters.
 SMALL: dict[str, Any] = {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 2, 1, 1]}
 ALL_STAGES = [0, 1, 2, 3, 4]
-NAMES = ["stem", "stage1", "stage2", "stage3", "stage4"]
-
-
-def norm_keys(*stages: str) -> list[str]:
-    return sorted(f"hidden_states_norms.{stage}.{param}" for stage in stages for param in ("weight", "bias"))
+# The output norm of each stage named, as load-report key templates.
+NORM_KEYS = ("hidden_states_norms.{stage}.weight", "hidden_states_norms.{stage}.bias")
 
 
 # -- conformance ------------------------------------------------------------------------------------
@@ -39,6 +36,7 @@ class TestConvNextConformance(BackboneConformance):
     # Any size exports. The lower end is twice the deepest stride (16), so that every map is 2 pixels or
     # more: torch.export specialises a size of 1 (it broadcasts), not a limit of ConvNeXt's.
     export_range = (32, 4096)
+    channel_error_name = "model"
 
     def make_config(self, **overrides: Any) -> ConvNextConfig:
         return ConvNextConfig(**TINY, **overrides)
@@ -46,125 +44,50 @@ class TestConvNextConformance(BackboneConformance):
 
 # -- parity with transformers -----------------------------------------------------------------------
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "layer-scale": {},
-    "no-layer-scale": {"layer_scale_init_value": 0.0},
-    "patch-2-gelu-tanh": {"patch_size": 2, "hidden_act": "gelu_pytorch_tanh"},
-}
+
+class TestConvNextParity(TransformersParity):
+    backbone_class = ConvNextBackbone
+    reference_task_class = "ConvNextForImageClassification"
+    # Lists, not transformers' defaults: in 5.23 ConvNextBackbone(ConvNextConfig()) raises
+    # "TypeError: can only concatenate list (not "tuple") to list" because the default sizes are tuples.
+    config = {**SMALL, "num_stages": 4}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "layer-scale": {},
+        "no-layer-scale": {"layer_scale_init_value": 0.0},
+        "patch-2-gelu-tanh": {"patch_size": 2, "hidden_act": "gelu_pytorch_tanh"},
+    }
+    # 67 x 45 is no multiple of any stride, so every unpadded convolution drops a remainder.
+    input_sizes = ((67, 45),)
+    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0,), (2, -1))
+    # The checkpoint has an output norm for every stage; ours keeps only the selected stages' norms.
+    backbone_unused_keys = NORM_KEYS
+    hidden_state_count = 5
+    task_variants = ("layer-scale", "no-layer-scale")
+    task_out_indices = (1, 3, 4)
+    # The task model has no output norms (they are initialised as transformers does: weight 1, bias 0)
+    # and a pooled LayerNorm and classifier that a backbone never runs.
+    task_missing_keys = NORM_KEYS
+    task_unused_keys = ("classifier.bias", "classifier.weight", "convnext.layernorm.bias", "convnext.layernorm.weight")
+    task_prefix = "'convnext.' removed"
+    round_trip_out_indices = (0, 2, 4)
+    round_trip_tolerance = 1e-5
+
+    def test_metadata_matches_oracle_shapes(
+        self, tmp_path_factory: pytest.TempPathFactory, parity_variant: str
+    ) -> None:
+        directory, oracle = self.reference_checkpoint(parity_variant, tmp_path_factory)
+        model = AutoBackbone.from_pretrained(directory)
+        patch = self.variants[parity_variant].get("patch_size", 4)
+        assert model.reductions == [patch, patch, patch * 2, patch * 4, patch * 8]
+        assert model.num_features == oracle.num_features == [8, 8, 16, 24, 32]
+        with torch.no_grad():
+            states = oracle(self.pixels(), output_hidden_states=True).hidden_states
+        for state, reduction in zip(states, model.reductions):
+            assert tuple(state.shape[2:]) == (67 // reduction, 45 // reduction)
 
 
 def pixels(batch: int = 2, height: int = 67, width: int = 45) -> torch.Tensor:
-    # 67 x 45 is no multiple of any stride, so every unpadded convolution drops a remainder.
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
-
-
-def oracle_config(variant: str, **extra: Any) -> transformers.ConvNextConfig:
-    # Lists, not transformers' defaults: in 5.23 ConvNextBackbone(ConvNextConfig()) raises
-    # "TypeError: can only concatenate list (not "tuple") to list" because the default sizes are tuples.
-    return transformers.ConvNextConfig(**SMALL, num_stages=4, **VARIANTS[variant], **extra)
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def oracle_checkpoint(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[str, Path, Any]:
-    """A transformers ConvNextBackbone with every stage's output norm and every weight randomised, saved."""
-    oracle = transformers.ConvNextBackbone(oracle_config(request.param, out_indices=ALL_STAGES))
-    oracle = randomize_weights_(oracle).eval()
-    directory = tmp_path_factory.mktemp(request.param)
-    oracle.save_pretrained(directory)
-    return request.param, directory, oracle
-
-
-@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0], [2, -1]])
-def test_backbone_checkpoint_matches_transformers(
-    oracle_checkpoint: tuple[str, Path, Any], out_indices: list[int]
-) -> None:
-    _, directory, oracle = oracle_checkpoint
-    model, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
-    assert isinstance(model, ConvNextBackbone)
-    assert report.missing_keys == []
-    # The checkpoint has an output norm for every stage; ours keeps only the selected stages' norms.
-    unselected = [name for name in NAMES if name not in model.out_features]
-    assert report.unused_keys == norm_keys(*unselected)
-    oracle.out_indices = out_indices
-    with torch.no_grad():
-        ours = model(pixels()).feature_maps
-        reference = oracle(pixels()).feature_maps
-    assert len(ours) == len(out_indices)
-    assert_close_maps(ours, reference, atol=1e-4)
-    assert model.channels == oracle.channels
-
-
-def test_hidden_states_match_transformers(oracle_checkpoint: tuple[str, Path, Any]) -> None:
-    _, directory, oracle = oracle_checkpoint
-    model = AutoBackbone.from_pretrained(directory, out_indices=[1])
-    oracle.out_indices = ALL_STAGES  # the fixture is shared; earlier tests changed the selection
-    with torch.no_grad():
-        ours = model(pixels(), output_hidden_states=True)
-        reference = oracle(pixels(), output_hidden_states=True)
-    assert len(ours.hidden_states) == len(reference.hidden_states) == 5
-    assert_close_maps(ours.hidden_states, reference.hidden_states, atol=1e-4)
-    assert_close_maps(ours.feature_maps, [reference.feature_maps[1]], atol=1e-4)
-
-
-def test_metadata_matches_oracle_shapes(oracle_checkpoint: tuple[str, Path, Any]) -> None:
-    variant, directory, oracle = oracle_checkpoint
-    model = AutoBackbone.from_pretrained(directory)
-    patch = VARIANTS[variant].get("patch_size", 4)
-    assert model.reductions == [patch, patch, patch * 2, patch * 4, patch * 8]
-    assert model.num_features == oracle.num_features == [8, 8, 16, 24, 32]
-    with torch.no_grad():
-        states = oracle(pixels(), output_hidden_states=True).hidden_states
-    for state, reduction in zip(states, model.reductions):
-        assert tuple(state.shape[2:]) == (67 // reduction, 45 // reduction)
-
-
-@pytest.mark.parametrize("variant", ["layer-scale", "no-layer-scale"])
-def test_task_checkpoint_loads_trunk(tmp_path: Path, variant: str) -> None:
-    config = oracle_config(variant, num_labels=5)
-    classifier = randomize_weights_(transformers.ConvNextForImageClassification(config)).eval()
-    classifier.save_pretrained(tmp_path)
-    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[1, 3, 4], output_loading_info=True)
-    # The task model has no output norms (they are initialised as transformers does: weight 1, bias 0)
-    # and a pooled LayerNorm and classifier that a backbone never runs.
-    assert report.missing_keys == norm_keys("stage1", "stage3", "stage4")
-    assert report.unused_keys == [
-        "classifier.bias",
-        "classifier.weight",
-        "convnext.layernorm.bias",
-        "convnext.layernorm.weight",
-    ]
-    assert "'convnext.' removed" in report.prefix
-    for name in ("stage1", "stage3", "stage4"):
-        norm = model.hidden_states_norms[name]
-        assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(
-            norm.bias, torch.zeros_like(norm.bias)
-        )
-    oracle = transformers.ConvNextBackbone(oracle_config(variant, out_indices=[1, 3, 4])).eval()
-    trunk = {
-        key.removeprefix("convnext."): value
-        for key, value in classifier.state_dict().items()
-        if key.startswith("convnext.") and not key.startswith("convnext.layernorm.")
-    }
-    missing, unexpected = oracle.load_state_dict(trunk, strict=False)
-    assert sorted(missing) == norm_keys("stage1", "stage3", "stage4") and unexpected == []
-    with torch.no_grad():
-        assert_close_maps(model(pixels()).feature_maps, oracle(pixels()).feature_maps, atol=1e-4)
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) -> None:
-    config = ConvNextConfig(**SMALL, **VARIANTS[variant], out_indices=[0, 2, 4])
-    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
-    model.save_pretrained(tmp_path)
-    # The concrete class, not transformers.AutoBackbone: in 5.23 AutoBackbone.from_pretrained(local_dir)
-    # asks the hub first and fails offline.
-    oracle, info = transformers.ConvNextBackbone.from_pretrained(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    assert oracle.out_indices == [0, 2, 4]
-    with torch.no_grad():
-        assert_close_maps(model(pixels()).feature_maps, oracle.eval()(pixels()).feature_maps, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
@@ -232,22 +155,11 @@ def test_channels_last_output_views() -> None:
     assert_close_maps(again, maps, atol=1e-5)
 
 
-def test_wrong_channel_count_is_explained() -> None:
-    model = AutoBackbone.from_config(ConvNextConfig(**TINY))
-    with pytest.raises(
-        ValueError, match=r"pixel_values has 1 channels but this model expects 3 \(config.num_channels\)"
-    ):
-        model(torch.zeros(1, 1, 32, 32))
-
-
 @pytest.mark.slow
 def test_convnext_tiny_shapes_at_224() -> None:
-    model = AutoBackbone.from_config(ConvNextConfig(out_indices=[1, 2, 3, 4])).eval()
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
-    assert model.channels == [96, 192, 384, 768]
-    assert model.out_reductions == [4, 8, 16, 32]
+    model = testing.assert_maps_at_size(
+        ConvNextConfig(out_indices=[1, 2, 3, 4]), [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
+    )
     assert sum(p.numel() for p in model.parameters()) == 27_818_592 + 2 * (96 + 192 + 384 + 768)
 
 
@@ -291,7 +203,7 @@ def test_drop_path_rate_range_is_named() -> None:
 
 def test_transformers_default_config_loads(tmp_path: Path) -> None:
     # A config.json as transformers writes it (lists, because tuple defaults break its backbone in 5.23).
-    oracle_config("layer-scale", out_indices=[2, 4]).save_pretrained(tmp_path)
+    TestConvNextParity().reference_config("layer-scale", out_indices=[2, 4]).save_pretrained(tmp_path)
     config = ConvNextConfig.from_pretrained(tmp_path)
     assert (config.hidden_sizes, config.depths, config.out_features) == (
         [8, 16, 24, 32],

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
-import transformers
 from transformers.models.convnextv2.modeling_convnextv2 import ConvNextV2GRN
 
-from backbones import AutoBackbone, ConfigError
-from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones import AutoBackbone, ConfigError, testing
+from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, randomize_weights_
 from backbones_convnext import ConvNextBackbone, ConvNextBlock, ConvNextConfig
-from backbones_convnext._model import ChannelsFirstLayerNorm
+from backbones_convnext.blocks import ChannelsFirstLayerNorm
 from backbones_convnextv2 import ConvNextV2Backbone, ConvNextV2Config
 from backbones_convnextv2._model import ConvNextV2Block, GlobalResponseNorm
 
@@ -21,11 +20,8 @@ TINY: dict[str, Any] = {"hidden_sizes": [8, 16, 24], "depths": [1, 1, 2]}
 # Four stages, as real ConvNeXt V2s have, for parity; still a few thousand parameters.
 SMALL: dict[str, Any] = {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 2, 1, 1]}
 ALL_STAGES = [0, 1, 2, 3, 4]
-NAMES = ["stem", "stage1", "stage2", "stage3", "stage4"]
-
-
-def norm_keys(*stages: str) -> list[str]:
-    return sorted(f"hidden_states_norms.{stage}.{param}" for stage in stages for param in ("weight", "bias"))
+# The output norm of each stage named, as load-report key templates.
+NORM_KEYS = ("hidden_states_norms.{stage}.weight", "hidden_states_norms.{stage}.bias")
 
 
 # -- conformance ------------------------------------------------------------------------------------
@@ -63,105 +59,36 @@ def test_builds_on_convnext() -> None:
 
 # -- parity with transformers -----------------------------------------------------------------------
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "patch-2-gelu-tanh": {"patch_size": 2, "hidden_act": "gelu_pytorch_tanh"},
-}
 
-
-def pixels(batch: int = 2, height: int = 67, width: int = 45) -> torch.Tensor:
-    # 67 x 45 is no multiple of any stride, so every unpadded convolution drops a remainder.
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
-
-
-def oracle_config(variant: str, **extra: Any) -> transformers.ConvNextV2Config:
+class TestConvNextV2Parity(TransformersParity):
+    backbone_class = ConvNextV2Backbone
+    reference_task_class = "ConvNextV2ForImageClassification"
     # Lists, not transformers' defaults: in 5.23 ConvNextV2Backbone(ConvNextV2Config()) raises
     # "TypeError: can only concatenate list (not "tuple") to list" because the default sizes are tuples.
-    return transformers.ConvNextV2Config(**SMALL, num_stages=4, **VARIANTS[variant], **extra)
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def oracle_checkpoint(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[str, Path, Any]:
-    """A transformers ConvNextV2Backbone with every output norm and every weight (GRN included) randomised."""
-    oracle = transformers.ConvNextV2Backbone(oracle_config(request.param, out_indices=ALL_STAGES))
-    oracle = randomize_weights_(oracle).eval()
-    directory = tmp_path_factory.mktemp(request.param)
-    oracle.save_pretrained(directory)
-    return request.param, directory, oracle
-
-
-@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0], [2, -1]])
-def test_backbone_checkpoint_matches_transformers(
-    oracle_checkpoint: tuple[str, Path, Any], out_indices: list[int]
-) -> None:
-    _, directory, oracle = oracle_checkpoint
-    model, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
-    assert isinstance(model, ConvNextV2Backbone)
-    assert report.missing_keys == []
-    unselected = [name for name in NAMES if name not in model.out_features]
-    assert report.unused_keys == norm_keys(*unselected)
-    oracle.out_indices = out_indices
-    with torch.no_grad():
-        ours = model(pixels()).feature_maps
-        reference = oracle(pixels()).feature_maps
-    assert len(ours) == len(out_indices)
-    assert_close_maps(ours, reference, atol=1e-4)
-    assert model.channels == oracle.channels
-
-
-def test_hidden_states_match_transformers(oracle_checkpoint: tuple[str, Path, Any]) -> None:
-    _, directory, oracle = oracle_checkpoint
-    model = AutoBackbone.from_pretrained(directory, out_indices=[1])
-    oracle.out_indices = ALL_STAGES  # the fixture is shared; earlier tests changed the selection
-    with torch.no_grad():
-        ours = model(pixels(), output_hidden_states=True)
-        reference = oracle(pixels(), output_hidden_states=True)
-    assert len(ours.hidden_states) == len(reference.hidden_states) == 5
-    assert_close_maps(ours.hidden_states, reference.hidden_states, atol=1e-4)
-    assert_close_maps(ours.feature_maps, [reference.feature_maps[1]], atol=1e-4)
-
-
-def test_task_checkpoint_loads_trunk(tmp_path: Path) -> None:
-    config = oracle_config("default", num_labels=5)
-    classifier = randomize_weights_(transformers.ConvNextV2ForImageClassification(config)).eval()
-    classifier.save_pretrained(tmp_path)
-    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 2, 4], output_loading_info=True)
+    config = {**SMALL, "num_stages": 4}
+    # Every output norm and every weight, GRN included, is randomised.
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {},
+        "patch-2-gelu-tanh": {"patch_size": 2, "hidden_act": "gelu_pytorch_tanh"},
+    }
+    # 67 x 45 is no multiple of any stride, so every unpadded convolution drops a remainder.
+    input_sizes = ((67, 45),)
+    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0,), (2, -1))
+    backbone_unused_keys = NORM_KEYS
+    hidden_state_count = 5
+    task_out_indices = (0, 2, 4)
     # The task model has no output norms (initialised as transformers does: weight 1, bias 0) and a
     # pooled LayerNorm and classifier that a backbone never runs.
-    assert report.missing_keys == norm_keys("stem", "stage2", "stage4")
-    assert report.unused_keys == [
+    task_missing_keys = NORM_KEYS
+    task_unused_keys = (
         "classifier.bias",
         "classifier.weight",
         "convnextv2.layernorm.bias",
         "convnextv2.layernorm.weight",
-    ]
-    assert "'convnextv2.' removed" in report.prefix
-    oracle = transformers.ConvNextV2Backbone(oracle_config("default", out_indices=[0, 2, 4])).eval()
-    trunk = {
-        key.removeprefix("convnextv2."): value
-        for key, value in classifier.state_dict().items()
-        if key.startswith("convnextv2.") and not key.startswith("convnextv2.layernorm.")
-    }
-    missing, unexpected = oracle.load_state_dict(trunk, strict=False)
-    assert sorted(missing) == norm_keys("stem", "stage2", "stage4") and unexpected == []
-    with torch.no_grad():
-        assert_close_maps(model(pixels()).feature_maps, oracle(pixels()).feature_maps, atol=1e-4)
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) -> None:
-    config = ConvNextV2Config(**SMALL, **VARIANTS[variant], out_indices=[1, 2, 4])
-    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
-    model.save_pretrained(tmp_path)
-    # The concrete class, not transformers.AutoBackbone: in 5.23 AutoBackbone.from_pretrained(local_dir)
-    # asks the hub first and fails offline.
-    oracle, info = transformers.ConvNextV2Backbone.from_pretrained(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    assert oracle.out_indices == [1, 2, 4]
-    with torch.no_grad():
-        assert_close_maps(model(pixels()).feature_maps, oracle.eval()(pixels()).feature_maps, atol=1e-5)
+    )
+    task_prefix = "'convnextv2.' removed"
+    round_trip_out_indices = (1, 2, 4)
+    round_trip_tolerance = 1e-5
 
 
 def test_grn_matches_transformers() -> None:
@@ -205,12 +132,10 @@ def test_missing_grn_is_initialised_at_zero(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_convnextv2_tiny_shapes_at_224() -> None:
-    model = AutoBackbone.from_config(ConvNextV2Config(out_indices=[1, 2, 3, 4])).eval()
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
-    assert model.channels == [96, 192, 384, 768]
-    assert model.out_reductions == [4, 8, 16, 32]
+    testing.assert_maps_at_size(
+        ConvNextV2Config(out_indices=[1, 2, 3, 4]),
+        [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)],
+    )
 
 
 # -- config errors ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from backbones import AutoBackbone
-from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones.testing import BackboneConformance, RecordedParity, assert_close_maps, assert_parity, randomize_weights_
 from backbones_dinat import DinatBackbone, DinatConfig
 from backbones_nat import NatBackbone, NatConfig
 
@@ -66,6 +66,8 @@ CLASSIFIER: dict[str, Any] = {
     "num_labels": 4,
 }
 ALL_STAGES = [0, 1, 2, 3]
+# The output norm of each stage named, as load-report key templates.
+NORM_KEYS = ("hidden_states_norms.{stage}.bias", "hidden_states_norms.{stage}.weight")
 # 40 x 56 and 38 x 50 give maps of 10 x 14 / 10 x 13, 5 x 7 and 3 x 4: every stage pads at least one axis.
 INPUTS = [[2, 64, 64, 1], [2, 40, 56, 2], [1, 38, 50, 3]]
 
@@ -86,168 +88,92 @@ class TestDinatConformance(BackboneConformance):
 # -- parity with transformers 4.53.3 --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every oracle case of this module, run in one subprocess."""
-    directory = tmp_path_factory.mktemp("dinat-oracle")
-    ours = randomize_weights_(DinatBackbone(DinatConfig(out_indices=[1, 3], **SMALL)), seed=12).eval()
-    ours.save_pretrained(directory / "ours")
-    cases = [
-        {
-            "name": "backbone",
-            "class": "DinatBackbone",
-            "config": {**SMALL, "out_indices": ALL_STAGES},
-            "seed": 5,
-            "inputs": INPUTS,
-            "hidden_states": True,
-            "attentions": True,
-            "gradients": True,
-        },
-        {
-            "name": "kernel5",
-            "class": "DinatBackbone",
-            "config": {**KERNEL5, "out_indices": [0, 1, 2]},
-            "seed": 6,
-            "inputs": [[2, 64, 64, 4], [1, 72, 44, 5]],
-        },
-        {
-            "name": "classifier",
-            "class": "DinatForImageClassification",
-            "config": CLASSIFIER,
-            "seed": 7,
-            "inputs": [[2, 48, 40, 6]],
-            "backbone_out_indices": [0, 1, 3],
-        },
-        {"name": "saved_by_us", "class": "DinatBackbone", "load": str(directory / "ours"), "inputs": [[2, 44, 60, 8]]},
-    ]
-    return run_oracle(cases, directory)
-
-
-def _expected(oracle: Path, name: str) -> dict[str, torch.Tensor]:
-    return load_file(oracle / name / "expected.safetensors")
-
-
-def _maps(expected: dict[str, torch.Tensor], index: int) -> list[torch.Tensor]:
-    count = sum(1 for key in expected if key.startswith(f"map.{index}."))
-    return [expected[f"map.{index}.{position}"] for position in range(count)]
-
-
-def _unselected_norms(names: list[str], selected: list[str]) -> list[str]:
-    return sorted(
-        f"hidden_states_norms.{name}.{kind}" for name in names if name not in selected for kind in ("bias", "weight")
-    )
-
-
 @pytest.mark.oracle
-@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0, 2]])
-def test_backbone_checkpoint_parity(oracle: Path, out_indices: list[int]) -> None:
-    ours, report = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=out_indices, output_loading_info=True)
-    assert type(ours) is DinatBackbone
-    assert ours.config.dilations == SMALL["dilations"]
-    assert report.missing_keys == []
-    assert report.unused_keys == _unselected_norms(ours.stage_names, [ours.stage_names[i] for i in out_indices])
-    expected = _expected(oracle, "backbone")
-    positions = [index % 4 for index in out_indices]
-    for index in range(len(INPUTS)):
-        with torch.no_grad():
-            maps = ours(expected[f"pixels.{index}"]).feature_maps
-        reference = _maps(expected, index)
-        assert assert_close_maps(maps, [reference[position] for position in positions], atol=1e-4) < 1e-4
-
-
-@pytest.mark.oracle
-def test_kernel5_checkpoint_parity(oracle: Path) -> None:
-    ours, report = AutoBackbone.from_pretrained(oracle / "kernel5", output_loading_info=True)
-    assert report.clean, str(report)
-    assert ours.out_indices == [0, 1, 2]
-    expected = _expected(oracle, "kernel5")
-    for index in range(2):
-        with torch.no_grad():
-            maps = ours(expected[f"pixels.{index}"]).feature_maps
-        assert_close_maps(maps, _maps(expected, index), atol=1e-4)
-
-
-@pytest.mark.oracle
-def test_hidden_states_and_attentions_match(oracle: Path) -> None:
-    ours = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=[1])
-    expected = _expected(oracle, "backbone")
-    with torch.no_grad():
-        output = ours(expected["pixels.0"], output_hidden_states=True, output_attentions=True)
-    assert [tuple(state.shape) for state in output.hidden_states] == [
-        (2, 16, 16, 16),
-        (2, 16, 16, 16),
-        (2, 8, 8, 32),
-        (2, 4, 4, 64),
-    ]
-    assert_close_maps(output.hidden_states, [expected[f"hidden.{j}"] for j in range(4)], atol=1e-4)
+class TestDinatRecordedParity(RecordedParity):
+    backbone_class = DinatBackbone
+    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0, 2))
+    backbone_unused_keys = NORM_KEYS
+    hidden_state_shapes = ((2, 16, 16, 16), (2, 16, 16, 16), (2, 8, 8, 32), (2, 4, 4, 64))
     # The last layer of each stage: dilation 4 on 16 x 16, dilation 16 on 8 x 8 padded to 48 x 48,
     # dilation 3 on 4 x 4 padded to 9 x 9.
-    assert [tuple(weights.shape) for weights in output.attentions] == [
-        (2, 2, 16, 16, 9),
-        (2, 2, 48, 48, 9),
-        (2, 4, 9, 9, 9),
-    ]
-    assert_close_maps(output.attentions, [expected[f"attention.{j}"] for j in range(3)], atol=1e-5)
+    attention_shapes = ((2, 2, 16, 16, 9), (2, 2, 48, 48, 9), (2, 4, 9, 9, 9))
+    task_case = "classifier"
+    task_out_indices = (0, 1, 3)
+    task_missing_keys = NORM_KEYS
+    task_unused_keys = ("classifier.bias", "classifier.weight", "dinat.layernorm.bias", "dinat.layernorm.weight")
+    task_prefix = "'dinat.' removed"
+    task_trunk_unexpected_keys = ("layernorm.bias", "layernorm.weight")
+    round_trip_case = "saved_by_us"
 
+    def record(self, directory: Path) -> Path:
+        """Every oracle case of this module, run in one subprocess."""
+        ours = randomize_weights_(DinatBackbone(DinatConfig(out_indices=[1, 3], **SMALL)), seed=12).eval()
+        ours.save_pretrained(directory / "ours")
+        cases = [
+            {
+                "name": "backbone",
+                "class": "DinatBackbone",
+                "config": {**SMALL, "out_indices": ALL_STAGES},
+                "seed": 5,
+                "inputs": INPUTS,
+                "hidden_states": True,
+                "attentions": True,
+                "gradients": True,
+            },
+            {
+                "name": "kernel5",
+                "class": "DinatBackbone",
+                "config": {**KERNEL5, "out_indices": [0, 1, 2]},
+                "seed": 6,
+                "inputs": [[2, 64, 64, 4], [1, 72, 44, 5]],
+            },
+            {
+                "name": "classifier",
+                "class": "DinatForImageClassification",
+                "config": CLASSIFIER,
+                "seed": 7,
+                "inputs": [[2, 48, 40, 6]],
+                "backbone_out_indices": [0, 1, 3],
+            },
+            {
+                "name": "saved_by_us",
+                "class": "DinatBackbone",
+                "load": str(directory / "ours"),
+                "inputs": [[2, 44, 60, 8]],
+            },
+        ]
+        return run_oracle(cases, directory)
 
-@pytest.mark.oracle
-def test_training_gradients_match(oracle: Path) -> None:
-    ours = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=ALL_STAGES).train()
-    expected = _expected(oracle, "backbone")
-    sum(fmap.pow(2).mean() for fmap in ours(expected["pixels.0"]).feature_maps).backward()
-    grads = {name: p.grad for name, p in ours.named_parameters()}
-    reference = {key.removeprefix("grad."): value for key, value in expected.items() if key.startswith("grad.")}
-    assert sorted(reference) == sorted(grads)
-    for name, grad in reference.items():
-        assert_close_maps([grads[name]], [grad], atol=1e-4)
+    def test_dilations_are_read_and_written(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        recording = self.recording(tmp_path_factory)
+        assert AutoBackbone.from_pretrained(recording / "backbone").config.dilations == SMALL["dilations"]
+        assert json.loads((recording / "ours" / "config.json").read_text())["dilations"] == SMALL["dilations"]
 
+    def test_kernel5_checkpoint_parity(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        ours, report = AutoBackbone.from_pretrained(
+            self.recording(tmp_path_factory) / "kernel5", output_loading_info=True
+        )
+        assert report.clean, str(report)
+        assert ours.out_indices == [0, 1, 2]
+        expected = self.expected(tmp_path_factory, "kernel5")
+        for index in range(2):
+            with torch.no_grad():
+                maps = ours(expected[f"pixels.{index}"]).feature_maps
+            assert_parity(maps, self.maps(expected, index))
 
-@pytest.mark.oracle
-def test_task_checkpoint_parity(oracle: Path) -> None:
-    ours, report = AutoBackbone.from_pretrained(oracle / "classifier", out_indices=[0, 1, 3], output_loading_info=True)
-    assert type(ours) is DinatBackbone
-    assert report.prefix == "'dinat.' removed"
-    assert report.missing_keys == [
-        f"hidden_states_norms.{name}.{kind}" for name in ("stage1", "stage3", "stem") for kind in ("bias", "weight")
-    ]
-    assert report.unused_keys == [
-        "classifier.bias",
-        "classifier.weight",
-        "dinat.layernorm.bias",
-        "dinat.layernorm.weight",
-    ]
-    state = load_file(oracle / "classifier" / "model.safetensors")
-    scales = ours.encoder.levels[0].layers[1].layer_scale_parameters
-    assert torch.equal(scales, state["dinat.encoder.levels.0.layers.1.layer_scale_parameters"])
-    info = json.loads((oracle / "classifier" / "info.json").read_text())["trunk"]
-    assert info["missing_keys"] == report.missing_keys
-    assert info["unexpected_keys"] == ["layernorm.bias", "layernorm.weight"]
-    expected = _expected(oracle, "classifier")
-    with torch.no_grad():
-        maps = ours(expected["pixels.0"]).feature_maps
-    assert assert_close_maps(maps, _maps(expected, 0), atol=1e-4) < 1e-4
+    def test_task_checkpoint_layer_scales_are_loaded(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        directory = self.recording(tmp_path_factory) / "classifier"
+        ours = AutoBackbone.from_pretrained(directory, out_indices=[0, 1, 3])
+        state = load_file(directory / "model.safetensors")
+        scales = ours.encoder.levels[0].layers[1].layer_scale_parameters
+        assert torch.equal(scales, state["dinat.encoder.levels.0.layers.1.layer_scale_parameters"])
 
-
-@pytest.mark.oracle
-def test_saved_checkpoint_loads_into_transformers(oracle: Path) -> None:
-    info = json.loads((oracle / "saved_by_us" / "info.json").read_text())["loading"]
-    assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
-    config = json.loads((oracle / "ours" / "config.json").read_text())
-    assert config["architectures"] == ["DinatBackbone"] and config["model_type"] == "dinat"
-    assert config["dilations"] == SMALL["dilations"]
-    ours = AutoBackbone.from_pretrained(oracle / "ours")
-    expected = _expected(oracle, "saved_by_us")
-    with torch.no_grad():
-        assert_close_maps(ours(expected["pixels.0"]).feature_maps, _maps(expected, 0), atol=1e-4)
-
-
-@pytest.mark.oracle
-def test_transformers_config_json_round_trips(oracle: Path) -> None:
-    saved = json.loads((oracle / "classifier" / "config.json").read_text())
-    config = DinatConfig.from_dict(saved)
-    assert config.dilations == CLASSIFIER["dilations"] and config.layer_scale_init_value == 0.5
-    written = config.to_dict()
-    assert {key: value for key, value in written.items() if key in saved} == saved
+    def test_transformers_config_json_round_trips(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        saved = json.loads((self.recording(tmp_path_factory) / "classifier" / "config.json").read_text())
+        config = DinatConfig.from_dict(saved)
+        assert config.dilations == CLASSIFIER["dilations"] and config.layer_scale_init_value == 0.5
+        written = config.to_dict()
+        assert {key: value for key, value in written.items() if key in saved} == saved
 
 
 @pytest.mark.oracle

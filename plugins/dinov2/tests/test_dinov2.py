@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
 
-from backbones import AutoBackbone, ConfigError
-from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones import AutoBackbone, Backbone, testing
+from backbones.testing import BackboneConformance, TransformersParity, assert_parity, randomize_weights_
 from backbones_dinov2 import Dinov2Backbone, Dinov2Config
 
 TINY: dict[str, Any] = {
@@ -44,6 +43,8 @@ class TestDinov2Conformance(BackboneConformance):
     input_sizes = ((32, 32), (48, 40), (42, 59))
     # The patch projection is a stride-p convolution without padding: a map is size // p wide.
     spatial_rounding = "floor"
+    channel_error_name = "DINOv2"
+    bad_config_value = ("num_attention_heads", 3, "num_attention_heads=3 does not divide")
 
     def make_config(self, **overrides: Any) -> Dinov2Config:
         return Dinov2Config(**TINY, **overrides)
@@ -56,150 +57,59 @@ class TestDinov2SwiGLUConformance(TestDinov2Conformance):
 
 # -- parity with transformers -----------------------------------------------------------------------
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "mlp": {},
-    "swiglu": {"use_swiglu_ffn": True},
-    "no-layernorm-silu-no-qkv-bias": {"apply_layernorm": False, "hidden_act": "silu", "qkv_bias": False},
-}
+
+class TestDinov2Parity(TransformersParity):
+    backbone_class = Dinov2Backbone
+    reference_task_class = "Dinov2ForImageClassification"
+    config = SMALL
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "mlp": {},
+        "swiglu": {"use_swiglu_ffn": True},
+        "no-layernorm-silu-no-qkv-bias": {"apply_layernorm": False, "hidden_act": "silu", "qkv_bias": False},
+    }
+    input_sizes = (SIZES[1], SIZES[0], SIZES[2])
+    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0,))
+    # Hidden states are the raw token sequences, class token first, before the final layer norm.
+    hidden_state_count = 5
+    hidden_state_shapes = ((2, 1 + 6 * 5, 32),) * 5
+    compare_attentions = True
+    attention_shapes = ((2, 4, 31, 31),) * 4
+    task_variants = ("mlp", "swiglu")
+    task_out_indices = (0, 2, 4)
+    task_unused_keys = ("classifier.bias", "classifier.weight", "dinov2.embeddings.mask_token")
+    task_prefix = "'dinov2.' removed"
+    round_trip_out_indices = (0, 2, 4)
+
+    def never_applied(self, variant: str) -> list[str]:
+        """The mask token only serves masked pre-training, and without apply_layernorm the final norm is never
+        applied: the backbone builds neither (transformers does, and initialises them when they are missing)."""
+        if self.options(variant).get("apply_layernorm", True):
+            return ["embeddings.mask_token"]
+        return ["embeddings.mask_token", "layernorm.bias", "layernorm.weight"]
+
+    def expected_backbone_unused(self, variant: str, model: Backbone) -> list[str]:
+        return self.never_applied(variant)
+
+    def expected_round_trip_missing(self, variant: str) -> list[str]:
+        return self.never_applied(variant)
+
+    @pytest.mark.parametrize("size", [(32, 32), (48, 40)], ids=lambda size: f"{size[0]}x{size[1]}")
+    def test_token_sequences_without_reshape_match_transformers(self, tmp_path: Path, size: tuple[int, int]) -> None:
+        oracle = self.reference_model("Dinov2Backbone", "mlp", reshape_hidden_states=False, out_indices=[0, 2, 4])
+        oracle.save_pretrained(tmp_path)
+        model = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 2, 4])
+        assert model.config.reshape_hidden_states is False
+        inputs = self.pixels(size)
+        with torch.no_grad():
+            ours = model(inputs).feature_maps
+            expected = oracle(inputs).feature_maps
+        tokens = 1 + (size[0] // 8) * (size[1] // 8)
+        assert [tuple(fmap.shape) for fmap in ours] == [(2, tokens, 32)] * 3
+        assert_parity(ours, expected)
 
 
 def pixels(height: int = 48, width: int = 40, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
-
-
-def oracle_config(variant: str, **extra: Any) -> transformers.Dinov2Config:
-    return transformers.Dinov2Config(**SMALL, **VARIANTS[variant], out_indices=ALL_STAGES, **extra)
-
-
-def load_oracle(directory: Path) -> tuple[transformers.Dinov2Backbone, dict[str, Any]]:
-    # The concrete class, not transformers.AutoBackbone: in 5.23 AutoBackbone.from_pretrained(local_dir)
-    # asks the hub first and fails offline. Eager attention: with the default "sdpa", transformers 5.23
-    # silently returns no attention weights when they are requested.
-    model, info = transformers.Dinov2Backbone.from_pretrained(
-        directory, attn_implementation="eager", output_loading_info=True
-    )
-    return model.eval(), info
-
-
-def oracle_maps(oracle: Any, inputs: torch.Tensor, out_indices: list[int]) -> tuple[torch.Tensor, ...]:
-    oracle.out_indices = out_indices
-    with torch.no_grad():
-        return oracle(inputs).feature_maps
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def oracle_checkpoint(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, Any, list[str]]:
-    """A transformers Dinov2Backbone with every weight randomised, its checkpoint, and the checkpoint keys
-    our backbone leaves unused."""
-    config = oracle_config(request.param)
-    config._attn_implementation = "eager"  # see load_oracle
-    oracle = randomize_weights_(transformers.Dinov2Backbone(config)).eval()
-    directory = tmp_path_factory.mktemp(request.param)
-    oracle.save_pretrained(directory)
-    # The mask token only serves masked pre-training, and without apply_layernorm the final norm is
-    # never applied: the backbone builds neither.
-    unused = ["embeddings.mask_token"]
-    if not config.apply_layernorm:
-        unused = ["embeddings.mask_token", "layernorm.bias", "layernorm.weight"]
-    return directory, oracle, unused
-
-
-@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size[0]}x{size[1]}")
-@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0]], ids=str)
-def test_backbone_checkpoint_matches_transformers(
-    oracle_checkpoint: tuple[Path, Any, list[str]], out_indices: list[int], size: tuple[int, int]
-) -> None:
-    directory, oracle, unused = oracle_checkpoint
-    model, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
-    assert isinstance(model, Dinov2Backbone)
-    assert report.missing_keys == []
-    assert report.unused_keys == unused
-    inputs = pixels(*size)
-    with torch.no_grad():
-        ours = model(inputs).feature_maps
-    reference = oracle_maps(oracle, inputs, out_indices)
-    assert len(ours) == len(out_indices)
-    assert_close_maps(ours, reference, atol=1e-4)
-    assert model.channels == oracle.channels
-
-
-def test_hidden_states_and_attentions_match_transformers(oracle_checkpoint: tuple[Path, Any, list[str]]) -> None:
-    directory, oracle, _ = oracle_checkpoint
-    model = AutoBackbone.from_pretrained(directory, out_indices=[-1])
-    oracle.out_indices = [-1]
-    inputs = pixels()
-    with torch.no_grad():
-        ours = model(inputs, output_hidden_states=True, output_attentions=True)
-        reference = oracle(inputs, output_hidden_states=True, output_attentions=True)
-    assert len(ours.hidden_states) == len(reference.hidden_states) == 5
-    # Hidden states are the raw token sequences, class token first, before the final layer norm.
-    assert tuple(ours.hidden_states[0].shape) == (2, 1 + 6 * 5, 32)
-    assert_close_maps(ours.hidden_states, reference.hidden_states, atol=1e-4)
-    assert len(ours.attentions) == len(reference.attentions) == 4
-    assert tuple(ours.attentions[0].shape) == (2, 4, 31, 31)
-    assert_close_maps(ours.attentions, reference.attentions, atol=1e-5)
-
-
-@pytest.mark.parametrize("size", [(32, 32), (48, 40)], ids=lambda size: f"{size[0]}x{size[1]}")
-def test_token_sequences_without_reshape_match_transformers(tmp_path: Path, size: tuple[int, int]) -> None:
-    oracle = randomize_weights_(transformers.Dinov2Backbone(oracle_config("mlp", reshape_hidden_states=False))).eval()
-    oracle.save_pretrained(tmp_path)
-    model = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 2, 4])
-    assert model.config.reshape_hidden_states is False
-    inputs = pixels(*size)
-    with torch.no_grad():
-        ours = model(inputs).feature_maps
-    tokens = 1 + (size[0] // 8) * (size[1] // 8)
-    assert [tuple(fmap.shape) for fmap in ours] == [(2, tokens, 32)] * 3
-    assert_close_maps(ours, oracle_maps(oracle, inputs, [0, 2, 4]), atol=1e-4)
-
-
-@pytest.mark.parametrize("size", [(32, 32), (48, 40)], ids=lambda size: f"{size[0]}x{size[1]}")
-@pytest.mark.parametrize("variant", ["mlp", "swiglu"])
-def test_classification_checkpoint_loads_trunk(tmp_path: Path, variant: str, size: tuple[int, int]) -> None:
-    config = oracle_config(variant, num_labels=5)
-    classifier = randomize_weights_(transformers.Dinov2ForImageClassification(config)).eval()
-    classifier.save_pretrained(tmp_path)
-    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 2, 4], output_loading_info=True)
-    assert report.missing_keys == []
-    assert report.unused_keys == ["classifier.bias", "classifier.weight", "dinov2.embeddings.mask_token"]
-    assert "'dinov2.' removed" in report.prefix
-    # The oracle backbone gets the trunk by state dict (both sides use transformers' in-memory names).
-    oracle = transformers.Dinov2Backbone(config).eval()
-    trunk = {
-        key.removeprefix("dinov2."): value
-        for key, value in classifier.state_dict().items()
-        if key.startswith("dinov2.")
-    }
-    oracle.load_state_dict(trunk, strict=True)
-    inputs = pixels(*size)
-    with torch.no_grad():
-        ours = model(inputs).feature_maps
-    assert_close_maps(ours, oracle_maps(oracle, inputs, [0, 2, 4]), atol=1e-4)
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) -> None:
-    config = Dinov2Config(**SMALL, **VARIANTS[variant], out_indices=[0, 2, 4])
-    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
-    model.save_pretrained(tmp_path)
-    oracle, info = load_oracle(tmp_path)
-    # transformers builds the pre-training mask token (and the final norm even when the backbone never
-    # applies it), which we never save; it initialises them.
-    unused_by_us = (
-        ["embeddings.mask_token"]
-        if config.apply_layernorm
-        else ["embeddings.mask_token", "layernorm.bias", "layernorm.weight"]
-    )
-    assert sorted(info["missing_keys"]) == unused_by_us
-    assert not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert oracle.out_indices == [0, 2, 4]
-    for size in SIZES:
-        inputs = pixels(*size)
-        with torch.no_grad():
-            assert_close_maps(model(inputs).feature_maps, oracle(inputs).feature_maps, atol=1e-4)
 
 
 # -- behaviour --------------------------------------------------------------------------------------
@@ -232,9 +142,7 @@ def test_fresh_weights_follow_transformers_init() -> None:
 def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
     model = randomize_weights_(AutoBackbone.from_config(Dinov2Config(**SMALL)))
     model.save_pretrained(tmp_path)
-    state = load_file(tmp_path / "model.safetensors")
-    del state["embeddings.position_embeddings"]
-    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    testing.edit_checkpoint(tmp_path, tmp_path, lambda state: state.pop("embeddings.position_embeddings"))
     loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
     assert report.missing_keys == ["embeddings.position_embeddings"]
     assert loaded.embeddings.position_embeddings.std().item() == pytest.approx(0.02, rel=0.15)
@@ -252,14 +160,6 @@ def test_pruning_keeps_only_the_layers_that_run() -> None:
     with torch.no_grad():
         (fmap,) = model(pixels()).feature_maps
     assert tuple(fmap.shape) == (2, 32, 6, 5)
-
-
-def test_wrong_channel_count_is_explained() -> None:
-    model = AutoBackbone.from_config(Dinov2Config(**TINY))
-    with pytest.raises(
-        ValueError, match=r"pixel_values has 1 channels but this DINOv2 expects 3 \(config.num_channels\)"
-    ):
-        model(torch.zeros(1, 1, 32, 32))
 
 
 @pytest.mark.slow
@@ -315,19 +215,9 @@ def test_mlp_ratio_must_be_positive() -> None:
     assert Dinov2Config(mlp_ratio=2.5).mlp_ratio == 2.5
 
 
-def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
-    Dinov2Config(**TINY).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    path.write_text(path.read_text().replace('"num_attention_heads": 2', '"num_attention_heads": 3'))
-    with pytest.raises(
-        ConfigError, match=r"invalid backbone config in .*config.json: .*num_attention_heads=3 does not divide"
-    ):
-        AutoBackbone.from_pretrained(tmp_path)
-
-
 def test_head_free_model_sizes_match_the_reference() -> None:
     """Parameter counts of a transformers backbone and ours differ by exactly the unused mask token."""
-    config = oracle_config("swiglu")
+    config = TestDinov2Parity().reference_config("swiglu", out_indices=ALL_STAGES)
     ours = AutoBackbone.from_config(Dinov2Config(**SMALL, use_swiglu_ffn=True))
     theirs = transformers.Dinov2Backbone(config)
     count = sum(p.numel() for p in ours.parameters())

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
 from transformers.activations import ACT2FN
 
-from backbones import AutoBackbone, ConfigError
+from backbones import AutoBackbone, Backbone, ConfigError, testing
 from backbones.activations import make_activation
-from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones.testing import BackboneConformance, TransformersParity, edit_checkpoint, randomize_weights_
 from backbones_focalnet import FocalNetBackbone, FocalNetConfig
 from backbones_focalnet._config import ACTIVATIONS
 
@@ -51,6 +50,8 @@ class TestFocalNetConformance(BackboneConformance):
     # Any input size works (every stride pads); exported from 32 (twice the deepest stride, so every map
     # is at least 2 wide: torch.export specialises sizes of 1) to 1024, every size in between.
     export_range = (32, 1024)
+    channel_error_name = "FocalNet"
+    bad_config_value = ("hidden_act", "geluu", "hidden_act 'geluu' is not supported")
 
     def make_config(self, **overrides: Any) -> FocalNetConfig:
         return FocalNetConfig(**TINY, **overrides)
@@ -68,170 +69,93 @@ class TestFocalNetAllOptionsConformance(TestFocalNetConformance):
 
 # -- parity with transformers -----------------------------------------------------------------------
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "srf": {},
-    "conv-embed": {"use_conv_embed": True},
-    "post-layernorm": {"use_post_layernorm": True},
-    "layerscale": {"use_layerscale": True, "layerscale_value": 0.5},
-    "normalize-modulator": {"normalize_modulator": True},
-    "post-layernorm-in-modulation": {"use_post_layernorm_in_modulation": True},
-    # FocalNet-L/XL/H style: every option of the large models, three levels from a 5x5 window.
-    "large-style": {**ALL_OPTIONS, "focal_levels": [3, 3, 3, 3], "focal_windows": [5, 5, 5, 5]},
-    # Levels from 0 (global context only) to 4, windows 1 to 5, another patch size, MLP width and activation.
-    "mixed-levels": {
-        "focal_levels": [0, 1, 3, 4],
-        "focal_windows": [1, 3, 5, 3],
-        "patch_size": 2,
-        "mlp_ratio": 2.5,
-        "hidden_act": "gelu_new",
-        "normalize_modulator": True,
-        "use_post_layernorm_in_modulation": True,
-    },
-}
+
+class TestFocalNetParity(TransformersParity):
+    backbone_class = FocalNetBackbone
+    # The bare trunk saves its keys without the "focalnet." prefix.
+    reference_task_classes = ("FocalNetForImageClassification", "FocalNetForMaskedImageModeling", "FocalNetModel")
+    # Every per-stage value is given as a list: transformers 5.23's default FocalNetConfig holds tuples,
+    # and FocalNetBackbone(FocalNetConfig()) raises "can only concatenate list (not "tuple") to list".
+    config = {**SMALL, "focal_levels": [2, 2, 2, 2], "focal_windows": [3, 3, 3, 3]}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "srf": {},
+        "conv-embed": {"use_conv_embed": True},
+        "post-layernorm": {"use_post_layernorm": True},
+        "layerscale": {"use_layerscale": True, "layerscale_value": 0.5},
+        "normalize-modulator": {"normalize_modulator": True},
+        "post-layernorm-in-modulation": {"use_post_layernorm_in_modulation": True},
+        # FocalNet-L/XL/H style: every option of the large models, three levels from a 5x5 window.
+        "large-style": {**ALL_OPTIONS, "focal_levels": [3, 3, 3, 3], "focal_windows": [5, 5, 5, 5]},
+        # Levels from 0 (global context only) to 4, windows 1 to 5, another patch size, MLP width and activation.
+        "mixed-levels": {
+            "focal_levels": [0, 1, 3, 4],
+            "focal_windows": [1, 3, 5, 3],
+            "patch_size": 2,
+            "mlp_ratio": 2.5,
+            "hidden_act": "gelu_new",
+            "normalize_modulator": True,
+            "use_post_layernorm_in_modulation": True,
+        },
+    }
+    # 37 x 50 is no multiple of any stride: the stem pads, and so do the downsamplings of odd maps.
+    input_sizes = ((37, 50),)
+    # Every variant with every stage selected; the selection logic, which no option changes, with two of them.
+    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0,), (2, -1))
+    selection_variants = ("srf", "large-style")
+    # transformers' backbone holds the final norm of FocalNetModel but never applies it.
+    backbone_unused_keys = ("focalnet.layernorm.bias", "focalnet.layernorm.weight")
+    # Token sequences (batch, height * width, channels), as transformers returns them.
+    hidden_state_count = 5
+    task_variants = ("srf", "large-style")
+    task_out_indices = tuple(ALL_STAGES)
+    round_trip_out_indices = (0, 2, 4)
+    # Only the final norm that transformers builds and its backbone never applies. Our config.json carries
+    # the real hidden_sizes, so transformers reports the right channels.
+    round_trip_missing_keys = ("focalnet.layernorm.bias", "focalnet.layernorm.weight")
+
+    def reference_config(self, variant: str, **extra: Any) -> Any:
+        # transformers builds the widths from embed_dim and reads hidden_sizes only to report channels.
+        width = SMALL["embed_dim"]
+        return super().reference_config(variant, hidden_sizes=[width * 2, width * 4, width * 8, width * 8], **extra)
+
+    def expected_task_report(self, task_class: str, variant: str, model: Backbone) -> tuple[list[str], list[str]]:
+        unused = {
+            "FocalNetForImageClassification": [
+                "classifier.bias",
+                "classifier.weight",
+                "focalnet.layernorm.bias",
+                "focalnet.layernorm.weight",
+            ],
+            "FocalNetForMaskedImageModeling": [
+                "decoder.0.bias",
+                "decoder.0.weight",
+                "focalnet.embeddings.mask_token",
+                "focalnet.layernorm.bias",
+                "focalnet.layernorm.weight",
+            ],
+            "FocalNetModel": ["layernorm.bias", "layernorm.weight"],
+        }
+        return [], unused[task_class]
+
+    def expected_task_prefix(self, task_class: str) -> str:
+        return "'focalnet.' added" if task_class == "FocalNetModel" else ""
+
+    def test_metadata_matches_oracle_shapes(
+        self, tmp_path_factory: pytest.TempPathFactory, parity_variant: str
+    ) -> None:
+        directory, oracle = self.reference_checkpoint(parity_variant, tmp_path_factory)
+        model = AutoBackbone.from_pretrained(directory, out_indices=ALL_STAGES)
+        patch = self.variants[parity_variant].get("patch_size", 4)
+        assert model.reductions == [patch, patch * 2, patch * 4, patch * 8, patch * 8]
+        assert model.num_features == oracle.num_features == [8, 16, 32, 64, 64]
+        with torch.no_grad():
+            reference = oracle(self.pixels()).feature_maps
+        for fmap, reduction in zip(reference, model.out_reductions):
+            assert tuple(fmap.shape[2:]) == (math.ceil(37 / reduction), math.ceil(50 / reduction))
 
 
 def pixels(batch: int = 2, height: int = 37, width: int = 50) -> torch.Tensor:
-    # 37 x 50 is no multiple of any stride: the stem pads, and so do the downsamplings of odd maps.
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
-
-
-def oracle_config(variant: str, **extra: Any) -> transformers.FocalNetConfig:
-    # Every per-stage value is given as a list: transformers 5.23's default FocalNetConfig holds tuples,
-    # and FocalNetBackbone(FocalNetConfig()) raises "can only concatenate list (not "tuple") to list".
-    options: dict[str, Any] = {"focal_levels": [2, 2, 2, 2], "focal_windows": [3, 3, 3, 3], **VARIANTS[variant]}
-    width = SMALL["embed_dim"]
-    # transformers builds the widths from embed_dim and reads hidden_sizes only to report channels.
-    hidden_sizes = [width * 2, width * 4, width * 8, width * 8]
-    return transformers.FocalNetConfig(**SMALL, **options, hidden_sizes=hidden_sizes, out_indices=ALL_STAGES, **extra)
-
-
-def load_oracle(directory: Path) -> tuple[transformers.FocalNetBackbone, dict[str, Any]]:
-    # The concrete class, not transformers.AutoBackbone: in 5.23 AutoBackbone.from_pretrained(local_dir)
-    # asks the hub first and fails offline.
-    model, info = transformers.FocalNetBackbone.from_pretrained(directory, output_loading_info=True)
-    return model.eval(), info
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def oracle_checkpoint(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[str, Path, Any]:
-    """A transformers FocalNetBackbone with every weight randomised, and its checkpoint."""
-    torch.manual_seed(0)
-    oracle = randomize_weights_(transformers.FocalNetBackbone(oracle_config(request.param))).eval()
-    directory = tmp_path_factory.mktemp(request.param)
-    oracle.save_pretrained(directory)
-    return request.param, directory, oracle
-
-
-# Every variant with every stage selected; the selection logic, which no option changes, with two of them.
-SELECTIONS = [pytest.param(variant, ALL_STAGES, id=f"{variant}-all") for variant in VARIANTS] + [
-    pytest.param(variant, out_indices, id=f"{variant}-" + "_".join(map(str, out_indices)))
-    for variant in ("srf", "large-style")
-    for out_indices in ([-1], [1, 3], [0], [2, -1])
-]
-
-
-@pytest.mark.parametrize(("oracle_checkpoint", "out_indices"), SELECTIONS, indirect=["oracle_checkpoint"])
-def test_backbone_checkpoint_matches_transformers(
-    oracle_checkpoint: tuple[str, Path, Any], out_indices: list[int]
-) -> None:
-    variant, directory, oracle = oracle_checkpoint
-    model, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
-    assert isinstance(model, FocalNetBackbone)
-    # transformers' backbone holds the final norm of FocalNetModel but never applies it.
-    assert report.missing_keys == []
-    assert report.unused_keys == ["focalnet.layernorm.bias", "focalnet.layernorm.weight"]
-    oracle.out_indices = out_indices
-    with torch.no_grad():
-        ours = model(pixels()).feature_maps
-        reference = oracle(pixels()).feature_maps
-    assert len(ours) == len(out_indices)
-    assert_close_maps(ours, reference, atol=1e-4)
-    assert model.channels == oracle.channels
-    patch = VARIANTS[variant].get("patch_size", 4)
-    assert model.reductions == [patch, patch * 2, patch * 4, patch * 8, patch * 8]
-    assert model.num_features == oracle.num_features == [8, 16, 32, 64, 64]
-    for fmap, reduction in zip(reference, model.out_reductions):
-        assert tuple(fmap.shape[2:]) == (math.ceil(37 / reduction), math.ceil(50 / reduction))
-
-
-def test_hidden_states_match_transformers(oracle_checkpoint: tuple[str, Path, Any]) -> None:
-    _, directory, oracle = oracle_checkpoint
-    model = AutoBackbone.from_pretrained(directory, out_indices=[1])
-    oracle.out_indices = [1]
-    with torch.no_grad():
-        ours = model(pixels(), output_hidden_states=True)
-        reference = oracle(pixels(), output_hidden_states=True)
-    # Token sequences (batch, height * width, channels), as transformers returns them.
-    assert len(ours.hidden_states) == len(reference.hidden_states) == 5
-    assert_close_maps(ours.hidden_states, reference.hidden_states, atol=1e-4)
-    assert_close_maps(ours.feature_maps, reference.feature_maps, atol=1e-4)
-
-
-TASK_CHECKPOINTS: dict[str, tuple[str, list[str], str]] = {
-    # transformers class -> (keys our backbone does not use, how the trunk's keys were matched)
-    "FocalNetForImageClassification": (
-        "FocalNetForImageClassification",
-        ["classifier.bias", "classifier.weight", "focalnet.layernorm.bias", "focalnet.layernorm.weight"],
-        "",
-    ),
-    "FocalNetForMaskedImageModeling": (
-        "FocalNetForMaskedImageModeling",
-        [
-            "decoder.0.bias",
-            "decoder.0.weight",
-            "focalnet.embeddings.mask_token",
-            "focalnet.layernorm.bias",
-            "focalnet.layernorm.weight",
-        ],
-        "",
-    ),
-    # The bare trunk saves its keys without the "focalnet." prefix.
-    "FocalNetModel": ("FocalNetModel", ["layernorm.bias", "layernorm.weight"], "'focalnet.' added"),
-}
-
-
-@pytest.mark.parametrize("variant", ["srf", "large-style"])
-@pytest.mark.parametrize("task", list(TASK_CHECKPOINTS))
-def test_task_checkpoint_loads_trunk(tmp_path: Path, task: str, variant: str) -> None:
-    class_name, unused, prefix = TASK_CHECKPOINTS[task]
-    config = oracle_config(variant, num_labels=5)
-    task_model = randomize_weights_(getattr(transformers, class_name)(config)).eval()
-    task_model.save_pretrained(tmp_path)
-    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=ALL_STAGES, output_loading_info=True)
-    assert report.missing_keys == []
-    assert report.unused_keys == unused
-    assert report.prefix == prefix
-    oracle = transformers.FocalNetBackbone(config).eval()
-    state = task_model.state_dict()
-    trunk = {
-        key if task != "FocalNetModel" else f"focalnet.{key}": value
-        for key, value in state.items()
-        if key.startswith("focalnet.") or task == "FocalNetModel"
-    }
-    trunk.pop("focalnet.embeddings.mask_token", None)
-    oracle.load_state_dict(trunk, strict=True)
-    with torch.no_grad():
-        assert_close_maps(model(pixels()).feature_maps, oracle(pixels()).feature_maps, atol=1e-4)
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) -> None:
-    options = {"focal_levels": [2, 2, 2, 2], "focal_windows": [3, 3, 3, 3], **VARIANTS[variant]}
-    model = randomize_weights_(
-        AutoBackbone.from_config(FocalNetConfig(**SMALL, **options, out_indices=[0, 2, 4]))
-    ).eval()
-    model.save_pretrained(tmp_path)
-    oracle, info = load_oracle(tmp_path)
-    # Only the final norm that transformers builds and its backbone never applies.
-    assert sorted(info["missing_keys"]) == ["focalnet.layernorm.bias", "focalnet.layernorm.weight"]
-    assert not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert oracle.out_indices == [0, 2, 4]
-    # Our config.json carries the real hidden_sizes, so transformers reports the right channels.
-    assert oracle.channels == model.channels == [8, 32, 64]
-    with torch.no_grad():
-        assert_close_maps(model(pixels()).feature_maps, oracle(pixels()).feature_maps, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
@@ -295,9 +219,7 @@ def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
     model = randomize_weights_(AutoBackbone.from_config(FocalNetConfig(**TINY, use_layerscale=True)))
     model.save_pretrained(tmp_path)
     key = "focalnet.encoder.stages.1.layers.0.gamma_2"
-    state = load_file(tmp_path / "model.safetensors")
-    del state[key]
-    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    edit_checkpoint(tmp_path, tmp_path, lambda state: state.pop(key))
     loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
     assert report.missing_keys == [key]
     assert torch.equal(loaded.get_parameter(key), torch.full((16,), 1e-4))
@@ -316,28 +238,18 @@ def test_pruning_keeps_the_downsampling_that_makes_the_last_kept_stage() -> None
     assert tuple(fmap.shape) == (2, 32, 3, 4)  # stride 16 on 37 x 50
 
 
-def test_wrong_channel_count_is_explained() -> None:
-    model = AutoBackbone.from_config(FocalNetConfig(**TINY))
-    with pytest.raises(
-        ValueError, match=r"pixel_values has 1 channels but this FocalNet expects 3 \(config.num_channels\)"
-    ):
-        model(torch.zeros(1, 1, 32, 32))
-
-
 @pytest.mark.slow
 def test_focalnet_tiny_shapes_at_224() -> None:
-    model = AutoBackbone.from_config(FocalNetConfig(out_indices=ALL_STAGES)).eval()
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (1, 96, 56, 56),
-        (1, 192, 28, 28),
-        (1, 384, 14, 14),
-        (1, 768, 7, 7),
-        (1, 768, 7, 7),
-    ]
-    assert model.channels == [96, 192, 384, 768, 768]
-    assert model.out_reductions == [4, 8, 16, 32, 32]
+    testing.assert_maps_at_size(
+        FocalNetConfig(out_indices=ALL_STAGES),
+        [
+            (1, 96, 56, 56),
+            (1, 192, 28, 28),
+            (1, 384, 14, 14),
+            (1, 768, 7, 7),
+            (1, 768, 7, 7),
+        ],
+    )
 
 
 # -- config errors ----------------------------------------------------------------------------------
@@ -395,13 +307,3 @@ def test_out_of_range_numbers_name_the_field() -> None:
         FocalNetConfig(embed_dim=0)
     with pytest.raises(ConfigError, match=r"drop_path_rate=1.5: Input should be less than 1"):
         FocalNetConfig(drop_path_rate=1.5)
-
-
-def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
-    FocalNetConfig(**TINY).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    path.write_text(path.read_text().replace('"hidden_act": "gelu"', '"hidden_act": "geluu"'))
-    with pytest.raises(
-        ConfigError, match=r"invalid backbone config in .*config.json: .*hidden_act 'geluu' is not supported"
-    ):
-        AutoBackbone.from_pretrained(tmp_path)

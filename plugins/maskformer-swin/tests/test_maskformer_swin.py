@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from backbones import AutoBackbone, load_backbone
-from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones import AutoBackbone, Backbone, load_backbone
+from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, randomize_weights_
 from backbones_maskformer_swin import MASKFORMER_BACKBONE_PREFIX, MaskFormerSwinBackbone, MaskFormerSwinConfig
 
 transformers = pytest.importorskip("transformers")
@@ -39,13 +39,6 @@ def _pixels(height: int, width: int, batch: int = 2, seed: int = 1) -> torch.Ten
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
-def _reference(model_class: Any = None, **config: Any) -> Any:
-    """A transformers MaskFormer-Swin model with every weight re-randomised, in eval mode."""
-    model_class = model_class or transformers.MaskFormerSwinBackbone
-    model = model_class(transformers.MaskFormerSwinConfig(**config))
-    return randomize_weights_(model, seed=3).eval()
-
-
 def _as_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """transformers' ``(B, H * W, C)`` hidden state as a ``(B, C, H, W)`` map."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
@@ -68,132 +61,80 @@ class TestMaskFormerSwinConformance(BackboneConformance):
 # -- parity with transformers ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def reference_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
-    """transformers' MaskFormerSwinBackbone (every stage after the stem selected) saved by transformers."""
-    reference = _reference(out_indices=STAGES, **SMALL)
-    directory = tmp_path_factory.mktemp("reference")
-    reference.save_pretrained(directory)
-    return reference, directory
-
-
-@pytest.mark.parametrize("out_indices", [STAGES, [-1], [1, 3], [0, 2]])
-def test_backbone_checkpoint_parity(reference_checkpoint: tuple[Any, Path], out_indices: list[int]) -> None:
-    reference, directory = reference_checkpoint
-    ours, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
-    assert isinstance(ours, MaskFormerSwinBackbone)
-    assert ours.out_features == [ours.stage_names[index] for index in out_indices]
+class TestMaskFormerSwinParity(TransformersParity):
+    backbone_class = MaskFormerSwinBackbone
+    # The base model: its keys lack the backbone's "model." level.
+    reference_task_class = "MaskFormerSwinModel"
+    config = SMALL
+    seed = 3
+    reference_out_indices = tuple(STAGES)  # transformers' MaskFormerSwinBackbone refuses "stem"
+    # SIZES, then 64: larger than the pre-training size.
+    input_sizes = (SIZES[1], SIZES[0], SIZES[2], (64, 64))
+    out_indices = (tuple(STAGES), (-1,), (1, 3), (0, 2))
     # Every stage's norm is a weight whatever the selection; the trunk's final norm is unused by backbones.
-    assert report.missing_keys == []
-    assert report.unused_keys == ["model.layernorm.bias", "model.layernorm.weight"]
-    for size in SIZES:
-        pixels = _pixels(*size)
-        with torch.no_grad():
-            expected = reference(pixels, output_hidden_states=True)
-            maps = ours(pixels).feature_maps
-        # transformers has no "stem" map: the stem is its first hidden state (the patch embeddings).
-        stem = _as_map(expected.hidden_states[0], -(-size[0] // 4), -(-size[1] // 4))
-        by_stage = {0: stem, **{index: fmap for index, fmap in zip(STAGES, expected.feature_maps)}}
-        assert_close_maps(maps, [by_stage[index % 4] for index in out_indices], atol=1e-4)
-
-
-def test_task_checkpoint_parity(tmp_path: Path) -> None:
-    trunk = _reference(transformers.MaskFormerSwinModel, **SMALL)
-    trunk.save_pretrained(tmp_path)
-    ours, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[1, 2, 3], output_loading_info=True)
-    assert report.missing_keys == NORM_KEYS
-    assert report.unused_keys == ["layernorm.bias", "layernorm.weight"]
-    for norm in ours.hidden_states_norms:
-        assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(
-            norm.bias, torch.zeros_like(norm.bias)
-        )
-    # The reference: transformers' MaskFormerSwinBackbone holding the trunk, its own norms at 1 / 0.
-    # (transformers' AutoBackbone.from_pretrained(local_dir) asks the hub first and fails offline.)
-    reference = transformers.MaskFormerSwinBackbone(transformers.MaskFormerSwinConfig(out_indices=STAGES, **SMALL))
-    result = reference.load_state_dict(
-        {f"model.{key}": value for key, value in trunk.state_dict().items()}, strict=False
-    )
-    assert sorted(result.missing_keys) == NORM_KEYS and result.unexpected_keys == []
-    for size in [(36, 52), (64, 64)]:
-        pixels = _pixels(*size)
-        with torch.no_grad():
-            assert_close_maps(ours(pixels).feature_maps, reference.eval()(pixels).feature_maps, atol=1e-4)
-
-
-def test_hidden_states_and_attentions_match(reference_checkpoint: tuple[Any, Path]) -> None:
-    reference, directory = reference_checkpoint
-    ours = AutoBackbone.from_pretrained(directory)
-    pixels = _pixels(36, 52)
-    probabilities: list[torch.Tensor] = []
-    hooks = [
-        stage.blocks[-1].attention.self.register_forward_hook(lambda module, args, out: probabilities.append(out[1]))
-        for stage in reference.model.encoder.layers
-    ]
-    try:
-        with torch.no_grad():
-            expected = reference(pixels, output_hidden_states=True, output_attentions=True)
-            output = ours(pixels, output_hidden_states=True, output_attentions=True)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    # transformers nests the hidden states: the stem, then per stage (block input, block output, ...);
-    # ours are the stem and each stage's output, the last entry of each of those tuples.
-    assert [tuple(state.shape) for state in output.hidden_states] == [
-        (2, 117, 16),
-        (2, 117, 16),
-        (2, 35, 32),
-        (2, 12, 64),
-    ]
-    flat = [expected.hidden_states[0]] + [stage[-1] for stage in expected.hidden_states[1:]]
-    assert_close_maps(output.hidden_states, flat, atol=1e-4)
-    # transformers 5.23 returns each stage's first block output as its "attention" (an indexing slip), so the
-    # probabilities are taken from the last block of each stage with hooks instead.
-    assert all(torch.equal(theirs, stage[1]) for theirs, stage in zip(expected.attentions, expected.hidden_states[1:]))
-    assert [tuple(a.shape) for a in output.attentions] == [(2 * 12, 2, 16, 16), (2 * 4, 2, 16, 16), (2, 4, 16, 16)]
-    assert_close_maps(output.attentions, probabilities, atol=1e-5)
-    assert_close_maps(output.feature_maps, expected.feature_maps, atol=1e-4)
-
-
-def test_saved_checkpoint_loads_into_transformers(tmp_path: Path) -> None:
-    ours = randomize_weights_(AutoBackbone.from_config(MaskFormerSwinConfig(out_indices=[1, 3], **SMALL))).eval()
-    ours.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config["architectures"] == ["MaskFormerSwinBackbone"] and config["model_type"] == "maskformer-swin"
-    with safe_open(tmp_path / "model.safetensors", "pt") as saved:
-        indices = [key for key in saved.keys() if key.endswith("relative_position_index")]
-    assert len(indices) == 5
-    # The concrete class: transformers' AutoBackbone.from_pretrained(local_dir) asks the hub first.
-    reference, info = transformers.MaskFormerSwinBackbone.from_pretrained(tmp_path, output_loading_info=True)
+    backbone_unused_keys = ("model.layernorm.bias", "model.layernorm.weight")
+    hidden_state_count = 4
+    # The stem's tokens, then per stage every block's input and output, stacked (see test_transformers_compat.py).
+    hidden_state_shapes = ((2, 117, 16), (2, 2, 117, 16), (4, 2, 35, 32), (4, 2, 12, 64))
+    compare_attentions = True
+    attention_shapes = ((2 * 12, 2, 16, 16), (2 * 4, 2, 16, 16), (2, 4, 16, 16))
+    task_options: ClassVar[dict[str, Any]] = {}
+    task_out_indices = tuple(STAGES)
+    round_trip_out_indices = (1, 3)
     # Only the trunk's final norm, which no backbone forward reads (transformers initialises it to 1 / 0).
-    assert sorted(info["missing_keys"]) == ["model.layernorm.bias", "model.layernorm.weight"]
-    assert not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert reference.out_indices == [1, 3]
-    for size in [(32, 32), (38, 50)]:
-        pixels = _pixels(*size)
-        with torch.no_grad():
-            assert_close_maps(ours(pixels).feature_maps, reference.eval()(pixels).feature_maps, atol=1e-4)
+    round_trip_missing_keys = ("model.layernorm.bias", "model.layernorm.weight")
+    compare_gradients = True
 
+    def reference_maps(self, reference: Any, pixels: torch.Tensor) -> list[torch.Tensor]:
+        expected = reference(pixels, output_hidden_states=True)
+        # transformers has no "stem" map: the stem is its first hidden state (the patch embeddings).
+        stem = _as_map(expected.hidden_states[0], -(-pixels.shape[2] // 4), -(-pixels.shape[3] // 4))
+        return [stem, *expected.feature_maps]
 
-def test_training_gradients_match(reference_checkpoint: tuple[Any, Path]) -> None:
-    reference, directory = reference_checkpoint
-    ours = AutoBackbone.from_pretrained(directory).train()
-    reference.train()
-    pixels = _pixels(36, 52)
-    try:
-        for model in (ours, reference):
-            model.zero_grad()
-            sum(fmap.pow(2).mean() for fmap in model(pixels).feature_maps).backward()
-    finally:
-        reference.eval()
-    ours_grads = {name: p.grad for name, p in ours.named_parameters()}
-    compared = 0
-    for name, parameter in reference.named_parameters():
-        if name.startswith("model.layernorm."):
-            assert parameter.grad is None
-            continue
-        assert_close_maps([ours_grads[name]], [parameter.grad], atol=1e-4)
-        compared += 1
-    assert compared == len(ours_grads)
+    def reference_hidden_states(self, output: Any) -> list[torch.Tensor]:
+        # transformers nests the hidden states: the stem, then per stage (block input, block output, ...);
+        # ours hold the same tensors, each stage's stacked.
+        return [output.hidden_states[0]] + [torch.stack(stage) for stage in output.hidden_states[1:]]
+
+    def reference_attentions(self, reference: Any, pixels: torch.Tensor) -> list[torch.Tensor]:
+        probabilities: list[torch.Tensor] = []
+        hooks = [
+            stage.blocks[-1].attention.self.register_forward_hook(
+                lambda module, args, out: probabilities.append(out[1])
+            )
+            for stage in reference.model.encoder.layers
+        ]
+        try:
+            with torch.no_grad():
+                expected = reference(pixels, output_hidden_states=True, output_attentions=True)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        # transformers 5.23 returns each stage's first block output as its "attention" (an indexing slip), so
+        # the probabilities are taken from the last block of each stage with hooks instead.
+        assert all(
+            torch.equal(theirs, stage[1]) for theirs, stage in zip(expected.attentions, expected.hidden_states[1:])
+        )
+        return probabilities
+
+    def expected_task_report(self, task_class: str, variant: str, model: Backbone) -> tuple[list[str], list[str]]:
+        return NORM_KEYS, ["layernorm.bias", "layernorm.weight"]
+
+    def test_saved_checkpoint_layout(self, tmp_path: Path) -> None:
+        AutoBackbone.from_config(self.our_config("default")).save_pretrained(tmp_path)
+        config = json.loads((tmp_path / "config.json").read_text())
+        assert config["architectures"] == ["MaskFormerSwinBackbone"] and config["model_type"] == "maskformer-swin"
+        with safe_open(tmp_path / "model.safetensors", "pt") as saved:
+            indices = [key for key in saved.keys() if key.endswith("relative_position_index")]
+        assert len(indices) == 5
+
+    def test_transformers_config_json_round_trips(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        directory, _ = self.reference_checkpoint("default", tmp_path_factory)
+        saved = json.loads((directory / "config.json").read_text())
+        config = MaskFormerSwinConfig.from_dict(saved)
+        assert config.depths == [1, 2, 2] and config.out_indices == STAGES
+        written = config.to_dict()
+        assert {key: value for key, value in written.items() if key in saved} == saved  # extras kept
 
 
 def test_dropout_rates_follow_transformers() -> None:
@@ -324,7 +265,7 @@ def test_every_stage_has_a_norm_whatever_the_selection() -> None:
     assert torch.equal(again, last)
     assert torch.equal(stem, _as_map(hidden[0], 8, 8))  # the stem has no norm
     norm = model.hidden_states_norms[0]
-    assert torch.equal(first, norm(_as_map(hidden[1], 8, 8).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    assert torch.equal(first, norm(_as_map(hidden[1][-1], 8, 8).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
 
 
 def test_pruning_drops_deeper_stages_and_their_norms() -> None:
@@ -351,15 +292,6 @@ def test_maskformer_swin_tiny_feature_map_shapes() -> None:
 
 
 # -- config ---------------------------------------------------------------------------------------
-
-
-def test_transformers_config_json_round_trips(reference_checkpoint: tuple[Any, Path]) -> None:
-    _, directory = reference_checkpoint
-    saved = json.loads((directory / "config.json").read_text())
-    config = MaskFormerSwinConfig.from_dict(saved)
-    assert config.depths == [1, 2, 2] and config.out_indices == STAGES
-    written = config.to_dict()
-    assert {key: value for key, value in written.items() if key in saved} == saved  # extras kept
 
 
 def test_config_reads_a_swin_config() -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backbones import AutoBackbone
-from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones import AutoBackbone, testing
+from backbones.testing import BackboneConformance, RecordedParity, assert_close_maps, randomize_weights_
 from backbones_nat import NatBackbone, NatConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,6 +41,8 @@ CLASSIFIER: dict[str, Any] = {
     "num_labels": 5,
 }
 ALL_STAGES = [0, 1, 2, 3]
+# The output norm of each stage named, as load-report key templates.
+NORM_KEYS = ("hidden_states_norms.{stage}.bias", "hidden_states_norms.{stage}.weight")
 # 64: whole windows; 40 x 56 and 38 x 50: maps of 10 x 14 / 10 x 13, then 5 x 7, then 3 x 4 (padded).
 INPUTS = [[2, 64, 64, 1], [2, 40, 56, 2], [1, 38, 50, 3]]
 
@@ -61,145 +63,76 @@ class TestNatConformance(BackboneConformance):
 # -- parity with transformers 4.53.3 --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every oracle case of this module, run in one subprocess."""
-    directory = tmp_path_factory.mktemp("nat-oracle")
-    ours = randomize_weights_(NatBackbone(NatConfig(out_indices=[0, 2, 3], **SMALL)), seed=11).eval()
-    ours.save_pretrained(directory / "ours")
-    cases = [
-        {
-            "name": "backbone",
-            "class": "NatBackbone",
-            "config": {**SMALL, "out_indices": ALL_STAGES},
-            "seed": 3,
-            "inputs": INPUTS,
-            "hidden_states": True,
-            "attentions": True,
-            "gradients": True,
-        },
-        {
-            "name": "classifier",
-            "class": "NatForImageClassification",
-            "config": CLASSIFIER,
-            "seed": 4,
-            "inputs": [[2, 48, 40, 5]],
-            "backbone_out_indices": [1, 2, 3],
-        },
-        {"name": "saved_by_us", "class": "NatBackbone", "load": str(directory / "ours"), "inputs": [[2, 44, 60, 6]]},
-    ]
-    return run_oracle(cases, directory)
-
-
-def _expected(oracle: Path, name: str) -> dict[str, torch.Tensor]:
-    return load_file(oracle / name / "expected.safetensors")
-
-
-def _maps(expected: dict[str, torch.Tensor], index: int) -> list[torch.Tensor]:
-    count = sum(1 for key in expected if key.startswith(f"map.{index}."))
-    return [expected[f"map.{index}.{position}"] for position in range(count)]
-
-
 @pytest.mark.oracle
-@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0, 2]])
-def test_backbone_checkpoint_parity(oracle: Path, out_indices: list[int]) -> None:
-    ours, report = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=out_indices, output_loading_info=True)
-    assert isinstance(ours, NatBackbone)
-    selected = [ours.stage_names[index] for index in out_indices]
-    assert report.missing_keys == []
-    assert report.unused_keys == sorted(
-        f"hidden_states_norms.{name}.{kind}"
-        for name in ours.stage_names
-        if name not in selected
-        for kind in ("bias", "weight")
-    )
-    expected = _expected(oracle, "backbone")
-    positions = [index % 4 for index in out_indices]
-    for index in range(len(INPUTS)):
-        with torch.no_grad():
-            maps = ours(expected[f"pixels.{index}"]).feature_maps
-        reference = _maps(expected, index)
-        assert assert_close_maps(maps, [reference[position] for position in positions], atol=1e-4) < 1e-4
-
-
-@pytest.mark.oracle
-def test_hidden_states_and_attentions_match(oracle: Path) -> None:
-    ours = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=[1])
-    expected = _expected(oracle, "backbone")
-    with torch.no_grad():
-        output = ours(expected["pixels.0"], output_hidden_states=True, output_attentions=True)
+class TestNatRecordedParity(RecordedParity):
+    backbone_class = NatBackbone
+    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0, 2))
+    backbone_unused_keys = NORM_KEYS
     # Channels-last, stem then every stage before its downsampling, as transformers returns them.
-    assert [tuple(state.shape) for state in output.hidden_states] == [
-        (2, 16, 16, 16),
-        (2, 16, 16, 16),
-        (2, 8, 8, 32),
-        (2, 4, 4, 64),
-    ]
-    assert_close_maps(output.hidden_states, [expected[f"hidden.{j}"] for j in range(4)], atol=1e-4)
+    hidden_state_shapes = ((2, 16, 16, 16), (2, 16, 16, 16), (2, 8, 8, 32), (2, 4, 4, 64))
     # Every stage's last layer, over the padded map in the last stage (4 x 4 padded to the 5 x 5 window).
-    assert [tuple(weights.shape) for weights in output.attentions] == [
-        (2, 2, 16, 16, 25),
-        (2, 2, 8, 8, 25),
-        (2, 4, 5, 5, 25),
-    ]
-    assert_close_maps(output.attentions, [expected[f"attention.{j}"] for j in range(3)], atol=1e-5)
-
-
-@pytest.mark.oracle
-def test_training_gradients_match(oracle: Path) -> None:
-    ours = AutoBackbone.from_pretrained(oracle / "backbone", out_indices=ALL_STAGES).train()
-    expected = _expected(oracle, "backbone")
-    sum(fmap.pow(2).mean() for fmap in ours(expected["pixels.0"]).feature_maps).backward()
-    grads = {name: p.grad for name, p in ours.named_parameters()}
-    reference = {key.removeprefix("grad."): value for key, value in expected.items() if key.startswith("grad.")}
-    assert sorted(reference) == sorted(grads)
-    for name, grad in reference.items():
-        assert_close_maps([grads[name]], [grad], atol=1e-4)
-
-
-@pytest.mark.oracle
-def test_task_checkpoint_parity(oracle: Path) -> None:
-    ours, report = AutoBackbone.from_pretrained(oracle / "classifier", out_indices=[1, 2, 3], output_loading_info=True)
-    assert report.prefix == "'nat.' removed"
-    assert report.missing_keys == [
-        f"hidden_states_norms.stage{i}.{kind}" for i in (1, 2, 3) for kind in ("bias", "weight")
-    ]
-    assert report.unused_keys == ["classifier.bias", "classifier.weight", "nat.layernorm.bias", "nat.layernorm.weight"]
-    # The layer scales of the checkpoint are loaded, not re-initialised.
-    state = load_file(oracle / "classifier" / "model.safetensors")
-    scales = ours.encoder.levels[0].layers[1].layer_scale_parameters
-    assert torch.equal(scales, state["nat.encoder.levels.0.layers.1.layer_scale_parameters"])
+    attention_shapes = ((2, 2, 16, 16, 25), (2, 2, 8, 8, 25), (2, 4, 5, 5, 25))
+    task_case = "classifier"
+    task_out_indices = (1, 2, 3)
     # The reference holds the same trunk with its own norms at their initial values, as transformers does.
-    info = json.loads((oracle / "classifier" / "info.json").read_text())["trunk"]
-    assert info["missing_keys"] == report.missing_keys
-    assert info["unexpected_keys"] == ["layernorm.bias", "layernorm.weight"]
-    expected = _expected(oracle, "classifier")
-    with torch.no_grad():
-        maps = ours(expected["pixels.0"]).feature_maps
-    assert assert_close_maps(maps, _maps(expected, 0), atol=1e-4) < 1e-4
+    task_missing_keys = NORM_KEYS
+    task_unused_keys = ("classifier.bias", "classifier.weight", "nat.layernorm.bias", "nat.layernorm.weight")
+    task_prefix = "'nat.' removed"
+    task_trunk_unexpected_keys = ("layernorm.bias", "layernorm.weight")
+    round_trip_case = "saved_by_us"
 
+    def record(self, directory: Path) -> Path:
+        """Every oracle case of this module, run in one subprocess."""
+        ours = randomize_weights_(NatBackbone(NatConfig(out_indices=[0, 2, 3], **SMALL)), seed=11).eval()
+        ours.save_pretrained(directory / "ours")
+        cases = [
+            {
+                "name": "backbone",
+                "class": "NatBackbone",
+                "config": {**SMALL, "out_indices": ALL_STAGES},
+                "seed": 3,
+                "inputs": INPUTS,
+                "hidden_states": True,
+                "attentions": True,
+                "gradients": True,
+            },
+            {
+                "name": "classifier",
+                "class": "NatForImageClassification",
+                "config": CLASSIFIER,
+                "seed": 4,
+                "inputs": [[2, 48, 40, 5]],
+                "backbone_out_indices": [1, 2, 3],
+            },
+            {
+                "name": "saved_by_us",
+                "class": "NatBackbone",
+                "load": str(directory / "ours"),
+                "inputs": [[2, 44, 60, 6]],
+            },
+        ]
+        return run_oracle(cases, directory)
 
-@pytest.mark.oracle
-def test_saved_checkpoint_loads_into_transformers(oracle: Path) -> None:
-    info = json.loads((oracle / "saved_by_us" / "info.json").read_text())["loading"]
-    assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
-    config = json.loads((oracle / "ours" / "config.json").read_text())
-    assert config["architectures"] == ["NatBackbone"] and config["model_type"] == "nat"
-    assert (config["hidden_size"], config["num_layers"]) == (64, 3)
-    ours = AutoBackbone.from_pretrained(oracle / "ours")
-    expected = _expected(oracle, "saved_by_us")
-    with torch.no_grad():
-        assert_close_maps(ours(expected["pixels.0"]).feature_maps, _maps(expected, 0), atol=1e-4)
+    def test_task_checkpoint_layer_scales_are_loaded(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        # The layer scales of the checkpoint are loaded, not re-initialised.
+        directory = self.recording(tmp_path_factory) / "classifier"
+        ours = AutoBackbone.from_pretrained(directory, out_indices=[1, 2, 3])
+        state = load_file(directory / "model.safetensors")
+        scales = ours.encoder.levels[0].layers[1].layer_scale_parameters
+        assert torch.equal(scales, state["nat.encoder.levels.0.layers.1.layer_scale_parameters"])
 
+    def test_saved_config_has_transformers_fields(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        config = json.loads((self.recording(tmp_path_factory) / "ours" / "config.json").read_text())
+        assert (config["hidden_size"], config["num_layers"]) == (64, 3)
 
-@pytest.mark.oracle
-def test_transformers_config_json_round_trips(oracle: Path) -> None:
-    saved = json.loads((oracle / "classifier" / "config.json").read_text())
-    config = NatConfig.from_dict(saved)
-    assert config.layer_scale_init_value == 0.5 and config.kernel_size == 3
-    assert config.out_features == ["stage3"]
-    written = config.to_dict()
-    assert {key: value for key, value in written.items() if key in saved} == saved  # extras and derived values kept
+    def test_transformers_config_json_round_trips(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        saved = json.loads((self.recording(tmp_path_factory) / "classifier" / "config.json").read_text())
+        config = NatConfig.from_dict(saved)
+        assert config.layer_scale_init_value == 0.5 and config.kernel_size == 3
+        assert config.out_features == ["stage3"]
+        written = config.to_dict()
+        # Extras and derived values kept.
+        assert {key: value for key, value in written.items() if key in saved} == saved
 
 
 # -- model behaviour ------------------------------------------------------------------------------
@@ -212,12 +145,7 @@ def test_drop_path_schedule_and_training_only() -> None:
     assert rates == torch.linspace(0, 0.5, 5).tolist()
     assert rates[-1] == 0.5 and rates[0] == 0.0
     pixels = torch.randn(2, 3, 32, 32)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        first, second = (model.train()(pixels).feature_maps[0] for _ in range(2))
-        third, fourth = (model.eval()(pixels).feature_maps[0] for _ in range(2))
-    assert not torch.equal(first, second)
-    assert torch.equal(third, fourth)
+    testing.assert_random_only_in_training(model, pixels)
 
 
 def test_layer_scale_parameters_follow_the_config() -> None:

@@ -565,14 +565,16 @@ def test_bad_out_indices_list_the_stage_names() -> None:
 
 
 def test_missing_backbone_and_reserved_arguments_are_explained() -> None:
-    with pytest.raises(ConfigError, match=r"backbone is required: set it to a timm model name"):
-        TimmBackboneConfig()
+    with pytest.raises(ConfigError, match=r"TimmBackboneConfig.backbone is not set, .*: set it to a timm model name"):
+        TimmBackbone(TimmBackboneConfig())  # the config alone constructs, as in transformers
     with pytest.raises(
         ConfigError, match=r"\['pretrained'\] cannot be passed to timm.create_model .*use_pretrained_backbone"
     ):
         TimmBackboneConfig(backbone="resnet18", pretrained=True)
+    # A key the model does not take is kept but not passed (test_timm_config_compat.py); named in
+    # backbone_kwargs it is passed, and timm's refusal is explained.
     with pytest.raises(ConfigError, match=r"unexpected keyword argument 'depthz'.*remove or rename"):
-        TimmBackboneConfig(backbone="resnet18", depthz=3)
+        TimmBackboneConfig(backbone="resnet18", backbone_kwargs={"depthz": 3})
     with pytest.raises(ConfigError, match=r"in_chans=1 and num_channels=3 disagree"):
         TimmBackboneConfig(backbone="resnet18", in_chans=1, num_channels=3)
     with pytest.raises(ConfigError, match=r"extra field act_layer=.* is not a JSON value"):

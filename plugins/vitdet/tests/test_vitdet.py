@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from backbones import AutoBackbone, ConfigError
-from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones import AutoBackbone, testing
+from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, assert_parity
 from backbones_vitdet import VitDetBackbone, VitDetConfig
-from backbones_vitdet._model import _relative_table
+from backbones_vitdet.blocks import _relative_table
 
 # A 4x4 fine-tuning grid, a 3x3 pre-training grid (so the absolute table is resampled at every size),
 # windowed, global and residual-block layers, relative positions.
@@ -55,6 +55,8 @@ class TestVitDetConformance(BackboneConformance):
     # The patch projection is a stride-p convolution without padding, and windows pad and crop back:
     # a map is size // p wide.
     spatial_rounding = "floor"
+    channel_error_name = "ViTDet"
+    bad_config_value = ("num_hidden_layers", 1, r"residual_block_indices \[1\] are not layers")
 
     def make_config(self, **overrides: Any) -> VitDetConfig:
         return VitDetConfig(**TINY, **overrides)
@@ -74,30 +76,9 @@ class TestVitDetGlobalConformance(TestVitDetConformance):
 
 # -- parity with transformers -----------------------------------------------------------------------
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "window-2-relpos-residual": {},
-    # 3x3 windows never tile the 4x4 grid: every windowed layer pads, at the training size too.
-    "window-3-padded-pretrain-32": {"window_size": 3, "window_block_indices": [1, 2], "pretrain_image_size": 32},
-    "global-no-positions-relu-no-qkv-bias": {
-        "window_block_indices": [],
-        "use_relative_position_embeddings": False,
-        "use_absolute_position_embeddings": False,
-        "hidden_act": "relu",
-        "qkv_bias": False,
-    },
-}
-
-
-def pixels(height: int = 40, width: int = 56, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
-
-
-def oracle_config(variant: str, **extra: Any) -> transformers.VitDetConfig:
-    return transformers.VitDetConfig(**{**SMALL, **VARIANTS[variant]}, out_indices=ALL_STAGES, **extra)
-
 
 @contextlib.contextmanager
-def oracle_init_for(config: transformers.VitDetConfig, model_class: Any) -> Iterator[None]:
+def oracle_init_for(config: Any, model_class: Any) -> Iterator[None]:
     """Skip transformers' weight init for configs without absolute positions.
 
     transformers 5.23's _init_weights initialises embeddings.position_embeddings unconditionally and fails
@@ -114,66 +95,58 @@ def oracle_init_for(config: transformers.VitDetConfig, model_class: Any) -> Iter
         model_class._init_weights = original
 
 
-def load_oracle(directory: Path) -> tuple[transformers.VitDetBackbone, dict[str, Any]]:
-    # The concrete class, not transformers.AutoBackbone: in 5.23 AutoBackbone.from_pretrained(local_dir)
-    # asks the hub first and fails offline.
-    config = transformers.VitDetConfig.from_pretrained(directory)
-    with oracle_init_for(config, transformers.VitDetBackbone):
-        model, info = transformers.VitDetBackbone.from_pretrained(directory, output_loading_info=True)
-    return model.eval(), info
+class TestVitDetParity(TransformersParity):
+    backbone_class = VitDetBackbone
+    # A VitDetModel checkpoint: the same unprefixed keys as the backbone's, so every key is used.
+    reference_task_class = "VitDetModel"
+    config = SMALL
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "window-2-relpos-residual": {},
+        # 3x3 windows never tile the 4x4 grid: every windowed layer pads, at the training size too.
+        "window-3-padded-pretrain-32": {"window_size": 3, "window_block_indices": [1, 2], "pretrain_image_size": 32},
+        "global-no-positions-relu-no-qkv-bias": {
+            "window_block_indices": [],
+            "use_relative_position_embeddings": False,
+            "use_absolute_position_embeddings": False,
+            "hidden_act": "relu",
+            "qkv_bias": False,
+        },
+    }
+    input_sizes = (SIZES[1], SIZES[0], SIZES[2])
+    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0,))
+    hidden_state_count = 5
+    hidden_state_shapes = ((2, 32, 5, 7),) * 5
+    compare_attentions = True
+    task_variants = ("window-2-relpos-residual", "global-no-positions-relu-no-qkv-bias")
+    task_out_indices = (0, 2, 4)
+    task_options: ClassVar[dict[str, Any]] = {}
+    task_prefix = ""
+    round_trip_out_indices = (0, 2, 4)
+
+    def build_reference(self, model_class: str, config: Any) -> Any:
+        model_type = getattr(transformers, model_class)
+        with oracle_init_for(config, model_type):
+            return model_type(config)
+
+    def load_reference_checkpoint(self, directory: Path, missing: Iterable[str]) -> Any:
+        config = transformers.VitDetConfig.from_pretrained(directory)
+        with oracle_init_for(config, transformers.VitDetBackbone):
+            return testing.load_reference("VitDetBackbone", directory, missing)
+
+    @pytest.mark.parametrize("variant", ["window-2-relpos-residual", "global-no-positions-relu-no-qkv-bias"])
+    def test_base_model_output_is_the_last_map(self, tmp_path: Path, variant: str) -> None:
+        base = self.reference_model("VitDetModel", variant)
+        base.save_pretrained(tmp_path)
+        model = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 2, 4])
+        for size in [(32, 32), (40, 56)]:
+            inputs = self.pixels(size)
+            with torch.no_grad():
+                last = base(inputs).last_hidden_state
+                assert_parity(model(inputs).feature_maps[-1:], [last])
 
 
-def oracle_outputs(oracle: Any, inputs: torch.Tensor, out_indices: list[int], **options: bool) -> Any:
-    oracle.out_indices = out_indices
-    with torch.no_grad():
-        return oracle(inputs, **options)
-
-
-def random_oracle(config: transformers.VitDetConfig, model_class: Any = transformers.VitDetBackbone) -> Any:
-    with oracle_init_for(config, model_class):
-        model = model_class(config)
-    return randomize_weights_(model).eval()
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def oracle_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    """A transformers VitDetBackbone with every weight randomised, and its checkpoint."""
-    oracle = random_oracle(oracle_config(request.param))
-    directory = tmp_path_factory.mktemp(request.param)
-    oracle.save_pretrained(directory)
-    return directory, oracle
-
-
-@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size[0]}x{size[1]}")
-@pytest.mark.parametrize("out_indices", [ALL_STAGES, [-1], [1, 3], [0]], ids=str)
-def test_backbone_checkpoint_matches_transformers(
-    oracle_checkpoint: tuple[Path, Any], out_indices: list[int], size: tuple[int, int]
-) -> None:
-    directory, oracle = oracle_checkpoint
-    model, report = AutoBackbone.from_pretrained(directory, out_indices=out_indices, output_loading_info=True)
-    assert isinstance(model, VitDetBackbone)
-    assert report.clean, str(report)
-    inputs = pixels(*size)
-    with torch.no_grad():
-        ours = model(inputs).feature_maps
-    reference = oracle_outputs(oracle, inputs, out_indices).feature_maps
-    assert len(ours) == len(out_indices)
-    assert_close_maps(ours, reference, atol=1e-4)
-    assert model.channels == oracle.channels
-
-
-def test_hidden_states_and_attentions_match_transformers(oracle_checkpoint: tuple[Path, Any]) -> None:
-    directory, oracle = oracle_checkpoint
-    model = AutoBackbone.from_pretrained(directory, out_indices=[-1])
-    inputs = pixels()
-    with torch.no_grad():
-        ours = model(inputs, output_hidden_states=True, output_attentions=True)
-    reference = oracle_outputs(oracle, inputs, [-1], output_hidden_states=True, output_attentions=True)
-    assert len(ours.hidden_states) == len(reference.hidden_states) == 5
-    assert tuple(ours.hidden_states[0].shape) == (2, 32, 5, 7)
-    assert_close_maps(ours.hidden_states, reference.hidden_states, atol=1e-4)
-    assert len(ours.attentions) == len(reference.attentions) == 4
-    assert_close_maps(ours.attentions, reference.attentions, atol=1e-5)
+def pixels(height: int = 40, width: int = 56, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
 
 
 def test_windowed_attention_weights_have_transformers_shape() -> None:
@@ -184,30 +157,9 @@ def test_windowed_attention_weights_have_transformers_shape() -> None:
     assert [tuple(weights.shape) for weights in attentions] == [(24, 2, 4, 4), (2, 2, 35, 35)] * 2
 
 
-@pytest.mark.parametrize("size", [(32, 32), (40, 56)], ids=lambda size: f"{size[0]}x{size[1]}")
-@pytest.mark.parametrize("variant", ["window-2-relpos-residual", "global-no-positions-relu-no-qkv-bias"])
-def test_base_model_checkpoint_loads(tmp_path: Path, variant: str, size: tuple[int, int]) -> None:
-    """A VitDetModel checkpoint: the same unprefixed keys as the backbone's, so every key is used."""
-    config = oracle_config(variant)
-    base = random_oracle(config, transformers.VitDetModel)
-    base.save_pretrained(tmp_path)
-    model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 2, 4], output_loading_info=True)
-    assert report.missing_keys == [] and report.unused_keys == [] and report.prefix == ""
-    oracle = random_oracle(config)
-    oracle.load_state_dict(base.state_dict(), strict=True)
-    inputs = pixels(*size)
-    with torch.no_grad():
-        ours = model(inputs).feature_maps
-    assert_close_maps(ours, oracle_outputs(oracle, inputs, [0, 2, 4]).feature_maps, atol=1e-4)
-    # The base model's own output is the last stage's map.
-    with torch.no_grad():
-        last = base(inputs).last_hidden_state
-    assert_close_maps(ours[-1:], [last], atol=1e-4)
-
-
 def test_prefixed_trunk_checkpoint_loads(tmp_path: Path) -> None:
     """Keys under transformers' base_model_prefix ('vitdet.', as a task model would nest the trunk) are matched."""
-    model = randomize_weights_(AutoBackbone.from_config(VitDetConfig(**SMALL))).eval()
+    model = testing.randomize_weights_(AutoBackbone.from_config(VitDetConfig(**SMALL))).eval()
     model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     save_file({f"vitdet.{key}": value for key, value in state.items()}, tmp_path / "model.safetensors")
@@ -216,20 +168,6 @@ def test_prefixed_trunk_checkpoint_loads(tmp_path: Path) -> None:
     assert report.prefix == "'vitdet.' removed"
     with torch.no_grad():
         assert_close_maps(loaded(pixels()).feature_maps, model(pixels()).feature_maps, atol=0.0)
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) -> None:
-    config = VitDetConfig(**{**SMALL, **VARIANTS[variant]}, out_indices=[0, 2, 4])
-    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
-    model.save_pretrained(tmp_path)
-    oracle, info = load_oracle(tmp_path)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    assert oracle.out_indices == [0, 2, 4]
-    for size in SIZES:
-        inputs = pixels(*size)
-        with torch.no_grad():
-            assert_close_maps(model(inputs).feature_maps, oracle(inputs).feature_maps, atol=1e-4)
 
 
 # -- behaviour --------------------------------------------------------------------------------------
@@ -263,23 +201,13 @@ def test_fresh_weights_follow_transformers_init() -> None:
 
 
 def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
-    model = randomize_weights_(AutoBackbone.from_config(VitDetConfig(**SMALL)))
+    model = testing.randomize_weights_(AutoBackbone.from_config(VitDetConfig(**SMALL)))
     model.save_pretrained(tmp_path)
-    state = load_file(tmp_path / "model.safetensors")
-    del state["encoder.layer.3.residual.conv1.weight"]
-    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    testing.edit_checkpoint(tmp_path, tmp_path, lambda state: state.pop("encoder.layer.3.residual.conv1.weight"))
     loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
     assert report.missing_keys == ["encoder.layer.3.residual.conv1.weight"]
     weight = loaded.encoder.layer[3].residual.conv1.weight  # 16 x 32 x 1 x 1, Kaiming fan-out
     assert weight.std().item() == pytest.approx(math.sqrt(2 / 16), rel=0.2)
-
-
-def test_wrong_channel_count_is_explained() -> None:
-    model = AutoBackbone.from_config(VitDetConfig(**TINY))
-    with pytest.raises(
-        ValueError, match=r"pixel_values has 4 channels but this ViTDet expects 3 \(config.num_channels\)"
-    ):
-        model(torch.zeros(1, 4, 32, 32))
 
 
 @pytest.mark.slow
@@ -346,13 +274,3 @@ def test_patches_must_be_square() -> None:
 def test_unknown_activation_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'"):
         VitDetConfig(hidden_act="swishy")
-
-
-def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
-    VitDetConfig(**TINY).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    path.write_text(path.read_text().replace('"num_hidden_layers": 3', '"num_hidden_layers": 1'))
-    with pytest.raises(
-        ConfigError, match=r"invalid backbone config in .*config.json: .*residual_block_indices \[1\] are not layers"
-    ):
-        AutoBackbone.from_pretrained(tmp_path)

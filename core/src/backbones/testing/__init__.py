@@ -11,9 +11,38 @@ a small config::
         def make_config(self, **overrides):
             return SwinConfig(embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=2, **overrides)
 
-pytest then runs every ``test_*`` method below against it. Also exported: :func:`randomize_weights_`
-(give every parameter and statistic a non-trivial value before saving a parity checkpoint) and
-:func:`assert_close_maps` (max-abs-diff comparison with a readable failure).
+pytest then runs every ``test_*`` method below against it.
+
+A plugin that mirrors a transformers architecture declares its parity tests the same way, with
+:class:`TransformersParity` (transformers is needed only by the test run, and imported only when a check
+runs)::
+
+    from backbones.testing import TransformersParity
+
+    class TestResNetParity(TransformersParity):
+        backbone_class = ResNetBackbone  # transformers' classes have the same names as ours here
+        reference_task_class = "ResNetForImageClassification"
+        config = {"embedding_size": 8, "hidden_sizes": [8, 16, 24, 32], "depths": [1, 2, 1, 1]}
+        variants = {"basic": {"layer_type": "basic"}, "bottleneck": {"layer_type": "bottleneck"}}
+        input_sizes = ((56, 40),)
+        out_indices = ((0, 1, 2, 3, 4), (2,), (-1,))
+        task_unused_keys = ("classifier.1.bias", "classifier.1.weight")
+
+pytest then checks, per variant, that our model loads transformers' (randomised) backbone checkpoint with the
+exact load report and the same maps for each selection, the same hidden states (and attentions), the trunk
+of a task checkpoint, and that transformers loads a checkpoint we save. Maps agree when
+``max|ours - reference| / max(1, max|reference|) <= 1e-4`` (:func:`assert_parity`).
+
+:class:`RecordedParity` does the same against outputs an oracle recorded in another environment (such as an
+older transformers release run in a subprocess).
+
+Also exported: :func:`randomize_weights_` (give every parameter and statistic a non-trivial value before
+saving a parity checkpoint), :func:`assert_close_maps` (max-abs-diff comparison with a readable failure),
+:func:`assert_parity`, :func:`reference_class` and :func:`load_reference` (a transformers class by name, a
+checkpoint loaded into one with a clean-load check), :func:`edit_checkpoint` (a saved checkpoint rewritten
+with keys added, changed or removed), :func:`assert_random_only_in_training` (dropout and stochastic depth
+act in training only), :func:`assert_maps_at_size` (a default-size model's maps, channels and reductions),
+:func:`feature_map_loss` and :func:`saved_activation_bytes`.
 """
 
 from __future__ import annotations
@@ -22,9 +51,10 @@ import copy
 import json
 import math
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,100 +62,43 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from .. import AutoBackbone, Backbone, BackboneConfig, BackboneOutput, get_registry
+from .. import AutoBackbone, Backbone, BackboneConfig, BackboneOutput, ConfigError, get_registry
+from ._parity import (
+    RecordedParity,
+    TransformersParity,
+    assert_parity,
+    edit_checkpoint,
+    load_reference,
+    reference_class,
+)
+from ._tensors import (
+    assert_close_maps,
+    assert_maps_at_size,
+    assert_random_only_in_training,
+    feature_map_loss,
+    randomize_weights_,
+    saved_activation_bytes,
+)
 
 __all__ = [
     "BackboneConformance",
+    "RecordedParity",
+    "TransformersParity",
     "assert_close_maps",
+    "assert_maps_at_size",
+    "assert_parity",
+    "assert_random_only_in_training",
+    "edit_checkpoint",
     "feature_map_loss",
+    "load_reference",
     "randomize_weights_",
+    "reference_class",
     "saved_activation_bytes",
 ]
-
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
-
-
-@torch.no_grad()
-def randomize_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every parameter and floating buffer a random, well-scaled value, in place.
-
-    Norm weights go to U(0.5, 1.5), BatchNorm running means to N(0, 0.1) and variances to U(0.5, 1.5),
-    vectors (biases, scales, tables of rank < 2) to N(0, 0.1), and matrices to N(0, 1/fan_in), so no
-    code path can hide behind a zero or identity initialisation and activations stay O(1).
-
-    Returns:
-        ``model``.
-    """
-    generator = torch.Generator().manual_seed(seed)
-
-    def fill(tensor: Tensor, kind: str) -> None:
-        shape, dtype = tensor.shape, tensor.dtype
-        if kind == "norm_weight":
-            value = torch.rand(shape, generator=generator) + 0.5
-        elif kind == "vector":
-            value = torch.randn(shape, generator=generator) * 0.1
-        else:
-            fan_in = max(1, tensor[0].numel())
-            value = torch.randn(shape, generator=generator) / math.sqrt(fan_in)
-        tensor.copy_(value.to(dtype))
-
-    for module in model.modules():
-        for name, parameter in module.named_parameters(recurse=False):
-            if isinstance(module, _NORMS) and name == "weight":
-                fill(parameter, "norm_weight")
-            elif parameter.dim() < 2:
-                fill(parameter, "vector")
-            else:
-                fill(parameter, "matrix")
-        for name, buffer in module.named_buffers(recurse=False):
-            if not buffer.is_floating_point():
-                continue
-            if name == "running_var":
-                fill(buffer, "norm_weight")
-            elif name == "running_mean":
-                fill(buffer, "vector")
-    return model
-
-
-def assert_close_maps(ours: Sequence[Tensor], reference: Sequence[Tensor], atol: float = 1e-4) -> float:
-    """Assert two sequences of feature maps have equal shapes and max abs difference ``<= atol``.
-
-    Returns:
-        The largest absolute difference found.
-    """
-    assert len(ours) == len(reference), f"{len(ours)} feature maps vs {len(reference)} in the reference"
-    worst = 0.0
-    for index, (mine, theirs) in enumerate(zip(ours, reference)):
-        assert tuple(mine.shape) == tuple(theirs.shape), (
-            f"map {index}: shape {tuple(mine.shape)} vs {tuple(theirs.shape)}"
-        )
-        diff = (mine.detach().double() - theirs.detach().double()).abs().max().item() if mine.numel() else 0.0
-        assert diff <= atol, f"map {index} (shape {tuple(mine.shape)}): max abs diff {diff:.3g} > {atol}"
-        worst = max(worst, diff)
-    return worst
-
-
-def feature_map_loss(feature_maps: Sequence[Tensor]) -> Tensor:
-    """The training loss of the kit's checks: the sum over feature maps of their mean square (fp32)."""
-    return sum((fmap.float().pow(2).mean() for fmap in feature_maps), torch.zeros((), device=feature_maps[0].device))
 
 
 def _labelled(name: str) -> Callable[[str], str]:
     return lambda message: f"{name}: {message}"
-
-
-def saved_activation_bytes(model: nn.Module, pixels: Tensor) -> int:
-    """Bytes of tensors autograd stores for backward during one forward (activations plus parameters)."""
-    total = 0
-
-    def pack(tensor: Tensor) -> Tensor:
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(pixels)
-    return total
 
 
 class BackboneConformance:
@@ -150,6 +123,12 @@ class BackboneConformance:
             is then an expected failure: the check must still fail (strict), so a limitation that
             stops being one is noticed. Modes: ``"gradient_checkpointing"``, ``"freeze_stages"``,
             ``"compile"``, ``"export"``, ``"onnx"``, ``"bf16"``, ``"channels_last"``, ``"distributed"``.
+        channel_error_name: How the model names itself in its error for images of the wrong channel count
+            (``pixel_values has 1 channels but this <name> expects 3 (config.num_channels)``); ``None``:
+            not checked.
+        bad_config_value: ``(field, value, message)``: a saved ``config.json`` with ``field`` set to
+            ``value`` must fail to load with a :class:`~backbones.ConfigError` naming the file and matching
+            ``message`` (a regular expression); ``None``: not checked.
     """
 
     model_type: ClassVar[str] = ""
@@ -162,6 +141,8 @@ class BackboneConformance:
     bf16_tolerance: ClassVar[float] = 0.05
     deployment_checks: ClassVar[bool] = True
     limitations: ClassVar[dict[str, str]] = {}
+    channel_error_name: ClassVar[str | None] = None
+    bad_config_value: ClassVar[tuple[str, Any, str] | None] = None
 
     _DEPLOYMENT_CHECKS: ClassVar[tuple[str, ...]] = (
         "test_export_with_dynamic_size",
@@ -171,9 +152,13 @@ class BackboneConformance:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # A variant that switches the slow checks off does not have them (rather than skipping them).
-        for name in cls._DEPLOYMENT_CHECKS:
-            if not cls.deployment_checks:
+        # A variant that switches the slow checks off does not have them (rather than skipping them); the
+        # same for a check whose declaration is missing.
+        wanted = {name: cls.deployment_checks for name in cls._DEPLOYMENT_CHECKS}
+        wanted["test_wrong_channel_count_is_explained"] = cls.channel_error_name is not None
+        wanted["test_bad_config_file_names_the_file_and_field"] = cls.bad_config_value is not None
+        for name, on in wanted.items():
+            if not on:
                 setattr(cls, name, None)
             elif getattr(cls, name) is None:
                 setattr(cls, name, getattr(BackboneConformance, name))
@@ -226,10 +211,23 @@ class BackboneConformance:
         assert issubclass(model_class, Backbone)
         assert model_class.config_class is type(config)
 
+    def test_bad_config_file_names_the_file_and_field(self, tmp_path: Path) -> None:
+        assert self.bad_config_value is not None
+        field, value, message = self.bad_config_value
+        self.make_config().save_pretrained(tmp_path)
+        path = tmp_path / "config.json"
+        data = json.loads(path.read_text())
+        assert field in data, f"{field} is not a field of the saved config"
+        data[field] = value
+        path.write_text(json.dumps(data))
+        with pytest.raises(ConfigError, match=rf"invalid backbone config in .*config\.json: .*{message}"):
+            AutoBackbone.from_pretrained(tmp_path)
+
     def test_default_selection_is_last_stage(self) -> None:
         config = self.make_config()
         assert config.out_features == [config.stage_names[-1]]
-        assert config.out_indices == [len(config.stage_names) - 1]
+        # [-1] is the timm wrapper's default, as transformers' TimmBackboneConfig's.
+        assert config.out_indices in ([len(config.stage_names) - 1], [-1])
 
     def test_config_round_trip(self, tmp_path: Path) -> None:
         config = self.make_config(out_indices=[1, -1])
@@ -324,6 +322,18 @@ class BackboneConformance:
             filtered = model.forward_with_filtered_kwargs(pixels, output_attentions=False, unknown_option=1)
         assert isinstance(filtered, BackboneOutput)
         assert len(filtered.feature_maps) == len(model.stage_names)
+
+    def test_wrong_channel_count_is_explained(self) -> None:
+        assert self.channel_error_name is not None
+        model = self.build()
+        channels = self.inputs().shape[1]
+        wrong = 1 if channels != 1 else 3
+        message = (
+            rf"pixel_values has {wrong} channels but this {re.escape(self.channel_error_name)} expects "
+            rf"{channels} \(config\.num_channels\)"
+        )
+        with pytest.raises(ValueError, match=message):
+            model(torch.zeros(1, wrong, *self.input_sizes[0]))
 
     def test_rejects_non_image_input(self) -> None:
         model = self.build()
@@ -545,7 +555,7 @@ class BackboneConformance:
             traced = torch.export.export(model, (self.inputs(),), dynamic_shapes={"pixel_values": dims})
             cache = (model, traced)
             type(self)._export_cache = cache  # type: ignore[attr-defined]
-        return cache  # type: ignore[no-any-return]
+        return cache
 
     def test_export_with_dynamic_size(self, request: pytest.FixtureRequest) -> None:
         self.expect_support(request, "export")

@@ -128,11 +128,6 @@ class BeitConfig(BackboneConfig):
                     "add_fpn=True needs the four stages that feed the pyramid: set fpn_indices (e.g. [3, 5, 7, 11] "
                     "for 12 layers), or build the config with four out_indices, as transformers requires"
                 )
-            if self.patch_size % 4:
-                raise ValueError(
-                    f"add_fpn=True needs a patch_size divisible by 4 (the first pyramid level upsamples 4x), "
-                    f"got patch_size={self.patch_size}"
-                )
             if not self.reshape_hidden_states:
                 raise ValueError(
                     "add_fpn=True needs reshape_hidden_states=True: the pyramid works on 2-D feature maps; "

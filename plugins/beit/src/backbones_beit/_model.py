@@ -18,7 +18,8 @@ so no stage pays for a transposing copy.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from fractions import Fraction
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer, drop_path
+from backbones.layers import CheckpointableLayer, drop_path, drop_path_rates
 
 from ._config import BeitConfig
 
@@ -36,8 +37,11 @@ __all__ = ["BeitBackbone"]
 _CACHED_SIZES = 8
 
 
-def _named(**children: nn.Module) -> nn.Module:
-    """A parameterless module that only groups ``children``, to reproduce the checkpoint's key paths."""
+def _named(**children: nn.Module) -> Any:
+    """A parameterless module that only groups ``children``, to reproduce the checkpoint's key paths.
+
+    Typed ``Any``: its attributes are the children named at run time, which a type checker cannot see.
+    """
     module = nn.Module()
     for name, child in children.items():
         module.add_module(name, child)
@@ -82,6 +86,8 @@ class _RelativePositionBias(nn.Module):
     ``H x W``. For another grid the offset part of the table is resampled bilinearly, as transformers does.
     """
 
+    grid_index: Tensor
+
     def __init__(self, config: BeitConfig) -> None:
         super().__init__()
         self.grid = config.patch_grid
@@ -94,7 +100,8 @@ class _RelativePositionBias(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
         self._bias_cache.clear()  # cached biases must follow .to() / .half() / .cuda()
-        return super()._apply(fn, recurse)
+        # torch leaves Module._apply unannotated (untyped_calls_exclude does not reach a super() call).
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
 
     def forward(self, height: int, width: int) -> Tensor:
         """The additive attention bias ``(1, heads, 1 + h*w, 1 + h*w)`` for an ``height x width`` patch grid."""
@@ -117,7 +124,7 @@ class _RelativePositionBias(nn.Module):
         return bias
 
     def _bias(self, height: int, width: int) -> Tensor:
-        table = self.relative_position_bias_table
+        table: Tensor = self.relative_position_bias_table
         # Bilinear resampling to the table's own size is the identity (every output sits exactly on an input
         # offset, weights 1 and 0), so eager reads the table as stored at the pre-training grid. While
         # compiling or exporting the sizes may be symbolic and comparing them would guard the graph to one
@@ -253,7 +260,7 @@ class _Layer(CheckpointableLayer):
     def forward(
         self, tokens: Tensor, shared_bias: Tensor | None, grid: tuple[int, int], need_weights: bool
     ) -> tuple[Tensor, Tensor | None]:
-        attention: _SelfAttention = self.attention.attention  # type: ignore[assignment]
+        attention: _SelfAttention = self.attention.attention
         bias = shared_bias
         if attention.relative_position_bias is not None:
             own = attention.relative_position_bias(*grid)
@@ -296,6 +303,18 @@ def _pyramid_level(level: int, width: int) -> nn.Module:
 _LEVEL_SCALES = ((1, 4), (1, 2), (1, 1), (2, 1))
 
 
+def _level_stride(patch: int, level: int) -> int:
+    """Stride of pyramid level ``level`` for ``patch``-pixel patches.
+
+    A level finer than one pixel per position (level 0 with ``patch_size=2``: 0.5) or between whole pixels
+    (``patch_size=6``: 1.5) has a fractional stride, returned as a float; core types strides as ints, which
+    every other backbone's are.
+    """
+    numerator, denominator = _LEVEL_SCALES[level]
+    stride = Fraction(patch * numerator, denominator)
+    return int(stride) if stride.denominator == 1 else cast(int, float(stride))
+
+
 class BeitBackbone(Backbone):
     """BEiT feature extractor with transformers-compatible checkpoints.
 
@@ -303,12 +322,14 @@ class BeitBackbone(Backbone):
     transformer layer); a stage's map is its patch tokens as a ``(batch, hidden_size, H / patch,
     W / patch)`` grid, exactly as transformers' ``BeitBackbone``. With ``add_fpn`` the four
     ``fpn_indices`` stages go through the pyramid neck (``fpn1``..``fpn4``) and their strides become
-    ``patch / 4``, ``patch / 2``, ``patch`` and ``2 * patch``. ``hidden_states`` are the token sequences
+    ``patch / 4``, ``patch / 2``, ``patch`` and ``2 * patch`` (any ``patch_size``, as transformers; a
+    fractional stride, 0.5 for ``patch_size=2``, is a float). ``hidden_states`` are the token sequences
     ``(batch, 1 + tokens, hidden_size)`` of the stem and every layer run; ``attentions`` the attention
     probabilities ``(batch, heads, 1 + tokens, 1 + tokens)`` of every layer run.
     """
 
     config_class = BeitConfig
+    config: BeitConfig
     base_model_prefix = "beit"  # trunk prefix of task checkpoints; transformers' BeitBackbone saves it without
     has_attentions = True
     # Saved by older transformers releases; recomputed from the grid here.
@@ -317,8 +338,7 @@ class BeitBackbone(Backbone):
 
     def __init__(self, config: BeitConfig) -> None:
         super().__init__(config)
-        layers = config.num_hidden_layers
-        rates = [config.drop_path_rate * index / max(layers - 1, 1) for index in range(layers)]
+        (rates,) = drop_path_rates(config.drop_path_rate, [config.num_hidden_layers])
         shared = _RelativePositionBias(config) if config.use_shared_relative_position_bias else None
         encoder = _named(layer=nn.ModuleList(_Layer(config, rate) for rate in rates))
         encoder.add_module("relative_position_bias", shared)
@@ -331,8 +351,7 @@ class BeitBackbone(Backbone):
         self._pyramid: dict[int, str] = {}
         for level, position in enumerate(config.fpn_positions):
             self.add_module(f"fpn{level + 1}", _pyramid_level(level, config.hidden_size))
-            numerator, denominator = _LEVEL_SCALES[level]
-            self.reductions[position] = patch * numerator // denominator
+            self.reductions[position] = _level_stride(patch, level)
             self._pyramid[position] = f"fpn{level + 1}"
         self.post_init()
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer
+from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path_rates
 
 from ._config import BitConfig, StagePlan
 
@@ -57,7 +57,8 @@ def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
         return pad
     if reach == 0:
         return 0
-    return torch.sym_max(pad, 0)
+    # Typed int | SymInt; a SymInt stands in for an int wherever sizes are symbolic, as the docstring says.
+    return torch.sym_max(pad, 0)  # type: ignore[return-value]
 
 
 def _pad_zeros(x: Tensor, left: int, right: int, top: int, bottom: int, *, before_max_pool: bool = False) -> Tensor:
@@ -305,13 +306,10 @@ class _Encoder(nn.Module):
 
     def __init__(self, config: BitConfig) -> None:
         super().__init__()
-        depths = config.depths
-        total = sum(depths)
-        rates = [config.drop_path_rate * block / max(total - 1, 1) for block in range(total)]
+        rates = drop_path_rates(config.drop_path_rate, config.depths)
         stages, in_channels = [], config.embedding_size
         for index, plan in enumerate(config.stage_plans):
-            first = sum(depths[:index])
-            stages.append(_Stage(config, in_channels, plan, rates[first : first + depths[index]]))
+            stages.append(_Stage(config, in_channels, plan, rates[index]))
             in_channels = plan.channels
         self.stages = nn.ModuleList(stages)
 
@@ -343,6 +341,7 @@ class BitBackbone(Backbone):
     """
 
     config_class = BitConfig
+    config: BitConfig
     # The trunk's prefix in every BiT checkpoint: BitBackbone and BitForImageClassification keys both start
     # with it, and BitModel checkpoints (without it) load too.
     base_model_prefix = "bit"
@@ -369,12 +368,7 @@ class BitBackbone(Backbone):
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        expected = self.config.num_channels
-        if pixel_values.shape[1] != expected:
-            raise ValueError(
-                f"pixel_values has {pixel_values.shape[1]} channels but this BiT expects {expected} "
-                "(config.num_channels); convert the images or load a model built for that many channels"
-            )
+        check_pixel_channels(pixel_values, self.config.num_channels, "BiT")
         hidden = self.bit.embedder(pixel_values)
         states = [hidden]
         # islice, not a slice: slicing a ModuleList builds a new module on every call.

@@ -1,6 +1,7 @@
 """ConvNeXt backbone for backbones. Public names are imported on first access (no torch at import).
 
-``ConvNextFamilyConfig`` and ``ConvNextBlock`` are the extension points backbones-convnextv2 builds on.
+Plugins that build on ConvNeXt (backbones-convnextv2, ...) use ``ConvNextFamilyConfig``, ``ConvNextBackbone``
+(its ``_make_block`` hook) and the public modules of :mod:`backbones_convnext.blocks`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ __all__ = ["ConvNextBackbone", "ConvNextBlock", "ConvNextConfig", "ConvNextFamil
 
 _EXPORTS = {
     "ConvNextBackbone": "._model",
-    "ConvNextBlock": "._model",
+    "ConvNextBlock": ".blocks",
     "ConvNextConfig": "._config",
     "ConvNextFamilyConfig": "._config",
 }
 
 if TYPE_CHECKING:
     from ._config import ConvNextConfig, ConvNextFamilyConfig
-    from ._model import ConvNextBackbone, ConvNextBlock
+    from ._model import ConvNextBackbone
+    from .blocks import ConvNextBlock
 
 
 def __getattr__(name: str) -> Any:

@@ -4,8 +4,8 @@ Autoencoders" (2023), https://arxiv.org/abs/2301.00808.
 ConvNeXt V2 changes only the block: Global Response Normalisation (GRN) follows the activation between
 the pointwise layers, and the per-channel layer scale is gone. Everything else (stem, downsampling,
 stages, output norms, pruning, initialisation) is backbones-convnext's :class:`ConvNextBackbone`; this
-module supplies the block through its ``_make_block`` hook and GRN through the block's ``_activate``
-hook.
+module supplies the block through its ``_make_block`` hook, and GRN through the ``_activate`` hook of the
+public :class:`backbones_convnext.blocks.ConvNextBlock`.
 
 Module attribute names reproduce transformers' ``ConvNextV2Backbone`` state dict, which is ConvNeXt's
 without ``layer_scale_parameter`` and with ``encoder.stages.S.layers.L.grn.{weight,bias}`` of shape
@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from backbones_convnext import ConvNextBackbone, ConvNextBlock
+from backbones_convnext import ConvNextBackbone
+from backbones_convnext.blocks import ConvNextBlock
 
 from ._config import ConvNextV2Config
 
@@ -89,6 +90,7 @@ class ConvNextV2Backbone(ConvNextBackbone):
     """
 
     config_class = ConvNextV2Config
+    config: ConvNextV2Config
     base_model_prefix = "convnextv2"  # prefix of the trunk in ConvNextV2ForImageClassification checkpoints
     reference_class_name = "ConvNextV2Backbone"
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from backbones import hookimpl
 
+if TYPE_CHECKING:
+    from backbones.hookspecs import Register
+
 # The plugin API this plugin was built for; core loads it only if it fits (see backbones.PLUGIN_API_VERSION).
-BACKBONES_PLUGIN_API = "1.0"
+BACKBONES_PLUGIN_API = "1.1"  # 1.1: image_processor
 
 
 @hookimpl
-def register_backbones(register):  # type: ignore[no-untyped-def]
+def register_backbones(register: Register) -> None:
     register(
         "convnextv2",
         config="backbones_convnextv2._config:ConvNextV2Config",
         model="backbones_convnextv2._model:ConvNextV2Backbone",
         description="ConvNeXt V2 (Co-designing and Scaling ConvNets with Masked Autoencoders, 2023)",
+        # The image_processor_type of its checkpoints, also used when their preprocessor_config.json names none.
+        image_processor="ConvNextImageProcessor",
     )

@@ -1,4 +1,7 @@
-"""DINOv2 backbone for backbones. Public names are imported on first access (no torch at import)."""
+"""DINOv2 backbone for backbones. Public names are imported on first access (no torch at import).
+
+Plugins that build on DINOv2 use the public modules of :mod:`backbones_dinov2.blocks` (semver-stable API).
+"""
 
 from __future__ import annotations
 

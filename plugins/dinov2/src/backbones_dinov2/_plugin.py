@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from backbones import hookimpl
 
+if TYPE_CHECKING:
+    from backbones.hookspecs import Register
+
 # The plugin API this plugin was built for; core loads it only if it fits (see backbones.PLUGIN_API_VERSION).
-BACKBONES_PLUGIN_API = "1.0"
+BACKBONES_PLUGIN_API = "1.1"  # 1.1: image_processor
 
 
 @hookimpl
-def register_backbones(register):  # type: ignore[no-untyped-def]
+def register_backbones(register: Register) -> None:
     register(
         "dinov2",
         config="backbones_dinov2._config:Dinov2Config",
         model="backbones_dinov2._model:Dinov2Backbone",
         description="DINOv2 (self-supervised plain vision transformer, 2023)",
+        # The image_processor_type of its checkpoints, also used when their preprocessor_config.json names none.
+        image_processor="BitImageProcessor",
     )

@@ -18,21 +18,32 @@ transposing copy; feature maps are returned as such views too.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, drop_path
+from backbones.layers import (
+    CheckpointableLayer,
+    check_pixel_channels,
+    drop_path,
+    drop_path_rates,
+    init_linear_and_norm_,
+)
 
 from ._config import FocalNetConfig
 
 __all__ = ["FocalNetBackbone"]
 
 
-def _group(**children: nn.Module) -> nn.Module:
-    """A parameterless module holding ``children``, only to reproduce the checkpoint's key paths."""
+def _group(**children: nn.Module) -> Any:
+    """A parameterless module holding ``children``, only to reproduce the checkpoint's key paths.
+
+    Typed ``Any``: its attributes are the children named at run time, which a type checker cannot see.
+    """
     holder = nn.Module()
     for name, child in children.items():
         holder.add_module(name, child)
@@ -261,6 +272,7 @@ class FocalNetBackbone(Backbone):
     """
 
     config_class = FocalNetConfig
+    config: FocalNetConfig
     base_model_prefix = "focalnet"  # FocalNetModel checkpoints lack it; backbone and task ones have it
     has_attentions = False
     reference_class_name = "FocalNetBackbone"
@@ -268,12 +280,8 @@ class FocalNetBackbone(Backbone):
     def __init__(self, config: FocalNetConfig) -> None:
         super().__init__(config)
         depths = config.depths
-        total = sum(depths)
-        rates = [config.drop_path_rate * block / max(total - 1, 1) for block in range(total)]
-        starts = [sum(depths[:index]) for index in range(len(depths))]
         stages = [
-            _Stage(config, index, rates[start : start + depth])
-            for index, (start, depth) in enumerate(zip(starts, depths))
+            _Stage(config, index, rates) for index, rates in enumerate(drop_path_rates(config.drop_path_rate, depths))
         ]
         self.focalnet = _group(embeddings=_Stem(config), encoder=_group(stages=nn.ModuleList(stages)))
         widths = config.stage_widths
@@ -284,26 +292,16 @@ class FocalNetBackbone(Backbone):
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module``'s own parameters as transformers' ``FocalNetPreTrainedModel`` does."""
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, _FocalBlock) and module.gamma_1 is not None and module.gamma_2 is not None:
+        if init_linear_and_norm_(module, self.config.initializer_range):
+            return
+        if isinstance(module, _FocalBlock) and module.gamma_1 is not None and module.gamma_2 is not None:
             nn.init.constant_(module.gamma_1, self.config.layerscale_value)
             nn.init.constant_(module.gamma_2, self.config.layerscale_value)
 
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        expected = self.config.num_channels
-        if pixel_values.shape[1] != expected:
-            raise ValueError(
-                f"pixel_values has {pixel_values.shape[1]} channels but this FocalNet expects {expected} "
-                "(config.num_channels); convert the images or load a model built for that many channels"
-            )
+        check_pixel_channels(pixel_values, self.config.num_channels, "FocalNet")
         wanted = set(self.out_positions)
         maps: list[Tensor | None] = [None] * len(self.stage_names)
         hidden_states: list[Tensor] = []

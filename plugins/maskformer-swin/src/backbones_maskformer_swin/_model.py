@@ -4,7 +4,7 @@ Paper: Cheng et al., "Per-Pixel Classification is Not All You Need for Semantic 
 2021), https://arxiv.org/abs/2107.06278; the backbone is Swin (Liu et al., 2021,
 https://arxiv.org/abs/2103.14030).
 
-The blocks, windows, padding and patch merging are Swin's, taken from backbones-swin: every stage pads
+The blocks, windows, padding and patch merging are Swin's public blocks (:mod:`backbones_swin.blocks`): every stage pads
 its map to whole windows (the window never shrinks, the shift never stops), as transformers'
 ``MaskFormerSwinLayer`` does. What differs is the backbone around them, as in transformers'
 ``MaskFormerSwinBackbone``:
@@ -18,25 +18,16 @@ its map to whole windows (the window never shrinks, the shift never stops), as t
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from backbones_swin import SwinBackbone
-from backbones_swin._model import _Embeddings, _Encoder, _SwinBlock, _SwinStage, _Trunk, _WindowSelfAttention
+from backbones_swin.blocks import SwinBlock
 
 from ._config import MaskFormerSwinConfig
 
 __all__ = ["MaskFormerSwinBackbone"]
-
-
-class _MaskFormerSwinBlock(_SwinBlock):
-    """A Swin block whose attention-output dropout is ``attention_probs_dropout_prob``, as in transformers."""
-
-    def _attention_output_dropout(self, config: MaskFormerSwinConfig) -> float:  # type: ignore[override]
-        return config.attention_probs_dropout_prob
-
-
-class _MaskFormerSwinStage(_SwinStage):
-    block_class = _MaskFormerSwinBlock
 
 
 class MaskFormerSwinBackbone(SwinBackbone):
@@ -45,9 +36,12 @@ class MaskFormerSwinBackbone(SwinBackbone):
     Stages are ``stem`` (the patch embeddings) and ``stage1..stageK``; a stage's feature map is its output
     before patch merging, passed through that stage's LayerNorm (``hidden_states_norms.<K - 1>``), as in
     transformers' ``MaskFormerSwinBackbone``. Unlike there, ``"stem"`` may be selected: its map is the
-    patch embeddings, with no norm (checkpoints have none for it). ``hidden_states`` are the stem and every
-    stage output before those norms, as ``(B, H * W, C)`` token sequences; ``attentions`` hold the last
-    block's attention probabilities of each stage.
+    patch embeddings, with no norm (checkpoints have none for it). ``hidden_states`` are nested as
+    transformers nests them: first the stem's ``(B, H * W, C)`` tokens, then per stage every block's input
+    and output in order (``2 * depth`` entries, each ``(B, H * W, C)``, before patch merging and the output
+    norm), stacked into one ``(2 * depth, B, H * W, C)`` tensor per stage: ``for tokens in
+    hidden_states[i]`` and ``hidden_states[i][-1]`` (the stage output) work as on transformers' tuples.
+    ``attentions`` hold the last block's attention probabilities of each stage.
 
     Args:
         config: The architecture and the output selection.
@@ -62,26 +56,26 @@ class MaskFormerSwinBackbone(SwinBackbone):
     base_model_prefix = "model"  # trunk prefix in MaskFormerSwinBackbone checkpoints; absent in MaskFormerSwinModel's
     ignored_checkpoint_keys = ()  # relative_position_index is a weight of this model
     reference_class_name = "MaskFormerSwinBackbone"
-    stage_class = _MaskFormerSwinStage
+    per_block_hidden_states = True
+    trunk_name = "model"
 
     config: MaskFormerSwinConfig
 
-    def __init__(self, config: MaskFormerSwinConfig) -> None:
-        super().__init__(config)
-        # transformers saves each window's relative-position index; so do we, so that files written here
-        # load into transformers' MaskFormerSwinBackbone without missing keys.
-        for module in self.modules():
-            if isinstance(module, _WindowSelfAttention):
-                module.register_buffer("relative_position_index", module.relative_position_index, persistent=True)
-
-    def _add_trunk(self, config: MaskFormerSwinConfig, stages: list[_SwinStage]) -> None:  # type: ignore[override]
-        self.model = _Trunk(config, stages)
-
-    def _embeddings(self) -> _Embeddings:
-        return self.model.embeddings
-
-    def _encoder(self) -> _Encoder:
-        return self.model.encoder
+    def _make_block(self, stage: int, depth: int, drop_path: float) -> SwinBlock:
+        """A Swin block whose attention-output dropout is ``attention_probs_dropout_prob`` and whose
+        ``relative_position_index`` is saved (transformers saves it: files written here then load into
+        transformers' MaskFormerSwinBackbone without missing keys)."""
+        config = self.config
+        return SwinBlock(
+            config.embed_dim * 2**stage,
+            config.num_heads[stage],
+            window_size=config.window_size,
+            shift=0 if depth % 2 == 0 else config.window_size // 2,
+            drop_path=drop_path,
+            attention_output_dropout=config.attention_probs_dropout_prob,
+            save_position_index=True,
+            **self._block_options(),
+        )
 
     def _add_output_norms(self) -> None:
         """One LayerNorm per stage after the stem, selected or not, in stage order (``hidden_states_norms.<i>``)."""
@@ -92,7 +86,7 @@ class MaskFormerSwinBackbone(SwinBackbone):
 
     def _stage_map(self, position: int, x: Tensor) -> Tensor:
         if position:
-            x = self.hidden_states_norms[position - 1](x)
+            x = cast("nn.ModuleList", self.hidden_states_norms)[position - 1](x)
         return x.permute(0, 3, 1, 2)
 
     def _hidden_state(self, x: Tensor) -> Tensor:
@@ -100,4 +94,4 @@ class MaskFormerSwinBackbone(SwinBackbone):
 
     def _prune_stages(self, last_stage: int) -> None:
         super()._prune_stages(last_stage)
-        del self.hidden_states_norms[last_stage:]
+        del cast("nn.ModuleList", self.hidden_states_norms)[last_stage:]

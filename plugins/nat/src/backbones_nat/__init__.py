@@ -1,4 +1,7 @@
-"""NAT backbone for backbones. Public names are imported on first access (no torch at import)."""
+"""NAT backbone for backbones. Public names are imported on first access (no torch at import).
+
+Plugins that build on NAT use the public modules of :mod:`backbones_nat.blocks` (semver-stable API).
+"""
 
 from __future__ import annotations
 

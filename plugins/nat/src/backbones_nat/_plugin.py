@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from backbones import hookimpl
+
+if TYPE_CHECKING:
+    from backbones.hookspecs import Register
 
 # The plugin API this plugin was built for; core loads it only if it fits (see backbones.PLUGIN_API_VERSION).
 BACKBONES_PLUGIN_API = "1.0"
 
 
 @hookimpl
-def register_backbones(register):  # type: ignore[no-untyped-def]
+def register_backbones(register: Register) -> None:
     register(
         "nat",
         config="backbones_nat._config:NatConfig",

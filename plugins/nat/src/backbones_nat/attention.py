@@ -202,7 +202,8 @@ def _padded_axis_tiles(length: int, kernel_size: int, dilation: int, tile: int, 
     axis, ``max(length, kernel_size * dilation)`` long; only real positions are queries, and key
     positions are those of the padded axis (``>= length`` for the padding).
     """
-    padded = torch.sym_max(length, kernel_size * dilation)
+    # Typed int | SymInt; a SymInt stands in for an int wherever sizes are symbolic.
+    padded: int = torch.sym_max(length, kernel_size * dilation)  # type: ignore[assignment]
     span = tile + kernel_size - 1
     # One spare tile (of padding slots), so that the count is at least 2: a count that may be 1 makes
     # the contiguity checks of the tables' views guard on it.

@@ -1,4 +1,7 @@
-"""ResNet backbone for backbones. Public names are imported on first access (no torch at import)."""
+"""ResNet backbone for backbones. Public names are imported on first access (no torch at import).
+
+Plugins that build on ResNet use the public modules of :mod:`backbones_resnet.blocks` (semver-stable API).
+"""
 
 from __future__ import annotations
 

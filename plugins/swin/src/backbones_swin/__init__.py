@@ -1,7 +1,8 @@
 """Swin Transformer backbone for backbones. Public names are imported on first access (no torch at import).
 
-``SwinFamilyConfig`` and the hooks listed in ``backbones_swin._model`` are the extension points
-backbones-swinv2 and backbones-maskformer-swin build on.
+Plugins that build on Swin (backbones-swinv2, backbones-maskformer-swin) use ``SwinFamilyConfig``,
+``SwinBackbone`` (its hooks are listed in its module docstring) and the public modules of
+:mod:`backbones_swin.blocks`.
 """
 
 from __future__ import annotations

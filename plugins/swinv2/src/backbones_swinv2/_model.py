@@ -4,7 +4,7 @@ Paper: Liu et al., "Swin Transformer V2: Scaling Up Capacity and Resolution" (20
 https://arxiv.org/abs/2111.09883.
 
 Swin V2 keeps Swin's stem, (shifted) windows, padding and staging, and changes four things, each
-supplied here through backbones-swin's extension hooks rather than a copy of its modules:
+supplied here by subclassing the public blocks of :mod:`backbones_swin.blocks` rather than copying them:
 
 * scaled cosine attention: scores are the cosine similarity of query and key, times a learned
   per-head temperature ``exp(logit_scale)`` clamped at 100; the key projection has no bias;
@@ -23,22 +23,20 @@ Module names are the checkpoint keys transformers writes for ``Swinv2Backbone``:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones_swin import SwinBackbone
-from backbones_swin._model import (
-    _MASKED,
-    _Embeddings,
-    _Encoder,
-    _merge_neighbours,
-    _SwinBlock,
-    _SwinStage,
-    _table,
-    _WindowAttention,
-    _WindowSelfAttention,
+from backbones_swin.blocks import (
+    SHIFT_MASK_VALUE,
+    PatchMerging,
+    SwinBlock,
+    WindowAttention,
+    WindowSelfAttention,
+    size_table,
 )
 
 from ._config import Swinv2Config
@@ -69,31 +67,31 @@ def _log_spaced_offsets(window: int, pretrained_window: int, device: torch.devic
     return (torch.sign(offsets) * torch.log2(offsets.abs() + 1.0) / math.log2(8)).view(-1, 2)
 
 
-class _CosineWindowSelfAttention(_WindowSelfAttention):
+class _CosineWindowSelfAttention(WindowSelfAttention):
     """Keys ``attention.self.*``: scaled cosine attention in windows with the continuous position bias.
 
     Runs as scaled-dot-product attention: the normalised query is multiplied by the clamped temperature,
     the key is normalised, and the bias (plus the shift mask) is the additive mask, with ``scale=1``.
 
     Args:
-        config: The architecture.
         dim: Channels of the tokens.
         num_heads: Attention heads.
-        window: Side of the windows.
+        window_size: Side of the windows.
         pretrained_window: The stage's pre-training window side, or ``0`` (see
             :attr:`Swinv2Config.pretrained_window_sizes`).
+        **options: The other keyword arguments of :class:`backbones_swin.blocks.WindowSelfAttention`.
     """
 
     key_bias = False
     softmax_scale = 1.0
     # transformers' Swinv2 adds the shift mask to the scores twice. The sum matters: next to cosine scores
     # scaled by up to 100, a single -100 does not always silence a token pair.
-    shift_mask_value = 2 * _MASKED
+    shift_mask_value = 2 * SHIFT_MASK_VALUE
 
     def __init__(
-        self, config: Swinv2Config, dim: int, num_heads: int, window: int | None = None, pretrained_window: int = 0
+        self, dim: int, num_heads: int, window_size: int, *, pretrained_window: int = 0, **options: Any
     ) -> None:
-        super().__init__(config, dim, num_heads, window)
+        super().__init__(dim, num_heads, window_size, **options)
         self.pretrained_window = pretrained_window
 
     def _add_bias_parameters(self, num_heads: int) -> None:
@@ -108,7 +106,7 @@ class _CosineWindowSelfAttention(_WindowSelfAttention):
     def _bias_table(self) -> Tensor:
         mlp = self.continuous_position_bias_mlp
         reference = mlp[0].weight
-        offsets = _table(_log_spaced_offsets, self.window_size, self.pretrained_window, reference.device)
+        offsets = size_table(_log_spaced_offsets, self.window_size, self.pretrained_window, reference.device)
         return _BIAS_RANGE * torch.sigmoid(mlp(offsets.to(reference.dtype)))
 
     def _qkv(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -118,23 +116,56 @@ class _CosineWindowSelfAttention(_WindowSelfAttention):
         return query, key, self._split_heads(self.value(tokens))
 
 
-class _CosineWindowAttention(_WindowAttention):
+class _CosineWindowAttention(WindowAttention):
     """Keys ``attention.*``: cosine self-attention (``self``) and the output projection."""
 
     self_attention_class = _CosineWindowSelfAttention
 
 
-class _PostNormBlock(_SwinBlock):
+class _PostNormBlock(SwinBlock):
     """A Swin V2 block: ``x + drop_path(norm(attention(x)))``, then ``x + drop_path(norm(mlp(x)))``.
 
     ``layernorm_before`` / ``layernorm_after`` keep transformers' names although they now follow the
-    attention and the MLP. The attention sees the un-normalised map (zero-padded to whole windows).
+    attention and the MLP. The attention sees the un-normalised map (zero-padded to whole windows); its
+    output dropout is ``attention_probs_dropout_prob``, as in transformers.
+
+    Args:
+        config: The architecture.
+        dim: Channels.
+        num_heads: Attention heads.
+        shift: Cyclic shift of the window grid (0 for regular windows).
+        drop_path: Stochastic-depth rate (training only).
+        window: Side of the windows (default ``config.window_size``).
+        pretrained_window: The stage's pre-training window side, or ``0``.
     """
 
     attention_class = _CosineWindowAttention
 
-    def _attention_output_dropout(self, config: Swinv2Config) -> float:  # type: ignore[override]
-        return config.attention_probs_dropout_prob
+    def __init__(
+        self,
+        config: Swinv2Config,
+        dim: int,
+        num_heads: int,
+        shift: int,
+        drop_path: float,
+        window: int | None = None,
+        pretrained_window: int = 0,
+    ) -> None:
+        super().__init__(
+            dim,
+            num_heads,
+            window_size=config.window_size if window is None else window,
+            shift=shift,
+            mlp_ratio=config.mlp_ratio,
+            qkv_bias=config.qkv_bias,
+            hidden_act=config.hidden_act,
+            layer_norm_eps=config.layer_norm_eps,
+            hidden_dropout=config.hidden_dropout_prob,
+            attention_dropout=config.attention_probs_dropout_prob,
+            attention_output_dropout=config.attention_probs_dropout_prob,
+            drop_path=drop_path,
+            pretrained_window=pretrained_window,
+        )
 
     def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         branch, weights = self._attend(x, need_weights)
@@ -142,39 +173,6 @@ class _PostNormBlock(_SwinBlock):
         x = x + self._drop_path(branch)
         branch = F.dropout(self.output(self.activation(self.intermediate(x))), self.dropout, self.training)
         return x + self._drop_path(self.layernorm_after(branch)), weights
-
-
-class _PostNormPatchMerging(nn.Module):
-    """Halves the resolution: 2x2 neighbourhoods concatenated (4C), projected to 2C, then normalised."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(2 * dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.reduction(_merge_neighbours(x)))
-
-
-class _Swinv2Stage(_SwinStage):
-    """A stage of post-norm blocks with the stage's window, shift and pre-training window."""
-
-    block_class = _PostNormBlock
-
-    def _make_block(self, config: Swinv2Config, index: int, depth: int, drop_path: float) -> _SwinBlock:  # type: ignore[override]
-        shift = config.stage_shift_sizes[index] if depth % 2 else 0
-        return self.block_class(
-            config,
-            config.embed_dim * 2**index,
-            config.num_heads[index],
-            shift,
-            drop_path,
-            window=config.stage_window_sizes[index],
-            pretrained_window=config.pretrained_window_sizes[index],
-        )
-
-    def _make_merging(self, dim: int) -> nn.Module:
-        return _PostNormPatchMerging(dim)
 
 
 class Swinv2Backbone(SwinBackbone):
@@ -200,20 +198,26 @@ class Swinv2Backbone(SwinBackbone):
     # Derived from the window sizes; some converted checkpoints hold them.
     ignored_checkpoint_keys = (r"relative_position_index$", r"relative_coords_table$")
     reference_class_name = "Swinv2Backbone"
-    stage_class = _Swinv2Stage
+    trunk_name = ""  # transformers' Swinv2Backbone holds the stem and the stages itself
 
     config: Swinv2Config
 
-    def _add_trunk(self, config: Swinv2Config, stages: list[_SwinStage]) -> None:  # type: ignore[override]
-        # No trunk module: transformers' Swinv2Backbone holds the stem and the stages itself.
-        self.embeddings = _Embeddings(config)
-        self.encoder = _Encoder(stages)
+    def _make_block(self, stage: int, depth: int, drop_path: float) -> SwinBlock:
+        """A post-norm block with the stage's window, shift and pre-training window."""
+        config = self.config
+        return _PostNormBlock(
+            config,
+            config.embed_dim * 2**stage,
+            config.num_heads[stage],
+            config.stage_shift_sizes[stage] if depth % 2 else 0,
+            drop_path,
+            window=config.stage_window_sizes[stage],
+            pretrained_window=config.pretrained_window_sizes[stage],
+        )
 
-    def _embeddings(self) -> _Embeddings:
-        return self.embeddings
-
-    def _encoder(self) -> _Encoder:
-        return self.encoder
+    def _make_merging(self, dim: int) -> nn.Module:
+        """Patch merging that normalises after its projection (2C channels)."""
+        return PatchMerging(dim, norm_after=True)
 
     def _add_output_norms(self) -> None:
         """Swin V2's backbone has no output norms: its blocks already end in a norm."""

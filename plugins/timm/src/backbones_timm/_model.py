@@ -27,7 +27,7 @@ from timm.models.mobilenetv3 import MobileNetV3Features
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from backbones import Backbone
+from backbones import Backbone, BackboneType
 
 from ._config import TimmBackboneConfig
 from ._timm import create_timm_model, feature_dicts, freeze_batch_norm_2d
@@ -71,13 +71,15 @@ class TimmBackbone(Backbone):
     config_class = TimmBackboneConfig
     has_attentions = False
     reference_class_name = "TimmBackbone"
+    backbone_type = BackboneType.TIMM
     config: TimmBackboneConfig
     _backbone: Any
     """The timm model (its feature extractor, or the whole model when ``features_only`` is false)."""
 
     def __init__(self, config: TimmBackboneConfig) -> None:
         super().__init__(config)
-        spec = config.feature_spec
+        spec = config.feature_spec  # raises ConfigError if backbone is not set
+        assert config.backbone is not None
         self._timm_initialised = False  # until post_init: timm has initialised its own weights
         self._backbone = create_timm_model(
             config.backbone,
@@ -420,4 +422,4 @@ def _parameter_group(owner: nn.Module, names: list[str]) -> _ParameterGroup:
     if group is None:
         group = _ParameterGroup(owner, names)
         owner.__dict__["_backbones_parameter_group"] = group
-    return group  # type: ignore[no-any-return]
+    return group

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,8 +28,25 @@ __all__ = [
     "describe_features",
     "feature_dicts",
     "freeze_batch_norm_2d",
+    "model_arguments",
     "weights_source",
 ]
+
+CREATE_MODEL_ARGUMENTS = frozenset(
+    {
+        # timm.create_model's documented parameters and keyword arguments (timm 1.0), that any model takes.
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "cache_dir",
+        "scriptable",
+        "exportable",
+        "no_jit",
+        "drop_rate",
+        "drop_path_rate",
+        "global_pool",
+    }
+)
+"""Config fields passed to ``timm.create_model`` whatever the model (see :func:`model_arguments`)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +134,26 @@ def _offline_hint(from_hub: bool) -> str:
     if constants.HF_HUB_OFFLINE:
         return " (HF_HUB_OFFLINE is set and it is not in the cache: fetch it once with network access)"
     return ""
+
+
+@lru_cache(maxsize=256)
+def model_arguments(backbone: str) -> frozenset[str]:
+    """The keyword arguments ``timm.create_model(backbone, ...)`` documents for this model. Cached.
+
+    They are :data:`CREATE_MODEL_ARGUMENTS` and the parameters of the model class's ``__init__`` (timm
+    documents each model's arguments there), read from a build on the meta device. A model that cannot
+    be built without arguments gets :data:`CREATE_MODEL_ARGUMENTS` only.
+    """
+    _check_name(backbone)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(backbone, pretrained=False)
+        parameters = inspect.signature(type(model).__init__).parameters.values()
+    except Exception:  # the real build (describe_features) reports what is wrong
+        return CREATE_MODEL_ARGUMENTS
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    own = {parameter.name for parameter in parameters if parameter.kind in named and parameter.name != "self"}
+    return CREATE_MODEL_ARGUMENTS | own
 
 
 @lru_cache(maxsize=256)

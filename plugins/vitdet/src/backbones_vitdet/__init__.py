@@ -1,4 +1,7 @@
-"""ViTDet backbone for backbones. Public names are imported on first access (no torch at import)."""
+"""ViTDet backbone for backbones. Public names are imported on first access (no torch at import).
+
+Plugins that build on ViTDet use the public modules of :mod:`backbones_vitdet.blocks` (semver-stable API).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,81 @@
+"""The processor families core implements: transformers' image-processor classes shared by many plugins.
+
+A family is a transformers class name (the ``image_processor_type`` a checkpoint's
+``preprocessor_config.json`` writes) and its class defaults, all run by one pipeline,
+:class:`backbones.ImageProcessor`. Which family a model type uses is not written here: each plugin
+declares it when it registers (``image_processor=...``), so a new architecture needs no core release.
+
+This module is light (no NumPy, no Pillow): the registry reads the family names to check what a plugin
+declares while ``backbones list`` runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["FAMILIES", "family_names_text"]
+
+NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING = range(6)
+
+HALF = (0.5, 0.5, 0.5)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "do_convert_rgb": False,
+    "do_resize": True,
+    "default_to_square": True,
+    "crop_pct": None,
+    "do_center_crop": False,
+    "crop_size": None,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+}
+
+# The class defaults of transformers' image processors (the PIL backend's are the same). A key missing
+# from preprocessor_config.json, or null there, takes these values.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "ViTImageProcessor": {
+        **_COMMON_DEFAULTS,
+        "size": {"height": 224, "width": 224},
+        "resample": BILINEAR,
+        "image_mean": HALF,
+        "image_std": HALF,
+    },
+    # ConvNeXt's crop_pct rule: the only family that reads crop_pct.
+    "ConvNextImageProcessor": {
+        **_COMMON_DEFAULTS,
+        "size": {"shortest_edge": 384},
+        "default_to_square": False,
+        "crop_pct": 224 / 256,
+        "resample": BICUBIC,
+        "image_mean": HALF,
+        "image_std": HALF,
+    },
+    "BitImageProcessor": {
+        **_COMMON_DEFAULTS,
+        "do_convert_rgb": True,
+        "size": {"shortest_edge": 224},
+        "default_to_square": False,
+        "do_center_crop": True,
+        "crop_size": {"height": 224, "width": 224},
+        "resample": BICUBIC,
+        "image_mean": OPENAI_CLIP_MEAN,
+        "image_std": OPENAI_CLIP_STD,
+    },
+    "BeitImageProcessor": {
+        **_COMMON_DEFAULTS,
+        "size": {"height": 224, "width": 224},
+        "crop_size": {"height": 224, "width": 224},
+        "resample": BICUBIC,
+        "image_mean": HALF,
+        "image_std": HALF,
+    },
+}
+
+
+def family_names_text() -> str:
+    """``"A, B, C and D"``: the family names, sorted, for error messages."""
+    names = sorted(FAMILIES)
+    return ", ".join(names[:-1]) + " and " + names[-1]
