@@ -1,0 +1,20 @@
+"""DINOv3 ViT backbone for backbones. Public names are imported on first access (no torch at import)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["Dinov3ViTBackbone", "Dinov3ViTConfig"]
+
+_EXPORTS = {"Dinov3ViTConfig": "._config", "Dinov3ViTBackbone": "._model"}
+
+if TYPE_CHECKING:
+    from ._config import Dinov3ViTConfig
+    from ._model import Dinov3ViTBackbone
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

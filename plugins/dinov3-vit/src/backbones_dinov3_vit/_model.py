@@ -1,0 +1,302 @@
+"""DINOv3 ViT backbone: a plain vision transformer with 2-D rotary positions, whose layers are the stages.
+
+Paper: Siméoni et al., "DINOv3" (2025), https://arxiv.org/abs/2508.10104.
+
+Module attribute names are the checkpoint's key names as transformers writes them to disk and the hub
+holds them (``embeddings.cls_token``, ``layer.N.attention.q_proj``, ``layer.N.mlp.gate_proj``,
+``norm``). transformers 5 moves the layers under ``model.`` in memory and back on save; a checkpoint
+written from its in-memory state dict (``model.layer.N...``) is accepted too.
+
+Layout: tokens stay ``(batch, prefix + height * width, channels)`` through every layer, the prefix being
+the class token and then the register tokens. Positions are not added to the tokens: every attention
+layer rotates the queries and keys of the patch tokens by angles proportional to their patch centre's
+coordinates (normalised to ``[-1, 1]`` per axis), half of each head's channels for the vertical axis and
+half for the horizontal one. The prefix tokens are not rotated. A feature map is the patch tokens after
+the final norm, returned as a ``(batch, channels, height, width)`` view (channels-last memory).
+
+The layer scale is backbones-dinov2's public block (same key, ``lambda1``). DINOv2's other blocks do not
+fit DINOv3's checkpoints: its attention keys are ``attention.attention.query`` (here ``attention.q_proj``)
+and its SwiGLU holds the gate and value projections in one ``weights_in`` (here ``gate_proj`` and
+``up_proj``, with a configurable activation and width).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones import Backbone
+from backbones.activations import make_activation
+from backbones.layers import CheckpointableLayer, drop_path
+from backbones_dinov2.blocks import LayerScale
+
+from ._config import Dinov3ViTConfig
+
+__all__ = ["Dinov3ViTBackbone"]
+
+Rotation = tuple[Tensor, Tensor]
+"""Cosines and sines of the rotary angles, each ``(prefix + height * width, head_width)``."""
+
+
+class _Embeddings(nn.Module):
+    """Stem (keys ``embeddings.*``): patch projection, then the class and register tokens in front.
+
+    No ``mask_token``: it only replaces masked patches in pre-training, which a backbone never does.
+    """
+
+    def __init__(self, config: Dinov3ViTConfig) -> None:
+        super().__init__()
+        width = config.hidden_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.register_tokens = nn.Parameter(torch.zeros(1, config.num_register_tokens, width))
+        self.patch_embeddings = nn.Conv2d(
+            config.num_channels, width, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, int, int]:
+        """Returns the tokens ``(batch, prefix + height * width, channels)`` and the patch grid's size."""
+        projection = self.patch_embeddings
+        if pixel_values.shape[1] != projection.in_channels:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[1]} channels but this DINOv3 ViT expects "
+                f"{projection.in_channels} (config.num_channels)"
+            )
+        patches = projection(pixel_values.to(projection.weight.dtype))
+        batch, _, height, width = patches.shape
+        prefix = torch.cat((self.cls_token, self.register_tokens), dim=1).expand(batch, -1, -1)
+        return torch.cat((prefix, patches.flatten(2).transpose(1, 2)), dim=1), height, width
+
+
+class _RotaryPositions(nn.Module):
+    """2-D rotary angles of a patch grid, with DINOv3's train-time coordinate augmentations.
+
+    Each head's channels form ``head_width / 2`` rotation pairs ``(i, i + head_width / 2)``: the first
+    quarter of the frequencies turns with the vertical coordinate, the second with the horizontal one.
+    Frequencies are ``rope_theta ** -(4k / head_width)``; an angle is ``2 pi * coordinate * frequency``.
+    Parameterless: the frequencies are recomputed in float32 on every call (a few flops), so casting the
+    model to another dtype or building it on the meta device leaves them exact.
+    """
+
+    def __init__(self, config: Dinov3ViTConfig) -> None:
+        super().__init__()
+        self.head_width = config.hidden_size // config.num_attention_heads
+        self.theta = config.rope_theta
+        self.num_prefix = config.num_prefix_tokens
+        self.shift = config.pos_embed_shift
+        self.jitter = config.pos_embed_jitter
+        self.rescale = config.pos_embed_rescale
+
+    def _augment(self, coords: Tensor) -> Tensor:
+        """Random shift, per-axis jitter and overall rescale of the coordinates (one draw per forward,
+        from torch's global generator: ``torch.manual_seed`` makes a training step reproducible)."""
+        if self.shift is not None:
+            coords = coords + torch.empty(1, 2, device=coords.device).uniform_(-self.shift, self.shift)
+        if self.jitter is not None:
+            bound = math.log(self.jitter)
+            coords = coords * torch.empty(1, 2, device=coords.device).uniform_(-bound, bound).exp()
+        if self.rescale is not None:
+            bound = math.log(self.rescale)
+            coords = coords * torch.empty(1, device=coords.device).uniform_(-bound, bound).exp()
+        return coords
+
+    def forward(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Rotation:
+        """Cosines and sines for the prefix tokens (angle 0) and a ``height x width`` grid of patches."""
+        rows = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+        cols = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+        grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)
+        coords = grid * 2.0 - 1.0  # patch centres in [-1, 1], (height * width, 2) as (y, x)
+        if self.training:
+            coords = self._augment(coords)
+        quarter = self.head_width // 4
+        exponents = torch.arange(quarter, device=device, dtype=torch.float32) * (4.0 / self.head_width)
+        frequencies = self.theta**-exponents
+        angles = (2 * math.pi) * coords[:, :, None] * frequencies  # (patches, 2, quarter)
+        angles = angles.flatten(1).repeat(1, 2)  # both members of a pair turn by the same angle
+        # Prefix tokens get angle 0 (cos 1, sin 0): the rotation leaves them exactly as they are, so one
+        # elementwise expression serves the whole sequence without splitting it in every layer.
+        cos = F.pad(angles.cos(), (0, 0, self.num_prefix, 0), value=1.0)
+        sin = F.pad(angles.sin(), (0, 0, self.num_prefix, 0), value=0.0)
+        return cos.to(dtype), sin.to(dtype)
+
+
+def _rotate(x: Tensor, rotation: Rotation) -> Tensor:
+    """Rotate each channel pair ``(i, i + half)`` of ``x`` (``(..., tokens, head_width)``) by its angle."""
+    cos, sin = rotation
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
+class _Attention(nn.Module):
+    """Multi-head self-attention with rotary queries and keys (keys ``attention.{q,k,v,o}_proj``)."""
+
+    def __init__(self, config: Dinov3ViTConfig) -> None:
+        super().__init__()
+        width = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(width, width, bias=config.query_bias)
+        self.k_proj = nn.Linear(width, width, bias=config.key_bias)
+        self.v_proj = nn.Linear(width, width, bias=config.value_bias)
+        self.o_proj = nn.Linear(width, width, bias=config.proj_bias)
+
+    def forward(self, tokens: Tensor, rotation: Rotation, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """Returns the projected context ``(batch, tokens, channels)`` and, if asked, the attention
+        probabilities ``(batch, heads, tokens, tokens)``."""
+        batch, length, width = tokens.shape
+        heads = (batch, length, self.num_heads, width // self.num_heads)
+        query = _rotate(self.q_proj(tokens).view(heads).transpose(1, 2), rotation)
+        key = _rotate(self.k_proj(tokens).view(heads).transpose(1, 2), rotation)
+        value = self.v_proj(tokens).view(heads).transpose(1, 2)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
+            weights = F.dropout(scores.softmax(dim=-1), dropout, self.training)
+            context = torch.matmul(weights, value)
+        else:
+            context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        return self.o_proj(context.transpose(1, 2).reshape(batch, length, width)), weights
+
+
+class _Mlp(nn.Module):
+    """Two-layer feed-forward network (keys ``mlp.up_proj``, ``mlp.down_proj``)."""
+
+    def __init__(self, config: Dinov3ViTConfig) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.act_fn = make_activation(config.hidden_act)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(x)))
+
+
+class _GatedMlp(nn.Module):
+    """Gated feed-forward network, ``down(act(gate(x)) * up(x))`` (keys ``mlp.{gate,up,down}_proj``)."""
+
+    def __init__(self, config: Dinov3ViTConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.act_fn = make_activation(config.hidden_act)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class _Layer(CheckpointableLayer):
+    """One pre-norm transformer layer with layer-scaled residual branches (keys ``layer.N.*``).
+
+    The unit of gradient checkpointing and of FSDP sharding."""
+
+    def __init__(self, config: Dinov3ViTConfig) -> None:
+        super().__init__()
+        width = config.hidden_size
+        self.norm1 = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.attention = _Attention(config)
+        self.layer_scale1 = LayerScale(width, config.layerscale_value)
+        self.norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.mlp = _GatedMlp(config) if config.use_gated_mlp else _Mlp(config)
+        self.layer_scale2 = LayerScale(width, config.layerscale_value)
+        self.drop_path = config.drop_path_rate  # the same rate in every layer, as transformers
+
+    def forward(self, x: Tensor, rotation: Rotation, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        context, weights = self.attention(self.norm1(x), rotation, need_weights)
+        x = x + drop_path(self.layer_scale1(context), self.drop_path, self.training)
+        branch = self.layer_scale2(self.mlp(self.norm2(x)))
+        return x + drop_path(branch, self.drop_path, self.training), weights
+
+
+class Dinov3ViTBackbone(Backbone):
+    """DINOv3 ViT feature extractor with transformers-compatible checkpoints.
+
+    Stages are ``stem`` (the embeddings) and ``stage1..stageN`` (the transformer layers), all of stride
+    ``patch_size``. A feature map is the stage's patch tokens (class and register tokens dropped) through
+    the final ``norm`` (always for the last stage; for the others if ``apply_layernorm``), as
+    ``(batch, hidden_size, height // patch_size, width // patch_size)`` (if ``reshape_hidden_states``),
+    exactly as transformers' ``DINOv3ViTBackbone``. ``hidden_states`` are the raw token sequences
+    ``(batch, prefix + tokens, hidden_size)`` of every stage; ``attentions`` hold each run layer's
+    attention probabilities.
+    """
+
+    config_class = Dinov3ViTConfig
+    config: Dinov3ViTConfig
+    has_attentions = True
+    reference_class_name = "DINOv3ViTBackbone"
+    # A checkpoint saved from transformers' in-memory state dict (not by save_pretrained) nests the layers.
+    checkpoint_key_renames = ((r"^model\.layer\.", "layer."),)
+
+    def __init__(self, config: Dinov3ViTConfig) -> None:
+        super().__init__(config)
+        self.embeddings = _Embeddings(config)
+        self.rope_embeddings = _RotaryPositions(config)
+        self.layer = nn.ModuleList(_Layer(config) for _ in range(config.num_hidden_layers))
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.num_prefix = config.num_prefix_tokens
+        stages = config.num_hidden_layers + 1
+        self.num_features = [config.hidden_size] * stages
+        self.reductions = [config.patch_size] * stages
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module``'s own parameters as transformers' ``DINOv3ViTPreTrainedModel`` does."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, _Embeddings):
+            nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            nn.init.trunc_normal_(module.register_tokens, mean=0.0, std=std)
+        elif isinstance(module, LayerScale):
+            nn.init.constant_(module.lambda1, self.config.layerscale_value)
+
+    def _feature_map(self, tokens: Tensor, position: int, height: int, width: int) -> Tensor:
+        if self.config.apply_layernorm or position == self.config.num_hidden_layers:
+            tokens = self.norm(tokens)
+        patches = tokens[:, self.num_prefix :]
+        if not self.config.reshape_hidden_states:
+            return patches
+        # Splitting the token axis of the prefix-free slice is a view: no copy.
+        return patches.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
+
+    def _forward_features(
+        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        wanted = set(self.out_positions)
+        maps: list[Tensor | None] = [None] * len(self.stage_names)
+        hidden_states: list[Tensor] = []
+        attentions: list[Tensor] = []
+        tokens, height, width = self.embeddings(pixel_values)
+        rotation = self.rope_embeddings(height, width, tokens.device, tokens.dtype)
+        for position in range(last_stage + 1):
+            if position:
+                tokens, weights = self.layer[position - 1](tokens, rotation, output_attentions)
+                if weights is not None:
+                    attentions.append(weights)
+            if position in wanted:
+                maps[position] = self._feature_map(tokens, position, height, width)
+            if output_hidden_states:
+                hidden_states.append(tokens)
+        return (
+            maps,
+            tuple(hidden_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """Stage 0 is the embeddings, stage ``p`` the transformer layer ``p - 1``; the final norm only
+        forms feature maps, so it belongs to no stage (and stays trainable)."""
+        if position == 0:
+            return [self.embeddings]
+        return [self.layer[position - 1]]
+
+    def _prune_stages(self, last_stage: int) -> None:
+        del self.layer[last_stage:]

@@ -1,0 +1,389 @@
+"""Tests of backbones-dinov3-vit: the conformance kit, parity with transformers, the rotary embeddings'
+train-time augmentations, config errors, and the real-size ViT-S/16 and ViT-7B/16 configs."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from backbones import AutoBackbone, ConfigError
+from backbones.testing import BackboneConformance, TransformersParity, assert_parity, randomize_weights_
+from backbones_dinov3_vit import Dinov3ViTBackbone, Dinov3ViTConfig
+
+# Patch 16 as every released DINOv3 ViT; 32-64 px inputs give 2x2 to 4x3 grids of patches. The training
+# augmentation of the rotary coordinates is switched off where the kit compares two training steps.
+TINY: dict[str, Any] = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "num_register_tokens": 2,
+    "image_size": 32,
+    "pos_embed_rescale": None,
+}
+SMALL: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_register_tokens": 4,
+    "image_size": 32,
+}
+AUGMENTED: dict[str, Any] = {"pos_embed_shift": 0.2, "pos_embed_jitter": 1.5, "pos_embed_rescale": 2.0}
+# The training size, a non-square size, and a size that is no multiple of 16 (the projection floors it).
+SIZES = ((32, 32), (64, 48), (40, 56))
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "backbones_dinov3_vit"
+
+
+def pixels(height: int = 64, width: int = 48, batch: int = 2, seed: int = 7) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+# -- conformance ------------------------------------------------------------------------------------
+
+
+class TestDinov3ViTConformance(BackboneConformance):
+    model_type = "dinov3_vit"
+    input_sizes = SIZES
+    # The patch projection is a stride-16 convolution without padding: a map is size // 16 wide.
+    spatial_rounding = "floor"
+
+    def make_config(self, **overrides: Any) -> Dinov3ViTConfig:
+        return Dinov3ViTConfig(**TINY, **overrides)
+
+
+class TestDinov3ViTGatedConformance(TestDinov3ViTConformance):
+    """Gated MLP, no registers (an empty register table), un-normalised intermediate maps."""
+
+    deployment_checks = False  # the same graph as above but for the MLP: the slow checks add nothing
+
+    def make_config(self, **overrides: Any) -> Dinov3ViTConfig:
+        options = {**TINY, "num_register_tokens": 0, "use_gated_mlp": True, "hidden_act": "silu"}
+        return Dinov3ViTConfig(**options, apply_layernorm=False, **overrides)
+
+
+# -- parity with transformers -----------------------------------------------------------------------
+
+
+class TestDinov3ViTParity(TransformersParity):
+    config_class = Dinov3ViTConfig
+    backbone_class = Dinov3ViTBackbone
+    reference_config_class = "DINOv3ViTConfig"
+    reference_backbone_class = "DINOv3ViTBackbone"
+    # DINOv3 has no classification model in transformers: its task checkpoint is the hub's DINOv3ViTModel.
+    reference_task_class = "DINOv3ViTModel"
+    config = SMALL
+    variants = {
+        # The first variant also trains (gradients): no coordinate augmentation, whose draws would differ.
+        "mlp": {"pos_embed_rescale": None},
+        "gated-silu-no-registers": {"use_gated_mlp": True, "hidden_act": "silu", "num_register_tokens": 0},
+        "augmented-no-layernorm-all-biases": {
+            **AUGMENTED,
+            "apply_layernorm": False,
+            "key_bias": True,
+            "query_bias": False,
+            "mlp_bias": False,
+        },
+    }
+    input_sizes = SIZES
+    out_indices = ((0, 1, 2, 3, 4), (1, 3), (2,), (-1,), (0,))
+    # The mask token only serves masked pre-training: the backbone never builds it.
+    backbone_unused_keys = ("embeddings.mask_token",)
+    backbone_prefix = ""  # the keys match as they are
+    hidden_state_count = 5
+    compare_attentions = True
+    task_variants = ("mlp", "gated-silu-no-registers")
+    task_out_indices = (0, 2, 4)
+    task_options: dict[str, Any] = {}
+    task_unused_keys = ("embeddings.mask_token",)
+    task_prefix = ""  # DINOv3ViTModel's files hold the trunk under no prefix
+    round_trip_out_indices = (0, 2, 4)
+    # transformers builds the mask token, which we never save; it initialises it.
+    round_trip_missing_keys = ("embeddings.mask_token",)
+    compare_gradients = True
+    # transformers nests the layers under ``model.`` in memory (its files hold our names).
+    key_renames = ((r"^layer\.", "model.layer."),)
+
+    def test_token_and_attention_shapes(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        """Hidden states are the raw token sequences (class token, 4 registers, then 4x3 patches at 64x48);
+        attentions span all of them."""
+        directory, _ = self.reference_checkpoint("mlp", tmp_path_factory)
+        model = AutoBackbone.from_pretrained(directory, out_indices=[1])
+        with torch.no_grad():
+            output = model(self.pixels((64, 48)), output_hidden_states=True, output_attentions=True)
+        assert [tuple(state.shape) for state in output.hidden_states] == [(2, 1 + 4 + 12, 32)] * 5
+        assert [tuple(weights.shape) for weights in output.attentions] == [(2, 4, 17, 17)] * 4
+
+    def test_maps_without_reshape_are_patch_tokens(self, tmp_path: Path) -> None:
+        """Without reshape_hidden_states a map is the normalised patch tokens, prefix tokens dropped."""
+        reference = self.reference_model(
+            self.reference_backbone_class, "mlp", reshape_hidden_states=False, out_indices=[0, 2, 4]
+        )
+        reference.save_pretrained(tmp_path)
+        model = AutoBackbone.from_pretrained(tmp_path)
+        assert model.config.reshape_hidden_states is False
+        for size in self.input_sizes:
+            inputs = self.pixels(size)
+            with torch.no_grad():
+                ours = model(inputs).feature_maps
+                assert_parity(ours, reference(inputs).feature_maps)
+            patches = (size[0] // 16) * (size[1] // 16)
+            assert [tuple(fmap.shape) for fmap in ours] == [(2, patches, 32)] * 3
+
+    def test_training_step_matches_under_a_seed(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        """With shift, jitter and rescale on, one seed gives both implementations the same coordinates."""
+        directory, reference = self.reference_checkpoint("augmented-no-layernorm-all-biases", tmp_path_factory)
+        model = AutoBackbone.from_pretrained(directory, out_indices=[0, 1, 2, 3, 4]).train()
+        inputs = self.pixels((64, 48))
+        reference.train()
+        try:
+            with torch.no_grad():
+                torch.manual_seed(3)
+                ours = model(inputs).feature_maps
+                torch.manual_seed(3)
+                theirs = reference(inputs).feature_maps
+                torch.manual_seed(4)
+                other_draw = model(inputs).feature_maps
+        finally:
+            reference.eval()
+        assert_parity(ours, theirs)
+        # Stage 0 (the embeddings) has no positions; every layer's output moves with the draw.
+        assert torch.equal(other_draw[0], ours[0])
+        assert (other_draw[-1] - ours[-1]).abs().max().item() > 1e-2
+
+
+def test_checkpoint_of_transformers_in_memory_names_loads(tmp_path: Path) -> None:
+    """A state dict saved as transformers holds it in memory (``model.layer.N``) loads like the hub's."""
+    config = transformers.DINOv3ViTConfig(**SMALL, out_indices=[4])
+    reference = randomize_weights_(transformers.DINOv3ViTBackbone(config)).eval()
+    state = {key: value.contiguous() for key, value in reference.state_dict().items()}
+    assert "model.layer.0.attention.q_proj.weight" in state
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    Dinov3ViTConfig(**SMALL, out_indices=[4]).save_pretrained(tmp_path)
+    model, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
+    assert report.missing_keys == [] and report.unused_keys == ["embeddings.mask_token"]
+    inputs = pixels()
+    with torch.no_grad():
+        assert_parity(model(inputs).feature_maps, reference(inputs).feature_maps)
+
+
+# -- rotary positions and their augmentations ------------------------------------------------------
+
+
+def test_augmentations_are_off_in_eval_mode() -> None:
+    model = AutoBackbone.from_config(Dinov3ViTConfig(**SMALL, **AUGMENTED)).eval()
+    plain = AutoBackbone.from_config(Dinov3ViTConfig(**SMALL, pos_embed_rescale=None)).eval()
+    plain.load_state_dict(model.state_dict())
+    inputs = pixels()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        first = model(inputs).feature_maps
+        torch.manual_seed(1)
+        second = model(inputs).feature_maps
+        reference = plain(inputs).feature_maps
+    assert torch.equal(first[0], second[0]) and torch.equal(first[0], reference[0])
+
+
+def test_augmentations_are_seeded_in_training() -> None:
+    model = randomize_weights_(AutoBackbone.from_config(Dinov3ViTConfig(**SMALL, **AUGMENTED))).train()
+    inputs = pixels()
+    with torch.no_grad():
+        torch.manual_seed(11)
+        first = model(inputs).feature_maps[0]
+        torch.manual_seed(11)
+        again = model(inputs).feature_maps[0]
+        torch.manual_seed(12)
+        other = model(inputs).feature_maps[0]
+    assert torch.equal(first, again)
+    assert (first - other).abs().max().item() > 1e-2
+
+
+def test_rotary_angles_of_the_patch_centres() -> None:
+    """Patch centres in [-1, 1]; frequencies theta ** (-4k / head_width); prefix tokens not rotated."""
+    rope = AutoBackbone.from_config(Dinov3ViTConfig(**SMALL)).eval().rope_embeddings
+    cos, sin = rope(2, 3, torch.device("cpu"), torch.float32)
+    assert tuple(cos.shape) == tuple(sin.shape) == (5 + 6, 8)
+    assert torch.equal(cos[:5], torch.ones(5, 8)) and torch.equal(sin[:5], torch.zeros(5, 8))
+    # Head width 8: frequencies 1 and 100 ** -0.5 per axis; the patch in row 1, column 2 sits at (0.5, 2/3).
+    y, x = 0.5, 2 / 3
+    angles = [2 * math.pi * coordinate * frequency for coordinate in (y, x) for frequency in (1.0, 0.1)]
+    expected = torch.tensor(angles * 2)
+    torch.testing.assert_close(cos[5 + 5], expected.cos())
+    torch.testing.assert_close(sin[5 + 5], expected.sin())
+
+
+def test_rotary_angles_stay_float32_in_a_bfloat16_model() -> None:
+    model = randomize_weights_(AutoBackbone.from_config(Dinov3ViTConfig(**SMALL))).eval()
+    low = AutoBackbone.from_config(Dinov3ViTConfig(**SMALL)).eval()
+    low.load_state_dict(model.state_dict())
+    low.to(torch.bfloat16)
+    cos, _ = low.rope_embeddings(4, 3, torch.device("cpu"), torch.float32)
+    reference, _ = model.rope_embeddings(4, 3, torch.device("cpu"), torch.float32)
+    assert torch.equal(cos, reference)
+    with torch.no_grad():
+        (fmap,) = low(pixels()).feature_maps
+    assert fmap.dtype == torch.bfloat16 and tuple(fmap.shape) == (2, 32, 4, 3)
+
+
+# -- behaviour --------------------------------------------------------------------------------------
+
+
+def test_fresh_weights_follow_transformers_init() -> None:
+    torch.manual_seed(0)
+    model = AutoBackbone.from_config(Dinov3ViTConfig(**SMALL, layerscale_value=1e-5))
+    layer = model.layer[2]
+    assert torch.equal(layer.layer_scale1.lambda1, torch.full((32,), 1e-5))
+    assert torch.equal(layer.norm2.weight, torch.ones(32)) and torch.equal(layer.norm2.bias, torch.zeros(32))
+    assert torch.equal(layer.attention.q_proj.bias, torch.zeros(32))
+    assert layer.attention.k_proj.bias is None
+    assert layer.mlp.up_proj.weight.std().item() == pytest.approx(0.02, rel=0.15)
+    assert model.embeddings.register_tokens.std().item() == pytest.approx(0.02, rel=0.3)
+
+
+def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
+    model = randomize_weights_(AutoBackbone.from_config(Dinov3ViTConfig(**SMALL)))
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["embeddings.register_tokens"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
+    assert report.missing_keys == ["embeddings.register_tokens"]
+    assert loaded.embeddings.register_tokens.std().item() == pytest.approx(0.02, rel=0.3)
+    assert torch.equal(loaded.embeddings.cls_token, model.embeddings.cls_token)
+
+
+def test_pruning_keeps_only_the_layers_that_run() -> None:
+    model = AutoBackbone.from_config(Dinov3ViTConfig(**SMALL, out_indices=[2]))
+    assert model.prune_unused_stages() == ["stage3", "stage4"]
+    assert len(model.layer) == 2
+    with torch.no_grad():
+        (fmap,) = model(pixels()).feature_maps
+    assert tuple(fmap.shape) == (2, 32, 4, 3)
+
+
+def test_wrong_channel_count_is_explained() -> None:
+    model = AutoBackbone.from_config(Dinov3ViTConfig(**TINY))
+    with pytest.raises(
+        ValueError, match=r"pixel_values has 1 channels but this DINOv3 ViT expects 3 \(config.num_channels\)"
+    ):
+        model(torch.zeros(1, 1, 32, 32))
+
+
+def test_imports_only_public_names_of_backbones_dinov2() -> None:
+    """The layer scale is backbones-dinov2's public block: no ``_``-prefixed module or name of it is used."""
+    imported = []
+    for path in sorted(SOURCE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backbones_dinov2"):
+                imported.append((node.module, [alias.name for alias in node.names]))
+    assert imported == [("backbones_dinov2.blocks", ["LayerScale"])]
+
+
+@pytest.mark.slow
+def test_dinov3_vits16_shapes_at_224() -> None:
+    model = AutoBackbone.from_config(Dinov3ViTConfig(num_register_tokens=4, out_indices=[3, 6, 9, 12])).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
+    assert [tuple(fmap.shape) for fmap in maps] == [(1, 384, 14, 14)] * 4
+    assert model.channels == [384] * 4 and model.out_reductions == [16] * 4
+    # dinov3-vits16: 21.6M parameters, transformers' count less its mask token.
+    with torch.device("meta"):
+        reference = transformers.DINOv3ViTBackbone(transformers.DINOv3ViTConfig(num_register_tokens=4))
+    count = sum(p.numel() for p in model.parameters())
+    assert count == sum(p.numel() for p in reference.parameters()) - 384 == 21_596_160
+
+
+# The ViT-7B/16 of the DINOv3 paper, as transformers' conversion of the released checkpoint configures it.
+VIT_7B: dict[str, Any] = {
+    "hidden_size": 4096,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 32,
+    "query_bias": False,
+    "value_bias": False,
+    "num_register_tokens": 4,
+    "use_gated_mlp": True,
+    "hidden_act": "silu",
+}
+
+
+def test_vit7b_builds_on_the_meta_device_at_its_published_size() -> None:
+    config = Dinov3ViTConfig(**VIT_7B, out_indices=[10, 20, 30, 40])
+    with torch.device("meta"):
+        model = AutoBackbone.from_config(config)
+        maps = model(torch.empty(1, 3, 512, 384)).feature_maps
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert len(model.stage_names) == 41 and model.stage_names[-1] == "stage40"
+    assert model.channels == [4096] * 4 and model.out_reductions == [16] * 4
+    assert [tuple(fmap.shape) for fmap in maps] == [(1, 4096, 32, 24)] * 4
+    width, hidden = 4096, 8192
+    # Per layer: q, k, v, o (only o has a bias), the gated MLP with biases, two norms, two layer scales.
+    layer = 4 * width * width + width + 3 * width * hidden + 2 * hidden + width + 4 * width + 2 * width
+    # The stem: patch projection with bias, class token, 4 registers; then the final norm.
+    stem = 3 * 16 * 16 * width + width + 5 * width
+    count = sum(p.numel() for p in model.parameters())
+    assert count == 40 * layer + stem + 2 * width == 6_716_030_976
+    assert abs(count / 6.7e9 - 1) < 0.01  # the paper's 6.7B
+
+
+# -- config errors ----------------------------------------------------------------------------------
+
+
+def test_heads_must_divide_the_width() -> None:
+    with pytest.raises(ConfigError, match=r"num_attention_heads=3 does not divide hidden_size=16"):
+        Dinov3ViTConfig(**{**TINY, "num_attention_heads": 3})
+
+
+def test_head_width_must_be_a_multiple_of_four() -> None:
+    with pytest.raises(ConfigError, match=r"hidden_size / num_attention_heads = 24 / 4 = 6 must be a multiple of 4"):
+        Dinov3ViTConfig(**{**TINY, "hidden_size": 24, "num_attention_heads": 4})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("pos_embed_jitter", 0.5, "greater than or equal to 1"),
+        ("pos_embed_rescale", 0.9, "greater than or equal to 1"),
+        ("pos_embed_shift", -0.1, "greater than or equal to 0"),
+        ("num_register_tokens", -1, "greater than or equal to 0"),
+        ("attention_dropout", 1.0, "less than 1"),
+        ("intermediate_size", 0, "greater than or equal to 1"),
+        ("rope_theta", 0, "greater than 0"),
+    ],
+)
+def test_out_of_range_fields_name_the_field_and_range(field: str, value: float, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"invalid Dinov3ViTConfig: {field}={value!r}: Input should be {message}"):
+        Dinov3ViTConfig(**{**TINY, field: value})
+
+
+def test_patches_must_be_square() -> None:
+    with pytest.raises(ConfigError, match=r"patch_size must be one int or a square pair such as \[16, 16\]"):
+        Dinov3ViTConfig(**{**TINY, "patch_size": [16, 8]})
+    assert Dinov3ViTConfig(**{**TINY, "patch_size": [16, 16]}).patch_size == 16
+
+
+def test_unknown_activation_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of"):
+        Dinov3ViTConfig(hidden_act="swishy")
+
+
+def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
+    Dinov3ViTConfig(**TINY).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(path.read_text().replace('"pos_embed_rescale": null', '"pos_embed_rescale": 0.5'))
+    with pytest.raises(ConfigError, match=r"invalid backbone config in .*config.json: .*pos_embed_rescale=0.5"):
+        AutoBackbone.from_pretrained(tmp_path)
+
+
+def test_transformers_config_file_is_read_as_it_is(tmp_path: Path) -> None:
+    transformers.DINOv3ViTConfig(**SMALL, use_gated_mlp=True, out_indices=[1, 3]).save_pretrained(tmp_path)
+    config = Dinov3ViTConfig.from_pretrained(tmp_path)
+    assert config.use_gated_mlp is True and config.num_register_tokens == 4
+    assert config.out_indices == [1, 3] and config.pos_embed_rescale == 2.0 and config.pos_embed_jitter is None

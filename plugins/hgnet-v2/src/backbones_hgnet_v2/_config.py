@@ -1,0 +1,311 @@
+"""Configuration of HGNetV2. Field names and defaults follow transformers' HGNetV2Config.
+
+transformers' defaults describe no published variant as a whole (its stage lists are HGNetV2-B4's
+widths with B0-like depths); :data:`VARIANTS` holds the fields of the B0-B6 backbones of D-FINE and DEIM.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import field_validator, model_validator
+
+from backbones import BackboneConfig
+from backbones.activations import check_activation
+
+__all__ = ["STAGE_LIST_FIELDS", "VARIANTS", "HGNetV2Config"]
+
+STAGE_LIST_FIELDS = (
+    "stage_in_channels",
+    "stage_mid_channels",
+    "stage_out_channels",
+    "stage_num_blocks",
+    "stage_downsample",
+    "stage_downsample_strides",
+    "stage_light_block",
+    "stage_kernel_size",
+    "stage_numb_of_layers",
+)
+"""Fields with one entry per stage; they must all have the same length."""
+
+
+def _variant(
+    stem: list[int],
+    stages: list[tuple[int, int, int, int, bool, bool, int, int]],
+    *,
+    lab: bool,
+) -> dict[str, Any]:
+    # stages: (in, mid, out, blocks, downsample, light, kernel, layers) per stage, as the papers' tables.
+    columns = list(zip(*stages))
+    return {
+        "stem_channels": stem,
+        "stage_in_channels": list(columns[0]),
+        "stage_mid_channels": list(columns[1]),
+        "stage_out_channels": list(columns[2]),
+        "stage_num_blocks": list(columns[3]),
+        "stage_downsample": list(columns[4]),
+        "stage_light_block": list(columns[5]),
+        "stage_kernel_size": list(columns[6]),
+        "stage_numb_of_layers": list(columns[7]),
+        "use_learnable_affine_block": lab,
+    }
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "B0": _variant(
+        [3, 16, 16],
+        [
+            (16, 16, 64, 1, False, False, 3, 3),
+            (64, 32, 256, 1, True, False, 3, 3),
+            (256, 64, 512, 2, True, True, 5, 3),
+            (512, 128, 1024, 1, True, True, 5, 3),
+        ],
+        lab=True,
+    ),
+    "B1": _variant(
+        [3, 24, 32],
+        [
+            (32, 32, 64, 1, False, False, 3, 3),
+            (64, 48, 256, 1, True, False, 3, 3),
+            (256, 96, 512, 2, True, True, 5, 3),
+            (512, 192, 1024, 1, True, True, 5, 3),
+        ],
+        lab=True,
+    ),
+    "B2": _variant(
+        [3, 24, 32],
+        [
+            (32, 32, 96, 1, False, False, 3, 4),
+            (96, 64, 384, 1, True, False, 3, 4),
+            (384, 128, 768, 3, True, True, 5, 4),
+            (768, 256, 1536, 1, True, True, 5, 4),
+        ],
+        lab=True,
+    ),
+    "B3": _variant(
+        [3, 24, 32],
+        [
+            (32, 32, 128, 1, False, False, 3, 5),
+            (128, 64, 512, 1, True, False, 3, 5),
+            (512, 128, 1024, 3, True, True, 5, 5),
+            (1024, 256, 2048, 1, True, True, 5, 5),
+        ],
+        lab=True,
+    ),
+    "B4": _variant(
+        [3, 32, 48],
+        [
+            (48, 48, 128, 1, False, False, 3, 6),
+            (128, 96, 512, 1, True, False, 3, 6),
+            (512, 192, 1024, 3, True, True, 5, 6),
+            (1024, 384, 2048, 1, True, True, 5, 6),
+        ],
+        lab=False,
+    ),
+    "B5": _variant(
+        [3, 32, 64],
+        [
+            (64, 64, 128, 1, False, False, 3, 6),
+            (128, 128, 512, 2, True, False, 3, 6),
+            (512, 256, 1024, 5, True, True, 5, 6),
+            (1024, 512, 2048, 2, True, True, 5, 6),
+        ],
+        lab=False,
+    ),
+    "B6": _variant(
+        [3, 48, 96],
+        [
+            (96, 96, 192, 2, False, False, 3, 6),
+            (192, 192, 512, 3, True, False, 3, 6),
+            (512, 384, 1024, 6, True, True, 5, 6),
+            (1024, 768, 2048, 3, True, True, 5, 6),
+        ],
+        lab=False,
+    ),
+}
+"""Fields of the HGNetV2 B0-B6 backbones (D-FINE / DEIM / PaddleDetection ``arch`` names): pass one as
+``HGNetV2Config(**VARIANTS["B4"])``. transformers' defaults are none of them (B4's widths, fewer blocks)."""
+
+
+class HGNetV2Config(BackboneConfig):
+    """Configuration of an HGNetV2 backbone (defaults: transformers' HGNetV2Config).
+
+    The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = len(stage_in_channels)``. The
+    architecture is defined by ``stem_*`` and ``stage_*``; ``embedding_size``, ``hidden_sizes`` and
+    ``depths`` are kept for transformers (which names its stages after ``depths`` and sizes its
+    classifier from ``hidden_sizes[-1]``) and do not change the backbone.
+
+    Args:
+        num_channels: Channels of the input images (must equal ``stem_channels[0]``).
+        embedding_size: Kept for transformers (its ``num_features[0]``); unused by the architecture.
+        depths: One entry per stage (transformers derives the stage names from its length).
+        hidden_sizes: Kept for transformers (its classifier's input width); unused by the backbone.
+        hidden_act: Activation of the stem's convolutions (the blocks always use ReLU, as transformers).
+        stem_channels: ``[input, middle, output]`` channels of the stem.
+        stem_strides: Strides of the stem's five convolutions (``stem1, stem2a, stem2b, stem3, stem4``);
+            the two 2x2 convolutions of the split branch must keep stride 1.
+        stage_in_channels: Input channels of each stage.
+        stage_mid_channels: Channels of each convolution inside a block.
+        stage_out_channels: Output channels of each stage.
+        stage_num_blocks: HG blocks per stage.
+        stage_downsample: Whether a stage starts with a strided depthwise 3x3 convolution.
+        stage_downsample_strides: Stride of that convolution.
+        stage_light_block: Whether a stage's blocks use light (1x1 then depthwise) convolutions.
+        stage_kernel_size: Kernel size of the convolutions inside each stage's blocks (odd).
+        stage_numb_of_layers: Convolutions per block.
+        use_learnable_affine_block: Follow each activated convolution by a learnable scale and bias.
+        initializer_range: Standard deviation of the convolution weights at random initialisation.
+        freeze_at: RT-DETR / D-FINE training convention: ``-1`` freezes nothing; ``k >= 0`` freezes the
+            stem, and with ``freeze_stem_only=False`` also the first ``k + 1`` stages. Applied when the
+            model is built, as ``model.freeze_stages(...)``.
+        freeze_stem_only: With ``freeze_at >= 0``, freeze only the stem (D-FINE's default).
+        freeze_norm: Replace every BatchNorm by a frozen one when the model is built
+            (``model.freeze_batch_norm()``).
+    """
+
+    model_type: ClassVar[str] = "hgnet_v2"
+
+    num_channels: int = 3
+    embedding_size: int = 64
+    depths: list[int] = [3, 4, 6, 3]
+    hidden_sizes: list[int] = [256, 512, 1024, 2048]
+    hidden_act: str = "relu"
+    stem_channels: list[int] = [3, 32, 48]
+    stem_strides: list[int] = [2, 1, 1, 2, 1]
+    stage_in_channels: list[int] = [48, 128, 512, 1024]
+    stage_mid_channels: list[int] = [48, 96, 192, 384]
+    stage_out_channels: list[int] = [128, 512, 1024, 2048]
+    stage_num_blocks: list[int] = [1, 1, 3, 1]
+    stage_downsample: list[bool] = [False, True, True, True]
+    stage_downsample_strides: list[int] = [2, 2, 2, 2]
+    stage_light_block: list[bool] = [False, False, True, True]
+    stage_kernel_size: list[int] = [3, 3, 5, 5]
+    stage_numb_of_layers: list[int] = [6, 6, 6, 6]
+    use_learnable_affine_block: bool = False
+    initializer_range: float = 0.02
+    freeze_at: int = -1
+    freeze_stem_only: bool = True
+    freeze_norm: bool = False
+
+    @field_validator("hidden_act")
+    @classmethod
+    def _known_activation(cls, value: str) -> str:
+        return check_activation(value)
+
+    @field_validator("stem_strides", "stage_downsample_strides", mode="before")
+    @classmethod
+    def _square_strides(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            strides = []
+            for index, stride in enumerate(value):
+                if isinstance(stride, (list, tuple)):
+                    if len(stride) != 2 or stride[0] != stride[1]:
+                        raise ValueError(
+                            f"{info.field_name}[{index}]={list(stride)}: only square strides are supported "
+                            "(one int, or a pair of equal ints), since a stage has one stride"
+                        )
+                    stride = stride[0]
+                strides.append(stride)
+            return strides
+        return value
+
+    @field_validator(
+        "depths",
+        "stem_strides",
+        "stage_in_channels",
+        "stage_mid_channels",
+        "stage_out_channels",
+        "stage_num_blocks",
+        "stage_downsample_strides",
+        "stage_kernel_size",
+        "stage_numb_of_layers",
+    )
+    @classmethod
+    def _positive(cls, value: list[int], info: Any) -> list[int]:
+        if not value or any(item < 1 for item in value):
+            raise ValueError(f"{info.field_name} must be a non-empty list of positive integers, got {value}")
+        return value
+
+    @field_validator("stage_kernel_size")
+    @classmethod
+    def _odd_kernels(cls, value: list[int]) -> list[int]:
+        for index, kernel in enumerate(value):
+            if kernel % 2 == 0:
+                raise ValueError(
+                    f"stage_kernel_size[{index}]={kernel} must be odd: an even kernel shrinks the map by one "
+                    "pixel per convolution and a block's concatenation then fails; use 3, 5, 7, ..."
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HGNetV2Config:
+        lengths = {name: len(getattr(self, name)) for name in STAGE_LIST_FIELDS}
+        stages = lengths["stage_in_channels"]
+        for name, length in lengths.items():
+            if length != stages:
+                raise ValueError(
+                    f"{name} has {length} entries but stage_in_channels has {stages}; give every stage_* "
+                    f"field one entry per stage ({', '.join(STAGE_LIST_FIELDS)})"
+                )
+        if len(self.depths) != stages:
+            raise ValueError(
+                f"depths has {len(self.depths)} entries but there are {stages} stages (len(stage_in_channels)); "
+                "transformers names the stages after depths, so give depths one entry per stage"
+            )
+        if len(self.stem_channels) != 3 or any(item < 1 for item in self.stem_channels):
+            raise ValueError(
+                f"stem_channels must be [input, middle, output] (three positive ints), got {self.stem_channels}"
+            )
+        if self.stem_channels[0] != self.num_channels:
+            raise ValueError(
+                f"stem_channels[0]={self.stem_channels[0]} must equal num_channels={self.num_channels} "
+                "(the stem's first convolution reads the image)"
+            )
+        if self.stem_channels[1] < 2:
+            raise ValueError(
+                f"stem_channels[1]={self.stem_channels[1]} must be at least 2 (the split branch has half as many)"
+            )
+        if len(self.stem_strides) != 5:
+            raise ValueError(
+                f"stem_strides must have 5 entries (stem1, stem2a, stem2b, stem3, stem4), got {self.stem_strides}"
+            )
+        if self.stem_strides[1] != 1 or self.stem_strides[2] != 1:
+            raise ValueError(
+                f"stem_strides[1] and stem_strides[2] must be 1, got {self.stem_strides}: the 2x2 convolutions "
+                "of the stem's split branch are concatenated with a stride-1 max-pool of the same input"
+            )
+        expected_in = [self.stem_channels[2], *self.stage_out_channels[:-1]]
+        for index, (given, expected) in enumerate(zip(self.stage_in_channels, expected_in)):
+            if given != expected:
+                source = "stem_channels[2]" if index == 0 else f"stage_out_channels[{index - 1}]"
+                raise ValueError(
+                    f"stage_in_channels[{index}]={given} must equal {source}={expected} (the channels that reach it)"
+                )
+        for index, channels in enumerate(self.stage_out_channels):
+            if channels < 2:
+                raise ValueError(
+                    f"stage_out_channels[{index}]={channels} must be at least 2 (a block squeezes to half of it)"
+                )
+        if not -1 <= self.freeze_at < stages:
+            raise ValueError(
+                f"freeze_at must be between -1 (freeze nothing) and {stages - 1} (the last stage), got {self.freeze_at}"
+            )
+        return self
+
+    @property
+    def num_stages(self) -> int:
+        """Number of stages after the stem."""
+        return len(self.stage_in_channels)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return ["stem"] + [f"stage{index}" for index in range(1, self.num_stages + 1)]
+
+    @property
+    def frozen_stage_count(self) -> int:
+        """How many stages (stem first) ``freeze_at`` / ``freeze_stem_only`` freeze: ``freeze_stages``' argument."""
+        if self.freeze_at < 0:
+            return 0
+        if self.freeze_stem_only:
+            return 1
+        return 1 + min(self.freeze_at + 1, self.num_stages)

@@ -1,0 +1,316 @@
+"""HGNetV2 backbone (PP-HGNetV2, the CNN of D-FINE, DEIM and RT-DETR's real-time variants).
+
+Papers: D-FINE, https://arxiv.org/abs/2410.13842 (which trains on it); the HGNet family comes from
+PaddlePaddle's PP-HGNet (https://github.com/PaddlePaddle/PaddleClas).
+
+Module attribute names are the checkpoint's key names: they reproduce transformers' ``HGNetV2Backbone``
+state dict (``embedder.stem1.convolution.weight``, ``encoder.stages.2.blocks.0.layers.1.conv2.lab.scale``,
+...), so its checkpoints load unchanged and ours load into it.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones import Backbone
+from backbones.activations import make_activation
+from backbones.layers import CheckpointableLayer, FrozenBatchNorm2d
+
+from ._config import HGNetV2Config
+
+__all__ = ["HGNetV2Backbone"]
+
+
+class _LearnableAffine(nn.Module):
+    """``scale * x + bias`` with one learnable scalar each (keys ``scale``, ``bias``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.addcmul(self.bias, hidden, self.scale)
+
+
+class _ConvNorm(nn.Module):
+    """Convolution (no bias), BatchNorm, then optionally an activation and a learnable affine.
+
+    The affine (``lab``) exists only after an activation, as in transformers; without one the module
+    has no ``lab`` keys.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        activation: str | None = "relu",
+        affine: bool = False,
+    ) -> None:
+        super().__init__()
+        self.convolution = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2,
+            groups=groups,
+            bias=False,
+        )
+        self.normalization = nn.BatchNorm2d(out_channels)
+        # The activation reads the fresh BatchNorm output only, so ReLU may overwrite it.
+        self.activation = make_activation(activation, inplace=True) if activation is not None else None
+        self.lab = _LearnableAffine() if activation is not None and affine else None
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        hidden = self.normalization(self.convolution(hidden))
+        if self.activation is not None:
+            hidden = self.activation(hidden)
+        if self.lab is not None:
+            hidden = self.lab(hidden)
+        return hidden
+
+
+class _LightConv(nn.Module):
+    """A 1x1 convolution without activation, then a depthwise ``k x k`` one (keys ``conv1``, ``conv2``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, affine: bool) -> None:
+        super().__init__()
+        self.conv1 = _ConvNorm(in_channels, out_channels, 1, activation=None, affine=affine)
+        self.conv2 = _ConvNorm(out_channels, out_channels, kernel_size, groups=out_channels, affine=affine)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.conv2(self.conv1(hidden))
+
+
+class _HGBlock(CheckpointableLayer):
+    """One HG block: a chain of convolutions whose input and every output are concatenated, then
+    squeezed to half the output width and expanded back by two 1x1 convolutions (``aggregation``);
+    every block but a stage's first adds its input. The unit of gradient checkpointing.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        num_layers: int,
+        kernel_size: int,
+        *,
+        residual: bool,
+        light: bool,
+        affine: bool,
+    ) -> None:
+        super().__init__()
+        self.residual = residual
+        layers: list[nn.Module] = []
+        for index in range(num_layers):
+            source = in_channels if index == 0 else mid_channels
+            if light:
+                layers.append(_LightConv(source, mid_channels, kernel_size, affine))
+            else:
+                layers.append(_ConvNorm(source, mid_channels, kernel_size, affine=affine))
+        self.layers = nn.ModuleList(layers)
+        concatenated = in_channels + num_layers * mid_channels
+        self.aggregation = nn.Sequential(
+            _ConvNorm(concatenated, out_channels // 2, 1, affine=affine),
+            _ConvNorm(out_channels // 2, out_channels, 1, affine=affine),
+        )
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        pieces = [hidden]
+        current = hidden
+        for layer in self.layers:
+            current = layer(current)
+            pieces.append(current)
+        out = self.aggregation(torch.cat(pieces, dim=1))
+        if self.residual:
+            out = out + hidden
+        return out
+
+
+class _Stage(nn.Module):
+    """An optional strided depthwise 3x3 convolution (``downsample``), then HG blocks (``blocks``)."""
+
+    def __init__(self, config: HGNetV2Config, index: int) -> None:
+        super().__init__()
+        in_channels = config.stage_in_channels[index]
+        out_channels = config.stage_out_channels[index]
+        # transformers' downsample never has an activation, hence never a learnable affine either.
+        self.downsample = (
+            _ConvNorm(
+                in_channels,
+                in_channels,
+                3,
+                stride=config.stage_downsample_strides[index],
+                groups=in_channels,
+                activation=None,
+            )
+            if config.stage_downsample[index]
+            else None
+        )
+        self.blocks = nn.ModuleList(
+            _HGBlock(
+                in_channels if block == 0 else out_channels,
+                config.stage_mid_channels[index],
+                out_channels,
+                config.stage_numb_of_layers[index],
+                config.stage_kernel_size[index],
+                residual=block > 0,
+                light=config.stage_light_block[index],
+                affine=config.use_learnable_affine_block,
+            )
+            for block in range(config.stage_num_blocks[index])
+        )
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        if self.downsample is not None:
+            hidden = self.downsample(hidden)
+        for block in self.blocks:
+            hidden = block(hidden)
+        return hidden
+
+
+class _Stem(nn.Module):
+    """The stem: ``stem1`` (3x3), then two branches of its right/bottom-padded output concatenated
+    (a stride-1 2x2 max-pool, and ``stem2a`` -> pad -> ``stem2b``, two 2x2 convolutions), then ``stem3``
+    (3x3) and ``stem4`` (1x1).
+    """
+
+    def __init__(self, config: HGNetV2Config) -> None:
+        super().__init__()
+        _, middle, out = config.stem_channels
+        strides = config.stem_strides
+        act, affine = config.hidden_act, config.use_learnable_affine_block
+        self.stem1 = _ConvNorm(config.num_channels, middle, 3, strides[0], activation=act, affine=affine)
+        self.stem2a = _ConvNorm(middle, middle // 2, 2, strides[1], activation=act, affine=affine)
+        self.stem2b = _ConvNorm(middle // 2, middle, 2, strides[2], activation=act, affine=affine)
+        self.stem3 = _ConvNorm(middle * 2, middle, 3, strides[3], activation=act, affine=affine)
+        self.stem4 = _ConvNorm(middle, out, 1, strides[4], activation=act, affine=affine)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=1)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        if pixel_values.device.type != "cpu" or pixel_values.is_contiguous(memory_format=torch.channels_last):
+            return self._stem(pixel_values)
+        # PyTorch's CPU max-pool is about 5x slower on NCHW maps than on channels_last ones, and the stem's
+        # small convolutions are faster channels_last too (HGNetV2-B4's stem at batch 8, one thread: 277 ms
+        # NCHW, 122 ms channels_last, 40% of the whole forward), so the stem runs channels_last and only its
+        # output returns to the input's layout.
+        return self._stem(pixel_values.contiguous(memory_format=torch.channels_last)).contiguous()
+
+    def _stem(self, pixel_values: Tensor) -> Tensor:
+        # One pixel of zero padding right and bottom keeps the 2x2 windows at the input's size.
+        hidden = F.pad(self.stem1(pixel_values), (0, 1, 0, 1))
+        branch = self.stem2b(F.pad(self.stem2a(hidden), (0, 1, 0, 1)))
+        hidden = torch.cat([self.pool(hidden), branch], dim=1)
+        return self.stem4(self.stem3(hidden))
+
+
+class _Encoder(nn.Module):
+    """Holds the stages under the checkpoint's ``encoder.stages`` keys; the backbone runs them."""
+
+    def __init__(self, config: HGNetV2Config) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(_Stage(config, index) for index in range(config.num_stages))
+
+
+def _apply_freeze_fields(model: HGNetV2Backbone) -> None:
+    """Apply ``freeze_norm`` as ``freeze_batch_norm()`` and ``freeze_at`` as ``freeze_stages(n)``.
+
+    A model built for a checkpoint load holds its parameters on the meta device, where BatchNorm values
+    cannot be copied: its norms become fresh frozen ones (their buffers are real), which the load fills.
+    """
+    config = model.config
+    if config.freeze_norm:
+        if any(parameter.is_meta for parameter in model.parameters()):
+            for parent in list(model.modules()):
+                for name, child in parent.named_children():
+                    if type(child) is nn.BatchNorm2d:
+                        setattr(parent, name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
+        else:
+            model.freeze_batch_norm()
+    if config.frozen_stage_count:
+        model.freeze_stages(config.frozen_stage_count)
+
+
+class HGNetV2Backbone(Backbone):
+    """HGNetV2 feature extractor with transformers-compatible state-dict keys.
+
+    Stage 0 (``"stem"``) is the stem's output; stage ``i`` is the output of HG stage ``i``. A forward
+    runs only up to the deepest requested stage (all stages when hidden states are requested).
+    ``config.freeze_at`` / ``freeze_norm`` are applied when the model is built.
+
+    Args:
+        config: The architecture and the output selection.
+
+    Example:
+        >>> model = HGNetV2Backbone(HGNetV2Config(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
+        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
+        [128, 512, 1024, 2048]
+    """
+
+    config_class = HGNetV2Config
+    # HGNetV2ForImageClassification keeps embedder/encoder at the top level; its head ("fc") goes unused.
+    base_model_prefix = ""
+    has_attentions = False
+    reference_class_name = "HGNetV2Backbone"
+    config: HGNetV2Config
+
+    def __init__(self, config: HGNetV2Config) -> None:
+        super().__init__(config)
+        self.embedder = _Stem(config)
+        self.encoder = _Encoder(config)
+        # The real widths: transformers reports [embedding_size, *hidden_sizes], which the hub's B0-B3
+        # configs leave at defaults that are not the maps' widths.
+        self.num_features = [config.stem_channels[2], *config.stage_out_channels]
+        reductions = [config.stem_strides[0] * config.stem_strides[3] * config.stem_strides[4]]
+        for downsample, stride in zip(config.stage_downsample, config.stage_downsample_strides):
+            reductions.append(reductions[-1] * (stride if downsample else 1))
+        self.reductions = reductions
+        self.post_init()
+        _apply_freeze_fields(self)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module`` as transformers' HGNetV2PreTrainedModel does."""
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            module.reset_running_stats()
+        elif isinstance(module, _LearnableAffine):
+            nn.init.ones_(module.scale)
+            nn.init.zeros_(module.bias)
+
+    def _forward_features(
+        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        expected = self.config.num_channels
+        if pixel_values.shape[1] != expected:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[1]} channels but this HGNetV2 expects {expected} "
+                "(config.num_channels); convert the images or load a model built for that many channels"
+            )
+        hidden = self.embedder(pixel_values)
+        states = [hidden]
+        # islice, not a slice: slicing a ModuleList builds a new module on every call.
+        for stage in islice(self.encoder.stages, last_stage):
+            hidden = stage(hidden)
+            states.append(hidden)
+        stage_maps: list[Tensor | None] = [*states, *([None] * (len(self.stage_names) - len(states)))]
+        return stage_maps, tuple(states) if output_hidden_states else None, None
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """The stem (``embedder``) for position 0, else HG stage ``position`` (``encoder.stages[position - 1]``)."""
+        return [self.embedder] if position == 0 else [self.encoder.stages[position - 1]]
+
+    def _prune_stages(self, last_stage: int) -> None:
+        # Stage i >= 1 lives at encoder.stages[i - 1]; the stem is always kept.
+        del self.encoder.stages[last_stage:]

@@ -1,0 +1,404 @@
+"""Tests of backbones-hgnet-v2: the conformance kit, parity with transformers 5.23, behaviour, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+from safetensors import safe_open
+from torch import nn
+
+from backbones import AutoBackbone, ConfigError
+from backbones.layers import FrozenBatchNorm2d
+from backbones.testing import (
+    BackboneConformance,
+    TransformersParity,
+    assert_parity,
+    load_reference,
+    randomize_weights_,
+)
+from backbones_hgnet_v2 import VARIANTS, HGNetV2Backbone, HGNetV2Config
+
+# Four stages as the real networks, each feature of the architecture present, a few thousand parameters:
+# stage 1 without downsampling, plain blocks in stages 1-2, light (depthwise) blocks in 3-4, two blocks in
+# stage 3 (the residual path), an odd kernel other than 3.
+SMALL: dict[str, Any] = {
+    "stem_channels": [3, 8, 8],
+    "stage_in_channels": [8, 16, 16, 24],
+    "stage_mid_channels": [8, 8, 8, 8],
+    "stage_out_channels": [16, 16, 24, 32],
+    "stage_num_blocks": [1, 1, 2, 1],
+    "stage_downsample": [False, True, True, True],
+    "stage_downsample_strides": [2, 2, 2, 2],
+    "stage_light_block": [False, False, True, True],
+    "stage_kernel_size": [3, 3, 5, 3],
+    "stage_numb_of_layers": [2, 2, 2, 2],
+    "depths": [1, 1, 2, 1],
+    # What transformers reports as the widths; the real ones here, as in a consistent config.
+    "embedding_size": 8,
+    "hidden_sizes": [16, 16, 24, 32],
+}
+TINY: dict[str, Any] = {
+    "stem_channels": [3, 8, 8],
+    "stage_in_channels": [8, 16, 16],
+    "stage_mid_channels": [8, 8, 8],
+    "stage_out_channels": [16, 16, 24],
+    "stage_num_blocks": [1, 1, 2],
+    "stage_downsample": [False, True, True],
+    "stage_downsample_strides": [2, 2, 2],
+    "stage_light_block": [False, False, True],
+    "stage_kernel_size": [3, 3, 3],
+    "stage_numb_of_layers": [2, 1, 2],
+    "depths": [1, 1, 2],
+    "hidden_sizes": [16, 16, 24],
+}
+ALL_STAGES = [0, 1, 2, 3, 4]
+
+
+# -- conformance ------------------------------------------------------------------------------------
+
+
+class _TinyConformance(BackboneConformance):
+    model_type = "hgnet_v2"
+    # 50 and 38 are not multiples of the strides, so the rounding is really exercised.
+    input_sizes = ((64, 64), (50, 38))
+    # Every strided convolution pads by (kernel - 1) // 2 and the stem pads its 2x2 branch: ceil(size / stride).
+    spatial_rounding = "ceil"
+    # Padding is static, so any size exports. The lower end is the deepest stride (16) + 1, so that every map
+    # is 2 pixels or more: torch.export specialises a size of 1 (it broadcasts), not a limit of HGNetV2's.
+    export_range = (17, 4096)
+    affine = False
+
+    def make_config(self, **overrides: Any) -> HGNetV2Config:
+        return HGNetV2Config(**TINY, use_learnable_affine_block=self.affine, **overrides)
+
+
+class TestConformance(_TinyConformance):
+    pass
+
+
+class TestLearnableAffineConformance(_TinyConformance):
+    affine = True
+    # The same convolutions, norms and activations plus a scalar multiply-add: the class above's export,
+    # ONNX and DDP/FSDP2 checks cover these code paths.
+    deployment_checks = False
+
+
+# -- parity with transformers -----------------------------------------------------------------------
+
+
+class TestHGNetV2Parity(TransformersParity):
+    config_class, backbone_class = HGNetV2Config, HGNetV2Backbone
+    reference_config_class = "HGNetV2Config"
+    reference_backbone_class = "HGNetV2Backbone"
+    reference_task_class = "HGNetV2ForImageClassification"
+    config = SMALL
+    variants = {
+        "plain": {},
+        # gelu reaches the stem only (the blocks are ReLU in transformers); LAB after every activation.
+        "affine-gelu": {"use_learnable_affine_block": True, "hidden_act": "gelu"},
+    }
+    # 224: the ImageNet training size of HGNetV2's classifiers; 50x38 exercises the ceil rounding.
+    input_sizes = ((224, 224), (50, 38))
+    batch_size = 1
+    out_indices = ((1, 2, 3, 4), (2,), (-1,))
+    hidden_state_count = 5
+    hidden_state_shapes = ((1, 8, 56, 56), (1, 16, 56, 56), (1, 16, 28, 28), (1, 24, 14, 14), (1, 32, 7, 7))
+    task_variants = ("plain", "affine-gelu")
+    task_out_indices = (1, 2, 3, 4)
+    task_unused_keys = ("fc.bias", "fc.weight")
+    round_trip_out_indices = (0, 2, 4)
+
+
+class TestStridedParity(TestHGNetV2Parity):
+    """A downsampling first stage, stride 3 in a stage, a stride-1 stem3 with a stride-2 stem4."""
+
+    variants = {
+        "strides": {
+            "stage_downsample": [True, True, False, True],
+            "stage_downsample_strides": [2, 3, 2, 2],
+            "stem_strides": [2, 1, 1, 1, 2],
+        },
+    }
+    out_indices = ((1, 2, 3, 4), (-1,))
+    hidden_state_shapes = ((1, 8, 56, 56), (1, 16, 28, 28), (1, 16, 10, 10), (1, 24, 10, 10), (1, 32, 5, 5))
+    reference_task_class = ""
+
+
+def pixels(height: int = 64, width: int = 48, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
+
+
+def test_strided_variant_reductions() -> None:
+    model = HGNetV2Backbone(HGNetV2Config(**{**SMALL, **TestStridedParity.variants["strides"]}))
+    assert model.reductions == [4, 8, 24, 24, 48]
+    assert model.num_features == [8, 16, 16, 24, 32]
+
+
+# -- the D-FINE detector's backbone -----------------------------------------------------------------
+
+DFINE_BACKBONE_PREFIX = "model.backbone.model."
+
+
+@pytest.fixture(scope="module")
+def detector_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """A tiny D-FINE detector on the SMALL HGNetV2 (frozen BatchNorm, as D-FINE trains), randomised and saved."""
+    backbone = transformers.HGNetV2Config(**SMALL, use_learnable_affine_block=True, out_indices=[2, 3, 4])
+    config = transformers.DFineConfig(
+        backbone_config=backbone,
+        encoder_in_channels=[16, 24, 32],
+        encoder_hidden_dim=16,
+        encoder_ffn_dim=32,
+        d_model=16,
+        decoder_ffn_dim=32,
+        hidden_expansion=0.5,
+        num_queries=10,
+        num_labels=3,
+        decoder_layers=2,
+        encoder_layers=1,
+        decoder_n_points=[1, 1, 1],
+        num_denoising=0,
+    )
+    detector = randomize_weights_(transformers.DFineForObjectDetection(config)).eval()
+    directory = tmp_path_factory.mktemp("dfine")
+    detector.save_pretrained(directory)
+    return detector, directory
+
+
+def test_detector_checkpoint_loads_with_prefix(detector_checkpoint: tuple[Any, Path]) -> None:
+    detector, directory = detector_checkpoint
+    model, report = AutoBackbone.from_pretrained(
+        directory,
+        checkpoint_prefix=DFINE_BACKBONE_PREFIX,
+        config_key="backbone_config",
+        output_loading_info=True,
+    )
+    assert isinstance(model, HGNetV2Backbone)
+    assert model.out_indices == [2, 3, 4]  # the selection saved in backbone_config
+    # D-FINE freezes the backbone's BatchNorm, which then has no num_batches_tracked; ours keeps the counter.
+    assert report.missing_keys == sorted(key for key in model.state_dict() if key.endswith("num_batches_tracked"))
+    with safe_open(directory / "model.safetensors", "pt") as handle:
+        saved = list(handle.keys())
+    outside = sorted(key for key in saved if not key.startswith(DFINE_BACKBONE_PREFIX))
+    assert report.unused_keys == outside
+    assert len(outside) > 50  # the hybrid encoder, the decoder and the heads
+    trunk = detector.model.backbone.model
+    for size in ((640, 640), (96, 64)):  # D-FINE's training size, and another
+        batch = pixels(*size, batch=1)
+        with torch.no_grad():
+            assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
+
+
+# -- transformers' config.json in, ours out ---------------------------------------------------------
+
+
+def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
+    reference = transformers.HGNetV2Config(**SMALL, out_features=["stage2", "stage4"])
+    reference.save_pretrained(tmp_path)
+    config = HGNetV2Config.from_pretrained(tmp_path)
+    assert config.out_features == ["stage2", "stage4"] and config.out_indices == [2, 4]
+    assert config.stage_out_channels == SMALL["stage_out_channels"]
+    out = tmp_path / "ours"
+    config.save_pretrained(out)
+    back = transformers.HGNetV2Config.from_pretrained(out)
+    assert back.stage_names == config.stage_names
+    assert back.out_features == ["stage2", "stage4"]
+    for name, value in SMALL.items():
+        read = getattr(back, name)
+        assert (list(read) if isinstance(value, list) else read) == value, name
+
+
+def test_freeze_fields_round_trip_through_both_libraries(tmp_path: Path) -> None:
+    config = HGNetV2Config(**SMALL, freeze_at=1, freeze_stem_only=False, freeze_norm=True)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["freeze_at"], saved["freeze_stem_only"], saved["freeze_norm"]) == (1, False, True)
+    again = HGNetV2Config.from_pretrained(tmp_path)
+    assert (again.freeze_at, again.freeze_stem_only, again.freeze_norm) == (1, False, True)
+    # transformers keeps them as attributes (the way PP-DocLayout's HGNetV2 configs carry them).
+    reference = transformers.HGNetV2Config.from_pretrained(tmp_path)
+    assert (reference.freeze_at, reference.freeze_stem_only, reference.freeze_norm) == (1, False, True)
+
+
+# -- real sizes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variants_build_at_real_size(variant: str) -> None:
+    fields = VARIANTS[variant]
+    with torch.device("meta"):
+        model = HGNetV2Backbone(HGNetV2Config(**fields, out_indices=[1, 2, 3, 4]))
+        reference = transformers.HGNetV2Backbone(transformers.HGNetV2Config(**fields, out_indices=[1, 2, 3, 4]))
+        maps = model(torch.empty(1, 3, 640, 640)).feature_maps
+    ours = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    assert ours == {name: tuple(tensor.shape) for name, tensor in reference.state_dict().items()}
+    out = fields["stage_out_channels"]
+    assert [tuple(fmap.shape) for fmap in maps] == [
+        (1, out[0], 160, 160),
+        (1, out[1], 80, 80),
+        (1, out[2], 40, 40),
+        (1, out[3], 20, 20),
+    ]
+    assert model.channels == out and model.out_reductions == [4, 8, 16, 32]
+
+
+def test_default_config_shapes_at_224() -> None:
+    with torch.device("meta"):
+        model = HGNetV2Backbone(HGNetV2Config(out_indices=[0, 1, 2, 3, 4]))
+        maps = model(torch.empty(2, 3, 224, 224)).feature_maps
+    assert [tuple(fmap.shape) for fmap in maps] == [
+        (2, 48, 56, 56),
+        (2, 128, 56, 56),
+        (2, 512, 28, 28),
+        (2, 1024, 14, 14),
+        (2, 2048, 7, 7),
+    ]
+
+
+# -- behaviour --------------------------------------------------------------------------------------
+
+
+def test_channels_are_the_real_widths_where_transformers_reports_the_config() -> None:
+    # The hub's B0-B3 configs leave embedding_size and hidden_sizes at their defaults; transformers reports
+    # those, we report the widths of the maps.
+    fields = {**SMALL, "embedding_size": 64, "hidden_sizes": [256, 512, 1024, 2048]}
+    reference = transformers.HGNetV2Backbone(transformers.HGNetV2Config(**fields, out_indices=[0, 4])).eval()
+    model = HGNetV2Backbone(HGNetV2Config(**fields, out_indices=[0, 4])).eval()
+    with torch.no_grad():
+        maps = reference(pixels()).feature_maps
+    assert [fmap.shape[1] for fmap in maps] == model.channels == [8, 32]
+    assert reference.channels == [64, 2048]
+
+
+def test_fresh_weights_follow_transformers_init() -> None:
+    torch.manual_seed(0)
+    model = HGNetV2Backbone(HGNetV2Config(**SMALL, use_learnable_affine_block=True))
+    block = model.encoder.stages[2].blocks[1]
+    norm = block.aggregation[0].normalization
+    assert torch.equal(norm.weight, torch.ones(12)) and torch.equal(norm.bias, torch.zeros(12))
+    assert torch.equal(norm.running_mean, torch.zeros(12)) and torch.equal(norm.running_var, torch.ones(12))
+    lab = block.layers[0].conv2.lab
+    assert lab.scale.tolist() == [1.0] and lab.bias.tolist() == [0.0]
+    weight = model.embedder.stem3.convolution.weight  # 8 x 16 x 3 x 3
+    assert weight.std().item() == pytest.approx(0.02, rel=0.15)
+
+
+def test_forward_stops_at_the_deepest_requested_stage() -> None:
+    model = HGNetV2Backbone(HGNetV2Config(**SMALL, out_indices=[2])).eval()
+    ran: list[int] = []
+    for number, stage in enumerate(model.encoder.stages, start=1):
+        stage.register_forward_hook(lambda *_, number=number: ran.append(number))
+    with torch.no_grad():
+        model(pixels())
+        assert ran == [1, 2]
+        model(pixels(), output_hidden_states=True)
+    assert ran == [1, 2, 1, 2, 3, 4]
+
+
+def test_wrong_channel_count_is_explained() -> None:
+    model = HGNetV2Backbone(HGNetV2Config(**TINY))
+    with pytest.raises(ValueError, match=r"pixel_values has 1 channels but this HGNetV2 expects 3"):
+        model(torch.zeros(1, 1, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("freeze_at", "stem_only", "frozen"),
+    [
+        (-1, True, []),
+        (-1, False, []),
+        (0, True, ["stem"]),
+        (3, True, ["stem"]),
+        (0, False, ["stem", "stage1"]),
+        (2, False, ["stem", "stage1", "stage2", "stage3"]),
+        (3, False, ["stem", "stage1", "stage2", "stage3", "stage4"]),
+    ],
+)
+def test_freeze_at_maps_onto_freeze_stages(freeze_at: int, stem_only: bool, frozen: list[str]) -> None:
+    config = HGNetV2Config(**SMALL, freeze_at=freeze_at, freeze_stem_only=stem_only)
+    model = HGNetV2Backbone(config)
+    assert model.frozen_stages == frozen
+    expected = HGNetV2Backbone(HGNetV2Config(**SMALL))
+    assert expected.freeze_stages(len(frozen)) == frozen
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == [
+        name for name, p in expected.named_parameters() if not p.requires_grad
+    ]
+    model.train()
+    assert model.embedder.training == (not frozen)
+
+
+def test_freeze_norm_is_freeze_batch_norm(tmp_path: Path) -> None:
+    reference = randomize_weights_(transformers.HGNetV2Backbone(transformers.HGNetV2Config(**SMALL))).eval()
+    reference.save_pretrained(tmp_path)
+    model, report = AutoBackbone.from_pretrained(
+        tmp_path, freeze_norm=True, freeze_at=0, out_indices=ALL_STAGES, output_loading_info=True
+    )
+    # A frozen BatchNorm counts no batches: the checkpoint's counters are all it does not use.
+    assert report.missing_keys == []
+    assert report.unused_keys == sorted(key for key in reference.state_dict() if key.endswith("num_batches_tracked"))
+    assert len(report.unused_keys) == 34
+    # Every BatchNorm became a FrozenBatchNorm2d, as freeze_batch_norm() makes them; the loaded statistics hold.
+    norms = [module for module in model.modules() if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    assert norms and all(isinstance(module, FrozenBatchNorm2d) for module in norms)
+    assert model.frozen_stages == ["stem"]
+    model.train()
+    batch = pixels()
+    with torch.no_grad():
+        reference.out_indices = ALL_STAGES
+        assert_parity(model(batch).feature_maps, reference(batch).feature_maps)
+    assert model.config.freeze_norm is True
+    model.save_pretrained(tmp_path / "ours")
+    # transformers' BatchNorm then starts its batch counters at 0; nothing else is missing.
+    back = load_reference("HGNetV2Backbone", tmp_path / "ours", missing=report.unused_keys)
+    with torch.no_grad():
+        assert_parity(back(batch).feature_maps, reference(batch).feature_maps)
+
+
+# -- config errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"stage_kernel_size": [3, 3, 4, 3]},
+            r"stage_kernel_size\[2\]=4 must be odd: an even kernel shrinks the map",
+        ),
+        (
+            {"stage_mid_channels": [8, 8, 8]},
+            r"stage_mid_channels has 3 entries but stage_in_channels has 4; give every stage_\* field one entry",
+        ),
+        ({"depths": [1, 1, 1]}, r"depths has 3 entries but there are 4 stages \(len\(stage_in_channels\)\)"),
+        ({"stage_in_channels": [8, 16, 20, 24]}, r"stage_in_channels\[2\]=20 must equal stage_out_channels\[1\]=16"),
+        ({"stage_in_channels": [4, 16, 16, 24]}, r"stage_in_channels\[0\]=4 must equal stem_channels\[2\]=8"),
+        ({"stem_strides": [2, 2, 1, 2, 1]}, r"stem_strides\[1\] and stem_strides\[2\] must be 1"),
+        ({"stem_strides": [2, 1, 1, 2]}, r"stem_strides must have 5 entries"),
+        ({"stem_channels": [1, 8, 8]}, r"stem_channels\[0\]=1 must equal num_channels=3"),
+        ({"stage_num_blocks": [1, 0, 1, 1]}, r"stage_num_blocks must be a non-empty list of positive integers"),
+        ({"stage_downsample_strides": [2, [2, 1], 2, 2]}, r"stage_downsample_strides\[1\]=\[2, 1\]: only square"),
+        ({"freeze_at": 4}, r"freeze_at must be between -1 \(freeze nothing\) and 3 \(the last stage\), got 4"),
+        ({"freeze_at": -2}, r"freeze_at must be between -1 .* got -2"),
+        ({"hidden_act": "swishy"}, r"hidden_act 'swishy' is not supported"),
+    ],
+)
+def test_bad_configs_name_the_field(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        HGNetV2Config(**{**SMALL, **overrides})
+
+
+def test_square_stride_pairs_are_accepted() -> None:
+    config = HGNetV2Config(**{**SMALL, "stage_downsample_strides": [2, [2, 2], 2, 2]})
+    assert config.stage_downsample_strides == [2, 2, 2, 2]
+
+
+def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
+    HGNetV2Config(**SMALL).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    data["stage_kernel_size"] = [3, 3, 2, 3]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"invalid backbone config in .*config.json: .*stage_kernel_size\[2\]=2"):
+        AutoBackbone.from_pretrained(tmp_path)

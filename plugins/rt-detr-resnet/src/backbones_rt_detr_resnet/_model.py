@@ -1,0 +1,186 @@
+"""RT-DETR's ResNet-vd backbone. Papers: DETRs Beat YOLOs on Real-time Object Detection (RT-DETR),
+https://arxiv.org/abs/2304.08069; the "vd" tweaks (deep stem, average-pool shortcuts) are from Bag of Tricks
+for Image Classification with Convolutional Neural Networks, https://arxiv.org/abs/1812.01187.
+
+Built from backbones-resnet's public blocks; only the average-pool shortcut is ResNet-vd's own. Module
+attribute names are the checkpoint's key names: they reproduce transformers' ``RTDetrResNetBackbone`` state
+dict (``embedder.embedder.0.convolution.weight``, ``encoder.stages.1.layers.0.shortcut.1.normalization.bias``,
+...), so its checkpoints load unchanged and ours load into it.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones import Backbone
+from backbones.layers import FrozenBatchNorm2d
+from backbones_resnet.blocks import (
+    ConvNormLayer,
+    ResidualBlock,
+    ResNetEmbeddings,
+    ResNetEncoder,
+    ResNetStage,
+    basic_layer,
+    bottleneck_layer,
+    projection_shortcut,
+)
+
+from ._config import RTDetrResNetConfig
+
+__all__ = ["RTDetrResNetBackbone"]
+
+
+class _HalvingAvgPool(nn.Module):
+    """A 2x2 stride-2 average-pool whose output is ``ceil(size / 2)``; an edge window that is cut off
+    averages the pixels it has (what ``nn.AvgPool2d(2, 2, ceil_mode=True)`` computes).
+
+    Replicating the last row and column, then pooling without ceil mode, gives the same values without the
+    size test of ceil mode, which ``torch.export`` cannot prove for dynamic sizes.
+    """
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return F.avg_pool2d(F.pad(hidden, (0, 1, 0, 1), mode="replicate"), 2, 2)
+
+
+def _pooled_projection(in_channels: int, out_channels: int) -> nn.Sequential:
+    """ResNet-vd's downsampling shortcut: a 2x2 stride-2 average-pool, then a 1x1 projection (keys
+    ``1.convolution``, ``1.normalization``), instead of a strided 1x1 convolution that skips 3 of 4 pixels."""
+    return nn.Sequential(_HalvingAvgPool(), ConvNormLayer(in_channels, out_channels, 1, activation=None))
+
+
+def _first_block(config: RTDetrResNetConfig, in_channels: int, out_channels: int, stride: int) -> ResidualBlock:
+    """The first block of a stage, the only one that may change width or resolution."""
+    shortcut: nn.Module | None
+    if config.layer_type == "basic":
+        layer = basic_layer(in_channels, out_channels, stride)
+        # RT-DETR's basic stages always project in their first block, even when nothing changes.
+        if in_channels != out_channels:
+            shortcut = _pooled_projection(in_channels, out_channels)
+        else:
+            shortcut = ConvNormLayer(in_channels, out_channels, 1, stride, activation=None)
+    else:
+        layer = bottleneck_layer(in_channels, out_channels, stride, stride_in_first=config.downsample_in_bottleneck)
+        if stride != 1:
+            shortcut = _pooled_projection(in_channels, out_channels)
+        else:
+            shortcut = projection_shortcut(in_channels, out_channels)
+    return ResidualBlock(layer, shortcut, config.hidden_act)
+
+
+def _later_block(config: RTDetrResNetConfig, channels: int) -> ResidualBlock:
+    if config.layer_type == "basic":
+        return ResidualBlock(basic_layer(channels, channels), None, config.hidden_act)
+    layer = bottleneck_layer(channels, channels, stride_in_first=config.downsample_in_bottleneck)
+    return ResidualBlock(layer, None, config.hidden_act)
+
+
+def _deep_stem(config: RTDetrResNetConfig) -> nn.Sequential:
+    """Three 3x3 conv-norm layers (stride 2, 1, 1) in place of ResNet's 7x7 one."""
+    half, act = config.embedding_size // 2, config.hidden_act
+    return nn.Sequential(
+        ConvNormLayer(config.num_channels, half, 3, 2, activation=act),
+        ConvNormLayer(half, half, 3, 1, activation=act),
+        ConvNormLayer(half, config.embedding_size, 3, 1, activation=act),
+    )
+
+
+class RTDetrResNetBackbone(Backbone):
+    """RT-DETR's ResNet-vd feature extractor with transformers-compatible state-dict keys.
+
+    Stage 0 (``"stem"``) is the max-pooled deep stem's output; stage ``i`` is the output of residual stage
+    ``i``. A forward runs only up to the deepest requested stage (all stages when hidden states are
+    requested). ``config.freeze_at`` / ``freeze_norm`` are applied when the model is built.
+
+    Args:
+        config: The architecture and the output selection.
+
+    Example:
+        >>> model = RTDetrResNetBackbone(RTDetrResNetConfig(out_indices=[2, 3, 4])).eval()  # doctest: +SKIP
+        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 640, 640)).feature_maps]  # doctest: +SKIP
+        [512, 1024, 2048]
+    """
+
+    config_class = RTDetrResNetConfig
+    base_model_prefix = "resnet"
+    has_attentions = False
+    reference_class_name = "RTDetrResNetBackbone"
+    config: RTDetrResNetConfig
+
+    def __init__(self, config: RTDetrResNetConfig) -> None:
+        super().__init__(config)
+        self.embedder = ResNetEmbeddings(_deep_stem(config))
+        channels = [config.embedding_size, *config.hidden_sizes]
+        strides = [2 if config.downsample_in_first_stage else 1] + [2] * (len(config.depths) - 1)
+        self.encoder = ResNetEncoder(
+            ResNetStage(
+                [
+                    _first_block(config, channels[index], channels[index + 1], strides[index]),
+                    *(_later_block(config, channels[index + 1]) for _ in range(depth - 1)),
+                ]
+            )
+            for index, depth in enumerate(config.depths)
+        )
+        self.num_features = channels
+        reductions = [4]
+        for stride in strides:
+            reductions.append(reductions[-1] * stride)
+        self.reductions = reductions
+        self.post_init()
+        _apply_freeze_fields(self)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module`` as transformers' RTDetrResNetPreTrainedModel does."""
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            module.reset_running_stats()
+
+    def _forward_features(
+        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        expected = self.config.num_channels
+        if pixel_values.shape[1] != expected:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[1]} channels but this ResNet-vd expects {expected} "
+                "(config.num_channels); convert the images or load a model built for that many channels"
+            )
+        hidden = self.embedder(pixel_values)
+        states = [hidden]
+        # islice, not a slice: slicing a ModuleList builds a new module on every call.
+        for stage in islice(self.encoder.stages, last_stage):
+            hidden = stage(hidden)
+            states.append(hidden)
+        stage_maps: list[Tensor | None] = [*states, *([None] * (len(self.stage_names) - len(states)))]
+        return stage_maps, tuple(states) if output_hidden_states else None, None
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """The stem (``embedder``) for position 0, else residual stage ``position`` (``encoder.stages[position - 1]``)."""
+        return [self.embedder] if position == 0 else [self.encoder.stages[position - 1]]
+
+    def _prune_stages(self, last_stage: int) -> None:
+        # Stage i >= 1 lives at encoder.stages[i - 1]; the stem is always kept.
+        del self.encoder.stages[last_stage:]
+
+
+def _apply_freeze_fields(model: RTDetrResNetBackbone) -> None:
+    """Apply ``freeze_norm`` as ``freeze_batch_norm()`` and ``freeze_at`` as ``freeze_stages(freeze_at + 1)``.
+
+    A model built for a checkpoint load holds its parameters on the meta device, where BatchNorm values
+    cannot be copied: its norms become fresh frozen ones (their buffers are real), which the load fills.
+    """
+    config = model.config
+    if config.freeze_norm:
+        if any(parameter.is_meta for parameter in model.parameters()):
+            for parent in list(model.modules()):
+                for name, child in parent.named_children():
+                    if type(child) is nn.BatchNorm2d:
+                        setattr(parent, name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
+        else:
+            model.freeze_batch_norm()
+    if config.frozen_stage_count:
+        model.freeze_stages(config.frozen_stage_count)

@@ -1,0 +1,437 @@
+"""Tests of backbones-rt-detr-resnet: the conformance kit, parity with transformers 5.23, the RT-DETR
+detector's backbone, behaviour, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image
+from safetensors import safe_open
+from torch import nn
+
+from backbones import AutoBackbone, AutoImageProcessor, ConfigError
+from backbones.layers import FrozenBatchNorm2d
+from backbones.testing import (
+    BackboneConformance,
+    TransformersParity,
+    assert_parity,
+    load_reference,
+    randomize_weights_,
+)
+from backbones_rt_detr_resnet import RTDetrImageProcessor, RTDetrResNetBackbone, RTDetrResNetConfig
+
+TINY: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24], "depths": [1, 1, 2]}
+# Four stages, as real ResNets have, for parity; still a few thousand parameters.
+SMALL: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24, 32], "depths": [1, 2, 1, 1]}
+ALL_STAGES = [0, 1, 2, 3, 4]
+
+
+# -- conformance ------------------------------------------------------------------------------------
+
+
+class _TinyConformance(BackboneConformance):
+    model_type = "rt_detr_resnet"
+    layer_type: ClassVar[str] = ""
+    # 50 and 38 are not multiples of the strides, so the rounding below is really exercised.
+    input_sizes = ((64, 64), (50, 38))
+    # Strided convolutions pad by kernel // 2 and the shortcuts' average-pools round up: ceil(size / 2) each.
+    spatial_rounding = "ceil"
+    # Any size exports: padding is static. The lower end is the deepest stride (16) + 1, so that every map
+    # is 2 pixels or more: torch.export specialises a size of 1 (it broadcasts), not a limit of ResNet-vd's.
+    export_range = (17, 4096)
+
+    def make_config(self, **overrides: Any) -> RTDetrResNetConfig:
+        return RTDetrResNetConfig(**TINY, layer_type=self.layer_type, **overrides)
+
+
+class TestBottleneckConformance(_TinyConformance):
+    layer_type = "bottleneck"
+
+
+class TestBasicConformance(_TinyConformance):
+    layer_type = "basic"
+    # The same operations as bottleneck blocks (convolution, BatchNorm, ReLU, average-pool shortcut, residual
+    # add), only fewer of them: the bottleneck class's export, ONNX and DDP/FSDP2 checks cover this code path.
+    deployment_checks = False
+
+
+# -- parity with transformers -----------------------------------------------------------------------
+
+
+class TestRTDetrResNetParity(TransformersParity):
+    config_class, backbone_class = RTDetrResNetConfig, RTDetrResNetBackbone
+    reference_config_class = "RTDetrResNetConfig"
+    reference_backbone_class = "RTDetrResNetBackbone"
+    config = SMALL
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "basic": {"layer_type": "basic"},
+        "bottleneck": {"layer_type": "bottleneck"},
+        # gelu shows that hidden_act reaches the stem and the block outputs but not the inner activations.
+        "bottleneck-downsample-in-bottleneck-gelu": {
+            "layer_type": "bottleneck",
+            "downsample_in_bottleneck": True,
+            "hidden_act": "gelu",
+        },
+    }
+    # 640: RT-DETR's training size; 50x38 exercises the ceil rounding of odd sizes.
+    input_sizes = ((640, 640), (50, 38))
+    batch_size = 1
+    out_indices = ((1, 2, 3, 4), (2,), (-1,))
+    hidden_state_count = 5
+    hidden_state_shapes: ClassVar[tuple[tuple[int, ...], ...] | None] = (
+        (1, 8, 160, 160),
+        (1, 8, 160, 160),
+        (1, 16, 80, 80),
+        (1, 24, 40, 40),
+        (1, 32, 20, 20),
+    )
+    round_trip_out_indices = (0, 2, 4)
+
+
+class TestDownsampleFirstStageParity(TestRTDetrResNetParity):
+    """Stride 2 in the first stage: a stride-2 projection (basic, same width) or an average-pool one."""
+
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "basic": {"layer_type": "basic", "downsample_in_first_stage": True},
+        # A narrower stem than stage 1: the basic first block average-pools and projects.
+        "basic-narrow-stem": {"layer_type": "basic", "downsample_in_first_stage": True, "embedding_size": 4},
+        "bottleneck": {"layer_type": "bottleneck", "downsample_in_first_stage": True},
+    }
+    out_indices = ((1, 2, 3, 4), (-1,))
+    hidden_state_shapes = None  # the stem's width differs between the variants; shapes are checked below
+
+
+def test_downsample_first_stage_reductions() -> None:
+    model = RTDetrResNetBackbone(RTDetrResNetConfig(**SMALL, layer_type="basic", downsample_in_first_stage=True))
+    assert model.reductions == [4, 8, 16, 32, 64]
+    assert model.num_features == [8, 8, 16, 24, 32]
+    with torch.no_grad():
+        states = model.eval()(torch.zeros(1, 3, 640, 640), output_hidden_states=True).hidden_states
+    assert [tuple(state.shape[2:]) for state in states] == [(160, 160), (80, 80), (40, 40), (20, 20), (10, 10)]
+
+
+def pixels(height: int = 64, width: int = 48, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
+
+
+# -- the RT-DETR detector's backbone ----------------------------------------------------------------
+
+DETECTOR_BACKBONE_PREFIX = "model.backbone.model."
+
+
+@pytest.fixture(scope="module", params=["bottleneck", "basic"])
+def detector_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """A tiny RT-DETR on the SMALL ResNet-vd (frozen BatchNorm, as RT-DETR trains), randomised and saved."""
+    backbone = transformers.RTDetrResNetConfig(**SMALL, layer_type=request.param, out_indices=[2, 3, 4])
+    config = transformers.RTDetrConfig(
+        backbone_config=backbone,
+        encoder_in_channels=[16, 24, 32],
+        encoder_hidden_dim=16,
+        encoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        d_model=16,
+        decoder_in_channels=[16, 16, 16],
+        decoder_ffn_dim=32,
+        decoder_attention_heads=2,
+        num_queries=10,
+        num_labels=3,
+        decoder_layers=2,
+        num_denoising=0,
+    )
+    detector = randomize_weights_(transformers.RTDetrForObjectDetection(config)).eval()
+    directory = tmp_path_factory.mktemp(f"rtdetr-{request.param}")
+    detector.save_pretrained(directory)
+    return detector, directory
+
+
+def test_detector_checkpoint_loads_with_prefix(detector_checkpoint: tuple[Any, Path]) -> None:
+    detector, directory = detector_checkpoint
+    model, report = RTDetrResNetBackbone.from_pretrained(
+        directory,
+        checkpoint_prefix=DETECTOR_BACKBONE_PREFIX,
+        config_key="backbone_config",
+        output_loading_info=True,
+    )
+    assert model.out_indices == [2, 3, 4]  # the selection saved in backbone_config
+    # RT-DETR freezes the backbone's BatchNorm, which then has no num_batches_tracked; ours keeps the counter.
+    counters = sorted(key for key in model.state_dict() if key.endswith("num_batches_tracked"))
+    assert report.missing_keys == counters and len(counters) > 10
+    with safe_open(directory / "model.safetensors", "pt") as handle:
+        saved = list(handle.keys())
+    outside = sorted(key for key in saved if not key.startswith(DETECTOR_BACKBONE_PREFIX))
+    assert report.unused_keys == outside
+    assert len(outside) > 50  # the hybrid encoder, the decoder and the heads
+    trunk = detector.model.backbone.model
+    for size in ((640, 640), (96, 64)):  # RT-DETR's training size, and another
+        batch = pixels(*size, batch=1)
+        with torch.no_grad():
+            assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
+
+
+def test_detector_checkpoint_through_auto_backbone(detector_checkpoint: tuple[Any, Path]) -> None:
+    detector, directory = detector_checkpoint
+    options = {"checkpoint_prefix": DETECTOR_BACKBONE_PREFIX, "config_key": "backbone_config"}
+    model = AutoBackbone.from_pretrained(directory, out_indices=[1, -1], freeze_norm=True, freeze_at=0, **options)
+    assert isinstance(model, RTDetrResNetBackbone)
+    assert model.frozen_stages == ["stem"]
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+    batch = pixels(96, 64, batch=1)
+    detector.model.backbone.model.out_indices = [1, 4]
+    try:
+        with torch.no_grad():
+            assert_parity(model.train()(batch).feature_maps, detector.model.backbone.model(batch).feature_maps)
+    finally:
+        detector.model.backbone.model.out_indices = [2, 3, 4]
+
+
+# -- transformers' config.json in, ours out ---------------------------------------------------------
+
+
+def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
+    reference = transformers.RTDetrResNetConfig(**SMALL, layer_type="basic", out_features=["stage2", "stage4"])
+    reference.save_pretrained(tmp_path)
+    config = RTDetrResNetConfig.from_pretrained(tmp_path)
+    assert config.out_features == ["stage2", "stage4"] and config.out_indices == [2, 4]
+    assert config.layer_type == "basic" and config.hidden_sizes == SMALL["hidden_sizes"]
+    out = tmp_path / "ours"
+    config.save_pretrained(out)
+    back = transformers.RTDetrResNetConfig.from_pretrained(out)
+    assert back.stage_names == config.stage_names
+    assert back.out_features == ["stage2", "stage4"]
+    assert (back.layer_type, back.depths, back.hidden_sizes) == ("basic", SMALL["depths"], SMALL["hidden_sizes"])
+
+
+def test_freeze_fields_round_trip_through_both_libraries(tmp_path: Path) -> None:
+    config = RTDetrResNetConfig(**SMALL, freeze_at=2, freeze_norm=True)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["freeze_at"], saved["freeze_norm"]) == (2, True)
+    again = RTDetrResNetConfig.from_pretrained(tmp_path)
+    assert (again.freeze_at, again.freeze_norm) == (2, True)
+    reference = transformers.RTDetrResNetConfig.from_pretrained(tmp_path)
+    assert (reference.freeze_at, reference.freeze_norm) == (2, True)
+
+
+# -- real sizes -------------------------------------------------------------------------------------
+
+# RT-DETR's ResNet-vd sizes (its configs' PResNet depth 18, 34, 50, 101).
+REAL_SIZES: dict[str, dict[str, Any]] = {
+    "r18vd": {"layer_type": "basic", "depths": [2, 2, 2, 2], "hidden_sizes": [64, 128, 256, 512]},
+    "r34vd": {"layer_type": "basic", "depths": [3, 4, 6, 3], "hidden_sizes": [64, 128, 256, 512]},
+    "r50vd": {},
+    "r101vd": {"depths": [3, 4, 23, 3]},
+}
+
+
+@pytest.mark.parametrize("size", list(REAL_SIZES))
+def test_real_sizes_build_on_meta(size: str) -> None:
+    fields = REAL_SIZES[size]
+    with torch.device("meta"):
+        model = RTDetrResNetBackbone(RTDetrResNetConfig(**fields, out_indices=[2, 3, 4]))
+        reference = transformers.RTDetrResNetBackbone(transformers.RTDetrResNetConfig(**fields, out_indices=[2, 3, 4]))
+        maps = model(torch.empty(1, 3, 640, 640)).feature_maps
+    ours = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    assert ours == {name: tuple(tensor.shape) for name, tensor in reference.state_dict().items()}
+    widths = model.config.hidden_sizes
+    assert [tuple(fmap.shape) for fmap in maps] == [
+        (1, widths[1], 80, 80),
+        (1, widths[2], 40, 40),
+        (1, widths[3], 20, 20),
+    ]
+    assert model.channels == widths[1:] and model.out_reductions == [8, 16, 32]
+
+
+# -- behaviour --------------------------------------------------------------------------------------
+
+
+def test_built_on_backbones_resnet_blocks() -> None:
+    # (That only public names are imported is checked for every plugin by tests/test_plugin_imports.py.)
+    model = RTDetrResNetBackbone(RTDetrResNetConfig(**TINY))
+    kinds = {
+        type(module).__name__ for module in model.modules() if type(module).__module__ == "backbones_resnet.blocks"
+    }
+    assert kinds == {"ConvNormLayer", "ResidualBlock", "ResNetStage", "ResNetEmbeddings", "ResNetEncoder"}
+
+
+def test_fresh_weights_follow_transformers_init() -> None:
+    torch.manual_seed(0)
+    model = RTDetrResNetBackbone(RTDetrResNetConfig(**SMALL))
+    norm = model.encoder.stages[3].layers[0].layer[1].normalization
+    assert torch.equal(norm.weight, torch.ones(8)) and torch.equal(norm.bias, torch.zeros(8))
+    assert torch.equal(norm.running_mean, torch.zeros(8)) and torch.equal(norm.running_var, torch.ones(8))
+    conv = model.encoder.stages[3].layers[0].shortcut[1].convolution.weight  # 32 x 24 x 1 x 1
+    assert conv.std().item() == pytest.approx((2 / 32) ** 0.5, rel=0.15)
+
+
+def test_forward_stops_at_the_deepest_requested_stage() -> None:
+    model = RTDetrResNetBackbone(RTDetrResNetConfig(**SMALL, out_indices=[2])).eval()
+    ran: list[int] = []
+    for number, stage in enumerate(model.encoder.stages, start=1):
+        stage.register_forward_hook(lambda *_, number=number: ran.append(number))
+    with torch.no_grad():
+        model(pixels())
+        assert ran == [1, 2]
+        model(pixels(), output_hidden_states=True)
+    assert ran == [1, 2, 1, 2, 3, 4]
+
+
+def test_wrong_channel_count_is_explained() -> None:
+    model = RTDetrResNetBackbone(RTDetrResNetConfig(**TINY))
+    with pytest.raises(ValueError, match=r"pixel_values has 1 channels but this ResNet-vd expects 3"):
+        model(torch.zeros(1, 1, 32, 32))
+
+
+@pytest.mark.parametrize("freeze_at", [-1, 0, 1, 3, 4])
+def test_freeze_at_maps_onto_freeze_stages(freeze_at: int) -> None:
+    model = RTDetrResNetBackbone(RTDetrResNetConfig(**SMALL, freeze_at=freeze_at))
+    expected = RTDetrResNetBackbone(RTDetrResNetConfig(**SMALL))
+    names = expected.freeze_stages(freeze_at + 1)
+    assert model.frozen_stages == names == ["stem", "stage1", "stage2", "stage3", "stage4"][: freeze_at + 1]
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == [
+        name for name, p in expected.named_parameters() if not p.requires_grad
+    ]
+    model.train()
+    assert model.embedder.training == (freeze_at < 0)
+
+
+def test_freeze_norm_is_freeze_batch_norm(tmp_path: Path) -> None:
+    reference = transformers.RTDetrResNetBackbone(transformers.RTDetrResNetConfig(**SMALL, out_indices=ALL_STAGES))
+    randomize_weights_(reference).eval().save_pretrained(tmp_path)
+    model, report = AutoBackbone.from_pretrained(tmp_path, freeze_norm=True, output_loading_info=True)
+    # A frozen BatchNorm counts no batches: the checkpoint's counters are all it does not use.
+    assert report.missing_keys == []
+    assert report.unused_keys == sorted(key for key in reference.state_dict() if key.endswith("num_batches_tracked"))
+    norms = [module for module in model.modules() if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    assert norms and all(isinstance(module, FrozenBatchNorm2d) for module in norms)
+    batch = pixels()
+    with torch.no_grad():
+        assert_parity(model.train()(batch).feature_maps, reference(batch).feature_maps)
+    model.save_pretrained(tmp_path / "ours")
+    # transformers' BatchNorm then starts its batch counters at 0; nothing else is missing.
+    back = load_reference("RTDetrResNetBackbone", tmp_path / "ours", missing=report.unused_keys)
+    with torch.no_grad():
+        assert_parity(back(batch).feature_maps, reference(batch).feature_maps)
+
+
+# -- preprocessing ----------------------------------------------------------------------------------
+
+# PekingU/rtdetr_r50vd's preprocessor_config.json, with a 64x48 size instead of 640x640.
+PREPROCESSOR: dict[str, Any] = {
+    "do_convert_annotations": True,
+    "do_normalize": False,
+    "do_pad": False,
+    "do_rescale": True,
+    "do_resize": True,
+    "format": "coco_detection",
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_processor_type": "RTDetrImageProcessor",
+    "image_std": [0.229, 0.224, 0.225],
+    "resample": 2,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"height": 64, "width": 48},
+}
+
+
+def _image(height: int = 75, width: int = 101) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("variant", ["named", "model-type-fallback", "normalized"])
+def test_checkpoint_processor_matches_transformers(tmp_path: Path, variant: str) -> None:
+    """The hub checkpoints' RTDetrImageProcessor, also when the file names no type (this plugin declares it)."""
+    RTDetrResNetConfig(**TINY).save_pretrained(tmp_path)
+    data = dict(PREPROCESSOR)
+    if variant == "model-type-fallback":
+        del data["image_processor_type"]
+    elif variant == "normalized":
+        data["do_normalize"] = True
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
+    ours = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(ours, RTDetrImageProcessor)
+    assert ours.image_processor_type == "RTDetrImageProcessor"
+    oracle = transformers.RTDetrImageProcessorPil(**{**PREPROCESSOR, **data})
+    images = [_image(), _image(40, 30)]
+    expected = oracle(images, return_tensors="pt")["pixel_values"]
+    actual = ours(images, return_tensors="pt")["pixel_values"]
+    assert tuple(actual.shape) == tuple(expected.shape) == (2, 3, 64, 48)
+    assert (actual - expected).abs().max().item() <= 1e-5
+
+
+def test_padding_to_pad_size_matches_transformers() -> None:
+    fields = {**PREPROCESSOR, "do_pad": True, "pad_size": {"height": 80, "width": 56}}
+    ours = RTDetrImageProcessor(**{key: value for key, value in fields.items() if key != "image_processor_type"})
+    oracle = transformers.RTDetrImageProcessorPil(**fields)
+    images = [_image(), _image(40, 30)]
+    expected = oracle(images, return_tensors="pt")["pixel_values"]
+    actual = ours(images, return_tensors="pt")["pixel_values"]
+    assert tuple(actual.shape) == tuple(expected.shape) == (2, 3, 80, 56)
+    assert (actual - expected).abs().max().item() <= 1e-5
+
+
+def test_processor_defaults_are_transformers_defaults() -> None:
+    ours, oracle = RTDetrImageProcessor(), transformers.RTDetrImageProcessorPil()
+    assert ours.size == dict(oracle.size) == {"height": 640, "width": 640}
+    assert (
+        (ours.do_normalize, ours.do_pad, ours.resample) == (oracle.do_normalize, oracle.do_pad, 2) == (False, False, 2)
+    )
+    expected = oracle(_image(), return_tensors="pt")["pixel_values"]
+    assert (ours(_image(), return_tensors="pt")["pixel_values"] - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"size": {"shortest_edge": 640}}, r"resizes to a fixed size only; give \{\"height\": H, \"width\": W\}"),
+        ({"do_pad": True, "pad_size": {"height": 32, "width": 640}}, r"pad_size=.* at least as large as size="),
+        ({"do_pad": True, "do_resize": False}, r"do_pad=true without do_resize pads each image to the largest"),
+    ],
+)
+def test_processor_rejects_what_it_does_not_implement(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RTDetrImageProcessor(**fields)
+
+
+# -- config errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"layer_type": "basic", "embedding_size": 4},
+            r"with layer_type='basic', hidden_sizes\[0\]=8 must equal embedding_size=4 unless "
+            r"downsample_in_first_stage is true",
+        ),
+        (
+            {"hidden_sizes": [8, 2, 24, 32]},
+            r"hidden_sizes\[1\]=2 must be at least 4 with layer_type='bottleneck'",
+        ),
+        ({"embedding_size": 1}, r"embedding_size=1 must be at least 2"),
+        (
+            {"freeze_at": 5},
+            r"freeze_at must be between -1 \(freeze nothing\) and 4 \(the stem and every stage\), got 5",
+        ),
+        ({"freeze_at": -2}, r"freeze_at must be between -1 .* got -2"),
+        ({"layer_type": "wide"}, r"layer_type 'wide' is not supported"),
+        ({"depths": [1, 1, 1]}, r"hidden_sizes has 4 entries but depths has 3"),
+    ],
+)
+def test_bad_configs_name_the_field(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RTDetrResNetConfig(**{**SMALL, **overrides})
+
+
+def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
+    RTDetrResNetConfig(**SMALL).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    data["freeze_at"] = 7
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"invalid backbone config in .*config.json: .*freeze_at must be between"):
+        AutoBackbone.from_pretrained(tmp_path)
