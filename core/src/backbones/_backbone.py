@@ -70,6 +70,13 @@ class Backbone(nn.Module):
         reference_class_name: The transformers class name written to ``architectures`` on save.
         backbone_type: transformers' kind of backbone, which heads branch on:
             :attr:`BackboneType.TRANSFORMERS` (the default) or :attr:`BackboneType.TIMM` (the timm wrapper).
+        first_selectable_stage: Stages before this position are computed (they appear in
+            ``hidden_states`` and the metadata) but cannot be selected as outputs: selecting one, at
+            construction or later, is a ``ValueError``. 0 (the default) lets every stage be selected;
+            transformers' ``MaskFormerSwinBackbone`` refuses its ``stem``, so that plugin sets 1.
+        freeze_at_extra_stages: How the config's RT-DETR-style ``freeze_at = k >= 0`` counts: the stem and
+            ``k + freeze_at_extra_stages`` stages are frozen. 0 (the default) is RT-DETR's ResNet-vd
+            (PResNet: ``k`` stages); HGNetV2 (D-FINE) freezes ``k + 1`` and sets 1.
     """
 
     config_class: ClassVar[type[BackboneConfig]] = BackboneConfig
@@ -79,6 +86,8 @@ class Backbone(nn.Module):
     checkpoint_key_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
     reference_class_name: ClassVar[str] = ""
     backbone_type: ClassVar[BackboneType] = BackboneType.TRANSFORMERS
+    first_selectable_stage: ClassVar[int] = 0
+    freeze_at_extra_stages: ClassVar[int] = 0
 
     num_features: list[int]
     """Channels of every stage, aligned with ``stage_names``."""
@@ -89,6 +98,7 @@ class Backbone(nn.Module):
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self._check_selectable(config.stage_names, config.out_features)
         self.config = config
         self._num_kept_stages = len(config.stage_names)
         self._frozen_stages = -1
@@ -109,6 +119,17 @@ class Backbone(nn.Module):
         # torch's imports of its symbolic-shape machinery (sympy, dynamo), a second of process start-up.
         if not building_on_meta():
             self.apply(self._init_weights)
+            self._apply_config_freezing()
+
+    def _apply_config_freezing(self) -> None:
+        """Apply the config's RT-DETR-style ``freeze_at`` / ``freeze_stem_only`` / ``freeze_norm``
+        (see :attr:`BackboneConfig.detection_freezing`) with :meth:`freeze_stages` and :meth:`freeze_batch_norm`."""
+        freeze_at, stem_only, freeze_norm = self.config.detection_freezing
+        if freeze_at >= 0:
+            count = 1 if stem_only else 1 + freeze_at + self.freeze_at_extra_stages
+            self.freeze_stages(min(count, self._num_kept_stages))
+        if freeze_norm:
+            self.freeze_batch_norm()
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module``'s own parameters as the reference implementation does."""
@@ -159,12 +180,23 @@ class Backbone(nn.Module):
         """Stride of each returned feature map."""
         return [self.reductions[position] for position in self.out_positions]
 
+    def _check_selectable(self, names: list[str], out_features: list[str]) -> None:
+        """Refuse a selection of a stage before :attr:`first_selectable_stage`."""
+        first = self.first_selectable_stage
+        refused = [name for name in out_features if name in names[:first]]
+        if refused:
+            raise ValueError(
+                f"{type(self).__name__} cannot output {refused}: stages {names[:first]} are not exposed (as in "
+                f"transformers); select from {names[first:]} (out_indices {first} to {len(names) - 1})"
+            )
+
     def _select_outputs(self, out_features: Any, out_indices: Any) -> None:
         kept = self._num_kept_stages
-        if kept < len(self.stage_names):
+        if kept < len(self.stage_names) or self.first_selectable_stage:
             from ._stages import align_out_features_out_indices
 
             features, indices = align_out_features_out_indices(out_features, out_indices, self.stage_names)
+            self._check_selectable(self.stage_names, features)
             positions = positive_indices(indices, len(self.stage_names))
             too_deep = [name for name, position in zip(features, positions) if position >= kept]
             if too_deep:

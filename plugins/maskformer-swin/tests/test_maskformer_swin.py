@@ -70,7 +70,7 @@ class TestMaskFormerSwinParity(TransformersParity):
     reference_out_indices = tuple(STAGES)  # transformers' MaskFormerSwinBackbone refuses "stem"
     # SIZES, then 64: larger than the pre-training size.
     input_sizes = (SIZES[1], SIZES[0], SIZES[2], (64, 64))
-    out_indices = (tuple(STAGES), (-1,), (1, 3), (0, 2))
+    out_indices = (tuple(STAGES), (-1,), (1, 3), (2,))
     # Every stage's norm is a weight whatever the selection; the trunk's final norm is unused by backbones.
     backbone_unused_keys = ("model.layernorm.bias", "model.layernorm.weight")
     hidden_state_count = 4
@@ -87,7 +87,8 @@ class TestMaskFormerSwinParity(TransformersParity):
 
     def reference_maps(self, reference: Any, pixels: torch.Tensor) -> list[torch.Tensor]:
         expected = reference(pixels, output_hidden_states=True)
-        # transformers has no "stem" map: the stem is its first hidden state (the patch embeddings).
+        # Maps by stage position: transformers has no "stem" map (neither model lets it be selected); its
+        # first hidden state, the patch embeddings, holds position 0.
         stem = _as_map(expected.hidden_states[0], -(-pixels.shape[2] // 4), -(-pixels.shape[3] // 4))
         return [stem, *expected.feature_maps]
 
@@ -258,12 +259,11 @@ def test_every_stage_has_a_norm_whatever_the_selection() -> None:
     pixels = _pixels(32, 32)
     with torch.no_grad():
         (last,) = model(pixels).feature_maps
-        model.out_indices = [0, 1, 3]
-        stem, first, again = model(pixels).feature_maps
+        model.out_indices = [1, 3]
+        first, again = model(pixels).feature_maps
         hidden = model(pixels, output_hidden_states=True).hidden_states
     assert list(model.state_dict()) == keys
     assert torch.equal(again, last)
-    assert torch.equal(stem, _as_map(hidden[0], 8, 8))  # the stem has no norm
     norm = model.hidden_states_norms[0]
     assert torch.equal(first, norm(_as_map(hidden[1][-1], 8, 8).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
 

@@ -15,7 +15,7 @@ import torch
 
 from backbones import AutoBackbone
 from backbones.testing import randomize_weights_
-from backbones_maskformer_swin import MaskFormerSwinBackbone
+from backbones_maskformer_swin import MaskFormerSwinBackbone, MaskFormerSwinConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -98,3 +98,36 @@ def test_hidden_states_leave_feature_maps_unchanged(pair: tuple[Any, MaskFormerS
     for mine, again, theirs in zip(plain, with_states, expected):
         assert torch.equal(mine, again)
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-4)
+
+
+# -- the stem is not an output (item 5a) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [{"out_features": ["stem"]}, {"out_indices": [0]}, {"out_features": ["stem", "stage3"]}, {"out_indices": [0, -1]}],
+)
+def test_selecting_the_stem_raises_as_in_transformers(selection: dict[str, list[Any]]) -> None:
+    config = transformers.MaskFormerSwinConfig(**ARCHITECTURE, **selection)
+    with pytest.raises(ValueError, match="stem"):
+        transformers.MaskFormerSwinBackbone(config)
+    ours = MaskFormerSwinConfig(**ARCHITECTURE, **selection)  # the config accepts it, as transformers' does
+    assert "stem" in ours.out_features
+    with pytest.raises(ValueError, match=r"cannot output \['stem'\]: .*select from \['stage1', 'stage2', 'stage3'\]"):
+        MaskFormerSwinBackbone(ours)
+
+
+def test_loading_with_the_stem_selected_raises(pair: tuple[Any, MaskFormerSwinBackbone], tmp_path: Path) -> None:
+    _, ours = pair
+    ours.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"cannot output \['stem'\]"):
+        AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 1])
+
+
+def test_assigning_the_stem_raises_and_keeps_the_selection(pair: tuple[Any, MaskFormerSwinBackbone]) -> None:
+    _, ours = pair
+    before = list(ours.out_features)
+    for assign in (lambda: setattr(ours, "out_features", ["stem"]), lambda: setattr(ours, "out_indices", [0])):
+        with pytest.raises(ValueError, match="are not exposed"):
+            assign()
+        assert ours.out_features == before and ours.config.out_features == before

@@ -169,12 +169,18 @@ class BackboneConformance:
 
     # -- helpers ----------------------------------------------------------------------------------
 
+    @property
+    def first_selectable(self) -> int:
+        """The model class's :attr:`~backbones.Backbone.first_selectable_stage` (0: every stage can be output)."""
+        model_class = get_registry().get(self.model_type).load_model_class()
+        return int(getattr(model_class, "first_selectable_stage", 0))
+
     def build(self, seed: int = 0, **overrides: Any) -> Backbone:
-        """A randomly initialised model in eval mode, every stage selected unless overridden."""
+        """A randomly initialised model in eval mode, every selectable stage selected unless overridden."""
         torch.manual_seed(seed)
         config = self.make_config(**overrides)
         if "out_indices" not in overrides and "out_features" not in overrides:
-            config.out_indices = list(range(len(config.stage_names)))
+            config.out_indices = list(range(self.first_selectable, len(config.stage_names)))
         model = AutoBackbone.from_config(config)
         randomize_weights_(model, seed)
         return model.eval()
@@ -249,10 +255,30 @@ class BackboneConformance:
         model.out_features = [names[1], names[-1]]
         assert model.out_indices == [1, len(names) - 1]
         assert model.config.out_indices == [1, len(names) - 1]
-        model.out_indices = (0, -1)
-        assert model.out_features == [names[0], names[-1]]
+        first = self.first_selectable
+        model.out_indices = (first, -1)
+        assert model.out_features == [names[first], names[-1]]
         with pytest.raises(ValueError, match="valid stage names"):
             model.out_features = ["no-such-stage"]
+        assert model.out_features == [names[first], names[-1]], "a refused selection leaves the old one"
+
+    def test_unexposed_stages_are_refused(self) -> None:
+        first = self.first_selectable
+        names = self.make_config().stage_names
+        if not first:
+            self.build(out_indices=[0])  # every stage can be selected
+            return
+        hidden = names[:first]
+        with pytest.raises(ValueError, match=rf"cannot output \[{re.escape(repr(hidden[0]))}\]"):
+            self.build(out_indices=[0])
+        with pytest.raises(ValueError, match="select from"):
+            self.build(out_features=[hidden[-1], names[-1]])
+        model = self.build()
+        with pytest.raises(ValueError, match="are not exposed"):
+            model.out_indices = [0, -1]
+        with pytest.raises(ValueError, match="are not exposed"):
+            model.out_features = [hidden[0]]
+        assert model.out_features == names[first:], "a refused selection leaves the old one"
 
     # -- metadata against outputs -----------------------------------------------------------------
 
@@ -261,12 +287,14 @@ class BackboneConformance:
         model = self.build()
         assert len(model.num_features) == len(model.stage_names) == len(model.reductions)
         assert model.out_feature_channels == dict(zip(model.stage_names, model.num_features))
-        assert model.channels == model.num_features
+        assert model.channels == model.num_features[self.first_selectable :]
         for size in self.input_sizes:
             with torch.no_grad():
                 maps = model(self.inputs(size)).feature_maps
-            assert len(maps) == len(model.stage_names)
-            for name, fmap, channels, reduction in zip(model.stage_names, maps, model.num_features, model.reductions):
+            first = self.first_selectable
+            assert len(maps) == len(model.stage_names) - first
+            stages = zip(model.stage_names[first:], maps, model.num_features[first:], model.reductions[first:])
+            for name, fmap, channels, reduction in stages:
                 expected = (
                     self.batch_size,
                     channels,
@@ -321,7 +349,7 @@ class BackboneConformance:
         with torch.no_grad():
             filtered = model.forward_with_filtered_kwargs(pixels, output_attentions=False, unknown_option=1)
         assert isinstance(filtered, BackboneOutput)
-        assert len(filtered.feature_maps) == len(model.stage_names)
+        assert len(filtered.feature_maps) == len(model.stage_names) - self.first_selectable
 
     def test_wrong_channel_count_is_explained(self) -> None:
         assert self.channel_error_name is not None
@@ -371,9 +399,9 @@ class BackboneConformance:
         compiled = torch.compile(model, backend="eager", fullgraph=True)
         with torch.no_grad():
             assert_close_maps(compiled(pixels).feature_maps, model(pixels).feature_maps, atol=1e-5)
-            model.out_indices = [0]
+            model.out_indices = [self.first_selectable]
             (fmap,) = compiled(pixels).feature_maps
-        assert fmap.shape[1] == model.num_features[0], "a new selection is honoured after compiling"
+        assert fmap.shape[1] == model.num_features[self.first_selectable], "a new selection is honoured after compiling"
 
     # -- truncation -------------------------------------------------------------------------------
 
@@ -382,12 +410,13 @@ class BackboneConformance:
         pixels = self.inputs()
         with torch.no_grad():
             reference = full(pixels).feature_maps
-        for index in range(len(full.stage_names)):
+        first = self.first_selectable
+        for index in range(first, len(full.stage_names)):
             model = self.build(out_indices=[index])
             model.load_state_dict(full.state_dict(), strict=False)
             with torch.no_grad():
                 (fmap,) = model(pixels).feature_maps
-            assert_close_maps([fmap], [reference[index]], atol=0.0)
+            assert_close_maps([fmap], [reference[index - first]], atol=0.0)
 
     def test_pruning_frees_deeper_stages(self) -> None:
         model = self.build(out_indices=[1])
@@ -652,8 +681,9 @@ class BackboneConformance:
     def test_load_overrides_selection(self, tmp_path: Path) -> None:
         model = self.build()
         model.save_pretrained(tmp_path)
-        loaded = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 1])
-        assert loaded.out_indices == [0, 1]
+        first = self.first_selectable
+        loaded = AutoBackbone.from_pretrained(tmp_path, out_indices=[first, first + 1])
+        assert loaded.out_indices == [first, first + 1]
         pixels = self.inputs()
         with torch.no_grad():
             assert_close_maps(loaded(pixels).feature_maps, model(pixels).feature_maps[:2], atol=0.0)

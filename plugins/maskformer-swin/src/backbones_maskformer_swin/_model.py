@@ -35,8 +35,8 @@ class MaskFormerSwinBackbone(SwinBackbone):
 
     Stages are ``stem`` (the patch embeddings) and ``stage1..stageK``; a stage's feature map is its output
     before patch merging, passed through that stage's LayerNorm (``hidden_states_norms.<K - 1>``), as in
-    transformers' ``MaskFormerSwinBackbone``. Unlike there, ``"stem"`` may be selected: its map is the
-    patch embeddings, with no norm (checkpoints have none for it). ``hidden_states`` are nested as
+    transformers' ``MaskFormerSwinBackbone``. As there, ``"stem"`` cannot be selected (a ``ValueError`` at
+    construction or on assignment): the stem's tokens are the first hidden state. ``hidden_states`` are nested as
     transformers nests them: first the stem's ``(B, H * W, C)`` tokens, then per stage every block's input
     and output in order (``2 * depth`` entries, each ``(B, H * W, C)``, before patch merging and the output
     norm), stacked into one ``(2 * depth, B, H * W, C)`` tensor per stage: ``for tokens in
@@ -58,6 +58,7 @@ class MaskFormerSwinBackbone(SwinBackbone):
     reference_class_name = "MaskFormerSwinBackbone"
     per_block_hidden_states = True
     trunk_name = "model"
+    first_selectable_stage = 1  # transformers' MaskFormerSwinBackbone refuses "stem"
 
     config: MaskFormerSwinConfig
 
