@@ -22,6 +22,9 @@ __all__ = ["BackboneConfig", "CONFIG_NAME", "config_from_file"]
 
 CONFIG_NAME = "config.json"
 
+# The RT-DETR / D-FINE family's freezing fields, kept as config.json fields and applied by the backbone.
+FREEZE_KEYS = ("freeze_at", "freeze_stem_only", "freeze_norm")
+
 # Keys that are derived (never read back) or handled by the output-stage logic.
 _DERIVED_KEYS = ("stage_names", "out_features", "out_indices", "_out_features", "_out_indices")
 
@@ -89,6 +92,39 @@ class BackboneConfig(BaseModel):
         except ValidationError as error:
             raise _config_error(type(self).__name__, error) from None
         self.set_out_features_out_indices(out_features, out_indices)
+        self.detection_freezing  # noqa: B018 -- validates the freezing fields now, not at build time
+
+    @property
+    def detection_freezing(self) -> tuple[int, bool, bool]:
+        """The RT-DETR family's freezing fields as ``(freeze_at, freeze_stem_only, freeze_norm)``.
+
+        ``freeze_at`` (default -1, nothing frozen): from ``k >= 0`` on, the stem and the first stages are
+        frozen, how many is the backbone's convention (see :attr:`backbones.Backbone.freeze_at_extra_stages`);
+        ``freeze_stem_only`` (default False) freezes only the stem whatever ``freeze_at``; ``freeze_norm``
+        (default False) replaces every BatchNorm by a frozen one. Any config may carry them; they are kept in
+        ``config.json`` as given and applied when the backbone is built or loaded.
+
+        Raises:
+            ConfigError: A field has a value the RT-DETR family does not define.
+        """
+        values = {key: getattr(self, key, None) for key in FREEZE_KEYS}
+        freeze_at = -1 if values["freeze_at"] is None else values["freeze_at"]
+        valid = not isinstance(freeze_at, bool) and isinstance(freeze_at, int) and freeze_at >= -1
+        if valid and freeze_at > 0:
+            valid = freeze_at < len(self.stage_names)
+        if not valid:
+            raise ConfigError(
+                f"invalid {type(self).__name__}: freeze_at={values['freeze_at']!r}: must be an int between -1 "
+                f"(freeze nothing) and {len(self.stage_names) - 1} (the stages after the stem); k >= 0 freezes the "
+                "stem and the first stages, as RT-DETR's freeze_at"
+            )
+        flags = []
+        for key in ("freeze_stem_only", "freeze_norm"):
+            value = False if values[key] is None else values[key]
+            if not isinstance(value, bool):
+                raise ConfigError(f"invalid {type(self).__name__}: {key}={value!r}: must be true or false")
+            flags.append(value)
+        return freeze_at, flags[0], flags[1]
 
     # -- stages -----------------------------------------------------------------------------------
 
@@ -193,6 +229,8 @@ class BackboneConfig(BaseModel):
             self.__dict__.update(selection)
         try:
             self._realign_selection(features, indices)
+            if name in FREEZE_KEYS:
+                self.detection_freezing  # noqa: B018 -- validates the new value
         except ValueError:
             self._restore(name, is_field, previous, missing)
             self._store_selection(features, indices)

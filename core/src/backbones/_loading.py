@@ -466,6 +466,7 @@ def load_pretrained(
     _initialise_missing(model, set(mapping.values()), target_device, target_dtype)
     model.to(device=target_device, dtype=target_dtype)
     model.eval()
+    model._apply_config_freezing()  # after the weights: freeze_norm keeps the loaded statistics
     if report.missing_keys:
         logger.warning("%s", report)
     elif report.unused_keys:

@@ -336,10 +336,10 @@ def test_freeze_norm_is_freeze_batch_norm(tmp_path: Path) -> None:
     model, report = AutoBackbone.from_pretrained(
         tmp_path, freeze_norm=True, freeze_at=0, out_indices=ALL_STAGES, output_loading_info=True
     )
-    # A frozen BatchNorm counts no batches: the checkpoint's counters are all it does not use.
-    assert report.missing_keys == []
-    assert report.unused_keys == sorted(key for key in reference.state_dict() if key.endswith("num_batches_tracked"))
-    assert len(report.unused_keys) == 34
+    # The checkpoint loads into the BatchNorms, which are frozen after it: every key is used.
+    assert report.missing_keys == report.unused_keys == []
+    counters = sorted(key for key in reference.state_dict() if key.endswith("num_batches_tracked"))
+    assert len(counters) == 34
     # Every BatchNorm became a FrozenBatchNorm2d, as freeze_batch_norm() makes them; the loaded statistics hold.
     norms = [module for module in model.modules() if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d))]
     assert norms and all(isinstance(module, FrozenBatchNorm2d) for module in norms)
@@ -351,8 +351,8 @@ def test_freeze_norm_is_freeze_batch_norm(tmp_path: Path) -> None:
         assert_parity(model(batch).feature_maps, reference(batch).feature_maps)
     assert model.config.freeze_norm is True
     model.save_pretrained(tmp_path / "ours")
-    # transformers' BatchNorm then starts its batch counters at 0; nothing else is missing.
-    back = load_reference("HGNetV2Backbone", tmp_path / "ours", missing=report.unused_keys)
+    # A frozen BatchNorm counts no batches, so transformers' BatchNorm starts its counters at 0; nothing else is missing.
+    back = load_reference("HGNetV2Backbone", tmp_path / "ours", missing=counters)
     with torch.no_grad():
         assert_parity(back(batch).feature_maps, reference(batch).feature_maps)
 
@@ -379,8 +379,8 @@ def test_freeze_norm_is_freeze_batch_norm(tmp_path: Path) -> None:
         ({"stem_channels": [1, 8, 8]}, r"stem_channels\[0\]=1 must equal num_channels=3"),
         ({"stage_num_blocks": [1, 0, 1, 1]}, r"stage_num_blocks must be a non-empty list of positive integers"),
         ({"stage_downsample_strides": [2, [2, 1], 2, 2]}, r"stage_downsample_strides\[1\]=\[2, 1\]: only square"),
-        ({"freeze_at": 4}, r"freeze_at must be between -1 \(freeze nothing\) and 3 \(the last stage\), got 4"),
-        ({"freeze_at": -2}, r"freeze_at must be between -1 .* got -2"),
+        ({"freeze_at": 5}, r"freeze_at=5: must be an int between -1 \(freeze nothing\) and 4 \(the stages after"),
+        ({"freeze_at": -2}, r"freeze_at=-2: must be an int between -1 .* and 4"),
         ({"hidden_act": "swishy"}, r"hidden_act 'swishy' is not supported"),
     ],
 )

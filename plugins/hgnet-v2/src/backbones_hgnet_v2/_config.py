@@ -286,10 +286,6 @@ class HGNetV2Config(BackboneConfig):
                 raise ValueError(
                     f"stage_out_channels[{index}]={channels} must be at least 2 (a block squeezes to half of it)"
                 )
-        if not -1 <= self.freeze_at < stages:
-            raise ValueError(
-                f"freeze_at must be between -1 (freeze nothing) and {stages - 1} (the last stage), got {self.freeze_at}"
-            )
         return self
 
     @property
@@ -300,12 +296,3 @@ class HGNetV2Config(BackboneConfig):
     @property
     def stage_names(self) -> list[str]:
         return ["stem"] + [f"stage{index}" for index in range(1, self.num_stages + 1)]
-
-    @property
-    def frozen_stage_count(self) -> int:
-        """How many stages (stem first) ``freeze_at`` / ``freeze_stem_only`` freeze: ``freeze_stages``' argument."""
-        if self.freeze_at < 0:
-            return 0
-        if self.freeze_stem_only:
-            return 1
-        return 1 + min(self.freeze_at + 1, self.num_stages)

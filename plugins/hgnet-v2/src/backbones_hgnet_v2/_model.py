@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, FrozenBatchNorm2d
+from backbones.layers import CheckpointableLayer
 
 from ._config import HGNetV2Config
 
@@ -221,31 +221,12 @@ class _Encoder(nn.Module):
         self.stages = nn.ModuleList(_Stage(config, index) for index in range(config.num_stages))
 
 
-def _apply_freeze_fields(model: HGNetV2Backbone) -> None:
-    """Apply ``freeze_norm`` as ``freeze_batch_norm()`` and ``freeze_at`` as ``freeze_stages(n)``.
-
-    A model built for a checkpoint load holds its parameters on the meta device, where BatchNorm values
-    cannot be copied: its norms become fresh frozen ones (their buffers are real), which the load fills.
-    """
-    config = model.config
-    if config.freeze_norm:
-        if any(parameter.is_meta for parameter in model.parameters()):
-            for parent in list(model.modules()):
-                for name, child in parent.named_children():
-                    if type(child) is nn.BatchNorm2d:
-                        setattr(parent, name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
-        else:
-            model.freeze_batch_norm()
-    if config.frozen_stage_count:
-        model.freeze_stages(config.frozen_stage_count)
-
-
 class HGNetV2Backbone(Backbone):
     """HGNetV2 feature extractor with transformers-compatible state-dict keys.
 
     Stage 0 (``"stem"``) is the stem's output; stage ``i`` is the output of HG stage ``i``. A forward
     runs only up to the deepest requested stage (all stages when hidden states are requested).
-    ``config.freeze_at`` / ``freeze_norm`` are applied when the model is built.
+    ``config.freeze_at`` / ``freeze_stem_only`` / ``freeze_norm`` are applied when the model is built or loaded.
 
     Args:
         config: The architecture and the output selection.
@@ -257,6 +238,7 @@ class HGNetV2Backbone(Backbone):
     """
 
     config_class = HGNetV2Config
+    freeze_at_extra_stages = 1  # D-FINE's HGNetv2: freeze_at = k freezes the stem and k + 1 stages
     # HGNetV2ForImageClassification keeps embedder/encoder at the top level; its head ("fc") goes unused.
     base_model_prefix = ""
     has_attentions = False
@@ -275,7 +257,6 @@ class HGNetV2Backbone(Backbone):
             reductions.append(reductions[-1] * (stride if downsample else 1))
         self.reductions = reductions
         self.post_init()
-        _apply_freeze_fields(self)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module`` as transformers' HGNetV2PreTrainedModel does."""

@@ -55,15 +55,4 @@ class RTDetrResNetConfig(ResNetConfig):
                 f"embedding_size={self.embedding_size} unless downsample_in_first_stage is true: a shortcut "
                 "that changes the width average-pools by 2, so the first stage would have to downsample too"
             )
-        stages = len(self.depths)
-        if not -1 <= self.freeze_at <= stages:
-            raise ValueError(
-                f"freeze_at must be between -1 (freeze nothing) and {stages} (the stem and every stage), "
-                f"got {self.freeze_at}"
-            )
         return self
-
-    @property
-    def frozen_stage_count(self) -> int:
-        """How many stages (stem first) ``freeze_at`` freezes: ``freeze_stages``' argument."""
-        return self.freeze_at + 1

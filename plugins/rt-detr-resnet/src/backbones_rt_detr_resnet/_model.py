@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import FrozenBatchNorm2d
 from backbones_resnet.blocks import (
     ConvNormLayer,
     ResidualBlock,
@@ -92,7 +91,7 @@ class RTDetrResNetBackbone(Backbone):
 
     Stage 0 (``"stem"``) is the max-pooled deep stem's output; stage ``i`` is the output of residual stage
     ``i``. A forward runs only up to the deepest requested stage (all stages when hidden states are
-    requested). ``config.freeze_at`` / ``freeze_norm`` are applied when the model is built.
+    requested). ``config.freeze_at`` / ``freeze_norm`` are applied when the model is built or loaded.
 
     Args:
         config: The architecture and the output selection.
@@ -129,7 +128,6 @@ class RTDetrResNetBackbone(Backbone):
             reductions.append(reductions[-1] * stride)
         self.reductions = reductions
         self.post_init()
-        _apply_freeze_fields(self)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module`` as transformers' RTDetrResNetPreTrainedModel does."""
@@ -165,22 +163,3 @@ class RTDetrResNetBackbone(Backbone):
     def _prune_stages(self, last_stage: int) -> None:
         # Stage i >= 1 lives at encoder.stages[i - 1]; the stem is always kept.
         del self.encoder.stages[last_stage:]
-
-
-def _apply_freeze_fields(model: RTDetrResNetBackbone) -> None:
-    """Apply ``freeze_norm`` as ``freeze_batch_norm()`` and ``freeze_at`` as ``freeze_stages(freeze_at + 1)``.
-
-    A model built for a checkpoint load holds its parameters on the meta device, where BatchNorm values
-    cannot be copied: its norms become fresh frozen ones (their buffers are real), which the load fills.
-    """
-    config = model.config
-    if config.freeze_norm:
-        if any(parameter.is_meta for parameter in model.parameters()):
-            for parent in list(model.modules()):
-                for name, child in parent.named_children():
-                    if type(child) is nn.BatchNorm2d:
-                        setattr(parent, name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
-        else:
-            model.freeze_batch_norm()
-    if config.frozen_stage_count:
-        model.freeze_stages(config.frozen_stage_count)
