@@ -405,7 +405,7 @@ def test_unknown_processor_type(tmp_path: Path) -> None:
         AutoImageProcessor.from_pretrained(directory)
     assert str(caught.value) == (
         f"{directory / 'preprocessor_config.json'}: image_processor_type 'DeiTImageProcessor' is not supported; "
-        "backbones implements BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor and ViTImageProcessor; "
+        "backbones implements BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor, DINOv3ViTImageProcessor and ViTImageProcessor; "
         "installed plugins add RTDetrImageProcessor (backbones-rt-detr-resnet) (preprocess with that transformers class, or build an ImageProcessor with the same steps)"
     )
     with pytest.raises(ConfigError, match=r"image_processor_type 'CLIPImageProcessor' is not supported"):
@@ -624,6 +624,7 @@ DECLARED_FALLBACKS = {
     "dinat": "ViTImageProcessor",
     "dinov2": "BitImageProcessor",
     "dinov2_with_registers": "BitImageProcessor",
+    "dinov3_vit": "DINOv3ViTImageProcessor",
     "focalnet": "BitImageProcessor",
     "resnet": "ConvNextImageProcessor",
     "rt_detr_resnet": "RTDetrImageProcessor",
@@ -643,7 +644,9 @@ def test_each_plugin_declares_the_fallback_transformers_uses() -> None:
 
     for model_type, declared in DECLARED_FALLBACKS.items():
         if model_type in IMAGE_PROCESSOR_MAPPING_NAMES:
-            assert IMAGE_PROCESSOR_MAPPING_NAMES[model_type]["pil"] == declared + "Pil", model_type
+            # DINOv3's processor has a torchvision class only, named without a suffix.
+            names = IMAGE_PROCESSOR_MAPPING_NAMES[model_type]
+            assert names.get("pil", names["torchvision"] + "Pil") == declared + "Pil", model_type
 
 
 @pytest.fixture
@@ -720,7 +723,7 @@ def test_a_third_party_plugin_declares_its_own_processor(toynet_installed: Path)
         AutoImageProcessor.from_dict({"image_processor_type": "DeiTImageProcessor"})
     assert str(caught.value) == (
         "image_processor_type 'DeiTImageProcessor' is not supported; backbones implements BeitImageProcessor, "
-        "BitImageProcessor, ConvNextImageProcessor and ViTImageProcessor; installed plugins add RTDetrImageProcessor "
+        "BitImageProcessor, ConvNextImageProcessor, DINOv3ViTImageProcessor and ViTImageProcessor; installed plugins add RTDetrImageProcessor "
         "(backbones-rt-detr-resnet), ToyNetImageProcessor (backbones-toynet) (preprocess with that transformers class, or build an ImageProcessor with the same steps)"
     )
 

@@ -400,7 +400,9 @@ def register_backbones(register):
              model="backbones_toynet.model:ToyNetBackbone", {arguments})
 """
 
-FAMILIES = "BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor and ViTImageProcessor"
+FAMILIES = (
+    "BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor, DINOv3ViTImageProcessor and ViTImageProcessor"
+)
 
 
 def test_processor_declarations_are_registered(site: FakeSite) -> None:

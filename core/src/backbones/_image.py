@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ._errors import BackboneError, ConfigError, PluginError
 from ._processor_families import (
@@ -29,6 +29,7 @@ from ._processor_families import (
     HAMMING,
     LANCZOS,
     NEAREST,
+    RESCALE_FIRST,
     family_names_text,
 )
 
@@ -56,8 +57,7 @@ __all__ = [
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ._processor_families import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402 -- re-exported here
 
 # Pillow's numbering, which preprocessor_config.json stores.
 _FILTER_NAMES = {
@@ -210,8 +210,10 @@ class ImageProcessor:
 
     A plugin implements a processor of its own as a subclass decorated with
     ``@dataclasses.dataclass(frozen=True)``: its field defaults are the defaults of keys its
-    ``preprocessor_config.json`` leaves out, it may add fields (read from that file too), and it may
-    override :meth:`postprocess`.
+    ``preprocessor_config.json`` leaves out, it may add fields (read from that file too), it may
+    override :meth:`postprocess`, and it may set the class attribute ``rescale_before_resize`` (scale to
+    [0, 1] right after the RGB step, so resizing and cropping filter floats, as DINOv3's processor does).
+    A field named ``do_pad`` is the subclass's to implement; without one, ``do_pad=true`` is refused.
 
     Raises:
         ConfigError: A field has an unusable value, or a step is on without what it needs.
@@ -236,6 +238,8 @@ class ImageProcessor:
     image_mean: float | tuple[float, ...] | None = IMAGENET_MEAN
     image_std: float | tuple[float, ...] | None = IMAGENET_STD
     image_processor_type: str | None = None
+
+    rescale_before_resize: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for flag in (
@@ -349,21 +353,24 @@ class ImageProcessor:
         Sizes read height x width.
         """
         steps = ["RGB" if self.do_convert_rgb else "channels as given"]
+        if self.do_rescale and self.rescale_before_resize:
+            steps.append(self._describe_rescale())
         if self.do_resize and self.size is not None:
             steps.append(self._describe_resize(self.size))
         else:
             steps.append("native size")
         if self.do_center_crop and self.crop_size is not None:
             steps.append(f"centre-crop {self.crop_size['height']}x{self.crop_size['width']}")
-        if self.do_rescale:
-            steps.append(
-                "scale to [0, 1]"
-                if math.isclose(self.rescale_factor, 1 / 255)
-                else f"multiply by {self.rescale_factor:g}"
-            )
+        if self.do_rescale and not self.rescale_before_resize:
+            steps.append(self._describe_rescale())
         if self.do_normalize:
             steps.append(f"normalise with mean {self.image_mean} and std {self.image_std}")
         return ", ".join(steps)
+
+    def _describe_rescale(self) -> str:
+        return (
+            "scale to [0, 1]" if math.isclose(self.rescale_factor, 1 / 255) else f"multiply by {self.rescale_factor:g}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a ``preprocessor_config.json`` dictionary (transformers reads it back)."""
@@ -408,13 +415,14 @@ class ImageProcessor:
             )
         if self.do_convert_rgb:
             pixels = _to_rgb(pixels, index, full_scale=255.0 if self.do_rescale else 1.0)
+        if self.do_rescale and self.rescale_before_resize:
+            pixels = self._rescale(pixels)
         if self.do_resize and self.size is not None:
             pixels = self._resize(pixels)
         if self.do_center_crop and self.crop_size is not None:
             pixels = _center_crop(pixels, self.crop_size["height"], self.crop_size["width"])
-        if self.do_rescale:
-            # Scaled in float64 and stored as float32, as transformers does, so the results agree to the bit.
-            pixels = (pixels.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        if self.do_rescale and not self.rescale_before_resize:
+            pixels = self._rescale(pixels)
         elif pixels.dtype.kind != "f":
             pixels = pixels.astype(np.float32)
         if self.do_normalize:
@@ -425,6 +433,10 @@ class ImageProcessor:
             pixels = (pixels - np.asarray(mean, dtype=pixels.dtype)) / np.asarray(std, dtype=pixels.dtype)
         planar = pixels.astype(np.float32, copy=False).transpose(2, 0, 1)
         return np.ascontiguousarray(self.postprocess(planar), dtype=np.float32)
+
+    def _rescale(self, pixels: NDArray[Any]) -> NDArray[np.float32]:
+        # Scaled in float64 and stored as float32, as transformers does, so the results agree to the bit.
+        return (pixels.astype(np.float64) * self.rescale_factor).astype(np.float32)
 
     def postprocess(self, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
         """The last step, on each image as a ``(channels, height, width)`` float32 array: none here.
@@ -444,6 +456,13 @@ class ImageProcessor:
             resized = _resize(pixels, *_shortest_edge_size(height, width, int(edge / self.crop_pct)), self.resample)
             return _center_crop(resized, edge, edge)
         return _resize(pixels, *_target_size(self.size, height, width), self.resample)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RescaleFirstImageProcessor(ImageProcessor):
+    """The pipeline of a core family in ``RESCALE_FIRST``: scale to [0, 1] before resizing."""
+
+    rescale_before_resize: ClassVar[bool] = True
 
 
 def _field_names(cls: type[ImageProcessor]) -> frozenset[str]:
@@ -758,7 +777,7 @@ def _class_defaults(cls: type[ImageProcessor]) -> dict[str, Any]:
 
 
 def _build(processor_type: str, data: Mapping[str, Any], overrides: Mapping[str, Any]) -> ImageProcessor:
-    cls: type[ImageProcessor] = ImageProcessor
+    cls: type[ImageProcessor] = _RescaleFirstImageProcessor if processor_type in RESCALE_FIRST else ImageProcessor
     defaults = FAMILIES.get(processor_type)
     if defaults is not None:
         # Only ConvNeXt's family reads crop_pct; the others ignore a stray one, as transformers does.
@@ -772,9 +791,9 @@ def _build(processor_type: str, data: Mapping[str, Any], overrides: Mapping[str,
                 "with the same steps)"
             )
         cls, defaults, ignored = plugin_class, _class_defaults(plugin_class), {"image_processor_type"}
-    if data.get("do_pad"):
-        raise ConfigError("do_pad=true (padding the images of a batch to one size) is not supported; set it to false")
     field_names = _field_names(cls)
+    if data.get("do_pad") and "do_pad" not in field_names:
+        raise ConfigError("do_pad=true (padding the images of a batch to one size) is not supported; set it to false")
     fields = dict(defaults)
     fields.update({key: value for key, value in data.items() if key in field_names - ignored and value is not None})
     unknown = sorted(set(overrides) - field_names)

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FAMILIES", "family_names_text"]
+__all__ = ["FAMILIES", "RESCALE_FIRST", "family_names_text"]
 
 NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING = range(6)
 
 HALF = (0.5, 0.5, 0.5)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _COMMON_DEFAULTS: dict[str, Any] = {
     "do_convert_rgb": False,
@@ -72,7 +74,20 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "image_mean": HALF,
         "image_std": HALF,
     },
+    # DINOv3's (ViT and ConvNeXt checkpoints): transformers has only a torchvision-backed class, which
+    # scales to [0, 1] before resizing (see RESCALE_FIRST).
+    "DINOv3ViTImageProcessor": {
+        **_COMMON_DEFAULTS,
+        "size": {"height": 224, "width": 224},
+        "resample": BILINEAR,
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+    },
 }
+
+# Families whose transformers class rescales before resizing: the resize then filters [0, 1] floats
+# rather than 8-bit values (a difference of up to about 1e-2 after normalising).
+RESCALE_FIRST = frozenset({"DINOv3ViTImageProcessor"})
 
 
 def family_names_text() -> str:

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from backbones.hookspecs import Register
 
 # The plugin API this plugin was built for; core loads it only if it fits (see backbones.PLUGIN_API_VERSION).
-BACKBONES_PLUGIN_API = "1.0"
+BACKBONES_PLUGIN_API = "1.1"  # 1.1: it declares its image processor
 
 
 @hookimpl
@@ -20,4 +20,6 @@ def register_backbones(register: Register) -> None:
         config="backbones_dinov3_vit._config:Dinov3ViTConfig",
         model="backbones_dinov3_vit._model:Dinov3ViTBackbone",
         description="DINOv3 ViT (self-supervised vision transformer with 2-D rotary positions, 2025)",
+        # DINOv3 checkpoints' preprocessor_config.json names it (a core family); also used when one names none.
+        image_processor="DINOv3ViTImageProcessor",
     )
