@@ -725,15 +725,24 @@ def _declared_type(data: Mapping[str, Any]) -> str | None:
     """The processor class a preprocessor config names, in transformers' base spelling."""
     declared = data.get("image_processor_type")
     if isinstance(declared, str) and declared:
-        # "...Fast" (transformers 4's torchvision classes) and "...Pil" (5's PIL classes) share settings.
+        # "...Fast" (transformers 4's torchvision classes) and "...Pil" (5's PIL classes) share settings,
+        # for core's families and for the processors plugins implement alike.
         for suffix in ("Fast", "Pil"):
-            if declared.endswith(suffix) and declared[: -len(suffix)] in FAMILIES:
-                return declared[: -len(suffix)]
+            base = declared[: -len(suffix)]
+            if declared.endswith(suffix) and declared not in FAMILIES and _is_known_type(base):
+                return base
         return declared
     legacy = data.get("feature_extractor_type")
     if isinstance(legacy, str) and legacy:
         return legacy.replace("FeatureExtractor", "ImageProcessor")
     return None
+
+
+def _is_known_type(processor_type: str) -> bool:
+    """Whether ``processor_type`` is one of core's families or a processor a plugin implements."""
+    from ._registry import get_registry
+
+    return processor_type in FAMILIES or get_registry().image_processor(processor_type) is not None
 
 
 def _supported_types_text() -> str:

@@ -434,3 +434,14 @@ def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
         ConfigError, match=r"invalid backbone config in .*config.json: .*freeze_at=7: must be an int between"
     ):
         AutoBackbone.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", ["Fast", "Pil"])
+def test_processor_class_suffixes_name_the_same_processor(tmp_path: Path, suffix: str) -> None:
+    """transformers 4 wrote ``RTDetrImageProcessorFast``, 5 writes ``...Pil`` for the PIL class: same settings."""
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({**PREPROCESSOR, "image_processor_type": "RTDetrImageProcessor" + suffix})
+    )
+    ours = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(ours, RTDetrImageProcessor)
+    assert ours.image_processor_type == "RTDetrImageProcessor"
