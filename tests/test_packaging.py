@@ -36,8 +36,11 @@ BUILT_ON = {
     "backbones-convnextv2": {"backbones-convnext"},
     "backbones-dinat": {"backbones-nat"},
     "backbones-dinov2-with-registers": {"backbones-dinov2"},
+    "backbones-dinov3-convnext": {"backbones-convnext"},
     "backbones-dinov3-vit": {"backbones-dinov2"},
+    "backbones-lw-detr-vit": {"backbones-vitdet"},
     "backbones-maskformer-swin": {"backbones-swin"},
+    "backbones-rf-detr-dinov2": {"backbones-dinov2"},
     "backbones-rt-detr-resnet": {"backbones-resnet"},
     "backbones-swinv2": {"backbones-swin"},
 }
@@ -150,8 +153,10 @@ def test_wheel_contents_and_entry_points(dist_dir: Path, project: Path) -> None:
     entry_points.optionxform = str
     entry_points.read_string(_read_dist_info(wheel, "entry_points.txt"))
     if name == "backbones-core":
-        assert entry_points.sections() == ["console_scripts"]
+        assert sorted(entry_points.sections()) == ["backbones", "console_scripts"]
         assert dict(entry_points["console_scripts"]) == {"backbones": "backbones._cli:main"}
+        # Core registers its necks (feature pyramids) the way a plugin registers a backbone.
+        assert dict(entry_points["backbones"]) == {"necks": "backbones.necks._plugin"}
         return
     assert entry_points.sections() == ["backbones"]
     ((entry_name, module),) = entry_points["backbones"].items()
