@@ -141,6 +141,7 @@ def target_rows(results: Mapping[str, Any]) -> list[list[str]]:
             ]
         )
         rows.append(["whole swin-tiny process: peak RSS, ours / transformers", _x(rss), "<= 0.70x", verdict(rss, 0.70)])
+    rows += big_load_target_rows(results.get("bigload"))
     forward = [row for row in forward_rows(results.get("forward", [])) if row["mode"] == "fp32"]
     for batch in sorted({row["batch"] for row in forward}):
         rated = [row for row in forward if row["batch"] == batch and row["ratio"] is not None]
@@ -224,6 +225,69 @@ def _header(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _big_load_ratios(big: Mapping[str, Any]) -> dict[str, float | None]:
+    checkpoint_mib = big["checkpoint_bytes"] / 2**20
+    rss = {impl: median(big[impl]["peak_above_floor_mib"]) for impl in ("ours", "transformers")}
+    return {
+        "rss_ours": None if rss["ours"] is None else rss["ours"] / checkpoint_mib,
+        "rss_transformers": None if rss["transformers"] is None else rss["transformers"] / checkpoint_mib,
+        "wall": ratio(median(big["ours"]["time_s"]), [median(big["transformers"]["time_s"])]),
+    }
+
+
+def big_load_target_rows(big: Mapping[str, Any] | None) -> list[list[str]]:
+    """The big-checkpoint targets (issue #25): memory above the ``import torch`` floor, and wall time."""
+    if not big:
+        return []
+    ratios = _big_load_ratios(big)
+    return [
+        [
+            f"{big['label']}: peak RSS above the `import torch` floor / checkpoint bytes (ours)",
+            f"{_x(ratios['rss_ours'])} (transformers {_x(ratios['rss_transformers'])})",
+            "<= 1.20x",
+            verdict(ratios["rss_ours"], 1.20),
+        ],
+        [
+            f"{big['label']}: fresh-process wall, ours / transformers",
+            _x(ratios["wall"]),
+            "<= 0.50x",
+            verdict(ratios["wall"], 0.50),
+        ],
+    ]
+
+
+def _big_load_section(big: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for impl in ("ours", "transformers"):
+        measured = big[impl]
+        rows.append(
+            [
+                impl,
+                f"{median(measured['time_s']):.2f}",
+                f"{median(measured['load_s']):.2f}",
+                f"{median(measured['load_and_read_s']):.2f}",
+                f"{median(measured['peak_above_floor_mib']):.0f}",
+                ", ".join(measured["dtypes"]),
+                len(measured["time_s"]),
+            ]
+        )
+    return [
+        "",
+        f"## Big sharded checkpoint: {big['label']}",
+        "",
+        f"{big['checkpoint_bytes'] / 2**30:.2f} GiB of bfloat16 tensors in shards with an index, loaded with "
+        "`dtype=torch.bfloat16` in a fresh process. Wall: the whole process, seen by the parent. Inside it, "
+        "from after `import torch` (the floor): import and load, then load and read one byte of every page of "
+        "every parameter (a memory-mapped load is lazy: reading makes both count their weights). Peak RSS "
+        "above the floor is the process's `VmHWM` minus its RSS after `import torch`.",
+        "",
+        _table(
+            ["", "wall s", "import + load s", "+ read every page s", "peak RSS above floor MiB", "dtypes", "N"],
+            rows,
+        ),
+    ]
+
+
 def render_markdown(results: Mapping[str, Any], plot: str | None = None) -> str:
     """The whole ``docs/benchmarks.md`` text for ``results`` (the structure of ``results.json``)."""
     out = _header(results)
@@ -296,6 +360,9 @@ def render_markdown(results: Mapping[str, Any], plot: str | None = None) -> str:
                 rows,
             ),
         ]
+
+    if results.get("bigload"):
+        out += _big_load_section(results["bigload"])
 
     load = results.get("load")
     if load:

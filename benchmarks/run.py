@@ -29,11 +29,11 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import IMPLS, render_markdown  # noqa: E402
-from benchmarks.specs import ARCHS, Arch, arch_by_name  # noqa: E402
+from benchmarks.specs import ARCHS, BIG_LOAD, BIG_LOAD_SHARD_BYTES, Arch, arch_by_name  # noqa: E402
 
 __all__ = ["interleaved", "main", "measure_forward", "time_call"]
 
-SECTIONS = ("imports", "process", "load", "forward", "truncated")
+SECTIONS = ("imports", "process", "load", "forward", "truncated", "bigload")
 WHOLE_PROCESS_ARCHS = ("swin", "resnet", "convnext")
 TRUNCATED_ARCHS = ("swin", "resnet")
 
@@ -286,6 +286,114 @@ def measure_whole_process(arch: Arch, directory: Path, repetitions: int, threads
     return {name: {"time_s": samples[name], "rss_mib": rss[name][1:]} for name in scripts}  # drop the warm-up
 
 
+# -- a big sharded checkpoint ---------------------------------------------------------------------------
+
+
+def write_big_checkpoint(directory: Path, arch: Arch = BIG_LOAD, shard_bytes: int = BIG_LOAD_SHARD_BYTES) -> int:
+    """Write ``arch`` as transformers lays out a big checkpoint: ``config.json``, bfloat16 shards of at most
+    ``shard_bytes`` and ``model.safetensors.index.json``. The tensor names and shapes are transformers'
+    (its model built on the meta device); the values are random. Returns the bytes of tensor data."""
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    config = getattr(transformers, arch.hf_config or "")(**arch.config)
+    with torch.device("meta"):
+        shapes = {
+            key: value.shape
+            for key, value in getattr(transformers, arch.hf_backbone or "")(config).state_dict().items()
+        }
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(directory)
+    generator = torch.Generator().manual_seed(0)
+    shards: list[dict[str, Any]] = [{}]
+    size = 0
+    for key, shape in shapes.items():
+        tensor = (torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16)
+        if size + tensor.nbytes > shard_bytes and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += tensor.nbytes
+    weight_map: dict[str, str] = {}
+    for number, shard in enumerate(shards, start=1):
+        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(tensor.nbytes for shard in shards for tensor in shard.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return total
+
+
+# RSS counts the pages of a memory-mapped file once they are read; the script reads a byte of every
+# page of every parameter after loading, so a lazily mapped load and a copied one are measured alike.
+BIG_LOAD_SCRIPT = """
+import json, sys, time
+
+def status(field):
+    with open("/proc/self/status") as lines:
+        for line in lines:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+
+import torch
+torch.set_num_threads({threads})
+floor = status("VmRSS:")
+start = time.perf_counter()
+{load}
+loaded = time.perf_counter()
+with torch.no_grad():
+    for parameter in model.parameters():
+        step = max(1, 4096 // parameter.element_size())
+        parameter.detach().reshape(-1)[::step].float().sum()
+touched = time.perf_counter()
+dtypes = sorted({{str(p.dtype) for p in model.parameters()}})
+print(json.dumps({{"floor_mib": floor, "load_s": loaded - start, "load_and_read_s": touched - start,
+                  "peak_above_floor_mib": status("VmHWM:") - floor, "dtypes": dtypes,
+                  "parameters": sum(p.numel() for p in model.parameters())}}))
+"""
+BIG_LOAD_OURS = (
+    "from backbones import AutoBackbone\nmodel = AutoBackbone.from_pretrained({directory!r}, dtype=torch.bfloat16)"
+)
+BIG_LOAD_TRANSFORMERS = (
+    "import transformers\n"
+    "model = transformers.{backbone_class}.from_pretrained({directory!r}, dtype=torch.bfloat16).eval()"
+)
+
+
+def measure_big_load(directory: Path, checkpoint_bytes: int, repetitions: int, threads: int) -> dict[str, Any]:
+    """Fresh processes that import torch, then load ``directory`` in bfloat16 (ours and transformers).
+
+    Per process: the wall time seen by the parent, and inside it (from after ``import torch``: the
+    floor) the time to import and load, to load and read every parameter's pages once, and the peak RSS
+    above the floor.
+    """
+    loads = {
+        "ours": BIG_LOAD_OURS.format(directory=str(directory)),
+        "transformers": BIG_LOAD_TRANSFORMERS.format(directory=str(directory), backbone_class=BIG_LOAD.hf_backbone),
+    }
+    scripts = {name: BIG_LOAD_SCRIPT.format(threads=threads, load=load) for name, load in loads.items()}
+    inside: dict[str, list[dict[str, Any]]] = {name: [] for name in scripts}
+
+    def run(name: str) -> tuple[float, str]:
+        seconds, stdout = _run_process([sys.executable, "-c", scripts[name]])
+        inside[name].append(json.loads(stdout.strip().splitlines()[-1]))
+        return seconds, stdout
+
+    samples = _interleaved_processes({name: lambda n=name: run(n) for name in scripts}, repetitions, warmup=1)
+    result: dict[str, Any] = {"label": BIG_LOAD.label, "checkpoint_bytes": checkpoint_bytes}
+    for name in scripts:
+        measured = inside[name][1:]  # drop the warm-up (it also fills the page cache)
+        result[name] = {
+            "time_s": samples[name],
+            **{key: [row[key] for row in measured] for key in ("load_s", "load_and_read_s", "peak_above_floor_mib")},
+            "dtypes": measured[-1]["dtypes"],
+            "parameters": measured[-1]["parameters"],
+        }
+    return result
+
+
 # -- in-process measurements --------------------------------------------------------------------------
 
 
@@ -372,6 +480,7 @@ def _settings(quick: bool) -> dict[str, Any]:
             "import_reps": 3,
             "process_reps": 2,
             "load_reps": 1,
+            "bigload_reps": 1,
             "bs1": {"repetitions": 3, "warmup": 1, "budget_s": 0.6, "max_repetitions": 5},
             "bs8": {"repetitions": 2, "warmup": 1, "budget_s": None, "max_repetitions": None},
             "modes_bs8": ("fp32",),
@@ -380,6 +489,7 @@ def _settings(quick: bool) -> dict[str, Any]:
         "import_reps": 5,
         "process_reps": 3,
         "load_reps": 2,
+        "bigload_reps": 2,
         "bs1": {"repetitions": 5, "warmup": 1, "budget_s": 2.0, "max_repetitions": 15},
         "bs8": {"repetitions": 3, "warmup": 1, "budget_s": None, "max_repetitions": None},
         "modes_bs8": ("fp32",),
@@ -396,8 +506,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     set_clock(args.clock)
     torch.set_num_threads(threads)
     settings = _settings(args.quick)
-    if args.only:
-        archs = [arch_by_name(name.strip()) for name in args.only.split(",") if name.strip()]
+    only = [name.strip() for name in (args.only or "").split(",") if name.strip()]
+    if only:
+        archs = [arch_by_name(name) for name in only if name != "bigload"]
     elif args.quick:
         archs = [arch_by_name(name) for name in QUICK_ARCHS]
     else:
@@ -447,6 +558,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _forward_rows(arch, directory, settings, results, skip)
             shutil.rmtree(directory)
             gc.collect()
+        if "bigload" not in skip and (("bigload" in only) if only else not args.quick):
+            directory = workdir / "bigload"
+            log(f"{BIG_LOAD.name}: writing a sharded bfloat16 checkpoint")
+            written = write_big_checkpoint(directory)
+            log(f"{BIG_LOAD.name}: fresh processes loading {written / 2**30:.2f} GiB")
+            results["bigload"] = measure_big_load(directory, written, settings["bigload_reps"], threads)
+            shutil.rmtree(directory)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return results

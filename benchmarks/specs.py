@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ARCHS", "Arch", "arch_by_name"]
+__all__ = ["ARCHS", "Arch", "BIG_LOAD", "BIG_LOAD_SHARD_BYTES", "arch_by_name"]
 
 FOUR_STAGES = [1, 2, 3, 4]
 VIT_LAYERS = [3, 6, 9, 12]
@@ -188,6 +188,26 @@ ARCHS: list[Arch] = [
         channels_last=True,
     ),
     Arch(
+        "dinov3-convnext",
+        "dinov3-convnext-tiny",
+        "DINOv3ConvNextConfig",
+        "DINOv3ConvNextBackbone",
+        {"depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768], "out_indices": FOUR_STAGES},
+        timm_name="convnext_tiny",
+        channels_last=True,
+        note="timm's convnext_tiny is the same network (timm's convnext_tiny.dinov3_lvd1689m weights load into it)",
+    ),
+    Arch(
+        "pvt-v2",
+        "pvt_v2_b2 (spatial-reduction attention, 224)",
+        "PvtV2Config",
+        "PvtV2Backbone",
+        {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 6, 3], "out_indices": [0, 1, 2, 3]},
+        timm_name="pvt_v2_b2",
+        timm_kwargs={"out_indices": [0, 1, 2, 3]},
+        note="PVTv2 has no stem: its four stages are out_indices 0 to 3",
+    ),
+    Arch(
         "focalnet",
         "focalnet-tiny (srf)",
         "FocalNetConfig",
@@ -255,6 +275,29 @@ ARCHS: list[Arch] = [
         note="timm has no ViTDet; samvit_base_patch16_224 (windowed + global attention, rel-pos, no neck) is the same block design",
     ),
     Arch(
+        "lw-detr-vit",
+        "lw-detr ViT (192 wide, 10 layers, 2x2 windows at 224, global at layers 3/5/6/9)",
+        "LwDetrViTConfig",
+        "LwDetrViTBackbone",
+        {
+            "image_size": 224,
+            "hidden_size": 192,
+            "num_hidden_layers": 10,
+            "num_windows": 4,
+            "window_block_indices": [0, 1, 3, 6, 7, 9],
+            "out_indices": [2, 4, 5, 9],
+        },
+        note="timm has no LW-DETR ViT; 2x2 windows, since a 224x224 input gives a 14x14 patch grid, which LW-DETR's 4x4 windows do not split",
+    ),
+    Arch(
+        "rf-detr-dinov2",
+        "rf-detr-base backbone (ViT-S/14, positions for 518, 4x4 windows, global at 2/5/8/11, 224)",
+        "RfDetrDinov2Config",
+        "RfDetrDinov2Backbone",
+        {"hidden_size": 384, "num_attention_heads": 6, "image_size": 518, "out_indices": [2, 5, 8, 11]},
+        note="timm has no RF-DETR windowed DINOv2: transformers' RfDetrDinov2Backbone only",
+    ),
+    Arch(
         "nat",
         "nat-mini",
         None,
@@ -273,6 +316,29 @@ ARCHS: list[Arch] = [
         note="transformers' DiNAT needs natten (not installable here) and timm has none: our latency only",
     ),
 ]
+
+
+# The big-checkpoint case (section ``bigload``): DINOv3 ViT-H+/16 (dinov3-vith16plus, 0.84 B parameters), as
+# transformers' model card configures it, written as a sharded bfloat16 checkpoint of random weights.
+BIG_LOAD = Arch(
+    "dinov3-vith16plus",
+    "dinov3-vith16plus (0.84 B parameters, bf16, 4 shards)",
+    "DINOv3ViTConfig",
+    "DINOv3ViTBackbone",
+    {
+        "hidden_size": 1280,
+        "intermediate_size": 5120,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 20,
+        "use_gated_mlp": True,
+        "hidden_act": "silu",
+        "num_register_tokens": 4,
+        "key_bias": False,
+        "out_indices": [32],
+    },
+    note="a synthetic checkpoint: transformers' config, random bfloat16 weights in shards of at most 500 MB",
+)
+BIG_LOAD_SHARD_BYTES = 500_000_000
 
 
 def arch_by_name(name: str) -> Arch:

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("registry")
 
 VALID = (
     "the load options are: allow_pickle, cache_dir, checkpoint_prefix, config_key, device, dtype, force_download, "
-    "local_files_only, out_features, out_indices, output_loading_info, revision, strict, token, use_timm_backbone"
+    "local_files_only, max_parameters, out_features, out_indices, output_loading_info, revision, strict, token, "
+    "use_timm_backbone"
 )
 
 
@@ -56,6 +57,7 @@ def test_fields_and_defaults() -> None:
         "config_key": None,
         "output_loading_info": False,
         "use_timm_backbone": False,
+        "max_parameters": None,
     }
     assert LoadOptions() == LoadOptions(**defaults)
 

@@ -110,11 +110,15 @@ class AutoBackbone:
         raise TypeError("AutoBackbone is not instantiated; use AutoBackbone.from_config or .from_pretrained")
 
     @staticmethod
-    def from_config(config: BackboneConfig | dict[str, Any], **kwargs: Any) -> Backbone:
+    def from_config(
+        config: BackboneConfig | dict[str, Any], *, max_parameters: int | None = None, **kwargs: Any
+    ) -> Backbone:
         """Build a randomly initialised backbone.
 
         Args:
             config: A :class:`BackboneConfig` (or a ``config.json`` dict with ``model_type``).
+            max_parameters: Refuse a model with more parameters (counted on the meta device before
+                anything is allocated; default ``BACKBONES_MAX_PARAMETERS``, else 20 billion).
             **kwargs: Field overrides applied to a copy of the config (e.g. ``out_indices=[1, 2]``).
         """
         if isinstance(config, dict):
@@ -124,7 +128,9 @@ class AutoBackbone:
         elif kwargs:
             config = type(config).from_dict(config.to_dict(), **kwargs)
         model_class = get_registry().get(config.model_type).load_model_class()
-        return model_class(config)
+        from ._loading import build_backbone  # counts the parameters first, and reports unknown fields
+
+        return build_backbone(model_class, config, max_parameters=max_parameters)
 
     @overload
     @staticmethod
@@ -147,6 +153,7 @@ class AutoBackbone:
         config_key: str | None = None,
         output_loading_info: Literal[False] = False,
         use_timm_backbone: bool = False,
+        max_parameters: int | None = None,
         **config_overrides: Any,
     ) -> Backbone: ...
 
@@ -171,6 +178,7 @@ class AutoBackbone:
         config_key: str | None = None,
         output_loading_info: Literal[True],
         use_timm_backbone: bool = False,
+        max_parameters: int | None = None,
         **config_overrides: Any,
     ) -> tuple[Backbone, LoadReport]: ...
 

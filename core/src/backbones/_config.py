@@ -7,6 +7,7 @@ unchanged, so a round trip loses nothing.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ._errors import ConfigError
 from ._stages import align_out_features_out_indices, verify_out_features_out_indices
 
-__all__ = ["BackboneConfig", "CONFIG_NAME", "config_from_file"]
+__all__ = ["BackboneConfig", "CONFIG_NAME", "TRANSFORMERS_CONFIG_KEYS", "config_from_file"]
 
 CONFIG_NAME = "config.json"
 
@@ -27,6 +28,43 @@ FREEZE_KEYS = ("freeze_at", "freeze_stem_only", "freeze_norm")
 
 # Keys that are derived (never read back) or handled by the output-stage logic.
 _DERIVED_KEYS = ("stage_names", "out_features", "out_indices", "_out_features", "_out_indices")
+
+TRANSFORMERS_CONFIG_KEYS = frozenset(
+    {
+        # transformers' PretrainedConfig (4.x and 5.x): bookkeeping, task heads, text generation.
+        "architectures", "transformers_version", "dtype", "torch_dtype", "use_bfloat16", "torchscript",
+        "id2label", "label2id", "num_labels", "problem_type", "finetuning_task", "task_specific_params",
+        "tokenizer_class", "prefix", "bos_token_id", "pad_token_id", "eos_token_id", "sep_token_id",
+        "decoder_start_token_id", "is_encoder_decoder", "is_decoder", "add_cross_attention",
+        "cross_attention_hidden_size", "tie_encoder_decoder", "tie_word_embeddings", "chunk_size_feed_forward",
+        "pruned_heads", "tf_legacy_loss", "use_return_dict", "quantization_config", "attn_implementation",
+        "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+        "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+        "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+        "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
+        "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
+        "begin_suppress_tokens", "auto_map", "custom_pipelines",
+        # transformers' backbone API (BackboneConfigMixin and the configs that nest a backbone).
+        "backbone", "backbone_config", "backbone_kwargs", "use_timm_backbone", "use_pretrained_backbone",
+        # The RT-DETR family's freezing fields: any config may carry them (see detection_freezing).
+        *FREEZE_KEYS,
+    }
+)  # fmt: skip
+"""``config.json`` keys that are never reported as unknown, whatever the architecture: those of
+transformers' ``PretrainedConfig`` and of its backbone API. Keys starting with ``_`` (transformers'
+bookkeeping, e.g. ``_name_or_path``) are never unknown either; an architecture adds its reference config's
+unused keys with :attr:`BackboneConfig.reference_config_keys`."""
+
+
+def _nearest(name: str, candidates: list[str]) -> str:
+    """The candidate spelt most like ``name`` (difflib's ratio; shared words weigh most)."""
+    words = set(name.split("_"))
+
+    def score(candidate: str) -> tuple[float, float]:
+        shared = len(words & set(candidate.split("_"))) / max(len(words), 1)
+        return shared, difflib.SequenceMatcher(None, name, candidate).ratio()
+
+    return max(candidates, key=score)
 
 
 def _config_error(class_name: str, error: ValidationError) -> ConfigError:
@@ -66,12 +104,19 @@ class BackboneConfig(BaseModel):
     _selection_keys: ClassVar[tuple[str, ...]] = ("_out_features", "_out_indices")
     """Instance ``__dict__`` entries that hold the selection (never fields, never written to config.json)."""
 
+    reference_config_keys: ClassVar[frozenset[str]] = frozenset()
+    """Keys the reference implementation's config (transformers') writes to ``config.json`` that this
+    architecture does not read (a task head's fields, values derived from other fields). They are kept
+    for the round trip like any extra, and never reported by :meth:`unknown_fields`."""
+
     output_hidden_states: bool = False
     """Default of the forward's ``output_hidden_states``."""
     output_attentions: bool = False
     """Default of the forward's ``output_attentions``."""
     return_dict: bool = True
     """Default of the forward's ``return_dict``."""
+    output_prefix_tokens: bool = False
+    """Default of the forward's ``output_prefix_tokens`` (backbones with class or register tokens only)."""
 
     # The selection (_out_features, _out_indices) lives in the instance __dict__, set with
     # object.__setattr__, and is not annotated here: pydantic would make annotated underscore names
@@ -125,6 +170,25 @@ class BackboneConfig(BaseModel):
                 raise ConfigError(f"invalid {type(self).__name__}: {key}={value!r}: must be true or false")
             flags.append(value)
         return freeze_at, flags[0], flags[1]
+
+    def unknown_fields(self) -> dict[str, str]:
+        """Extra keys that no code reads: neither a field, nor a key of transformers' configs
+        (:data:`TRANSFORMERS_CONFIG_KEYS`, keys starting with ``_``), nor one of :attr:`reference_config_keys`.
+
+        They are kept and written back (as transformers does), but a misspelt or unsupported field has no
+        effect, so loading reports them. A config whose extras are arguments of something else (timm's
+        ``create_model``) overrides this.
+
+        Returns:
+            Each unknown key, in the order given, with the nearest field name (its likely intended spelling).
+        """
+        known = {*type(self).model_fields, *TRANSFORMERS_CONFIG_KEYS, *type(self).reference_config_keys}
+        candidates = sorted({*type(self).model_fields, "out_features", "out_indices"})
+        return {
+            key: _nearest(key, candidates)
+            for key in (self.model_extra or {})
+            if key not in known and not key.startswith("_")
+        }
 
     # -- stages -----------------------------------------------------------------------------------
 

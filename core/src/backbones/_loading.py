@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import threading
+import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,19 +26,27 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ._auto import checkpoint_config_data, config_with_overrides
 from ._config import CONFIG_NAME
 from ._errors import BackboneError, CheckpointError, ConfigError, WeightsMismatchError
 from ._files import atomic_write, atomic_write_text, read_json
 from ._hub import resolve_file
-from ._options import LoadOptions, check_config_overrides
+from ._options import MAX_PARAMETERS_ENV, LoadOptions, check_config_overrides, parameter_limit
 from ._safetensors import SafetensorsFile
 
 if TYPE_CHECKING:
     from ._backbone import Backbone
 
-__all__ = ["LoadReport", "load_pretrained", "save_checkpoint"]
+__all__ = [
+    "LoadReport",
+    "build_backbone",
+    "count_parameters",
+    "load_pretrained",
+    "report_unknown_fields",
+    "save_checkpoint",
+]
 
 logger = logging.getLogger("backbones")
 
@@ -54,12 +65,15 @@ class LoadReport:
         missing_keys: Model keys absent from the checkpoint; they were initialised as the reference does.
         unused_keys: Checkpoint keys the model does not use (e.g. a classifier head).
         prefix: How task-checkpoint keys were mapped (e.g. ``"resnet."`` removed), or ``""``.
+        unknown_config_fields: Config fields that no code reads (kept for the round trip), each with the
+            nearest valid field name; see ``BackboneConfig.unknown_fields``. They do not make a report unclean.
     """
 
     source: str
     missing_keys: list[str] = field(default_factory=list)
     unused_keys: list[str] = field(default_factory=list)
     prefix: str = ""
+    unknown_config_fields: dict[str, str] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -74,6 +88,9 @@ class LoadReport:
             lines.append(f"  initialised (not in checkpoint): {_abbreviate(self.missing_keys)}")
         if self.unused_keys:
             lines.append(f"  unused checkpoint keys: {_abbreviate(self.unused_keys)}")
+        if self.unknown_config_fields:
+            unknown = [f"{key} (did you mean {nearest}?)" for key, nearest in self.unknown_config_fields.items()]
+            lines.append(f"  unknown config fields (kept, no effect): {_abbreviate(unknown)}")
         return "\n".join(lines)
 
 
@@ -102,6 +119,9 @@ def _register_parameter_on_meta(self: nn.Module, name: str, param: nn.Parameter 
         # A wrapper installed over ours during a build (and so left in place) calls ours again: end there.
         _TORCH_REGISTER_PARAMETER(self, name, param)
         return
+    budget: _ParameterBudget | None = getattr(_meta_state, "budget", None)
+    if param is not None and budget is not None:
+        budget.add(param.numel())
     if param is not None and building_on_meta() and param.device.type != "meta":
         param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
     _meta_state.forwarding = True
@@ -152,26 +172,267 @@ def parameters_on_meta() -> Iterator[None]:
         _exit_build()
 
 
-def _build(model_class: type[Backbone], config: Any, source: Path) -> Backbone:
-    """Build ``model_class(config)`` with its parameters on the meta device.
+# -- the parameter limit ----------------------------------------------------------------------------
+
+_COUNT_SECONDS = 2.0
+"""How long a build that went over the limit goes on counting (on the meta device) for the estimate."""
+_SMALL_TENSOR = 1 << 16
+"""Elements below which a tensor made while counting past the limit stays real (index tables, schedules)."""
+
+
+class _OverLimit(Exception):
+    """A build went over its parameter limit (caught by the build and reported as a ConfigError)."""
+
+    def __init__(self, count: int, complete: bool) -> None:
+        super().__init__(count)
+        self.count = count
+        self.complete = complete
+
+
+class _ParameterBudget:
+    """Counts the parameters a build registers, and refuses to allocate past the limit.
+
+    Below the limit every parameter is counted as it is registered. The first one that goes over it
+    puts the build into counting mode: from then on every tensor a factory makes (bar small ones) is
+    made on the meta device, and the count goes on until the build ends or :data:`_COUNT_SECONDS` have
+    passed, so the error can say how big the model would be without allocating it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.refused = 0  # elements of tensors made on meta because they did not fit
+        self.over_since: float | None = None
+
+    def add(self, numel: int) -> None:
+        self.count += numel
+        if self.count > self.limit and self.over_since is None:
+            self.over_since = time.monotonic()
+        self.check_time()
+
+    def check_time(self) -> None:
+        if self.over_since is not None and time.monotonic() - self.over_since > _COUNT_SECONDS:
+            raise _OverLimit(self.estimate, complete=False)
+
+    def room_for(self, numel: int) -> bool:
+        """Whether a tensor of ``numel`` elements may be allocated for real (small ones always may: the
+        parameter count alone decides the limit, exactly, as parameters are registered)."""
+        return numel < _SMALL_TENSOR or (self.over_since is None and self.count + numel <= self.limit)
+
+    @property
+    def estimate(self) -> int:
+        """The parameters counted, or with the tensors refused when the parameters alone are not over."""
+        return self.count if self.count > self.limit else self.count + self.refused
+
+
+def _requested_numel(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    """Elements the factory call ``func(*args, **kwargs)`` would allocate, or None if it is no factory call."""
+    name = getattr(func, "__name__", "")
+    if func in _SIZE_FACTORIES:
+        size = kwargs.get("size", args[1:] if name.startswith("new_") else args)
+        if name.startswith("new_"):  # Tensor.new_empty(self, size)
+            pass
+        elif name == "randint":  # randint(high, size) or randint(low, high, size)
+            size = kwargs.get("size", next((a for a in args if isinstance(a, (tuple, list, torch.Size))), ()))
+        elif name in ("full", "new_full") and "size" not in kwargs:
+            size = args[1:2] if name == "new_full" else args[:1]
+    elif name == "eye":
+        size = (args[0], args[1] if len(args) > 1 and isinstance(args[1], int) else args[0]) if args else ()
+    elif name in ("arange", "linspace", "logspace"):
+        return _range_numel(name, args, kwargs)
+    else:
+        return None
+    if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
+        size = size[0]
+    numel = 1
+    for item in size:
+        if not isinstance(item, int):
+            return None  # symbolic or odd sizes: not ours to judge
+        numel *= max(item, 0)
+    return numel
+
+
+def _range_numel(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    numbers = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    try:
+        if name == "arange":
+            start, end, step = (0, numbers[0], 1) if len(numbers) == 1 else (*numbers[:2], (numbers[2:] or [1])[0])
+            return max(int((end - start) / step) + 1, 0) if step else None
+        steps = kwargs.get("steps", numbers[2] if len(numbers) > 2 else None)
+        return int(steps) if isinstance(steps, int) else None
+    except (IndexError, TypeError, ValueError, OverflowError):
+        return None
+
+
+_SIZE_FACTORIES = frozenset(
+    {
+        torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
+        torch.empty_strided, torch.Tensor.new_empty, torch.Tensor.new_zeros, torch.Tensor.new_ones,
+        torch.Tensor.new_full,
+    }
+)  # fmt: skip
+
+
+_GUARDED = _SIZE_FACTORIES | {torch.eye, torch.arange, torch.linspace, torch.logspace}
+
+
+class _AllocationGuard(TorchFunctionMode):
+    """Within a counted build, a factory call that would go past the limit makes a meta tensor instead
+    (counting mode) or ends the build (before the limit is reached)."""
+
+    def __init__(self, budget: _ParameterBudget) -> None:
+        super().__init__()
+        self.budget = budget
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        if func not in _GUARDED:  # every tensor operation passes here: keep the common case cheap
+            return func(*args, **(kwargs or {}))
+        kwargs = dict(kwargs or {})
+        numel = _requested_numel(func, args, kwargs)
+        if numel is not None and str(kwargs.get("device", "")) != "meta" and not self.budget.room_for(numel):
+            if self.budget.over_since is None:  # one tensor bigger than what is left: over the limit now
+                self.budget.over_since = time.monotonic()
+                self.budget.refused += numel
+            self.budget.check_time()
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _counted(limit: int) -> Iterator[_ParameterBudget]:
+    """Count the parameters built in this block (this thread) and refuse allocations past ``limit``."""
+    budget = _ParameterBudget(limit)
+    previous = getattr(_meta_state, "budget", None)
+    _meta_state.budget = budget
+    try:
+        with _AllocationGuard(budget):
+            yield budget
+    finally:
+        _meta_state.budget = previous
+
+
+class _TooBigError(ConfigError):
+    """The model a config describes is bigger than the parameter limit."""
+
+
+def _too_big(model_class: type[Backbone], source: object, count: int, complete: bool, limit: int) -> ConfigError:
+    estimate = f"{_billions(count)} parameters" if complete else f"more than {_billions(count)} parameters"
+    origin = f" from {source}" if source is not None else ""
+    return _TooBigError(
+        f"{model_class.__name__}{origin} would have {estimate} (counted on the meta device, nothing "
+        f"allocated), above the limit of {_billions(limit)}: check the config's sizes; if the model is meant to "
+        f"be this big, pass max_parameters={max(count * 2, limit + 1)} or set the environment variable "
+        f"{MAX_PARAMETERS_ENV}"
+    )
+
+
+def _billions(count: int) -> str:
+    return f"{count:,} ({count / 1e9:.3g} B)" if count >= 10**8 else f"{count:,}"
+
+
+def count_parameters(model_class: type[Backbone], config: Any, *, max_parameters: int | None = None) -> int | None:
+    """Build ``model_class(config)`` with its parameters on the meta device and count them.
+
+    Args:
+        model_class: The backbone class.
+        config: Its config.
+        max_parameters: The limit (default: ``BACKBONES_MAX_PARAMETERS``, else 20 billion).
+
+    Returns:
+        The number of parameters (nothing is allocated for them), or None when the model cannot be
+        built (the real build then raises its own error).
+
+    Raises:
+        ConfigError: The model would have more than the limit; the message gives the estimate and how
+            to raise the limit.
+    """
+    try:
+        # Tensors a module makes before registering them as parameters (torch.randn for a class token)
+        # draw from the global generator: put it back, so counting changes no random initialisation.
+        with torch.random.fork_rng(devices=[]):
+            return _build(model_class, config, None, max_parameters)[1]
+    except _TooBigError:
+        raise
+    except BackboneError:
+        return None
+
+
+def build_backbone(model_class: type[Backbone], config: Any, *, max_parameters: int | None = None) -> Backbone:
+    """``model_class(config)``, randomly initialised, once its unknown config fields are reported (see
+    :func:`report_unknown_fields`) and its parameters counted within the limit (see :func:`count_parameters`).
+
+    Raises:
+        ConfigError: The model would be bigger than the limit.
+    """
+    report_unknown_fields(config, None, strict=False)
+    count_parameters(model_class, config, max_parameters=max_parameters)
+    return model_class(config)
+
+
+_warned_fields: set[tuple[str, str]] = set()
+
+
+def report_unknown_fields(config: Any, source: object, *, strict: bool) -> dict[str, str]:
+    """Warn once per process about each unknown config field (see ``BackboneConfig.unknown_fields``).
+
+    Returns:
+        The unknown fields, each with the nearest valid field name.
+
+    Raises:
+        ConfigError: ``strict`` and there are unknown fields.
+    """
+    unknown = config.unknown_fields()
+    if not unknown:
+        return unknown
+    described = "; ".join(f"{key!r} (did you mean {nearest!r}?)" for key, nearest in unknown.items())
+    what = type(config).__name__ + (f" from {source}" if source is not None else "")
+    message = (
+        f"{what} has field(s) it does not know, kept for the round trip but without effect: {described}. "
+        "Fix the spelling, or remove them if this architecture does not support them"
+    )
+    if strict:
+        raise ConfigError(message + " (strict=True makes them an error)")
+    fresh = [key for key in unknown if (type(config).__name__, key) not in _warned_fields]
+    if fresh:
+        _warned_fields.update((type(config).__name__, key) for key in fresh)
+        warnings.warn(message, UserWarning, stacklevel=4)
+    return unknown
+
+
+def _build(
+    model_class: type[Backbone], config: Any, source: object, max_parameters: int | None = None
+) -> tuple[Backbone, int]:
+    """Build ``model_class(config)`` with its parameters on the meta device; return it and its parameter count.
 
     The config was read from a file and checked for absurd numbers (``config_from_file``); an error the
     plugin raises while building (values that pass its validation but do not fit the architecture) is
     reported against that file instead of surfacing from deep inside the model code.
 
     Raises:
-        ConfigError: Construction fails; the message names the config file and the original error.
+        ConfigError: Construction fails; the message names the config file and the original error. Or
+            the model would have more than ``max_parameters`` parameters: they are counted as they are
+            registered, and a tensor that would go past the limit is made on the meta device, so a
+            hostile config cannot make the process allocate more than the limit.
     """
+    limit = parameter_limit(max_parameters)
+    budget: _ParameterBudget | None = None
     try:
-        with parameters_on_meta():
-            return model_class(config)
+        with parameters_on_meta(), _counted(limit) as budget:
+            model = model_class(config)
+    except _OverLimit as over:
+        raise _too_big(model_class, source, over.count, over.complete, limit) from None
     except BackboneError:
         raise
     except Exception as error:
+        if budget is not None and budget.over_since is not None:  # failed on a meta tensor while counting
+            raise _too_big(model_class, source, budget.estimate, False, limit) from None
         raise ConfigError(
             f"cannot build {model_class.__name__} from {source} ({type(error).__name__}: {error}); "
             "its values do not fit the architecture: fix or regenerate config.json"
         ) from error
+    if budget.over_since is not None:
+        raise _too_big(model_class, source, budget.estimate, True, limit)
+    return model, budget.count
 
 
 # -- finding the weights --------------------------------------------------------------------------
@@ -236,6 +497,7 @@ class _Checkpoint:
         self.dtypes: dict[str, torch.dtype] = {}
         self._owners: dict[str, Any] = {}
         self._files: dict[str, str] = {}
+        self._handles: dict[str, Any] = {}
         for path in files:
             if kind == "safetensors":
                 source: Any = SafetensorsFile(path)
@@ -275,8 +537,48 @@ class _Checkpoint:
                 )
 
     def get(self, key: str) -> torch.Tensor:
+        """Tensor ``key``: a zero-copy view of the memory-mapped file."""
         source = self._owners[key]
         return source.get_tensor(key) if isinstance(source, SafetensorsFile) else source[key]
+
+    def nbytes(self, key: str) -> int:
+        return math.prod(self.shapes[key]) * self.dtypes[key].itemsize
+
+    def read(self, key: str, scratch: torch.Tensor) -> torch.Tensor:
+        """Tensor ``key`` read from the file into ``scratch`` (bytes, at least :meth:`nbytes` long), for a
+        tensor that is converted or moved; the result is valid until ``scratch`` is read into again.
+
+        A view of the memory map would leave the pages it touched resident (counted in the process's
+        memory) for as long as the file stays mapped, and a fresh tensor for each would fragment the heap
+        with freed blocks: either way a converted load would hold the checkpoint and the converted model
+        at once. Read into one reused buffer, only the biggest tensor is held twice.
+
+        Raises:
+            CheckpointError: The file changed since its header was read (it is shorter now).
+        """
+        source = self._owners[key]
+        if not isinstance(source, SafetensorsFile):
+            return source[key]
+        info = source.tensors[key]
+        tensor = scratch[: info.end - info.start].view(info.dtype).view(info.shape)
+        if not tensor.numel():
+            return tensor
+        target: Any = scratch[: info.end - info.start].numpy()  # the tensor's bytes
+        handle = self._handles.get(self._files[key])
+        if handle is None:
+            handle = self._handles[self._files[key]] = source.path.open("rb")
+        handle.seek(info.start)
+        if handle.readinto(target) != info.end - info.start:
+            raise CheckpointError(
+                f"weights file {source.path} is shorter than when its header was read (tensor {key!r}): "
+                "it changed during the load; load it again"
+            )
+        return tensor
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
 
 
 # -- key matching ---------------------------------------------------------------------------------
@@ -343,6 +645,40 @@ def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if not isinstance(resolved, torch.dtype):
         raise ValueError(f"dtype {dtype!r} is not a torch dtype; use e.g. torch.float32, 'bfloat16' or 'auto'")
     return resolved
+
+
+def _read_state(
+    checkpoint: _Checkpoint,
+    mapping: dict[str, str],
+    expected: dict[str, torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> dict[str, torch.Tensor]:
+    """The model's tensors from the checkpoint, converted to ``dtype`` and moved to ``device``.
+
+    A tensor kept as it is (same dtype, CPU) is a zero-copy view of the memory-mapped file: the model's
+    memory is the file's pages, read as they are used. A tensor that is converted or moved is read into
+    fresh memory, converted, and its source freed before the next one, so the process never holds the
+    checkpoint and the converted model at once. On the meta device nothing is read at all.
+    """
+    casts = {}
+    for key, model_key in mapping.items():
+        stored = checkpoint.dtypes[key]
+        floating = dtype if dtype is not None else stored
+        casts[key] = floating if stored.is_floating_point else expected[model_key].dtype
+    if device.type == "meta":
+        return {model_key: torch.empty(checkpoint.shapes[key], dtype=casts[key], device=device)
+                for key, model_key in mapping.items()}  # fmt: skip
+    converted = [key for key in mapping if casts[key] != checkpoint.dtypes[key] or device.type != "cpu"]
+    scratch = torch.empty(max((checkpoint.nbytes(key) for key in converted), default=0), dtype=torch.uint8)
+    state: dict[str, torch.Tensor] = {}
+    for key, model_key in mapping.items():
+        if key in converted:
+            # A copy even where ``to`` would return its input: the next read overwrites the scratch.
+            state[model_key] = checkpoint.read(key, scratch).to(device=device, dtype=casts[key], copy=True)
+        else:
+            state[model_key] = checkpoint.get(key)
+    return state
 
 
 def _initialise_missing(model: Backbone, loaded: set[str], device: torch.device, dtype: torch.dtype | None) -> None:
@@ -417,6 +753,7 @@ def load_pretrained(
 
         model_class = get_registry().get(model_type).load_model_class()
     config = config_with_overrides(model_class.config_class, data, config_path, options, overrides)
+    unknown_fields = report_unknown_fields(config, config_path, strict=options.strict)
 
     target_dtype = _parse_dtype(options.dtype)
     target_device = torch.device(options.device) if options.device is not None else torch.device("cpu")
@@ -425,7 +762,7 @@ def load_pretrained(
     if index is not None:
         checkpoint.check_index(*index)
 
-    model = _build(model_class, config, config_path)
+    model = _build(model_class, config, config_path, options.max_parameters)[0]
     mapping, unused, prefix_note = _match_keys(model, list(checkpoint.shapes), options.checkpoint_prefix)
     expected = model.state_dict()
     mismatched = [
@@ -450,17 +787,15 @@ def load_pretrained(
         missing_keys=sorted(set(expected) - set(mapping.values())),
         unused_keys=sorted(unused),
         prefix=prefix_note,
+        unknown_config_fields=unknown_fields,
     )
     if options.strict and not report.clean:
         raise WeightsMismatchError(f"strict loading of {name_or_path} failed:\n{report}")
 
-    state: dict[str, torch.Tensor] = {}
-    for key, model_key in mapping.items():
-        tensor = checkpoint.get(key)
-        reference = expected[model_key]
-        floating = target_dtype if target_dtype is not None else tensor.dtype
-        cast = floating if tensor.is_floating_point() else reference.dtype
-        state[model_key] = tensor.to(device=target_device, dtype=cast)
+    try:
+        state = _read_state(checkpoint, mapping, expected, target_device, target_dtype)
+    finally:
+        checkpoint.close()
     model.load_state_dict(state, strict=False, assign=True)
     del state
     _initialise_missing(model, set(mapping.values()), target_device, target_dtype)
@@ -487,7 +822,7 @@ def _load_from_name(name_or_path: str | os.PathLike[str], options: LoadOptions, 
     registry.discover()
     # Plugins built for plugin API 1.0 take ``options``: one dict of the options and the overrides.
     legacy = {**options.as_dict(), **overrides}
-    del legacy["use_timm_backbone"]
+    del legacy["use_timm_backbone"], legacy["max_parameters"]
     return registry.plugin_manager.hook.load_backbone_from_name(
         name=name_or_path, load_options=options, config_overrides=MappingProxyType(dict(overrides)), options=legacy
     )

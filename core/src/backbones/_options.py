@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LoadOptions", "check_config_overrides"]
+__all__ = ["DEFAULT_MAX_PARAMETERS", "MAX_PARAMETERS_ENV", "LoadOptions", "check_config_overrides", "parameter_limit"]
 
 # transformers' names for options that are spelt differently here.
 _OTHER_NAMES = {"torch_dtype": "dtype", "use_auth_token": "token"}
@@ -78,6 +78,10 @@ class LoadOptions:
     use_timm_backbone: bool = False
     """Ask the plugins that load names (``backbones-timm``) before looking for a checkpoint, as
     transformers' flag of that name does."""
+    max_parameters: int | None = None
+    """Refuse a config whose model would have more parameters than this (default: the environment
+    variable ``BACKBONES_MAX_PARAMETERS``, else 20 billion); counted on the meta device before anything is
+    allocated (see ``docs/security.md``)."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> LoadOptions:
         # Runs before the generated __init__, so an unknown keyword gets the list of valid ones.
@@ -91,6 +95,8 @@ class LoadOptions:
             _require(name, getattr(self, name), bool, "True or False")
         _require("use_timm_backbone", self.use_timm_backbone, bool, "True or False")
         _require("checkpoint_prefix", self.checkpoint_prefix, str, "a string (e.g. 'model.encoder.')")
+        if self.max_parameters is not None:
+            _check_parameter_limit(self.max_parameters, "max_parameters")
         for name in ("revision", "config_key"):
             value = getattr(self, name)
             if value is not None:
@@ -193,6 +199,45 @@ def check_config_overrides(overrides: Mapping[str, Any], accepted: Collection[st
             unknown_options_message(suspicious)
             + "; any other keyword is a config override (a field of the backbone's config)"
         )
+
+
+DEFAULT_MAX_PARAMETERS = 20_000_000_000
+"""Largest model (in parameters and buffer elements) built or loaded unless a larger limit is asked for:
+above the biggest vision backbones (ViT-7B: 6.7 billion), far below what a hostile ``config.json`` can ask for."""
+
+MAX_PARAMETERS_ENV = "BACKBONES_MAX_PARAMETERS"
+"""Environment variable that sets the limit when no ``max_parameters`` is given (an integer, ``_`` allowed)."""
+
+
+def parameter_limit(max_parameters: int | None = None) -> int:
+    """The most parameters a model may have before it is built: ``max_parameters``, else the environment
+    variable ``BACKBONES_MAX_PARAMETERS``, else :data:`DEFAULT_MAX_PARAMETERS` (20 billion).
+
+    Raises:
+        TypeError: ``max_parameters`` is not a positive int.
+        ValueError: The environment variable is not a positive integer.
+    """
+    if max_parameters is not None:
+        return _check_parameter_limit(max_parameters, "max_parameters")
+    text = os.environ.get(MAX_PARAMETERS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PARAMETERS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(
+            f"{MAX_PARAMETERS_ENV}={text!r} is not a positive integer; set it to the most parameters a model may "
+            f"have (e.g. 30000000000) or unset it for the default ({DEFAULT_MAX_PARAMETERS:_})"
+        )
+    return value
+
+
+def _check_parameter_limit(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise TypeError(f"{name} must be a positive int (a number of parameters, e.g. 30_000_000_000), got {value!r}")
+    return value
 
 
 def _require(name: str, value: Any, kind: type, what: str) -> None:
