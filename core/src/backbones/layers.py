@@ -9,12 +9,15 @@
 * :func:`init_linear_and_norm_`: transformers' default initialisation of linear, convolution and layer-norm
   modules, which most plugins' ``_init_weights`` start from.
 * :func:`check_pixel_channels`: the shared error for inputs with the wrong number of channels.
+* :func:`run_stem_and_stages`: the forward of a trunk that is a stem followed by a list of stages.
+* :func:`run_token_layers`: the forward of a plain vision transformer's layers, one stage each.
 * :func:`reselect_output_modules`: per-output modules (e.g. output norms) following a new selection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
+from itertools import islice
 from typing import Any
 
 import torch
@@ -30,6 +33,8 @@ __all__ = [
     "drop_path_rates",
     "init_linear_and_norm_",
     "reselect_output_modules",
+    "run_stem_and_stages",
+    "run_token_layers",
 ]
 
 
@@ -204,6 +209,104 @@ def check_pixel_channels(pixel_values: Tensor, expected: int, model: str) -> Non
             f"pixel_values has {pixel_values.shape[1]} channels but this {model} expects {expected} "
             "(config.num_channels); convert the images or load a model built for that many channels"
         )
+
+
+def run_stem_and_stages(
+    stem: nn.Module,
+    stages: nn.ModuleList,
+    pixel_values: Tensor,
+    *,
+    last_stage: int,
+    num_stages: int,
+    output_hidden_states: bool,
+) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, None]:
+    """Forward of a convolutional trunk whose stage 0 is ``stem`` and stage ``i`` is ``stages[i - 1]``.
+
+    Meant as the body of a backbone's ``_forward_features`` (ResNet-like trunks, whose stages each take the
+    previous stage's map).
+
+    Args:
+        stem: Module of stage 0.
+        stages: The later stages, in order.
+        pixel_values: The input images.
+        last_stage: Deepest stage to run; deeper stages are skipped.
+        num_stages: Number of stage names (stem included): the length of the returned list.
+        output_hidden_states: Also return every computed map as a tuple.
+
+    Returns:
+        ``(stage_maps, hidden_states, None)``: the map of every stage (``None`` past ``last_stage``), the
+        computed maps when ``output_hidden_states``, and no attentions.
+    """
+    hidden = stem(pixel_values)
+    states = [hidden]
+    # islice, not a slice: slicing a ModuleList builds a new module on every call.
+    for stage in islice(stages, last_stage):
+        hidden = stage(hidden)
+        states.append(hidden)
+    stage_maps: list[Tensor | None] = [*states, *([None] * (num_stages - len(states)))]
+    return stage_maps, tuple(states) if output_hidden_states else None, None
+
+
+def run_token_layers(
+    tokens: Tensor,
+    layers: nn.ModuleList,
+    *,
+    last_stage: int,
+    out_positions: Container[int],
+    num_stages: int,
+    feature_map: Callable[[Tensor, int], Any],
+    output_hidden_states: bool,
+    output_attentions: bool,
+    layer_inputs: tuple[Any, ...] = (),
+    output_prefix_tokens: bool = False,
+) -> tuple[Any, ...]:
+    """Forward of a plain vision transformer whose stage 0 is the embedded ``tokens`` and stage ``p`` the output
+    of ``layers[p - 1]``.
+
+    Meant as the body of a backbone's ``_forward_features``. Each layer is called as
+    ``layer(tokens, *layer_inputs, output_attentions)`` and returns ``(tokens, attention weights or None)``.
+
+    Args:
+        tokens: The embeddings' output (stage 0).
+        layers: The transformer layers, in order.
+        last_stage: Deepest stage to run; deeper layers are skipped.
+        out_positions: Stages whose feature map is returned.
+        num_stages: Number of stage names (stem included): the length of the returned list.
+        feature_map: ``feature_map(tokens, position)``, the feature map of a stage's tokens; with
+            ``output_prefix_tokens``, the pair ``(feature map, prefix tokens)``.
+        output_hidden_states: Also return every computed stage's tokens.
+        output_attentions: Also return every run layer's attention weights.
+        layer_inputs: Further inputs every layer takes after the tokens (e.g. rotary position embeddings).
+        output_prefix_tokens: ``feature_map`` returns pairs, and the selected stages' prefix tokens are
+            returned as a fourth item (see :meth:`backbones.Backbone.forward`).
+
+    Returns:
+        ``(stage_maps, hidden_states, attentions)``: the map of every selected stage (``None`` elsewhere), the
+        tokens of every computed stage when ``output_hidden_states``, the attention weights when
+        ``output_attentions``; then, with ``output_prefix_tokens``, the prefix tokens of every selected stage.
+    """
+    maps: list[Tensor | None] = [None] * num_stages
+    prefixes: list[Tensor | None] = [None] * num_stages
+    hidden_states: list[Tensor] = []
+    attentions: list[Tensor] = []
+    for position in range(last_stage + 1):
+        if position:
+            tokens, weights = layers[position - 1](tokens, *layer_inputs, output_attentions)
+            if weights is not None:
+                attentions.append(weights)
+        if position in out_positions:
+            if output_prefix_tokens:
+                maps[position], prefixes[position] = feature_map(tokens, position)
+            else:
+                maps[position] = feature_map(tokens, position)
+        if output_hidden_states:
+            hidden_states.append(tokens)
+    outputs = (
+        maps,
+        tuple(hidden_states) if output_hidden_states else None,
+        tuple(attentions) if output_attentions else None,
+    )
+    return (*outputs, prefixes) if output_prefix_tokens else outputs
 
 
 def reselect_output_modules(

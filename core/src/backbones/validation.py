@@ -2,9 +2,144 @@
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Annotated, Any
 
-__all__ = ["check_heads_divide", "check_stage_heads", "square_patch_size"]
+from pydantic import AfterValidator, BeforeValidator, ValidationInfo
+
+from .activations import check_activation
+
+__all__ = [
+    "ActivationName",
+    "PositiveInts",
+    "PositivePerStage",
+    "check_heads_divide",
+    "check_hidden_sizes_per_stage",
+    "check_image_holds_patches",
+    "check_layer_indices",
+    "check_positive_mlp_ratio",
+    "check_stage_heads",
+    "image_pair",
+    "numbered_stage_names",
+    "square_patch",
+    "square_patch_size",
+]
+
+
+def _known_activation(value: str, info: ValidationInfo) -> str:
+    return check_activation(value, info.field_name or "hidden_act")
+
+
+def _positive_per_stage(value: list[int], info: ValidationInfo) -> list[int]:
+    if not value or any(item < 1 for item in value):
+        raise ValueError(f"{info.field_name} must list one positive integer per stage, got {value}")
+    return value
+
+
+def _positive_ints(value: list[int], info: ValidationInfo) -> list[int]:
+    if not value or any(item < 1 for item in value):
+        raise ValueError(f"{info.field_name} must be a non-empty list of positive integers, got {value}")
+    return value
+
+
+ActivationName = Annotated[str, AfterValidator(_known_activation)]
+"""Type of a config field naming an activation (``hidden_act``): one of :data:`backbones.activations.ACTIVATIONS`,
+else a ``ValueError`` naming the field and listing the supported names."""
+
+PositivePerStage = Annotated[list[int], AfterValidator(_positive_per_stage)]
+"""Type of a config field with one positive integer per stage (``depths``, ``hidden_sizes``, ...): a
+``ValueError`` names the field for an empty list or an entry below 1."""
+
+PositiveInts = Annotated[list[int], AfterValidator(_positive_ints)]
+"""Type of a config field holding a non-empty list of positive integers that is not one entry per stage
+(strides of a stem's convolutions, ...)."""
+
+
+def square_patch(example: int) -> BeforeValidator:
+    """Validator of a ``patch_size`` field: ``p`` or ``[p, p]`` becomes ``p`` (see :func:`square_patch_size`).
+
+    Use it as ``patch_size: Annotated[int, square_patch(16)] = Field(default=16, ge=1)``.
+
+    Args:
+        example: The architecture's usual patch size, shown in the error message.
+    """
+    return BeforeValidator(partial(square_patch_size, example=example))
+
+
+def numbered_stage_names(count: int) -> list[str]:
+    """The stage names ``["stem", "stage1", ..., "stage<count>"]`` of a backbone with ``count`` stages after its stem."""
+    return ["stem"] + [f"stage{index}" for index in range(1, count + 1)]
+
+
+def image_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``(height, width)`` of an ``image_size`` given as one int or as a pair."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return height, width
+
+
+def check_hidden_sizes_per_stage(hidden_sizes: list[int], depths: list[int]) -> None:
+    """Require one channel count (``hidden_sizes``) per stage (``depths``).
+
+    Raises:
+        ValueError: Naming both lengths and the fix.
+    """
+    if len(hidden_sizes) != len(depths):
+        raise ValueError(
+            f"hidden_sizes has {len(hidden_sizes)} entries but depths has {len(depths)}; "
+            "give one channel count and one depth per stage (len(hidden_sizes) == len(depths))"
+        )
+
+
+def check_layer_indices(name: str, indices: list[int], num_layers: int) -> None:
+    """Require every entry of the config field ``name`` to be a 0-based index of one of ``num_layers`` layers.
+
+    Raises:
+        ValueError: Listing the indices outside the model and the valid range.
+    """
+    outside = [index for index in indices if not 0 <= index < num_layers]
+    if outside:
+        raise ValueError(
+            f"{name} {outside} are not layers of this model; use 0-based layer indices "
+            f"from 0 to num_hidden_layers - 1 = {num_layers - 1}"
+        )
+
+
+def check_image_holds_patches(
+    name: str, size: int | tuple[int, int], patch_size: int, *, square_grid: bool = False
+) -> None:
+    """Require the image size in the config field ``name`` to hold one patch at least in each direction.
+
+    Args:
+        name: The field (``image_size``, ``pretrain_image_size``, ...), named in the message.
+        size: Its value, one int or ``(height, width)``.
+        patch_size: Side of the square patches.
+        square_grid: Also require a square grid of patches (it sizes a square position table).
+
+    Raises:
+        ValueError: Naming the field, its value and the fix.
+    """
+    height, width = image_pair(size)
+    if height < patch_size or width < patch_size:
+        raise ValueError(f"{name} {size} is smaller than patch_size {patch_size}; set {name} >= patch_size")
+    if square_grid and height // patch_size != width // patch_size:
+        raise ValueError(
+            f"{name} {size} gives a {height // patch_size}x{width // patch_size} grid of "
+            f"patches, but the absolute position table is a square grid; use a square {name}"
+        )
+
+
+def check_positive_mlp_ratio(mlp_ratio: float, hidden_size: int) -> None:
+    """Require an MLP ratio that leaves a transformer layer's MLP (``int(hidden_size * mlp_ratio)`` wide) a hidden unit.
+
+    Raises:
+        ValueError: For a ratio that is not positive, or one too small for ``hidden_size``.
+    """
+    if not mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio must be positive (the MLP is mlp_ratio * hidden_size wide), got {mlp_ratio}")
+    if int(hidden_size * mlp_ratio) < 1:
+        raise ValueError(f"mlp_ratio={mlp_ratio} leaves the MLP with no hidden units; raise mlp_ratio")
 
 
 def square_patch_size(value: Any, example: int) -> Any:

@@ -500,7 +500,12 @@ def test_transformers_config_json_round_trips(tmp_path_factory: pytest.TempPathF
     config = BeitConfig.from_dict(saved)
     assert config.out_indices == ALL_STAGES and config.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
     # Head fields (pool_scales, vocab_size, ...) are kept as they were; the forward defaults are added.
-    defaults = {"output_attentions": False, "output_hidden_states": False, "return_dict": True}
+    defaults = {
+        "output_attentions": False,
+        "output_hidden_states": False,
+        "output_prefix_tokens": False,
+        "return_dict": True,
+    }
     assert config.to_dict() == {**saved, **defaults}
     saved = json.loads((pyramid_directory / "config.json").read_text())
     assert BeitConfig.from_dict(saved).to_dict() == {**saved, **defaults, "fpn_indices": [1, 2, 3, 4]}

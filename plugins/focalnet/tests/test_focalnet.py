@@ -277,7 +277,7 @@ def test_one_focal_value_per_stage(name: str) -> None:
 
 
 def test_depths_must_be_positive() -> None:
-    with pytest.raises(ValueError, match=r"depths must list one positive block count per stage, got \[1, 0\]"):
+    with pytest.raises(ValueError, match=r"depths must list one positive integer per stage, got \[1, 0\]"):
         FocalNetConfig(depths=[1, 0])
 
 

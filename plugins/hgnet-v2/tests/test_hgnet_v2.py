@@ -21,6 +21,7 @@ from backbones.testing import (
     load_reference,
     randomize_weights_,
 )
+from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_hgnet_v2 import VARIANTS, HGNetV2Backbone, HGNetV2Config
 
 # Four stages as the real networks, each feature of the architecture present, a few thousand parameters:
@@ -289,14 +290,8 @@ def test_fresh_weights_follow_transformers_init() -> None:
 
 def test_forward_stops_at_the_deepest_requested_stage() -> None:
     model = HGNetV2Backbone(HGNetV2Config(**SMALL, out_indices=[2])).eval()
-    ran: list[int] = []
-    for number, stage in enumerate(model.encoder.stages, start=1):
-        stage.register_forward_hook(lambda *_, number=number: ran.append(number))
-    with torch.no_grad():
-        model(pixels())
-        assert ran == [1, 2]
-        model(pixels(), output_hidden_states=True)
-    assert ran == [1, 2, 1, 2, 3, 4]
+    assert len(model.encoder.stages) == 4
+    assert_runs_up_to_deepest_selected_stage(model, model.encoder.stages, pixels())
 
 
 def test_wrong_channel_count_is_explained() -> None:

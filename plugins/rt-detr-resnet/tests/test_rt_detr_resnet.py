@@ -24,6 +24,7 @@ from backbones.testing import (
     load_reference,
     randomize_weights_,
 )
+from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_rt_detr_resnet import RTDetrImageProcessor, RTDetrResNetBackbone, RTDetrResNetConfig
 
 TINY: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24], "depths": [1, 1, 2]}
@@ -271,14 +272,8 @@ def test_fresh_weights_follow_transformers_init() -> None:
 
 def test_forward_stops_at_the_deepest_requested_stage() -> None:
     model = RTDetrResNetBackbone(RTDetrResNetConfig(**SMALL, out_indices=[2])).eval()
-    ran: list[int] = []
-    for number, stage in enumerate(model.encoder.stages, start=1):
-        stage.register_forward_hook(lambda *_, number=number: ran.append(number))
-    with torch.no_grad():
-        model(pixels())
-        assert ran == [1, 2]
-        model(pixels(), output_hidden_states=True)
-    assert ran == [1, 2, 1, 2, 3, 4]
+    assert len(model.encoder.stages) == 4
+    assert_runs_up_to_deepest_selected_stage(model, model.encoder.stages, pixels())
 
 
 def test_wrong_channel_count_is_explained() -> None:

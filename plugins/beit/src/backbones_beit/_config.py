@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from backbones import BackboneConfig, ConfigError, align_out_features_out_indices
-from backbones.activations import ACTIVATIONS, check_activation
-from backbones.validation import check_heads_divide, square_patch_size
+from backbones.activations import ACTIVATIONS
+from backbones.validation import ActivationName, check_heads_divide, image_pair, numbered_stage_names, square_patch
 
 __all__ = ["ACTIVATIONS", "BeitConfig"]
 
@@ -16,10 +16,6 @@ __all__ = ["ACTIVATIONS", "BeitConfig"]
 
 PYRAMID_LEVELS = 4
 """Levels of the optional feature pyramid (``add_fpn``): 4x up, 2x up, as is, 2x down."""
-
-
-def _stage_names(num_layers: int) -> list[str]:
-    return ["stem"] + [f"stage{index}" for index in range(1, num_layers + 1)]
 
 
 class BeitConfig(BackboneConfig):
@@ -67,18 +63,31 @@ class BeitConfig(BackboneConfig):
     """
 
     model_type: ClassVar[str] = "beit"
+    reference_config_keys: ClassVar[frozenset[str]] = frozenset(
+        {
+            "use_auxiliary_head",
+            "auxiliary_channels",
+            "auxiliary_concat_input",
+            "auxiliary_loss_weight",
+            "auxiliary_num_convs",
+            "pool_scales",
+            "semantic_loss_ignore_index",
+            "vocab_size",
+        }
+    )
+    """Keys of transformers' config.json without effect here: its segmentation head's and masked-image-modelling fields."""
 
     hidden_size: int = Field(default=768, ge=1)
     num_hidden_layers: int = Field(default=12, ge=1)
     num_attention_heads: int = Field(default=12, ge=1)
     intermediate_size: int = Field(default=3072, ge=1)
-    hidden_act: str = "gelu"
+    hidden_act: ActivationName = "gelu"
     hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     initializer_range: float = 0.02
     layer_norm_eps: float = Field(default=1e-12, gt=0)
     image_size: int | tuple[int, int] = 224
-    patch_size: int = Field(default=16, ge=1)
+    patch_size: Annotated[int, square_patch(16)] = Field(default=16, ge=1)
     num_channels: int = Field(default=3, ge=1)
     use_mask_token: bool = False
     use_absolute_position_embeddings: bool = False
@@ -101,20 +110,10 @@ class BeitConfig(BackboneConfig):
             data["fpn_indices"] = _pyramid_stages_from_selection(data)
         super().__init__(**data)
 
-    @field_validator("patch_size", mode="before")
-    @classmethod
-    def _square_patches(cls, value: Any) -> Any:
-        return square_patch_size(value, example=16)
-
-    @field_validator("hidden_act")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        return check_activation(value)
-
     @model_validator(mode="after")
     def _check_architecture(self) -> BeitConfig:
         check_heads_divide(self.hidden_size, self.num_attention_heads)
-        height, width = self.image_size if isinstance(self.image_size, tuple) else (self.image_size,) * 2
+        height, width = image_pair(self.image_size)
         if min(height, width) < self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is smaller than patch_size={self.patch_size}; the pre-training "
@@ -162,12 +161,12 @@ class BeitConfig(BackboneConfig):
 
     @property
     def stage_names(self) -> list[str]:
-        return _stage_names(self.num_hidden_layers)
+        return numbered_stage_names(self.num_hidden_layers)
 
     @property
     def patch_grid(self) -> tuple[int, int]:
         """Patches per column and per row of the pre-training image (the size of the position tables)."""
-        height, width = self.image_size if isinstance(self.image_size, tuple) else (self.image_size,) * 2
+        height, width = image_pair(self.image_size)
         return height // self.patch_size, width // self.patch_size
 
     @property
@@ -192,7 +191,7 @@ def _pyramid_stages_from_selection(data: dict[str, Any]) -> list[int] | None:
         return None  # the field's own validation reports it
     out_features = data.get("out_features", data.get("_out_features"))
     out_indices = data.get("out_indices", data.get("_out_indices"))
-    features, indices = align_out_features_out_indices(out_features, out_indices, _stage_names(layers))
+    features, indices = align_out_features_out_indices(out_features, out_indices, numbered_stage_names(layers))
     if len(indices) != PYRAMID_LEVELS:
         raise ConfigError(
             f"invalid BeitConfig: add_fpn=True feeds a {PYRAMID_LEVELS}-level pyramid from {PYRAMID_LEVELS} stages, "

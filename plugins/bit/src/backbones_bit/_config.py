@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
-from backbones.activations import ACTIVATIONS, check_activation
+from backbones.activations import ACTIVATIONS
+from backbones.validation import (
+    ActivationName,
+    PositivePerStage,
+    check_hidden_sizes_per_stage,
+    numbered_stage_names,
+)
 
 __all__ = ["ACTIVATIONS", "LAYER_TYPES", "PADDINGS", "BitConfig", "StagePlan", "round_channels"]
 
@@ -83,10 +89,10 @@ class BitConfig(BackboneConfig):
 
     num_channels: int = Field(default=3, ge=1)
     embedding_size: int = Field(default=64, ge=1)
-    hidden_sizes: list[int] = [256, 512, 1024, 2048]
-    depths: list[int] = [3, 4, 6, 3]
+    hidden_sizes: PositivePerStage = [256, 512, 1024, 2048]
+    depths: PositivePerStage = [3, 4, 6, 3]
     layer_type: str = "preactivation"
-    hidden_act: str = "relu"
+    hidden_act: ActivationName = "relu"
     global_padding: str | None = None
     num_groups: int = Field(default=32, ge=1)
     drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
@@ -104,11 +110,6 @@ class BitConfig(BackboneConfig):
             )
         return value
 
-    @field_validator("hidden_act")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        return check_activation(value)
-
     @field_validator("global_padding")
     @classmethod
     def _known_padding(cls, value: str | None) -> str | None:
@@ -124,13 +125,6 @@ class BitConfig(BackboneConfig):
             raise ValueError(f"global_padding {value!r} is not supported; set global_padding to None or 'SAME'")
         return upper
 
-    @field_validator("hidden_sizes", "depths")
-    @classmethod
-    def _positive_per_stage(cls, value: list[int], info: Any) -> list[int]:
-        if not value or any(item < 1 for item in value):
-            raise ValueError(f"{info.field_name} must list one positive integer per stage, got {value}")
-        return value
-
     @field_validator("output_stride")
     @classmethod
     def _power_of_two(cls, value: int) -> int:
@@ -143,11 +137,7 @@ class BitConfig(BackboneConfig):
 
     @model_validator(mode="after")
     def _consistent_stages(self) -> BitConfig:
-        if len(self.hidden_sizes) != len(self.depths):
-            raise ValueError(
-                f"hidden_sizes has {len(self.hidden_sizes)} entries but depths has {len(self.depths)}; "
-                "give one channel count and one depth per stage (len(hidden_sizes) == len(depths))"
-            )
+        check_hidden_sizes_per_stage(self.hidden_sizes, self.depths)
         normalised = [("embedding_size", self.embedding_size)]
         for index, plan in enumerate(self.stage_plans, start=1):
             normalised += [
@@ -165,7 +155,7 @@ class BitConfig(BackboneConfig):
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+        return numbered_stage_names(len(self.depths))
 
     @property
     def stage_plans(self) -> list[StagePlan]:

@@ -15,15 +15,13 @@ runs, so it is not built (its keys are reported as unused).
 
 from __future__ import annotations
 
-from itertools import islice
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path_rates
+from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path_rates, run_stem_and_stages
 
 from ._config import BitConfig, StagePlan
 
@@ -369,14 +367,14 @@ class BitBackbone(Backbone):
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
         check_pixel_channels(pixel_values, self.config.num_channels, "BiT")
-        hidden = self.bit.embedder(pixel_values)
-        states = [hidden]
-        # islice, not a slice: slicing a ModuleList builds a new module on every call.
-        for stage in islice(self.bit.encoder.stages, last_stage):
-            hidden = stage(hidden)
-            states.append(hidden)
-        stage_maps: list[Tensor | None] = [*states, *([None] * (len(self.stage_names) - len(states)))]
-        return stage_maps, tuple(states) if output_hidden_states else None, None
+        return run_stem_and_stages(
+            self.bit.embedder,
+            self.bit.encoder.stages,
+            pixel_values,
+            last_stage=last_stage,
+            num_stages=len(self.stage_names),
+            output_hidden_states=output_hidden_states,
+        )
 
     def _stage_modules(self, position: int) -> list[nn.Module]:
         """The stem (``bit.embedder``) for position 0, else stage ``position`` (``bit.encoder.stages[position - 1]``)."""

@@ -6,13 +6,19 @@ config on it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from backbones import BackboneConfig, ConfigError
-from backbones.activations import ACTIVATIONS, check_activation
-from backbones.validation import square_patch_size
+from backbones.activations import ACTIVATIONS
+from backbones.validation import (
+    ActivationName,
+    PositivePerStage,
+    check_hidden_sizes_per_stage,
+    numbered_stage_names,
+    square_patch,
+)
 
 __all__ = ["ACTIVATIONS", "ConvNextConfig", "ConvNextFamilyConfig"]
 
@@ -42,10 +48,10 @@ class ConvNextFamilyConfig(BackboneConfig):
     """
 
     num_channels: int = Field(default=3, ge=1)
-    patch_size: int = Field(default=4, ge=1)
-    hidden_sizes: list[int] = [96, 192, 384, 768]
-    depths: list[int] = [3, 3, 9, 3]
-    hidden_act: str = "gelu"
+    patch_size: Annotated[int, square_patch(4)] = Field(default=4, ge=1)
+    hidden_sizes: PositivePerStage = [96, 192, 384, 768]
+    depths: PositivePerStage = [3, 3, 9, 3]
+    hidden_act: ActivationName = "gelu"
     initializer_range: float = Field(default=0.02, ge=0)
     layer_norm_eps: float = 1e-12
     drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
@@ -60,35 +66,14 @@ class ConvNextFamilyConfig(BackboneConfig):
                 f"{len(self.depths)}; drop num_stages (it is derived from depths) or give one depth per stage"
             )
 
-    @field_validator("patch_size", mode="before")
-    @classmethod
-    def _square_patches(cls, value: Any) -> Any:
-        return square_patch_size(value, example=4)
-
-    @field_validator("hidden_act")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        return check_activation(value)
-
-    @field_validator("hidden_sizes", "depths")
-    @classmethod
-    def _positive_per_stage(cls, value: list[int], info: Any) -> list[int]:
-        if not value or any(item < 1 for item in value):
-            raise ValueError(f"{info.field_name} must list one positive integer per stage, got {value}")
-        return value
-
     @model_validator(mode="after")
     def _one_size_per_stage(self) -> ConvNextFamilyConfig:
-        if len(self.hidden_sizes) != len(self.depths):
-            raise ValueError(
-                f"hidden_sizes has {len(self.hidden_sizes)} entries but depths has {len(self.depths)}; "
-                "give one channel count and one depth per stage (len(hidden_sizes) == len(depths))"
-            )
+        check_hidden_sizes_per_stage(self.hidden_sizes, self.depths)
         return self
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+        return numbered_stage_names(len(self.depths))
 
     @property
     def num_stages(self) -> int:
@@ -111,5 +96,7 @@ class ConvNextConfig(ConvNextFamilyConfig):
     """
 
     model_type: ClassVar[str] = "convnext"
+    reference_config_keys: ClassVar[frozenset[str]] = frozenset({"num_stages"})
+    """Keys of transformers' config.json without effect here: transformers' count of depths."""
 
     layer_scale_init_value: float = 1e-6

@@ -18,3 +18,5 @@ class ConvNextV2Config(ConvNextFamilyConfig):
     """
 
     model_type: ClassVar[str] = "convnextv2"
+    reference_config_keys: ClassVar[frozenset[str]] = frozenset({"num_stages"})
+    """Keys of transformers' config.json without effect here: transformers' count of depths."""

@@ -20,6 +20,8 @@ class DinatConfig(NatConfig):
     """
 
     model_type: ClassVar[str] = "dinat"
+    reference_config_keys: ClassVar[frozenset[str]] = frozenset({"hidden_size", "num_layers"})
+    """Keys of transformers' config.json without effect here: transformers' values derived from embed_dim and depths."""
 
     dilations: list[list[int]] = [[1, 8, 1], [1, 4, 1, 4], [1, 2, 1, 2, 1, 2], [1, 1, 1, 1, 1]]
 

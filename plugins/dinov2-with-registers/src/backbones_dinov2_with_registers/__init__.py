@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from backbones.lazy import lazy_getattr
 
 __all__ = ["Dinov2WithRegistersBackbone", "Dinov2WithRegistersConfig"]
 
@@ -14,7 +15,4 @@ if TYPE_CHECKING:
     from ._model import Dinov2WithRegistersBackbone
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from backbones import BackboneConfig
-from backbones.activations import ACTIVATIONS, check_activation
-from backbones.validation import check_heads_divide, square_patch_size
+from backbones.activations import ACTIVATIONS
+from backbones.validation import (
+    ActivationName,
+    check_heads_divide,
+    check_positive_mlp_ratio,
+    image_pair,
+    numbered_stage_names,
+    square_patch,
+)
 
 __all__ = ["ACTIVATIONS", "Dinov2Config"]
 
 """Supported values of ``hidden_act``."""
-
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return value if isinstance(value, tuple) else (value, value)
 
 
 class Dinov2Config(BackboneConfig):
@@ -58,13 +61,13 @@ class Dinov2Config(BackboneConfig):
     num_hidden_layers: int = Field(default=12, ge=1)
     num_attention_heads: int = Field(default=12, ge=1)
     mlp_ratio: int | float = 4
-    hidden_act: str = "gelu"
+    hidden_act: ActivationName = "gelu"
     hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-6
     image_size: int | tuple[int, int] = 224
-    patch_size: int = Field(default=14, ge=1)
+    patch_size: Annotated[int, square_patch(14)] = Field(default=14, ge=1)
     num_channels: int = Field(default=3, ge=1)
     qkv_bias: bool = True
     layerscale_value: float = 1.0
@@ -74,27 +77,11 @@ class Dinov2Config(BackboneConfig):
     reshape_hidden_states: bool = True
     use_mask_token: bool = True
 
-    @field_validator("patch_size", mode="before")
-    @classmethod
-    def _square_patches(cls, value: Any) -> Any:
-        return square_patch_size(value, example=14)
-
-    @field_validator("hidden_act")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        return check_activation(value)
-
-    @field_validator("mlp_ratio")
-    @classmethod
-    def _positive_ratio(cls, value: int | float) -> int | float:
-        if not value > 0:
-            raise ValueError(f"mlp_ratio must be positive (the MLP is mlp_ratio * hidden_size wide), got {value}")
-        return value
-
     @model_validator(mode="after")
     def _check_shapes(self) -> Dinov2Config:
+        check_positive_mlp_ratio(self.mlp_ratio, self.hidden_size)
         check_heads_divide(self.hidden_size, self.num_attention_heads)
-        height, width = _pair(self.image_size)
+        height, width = image_pair(self.image_size)
         patch = self.patch_size
         if height < patch or width < patch:
             raise ValueError(
@@ -106,15 +93,13 @@ class Dinov2Config(BackboneConfig):
                 f"image_size {self.image_size} gives a {height // patch}x{width // patch} grid of patches, but "
                 "DINOv2's position embeddings are a square grid; use a square image_size (e.g. 224 or 518)"
             )
-        if int(self.hidden_size * self.mlp_ratio) < 1:
-            raise ValueError(f"mlp_ratio={self.mlp_ratio} leaves the MLP with no hidden units; raise mlp_ratio")
         return self
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
+        return numbered_stage_names(self.num_hidden_layers)
 
     @property
     def position_grid(self) -> int:
         """Side of the square grid of pre-training position embeddings (``image_size // patch_size``)."""
-        return _pair(self.image_size)[0] // self.patch_size
+        return image_pair(self.image_size)[0] // self.patch_size

@@ -15,11 +15,14 @@ change what every plugin built on these blocks loads.
 Layout: tokens are ``(batch, tokens, channels)``, the class token first (then any extra tokens a subclass of
 :class:`Dinov2Embeddings` inserts), then the patches row by row.
 
-Extension points: :meth:`Dinov2Embeddings._patch_positions` (how the position table follows the patch grid)
-and :meth:`Dinov2Embeddings._prefix_tokens` (the tokens before the patches, e.g. register tokens).
+Extension points: :attr:`Dinov2Embeddings.antialias` (whether the position table is resampled with
+antialiasing), :meth:`Dinov2Embeddings._patch_positions` (how the position table follows the patch grid) and
+:meth:`Dinov2Embeddings._prefix_tokens` (the tokens before the patches, e.g. register tokens).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,9 @@ from torch import Tensor, nn
 
 from backbones.activations import make_activation
 from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path
+
+if TYPE_CHECKING:
+    from ._config import Dinov2Config
 
 __all__ = [
     "Dinov2Attention",
@@ -37,6 +43,7 @@ __all__ = [
     "LayerScale",
     "Mlp",
     "SwiGLUFeedForward",
+    "tokens_to_map",
 ]
 
 
@@ -75,6 +82,10 @@ class Dinov2Embeddings(nn.Module):
         dropout: Dropout on the tokens (training only).
     """
 
+    antialias: ClassVar[bool] = False
+    """Resample the position table with antialiasing (DINOv2 does not; its registers models do): a subclass
+    sets it to ``True``."""
+
     def __init__(
         self, num_channels: int, hidden_size: int, patch_size: int, position_grid: int, *, dropout: float = 0.0
     ) -> None:
@@ -112,11 +123,13 @@ class Dinov2Embeddings(nn.Module):
         # graph to one size, so there the table is always resampled (as transformers does when tracing).
         if not torch.compiler.is_compiling() and (height, width) == (grid, grid):
             return table
-        # As transformers (and the original code): bicubic by target size, no antialiasing, computed in
-        # float32 because bicubic resampling in half precision visibly shifts the embeddings.
+        # As transformers (and the original code): bicubic by target size, antialiased only where the class
+        # says so, computed in float32 because bicubic resampling in half precision visibly shifts the embeddings.
         channels = table.shape[-1]
         square = table.reshape(1, grid, grid, channels).permute(0, 3, 1, 2)
-        resized = F.interpolate(square.float(), size=(height, width), mode="bicubic", align_corners=False)
+        resized = F.interpolate(
+            square.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=self.antialias
+        )
         return resized.to(table.dtype).permute(0, 2, 3, 1).reshape(1, height * width, channels)
 
 
@@ -296,9 +309,47 @@ class Dinov2Layer(CheckpointableLayer):
         self.layer_scale2 = LayerScale(width, layerscale_value)
         self.drop_path = drop_path
 
+    @classmethod
+    def from_config(cls, config: Dinov2Config) -> Dinov2Layer:
+        """One layer as a :class:`~backbones_dinov2.Dinov2Config` (or a subclass's) describes it; every layer has
+        the same drop-path rate, as in transformers."""
+        return cls(
+            config.hidden_size,
+            config.num_attention_heads,
+            mlp_ratio=config.mlp_ratio,
+            qkv_bias=config.qkv_bias,
+            hidden_act=config.hidden_act,
+            layer_norm_eps=config.layer_norm_eps,
+            layerscale_value=config.layerscale_value,
+            use_swiglu_ffn=config.use_swiglu_ffn,
+            attention_dropout=config.attention_probs_dropout_prob,
+            drop_path=config.drop_path_rate,
+        )
+
     def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """``(B, N, C)`` to ``(B, N, C)``; also the attention probabilities if ``need_weights``."""
         context, weights = self.attention(self.norm1(x), need_weights)
         x = x + drop_path(self.layer_scale1(context), self.drop_path, self.training)
         branch = self.layer_scale2(self.mlp(self.norm2(x)))
         return x + drop_path(branch, self.drop_path, self.training), weights
+
+
+def tokens_to_map(
+    tokens: Tensor, num_prefix_tokens: int, height: int, width: int, *, reshape: bool = True, with_prefix: bool = False
+) -> Any:
+    """A ViT stage's ``(B, prefix + height * width, C)`` tokens as its feature map.
+
+    Args:
+        tokens: The stage's tokens, already normalised as the map should be.
+        num_prefix_tokens: Class and register tokens in front of the patch tokens.
+        height: Patch rows.
+        width: Patch columns.
+        reshape: Return the patch tokens as a ``(B, C, height, width)`` view (channels-last memory, no copy);
+            else the whole token sequence, as transformers' ``reshape_hidden_states=False`` does.
+        with_prefix: Return ``(map, prefix tokens)``, the prefix tokens ``(B, num_prefix_tokens, C)``.
+    """
+    fmap = tokens
+    if reshape:
+        patches = tokens[:, num_prefix_tokens:]
+        fmap = patches.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
+    return (fmap, tokens[:, :num_prefix_tokens]) if with_prefix else fmap

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from backbones import BackboneConfig
-from backbones.activations import check_activation
-from backbones.validation import check_heads_divide, square_patch_size
+from backbones.validation import ActivationName, check_heads_divide, numbered_stage_names, square_patch
 
 __all__ = ["Dinov3ViTConfig"]
 
@@ -58,12 +57,12 @@ class Dinov3ViTConfig(BackboneConfig):
 
     model_type: ClassVar[str] = "dinov3_vit"
 
-    patch_size: int = Field(default=16, ge=1)
+    patch_size: Annotated[int, square_patch(16)] = Field(default=16, ge=1)
     hidden_size: int = Field(default=384, ge=1)
     intermediate_size: int = Field(default=1536, ge=1)
     num_hidden_layers: int = Field(default=12, ge=1)
     num_attention_heads: int = Field(default=6, ge=1)
-    hidden_act: str = "gelu"
+    hidden_act: ActivationName = "gelu"
     attention_dropout: float = Field(default=0.0, ge=0, lt=1)
     initializer_range: float = 0.02
     layer_norm_eps: float = Field(default=1e-5, gt=0)
@@ -85,16 +84,6 @@ class Dinov3ViTConfig(BackboneConfig):
     apply_layernorm: bool = True
     reshape_hidden_states: bool = True
 
-    @field_validator("patch_size", mode="before")
-    @classmethod
-    def _square_patches(cls, value: Any) -> Any:
-        return square_patch_size(value, example=16)
-
-    @field_validator("hidden_act")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        return check_activation(value)
-
     @model_validator(mode="after")
     def _check_shapes(self) -> Dinov3ViTConfig:
         check_heads_divide(self.hidden_size, self.num_attention_heads)
@@ -109,7 +98,7 @@ class Dinov3ViTConfig(BackboneConfig):
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
+        return numbered_stage_names(self.num_hidden_layers)
 
     @property
     def num_prefix_tokens(self) -> int:

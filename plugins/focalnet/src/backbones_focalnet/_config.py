@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
-from backbones.activations import ACTIVATIONS, check_activation
-from backbones.validation import square_patch_size
+from backbones.activations import ACTIVATIONS
+from backbones.validation import ActivationName, PositivePerStage, numbered_stage_names, square_patch
 
 __all__ = ["ACTIVATIONS", "FocalNetConfig"]
 
@@ -60,16 +60,18 @@ class FocalNetConfig(BackboneConfig):
     """
 
     model_type: ClassVar[str] = "focalnet"
+    reference_config_keys: ClassVar[frozenset[str]] = frozenset({"hidden_sizes"})
+    """Keys of transformers' config.json without effect here: transformers' widths derived from embed_dim."""
 
     image_size: int | list[int] = 224
-    patch_size: int = Field(default=4, ge=1)
+    patch_size: Annotated[int, square_patch(4)] = Field(default=4, ge=1)
     num_channels: int = Field(default=3, ge=1)
     embed_dim: int = Field(default=96, ge=1)
     use_conv_embed: bool = False
-    depths: list[int] = [2, 2, 6, 2]
+    depths: PositivePerStage = [2, 2, 6, 2]
     focal_levels: list[int] = [2, 2, 2, 2]
     focal_windows: list[int] = [3, 3, 3, 3]
-    hidden_act: str = "gelu"
+    hidden_act: ActivationName = "gelu"
     mlp_ratio: float = Field(default=4.0, gt=0)
     hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     drop_path_rate: float = Field(default=0.1, ge=0, lt=1)
@@ -85,23 +87,6 @@ class FocalNetConfig(BackboneConfig):
     def __init__(self, /, **data: Any) -> None:
         data.pop("hidden_sizes", None)  # derived; see the class docstring
         super().__init__(**data)
-
-    @field_validator("patch_size", mode="before")
-    @classmethod
-    def _square_patches(cls, value: Any) -> Any:
-        return square_patch_size(value, example=4)
-
-    @field_validator("hidden_act")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        return check_activation(value)
-
-    @field_validator("depths")
-    @classmethod
-    def _positive_depths(cls, value: list[int]) -> list[int]:
-        if not value or any(depth < 1 for depth in value):
-            raise ValueError(f"depths must list one positive block count per stage, got {value}")
-        return value
 
     @field_validator("focal_levels")
     @classmethod
@@ -146,7 +131,7 @@ class FocalNetConfig(BackboneConfig):
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+        return numbered_stage_names(len(self.depths))
 
     @property
     def stage_widths(self) -> list[int]:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from pydantic import field_validator, model_validator
 
 from backbones import BackboneConfig
-from backbones.activations import check_activation
+from backbones.validation import ActivationName, PositiveInts, numbered_stage_names
 
 __all__ = ["STAGE_LIST_FIELDS", "VARIANTS", "HGNetV2Config"]
 
@@ -30,98 +30,33 @@ STAGE_LIST_FIELDS = (
 
 
 def _variant(
-    stem: list[int],
-    stages: list[tuple[int, int, int, int, bool, bool, int, int]],
-    *,
-    lab: bool,
+    stem: list[int], mid: list[int], out: list[int], blocks: list[int], *, layers: int, lab: bool
 ) -> dict[str, Any]:
-    # stages: (in, mid, out, blocks, downsample, light, kernel, layers) per stage, as the papers' tables.
-    columns = list(zip(*stages))
+    # Every B variant has four stages: each but the first downsamples, the last two use light blocks with
+    # 5x5 kernels, every block has `layers` convolutions, and a stage reads what the one before it wrote.
     return {
         "stem_channels": stem,
-        "stage_in_channels": list(columns[0]),
-        "stage_mid_channels": list(columns[1]),
-        "stage_out_channels": list(columns[2]),
-        "stage_num_blocks": list(columns[3]),
-        "stage_downsample": list(columns[4]),
-        "stage_light_block": list(columns[5]),
-        "stage_kernel_size": list(columns[6]),
-        "stage_numb_of_layers": list(columns[7]),
+        "stage_in_channels": [stem[-1], *out[:-1]],
+        "stage_mid_channels": mid,
+        "stage_out_channels": out,
+        "stage_num_blocks": blocks,
+        "stage_downsample": [False, True, True, True],
+        "stage_light_block": [False, False, True, True],
+        "stage_kernel_size": [3, 3, 5, 5],
+        "stage_numb_of_layers": [layers] * 4,
         "use_learnable_affine_block": lab,
     }
 
 
+# Columns as in the papers' tables: stem channels, mid and out channels of each stage, blocks per stage.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "B0": _variant(
-        [3, 16, 16],
-        [
-            (16, 16, 64, 1, False, False, 3, 3),
-            (64, 32, 256, 1, True, False, 3, 3),
-            (256, 64, 512, 2, True, True, 5, 3),
-            (512, 128, 1024, 1, True, True, 5, 3),
-        ],
-        lab=True,
-    ),
-    "B1": _variant(
-        [3, 24, 32],
-        [
-            (32, 32, 64, 1, False, False, 3, 3),
-            (64, 48, 256, 1, True, False, 3, 3),
-            (256, 96, 512, 2, True, True, 5, 3),
-            (512, 192, 1024, 1, True, True, 5, 3),
-        ],
-        lab=True,
-    ),
-    "B2": _variant(
-        [3, 24, 32],
-        [
-            (32, 32, 96, 1, False, False, 3, 4),
-            (96, 64, 384, 1, True, False, 3, 4),
-            (384, 128, 768, 3, True, True, 5, 4),
-            (768, 256, 1536, 1, True, True, 5, 4),
-        ],
-        lab=True,
-    ),
-    "B3": _variant(
-        [3, 24, 32],
-        [
-            (32, 32, 128, 1, False, False, 3, 5),
-            (128, 64, 512, 1, True, False, 3, 5),
-            (512, 128, 1024, 3, True, True, 5, 5),
-            (1024, 256, 2048, 1, True, True, 5, 5),
-        ],
-        lab=True,
-    ),
-    "B4": _variant(
-        [3, 32, 48],
-        [
-            (48, 48, 128, 1, False, False, 3, 6),
-            (128, 96, 512, 1, True, False, 3, 6),
-            (512, 192, 1024, 3, True, True, 5, 6),
-            (1024, 384, 2048, 1, True, True, 5, 6),
-        ],
-        lab=False,
-    ),
-    "B5": _variant(
-        [3, 32, 64],
-        [
-            (64, 64, 128, 1, False, False, 3, 6),
-            (128, 128, 512, 2, True, False, 3, 6),
-            (512, 256, 1024, 5, True, True, 5, 6),
-            (1024, 512, 2048, 2, True, True, 5, 6),
-        ],
-        lab=False,
-    ),
-    "B6": _variant(
-        [3, 48, 96],
-        [
-            (96, 96, 192, 2, False, False, 3, 6),
-            (192, 192, 512, 3, True, False, 3, 6),
-            (512, 384, 1024, 6, True, True, 5, 6),
-            (1024, 768, 2048, 3, True, True, 5, 6),
-        ],
-        lab=False,
-    ),
+    "B0": _variant([3, 16, 16], [16, 32, 64, 128], [64, 256, 512, 1024], [1, 1, 2, 1], layers=3, lab=True),
+    "B1": _variant([3, 24, 32], [32, 48, 96, 192], [64, 256, 512, 1024], [1, 1, 2, 1], layers=3, lab=True),
+    "B2": _variant([3, 24, 32], [32, 64, 128, 256], [96, 384, 768, 1536], [1, 1, 3, 1], layers=4, lab=True),
+    "B3": _variant([3, 24, 32], [32, 64, 128, 256], [128, 512, 1024, 2048], [1, 1, 3, 1], layers=5, lab=True),
+    "B4": _variant([3, 32, 48], [48, 96, 192, 384], [128, 512, 1024, 2048], [1, 1, 3, 1], layers=6, lab=False),
+    "B5": _variant([3, 32, 64], [64, 128, 256, 512], [128, 512, 1024, 2048], [1, 2, 5, 2], layers=6, lab=False),
+    "B6": _variant([3, 48, 96], [96, 192, 384, 768], [192, 512, 1024, 2048], [2, 3, 6, 3], layers=6, lab=False),
 }
 """Fields of the HGNetV2 B0-B6 backbones (D-FINE / DEIM / PaddleDetection ``arch`` names): pass one as
 ``HGNetV2Config(**VARIANTS["B4"])``. transformers' defaults are none of them (B4's widths, fewer blocks)."""
@@ -167,30 +102,25 @@ class HGNetV2Config(BackboneConfig):
 
     num_channels: int = 3
     embedding_size: int = 64
-    depths: list[int] = [3, 4, 6, 3]
+    depths: PositiveInts = [3, 4, 6, 3]
     hidden_sizes: list[int] = [256, 512, 1024, 2048]
-    hidden_act: str = "relu"
+    hidden_act: ActivationName = "relu"
     stem_channels: list[int] = [3, 32, 48]
-    stem_strides: list[int] = [2, 1, 1, 2, 1]
-    stage_in_channels: list[int] = [48, 128, 512, 1024]
-    stage_mid_channels: list[int] = [48, 96, 192, 384]
-    stage_out_channels: list[int] = [128, 512, 1024, 2048]
-    stage_num_blocks: list[int] = [1, 1, 3, 1]
+    stem_strides: PositiveInts = [2, 1, 1, 2, 1]
+    stage_in_channels: PositiveInts = [48, 128, 512, 1024]
+    stage_mid_channels: PositiveInts = [48, 96, 192, 384]
+    stage_out_channels: PositiveInts = [128, 512, 1024, 2048]
+    stage_num_blocks: PositiveInts = [1, 1, 3, 1]
     stage_downsample: list[bool] = [False, True, True, True]
-    stage_downsample_strides: list[int] = [2, 2, 2, 2]
+    stage_downsample_strides: PositiveInts = [2, 2, 2, 2]
     stage_light_block: list[bool] = [False, False, True, True]
-    stage_kernel_size: list[int] = [3, 3, 5, 5]
-    stage_numb_of_layers: list[int] = [6, 6, 6, 6]
+    stage_kernel_size: PositiveInts = [3, 3, 5, 5]
+    stage_numb_of_layers: PositiveInts = [6, 6, 6, 6]
     use_learnable_affine_block: bool = False
     initializer_range: float = 0.02
     freeze_at: int = -1
     freeze_stem_only: bool = True
     freeze_norm: bool = False
-
-    @field_validator("hidden_act")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        return check_activation(value)
 
     @field_validator("stem_strides", "stage_downsample_strides", mode="before")
     @classmethod
@@ -207,23 +137,6 @@ class HGNetV2Config(BackboneConfig):
                     stride = stride[0]
                 strides.append(stride)
             return strides
-        return value
-
-    @field_validator(
-        "depths",
-        "stem_strides",
-        "stage_in_channels",
-        "stage_mid_channels",
-        "stage_out_channels",
-        "stage_num_blocks",
-        "stage_downsample_strides",
-        "stage_kernel_size",
-        "stage_numb_of_layers",
-    )
-    @classmethod
-    def _positive(cls, value: list[int], info: Any) -> list[int]:
-        if not value or any(item < 1 for item in value):
-            raise ValueError(f"{info.field_name} must be a non-empty list of positive integers, got {value}")
         return value
 
     @field_validator("stage_kernel_size")
@@ -295,4 +208,4 @@ class HGNetV2Config(BackboneConfig):
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{index}" for index in range(1, self.num_stages + 1)]
+        return numbered_stage_names(self.num_stages)

@@ -10,15 +10,13 @@ state dict (``embedder.stem1.convolution.weight``, ``encoder.stages.2.blocks.0.l
 
 from __future__ import annotations
 
-from itertools import islice
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer
+from backbones.layers import CheckpointableLayer, check_pixel_channels, run_stem_and_stages
 
 from ._config import HGNetV2Config
 
@@ -273,20 +271,15 @@ class HGNetV2Backbone(Backbone):
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        expected = self.config.num_channels
-        if pixel_values.shape[1] != expected:
-            raise ValueError(
-                f"pixel_values has {pixel_values.shape[1]} channels but this HGNetV2 expects {expected} "
-                "(config.num_channels); convert the images or load a model built for that many channels"
-            )
-        hidden = self.embedder(pixel_values)
-        states = [hidden]
-        # islice, not a slice: slicing a ModuleList builds a new module on every call.
-        for stage in islice(self.encoder.stages, last_stage):
-            hidden = stage(hidden)
-            states.append(hidden)
-        stage_maps: list[Tensor | None] = [*states, *([None] * (len(self.stage_names) - len(states)))]
-        return stage_maps, tuple(states) if output_hidden_states else None, None
+        check_pixel_channels(pixel_values, self.config.num_channels, "HGNetV2")
+        return run_stem_and_stages(
+            self.embedder,
+            self.encoder.stages,
+            pixel_values,
+            last_stage=last_stage,
+            num_stages=len(self.stage_names),
+            output_hidden_states=output_hidden_states,
+        )
 
     def _stage_modules(self, position: int) -> list[nn.Module]:
         """The stem (``embedder``) for position 0, else HG stage ``position`` (``encoder.stages[position - 1]``)."""

@@ -22,6 +22,8 @@ class MaskFormerSwinConfig(SwinFamilyConfig):
     """
 
     model_type: ClassVar[str] = "maskformer-swin"
+    reference_config_keys: ClassVar[frozenset[str]] = frozenset({"hidden_size"})
+    """Keys of transformers' config.json without effect here: transformers' value derived from embed_dim and depths."""
 
     def __init__(self, /, **data: Any) -> None:
         if data.get("model_type") == "swin":

@@ -7,8 +7,7 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from backbones import BackboneConfig
-from backbones.activations import check_activation
-from backbones.validation import check_stage_heads
+from backbones.validation import ActivationName, check_stage_heads, numbered_stage_names
 
 # Activations the MLP supports, by the names transformers' configs use.
 # Values transformers derives from the fields and writes to config.json; recomputed, never read back.
@@ -51,7 +50,7 @@ class NatConfig(BackboneConfig):
     hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     drop_path_rate: float = Field(default=0.1, ge=0, lt=1)
-    hidden_act: str = "gelu"
+    hidden_act: ActivationName = "gelu"
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
     layer_scale_init_value: float = 0.0
@@ -80,12 +79,11 @@ class NatConfig(BackboneConfig):
                 f"mlp_ratio={self.mlp_ratio} leaves the first stage's MLP with no hidden units "
                 f"(int(mlp_ratio * embed_dim) = 0); raise mlp_ratio"
             )
-        check_activation(self.hidden_act)
         return self
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+        return numbered_stage_names(len(self.depths))
 
     @property
     def layer_dilations(self) -> list[list[int]]:

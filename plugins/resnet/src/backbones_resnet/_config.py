@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import field_validator, model_validator
 
 from backbones import BackboneConfig
-from backbones.activations import ACTIVATIONS, check_activation
+from backbones.activations import ACTIVATIONS
+from backbones.validation import (
+    ActivationName,
+    PositivePerStage,
+    check_hidden_sizes_per_stage,
+    numbered_stage_names,
+)
 
 __all__ = ["ACTIVATIONS", "LAYER_TYPES", "ResNetConfig"]
 
@@ -39,10 +45,10 @@ class ResNetConfig(BackboneConfig):
 
     num_channels: int = 3
     embedding_size: int = 64
-    hidden_sizes: list[int] = [256, 512, 1024, 2048]
-    depths: list[int] = [3, 4, 6, 3]
+    hidden_sizes: PositivePerStage = [256, 512, 1024, 2048]
+    depths: PositivePerStage = [3, 4, 6, 3]
     layer_type: str = "bottleneck"
-    hidden_act: str = "relu"
+    hidden_act: ActivationName = "relu"
     downsample_in_first_stage: bool = False
     downsample_in_bottleneck: bool = False
 
@@ -56,27 +62,11 @@ class ResNetConfig(BackboneConfig):
             )
         return value
 
-    @field_validator("hidden_act")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        return check_activation(value)
-
-    @field_validator("hidden_sizes", "depths")
-    @classmethod
-    def _positive_per_stage(cls, value: list[int], info: Any) -> list[int]:
-        if not value or any(item < 1 for item in value):
-            raise ValueError(f"{info.field_name} must list one positive integer per stage, got {value}")
-        return value
-
     @model_validator(mode="after")
     def _one_size_per_stage(self) -> ResNetConfig:
-        if len(self.hidden_sizes) != len(self.depths):
-            raise ValueError(
-                f"hidden_sizes has {len(self.hidden_sizes)} entries but depths has {len(self.depths)}; "
-                "give one channel count and one depth per stage (len(hidden_sizes) == len(depths))"
-            )
+        check_hidden_sizes_per_stage(self.hidden_sizes, self.depths)
         return self
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+        return numbered_stage_names(len(self.depths))

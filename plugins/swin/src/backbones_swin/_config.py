@@ -6,13 +6,12 @@ backbones-maskformer-swin build their configs on it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from backbones import BackboneConfig
-from backbones.activations import check_activation
-from backbones.validation import check_stage_heads, square_patch_size
+from backbones.validation import ActivationName, check_stage_heads, numbered_stage_names, square_patch
 
 # Activations the MLP supports, by the names transformers' configs use.
 # Values transformers derives from the fields and writes to config.json; recomputed, never read back.
@@ -45,7 +44,7 @@ class SwinFamilyConfig(BackboneConfig):
     """
 
     image_size: int | tuple[int, int] = 224
-    patch_size: int = Field(default=4, ge=1)
+    patch_size: Annotated[int, square_patch(4)] = Field(default=4, ge=1)
     num_channels: int = Field(default=3, ge=1)
     embed_dim: int = Field(default=96, ge=1)
     depths: list[int] = [2, 2, 6, 2]
@@ -56,7 +55,7 @@ class SwinFamilyConfig(BackboneConfig):
     hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     drop_path_rate: float = Field(default=0.1, ge=0, lt=1)
-    hidden_act: str = "gelu"
+    hidden_act: ActivationName = "gelu"
     use_absolute_embeddings: bool = False
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
@@ -66,22 +65,16 @@ class SwinFamilyConfig(BackboneConfig):
             data.pop(name, None)
         super().__init__(**data)
 
-    @field_validator("patch_size", mode="before")
-    @classmethod
-    def _square_patches(cls, value: Any) -> Any:
-        return square_patch_size(value, example=4)
-
     @model_validator(mode="after")
     def _check_stages(self) -> SwinFamilyConfig:
         if not self.depths or any(depth < 1 for depth in self.depths):
             raise ValueError(f"depths must list at least one stage, each with one block or more; got {self.depths}")
         check_stage_heads(self.embed_dim, self.depths, self.num_heads)
-        check_activation(self.hidden_act)
         return self
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+        return numbered_stage_names(len(self.depths))
 
     @property
     def num_layers(self) -> int:
@@ -111,5 +104,7 @@ class SwinConfig(SwinFamilyConfig):
     """
 
     model_type: ClassVar[str] = "swin"
+    reference_config_keys: ClassVar[frozenset[str]] = frozenset({"hidden_size", "num_layers"})
+    """Keys of transformers' config.json without effect here: transformers' values derived from embed_dim and depths."""
 
     encoder_stride: int = 32

@@ -31,6 +31,8 @@ class Swinv2Config(SwinFamilyConfig):
     """
 
     model_type: ClassVar[str] = "swinv2"
+    reference_config_keys: ClassVar[frozenset[str]] = frozenset({"hidden_size", "num_layers"})
+    """Keys of transformers' config.json without effect here: transformers' values derived from embed_dim and depths."""
 
     pretrained_window_sizes: list[int] = [0, 0, 0, 0]
     encoder_stride: int = Field(default=32, ge=1)

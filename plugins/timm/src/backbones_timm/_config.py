@@ -209,6 +209,10 @@ class TimmBackboneConfig(BackboneConfig):
         if declared is not None and self.backbone is not None:
             self._assign_stage_names(declared)
 
+    def unknown_fields(self) -> dict[str, str]:
+        """None: every extra field is a ``timm.create_model`` argument (see the class docstring), which timm checks."""
+        return {}
+
     @property
     def timm_kwargs(self) -> dict[str, Any]:
         """The extra fields passed to ``timm.create_model`` (see the class docstring), as JSON values.

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from backbones import BackboneConfig
-from backbones.activations import ACTIVATIONS, check_activation
-from backbones.validation import check_heads_divide, square_patch_size
+from backbones.activations import ACTIVATIONS
+from backbones.validation import (
+    ActivationName,
+    check_heads_divide,
+    check_image_holds_patches,
+    check_layer_indices,
+    check_positive_mlp_ratio,
+    image_pair,
+    numbered_stage_names,
+    square_patch,
+)
 
 __all__ = ["ACTIVATIONS", "VitDetConfig"]
 
 """Supported values of ``hidden_act``."""
-
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return value if isinstance(value, tuple) else (value, value)
 
 
 class VitDetConfig(BackboneConfig):
@@ -58,13 +63,13 @@ class VitDetConfig(BackboneConfig):
     num_hidden_layers: int = Field(default=12, ge=1)
     num_attention_heads: int = Field(default=12, ge=1)
     mlp_ratio: int | float = 4
-    hidden_act: str = "gelu"
+    hidden_act: ActivationName = "gelu"
     dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-6
     image_size: int | tuple[int, int] = 224
     pretrain_image_size: int | tuple[int, int] = 224
-    patch_size: int = Field(default=16, ge=1)
+    patch_size: Annotated[int, square_patch(16)] = Field(default=16, ge=1)
     num_channels: int = Field(default=3, ge=1)
     qkv_bias: bool = True
     drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
@@ -74,61 +79,32 @@ class VitDetConfig(BackboneConfig):
     use_relative_position_embeddings: bool = False
     window_size: int = Field(default=0, ge=0)
 
-    @field_validator("patch_size", mode="before")
-    @classmethod
-    def _square_patches(cls, value: Any) -> Any:
-        return square_patch_size(value, example=16)
-
-    @field_validator("hidden_act")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        return check_activation(value)
-
-    @field_validator("mlp_ratio")
-    @classmethod
-    def _positive_ratio(cls, value: int | float) -> int | float:
-        if not value > 0:
-            raise ValueError(f"mlp_ratio must be positive (the MLP is mlp_ratio * hidden_size wide), got {value}")
-        return value
-
     @model_validator(mode="after")
     def _check_shapes(self) -> VitDetConfig:
+        check_positive_mlp_ratio(self.mlp_ratio, self.hidden_size)
         check_heads_divide(self.hidden_size, self.num_attention_heads)
-        for name in ("window_block_indices", "residual_block_indices"):
-            outside = [index for index in getattr(self, name) if not 0 <= index < self.num_hidden_layers]
-            if outside:
-                raise ValueError(
-                    f"{name} {outside} are not layers of this model; use 0-based layer indices "
-                    f"from 0 to num_hidden_layers - 1 = {self.num_hidden_layers - 1}"
-                )
-        patch = self.patch_size
-        for name in ("image_size", "pretrain_image_size"):
-            height, width = _pair(getattr(self, name))
-            if height < patch or width < patch:
-                raise ValueError(
-                    f"{name} {getattr(self, name)} is smaller than patch_size {patch}; set {name} >= patch_size"
-                )
-        height, width = _pair(self.pretrain_image_size)
-        if self.use_absolute_position_embeddings and height // patch != width // patch:
-            raise ValueError(
-                f"pretrain_image_size {self.pretrain_image_size} gives a {height // patch}x{width // patch} grid of "
-                "patches, but the absolute position table is a square grid; use a square pretrain_image_size"
-            )
-        if int(self.hidden_size * self.mlp_ratio) < 1:
-            raise ValueError(f"mlp_ratio={self.mlp_ratio} leaves the MLP with no hidden units; raise mlp_ratio")
+        check_layer_indices("window_block_indices", self.window_block_indices, self.num_hidden_layers)
+        check_layer_indices("residual_block_indices", self.residual_block_indices, self.num_hidden_layers)
+        check_image_holds_patches("image_size", self.image_size, self.patch_size)
+        check_image_holds_patches(
+            "pretrain_image_size",
+            self.pretrain_image_size,
+            self.patch_size,
+            square_grid=self.use_absolute_position_embeddings,
+        )
         return self
 
     @property
     def stage_names(self) -> list[str]:
-        return ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
+        return numbered_stage_names(self.num_hidden_layers)
 
     @property
     def position_grid(self) -> int:
         """Side of the square grid of absolute position embeddings (``pretrain_image_size // patch_size``)."""
-        return _pair(self.pretrain_image_size)[0] // self.patch_size
+        return image_pair(self.pretrain_image_size)[0] // self.patch_size
 
     @property
     def global_attention_grid(self) -> tuple[int, int]:
         """Patch grid of ``image_size``: the size of the global layers' relative position tables."""
-        height, width = _pair(self.image_size)
+        height, width = image_pair(self.image_size)
         return height // self.patch_size, width // self.patch_size
