@@ -97,7 +97,13 @@ def test_round_trip_keeps_unmodelled_keys(tmp_path: Path) -> None:
     config = ToyNetConfig.from_dict(data)
     assert config.stage_names == ["stem", "stage1", "stage2"], "stage_names are derived, never read back"
     written = config.to_dict()
-    defaults = {"num_channels": 3, "output_hidden_states": False, "output_attentions": False, "return_dict": True}
+    defaults = {
+        "num_channels": 3,
+        "output_hidden_states": False,
+        "output_attentions": False,
+        "return_dict": True,
+        "output_prefix_tokens": False,
+    }
     assert written == {**data, **defaults, "stage_names": ["stem", "stage1", "stage2"]}
     path = config.save_pretrained(tmp_path)
     assert path == tmp_path / "config.json"

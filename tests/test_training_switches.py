@@ -78,7 +78,7 @@ def test_freeze_norm_is_freeze_batch_norm_and_round_trips(tmp_path: Path) -> Non
         expected = source(pixels).feature_maps
         trained = loaded.train()(pixels).feature_maps  # frozen statistics: training mode changes nothing
     for ours, theirs in zip(trained, expected):
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     loaded.save_pretrained(tmp_path / "again")
     saved = json.loads((tmp_path / "again" / "config.json").read_text())
     assert (saved["freeze_at"], saved["freeze_norm"]) == (0, True)

@@ -41,12 +41,12 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def _flatten_output(output: BackboneOutput) -> tuple[list[Any], None]:
-    return [output.feature_maps, output.hidden_states, output.attentions], None
+    return [output.feature_maps, output.hidden_states, output.attentions, output.prefix_tokens], None
 
 
 def _unflatten_output(values: Any, _context: None) -> BackboneOutput:
-    feature_maps, hidden_states, attentions = values
-    return BackboneOutput(feature_maps, hidden_states, attentions)
+    feature_maps, hidden_states, attentions, prefix_tokens = values
+    return BackboneOutput(feature_maps, hidden_states, attentions, prefix_tokens)
 
 
 # torch.export, ONNX export and FSDP walk outputs as pytrees; this makes BackboneOutput one of them.
@@ -91,6 +91,9 @@ class Backbone(nn.Module):
 
     num_features: list[int]
     """Channels of every stage, aligned with ``stage_names``."""
+    num_prefix_tokens: int = 0
+    """Class and register tokens in front of the patch tokens (0: none); a plugin with some sets it, and
+    its ``_forward_features`` then takes ``output_prefix_tokens`` (see :meth:`forward`)."""
     reductions: list[int]
     """Stride of every stage relative to the input, aligned with ``stage_names``."""
 
@@ -105,6 +108,11 @@ class Backbone(nn.Module):
 
     def post_init(self) -> None:
         """Initialise every module with :meth:`_init_weights`; plugins call it at the end of ``__init__``."""
+        if self.config.output_prefix_tokens and not self.num_prefix_tokens:
+            raise ValueError(
+                f"{type(self).__name__} has no class or register tokens, so config.output_prefix_tokens=True "
+                "cannot be honoured; set it to false"
+            )
         for name in ("num_features", "reductions"):
             value = getattr(self, name, None)
             if value is None or len(value) != len(self.stage_names):
@@ -180,6 +188,17 @@ class Backbone(nn.Module):
         """Stride of each returned feature map."""
         return [self.reductions[position] for position in self.out_positions]
 
+    def output_shape(self) -> dict[str, tuple[int, int]]:
+        """``{name: (channels, stride)}`` of each returned feature map, in output order.
+
+        The shape description detectron2-style code asks a backbone for (its ``ShapeSpec``), known without
+        a forward; it follows the selection (``out_features``).
+        """
+        return {
+            name: (channels, stride)
+            for name, channels, stride in zip(self.out_features, self.channels, self.out_reductions)
+        }
+
     def _check_selectable(self, names: list[str], out_features: list[str]) -> None:
         """Refuse a selection of a stage before :attr:`first_selectable_stage`."""
         first = self.first_selectable_stage
@@ -218,6 +237,7 @@ class Backbone(nn.Module):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        output_prefix_tokens: bool | None = None,
     ) -> BackboneOutput | tuple[Any, ...]:
         """Compute the feature maps of the requested stages.
 
@@ -230,12 +250,23 @@ class Backbone(nn.Module):
             output_attentions: Also return attention weights (attention backbones only; default: the
                 config's).
             return_dict: Return a :class:`BackboneOutput` or a plain tuple (default: the config's, True).
+            output_prefix_tokens: Also return, per requested stage, the class and register tokens beside
+                the feature map (backbones with ``num_prefix_tokens > 0`` only; default: the config's).
+                The plugin's ``_forward_features`` is then called with ``output_prefix_tokens=True`` and
+                returns a fourth item: per stage position, ``(batch, num_prefix_tokens, channels)`` or ``None``.
 
         Returns:
-            :class:`BackboneOutput`, or ``(feature_maps, [hidden_states], [attentions])`` when
-            ``return_dict=False``.
+            :class:`BackboneOutput`, or ``(feature_maps, [hidden_states], [attentions], [prefix_tokens])``
+            when ``return_dict=False``.
         """
         config = self.config
+        if output_prefix_tokens is None:
+            output_prefix_tokens = config.output_prefix_tokens
+        if output_prefix_tokens and not self.num_prefix_tokens:
+            raise ValueError(
+                f"{type(self).__name__} has no class or register tokens, so output_prefix_tokens=True cannot be "
+                "honoured; drop the argument"
+            )
         if output_hidden_states is None:
             output_hidden_states = config.output_hidden_states
         if output_attentions is None:
@@ -255,29 +286,38 @@ class Backbone(nn.Module):
         # Hidden states and attentions are returned for every stage, as transformers does.
         run_all = output_hidden_states or output_attentions
         last_stage = self._num_kept_stages - 1 if run_all else max(positions, default=0)
-        stage_maps, hidden_states, attentions = self._forward_features(
+        # Only a request passes the argument on, so plugins without prefix tokens never see it.
+        extra = {"output_prefix_tokens": True} if output_prefix_tokens else {}
+        outputs = self._forward_features(
             pixel_values,
             last_stage=last_stage,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            **extra,
         )
+        stage_maps, hidden_states, attentions = outputs[:3]
         feature_maps = tuple(stage_maps[position] for position in positions)
-        if any(fmap is None for fmap in feature_maps):
-            missing = [self.stage_names[p] for p, fmap in zip(positions, feature_maps) if fmap is None]
-            raise RuntimeError(
-                f"{type(self).__name__}._forward_features returned no map for requested stages {missing}"
-            )
+        prefix_tokens = tuple(outputs[3][position] for position in positions) if output_prefix_tokens else None
+        for name, values in (("map", feature_maps), ("prefix tokens", prefix_tokens or ())):
+            if any(value is None for value in values):
+                missing = [self.stage_names[p] for p, value in zip(positions, values) if value is None]
+                raise RuntimeError(
+                    f"{type(self).__name__}._forward_features returned no {name} for requested stages {missing}"
+                )
         if not return_dict:
             result: tuple[Any, ...] = (feature_maps,)
             if output_hidden_states:
                 result += (hidden_states,)
             if output_attentions:
                 result += (attentions,)
+            if output_prefix_tokens:
+                result += (prefix_tokens,)
             return result
         return BackboneOutput(
-            feature_maps=feature_maps,  # type: ignore[arg-type]  # no None: checked above
+            feature_maps=feature_maps,
             hidden_states=hidden_states if output_hidden_states else None,
             attentions=attentions if output_attentions else None,
+            prefix_tokens=prefix_tokens,
         )
 
     def _forward_features(
@@ -287,14 +327,18 @@ class Backbone(nn.Module):
         last_stage: int,
         output_hidden_states: bool,
         output_attentions: bool,
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+    ) -> tuple[Any, ...]:
+        """``(stage_maps, hidden_states, attentions)``, plus ``prefix_tokens`` when called with
+        ``output_prefix_tokens=True`` (see :meth:`forward`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement _forward_features")
 
     def forward_with_filtered_kwargs(self, *args: Any, **kwargs: Any) -> BackboneOutput | tuple[Any, ...]:
         """Call the backbone, dropping keyword arguments it does not take (as transformers does)."""
         if not self.has_attentions:
             kwargs.pop("output_attentions", None)
-        accepted = {"pixel_values", "output_hidden_states", "output_attentions", "return_dict"}
+        if not self.num_prefix_tokens:
+            kwargs.pop("output_prefix_tokens", None)
+        accepted = {"pixel_values", "output_hidden_states", "output_attentions", "return_dict", "output_prefix_tokens"}
         return self(*args, **{key: value for key, value in kwargs.items() if key in accepted})
 
     # -- pruning ----------------------------------------------------------------------------------
@@ -428,9 +472,16 @@ class Backbone(nn.Module):
         return save_checkpoint(self, Path(directory))
 
     @classmethod
-    def from_config(cls, config: BackboneConfig) -> Backbone:
-        """Build a randomly initialised backbone from ``config``."""
-        return cls(config)
+    def from_config(cls, config: BackboneConfig, *, max_parameters: int | None = None) -> Backbone:
+        """Build a randomly initialised backbone from ``config``.
+
+        Its parameters are counted on the meta device first: a config bigger than ``max_parameters``
+        (default ``BACKBONES_MAX_PARAMETERS``, else 20 billion) is refused before anything is allocated;
+        unknown config fields are reported once (see :meth:`BackboneConfig.unknown_fields`).
+        """
+        from ._loading import build_backbone
+
+        return build_backbone(cls, config, max_parameters=max_parameters)
 
     @classmethod
     def from_pretrained(

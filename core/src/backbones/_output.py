@@ -24,11 +24,16 @@ class BackboneOutput:
         feature_maps: One ``(batch, channels, height, width)`` tensor per requested stage, in stage order.
         hidden_states: Per-stage hidden states when requested, else ``None``.
         attentions: Per-layer attention weights when requested and supported, else ``None``.
+        prefix_tokens: With ``output_prefix_tokens=True`` (backbones with a class or register tokens), one
+            ``(batch, num_prefix_tokens, channels)`` tensor per requested stage, aligned with
+            ``feature_maps``: the class token first, then the registers, normalised as the maps are;
+            else ``None``. Not in transformers: it comes last, so the other fields keep their positions.
     """
 
     feature_maps: tuple[Tensor, ...]
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
+    prefix_tokens: tuple[Tensor, ...] | None = None
 
     def keys(self) -> list[str]:
         """Names of the fields that are set, in order."""

@@ -223,3 +223,22 @@ def test_head_free_model_sizes_match_the_reference() -> None:
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in theirs.parameters()) - 32
     assert math.prod(ours.encoder.layer[0].mlp.weights_in.weight.shape) == 2 * 88 * 32
+
+
+# -- the class token beside the maps (output_prefix_tokens) -----------------------------------------
+
+
+def test_prefix_tokens_are_transformers_pooled_class_token(tmp_path: Path) -> None:
+    """The last stage's prefix token is transformers' ``Dinov2Model`` pooler output (the normalised class
+    token); every stage's is that stage's class token through the same final norm as its map."""
+    reference = randomize_weights_(transformers.Dinov2Model(transformers.Dinov2Config(**SMALL)), seed=4).eval()
+    reference.save_pretrained(tmp_path)
+    ours = AutoBackbone.from_pretrained(tmp_path, out_indices=[2, -1])
+    pixels = torch.randn(2, 3, 48, 40, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = reference(pixels, output_hidden_states=True)
+        output = ours(pixels, output_prefix_tokens=True)
+    middle, last = output.prefix_tokens
+    assert middle.shape == last.shape == (2, 1, 32)
+    assert_parity([last[:, 0]], [expected.pooler_output])
+    assert_parity([middle[:, 0]], [reference.layernorm(expected.hidden_states[2])[:, 0]])

@@ -351,6 +351,38 @@ class BackboneConformance:
         assert isinstance(filtered, BackboneOutput)
         assert len(filtered.feature_maps) == len(model.stage_names) - self.first_selectable
 
+    def test_prefix_tokens_on_request(self) -> None:
+        model = self.build(out_indices=[1, -1])
+        pixels = self.inputs()
+        count = model.num_prefix_tokens
+        if not count:
+            with pytest.raises(ValueError, match="output_prefix_tokens=True cannot be honoured"):
+                model(pixels, output_prefix_tokens=True)
+            with pytest.raises(ValueError, match="config.output_prefix_tokens=True cannot be honoured"):
+                self.build(output_prefix_tokens=True)
+            with torch.no_grad():
+                filtered = model.forward_with_filtered_kwargs(pixels, output_prefix_tokens=True)
+            assert isinstance(filtered, BackboneOutput) and filtered.prefix_tokens is None
+            return
+        with torch.no_grad():
+            plain = model(pixels)
+            output = model(pixels, output_prefix_tokens=True)
+            as_tuple = model(pixels, output_prefix_tokens=True, return_dict=False)
+        assert plain.prefix_tokens is None and "prefix_tokens" not in plain.keys()
+        assert_close_maps(output.feature_maps, plain.feature_maps, atol=0.0)
+        assert output.prefix_tokens is not None and len(output.prefix_tokens) == len(model.out_features)
+        for name, tokens, channels in zip(model.out_features, output.prefix_tokens, model.channels):
+            expected = (self.batch_size, count, channels)
+            assert tuple(tokens.shape) == expected, f"prefix tokens of {name}: {tuple(tokens.shape)} != {expected}"
+            assert torch.isfinite(tokens).all()
+        assert len(as_tuple) == 2
+        assert_close_maps(as_tuple[1], output.prefix_tokens, atol=0.0)
+        # Tokens differ between stages (they are each stage's own, not one stage's copied).
+        assert not torch.equal(output.prefix_tokens[0], output.prefix_tokens[1])
+        configured = self.build(out_indices=[1, -1], output_prefix_tokens=True)
+        with torch.no_grad():
+            assert_close_maps(configured(pixels).prefix_tokens, output.prefix_tokens, atol=0.0)
+
     def test_wrong_channel_count_is_explained(self) -> None:
         assert self.channel_error_name is not None
         model = self.build()
@@ -395,6 +427,11 @@ class BackboneConformance:
             explanation = torch._dynamo.explain(model)(pixels)
         assert explanation.graph_break_count == 0, f"graph breaks: {explanation.break_reasons}"
         assert explanation.graph_count == 1
+        if model.num_prefix_tokens:
+            torch._dynamo.reset()
+            with torch.no_grad():
+                explanation = torch._dynamo.explain(model)(pixels, output_prefix_tokens=True)
+            assert explanation.graph_break_count == 0, f"graph breaks with prefix tokens: {explanation.break_reasons}"
         torch._dynamo.reset()
         compiled = torch.compile(model, backend="eager", fullgraph=True)
         with torch.no_grad():
@@ -567,12 +604,14 @@ class BackboneConformance:
         return 2 * max(model.reductions), 256
 
     def _exported(self) -> tuple[Backbone, Any]:
-        """The model (every stage selected) and its ``torch.export`` program with dynamic H and W; cached per class."""
+        """The model (every stage selected; prefix tokens too, where it has some) and its ``torch.export``
+        program with dynamic H and W; cached per class."""
         cache = type(self).__dict__.get("_export_cache")
         if cache is None:
             from torch.export import Dim
 
             model = self.build()
+            model.config.output_prefix_tokens = model.num_prefix_tokens > 0
             low, high = self._export_bounds(model)
             step = self.export_multiple
             dims = {}
@@ -596,8 +635,10 @@ class BackboneConformance:
             )
             pixels = self.inputs(size, seed=7)
             with torch.no_grad():
-                exported = program.module()(pixels)
-                assert_close_maps(exported.feature_maps, model(pixels).feature_maps, atol=1e-5)
+                exported, eager = program.module()(pixels), model(pixels)
+                assert_close_maps(exported.feature_maps, eager.feature_maps, atol=1e-5)
+                if model.num_prefix_tokens:
+                    assert_close_maps(exported.prefix_tokens, eager.prefix_tokens, atol=1e-5)
 
     def test_onnx_export_matches_eager(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
         self.expect_support(request, "export")
@@ -615,8 +656,11 @@ class BackboneConformance:
             pixels = self.inputs(size, seed=11)
             outputs = session.run(None, {input_name: pixels.numpy()})
             with torch.no_grad():
-                reference = model(pixels).feature_maps
-            assert_close_maps([torch.from_numpy(array) for array in outputs[: len(reference)]], reference, atol=1e-4)
+                eager = model(pixels)
+            # Flattened as the output's fields: the maps, then (where the model has them) the prefix tokens.
+            reference = [*eager.feature_maps, *(eager.prefix_tokens or ())]
+            assert len(outputs) == len(reference)
+            assert_close_maps([torch.from_numpy(array) for array in outputs], reference, atol=1e-4)
 
     def test_distributed_training_ddp_and_fsdp2(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
         """Two CPU ranks (gloo): DDP and FSDP2 train; every parameter gets a gradient; ranks agree."""

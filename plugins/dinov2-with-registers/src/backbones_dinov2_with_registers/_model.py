@@ -15,14 +15,14 @@ is the token sequence after the final layer norm, without the class and register
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones_dinov2.blocks import Dinov2Embeddings, Dinov2Layer, LayerScale
+from backbones.layers import init_linear_and_norm_, run_token_layers
+from backbones_dinov2.blocks import Dinov2Embeddings, Dinov2Layer, LayerScale, tokens_to_map
 
 from ._config import Dinov2WithRegistersConfig
 
@@ -35,6 +35,8 @@ class _RegisterEmbeddings(Dinov2Embeddings):
     Registers are appended after the position embeddings are added: they have no position. The position table
     is resampled with antialiasing (bicubic, by target size, in float32).
     """
+
+    antialias = True
 
     def __init__(self, config: Dinov2WithRegistersConfig) -> None:
         super().__init__(
@@ -50,21 +52,6 @@ class _RegisterEmbeddings(Dinov2Embeddings):
         """The class token with its position, then the registers: ``(batch, 1 + registers, channels)``."""
         prefix = torch.cat((self.cls_token + self.position_embeddings[:, :1], self.register_tokens), dim=1)
         return prefix.expand(batch, -1, -1)
-
-    def _patch_positions(self, height: int, width: int) -> Tensor:
-        """Position embeddings of a ``height x width`` patch grid, ``(1, height * width, channels)``."""
-        table = self.position_embeddings[:, 1:]
-        grid = self.grid
-        # Antialiased bicubic resampling to the table's own size is the identity too: skipped in eager mode
-        # only, since comparing symbolic sizes while tracing would specialise the graph to one size.
-        if not torch.compiler.is_compiling() and (height, width) == (grid, grid):
-            return table
-        channels = table.shape[-1]
-        square = table.reshape(1, grid, grid, channels).permute(0, 3, 1, 2)
-        resized = F.interpolate(
-            square.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True
-        )
-        return resized.to(table.dtype).permute(0, 2, 3, 1).reshape(1, height * width, channels)
 
 
 class _Encoder(nn.Module):
@@ -97,79 +84,61 @@ class Dinov2WithRegistersBackbone(Backbone):
     def __init__(self, config: Dinov2WithRegistersConfig) -> None:
         super().__init__(config)
         self.embeddings = _RegisterEmbeddings(config)
-        self.encoder = _Encoder([self._make_layer() for _ in range(config.num_hidden_layers)])
+        self.encoder = _Encoder([Dinov2Layer.from_config(config) for _ in range(config.num_hidden_layers)])
         # Only built when the feature maps use it, so that no parameter goes unused.
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.apply_layernorm else None
-        self.num_prefix = config.num_prefix_tokens
+        self.num_prefix_tokens = config.num_prefix_tokens  # the class token, then the registers
         stages = config.num_hidden_layers + 1
         self.num_features = [config.hidden_size] * stages
         self.reductions = [config.patch_size] * stages
         self.post_init()
 
-    def _make_layer(self) -> Dinov2Layer:
-        """One transformer layer of ``self.config`` (every layer has the same drop-path rate, as transformers)."""
-        config = self.config
-        return Dinov2Layer(
-            config.hidden_size,
-            config.num_attention_heads,
-            mlp_ratio=config.mlp_ratio,
-            qkv_bias=config.qkv_bias,
-            hidden_act=config.hidden_act,
-            layer_norm_eps=config.layer_norm_eps,
-            layerscale_value=config.layerscale_value,
-            use_swiglu_ffn=config.use_swiglu_ffn,
-            attention_dropout=config.attention_probs_dropout_prob,
-            drop_path=config.drop_path_rate,
-        )
-
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module``'s own parameters as transformers' ``Dinov2WithRegistersPreTrainedModel`` does
         (registers start at zero)."""
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, _RegisterEmbeddings):
+        if init_linear_and_norm_(module, std, truncated=True):
+            return
+        if isinstance(module, _RegisterEmbeddings):
             nn.init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             nn.init.zeros_(module.register_tokens)
         elif isinstance(module, LayerScale):
             nn.init.constant_(module.lambda1, self.config.layerscale_value)
 
-    def _feature_map(self, tokens: Tensor, height: int, width: int) -> Tensor:
+    def _feature_map(self, tokens: Tensor, height: int, width: int, with_prefix: bool = False) -> Any:
+        """The stage's feature map; ``with_prefix``: and its prefix tokens, both through the final layer norm."""
         if self.layernorm is not None:
             tokens = self.layernorm(tokens)
-        if not self.config.reshape_hidden_states:
-            return tokens
-        # Splitting the token axis of the prefix-free slice is a view: no copy.
-        return tokens[:, self.num_prefix :].reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        return tokens_to_map(
+            tokens,
+            self.num_prefix_tokens,
+            height,
+            width,
+            reshape=self.config.reshape_hidden_states,
+            with_prefix=with_prefix,
+        )
 
     def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        wanted = set(self.out_positions)
-        layers = self.encoder.layer
-        maps: list[Tensor | None] = [None] * len(self.stage_names)
-        hidden_states: list[Tensor] = []
-        attentions: list[Tensor] = []
+        self,
+        pixel_values: Tensor,
+        *,
+        last_stage: int,
+        output_hidden_states: bool,
+        output_attentions: bool,
+        output_prefix_tokens: bool = False,
+    ) -> tuple[Any, ...]:
         tokens, height, width = self.embeddings(pixel_values)
-        for position in range(last_stage + 1):
-            if position:
-                tokens, weights = layers[position - 1](tokens, output_attentions)
-                if weights is not None:
-                    attentions.append(weights)
-            if position in wanted:
-                maps[position] = self._feature_map(tokens, height, width)
-            if output_hidden_states:
-                hidden_states.append(tokens)
-        return (
-            maps,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
+        return run_token_layers(
+            tokens,
+            self.encoder.layer,
+            last_stage=last_stage,
+            out_positions=set(self.out_positions),
+            num_stages=len(self.stage_names),
+            feature_map=lambda stage_tokens, _: self._feature_map(stage_tokens, height, width, output_prefix_tokens),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            output_prefix_tokens=output_prefix_tokens,
         )
 
     def _stage_modules(self, position: int) -> list[nn.Module]:

@@ -19,15 +19,15 @@ The modules are the public blocks of :mod:`backbones_dinov2.blocks`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import init_linear_and_norm_
+from backbones.layers import init_linear_and_norm_, run_token_layers
 
 from ._config import Dinov2Config
-from .blocks import Dinov2Embeddings, Dinov2Layer, LayerScale
+from .blocks import Dinov2Embeddings, Dinov2Layer, LayerScale, tokens_to_map
 
 __all__ = ["Dinov2Backbone"]
 
@@ -48,7 +48,9 @@ class Dinov2Backbone(Backbone):
     ``apply_layernorm``), without the class token, as ``(batch, hidden_size, height // patch_size,
     width // patch_size)`` (if ``reshape_hidden_states``), exactly as transformers' ``Dinov2Backbone``.
     ``hidden_states`` are the raw token sequences ``(batch, 1 + tokens, hidden_size)`` of every stage;
-    ``attentions`` hold each run layer's attention probabilities.
+    ``attentions`` hold each run layer's attention probabilities. With ``output_prefix_tokens=True``,
+    ``prefix_tokens`` hold each requested stage's class token ``(batch, 1, hidden_size)``, through the
+    final ``layernorm`` as the map is.
     """
 
     config_class: ClassVar[type[Dinov2Config]] = Dinov2Config
@@ -70,6 +72,7 @@ class Dinov2Backbone(Backbone):
         # Only built when the feature maps use it, so that no parameter goes unused.
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.apply_layernorm else None
         self.reshape_hidden_states = config.reshape_hidden_states
+        self.num_prefix_tokens = 1  # the class token
         stages = config.num_hidden_layers + 1
         self.num_features = [config.hidden_size] * stages
         self.reductions = [config.patch_size] * stages
@@ -102,36 +105,34 @@ class Dinov2Backbone(Backbone):
         elif isinstance(module, LayerScale):
             nn.init.constant_(module.lambda1, self.config.layerscale_value)
 
-    def _feature_map(self, tokens: Tensor, height: int, width: int) -> Tensor:
+    def _feature_map(self, tokens: Tensor, height: int, width: int, with_prefix: bool = False) -> Any:
+        """The stage's feature map; ``with_prefix``: and its prefix tokens, both through the final layer norm."""
         if self.layernorm is not None:
             tokens = self.layernorm(tokens)
-        if not self.reshape_hidden_states:
-            return tokens
-        # Splitting the token axis of the class-token-free slice is a view: no copy.
-        return tokens[:, 1:].reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        return tokens_to_map(
+            tokens, self.num_prefix_tokens, height, width, reshape=self.reshape_hidden_states, with_prefix=with_prefix
+        )
 
     def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        wanted = set(self.out_positions)
-        layers = self.encoder.layer
-        maps: list[Tensor | None] = [None] * len(self.stage_names)
-        hidden_states: list[Tensor] = []
-        attentions: list[Tensor] = []
+        self,
+        pixel_values: Tensor,
+        *,
+        last_stage: int,
+        output_hidden_states: bool,
+        output_attentions: bool,
+        output_prefix_tokens: bool = False,
+    ) -> tuple[Any, ...]:
         tokens, height, width = self.embeddings(pixel_values)
-        for position in range(last_stage + 1):
-            if position:
-                tokens, weights = layers[position - 1](tokens, output_attentions)
-                if weights is not None:
-                    attentions.append(weights)
-            if position in wanted:
-                maps[position] = self._feature_map(tokens, height, width)
-            if output_hidden_states:
-                hidden_states.append(tokens)
-        return (
-            maps,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
+        return run_token_layers(
+            tokens,
+            self.encoder.layer,
+            last_stage=last_stage,
+            out_positions=set(self.out_positions),
+            num_stages=len(self.stage_names),
+            feature_map=lambda stage_tokens, _: self._feature_map(stage_tokens, height, width, output_prefix_tokens),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            output_prefix_tokens=output_prefix_tokens,
         )
 
     def _stage_modules(self, position: int) -> list[nn.Module]:

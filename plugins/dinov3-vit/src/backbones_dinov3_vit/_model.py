@@ -23,6 +23,7 @@ and its SwiGLU holds the gate and value projections in one ``weights_in`` (here 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, drop_path
+from backbones.layers import CheckpointableLayer, drop_path, init_linear_and_norm_, run_token_layers
 from backbones_dinov2.blocks import LayerScale
 
 from ._config import Dinov3ViTConfig
@@ -236,7 +237,7 @@ class Dinov3ViTBackbone(Backbone):
         self.rope_embeddings = _RotaryPositions(config)
         self.layer = nn.ModuleList(_Layer(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.num_prefix = config.num_prefix_tokens
+        self.num_prefix = self.num_prefix_tokens = config.num_prefix_tokens  # the class token, then the registers
         stages = config.num_hidden_layers + 1
         self.num_features = [config.hidden_size] * stages
         self.reductions = [config.patch_size] * stages
@@ -245,50 +246,48 @@ class Dinov3ViTBackbone(Backbone):
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module``'s own parameters as transformers' ``DINOv3ViTPreTrainedModel`` does."""
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, _Embeddings):
+        if init_linear_and_norm_(module, std, truncated=True):
+            return
+        if isinstance(module, _Embeddings):
             nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             nn.init.trunc_normal_(module.register_tokens, mean=0.0, std=std)
         elif isinstance(module, LayerScale):
             nn.init.constant_(module.lambda1, self.config.layerscale_value)
 
-    def _feature_map(self, tokens: Tensor, position: int, height: int, width: int) -> Tensor:
+    def _feature_map(self, tokens: Tensor, position: int, height: int, width: int, with_prefix: bool = False) -> Any:
+        """The stage's feature map; ``with_prefix``: and its class and register tokens, normalised alike."""
         if self.config.apply_layernorm or position == self.config.num_hidden_layers:
             tokens = self.norm(tokens)
-        patches = tokens[:, self.num_prefix :]
-        if not self.config.reshape_hidden_states:
-            return patches
-        # Splitting the token axis of the prefix-free slice is a view: no copy.
-        return patches.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        fmap = tokens[:, self.num_prefix :]
+        if self.config.reshape_hidden_states:
+            # Splitting the token axis of the prefix-free slice is a view: no copy.
+            fmap = fmap.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        return (fmap, tokens[:, : self.num_prefix]) if with_prefix else fmap
 
     def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        wanted = set(self.out_positions)
-        maps: list[Tensor | None] = [None] * len(self.stage_names)
-        hidden_states: list[Tensor] = []
-        attentions: list[Tensor] = []
+        self,
+        pixel_values: Tensor,
+        *,
+        last_stage: int,
+        output_hidden_states: bool,
+        output_attentions: bool,
+        output_prefix_tokens: bool = False,
+    ) -> tuple[Any, ...]:
         tokens, height, width = self.embeddings(pixel_values)
         rotation = self.rope_embeddings(height, width, tokens.device, tokens.dtype)
-        for position in range(last_stage + 1):
-            if position:
-                tokens, weights = self.layer[position - 1](tokens, rotation, output_attentions)
-                if weights is not None:
-                    attentions.append(weights)
-            if position in wanted:
-                maps[position] = self._feature_map(tokens, position, height, width)
-            if output_hidden_states:
-                hidden_states.append(tokens)
-        return (
-            maps,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
+        return run_token_layers(
+            tokens,
+            self.layer,
+            last_stage=last_stage,
+            out_positions=set(self.out_positions),
+            num_stages=len(self.stage_names),
+            feature_map=lambda stage_tokens, position: self._feature_map(
+                stage_tokens, position, height, width, output_prefix_tokens
+            ),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            layer_inputs=(rotation,),
+            output_prefix_tokens=output_prefix_tokens,
         )
 
     def _stage_modules(self, position: int) -> list[nn.Module]:
