@@ -406,7 +406,8 @@ def test_unknown_processor_type(tmp_path: Path) -> None:
     assert str(caught.value) == (
         f"{directory / 'preprocessor_config.json'}: image_processor_type 'DeiTImageProcessor' is not supported; "
         "backbones implements BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor, DINOv3ViTImageProcessor and ViTImageProcessor; "
-        "installed plugins add RTDetrImageProcessor (backbones-rt-detr-resnet) (preprocess with that transformers class, or build an ImageProcessor with the same steps)"
+        "installed plugins add DeformableDetrImageProcessor (backbones-lw-detr-vit), PvtImageProcessor (backbones-pvt-v2), "
+        "RTDetrImageProcessor (backbones-rt-detr-resnet) (preprocess with that transformers class, or build an ImageProcessor with the same steps)"
     )
     with pytest.raises(ConfigError, match=r"image_processor_type 'CLIPImageProcessor' is not supported"):
         AutoImageProcessor.from_dict({"feature_extractor_type": "CLIPFeatureExtractor"})
@@ -624,8 +625,11 @@ DECLARED_FALLBACKS = {
     "dinat": "ViTImageProcessor",
     "dinov2": "BitImageProcessor",
     "dinov2_with_registers": "BitImageProcessor",
+    "dinov3_convnext": "DINOv3ViTImageProcessor",
     "dinov3_vit": "DINOv3ViTImageProcessor",
     "focalnet": "BitImageProcessor",
+    "lw_detr_vit": "DeformableDetrImageProcessor",
+    "pvt_v2": "PvtImageProcessor",
     "resnet": "ConvNextImageProcessor",
     "rt_detr_resnet": "RTDetrImageProcessor",
     "swin": "ViTImageProcessor",
@@ -638,8 +642,8 @@ def test_each_plugin_declares_the_fallback_transformers_uses() -> None:
 
     assert {model_type: _fallback_type(model_type) for model_type in DECLARED_FALLBACKS} == DECLARED_FALLBACKS
     assert {
-        model_type: _fallback_type(model_type) for model_type in ("vitdet", "nat", "unknown", None)
-    } == dict.fromkeys(("vitdet", "nat", "unknown", None))
+        model_type: _fallback_type(model_type) for model_type in ("vitdet", "nat", "rf_detr_dinov2", "unknown", None)
+    } == dict.fromkeys(("vitdet", "nat", "rf_detr_dinov2", "unknown", None))
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
     for model_type, declared in DECLARED_FALLBACKS.items():
@@ -723,7 +727,8 @@ def test_a_third_party_plugin_declares_its_own_processor(toynet_installed: Path)
         AutoImageProcessor.from_dict({"image_processor_type": "DeiTImageProcessor"})
     assert str(caught.value) == (
         "image_processor_type 'DeiTImageProcessor' is not supported; backbones implements BeitImageProcessor, "
-        "BitImageProcessor, ConvNextImageProcessor, DINOv3ViTImageProcessor and ViTImageProcessor; installed plugins add RTDetrImageProcessor "
+        "BitImageProcessor, ConvNextImageProcessor, DINOv3ViTImageProcessor and ViTImageProcessor; installed plugins add "
+        "DeformableDetrImageProcessor (backbones-lw-detr-vit), PvtImageProcessor (backbones-pvt-v2), RTDetrImageProcessor "
         "(backbones-rt-detr-resnet), ToyNetImageProcessor (backbones-toynet) (preprocess with that transformers class, or build an ImageProcessor with the same steps)"
     )
 

@@ -1,0 +1,24 @@
+"""Entry point of backbones-rf-detr-dinov2: registers the model type lazily (imports neither torch nor the
+model)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from backbones import hookimpl
+
+if TYPE_CHECKING:
+    from backbones.hookspecs import Register
+
+# The plugin API this plugin was built for; core loads it only if it fits (see backbones.PLUGIN_API_VERSION).
+BACKBONES_PLUGIN_API = "1.0"
+
+
+@hookimpl
+def register_backbones(register: Register) -> None:
+    register(
+        "rf_detr_dinov2",
+        config="backbones_rf_detr_dinov2._config:RfDetrDinov2Config",
+        model="backbones_rf_detr_dinov2._model:RfDetrDinov2Backbone",
+        description="DINOv2 with windowed attention of RF-DETR (Real-time detection transformers, 2025)",
+    )
