@@ -563,3 +563,18 @@ def test_enabling_pyramid_later_needs_its_stages() -> None:
     assert config.fpn_positions == [1, 2, 3, 4]
     with pytest.raises(ConfigError, match=r"fpn_indices \[1, 2, 3, 4\] has indices outside the 4 stages"):
         config.num_hidden_layers = 3
+
+
+def test_prefix_tokens_are_transformers_class_tokens(tmp_path: Path) -> None:
+    """Each requested stage's prefix token is the class token of transformers' hidden state of that stage
+    (BEiT's maps have no final norm), for plain and pyramid stages alike."""
+    config = transformers.BeitConfig(**TINY, add_fpn=True, out_indices=[1, 2, 3, 4])
+    reference = testing.randomize_weights_(transformers.BeitBackbone(config), seed=3).eval()
+    reference.save_pretrained(tmp_path)
+    ours = AutoBackbone.from_pretrained(tmp_path)
+    pixels = _pixels(32, 32)
+    with torch.no_grad():
+        expected = reference(pixels, output_hidden_states=True).hidden_states
+        output = ours(pixels, output_prefix_tokens=True)
+    assert [tuple(tokens.shape) for tokens in output.prefix_tokens] == [(2, 1, TINY["hidden_size"])] * 4
+    assert_parity(output.prefix_tokens, [expected[index][:, :1] for index in (1, 2, 3, 4)])

@@ -325,7 +325,9 @@ class BeitBackbone(Backbone):
     ``patch / 4``, ``patch / 2``, ``patch`` and ``2 * patch`` (any ``patch_size``, as transformers; a
     fractional stride, 0.5 for ``patch_size=2``, is a float). ``hidden_states`` are the token sequences
     ``(batch, 1 + tokens, hidden_size)`` of the stem and every layer run; ``attentions`` the attention
-    probabilities ``(batch, heads, 1 + tokens, 1 + tokens)`` of every layer run.
+    probabilities ``(batch, heads, 1 + tokens, 1 + tokens)`` of every layer run. With
+    ``output_prefix_tokens=True``, ``prefix_tokens`` hold each requested stage's class token ``(batch, 1,
+    hidden_size)``, as the stage's tokens hold it (BEiT's maps have no final norm).
     """
 
     config_class = BeitConfig
@@ -347,6 +349,7 @@ class BeitBackbone(Backbone):
         patch = config.patch_size
         self.num_features = [config.hidden_size] * len(config.stage_names)
         self.reductions = [patch] * len(config.stage_names)
+        self.num_prefix_tokens = 1  # the class token
         # Stage position -> attribute name of its pyramid level; fixed for the model's lifetime.
         self._pyramid: dict[int, str] = {}
         for level, position in enumerate(config.fpn_positions):
@@ -378,8 +381,14 @@ class BeitBackbone(Backbone):
             nn.init.constant_(module.lambda_2, self.config.layer_scale_init_value)  # type: ignore[arg-type]
 
     def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        self,
+        pixel_values: Tensor,
+        *,
+        last_stage: int,
+        output_hidden_states: bool,
+        output_attentions: bool,
+        output_prefix_tokens: bool = False,
+    ) -> tuple[Any, ...]:
         patch = self.config.patch_size
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
         encoder = self.beit.encoder
@@ -389,6 +398,7 @@ class BeitBackbone(Backbone):
         reshape = self.config.reshape_hidden_states
         wanted = set(self.out_positions)
         maps: list[Tensor | None] = [None] * len(self.stage_names)
+        prefixes: list[Tensor | None] = [None] * len(self.stage_names)
         hidden_states: list[Tensor] = []
         attentions: list[Tensor] = []
         tokens = self.beit.embeddings(pixel_values)
@@ -401,11 +411,13 @@ class BeitBackbone(Backbone):
                 hidden_states.append(tokens)
             if position in wanted:
                 maps[position] = self._stage_map(tokens, position, grid) if reshape else tokens
-        return (
+                prefixes[position] = tokens[:, : self.num_prefix_tokens]
+        outputs = (
             maps,
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
         )
+        return (*outputs, prefixes) if output_prefix_tokens else outputs
 
     def _stage_map(self, tokens: Tensor, position: int, grid: tuple[int, int]) -> Tensor:
         fmap = tokens[:, 1:].unflatten(1, grid).permute(0, 3, 1, 2)
