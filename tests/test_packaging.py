@@ -218,10 +218,13 @@ def test_installed_wheels_list_exactly_their_model_types(wheel_env: Path) -> Non
     ).stdout
     assert "failed to load" not in listing and "conflict" not in listing, listing
     rows = [line.split()[:3] for line in listing.splitlines()[2:] if line.strip()]
+    # Core's own model types (its necks) come with backbones-core.
     assert rows == [
         ["convnext", "backbones-convnext", "0.1.0"],
         ["convnextv2", "backbones-convnextv2", "0.1.0"],
+        ["feature_pyramid", "backbones-core", "0.1.0"],
         ["resnet", "backbones-resnet", "0.1.0"],
+        ["simple_feature_pyramid", "backbones-core", "0.1.0"],
     ]
 
 

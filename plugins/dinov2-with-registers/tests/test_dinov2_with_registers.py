@@ -214,7 +214,7 @@ def test_imports_only_public_names_of_backbones_dinov2() -> None:
                 imported.append((node.module, [alias.name for alias in node.names]))
     assert sorted(imported) == [
         ("backbones_dinov2", ["Dinov2Config"]),
-        ("backbones_dinov2.blocks", ["Dinov2Embeddings", "Dinov2Layer", "LayerScale"]),
+        ("backbones_dinov2.blocks", ["Dinov2Embeddings", "Dinov2Layer", "LayerScale", "tokens_to_map"]),
     ]
 
 
