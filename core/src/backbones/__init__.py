@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "LoadOptions": "._options",
     "LoadReport": "._loading",
     "PluginError": "._errors",
+    "ReparameterizedError": "._errors",
     "UnknownModelTypeError": "._errors",
     "WeightsMismatchError": "._errors",
     "align_out_features_out_indices": "._stages",
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from ._errors import CheckpointError as CheckpointError
     from ._errors import ConfigError as ConfigError
     from ._errors import PluginError as PluginError
+    from ._errors import ReparameterizedError as ReparameterizedError
     from ._errors import UnknownModelTypeError as UnknownModelTypeError
     from ._errors import WeightsMismatchError as WeightsMismatchError
     from ._head import load_backbone as load_backbone

@@ -96,6 +96,7 @@ class Backbone(nn.Module):
     its ``_forward_features`` then takes ``output_prefix_tokens`` (see :meth:`forward`)."""
     reductions: list[int]
     """Stride of every stage relative to the input, aligned with ``stage_names``."""
+    _reparameterized: bool = False
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
@@ -441,7 +442,18 @@ class Backbone(nn.Module):
         return self.stage_names[: self._frozen_stages + 1]
 
     def train(self, mode: bool = True) -> Backbone:
-        """Set training mode; frozen stages (see :meth:`freeze_stages`) stay in evaluation mode."""
+        """Set training mode; frozen stages (see :meth:`freeze_stages`) stay in evaluation mode.
+
+        Raises:
+            ReparameterizedError: ``mode`` is true and the model was folded by :meth:`reparameterize`.
+        """
+        if mode and self._reparameterized:
+            from ._errors import ReparameterizedError
+
+            raise ReparameterizedError(
+                f"{type(self).__name__} was reparameterised for inference (its BatchNorms and branches are "
+                "folded), so it cannot train; load the checkpoint again to fine-tune"
+            )
         super().train(mode)
         for position in range(self._frozen_stages + 1):
             for module in self._stage_modules(position):
@@ -460,6 +472,42 @@ class Backbone(nn.Module):
     def _freeze_batch_norm(self) -> int:
         return convert_batch_norm_to_frozen(self)
 
+    def reparameterize(self) -> int:
+        """Fold every reparameterisable block (see :mod:`backbones.reparam`) for inference, in place.
+
+        Multi-branch blocks become one convolution and Conv→BatchNorm pairs one convolution, with the
+        same outputs (to float rounding). The model is put in evaluation mode first and cannot train or
+        be saved afterwards. Plugins whose blocks implement
+        :class:`~backbones.reparam.Reparameterizable` support it; see :attr:`supports_reparameterize`.
+
+        Returns:
+            How many blocks were folded (0 for an architecture with nothing to fold).
+        """
+        from .reparam import reparameterize
+
+        self.eval()
+        count = reparameterize(self)
+        for module in self.modules():
+            if isinstance(module, Backbone):
+                module._reparameterized = True
+        return count
+
+    reparameterize._backbones_walks = True  # type: ignore[attr-defined]
+
+    @property
+    def supports_reparameterize(self) -> bool:
+        """Whether any block of this model folds for inference (see :meth:`reparameterize`)."""
+        from .reparam import Reparameterizable
+
+        return any(
+            isinstance(module, Reparameterizable) and not isinstance(module, Backbone) for module in self.modules()
+        )
+
+    @property
+    def is_reparameterized(self) -> bool:
+        """Whether :meth:`reparameterize` has folded this model."""
+        return self._reparameterized
+
     # -- persistence ------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
@@ -467,6 +515,13 @@ class Backbone(nn.Module):
 
         Both files are written atomically. Returns the directory.
         """
+        if self.is_reparameterized:
+            from ._errors import ReparameterizedError
+
+            raise ReparameterizedError(
+                f"{type(self).__name__} was reparameterised for inference: its weights no longer have the "
+                "checkpoint's keys; save the model before calling reparameterize()"
+            )
         from ._loading import save_checkpoint
 
         return save_checkpoint(self, Path(directory))

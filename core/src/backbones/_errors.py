@@ -7,6 +7,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "PluginError",
+    "ReparameterizedError",
     "UnknownModelTypeError",
     "WeightsMismatchError",
 ]
@@ -30,6 +31,11 @@ class WeightsMismatchError(BackboneError, ValueError):
 
 class PluginError(BackboneError, RuntimeError):
     """A plugin failed to load, registered something invalid, or conflicts with another plugin."""
+
+
+class ReparameterizedError(BackboneError, RuntimeError):
+    """A model folded for inference (``Backbone.reparameterize``) was asked to train, to be saved, or to
+    fold in training mode."""
 
 
 class UnknownModelTypeError(BackboneError, KeyError):
