@@ -399,15 +399,29 @@ def test_missing_preprocessor_config(tmp_path: Path) -> None:
         AutoImageProcessor.from_pretrained(tmp_path / "nowhere")
 
 
+CORE_FAMILIES_TEXT = (
+    "BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor, DINOv3ViTImageProcessor, "
+    "DeformableDetrImageProcessor, RTDetrImageProcessor and ViTImageProcessor"
+)
+
+
+def _plugin_processors_text() -> str:
+    """The installed plugins' own processors as the error lists them (plugins come and go in a checkout)."""
+    from backbones import get_registry
+
+    processors = get_registry().image_processors()
+    assert processors, "the test environment installs plugins that implement processors (e.g. backbones-pvt-v2)"
+    return ", ".join(f"{name} ({processor.distribution})" for name, processor in sorted(processors.items()))
+
+
 def test_unknown_processor_type(tmp_path: Path) -> None:
     directory = _write(tmp_path, {"image_processor_type": "DeiTImageProcessor", "size": 224})
     with pytest.raises(ConfigError) as caught:
         AutoImageProcessor.from_pretrained(directory)
     assert str(caught.value) == (
         f"{directory / 'preprocessor_config.json'}: image_processor_type 'DeiTImageProcessor' is not supported; "
-        "backbones implements BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor, DINOv3ViTImageProcessor and ViTImageProcessor; "
-        "installed plugins add DeformableDetrImageProcessor (backbones-lw-detr-vit), PvtImageProcessor (backbones-pvt-v2), "
-        "RTDetrImageProcessor (backbones-rt-detr-resnet) (preprocess with that transformers class, or build an ImageProcessor with the same steps)"
+        f"backbones implements {CORE_FAMILIES_TEXT}; installed plugins add {_plugin_processors_text()} "
+        "(preprocess with that transformers class, or build an ImageProcessor with the same steps)"
     )
     with pytest.raises(ConfigError, match=r"image_processor_type 'CLIPImageProcessor' is not supported"):
         AutoImageProcessor.from_dict({"feature_extractor_type": "CLIPFeatureExtractor"})
@@ -628,6 +642,7 @@ DECLARED_FALLBACKS = {
     "dinov3_convnext": "DINOv3ViTImageProcessor",
     "dinov3_vit": "DINOv3ViTImageProcessor",
     "focalnet": "BitImageProcessor",
+    "hgnet_v2": "RTDetrImageProcessor",
     "lw_detr_vit": "DeformableDetrImageProcessor",
     "pvt_v2": "PvtImageProcessor",
     "resnet": "ConvNextImageProcessor",
@@ -725,11 +740,11 @@ def test_a_third_party_plugin_declares_its_own_processor(toynet_installed: Path)
     # An unknown type lists core's families and the processors installed plugins add.
     with pytest.raises(ConfigError) as caught:
         AutoImageProcessor.from_dict({"image_processor_type": "DeiTImageProcessor"})
+    assert "ToyNetImageProcessor (backbones-toynet)" in _plugin_processors_text()
     assert str(caught.value) == (
-        "image_processor_type 'DeiTImageProcessor' is not supported; backbones implements BeitImageProcessor, "
-        "BitImageProcessor, ConvNextImageProcessor, DINOv3ViTImageProcessor and ViTImageProcessor; installed plugins add "
-        "DeformableDetrImageProcessor (backbones-lw-detr-vit), PvtImageProcessor (backbones-pvt-v2), RTDetrImageProcessor "
-        "(backbones-rt-detr-resnet), ToyNetImageProcessor (backbones-toynet) (preprocess with that transformers class, or build an ImageProcessor with the same steps)"
+        f"image_processor_type 'DeiTImageProcessor' is not supported; backbones implements {CORE_FAMILIES_TEXT}; "
+        f"installed plugins add {_plugin_processors_text()} (preprocess with that transformers class, or build an "
+        "ImageProcessor with the same steps)"
     )
 
 

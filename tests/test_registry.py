@@ -401,7 +401,8 @@ def register_backbones(register):
 """
 
 FAMILIES = (
-    "BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor, DINOv3ViTImageProcessor and ViTImageProcessor"
+    "BeitImageProcessor, BitImageProcessor, ConvNextImageProcessor, DINOv3ViTImageProcessor, "
+    "DeformableDetrImageProcessor, RTDetrImageProcessor and ViTImageProcessor"
 )
 
 

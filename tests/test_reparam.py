@@ -40,9 +40,7 @@ class _RepBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.folded is not None:
             return self.folded(x)
-        return (
-            self.norm3(self.conv3(x)) + self.norm13(self.conv13(x)) + self.norm1(self.conv1(x)) + self.identity(x)
-        )
+        return self.norm3(self.conv3(x)) + self.norm13(self.conv13(x)) + self.norm1(self.conv1(x)) + self.identity(x)
 
     def reparameterize(self) -> None:
         size = (3, 3)

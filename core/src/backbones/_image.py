@@ -13,6 +13,7 @@ lazy exports keep working without the extra; using a processor does.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import sys
@@ -25,7 +26,9 @@ from ._processor_families import (
     BICUBIC,
     BILINEAR,
     BOX,
+    CLASS_FAMILIES,
     FAMILIES,
+    FAMILY_NAMES,
     HAMMING,
     LANCZOS,
     NEAREST,
@@ -446,16 +449,25 @@ class ImageProcessor:
         """
         return pixels
 
+    def resize_image(self, pixels: NDArray[Any], height: int, width: int) -> NDArray[Any]:
+        """Resize one ``(height, width, channels)`` image to ``height`` x ``width`` with ``resample``.
+
+        The output size comes from ``size`` (and ``crop_pct``); this is only the interpolation, done as
+        transformers' PIL processors do (Pillow, whose filters antialias when shrinking). A plugin's own
+        processor overrides it when its transformers class interpolates otherwise.
+        """
+        return _resize(pixels, height, width, self.resample)
+
     def _resize(self, pixels: NDArray[Any]) -> NDArray[Any]:
         assert self.size is not None
         height, width = pixels.shape[:2]
         if self.crop_pct is not None:
             edge = self.size["shortest_edge"]
             if edge >= _CONVNEXT_WARP_FROM:
-                return _resize(pixels, edge, edge, self.resample)
-            resized = _resize(pixels, *_shortest_edge_size(height, width, int(edge / self.crop_pct)), self.resample)
+                return self.resize_image(pixels, edge, edge)
+            resized = self.resize_image(pixels, *_shortest_edge_size(height, width, int(edge / self.crop_pct)))
             return _center_crop(resized, edge, edge)
-        return _resize(pixels, *_target_size(self.size, height, width), self.resample)
+        return self.resize_image(pixels, *_target_size(self.size, height, width))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -701,15 +713,19 @@ def _overlap(length: int, target: int) -> tuple[slice, slice]:
     return slice(0, length), slice(offset, offset + length)
 
 
-def _pack(arrays: list[NDArray[Any]], return_tensors: str | None) -> Any:
+_RESIZE_TO_STACK = (
+    "resize them to one size (size={'height': ..., 'width': ...} or a centre crop), or pass return_tensors=None "
+    "for a list"
+)
+
+
+def _pack(arrays: list[NDArray[Any]], return_tensors: str | None, *, hint: str = _RESIZE_TO_STACK) -> Any:
+    """The arrays as a list, or stacked into one batch array (``"np"``) or tensor (``"pt"``)."""
     if return_tensors is None:
         return arrays
     shapes = sorted({array.shape for array in arrays})
     if len(shapes) > 1:
-        raise ValueError(
-            f"cannot stack the images into one batch: they end up with different shapes {shapes}; resize them to "
-            "one size (size={'height': ..., 'width': ...} or a centre crop), or pass return_tensors=None for a list"
-        )
+        raise ValueError(f"cannot stack the images into one batch: they end up with different shapes {shapes}; {hint}")
     batch = np.stack(arrays)
     if return_tensors == "np":
         return batch
@@ -729,7 +745,7 @@ def _declared_type(data: Mapping[str, Any]) -> str | None:
         # for core's families and for the processors plugins implement alike.
         for suffix in ("Fast", "Pil"):
             base = declared[: -len(suffix)]
-            if declared.endswith(suffix) and declared not in FAMILIES and _is_known_type(base):
+            if declared.endswith(suffix) and declared not in FAMILY_NAMES and _is_known_type(base):
                 return base
         return declared
     legacy = data.get("feature_extractor_type")
@@ -742,7 +758,7 @@ def _is_known_type(processor_type: str) -> bool:
     """Whether ``processor_type`` is one of core's families or a processor a plugin implements."""
     from ._registry import get_registry
 
-    return processor_type in FAMILIES or get_registry().image_processor(processor_type) is not None
+    return processor_type in FAMILY_NAMES or get_registry().image_processor(processor_type) is not None
 
 
 def _supported_types_text() -> str:
@@ -791,6 +807,10 @@ def _build(processor_type: str, data: Mapping[str, Any], overrides: Mapping[str,
     if defaults is not None:
         # Only ConvNeXt's family reads crop_pct; the others ignore a stray one, as transformers does.
         ignored = {"image_processor_type"} | ({"crop_pct"} if defaults["crop_pct"] is None else set())
+    elif processor_type in CLASS_FAMILIES:
+        module_name, _, class_name = CLASS_FAMILIES[processor_type].partition(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        defaults, ignored = _class_defaults(cls), {"image_processor_type"}
     else:
         plugin_class = _plugin_processor_class(processor_type)
         if plugin_class is None:

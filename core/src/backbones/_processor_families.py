@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FAMILIES", "RESCALE_FIRST", "family_names_text"]
+__all__ = ["CLASS_FAMILIES", "FAMILIES", "FAMILY_NAMES", "RESCALE_FIRST", "family_names_text"]
 
 NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING = range(6)
 
@@ -85,6 +85,17 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
 }
 
+# Families whose pipeline has a step of its own (padding a batch to one size, with a pixel mask), so they
+# are ImageProcessor subclasses, given as "module:Class" (imported when used): detector processors that
+# the checkpoints of several backbones name (see backbones.detection_processing).
+CLASS_FAMILIES: dict[str, str] = {
+    "DeformableDetrImageProcessor": "backbones.detection_processing:DeformableDetrImageProcessor",
+    "RTDetrImageProcessor": "backbones.detection_processing:RTDetrImageProcessor",
+}
+
+FAMILY_NAMES = frozenset(FAMILIES) | frozenset(CLASS_FAMILIES)
+"""Every processor family core implements."""
+
 # Families whose transformers class rescales before resizing: the resize then filters [0, 1] floats
 # rather than 8-bit values (a difference of up to about 1e-2 after normalising).
 RESCALE_FIRST = frozenset({"DINOv3ViTImageProcessor"})
@@ -92,5 +103,5 @@ RESCALE_FIRST = frozenset({"DINOv3ViTImageProcessor"})
 
 def family_names_text() -> str:
     """``"A, B, C and D"``: the family names, sorted, for error messages."""
-    names = sorted(FAMILIES)
+    names = sorted(FAMILY_NAMES)
     return ", ".join(names[:-1]) + " and " + names[-1]

@@ -34,7 +34,7 @@ import pluggy
 
 from . import PLUGIN_API_VERSION, hookspecs
 from ._errors import PluginError, UnknownModelTypeError
-from ._processor_families import FAMILIES, family_names_text
+from ._processor_families import FAMILY_NAMES, family_names_text
 
 __all__ = [
     "KNOWN_DISTRIBUTIONS",
@@ -238,7 +238,7 @@ def _check_declared_processors(registrations: Sequence[Registration], implemente
     """Every processor a registration declares is one of core's families or in ``implemented``."""
     for registration in registrations:
         for name in registration.image_processor_types:
-            if name not in FAMILIES and name not in implemented:
+            if name not in FAMILY_NAMES and name not in implemented:
                 raise PluginError(
                     f"model type {registration.model_type!r} declares the image processor {name!r}, which is neither "
                     f"a family backbones-core implements ({family_names_text()}) nor one its plugin implements; "
@@ -399,7 +399,7 @@ class Registry:
                 raise PluginError(
                     f"image_processor_classes of {model_type!r} has a key {name!r}; keys must be non-empty strings"
                 )
-            if name in FAMILIES:
+            if name in FAMILY_NAMES:
                 raise PluginError(
                     f"image_processor_classes of {model_type!r} gives a class for {name!r}, a processor family "
                     f"backbones-core implements; name your own processor differently, or drop it from "

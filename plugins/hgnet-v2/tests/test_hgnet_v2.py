@@ -194,6 +194,34 @@ def test_detector_checkpoint_loads_with_prefix(detector_checkpoint: tuple[Any, P
             assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
 
 
+def test_detector_checkpoint_preprocessing_matches_transformers(
+    detector_checkpoint: tuple[Any, Path], tmp_path: Path
+) -> None:
+    """D-FINE checkpoints name RT-DETR's processor (core's family, which this plugin declares): AutoImageProcessor
+    builds it from the detector folder, and from an hgnet_v2 folder whose preprocessor_config.json names no type."""
+    import numpy as np
+    from PIL import Image
+
+    from backbones import AutoImageProcessor
+    from backbones.detection_processing import RTDetrImageProcessor
+
+    _, directory = detector_checkpoint
+    preprocessor = {"image_processor_type": "RTDetrImageProcessor", "size": {"height": 64, "width": 48}}
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    oracle = transformers.RTDetrImageProcessorPil(size={"height": 64, "width": 48})(image, return_tensors="pt")
+    ours = AutoImageProcessor.from_pretrained(directory)
+    assert isinstance(ours, RTDetrImageProcessor)
+    torch.testing.assert_close(
+        ours(image, return_tensors="pt")["pixel_values"], oracle["pixel_values"], atol=1e-6, rtol=0
+    )
+
+    HGNetV2Backbone(HGNetV2Config(**SMALL)).save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 64, "width": 48}}))
+    fallback = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(fallback) is RTDetrImageProcessor and fallback.image_processor_type == "RTDetrImageProcessor"
+
+
 # -- transformers' config.json in, ours out ---------------------------------------------------------
 
 

@@ -11,13 +11,14 @@ __all__ = ["DeformableDetrImageProcessor", "LwDetrViTBackbone", "LwDetrViTConfig
 _EXPORTS = {
     "LwDetrViTConfig": "._config",
     "LwDetrViTBackbone": "._model",
-    "DeformableDetrImageProcessor": "._processing",
+    "DeformableDetrImageProcessor": "backbones.detection_processing",  # core's family, kept here for existing imports
 }
 
 if TYPE_CHECKING:
+    from backbones.detection_processing import DeformableDetrImageProcessor
+
     from ._config import LwDetrViTConfig
     from ._model import LwDetrViTBackbone
-    from ._processing import DeformableDetrImageProcessor
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -20,10 +20,7 @@ def register_backbones(register: Register) -> None:
         config="backbones_lw_detr_vit._config:LwDetrViTConfig",
         model="backbones_lw_detr_vit._model:LwDetrViTBackbone",
         description="ViT of LW-DETR (windowed and global attention, A Transformer Replacement to YOLO, 2024)",
-        # LW-DETR checkpoints' preprocessor_config.json names it (none of core's families: this plugin
-        # implements it); also used when one names none.
+        # LW-DETR checkpoints' preprocessor_config.json names it (a family of core's); also used when one
+        # names none.
         image_processor="DeformableDetrImageProcessor",
-        image_processor_classes={
-            "DeformableDetrImageProcessor": "backbones_lw_detr_vit._processing:DeformableDetrImageProcessor"
-        },
     )

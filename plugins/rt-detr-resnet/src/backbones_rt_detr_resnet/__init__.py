@@ -11,13 +11,14 @@ __all__ = ["RTDetrImageProcessor", "RTDetrResNetBackbone", "RTDetrResNetConfig"]
 _EXPORTS = {
     "RTDetrResNetConfig": "._config",
     "RTDetrResNetBackbone": "._model",
-    "RTDetrImageProcessor": "._processing",
+    "RTDetrImageProcessor": "backbones.detection_processing",  # core's family, kept here for existing imports
 }
 
 if TYPE_CHECKING:
+    from backbones.detection_processing import RTDetrImageProcessor
+
     from ._config import RTDetrResNetConfig
     from ._model import RTDetrResNetBackbone
-    from ._processing import RTDetrImageProcessor
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -22,5 +22,4 @@ def register_backbones(register: Register) -> None:
         description="ResNet-vd of RT-DETR (DETRs Beat YOLOs on Real-time Object Detection, 2023)",
         # RT-DETR checkpoints' preprocessor_config.json names it; also used when one names none.
         image_processor="RTDetrImageProcessor",
-        image_processor_classes={"RTDetrImageProcessor": "backbones_rt_detr_resnet._processing:RTDetrImageProcessor"},
     )
