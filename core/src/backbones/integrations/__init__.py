@@ -5,6 +5,8 @@ backbones-core): ``import backbones`` imports none of them.
 
 * :mod:`backbones.integrations.torchvision`: a backbone as the ``backbone`` of torchvision's detectors
   (``pip install "backbones-core[torchvision]"``).
+* :mod:`backbones.integrations.transformers`: a backbone inside transformers' heads through their
+  ``backbone_config`` (``pip install "backbones-core[transformers]"``).
 """
 
 from __future__ import annotations
