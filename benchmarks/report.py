@@ -439,6 +439,23 @@ def render_markdown(results: Mapping[str, Any], plot: str | None = None) -> str:
             _table(["model", "batch", "all stages ms", "out_indices=[1] ms", "ratio", "status"], rows),
         ]
 
+    reparam = results.get("reparam")
+    if reparam:
+        rows = []
+        for entry in reparam:
+            unfolded, folded = median(entry["unfolded"]), median(entry["folded"])
+            speedup = ratio(unfolded, [folded])
+            rows.append([entry["label"], entry["folded_blocks"], _ms(unfolded), _ms(folded), _x(speedup)])
+        out += [
+            "",
+            "## Reparameterisation: `model.reparameterize()` (ours, fp32, batch 1, 224x224)",
+            "",
+            "Conv→BatchNorm pairs and multi-branch blocks folded into single convolutions (BiT: the weight "
+            "standardisation computed once); speed-up is unfolded / folded latency.",
+            "",
+            _table(["model", "folded blocks", "unfolded ms", "folded ms", "speed-up"], rows),
+        ]
+
     notes = results.get("notes", {})
     if notes:
         out += ["", "## Notes", ""] + [f"- **{arch}**: {note}" for arch, note in notes.items()]

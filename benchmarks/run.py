@@ -33,9 +33,12 @@ from benchmarks.specs import ARCHS, BIG_LOAD, BIG_LOAD_SHARD_BYTES, Arch, arch_b
 
 __all__ = ["interleaved", "main", "measure_forward", "time_call"]
 
-SECTIONS = ("imports", "process", "load", "forward", "truncated", "bigload")
+SECTIONS = ("imports", "process", "load", "forward", "truncated", "reparam", "bigload")
 WHOLE_PROCESS_ARCHS = ("swin", "resnet", "convnext")
 TRUNCATED_ARCHS = ("swin", "resnet")
+REPARAM_TIMM_MODEL = "mobileone_s0"
+"""The timm model of the ``reparam`` section's backbones-timm row (``--only timm``): MobileOne's
+multi-branch blocks, which timm's ``reparameterize_model`` folds."""
 
 
 def log(message: str) -> None:
@@ -508,7 +511,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = _settings(args.quick)
     only = [name.strip() for name in (args.only or "").split(",") if name.strip()]
     if only:
-        archs = [arch_by_name(name) for name in only if name != "bigload"]
+        archs = [arch_by_name(name) for name in only if name not in ("bigload", "timm")]
     elif args.quick:
         archs = [arch_by_name(name) for name in QUICK_ARCHS]
     else:
@@ -538,8 +541,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["load"] = {}
         results["forward"] = []
         results["truncated"] = []
+        results["reparam"] = []
         results["whole_process"] = {}
-        for arch in archs if {"process", "load", "forward", "truncated"} - skip else []:
+        for arch in archs if {"process", "load", "forward", "truncated", "reparam"} - skip else []:
             directory = workdir / arch.name
             log(f"{arch.name}: writing checkpoint")
             arch.write_checkpoint(directory)
@@ -552,12 +556,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"{arch.name}: from_pretrained")
                 results["load"][arch.name] = measure_load(arch, directory, settings["load_reps"])
             gc.collect()
+            if "reparam" not in skip:
+                _reparam_row(arch, directory, settings, results)
             if "forward" in skip and "truncated" in skip:
                 shutil.rmtree(directory)
                 continue
             _forward_rows(arch, directory, settings, results, skip)
             shutil.rmtree(directory)
             gc.collect()
+        if "reparam" not in skip and (("timm" in only) if only else not args.quick):
+            _reparam_timm_row(settings, results)
         if "bigload" not in skip and (("bigload" in only) if only else not args.quick):
             directory = workdir / "bigload"
             log(f"{BIG_LOAD.name}: writing a sharded bfloat16 checkpoint")
@@ -600,6 +608,41 @@ def _forward_rows(
                 {"full": models["ours"], "truncated": truncated}, arch, batch, "fp32", **settings[f"bs{batch}"]
             )
             results["truncated"].append({"arch": arch.name, "batch": batch, **samples})
+
+
+def _measure_folding(name: str, label: str, model: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """bs1 fp32 latency of ``model`` (in evaluation mode), then of a copy folded by ``reparameterize()``."""
+    import copy
+
+    import torch
+
+    folded = copy.deepcopy(model)
+    blocks = folded.reparameterize()
+    log(f"{name}: reparameterize() folded {blocks} blocks; forward fp32 batch 1 before/after")
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        samples = interleaved({"unfolded": lambda: model(pixels), "folded": lambda: folded(pixels)}, **settings["bs1"])
+    return {"arch": name, "label": label, "batch": 1, "mode": "fp32", "folded_blocks": blocks, **samples}
+
+
+def _reparam_row(arch: Arch, directory: Path, settings: Mapping[str, Any], results: dict[str, Any]) -> None:
+    """The ``reparam`` row of ``arch``, if its backbone folds anything (see ``Backbone.reparameterize``)."""
+    from backbones import AutoBackbone
+
+    model = AutoBackbone.from_pretrained(directory).eval()
+    if model.supports_reparameterize:
+        results["reparam"].append(_measure_folding(arch.name, arch.label, model, settings))
+
+
+def _reparam_timm_row(settings: Mapping[str, Any], results: dict[str, Any]) -> None:
+    """The ``reparam`` row of backbones-timm: :data:`REPARAM_TIMM_MODEL` folded by timm's own helper."""
+    import torch
+
+    from backbones_timm import TimmBackbone, TimmBackboneConfig
+
+    torch.manual_seed(0)
+    model = TimmBackbone(TimmBackboneConfig(backbone=REPARAM_TIMM_MODEL, out_indices=[1, 2, 3, 4])).eval()
+    results["reparam"].append(_measure_folding("timm", f"timm {REPARAM_TIMM_MODEL}", model, settings))
 
 
 def plot_forward(results: Mapping[str, Any], path: Path) -> bool:

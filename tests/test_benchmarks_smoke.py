@@ -149,3 +149,18 @@ def test_update_merges_rows_instead_of_replacing_sections() -> None:
     assert merge_section(previous, fresh) == [previous[0], fresh[0], fresh[1]]
     assert merge_section({"a": 1, "b": 2}, {"b": 3}) == {"a": 1, "b": 3}
     assert merge_section(None, fresh) == fresh
+
+
+def test_reparam_section_measures_and_renders() -> None:
+    from backbones_resnet import ResNetBackbone, ResNetConfig
+    from benchmarks.run import _measure_folding
+
+    model = ResNetBackbone(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1])).eval()
+    settings = {"bs1": {"repetitions": 1, "warmup": 0, "budget_s": None, "max_repetitions": None}}
+    row = _measure_folding("resnet", "resnet-tiny", model, settings)
+    assert not model.is_reparameterized, "the measured copy is folded, not the model itself"
+    # The stem, 3 + 3 bottleneck layers and stage 2's projection: 8 conv-norm pairs.
+    assert (row["arch"], row["folded_blocks"], len(row["unfolded"]), len(row["folded"])) == ("resnet", 8, 1, 1)
+    entry = {**row, "unfolded": [0.030], "folded": [0.020]}
+    markdown = render_markdown({**_results(), "reparam": [entry]})
+    assert "| resnet-tiny | 8 | 30.0 | 20.0 | 1.50x |" in markdown

@@ -542,7 +542,8 @@ def test_channels_that_do_not_fit_the_normalisation() -> None:
     processor = AutoImageProcessor.from_dict({"image_processor_type": "ViTImageProcessor", "size": 8})
     with pytest.raises(
         ValueError,
-        match=r"image 0 has 1 channel\(s\) but image_mean has 3 values; set do_convert_rgb=True to make it RGB",
+        match=r"^image 0 has 1 channel\(s\) but image_mean has 3 values: give image_mean and image_std one value per "
+        r"channel, as a model loaded with num_channels=1 needs \(or set do_convert_rgb=True to make it RGB\)$",
     ):
         processor(Image.new("L", (5, 5)))
     assert processor(Image.new("L", (5, 5)), return_tensors="np", do_convert_rgb=True).pixel_values.shape == (
@@ -643,12 +644,20 @@ DECLARED_FALLBACKS = {
     "dinov3_vit": "DINOv3ViTImageProcessor",
     "focalnet": "BitImageProcessor",
     "hgnet_v2": "RTDetrImageProcessor",
+    "hiera": "BitImageProcessor",
     "lw_detr_vit": "DeformableDetrImageProcessor",
+    "pixio": "BitImageProcessor",
+    "pp_lcnet": "PPLCNetImageProcessor",
     "pvt_v2": "PvtImageProcessor",
     "resnet": "ConvNextImageProcessor",
     "rt_detr_resnet": "RTDetrImageProcessor",
+    "sapiens2": "Sapiens2ImageProcessor",
     "swin": "ViTImageProcessor",
     "swinv2": "ViTImageProcessor",
+    "textnet": "TextNetImageProcessor",
+    "tipsv2_vision_model": "Tipsv2ImageProcessor",
+    "uvdoc_backbone": "UVDocImageProcessor",
+    "vitpose_backbone": "VitPoseImageProcessor",
 }
 
 

@@ -38,11 +38,16 @@ BUILT_ON = {
     "backbones-dinov2-with-registers": {"backbones-dinov2"},
     "backbones-dinov3-convnext": {"backbones-convnext"},
     "backbones-dinov3-vit": {"backbones-dinov2"},
+    "backbones-hiera": {"backbones-dinov2"},
     "backbones-lw-detr-vit": {"backbones-vitdet"},
     "backbones-maskformer-swin": {"backbones-swin"},
+    "backbones-pixio": {"backbones-dinov2"},
     "backbones-rf-detr-dinov2": {"backbones-dinov2"},
     "backbones-rt-detr-resnet": {"backbones-resnet"},
+    "backbones-sapiens2": {"backbones-dinov3-vit"},
     "backbones-swinv2": {"backbones-swin"},
+    "backbones-tipsv2": {"backbones-dinov2"},
+    "backbones-vitpose-backbone": {"backbones-dinov2"},
 }
 INSTALLED = ["core", "resnet", "convnext", "convnextv2"]
 

@@ -147,3 +147,34 @@ def test_mlp_ratio_must_leave_hidden_units() -> None:
         check_positive_mlp_ratio(0, 16)
     with pytest.raises(ValueError, match=r"^mlp_ratio=0.1 leaves the MLP with no hidden units; raise mlp_ratio$"):
         check_positive_mlp_ratio(0.1, 4)
+
+
+def test_dilate_stages_follows_timms_rule() -> None:
+    from backbones.validation import DilatedStage, dilate_stages
+
+    strides = [1, 2, 2, 2]
+    assert [plan.reduction for plan in dilate_stages(strides, 32, stem_stride=4)] == [4, 8, 16, 32]
+    assert dilate_stages(strides, 8, stem_stride=4) == [
+        DilatedStage(stride=1, dilation=1, first_dilation=1, reduction=4),
+        DilatedStage(stride=2, dilation=1, first_dilation=1, reduction=8),
+        DilatedStage(stride=1, dilation=2, first_dilation=1, reduction=8),
+        DilatedStage(stride=1, dilation=4, first_dilation=2, reduction=8),
+    ]
+    # 32 dilates nothing, even past it (a ResNet downsampling in its first stage reaches 64).
+    assert [plan.reduction for plan in dilate_stages([2, 2, 2, 2], 32, stem_stride=4)] == [8, 16, 32, 64]
+    assert [plan.reduction for plan in dilate_stages([2, 2, 2, 2], 16, stem_stride=4)] == [8, 16, 16, 16]
+    with pytest.raises(ValueError, match=r"^output_stride=8 is below the stem's stride 16, which dilation cannot undo"):
+        dilate_stages(strides, 8, stem_stride=16)
+
+
+def test_output_stride_field_lists_the_valid_values() -> None:
+    from pydantic import BaseModel, ValidationError
+
+    from backbones.validation import OutputStride
+
+    class Config(BaseModel):
+        output_stride: OutputStride = 32
+
+    assert Config(output_stride=16).output_stride == 16
+    with pytest.raises(ValidationError, match=r"output_stride must be one of \[8, 16, 32\] \(32: no dilation.*got 12"):
+        Config(output_stride=12)

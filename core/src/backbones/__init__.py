@@ -30,7 +30,9 @@ _EXPORTS: dict[str, str] = {
     "BackboneType": "._backbone_type",
     "CheckpointError": "._errors",
     "ConfigError": "._errors",
+    "ForwardInput": "._forward_inputs",
     "ImageProcessor": "._image",
+    "InputError": "._errors",
     "LoadOptions": "._options",
     "LoadReport": "._loading",
     "PluginError": "._errors",
@@ -58,10 +60,12 @@ if TYPE_CHECKING:
     from ._errors import BackboneError as BackboneError
     from ._errors import CheckpointError as CheckpointError
     from ._errors import ConfigError as ConfigError
+    from ._errors import InputError as InputError
     from ._errors import PluginError as PluginError
     from ._errors import ReparameterizedError as ReparameterizedError
     from ._errors import UnknownModelTypeError as UnknownModelTypeError
     from ._errors import WeightsMismatchError as WeightsMismatchError
+    from ._forward_inputs import ForwardInput as ForwardInput
     from ._head import load_backbone as load_backbone
     from ._image import AutoImageProcessor as AutoImageProcessor
     from ._image import ImageProcessor as ImageProcessor

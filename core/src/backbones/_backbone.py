@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ._backbone_type import BackboneType
 from ._config import BackboneConfig
+from ._forward_inputs import ForwardInput
 from ._output import BackboneOutput
 from ._stages import positive_indices
 from .layers import CheckpointableLayer, convert_batch_norm_to_frozen
@@ -77,6 +78,16 @@ class Backbone(nn.Module):
         freeze_at_extra_stages: How the config's RT-DETR-style ``freeze_at = k >= 0`` counts: the stem and
             ``k + freeze_at_extra_stages`` stages are frozen. 0 (the default) is RT-DETR's ResNet-vd
             (PResNet: ``k`` stages); HGNetV2 (D-FINE) freezes ``k + 1`` and sets 1.
+        lora_target_modules: Names of the modules LoRA adapts (attention projections and MLP linears, or
+            the convolutions of a CNN), as ``peft.LoraConfig(target_modules=...)`` takes them: a module
+            whose name is one of them or ends with ``"." + name``. See docs/training.md, "LoRA".
+        input_channel_weights: State-dict keys of the weights that take the image's channels (dimension 1),
+            adapted when a checkpoint is loaded with another ``num_channels``. Empty (the default): the
+            first convolution, or linear layer, with ``config.num_channels`` inputs.
+        extra_forward_inputs: The keyword inputs ``forward`` takes beyond ``pixel_values`` (e.g. ViTPose's
+            ``dataset_index``), each a :class:`~backbones.ForwardInput` with its shape per batch item, dtype
+            and example values. The plugin's ``forward`` takes them by keyword; ``forward_with_filtered_kwargs``
+            keeps them, and the conformance kit passes them in every check that runs the model.
     """
 
     config_class: ClassVar[type[BackboneConfig]] = BackboneConfig
@@ -88,6 +99,9 @@ class Backbone(nn.Module):
     backbone_type: ClassVar[BackboneType] = BackboneType.TRANSFORMERS
     first_selectable_stage: ClassVar[int] = 0
     freeze_at_extra_stages: ClassVar[int] = 0
+    extra_forward_inputs: ClassVar[tuple[ForwardInput, ...]] = ()
+    lora_target_modules: ClassVar[tuple[str, ...]] = ()
+    input_channel_weights: ClassVar[tuple[str, ...]] = ()
 
     num_features: list[int]
     """Channels of every stage, aligned with ``stage_names``."""
@@ -279,10 +293,7 @@ class Backbone(nn.Module):
                 f"{type(self).__name__} has no attention layers, so output_attentions=True cannot be honoured; "
                 "drop the argument (forward_with_filtered_kwargs does this for you)"
             )
-        if pixel_values.dim() != 4:
-            raise ValueError(
-                f"pixel_values must be a 4-D (batch, channels, height, width) tensor, got shape {tuple(pixel_values.shape)}"
-            )
+        self._check_pixel_values(pixel_values)
         positions = self.out_positions
         # Hidden states and attentions are returned for every stage, as transformers does.
         run_all = output_hidden_states or output_attentions
@@ -321,6 +332,57 @@ class Backbone(nn.Module):
             prefix_tokens=prefix_tokens,
         )
 
+    @property
+    def minimum_input_size(self) -> int:
+        """The smallest height and width the model runs on (smaller inputs are an :class:`~backbones.InputError`).
+
+        The config's ``minimum_input_size`` where it computes one, else its ``patch_size`` (the window of a
+        patchifying first layer; the larger side of a pair), else 1. A plugin whose layers need more
+        overrides it.
+        """
+        configured = getattr(self.config, "minimum_input_size", None)
+        if isinstance(configured, int) and not isinstance(configured, bool) and configured > 0:
+            return configured
+        patch = getattr(self.config, "patch_size", None)
+        if isinstance(patch, (list, tuple)):
+            patch = max(patch, default=1)
+        return patch if isinstance(patch, int) and not isinstance(patch, bool) and patch > 0 else 1
+
+    def _check_pixel_values(self, pixel_values: Any) -> None:
+        """Refuse, with an :class:`~backbones.InputError` naming the problem, pixels no backbone can run on:
+        not a 4-D tensor, an empty batch, integer pixels, or smaller than :attr:`minimum_input_size` (torch would
+        fail deep inside the first layer). The channel count is the plugin's to check."""
+        from ._errors import InputError
+
+        name = type(self).__name__
+        if not isinstance(pixel_values, Tensor):
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor (batch, channels, height, width), got {type(pixel_values).__name__}; "
+                "prepare images with backbones.AutoImageProcessor"
+            )
+        if pixel_values.dim() != 4:
+            raise InputError(
+                f"pixel_values must be a 4-D (batch, channels, height, width) tensor, got shape {tuple(pixel_values.shape)}"
+            )
+        if pixel_values.shape[0] == 0:
+            raise InputError(
+                f"pixel_values has batch size 0 (shape {tuple(pixel_values.shape)}); pass at least one image"
+            )
+        if not pixel_values.is_floating_point():
+            raise InputError(
+                f"pixel_values has dtype {pixel_values.dtype}; {name} takes floating-point pixels, e.g. the image "
+                "processor's output (or pixel_values.float() / 255 after your own normalisation)"
+            )
+        if torch.compiler.is_compiling():
+            return  # the size limit is a Python-level property of the config: checked in eager runs
+        height, width = pixel_values.shape[-2:]
+        minimum = self.minimum_input_size
+        if height < minimum or width < minimum:
+            raise InputError(
+                f"pixel_values of {height}x{width} pixels is too small for this {name}: it needs inputs of at least "
+                f"{minimum}x{minimum} (minimum_input_size); resize or pad the images"
+            )
+
     def _forward_features(
         self,
         pixel_values: Tensor,
@@ -340,6 +402,7 @@ class Backbone(nn.Module):
         if not self.num_prefix_tokens:
             kwargs.pop("output_prefix_tokens", None)
         accepted = {"pixel_values", "output_hidden_states", "output_attentions", "return_dict", "output_prefix_tokens"}
+        accepted.update(spec.name for spec in self.extra_forward_inputs)
         return self(*args, **{key: value for key, value in kwargs.items() if key in accepted})
 
     # -- pruning ----------------------------------------------------------------------------------
@@ -402,6 +465,16 @@ class Backbone(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         """Whether gradient checkpointing is switched on."""
         return any(layer.gradient_checkpointing for layer in self._checkpointable_layers())
+
+    def layer_decay_blocks(self) -> list[nn.Module]:
+        """The blocks that layer-wise learning-rate decay numbers, in depth order (see :mod:`backbones.training`).
+
+        By default the innermost :class:`~backbones.layers.CheckpointableLayer` modules, in module order; a
+        plugin whose repeated blocks are something else overrides it.
+        """
+        from .training import _innermost_checkpointable_layers
+
+        return _innermost_checkpointable_layers(self)
 
     def _stage_modules(self, position: int) -> list[nn.Module]:
         """The modules that compute stage ``position`` (0 is the stem), for :meth:`freeze_stages`.

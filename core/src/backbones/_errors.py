@@ -6,6 +6,7 @@ __all__ = [
     "BackboneError",
     "CheckpointError",
     "ConfigError",
+    "InputError",
     "PluginError",
     "ReparameterizedError",
     "UnknownModelTypeError",
@@ -19,6 +20,11 @@ class BackboneError(Exception):
 
 class ConfigError(BackboneError, ValueError):
     """A configuration is missing, malformed or names the wrong architecture."""
+
+
+class InputError(BackboneError, ValueError):
+    """An input (pixel values, an image, a forward argument) cannot be processed; the message names it and
+    what is expected. A ``ValueError``, as transformers raises for the same inputs."""
 
 
 class CheckpointError(BackboneError, OSError):

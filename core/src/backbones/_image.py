@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ._errors import BackboneError, ConfigError, PluginError
+from ._errors import BackboneError, ConfigError, InputError, PluginError
 from ._processor_families import (
     BICUBIC,
     BILINEAR,
@@ -328,9 +328,9 @@ class ImageProcessor:
         require_image_extra()
         processor = self.replace(**overrides) if overrides else self
         if return_tensors not in (None, "pt", "np"):
-            raise ValueError(f"return_tensors={return_tensors!r} must be 'pt', 'np' or None")
+            raise InputError(f"return_tensors={return_tensors!r} must be 'pt', 'np' or None")
         if input_data_format not in (None, "channels_first", "channels_last"):
-            raise ValueError(
+            raise InputError(
                 f"input_data_format={input_data_format!r} must be 'channels_first', 'channels_last' or None"
             )
         arrays = []
@@ -485,8 +485,11 @@ def _per_channel(name: str, stats: float | tuple[float, ...], channels: int, ind
     if isinstance(stats, float):
         return (stats,) * channels
     if len(stats) != channels:
-        hint = "; set do_convert_rgb=True to make it RGB" if channels in (1, 2, 4) and len(stats) == 3 else ""
-        raise ValueError(f"image {index} has {channels} channel(s) but {name} has {len(stats)} values{hint}")
+        hint = " (or set do_convert_rgb=True to make it RGB)" if channels in (1, 2, 4) and len(stats) == 3 else ""
+        raise InputError(
+            f"image {index} has {channels} channel(s) but {name} has {len(stats)} values: give image_mean and "
+            f"image_std one value per channel, as a model loaded with num_channels={channels} needs{hint}"
+        )
     return stats
 
 
@@ -562,14 +565,14 @@ def _image_list(images: Any) -> list[Any]:
             return [images]
         if images.ndim == 4:
             return list(images)
-        raise ValueError(
+        raise InputError(
             f"an image array must have 2 (H, W), 3 (C, H, W or H, W, C) or 4 (batch) dimensions, got shape {images.shape}"
         )
     if isinstance(images, Image.Image):
         return [images]
     if isinstance(images, (list, tuple)):
         if not images:
-            raise ValueError("no images given: the list is empty")
+            raise InputError("no images given: the list is empty")
         for index, image in enumerate(images):
             if not _is_image(image):
                 raise TypeError(
@@ -586,32 +589,46 @@ def _to_channels_last(image: Any, index: int, input_data_format: str | None, *, 
     """An ``(H, W, C)`` array of uint8 or float, from any accepted image (``rgb``: RGB conversion follows)."""
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
-            raise ValueError(f"image {index} is empty: it is {image.width}x{image.height} pixels")
-        return _pil_to_array(image, rgb=rgb)
+            raise InputError(f"image {index} is empty: it is {image.width}x{image.height} pixels")
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and image.width * image.height > limit:
+            # Checked before decoding: a file's header can declare any size (a decompression bomb).
+            raise InputError(
+                f"image {index} is {image.width}x{image.height} pixels, more than Pillow's limit of {limit} "
+                "(PIL.Image.MAX_IMAGE_PIXELS, which guards against decompression bombs); resize it first, or raise "
+                "the limit if you trust the file"
+            )
+        try:
+            return _pil_to_array(image, rgb=rgb)
+        except (OSError, SyntaxError) as error:  # what Pillow raises for truncated or corrupt data
+            raise InputError(
+                f"image {index} ({image.format or 'in memory'}, {image.mode}, {image.width}x{image.height}) cannot be "
+                f"decoded: {error}; the file is truncated or corrupt"
+            ) from error
     array = _tensor_to_numpy(image) if _is_tensor(image) else image
     if array.size == 0:
-        raise ValueError(f"image {index} is empty: its shape {array.shape} has a zero-length axis")
+        raise InputError(f"image {index} is empty: its shape {array.shape} has a zero-length axis")
     if array.ndim == 2:
         array = array[:, :, None]
     elif array.ndim == 3:
         if _channels_first(array.shape, index, input_data_format):
             array = np.moveaxis(array, 0, -1)
     else:
-        raise ValueError(
+        raise InputError(
             f"image {index} has shape {array.shape}; an image must be (H, W), (C, H, W) or (H, W, C) "
             "(a batch is a 4-D array or a list)"
         )
     kind = array.dtype.kind
     if kind in "ui":
         if array.min() < 0 or array.max() > 255:
-            raise ValueError(
+            raise InputError(
                 f"image {index} is an integer ({array.dtype}) image with values in [{array.min()}, {array.max()}]; "
                 "integer images must hold 8-bit values, 0 to 255"
             )
         return array.astype(np.uint8, copy=False)
     if kind == "f":
         return array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
-    raise ValueError(f"image {index} has dtype {array.dtype}; use uint8 or float pixel values")
+    raise InputError(f"image {index} has dtype {array.dtype}; use uint8 or float pixel values")
 
 
 def _channels_first(shape: tuple[int, ...], index: int, input_data_format: str | None) -> bool:
@@ -622,7 +639,7 @@ def _channels_first(shape: tuple[int, ...], index: int, input_data_format: str |
         return True
     if shape[-1] in _CHANNEL_COUNTS:
         return False
-    raise ValueError(
+    raise InputError(
         f"cannot tell which axis of image {index} (shape {shape}) holds the channels: expected 1, 3 or 4 channels "
         "first (C, H, W) or last (H, W, C); pass input_data_format='channels_first' or 'channels_last'"
     )
@@ -647,7 +664,7 @@ def _to_rgb(pixels: NDArray[Any], index: int, full_scale: float) -> NDArray[Any]
     if channels in (2, 4):
         alpha = pixels[..., -1:].astype(np.float64) / (255.0 if pixels.dtype == np.uint8 else full_scale)
         if alpha.min() < 0 or alpha.max() > 1:
-            raise ValueError(
+            raise InputError(
                 f"image {index} has alpha values outside [0, {full_scale:g}], the range of float images when "
                 f"do_rescale is {'on' if full_scale == 255 else 'off'}"
             )
@@ -660,7 +677,7 @@ def _to_rgb(pixels: NDArray[Any], index: int, full_scale: float) -> NDArray[Any]
         return np.repeat(pixels, 3, axis=-1)
     if channels == 3:
         return pixels
-    raise ValueError(f"image {index} has {pixels.shape[-1]} channels and cannot be converted to RGB")
+    raise InputError(f"image {index} has {pixels.shape[-1]} channels and cannot be converted to RGB")
 
 
 def _holds_bytes(pixels: NDArray[Any]) -> bool:
@@ -725,7 +742,7 @@ def _pack(arrays: list[NDArray[Any]], return_tensors: str | None, *, hint: str =
         return arrays
     shapes = sorted({array.shape for array in arrays})
     if len(shapes) > 1:
-        raise ValueError(f"cannot stack the images into one batch: they end up with different shapes {shapes}; {hint}")
+        raise InputError(f"cannot stack the images into one batch: they end up with different shapes {shapes}; {hint}")
     batch = np.stack(arrays)
     if return_tensors == "np":
         return batch

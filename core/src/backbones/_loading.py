@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LoadReport",
+    "adapt_input_channels",
     "build_backbone",
     "count_parameters",
     "load_pretrained",
@@ -67,6 +68,9 @@ class LoadReport:
         prefix: How task-checkpoint keys were mapped (e.g. ``"resnet."`` removed), or ``""``.
         unknown_config_fields: Config fields that no code reads (kept for the round trip), each with the
             nearest valid field name; see ``BackboneConfig.unknown_fields``. They do not make a report unclean.
+        adapted_keys: Checkpoint keys loaded into a weight of another shape, each with how (the input
+            convolution of a checkpoint loaded with another ``num_channels``; see :func:`adapt_input_channels`).
+            They are loaded, so they do not make a report unclean.
     """
 
     source: str
@@ -74,6 +78,7 @@ class LoadReport:
     unused_keys: list[str] = field(default_factory=list)
     prefix: str = ""
     unknown_config_fields: dict[str, str] = field(default_factory=dict)
+    adapted_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -88,6 +93,9 @@ class LoadReport:
             lines.append(f"  initialised (not in checkpoint): {_abbreviate(self.missing_keys)}")
         if self.unused_keys:
             lines.append(f"  unused checkpoint keys: {_abbreviate(self.unused_keys)}")
+        if self.adapted_keys:
+            adapted = [f"{key} ({how})" for key, how in self.adapted_keys.items()]
+            lines.append(f"  adapted to the model: {_abbreviate(adapted)}")
         if self.unknown_config_fields:
             unknown = [f"{key} (did you mean {nearest}?)" for key, nearest in self.unknown_config_fields.items()]
             lines.append(f"  unknown config fields (kept, no effect): {_abbreviate(unknown)}")
@@ -633,6 +641,73 @@ def _match_keys(
     return mapping, unused, ", ".join(sorted(notes))
 
 
+def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """An input convolution's (or linear layer's) weight for ``channels`` input channels instead of its own.
+
+    The weight's dimension 1 holds its ``S`` input channels (3 for RGB). For one channel the filters are
+    summed, so a grey image gives what the original gives on that image repeated ``S`` times. For other
+    counts the channels are repeated cyclically (R, G, B, R, ...) and scaled by ``S / channels``, which keeps
+    the response to an input that is equal in every channel (timm's ``adapt_input_conv`` rule).
+
+    Args:
+        weight: ``(out, S, ...)``.
+        channels: The new number of input channels (1 or more).
+
+    Returns:
+        ``(out, channels, ...)``, of ``weight``'s dtype and device.
+    """
+    source = weight.shape[1]
+    wide = weight.float()
+    if channels == 1:
+        adapted = wide.sum(dim=1, keepdim=True)
+    else:
+        adapted = wide[:, torch.arange(channels, device=weight.device) % source] * (source / channels)
+    return adapted.to(weight.dtype)
+
+
+def _input_weight_keys(model: Backbone, channels: int) -> list[str]:
+    """State-dict keys of the weights that take the image's channels: the plugin's declaration
+    (``input_channel_weights``), else the first convolution (or linear layer) with ``channels`` inputs."""
+    declared = list(getattr(model, "input_channel_weights", ()))
+    if declared:
+        return declared
+    for name, module in model.named_modules():
+        convolution = isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1
+        if (convolution and module.in_channels == channels) or (
+            isinstance(module, nn.Linear) and module.in_features == channels
+        ):
+            return [f"{name}.weight" if name else "weight"]
+    return []
+
+
+def _channel_adaptations(
+    model: Backbone,
+    saved_config: Mapping[str, Any],
+    mapping: dict[str, str],
+    shapes: Mapping[str, tuple[int, ...]],
+    expected: Mapping[str, torch.Tensor],
+) -> dict[str, str]:
+    """Checkpoint keys of input weights saved for another ``num_channels`` than the model's, with how they
+    are adapted; empty when the channel counts agree."""
+    wanted = getattr(model.config, "num_channels", None)
+    saved = saved_config.get("num_channels", 3)
+    if not isinstance(wanted, int) or not isinstance(saved, int) or wanted == saved or wanted < 1:
+        return {}
+    inputs = set(_input_weight_keys(model, wanted))
+    rule = "filters summed" if wanted == 1 else f"filters repeated cyclically, scaled by {saved}/{wanted}"
+    adapted = {}
+    for key, model_key in mapping.items():
+        stored, target = shapes[key], tuple(expected[model_key].shape)
+        if (
+            model_key in inputs
+            and len(stored) >= 2
+            and (stored[1], target[1]) == (saved, wanted)
+            and stored[:1] + stored[2:] == target[:1] + target[2:]
+        ):
+            adapted[key] = f"{saved} -> {wanted} input channels, {rule}"
+    return adapted
+
+
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     """The requested floating dtype; ``None`` means "auto": keep the checkpoint's."""
     if dtype is None:
@@ -765,10 +840,12 @@ def load_pretrained(
     model = _build(model_class, config, config_path, options.max_parameters)[0]
     mapping, unused, prefix_note = _match_keys(model, list(checkpoint.shapes), options.checkpoint_prefix)
     expected = model.state_dict()
+    # A checkpoint for RGB loaded with num_channels=C: its input convolution is adapted, not refused.
+    adapted = _channel_adaptations(model, data, mapping, checkpoint.shapes, expected)
     mismatched = [
         f"{key}: checkpoint {list(checkpoint.shapes[key])} vs model {list(expected[model_key].shape)}"
         for key, model_key in mapping.items()
-        if checkpoint.shapes[key] != tuple(expected[model_key].shape)
+        if checkpoint.shapes[key] != tuple(expected[model_key].shape) and key not in adapted
     ]
     # Float precision is converted (dtype=...), but integers for floats or floats for integers (a step
     # counter, an index table) mean the tensor is not what the model expects.
@@ -788,6 +865,7 @@ def load_pretrained(
         unused_keys=sorted(unused),
         prefix=prefix_note,
         unknown_config_fields=unknown_fields,
+        adapted_keys=adapted,
     )
     if options.strict and not report.clean:
         raise WeightsMismatchError(f"strict loading of {name_or_path} failed:\n{report}")
@@ -796,6 +874,8 @@ def load_pretrained(
         state = _read_state(checkpoint, mapping, expected, target_device, target_dtype)
     finally:
         checkpoint.close()
+    for key in adapted:
+        state[mapping[key]] = adapt_input_channels(state[mapping[key]], expected[mapping[key]].shape[1])
     model.load_state_dict(state, strict=False, assign=True)
     del state
     _initialise_missing(model, set(mapping.values()), target_device, target_dtype)
@@ -804,7 +884,7 @@ def load_pretrained(
     model._apply_config_freezing()  # after the weights: freeze_norm keeps the loaded statistics
     if report.missing_keys:
         logger.warning("%s", report)
-    elif report.unused_keys:
+    elif report.unused_keys or report.adapted_keys:
         logger.info("%s", report)
     return (model, report) if options.output_loading_info else model
 

@@ -202,10 +202,13 @@ def check_pixel_channels(pixel_values: Tensor, expected: int, model: str) -> Non
         model: How to name the model in the message (``"ResNet"``, ``"DINOv2"``, ...).
 
     Raises:
-        ValueError: ``pixel_values.shape[1] != expected``; the message names both counts and the fix.
+        InputError: ``pixel_values.shape[1] != expected`` (a ``ValueError``); the message names both counts
+            and the fix.
     """
     if pixel_values.shape[1] != expected:
-        raise ValueError(
+        from ._errors import InputError
+
+        raise InputError(
             f"pixel_values has {pixel_values.shape[1]} channels but this {model} expects {expected} "
             "(config.num_channels); convert the images or load a model built for that many channels"
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 
@@ -10,7 +12,10 @@ from pydantic import AfterValidator, BeforeValidator, ValidationInfo
 from .activations import check_activation
 
 __all__ = [
+    "OUTPUT_STRIDES",
     "ActivationName",
+    "DilatedStage",
+    "OutputStride",
     "PositiveInts",
     "PositivePerStage",
     "check_heads_divide",
@@ -19,6 +24,7 @@ __all__ = [
     "check_layer_indices",
     "check_positive_mlp_ratio",
     "check_stage_heads",
+    "dilate_stages",
     "image_pair",
     "numbered_stage_names",
     "square_patch",
@@ -196,3 +202,75 @@ def check_stage_heads(embed_dim: int, depths: list[int], num_heads: list[int]) -
                 f"num_heads[{index}]={heads} must be a positive divisor of stage {index + 1}'s width "
                 f"embed_dim * 2**{index} = {width}; change num_heads or embed_dim"
             )
+
+
+OUTPUT_STRIDES = (8, 16, 32)
+"""Values of an ``output_stride`` config field: 32 keeps every stride; 16 and 8 dilate the last stages."""
+
+
+def _valid_output_stride(value: int, info: ValidationInfo) -> int:
+    if value not in OUTPUT_STRIDES:
+        raise ValueError(
+            f"{info.field_name or 'output_stride'} must be one of {list(OUTPUT_STRIDES)} (32: no dilation; 16 "
+            f"or 8 replace the strides of the last stages by dilation), got {value}"
+        )
+    return value
+
+
+OutputStride = Annotated[int, AfterValidator(_valid_output_stride)]
+"""Type of an ``output_stride`` config field: one of :data:`OUTPUT_STRIDES`, else a ``ValueError`` listing them.
+The stages are then planned with :func:`dilate_stages`."""
+
+
+@dataclass(frozen=True)
+class DilatedStage:
+    """Stride and dilation of one stage under an ``output_stride`` (see :func:`dilate_stages`).
+
+    Attributes:
+        stride: The stage's stride (1 where dilation replaced it).
+        dilation: Dilation of the stage's convolutions after its first strided one.
+        first_dilation: Dilation of the convolution that carries (or carried) the stage's stride: the
+            previous stage's dilation, so the first window still sees the previous resolution's grid.
+        reduction: Stride of the stage's output relative to the input.
+    """
+
+    stride: int
+    dilation: int
+    first_dilation: int
+    reduction: int
+
+
+def dilate_stages(strides: Sequence[int], output_stride: int, *, stem_stride: int) -> list[DilatedStage]:
+    """Plan stages DeepLab-style: once the reduction reaches ``output_stride``, strides become dilations.
+
+    The rule of timm's ResNet and ConvNeXt (``output_stride=``): a stage whose input is already at
+    ``output_stride`` keeps the resolution (stride 1) and multiplies the dilation by the stride it would
+    have had; its first strided convolution keeps the previous stage's dilation. Weights are unchanged,
+    so a checkpoint loads at any output stride. 32, the default, dilates nothing, even in a network that
+    reduces further (a ResNet that downsamples in its first stage too reaches 64, as in transformers).
+
+    Args:
+        strides: Each stage's stride without dilation (e.g. ``[1, 2, 2, 2]`` for ResNet).
+        output_stride: The largest reduction wanted (one of :data:`OUTPUT_STRIDES`).
+        stem_stride: Reduction of the stem, before the first stage.
+
+    Returns:
+        One :class:`DilatedStage` per stage.
+
+    Raises:
+        ValueError: ``output_stride`` is below ``stem_stride`` (dilation cannot undo the stem's stride).
+    """
+    if output_stride < stem_stride:
+        raise ValueError(
+            f"output_stride={output_stride} is below the stem's stride {stem_stride}, which dilation cannot "
+            f"undo; use an output_stride of at least {stem_stride} (one of {list(OUTPUT_STRIDES)})"
+        )
+    plans = []
+    reduction, dilation = stem_stride, 1
+    for stride in strides:
+        first_dilation = dilation
+        if output_stride < max(OUTPUT_STRIDES) and reduction >= output_stride and stride > 1:
+            dilation, stride = dilation * stride, 1
+        reduction *= stride
+        plans.append(DilatedStage(stride, dilation, first_dilation, reduction))
+    return plans

@@ -10,8 +10,14 @@ import pytest
 import torch
 from transformers.activations import ACT2FN
 
-from backbones import AutoBackbone, Backbone, testing
-from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, randomize_weights_
+from backbones import AutoBackbone, Backbone, ConfigError, ReparameterizedError, testing
+from backbones.testing import (
+    BackboneConformance,
+    TransformersParity,
+    assert_close_maps,
+    assert_parity,
+    randomize_weights_,
+)
 from backbones_bit import BitBackbone, BitConfig
 from backbones_bit._config import ACTIVATIONS, round_channels
 from backbones_bit._model import _make_activation, _pad_same, _StandardizedConv2d
@@ -41,6 +47,10 @@ class _TinyBitConformance(BackboneConformance):
     export_range = (17, 4096)
     channel_error_name = "BiT"
     bad_config_value = ("layer_type", "basic", r"layer_type 'basic' is not supported")
+    limitations: ClassVar[dict[str, str]] = {
+        "grey_from_rgb": "the stem convolution standardises its weight per filter, so summing the RGB filters "
+        "does not give the standardised filters' sum: a grey model is not the RGB model on repeated grey"
+    }
 
     def make_config(self, **overrides: Any) -> BitConfig:
         return BitConfig(**TINY, **self.options, **overrides)
@@ -83,9 +93,9 @@ class TestBitParity(TransformersParity):
             "embedding_dynamic_padding": True,
         },
         "bottleneck-output-stride-8": {"layer_type": "bottleneck", "output_stride": 8},
-        # Dilations 2, 4 and 8 (first blocks 1, 2, 2), with "SAME" padding (static there: stride 1, even
-        # dilation * (k - 1)).
-        "bottleneck-same-output-stride-4": {"layer_type": "bottleneck", "global_padding": "same", "output_stride": 4},
+        # Dilation 2 in the last stage (its first block keeps 1), with "SAME" padding (static there: stride 1,
+        # even dilation * (k - 1)).
+        "bottleneck-same-output-stride-16": {"layer_type": "bottleneck", "global_padding": "same", "output_stride": 16},
         # Channels 24, 40, 48, 72: width_factor and the rounding to multiples of 8 (transformers' pre-activation
         # model cannot be built with them: its unused final norm keeps the unwidened size).
         "bottleneck-width-2-silu": {
@@ -322,11 +332,12 @@ def test_num_groups_must_divide_every_norm() -> None:
         BitConfig(embedding_size=16, hidden_sizes=[16], depths=[1], num_groups=16)
 
 
-def test_output_stride_must_be_a_power_of_two() -> None:
-    with pytest.raises(ValueError, match=r"output_stride must be a power of two of at least 4 .*got 12"):
-        BitConfig(output_stride=12)
-    with pytest.raises(ValueError, match=r"output_stride must be a power of two of at least 4 .*got 2"):
-        BitConfig(output_stride=2)
+@pytest.mark.parametrize("value", [4, 12, 64])
+def test_output_stride_must_be_8_16_or_32(value: int) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"output_stride={value}: output_stride must be one of \[8, 16, 32\] .*got {value}"
+    ):
+        BitConfig(output_stride=value)
 
 
 def test_one_hidden_size_per_stage() -> None:
@@ -334,3 +345,41 @@ def test_one_hidden_size_per_stage() -> None:
         ValueError, match=r"hidden_sizes has 2 entries but depths has 3; .*len\(hidden_sizes\) == len\(depths\)"
     ):
         BitConfig(hidden_sizes=[256, 512], depths=[1, 1, 1])
+
+
+# -- reparameterisation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", [{}, {"layer_type": "bottleneck", "global_padding": "SAME", "output_stride": 16}])
+def test_reparameterize_stores_standardised_filters(variant: dict[str, Any]) -> None:
+    # Group norms depend on each input, so nothing folds into a convolution; what folds is the weight
+    # standardisation, computed once instead of at every forward.
+    model = randomize_weights_(AutoBackbone.from_config(BitConfig(**SMALL, **variant, out_indices=ALL_STAGES))).eval()
+    convs = [module for module in model.modules() if isinstance(module, _StandardizedConv2d)]
+    sizes = [(67, 45), (40, 33)]
+    with torch.no_grad():
+        expected = [model(pixels(height=h, width=w)).feature_maps for h, w in sizes]
+        standardised = [conv.standardized_weight() for conv in convs]
+    assert model.supports_reparameterize
+    assert model.reparameterize() == len(convs)
+    assert all(not conv.standardize and torch.equal(conv.weight, weight) for conv, weight in zip(convs, standardised))
+    with torch.no_grad():
+        for (height, width), maps in zip(sizes, expected):
+            assert_parity(model(pixels(height=height, width=width)).feature_maps, maps, tolerance=1e-5)
+    with pytest.raises(ReparameterizedError, match="cannot train"):
+        model.train()
+
+
+def test_folded_model_exports_with_dynamic_size() -> None:
+    from torch.export import Dim
+
+    model = randomize_weights_(AutoBackbone.from_config(BitConfig(**SMALL, out_indices=ALL_STAGES))).eval()
+    model.reparameterize()
+    # From 33 on, the stride-32 map is 2 pixels or more (export specialises a size of 1).
+    dims = {2: Dim("height", min=33, max=1024), 3: Dim("width", min=33, max=1024)}
+    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
+    assert "layer_norm" not in str(program.graph)  # no standardisation left in the program
+    for height, width in [(67, 45), (40, 33)]:
+        images = pixels(height=height, width=width)
+        with torch.no_grad():
+            assert_parity(program.module()(images).feature_maps, model(images).feature_maps, tolerance=1e-5)

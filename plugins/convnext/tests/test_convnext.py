@@ -11,7 +11,13 @@ from transformers.activations import ACT2FN
 
 from backbones import AutoBackbone, ConfigError, testing
 from backbones.activations import make_activation
-from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, randomize_weights_
+from backbones.testing import (
+    BackboneConformance,
+    TransformersParity,
+    assert_close_maps,
+    assert_parity,
+    randomize_weights_,
+)
 from backbones_convnext import ConvNextBackbone, ConvNextConfig
 from backbones_convnext._config import ACTIVATIONS
 from backbones_convnext.blocks import ChannelsFirstLayerNorm
@@ -211,3 +217,94 @@ def test_transformers_default_config_loads(tmp_path: Path) -> None:
         ["stage2", "stage4"],
     )
     assert config.layer_norm_eps == 1e-12 and config.layer_scale_init_value == 1e-6
+
+
+# -- output stride by dilation ----------------------------------------------------------------------
+
+_TIMM_BLOCK_NAMES = {"dwconv": "conv_dw", "layernorm": "norm", "pwconv1": "mlp.fc1", "pwconv2": "mlp.fc2"}
+
+
+def _timm_convnext_state(model: ConvNextBackbone) -> dict[str, torch.Tensor]:
+    """Our trunk's weights under timm's ``ConvNeXt`` names (``stem.0``, ``stages.S.downsample.1``,
+    ``stages.S.blocks.B.conv_dw``, ``.gamma``, ...); the output norms have no timm counterpart."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("hidden_states_norms."):
+            continue
+        if key.startswith("embeddings."):
+            part, leaf = key.removeprefix("embeddings.").split(".", 1)
+            state[("stem.0." if part == "patch_embeddings" else "stem.1.") + leaf] = value
+            continue
+        _, _, stage, kind, rest = key.split(".", 4)
+        if kind == "downsampling_layer":
+            state[f"stages.{stage}.downsample.{rest}"] = value
+            continue
+        block, part, *leaf = rest.split(".")
+        name = "gamma" if part == "layer_scale_parameter" else ".".join([_TIMM_BLOCK_NAMES[part], *leaf])
+        state[f"stages.{stage}.blocks.{block}.{name}"] = value
+    return state
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_output_stride_matches_timm(output_stride: int) -> None:
+    pytest.importorskip("timm")
+    from timm.models.convnext import ConvNeXt
+
+    config = ConvNextConfig(**SMALL, output_stride=output_stride, out_indices=ALL_STAGES)
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    expected = {32: [4, 4, 8, 16, 32], 16: [4, 4, 8, 16, 16], 8: [4, 4, 8, 8, 8]}[output_stride]
+    assert model.reductions == expected  # known before any forward
+    reference = ConvNeXt(depths=SMALL["depths"], dims=SMALL["hidden_sizes"], output_stride=output_stride).eval()
+    assert [info["reduction"] for info in reference.feature_info] == expected[1:]
+    missing, unexpected = reference.load_state_dict(_timm_convnext_state(model), strict=False)
+    assert (sorted(missing), unexpected) == (
+        ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"],
+        [],
+    )
+    for height, width in [(64, 64), (67, 45)]:
+        images = pixels(height=height, width=width)
+        with torch.no_grad():
+            ours = model(images, output_hidden_states=True).hidden_states[1:]
+            assert_parity(ours, reference.forward_intermediates(images, intermediates_only=True), tolerance=1e-5)
+
+
+def test_dilated_model_loads_the_same_weights_and_exports(tmp_path: Path) -> None:
+    from torch.export import Dim
+
+    randomize_weights_(AutoBackbone.from_config(ConvNextConfig(**SMALL, out_indices=ALL_STAGES))).save_pretrained(
+        tmp_path
+    )
+    model, report = AutoBackbone.from_pretrained(tmp_path, output_stride=8, output_loading_info=True)
+    assert (report.missing_keys, report.unused_keys, report.unknown_config_fields) == ([], [], {})
+    model.eval()
+    # Stage 4's 2x2 convolution keeps stage 3's dilation (2), with symmetric padding; stage 3's has
+    # dilation 1, padded at the bottom and right only.
+    convs = [model.encoder.stages[index].downsampling_layer[1] for index in (2, 3)]
+    assert [(conv.stride, conv.dilation, conv.same_padding) for conv in convs] == [
+        ((1, 1), (1, 1), (0, 1, 0, 1)),
+        ((1, 1), (2, 2), (1, 1, 1, 1)),
+    ]
+    dims = {2: Dim("height", min=17, max=1024), 3: Dim("width", min=17, max=1024)}
+    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
+    for height, width in [(67, 45), (40, 33)]:
+        images = pixels(height=height, width=width)
+        with torch.no_grad():
+            maps = model(images).feature_maps
+            assert [tuple(fmap.shape[2:]) for fmap in maps][-1] == (height // 8, width // 8)
+            assert_close_maps(program.module()(images).feature_maps, maps, atol=1e-5)
+
+
+def test_output_stride_round_trips_and_transformers_reads_it(tmp_path: Path) -> None:
+    import transformers
+
+    ConvNextConfig(**SMALL, output_stride=16).save_pretrained(tmp_path)
+    assert ConvNextConfig.from_pretrained(tmp_path).output_stride == 16
+    theirs = transformers.ConvNextConfig.from_pretrained(tmp_path)
+    assert (theirs.depths, theirs.output_stride) == ([1, 2, 1, 1], 16)
+
+
+def test_output_stride_lists_the_valid_values() -> None:
+    with pytest.raises(ConfigError, match=r"output_stride=4: output_stride must be one of \[8, 16, 32\]"):
+        ConvNextConfig(output_stride=4)
+    with pytest.raises(ConfigError, match=r"output_stride=8 is below the stem's stride 16, which dilation cannot undo"):
+        ConvNextConfig(patch_size=16, output_stride=8)

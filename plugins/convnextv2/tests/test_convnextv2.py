@@ -10,7 +10,13 @@ import torch
 from transformers.models.convnextv2.modeling_convnextv2 import ConvNextV2GRN
 
 from backbones import AutoBackbone, ConfigError, testing
-from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, randomize_weights_
+from backbones.testing import (
+    BackboneConformance,
+    TransformersParity,
+    assert_close_maps,
+    assert_parity,
+    randomize_weights_,
+)
 from backbones_convnext import ConvNextBackbone, ConvNextBlock, ConvNextConfig
 from backbones_convnext.blocks import ChannelsFirstLayerNorm
 from backbones_convnextv2 import ConvNextV2Backbone, ConvNextV2Config
@@ -164,3 +170,67 @@ def test_rejects_a_convnext_config() -> None:
         ConvNextV2Config(model_type="convnext")
     with pytest.raises(TypeError, match="ConvNextV2Backbone needs a ConvNextV2Config"):
         ConvNextV2Backbone(ConvNextConfig(**TINY))
+
+
+# -- output stride by dilation ----------------------------------------------------------------------
+
+_TIMM_BLOCK_NAMES = {
+    "dwconv": "conv_dw",
+    "layernorm": "norm",
+    "pwconv1": "mlp.fc1",
+    "pwconv2": "mlp.fc2",
+    "grn": "mlp.grn",
+}
+
+
+def _timm_convnextv2_state(model: ConvNextV2Backbone) -> dict[str, torch.Tensor]:
+    """Our trunk's weights under timm's ``ConvNeXt(use_grn=True)`` names; timm's GRN parameters are flat."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("hidden_states_norms."):
+            continue
+        if key.startswith("embeddings."):
+            part, leaf = key.removeprefix("embeddings.").split(".", 1)
+            state[("stem.0." if part == "patch_embeddings" else "stem.1.") + leaf] = value
+            continue
+        _, _, stage, kind, rest = key.split(".", 4)
+        if kind == "downsampling_layer":
+            state[f"stages.{stage}.downsample.{rest}"] = value
+            continue
+        block, part, leaf = rest.split(".")
+        state[f"stages.{stage}.blocks.{block}.{_TIMM_BLOCK_NAMES[part]}.{leaf}"] = (
+            value.reshape(-1) if part == "grn" else value
+        )
+    return state
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_output_stride_matches_timm(output_stride: int) -> None:
+    pytest.importorskip("timm")
+    from timm.models.convnext import ConvNeXt
+
+    config = ConvNextV2Config(**SMALL, output_stride=output_stride, out_indices=ALL_STAGES)
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    assert model.reductions == {16: [4, 4, 8, 16, 16], 8: [4, 4, 8, 8, 8]}[output_stride]
+    reference = ConvNeXt(
+        depths=SMALL["depths"],
+        dims=SMALL["hidden_sizes"],
+        output_stride=output_stride,
+        use_grn=True,
+        ls_init_value=None,
+    ).eval()
+    missing, unexpected = reference.load_state_dict(_timm_convnextv2_state(model), strict=False)
+    assert (sorted(missing), unexpected) == (
+        ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"],
+        [],
+    )
+    for height, width in [(64, 64), (67, 45)]:
+        images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            ours = model(images, output_hidden_states=True).hidden_states[1:]
+            assert_parity(ours, reference.forward_intermediates(images, intermediates_only=True), tolerance=1e-5)
+
+
+def test_output_stride_lists_the_valid_values() -> None:
+    with pytest.raises(ConfigError, match=r"output_stride=64: output_stride must be one of \[8, 16, 32\]"):
+        ConvNextV2Config(output_stride=64)

@@ -45,12 +45,15 @@ class TestDinov2Conformance(BackboneConformance):
     spatial_rounding = "floor"
     channel_error_name = "DINOv2"
     bad_config_value = ("num_attention_heads", 3, "num_attention_heads=3 does not divide")
+    lora_deployment_checks = True  # the kit's ViT for compile and DDP on a LoRA-adapted model
 
     def make_config(self, **overrides: Any) -> Dinov2Config:
         return Dinov2Config(**TINY, **overrides)
 
 
 class TestDinov2SwiGLUConformance(TestDinov2Conformance):
+    lora_deployment_checks = False
+
     def make_config(self, **overrides: Any) -> Dinov2Config:
         return Dinov2Config(**TINY, use_swiglu_ffn=True, apply_layernorm=False, **overrides)
 

@@ -12,7 +12,7 @@ import transformers
 from safetensors import safe_open
 from torch import nn
 
-from backbones import AutoBackbone, ConfigError
+from backbones import AutoBackbone, ConfigError, ReparameterizedError
 from backbones.layers import FrozenBatchNorm2d
 from backbones.testing import (
     BackboneConformance,
@@ -76,6 +76,10 @@ class _TinyConformance(BackboneConformance):
 
     def make_config(self, **overrides: Any) -> HGNetV2Config:
         return HGNetV2Config(**TINY, use_learnable_affine_block=self.affine, **overrides)
+
+    def input_channel_overrides(self, channels: int) -> dict[str, Any]:
+        # The stem's first convolution reads the image: stem_channels[0] follows num_channels.
+        return {"num_channels": channels, "stem_channels": [channels, *TINY["stem_channels"][1:]]}
 
 
 class TestConformance(_TinyConformance):
@@ -425,3 +429,74 @@ def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=r"invalid backbone config in .*config.json: .*stage_kernel_size\[2\]=2"):
         AutoBackbone.from_pretrained(tmp_path)
+
+
+# -- output stride by dilation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("output_stride", "reductions"), [(16, [4, 4, 8, 16, 16]), (8, [4, 4, 8, 8, 8])])
+def test_output_stride_dilates_the_last_stages(tmp_path: Path, output_stride: int, reductions: list[int]) -> None:
+    randomize_weights_(AutoBackbone.from_config(HGNetV2Config(**SMALL))).save_pretrained(tmp_path)
+    model, report = AutoBackbone.from_pretrained(
+        tmp_path, output_stride=output_stride, out_indices=ALL_STAGES, output_loading_info=True
+    )
+    assert (report.missing_keys, report.unused_keys, report.unknown_config_fields) == ([], [], {})
+    assert model.reductions == reductions  # known before any forward
+    stage4 = model.encoder.stages[3]
+    # The downsampling convolution loses its stride and keeps the previous stage's dilation; the blocks'
+    # 3x3 depthwise convolutions (light blocks) take the stage's dilation; 1x1 convolutions are unchanged.
+    first, dilation = (1, 2) if output_stride == 16 else (2, 4)
+    assert (stage4.downsample.convolution.stride, stage4.downsample.convolution.dilation) == ((1, 1), (first, first))
+    light = stage4.blocks[0].layers[0]
+    assert (light.conv1.convolution.dilation, light.conv2.convolution.dilation) == ((1, 1), (dilation, dilation))
+    assert light.conv2.convolution.padding == (dilation, dilation)
+    for height, width in [(64, 48), (50, 38)]:
+        with torch.no_grad():
+            maps = model.eval()(pixels(height=height, width=width)).feature_maps
+        # The stem and every strided depthwise convolution pad by one pixel: sizes are ceil(size / stride).
+        assert [tuple(fmap.shape[2:]) for fmap in maps] == [(-(-height // r), -(-width // r)) for r in reductions]
+
+
+def test_output_stride_lists_the_valid_values() -> None:
+    with pytest.raises(ConfigError, match=r"output_stride=2: output_stride must be one of \[8, 16, 32\]"):
+        HGNetV2Config(**SMALL, output_stride=2)
+    with pytest.raises(ConfigError, match=r"output_stride=8 is below the stem's stride 16"):
+        HGNetV2Config(**{**SMALL, "stem_strides": [2, 1, 1, 2, 4]}, output_stride=8)
+
+
+# -- reparameterisation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_reparameterize_folds_every_batch_norm(affine: bool) -> None:
+    config = HGNetV2Config(**SMALL, use_learnable_affine_block=affine, out_indices=ALL_STAGES)
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    norms = sum(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+    affines = [name for name, _ in model.named_parameters() if name.endswith(".lab.scale")]
+    assert len(affines) == (25 if affine else 0)
+    sizes = [(64, 48), (45, 71)]
+    with torch.no_grad():
+        expected = [model(pixels(height=h, width=w)).feature_maps for h, w in sizes]
+    assert model.reparameterize() == norms
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+    # The learnable affines follow an activation: they stay.
+    assert [name for name, _ in model.named_parameters() if name.endswith(".lab.scale")] == affines
+    with torch.no_grad():
+        for (height, width), maps in zip(sizes, expected):
+            assert_parity(model(pixels(height=height, width=width)).feature_maps, maps, tolerance=1e-5)
+    with pytest.raises(ReparameterizedError, match="cannot train"):
+        model.train()
+
+
+def test_folded_dilated_model_exports_with_dynamic_size() -> None:
+    from torch.export import Dim
+
+    config = HGNetV2Config(**SMALL, output_stride=8, use_learnable_affine_block=True, out_indices=ALL_STAGES)
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    model.reparameterize()
+    dims = {2: Dim("height", min=17, max=1024), 3: Dim("width", min=17, max=1024)}
+    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
+    for height, width in [(64, 48), (45, 71)]:
+        images = pixels(height=height, width=width)
+        with torch.no_grad():
+            assert_parity(program.module()(images).feature_maps, model(images).feature_maps, tolerance=1e-5)

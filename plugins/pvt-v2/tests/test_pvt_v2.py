@@ -261,7 +261,7 @@ def test_too_small_inputs_are_explained(fields: dict[str, Any], minimum: int) ->
             zip(config.stage_sizes(minimum), config.stage_sizes(minimum + 5))
         )
         if minimum > 1:
-            message = rf"pixel_values of {minimum - 1}x{minimum} pixels is too small for this PVTv2: .* at least {minimum}x{minimum}"
+            message = rf"pixel_values of {minimum - 1}x{minimum} pixels is too small for this PvtV2Backbone: .* at least {minimum}x{minimum}"
             with pytest.raises(ValueError, match=message):
                 model(pixels(minimum - 1, minimum, batch=1))
 

@@ -10,8 +10,15 @@ import pytest
 import torch
 from transformers.activations import ACT2FN
 
-from backbones import AutoBackbone, testing
-from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, randomize_weights_
+from backbones import AutoBackbone, ConfigError, ReparameterizedError, testing
+from backbones.layers import FrozenBatchNorm2d
+from backbones.testing import (
+    BackboneConformance,
+    TransformersParity,
+    assert_close_maps,
+    assert_parity,
+    randomize_weights_,
+)
 from backbones_resnet import ResNetBackbone, ResNetConfig
 from backbones_resnet._config import ACTIVATIONS
 from backbones_resnet.blocks import _make_activation
@@ -196,3 +203,142 @@ def test_one_hidden_size_per_stage() -> None:
 def test_depths_must_be_positive() -> None:
     with pytest.raises(ValueError, match=r"depths must list one positive integer per stage, got \[1, 0\]"):
         ResNetConfig(hidden_sizes=[8, 16], depths=[1, 0])
+
+
+# -- output stride by dilation ----------------------------------------------------------------------
+
+# timm's ResNet with the same layout: a 64-wide 7x7 stem, bottleneck middles of a quarter of the output.
+TIMM_LIKE: dict[str, Any] = {"embedding_size": 64, "hidden_sizes": [16, 32, 64, 128], "depths": [1, 2, 2, 2]}
+
+
+def _timm_resnet_key(key: str) -> str:
+    """Our ResNet key as timm's ``ResNet`` names it (``conv1``/``bn1`` stem, ``layerN.B.convK``/``bnK``,
+    ``downsample.0``/``.1``)."""
+    if key.startswith("embedder.embedder."):
+        part, leaf = key.removeprefix("embedder.embedder.").split(".", 1)
+        return ("conv1." if part == "convolution" else "bn1.") + leaf
+    _, _, stage, _, block, rest = key.split(".", 5)
+    prefix = f"layer{int(stage) + 1}.{block}."
+    if rest.startswith("shortcut."):
+        part, leaf = rest.removeprefix("shortcut.").split(".", 1)
+        return prefix + ("downsample.0." if part == "convolution" else "downsample.1.") + leaf
+    _, index, part, leaf = rest.split(".", 3)
+    return prefix + ("conv" if part == "convolution" else "bn") + f"{int(index) + 1}.{leaf}"
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_output_stride_matches_timm(output_stride: int) -> None:
+    timm = pytest.importorskip("timm")
+    config = ResNetConfig(**TIMM_LIKE, output_stride=output_stride, out_indices=[1, 2, 3, 4])
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    expected = {32: [4, 4, 8, 16, 32], 16: [4, 4, 8, 16, 16], 8: [4, 4, 8, 8, 8]}[output_stride]
+    assert model.reductions == expected  # known before any forward
+    reference = timm.create_model(
+        "resnet50",
+        pretrained=False,
+        layers=[1, 2, 2, 2],
+        channels=(4, 8, 16, 32),
+        output_stride=output_stride,
+        features_only=True,
+        out_indices=(1, 2, 3, 4),
+    ).eval()
+    assert reference.feature_info.reduction() == expected[1:]
+    state = {_timm_resnet_key(key): value for key, value in model.state_dict().items()}
+    reference.load_state_dict(state, strict=True)
+    for height, width in [(64, 64), (50, 38)]:
+        images = pixels(height=height, width=width)
+        with torch.no_grad():
+            ours = model(images).feature_maps
+            assert_parity(ours, reference(images), tolerance=1e-5)
+        assert [tuple(fmap.shape[2:]) for fmap in ours] == [
+            (math.ceil(height / r), math.ceil(width / r)) for r in expected[1:]
+        ]
+
+
+def test_output_stride_loads_the_same_weights(tmp_path: Path) -> None:
+    randomize_weights_(AutoBackbone.from_config(ResNetConfig(**SMALL))).save_pretrained(tmp_path)
+    model, report = AutoBackbone.from_pretrained(tmp_path, output_stride=8, output_loading_info=True)
+    assert (report.missing_keys, report.unused_keys, report.unknown_config_fields) == ([], [], {})
+    assert model.reductions == [4, 4, 8, 8, 8]
+    blocks = model.encoder.stages[3].layers
+    # Stage 4 dilates by 4; its first block keeps stage 3's dilation (2) on its 3x3 convolution.
+    assert [block.layer[1].convolution.dilation for block in blocks] == [(2, 2)]
+    assert [block.layer[1].convolution.dilation for block in model.encoder.stages[2].layers] == [(1, 1)]
+
+
+def test_output_stride_with_downsampling_first_stage() -> None:
+    # 32 dilates nothing (stride 64 as in transformers); 16 caps every later stage.
+    for output_stride, reductions in [(32, [4, 8, 16, 32, 64]), (16, [4, 8, 16, 16, 16])]:
+        config = ResNetConfig(**SMALL, downsample_in_first_stage=True, output_stride=output_stride)
+        assert AutoBackbone.from_config(config).reductions == reductions
+
+
+def test_output_stride_round_trips_and_transformers_reads_it(tmp_path: Path) -> None:
+    import transformers
+
+    config = ResNetConfig(**SMALL, output_stride=16)
+    config.save_pretrained(tmp_path)
+    assert ResNetConfig.from_pretrained(tmp_path).output_stride == 16
+    theirs = transformers.ResNetConfig.from_pretrained(tmp_path)
+    assert (theirs.hidden_sizes, theirs.output_stride) == ([8, 16, 24, 32], 16)
+
+
+@pytest.mark.parametrize("value", [4, 12, 64])
+def test_output_stride_lists_the_valid_values(value: int) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"output_stride={value}: output_stride must be one of \[8, 16, 32\] .*got {value}"
+    ):
+        ResNetConfig(output_stride=value)
+
+
+# -- reparameterisation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer_type", ["basic", "bottleneck"])
+def test_reparameterize_folds_every_batch_norm(layer_type: str) -> None:
+    config = ResNetConfig(**SMALL, layer_type=layer_type, output_stride=16, out_indices=ALL_STAGES)
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    sizes = [(56, 40), (33, 47)]
+    with torch.no_grad():
+        expected = [model(pixels(height=h, width=w)).feature_maps for h, w in sizes]
+    norms = sum(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())
+    assert model.supports_reparameterize
+    assert model.reparameterize() == norms  # one ConvNormLayer per BatchNorm
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())
+    with torch.no_grad():
+        for (height, width), maps in zip(sizes, expected):
+            assert_parity(model(pixels(height=height, width=width)).feature_maps, maps, tolerance=1e-5)
+    with pytest.raises(ReparameterizedError, match="cannot train; load the checkpoint again"):
+        model.train()
+
+
+def test_reparameterize_folds_frozen_batch_norms() -> None:
+    model = randomize_weights_(AutoBackbone.from_config(ResNetConfig(**TINY, out_indices=[3]))).eval()
+    model.freeze_batch_norm()
+    with torch.no_grad():
+        expected = model(pixels()).feature_maps
+        model.reparameterize()
+        assert not any(isinstance(module, FrozenBatchNorm2d) for module in model.modules())
+        assert_parity(model(pixels()).feature_maps, expected, tolerance=1e-5)
+
+
+def test_folded_model_exports_with_dynamic_size_and_to_onnx(tmp_path: Path) -> None:
+    import onnxruntime
+    from torch.export import Dim
+
+    config = ResNetConfig(**SMALL, output_stride=8, out_indices=ALL_STAGES)
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    model.reparameterize()
+    dims = {2: Dim("height", min=17, max=1024), 3: Dim("width", min=17, max=1024)}
+    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
+    onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+    assert onnx_program is not None
+    onnx_program.save(str(tmp_path / "model.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for height, width in [(56, 40), (33, 71)]:
+        images = pixels(height=height, width=width)
+        with torch.no_grad():
+            eager = model(images).feature_maps
+            assert_close_maps(program.module()(images).feature_maps, eager, atol=1e-5)
+        outputs = session.run(None, {"pixel_values": images.numpy()})
+        assert_close_maps([torch.from_numpy(array) for array in outputs], eager, atol=1e-4)

@@ -363,7 +363,7 @@ def test_embedding_dropout_masks_each_window_copy_of_the_class_token() -> None:
 def test_grid_must_divide_into_the_windows() -> None:
     model = RfDetrDinov2Backbone(RfDetrDinov2Config(**TINY)).eval()
     message = (
-        r"the input's 5x8 grid of patches does not divide into num_windows=2 windows per side; use an image whose "
+        r"a 20x32 input's 5x8 grid of patches does not divide into num_windows=2 windows per side; use an image whose "
         r"height and width are multiples of patch_size \* num_windows = 8 pixels"
     )
     with pytest.raises(ValueError, match=message):

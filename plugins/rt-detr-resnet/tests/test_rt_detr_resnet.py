@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors import safe_open
 from torch import nn
 
-from backbones import AutoBackbone, AutoImageProcessor, ConfigError
+from backbones import AutoBackbone, AutoImageProcessor, ConfigError, ReparameterizedError
 from backbones.layers import FrozenBatchNorm2d
 from backbones.testing import (
     BackboneConformance,
@@ -440,3 +440,108 @@ def test_processor_class_suffixes_name_the_same_processor(tmp_path: Path, suffix
     ours = AutoImageProcessor.from_pretrained(tmp_path)
     assert isinstance(ours, RTDetrImageProcessor)
     assert ours.image_processor_type == "RTDetrImageProcessor"
+
+
+# -- output stride by dilation ----------------------------------------------------------------------
+
+# timm's resnet50d layout: a deep stem 8, 8, 16 wide (stem_width=8), average-pool shortcuts.
+TIMM_LIKE: dict[str, Any] = {"embedding_size": 16, "hidden_sizes": [16, 32, 64, 128], "depths": [1, 2, 2, 2]}
+
+
+def _timm_resnet_d_key(key: str) -> str:
+    """Our ResNet-vd key as timm's ``resnet50d`` names it (``conv1.{0,3,6}``/``conv1.{1,4}``/``bn1`` deep stem,
+    ``layerN.B.convK``/``bnK``, ``downsample.1``/``.2`` after the pool)."""
+    if key.startswith("embedder.embedder."):
+        index, part, leaf = key.removeprefix("embedder.embedder.").split(".", 2)
+        if part == "convolution":
+            return f"conv1.{3 * int(index)}.{leaf}"
+        return f"conv1.{3 * int(index) + 1}.{leaf}" if index != "2" else f"bn1.{leaf}"
+    _, _, stage, _, block, rest = key.split(".", 5)
+    prefix = f"layer{int(stage) + 1}.{block}."
+    if rest.startswith("shortcut."):
+        part, leaf = rest.removeprefix("shortcut.").removeprefix("1.").split(".", 1)
+        return prefix + ("downsample.1." if part == "convolution" else "downsample.2.") + leaf
+    _, index, part, leaf = rest.split(".", 3)
+    return prefix + ("conv" if part == "convolution" else "bn") + f"{int(index) + 1}.{leaf}"
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_output_stride_matches_timm_resnet_d(output_stride: int) -> None:
+    timm = pytest.importorskip("timm")
+    config = RTDetrResNetConfig(**TIMM_LIKE, output_stride=output_stride, out_indices=[1, 2, 3, 4])
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    expected = {32: [4, 4, 8, 16, 32], 16: [4, 4, 8, 16, 16], 8: [4, 4, 8, 8, 8]}[output_stride]
+    assert model.reductions == expected  # known before any forward
+    reference = timm.create_model(
+        "resnet50d",
+        pretrained=False,
+        layers=[1, 2, 2, 2],
+        channels=(4, 8, 16, 32),
+        stem_width=8,
+        output_stride=output_stride,
+        features_only=True,
+        out_indices=(1, 2, 3, 4),
+    ).eval()
+    state = {_timm_resnet_d_key(key): value for key, value in model.state_dict().items()}
+    reference.load_state_dict(state, strict=True)
+    # Odd sizes: the shortcuts' pools (ceil mode when strided, padded at the bottom and right when dilated)
+    # handle their last row and column specially.
+    for height, width in [(64, 64), (50, 38)]:
+        images = pixels(height=height, width=width)
+        with torch.no_grad():
+            assert_parity(model(images).feature_maps, reference(images), tolerance=1e-5)
+
+
+def test_output_stride_loads_the_same_weights(tmp_path: Path) -> None:
+    randomize_weights_(AutoBackbone.from_config(RTDetrResNetConfig(**SMALL))).save_pretrained(tmp_path)
+    model, report = AutoBackbone.from_pretrained(tmp_path, output_stride=16, output_loading_info=True)
+    assert (report.missing_keys, report.unused_keys, report.unknown_config_fields) == ([], [], {})
+    assert model.reductions == [4, 4, 8, 16, 16]
+    with torch.no_grad():
+        assert [tuple(fmap.shape) for fmap in model(pixels(), output_hidden_states=True).hidden_states] == [
+            (2, 8, 16, 12),
+            (2, 8, 16, 12),
+            (2, 16, 8, 6),
+            (2, 24, 4, 3),
+            (2, 32, 4, 3),
+        ]
+
+
+def test_output_stride_lists_the_valid_values() -> None:
+    with pytest.raises(ConfigError, match=r"output_stride=24: output_stride must be one of \[8, 16, 32\]"):
+        RTDetrResNetConfig(output_stride=24)
+
+
+# -- reparameterisation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("freeze_norm", [False, True])
+def test_reparameterize_folds_every_norm(freeze_norm: bool) -> None:
+    config = RTDetrResNetConfig(**SMALL, freeze_norm=freeze_norm, out_indices=ALL_STAGES)
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    norm_type = FrozenBatchNorm2d if freeze_norm else nn.BatchNorm2d
+    norms = sum(isinstance(module, norm_type) for module in model.modules())
+    sizes = [(64, 48), (45, 71)]
+    with torch.no_grad():
+        expected = [model(pixels(height=h, width=w)).feature_maps for h, w in sizes]
+    assert model.reparameterize() == norms
+    assert not any(isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d)) for module in model.modules())
+    with torch.no_grad():
+        for (height, width), maps in zip(sizes, expected):
+            assert_parity(model(pixels(height=height, width=width)).feature_maps, maps, tolerance=1e-5)
+    with pytest.raises(ReparameterizedError, match="cannot train"):
+        model.train()
+
+
+def test_folded_dilated_model_exports_with_dynamic_size() -> None:
+    from torch.export import Dim
+
+    config = RTDetrResNetConfig(**SMALL, output_stride=16, out_indices=ALL_STAGES)
+    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
+    model.reparameterize()
+    dims = {2: Dim("height", min=17, max=1024), 3: Dim("width", min=17, max=1024)}
+    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
+    for height, width in [(64, 48), (45, 71)]:
+        images = pixels(height=height, width=width)
+        with torch.no_grad():
+            assert_parity(program.module()(images).feature_maps, model(images).feature_maps, tolerance=1e-5)

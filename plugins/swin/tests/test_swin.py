@@ -56,6 +56,7 @@ class TestSwinConformance(BackboneConformance):
     # windows; windows never shrink to the map), but a map axis of exactly 1 is a different case to the
     # tracer (a size-1 axis broadcasts), so one program cannot hold for 1 and for larger sizes at once.
     export_range = (9, 1024)
+    lora_deployment_checks = True  # the kit's hierarchical model for compile and DDP on a LoRA-adapted model
 
     def make_config(self, **overrides: Any) -> SwinConfig:
         return SwinConfig(**{**TINY, **overrides})

@@ -19,8 +19,8 @@ from timm.layers import FrozenBatchNormAct2d
 from timm.layers.norm_act import FrozenBatchNorm2d
 from torch import nn
 
-from backbones import AutoBackbone, CheckpointError, ConfigError, load_backbone
-from backbones.testing import BackboneConformance, assert_close_maps, randomize_weights_
+from backbones import AutoBackbone, CheckpointError, ConfigError, ReparameterizedError, load_backbone
+from backbones.testing import BackboneConformance, assert_close_maps, assert_parity, randomize_weights_
 from backbones_timm import TimmBackbone, TimmBackboneConfig, is_timm_model_name, load_timm_pretrained
 from backbones_timm._pretrained import load_by_name
 
@@ -636,3 +636,48 @@ def test_importing_the_plugin_imports_neither_torch_nor_timm() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "timm_backbone" in result.stdout and "backbones-timm" in result.stdout
     assert result.stdout.strip().endswith("[]"), result.stdout
+
+
+# -- reparameterisation through timm's reparameterize_model -------------------------------------------
+
+
+def test_reparameterize_uses_timms_helper() -> None:
+    from timm.models.repghost import RepGhostModule
+
+    config = TimmBackboneConfig(backbone="repghostnet_050", out_indices=[1, 2, 3, 4])
+    model = randomize_weights_(TimmBackbone(config)).eval()
+    assert model.supports_reparameterize
+    modules = [module for module in model.modules() if isinstance(module, RepGhostModule)]
+    assert modules and all(module.fusion_bn for module in modules)  # the branches a RepGhost module folds
+    sizes = [64, 48]
+    with torch.no_grad():
+        expected = [model(pixels(size=size)).feature_maps for size in sizes]
+    assert model.reparameterize() == 24  # every module timm's helper folds (RepGhost modules and their kin)
+    assert model.is_reparameterized
+    assert all(not module.fusion_bn for module in modules)
+    with torch.no_grad():
+        for size, maps in zip(sizes, expected):
+            assert_parity(model(pixels(size=size)).feature_maps, maps, tolerance=1e-5)
+    with pytest.raises(ReparameterizedError, match="cannot train"):
+        model.train()
+
+
+def test_model_without_rep_blocks_has_nothing_to_fold() -> None:
+    model = TimmBackbone(TimmBackboneConfig(backbone="test_resnet", avg_down=False)).eval()
+    assert not model.supports_reparameterize
+    assert model.reparameterize() == 0
+    assert model.is_reparameterized
+
+
+def test_folded_timm_model_exports_with_dynamic_size() -> None:
+    from torch.export import Dim
+
+    config = TimmBackboneConfig(backbone="repghostnet_050", out_indices=[1, 2, 3, 4])
+    model = randomize_weights_(TimmBackbone(config)).eval()
+    model.reparameterize()
+    dims = {2: Dim("height", min=64, max=512), 3: Dim("width", min=64, max=512)}
+    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
+    for size in (64, 96):
+        images = pixels(size=size)
+        with torch.no_grad():
+            assert_parity(program.module()(images).feature_maps, model(images).feature_maps, tolerance=1e-5)

@@ -42,12 +42,21 @@ saving a parity checkpoint), :func:`assert_close_maps` (max-abs-diff comparison 
 checkpoint loaded into one with a clean-load check), :func:`edit_checkpoint` (a saved checkpoint rewritten
 with keys added, changed or removed), :func:`assert_random_only_in_training` (dropout and stochastic depth
 act in training only), :func:`assert_maps_at_size` (a default-size model's maps, channels and reductions),
-:func:`feature_map_loss` and :func:`saved_activation_bytes`.
+:func:`feature_map_loss`, :func:`saved_activation_bytes` and :func:`example_forward_inputs` (example values of
+the extra forward inputs a backbone declares).
+
+Extra forward inputs: a backbone whose ``forward`` takes more than images (ViTPose's ``dataset_index``)
+declares each in :attr:`backbones.Backbone.extra_forward_inputs` as a :class:`backbones.ForwardInput`. Every
+check that runs the model (compile, export with dynamic H and W, ONNX, DDP and FSDP2, gradient checkpointing,
+bf16, channels_last, determinism, batch independence, ...) then passes their example values; export and ONNX
+keep them as static-shape graph inputs. ``test_extra_forward_inputs_are_declared`` fails for a ``forward``
+keyword that is not declared, and checks that a required input that is missing is refused by name.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -63,6 +72,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import AutoBackbone, Backbone, BackboneConfig, BackboneOutput, ConfigError, get_registry
+from ._inputs import InputConformance
 from ._parity import (
     RecordedParity,
     TransformersParity,
@@ -75,10 +85,12 @@ from ._tensors import (
     assert_close_maps,
     assert_maps_at_size,
     assert_random_only_in_training,
+    example_forward_inputs,
     feature_map_loss,
     randomize_weights_,
     saved_activation_bytes,
 )
+from ._training import TrainingConformance
 
 __all__ = [
     "BackboneConformance",
@@ -89,6 +101,7 @@ __all__ = [
     "assert_parity",
     "assert_random_only_in_training",
     "edit_checkpoint",
+    "example_forward_inputs",
     "feature_map_loss",
     "load_reference",
     "randomize_weights_",
@@ -97,11 +110,17 @@ __all__ = [
 ]
 
 
+_STANDARD_FORWARD_ARGUMENTS = frozenset(
+    {"pixel_values", "output_hidden_states", "output_attentions", "return_dict", "output_prefix_tokens"}
+)
+"""The keywords of :meth:`backbones.Backbone.forward` itself; others must be declared extra inputs."""
+
+
 def _labelled(name: str) -> Callable[[str], str]:
     return lambda message: f"{name}: {message}"
 
 
-class BackboneConformance:
+class BackboneConformance(TrainingConformance, InputConformance):
     """Contract tests for one backbone plugin. Subclass it as ``Test<Name>Conformance``.
 
     Class attributes:
@@ -191,6 +210,29 @@ class BackboneConformance:
         generator = torch.Generator().manual_seed(seed)
         return torch.randn(self.batch_size, channels, height, width, generator=generator)
 
+    def extra_inputs(self, model: Backbone, pixels: Tensor) -> dict[str, Tensor]:
+        """Example values of the inputs ``model`` declares in ``extra_forward_inputs``, for ``pixels``' batch."""
+        return example_forward_inputs(model, pixels.shape[0])
+
+    def run(self, model: Backbone, pixels: Tensor, *, via: Callable[..., Any] | None = None, **options: Any) -> Any:
+        """``model(pixels, **options)`` with example values of the model's declared extra forward inputs.
+
+        Args:
+            model: The backbone (its declaration and config give the extra inputs).
+            pixels: The images.
+            via: What to call instead of ``model`` (its compiled or exported form).
+            options: Further keyword arguments of ``forward``.
+        """
+        return (model if via is None else via)(pixels, **self.extra_inputs(model, pixels), **options)
+
+    def extra_input_sets(self, model: Backbone, pixels: Tensor) -> list[dict[str, Tensor]]:
+        """The example extra inputs, and (where there are any) the same with the batch order reversed: an
+        exported graph must take them as inputs, not as constants traced from the first example."""
+        extras = self.extra_inputs(model, pixels)
+        if not extras:
+            return [extras]
+        return [extras, {name: value.flip(0) for name, value in extras.items()}]
+
     def expected_size(self, size: int, reduction: int) -> int:
         return math.ceil(size / reduction) if self.spatial_rounding == "ceil" else size // reduction
 
@@ -203,7 +245,7 @@ class BackboneConformance:
     def train_step_gradients(self, model: Backbone, pixels: Tensor) -> dict[str, Tensor]:
         """Gradients of a loss over every feature map, by parameter name."""
         model.zero_grad(set_to_none=True)
-        feature_map_loss(model(pixels).feature_maps).backward()
+        feature_map_loss(self.run(model, pixels).feature_maps).backward()
         return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     # -- registry and config ----------------------------------------------------------------------
@@ -290,7 +332,7 @@ class BackboneConformance:
         assert model.channels == model.num_features[self.first_selectable :]
         for size in self.input_sizes:
             with torch.no_grad():
-                maps = model(self.inputs(size)).feature_maps
+                maps = self.run(model, self.inputs(size)).feature_maps
             first = self.first_selectable
             assert len(maps) == len(model.stage_names) - first
             stages = zip(model.stage_names[first:], maps, model.num_features[first:], model.reductions[first:])
@@ -309,7 +351,7 @@ class BackboneConformance:
         assert model.channels == [model.num_features[-1]]
         assert model.out_reductions == [model.reductions[-1]]
         with torch.no_grad():
-            (fmap,) = model(self.inputs()).feature_maps
+            (fmap,) = self.run(model, self.inputs()).feature_maps
         assert fmap.shape[1] == model.channels[0]
 
     # -- forward contract -------------------------------------------------------------------------
@@ -318,8 +360,8 @@ class BackboneConformance:
         model = self.build()
         pixels = self.inputs()
         with torch.no_grad():
-            as_dict = model(pixels)
-            as_tuple = model(pixels, return_dict=False)
+            as_dict = self.run(model, pixels)
+            as_tuple = self.run(model, pixels, return_dict=False)
         assert isinstance(as_dict, BackboneOutput)
         assert isinstance(as_tuple, tuple) and len(as_tuple) == 1
         assert_close_maps(as_tuple[0], as_dict.feature_maps, atol=0.0)
@@ -329,8 +371,8 @@ class BackboneConformance:
     def test_hidden_states_on_request(self) -> None:
         model = self.build(out_indices=[1])
         with torch.no_grad():
-            output = model(self.inputs(), output_hidden_states=True)
-            as_tuple = model(self.inputs(), output_hidden_states=True, return_dict=False)
+            output = self.run(model, self.inputs(), output_hidden_states=True)
+            as_tuple = self.run(model, self.inputs(), output_hidden_states=True, return_dict=False)
         assert output.hidden_states is not None and len(output.hidden_states) >= len(model.stage_names)
         assert all(isinstance(state, Tensor) for state in output.hidden_states)
         assert len(as_tuple) == 2 and len(as_tuple[1]) == len(output.hidden_states)
@@ -340,14 +382,16 @@ class BackboneConformance:
         pixels = self.inputs()
         if model.has_attentions:
             with torch.no_grad():
-                output = model(pixels, output_attentions=True)
+                output = self.run(model, pixels, output_attentions=True)
             assert output.attentions is not None and len(output.attentions) > 0
             assert all(isinstance(weights, Tensor) and torch.isfinite(weights).all() for weights in output.attentions)
         else:
             with pytest.raises(ValueError, match="output_attentions"):
-                model(pixels, output_attentions=True)
+                self.run(model, pixels, output_attentions=True)
         with torch.no_grad():
-            filtered = model.forward_with_filtered_kwargs(pixels, output_attentions=False, unknown_option=1)
+            filtered = model.forward_with_filtered_kwargs(
+                pixels, output_attentions=False, unknown_option=1, **self.extra_inputs(model, pixels)
+            )
         assert isinstance(filtered, BackboneOutput)
         assert len(filtered.feature_maps) == len(model.stage_names) - self.first_selectable
 
@@ -357,17 +401,19 @@ class BackboneConformance:
         count = model.num_prefix_tokens
         if not count:
             with pytest.raises(ValueError, match="output_prefix_tokens=True cannot be honoured"):
-                model(pixels, output_prefix_tokens=True)
+                self.run(model, pixels, output_prefix_tokens=True)
             with pytest.raises(ValueError, match="config.output_prefix_tokens=True cannot be honoured"):
                 self.build(output_prefix_tokens=True)
             with torch.no_grad():
-                filtered = model.forward_with_filtered_kwargs(pixels, output_prefix_tokens=True)
+                filtered = model.forward_with_filtered_kwargs(
+                    pixels, output_prefix_tokens=True, **self.extra_inputs(model, pixels)
+                )
             assert isinstance(filtered, BackboneOutput) and filtered.prefix_tokens is None
             return
         with torch.no_grad():
-            plain = model(pixels)
-            output = model(pixels, output_prefix_tokens=True)
-            as_tuple = model(pixels, output_prefix_tokens=True, return_dict=False)
+            plain = self.run(model, pixels)
+            output = self.run(model, pixels, output_prefix_tokens=True)
+            as_tuple = self.run(model, pixels, output_prefix_tokens=True, return_dict=False)
         assert plain.prefix_tokens is None and "prefix_tokens" not in plain.keys()
         assert_close_maps(output.feature_maps, plain.feature_maps, atol=0.0)
         assert output.prefix_tokens is not None and len(output.prefix_tokens) == len(model.out_features)
@@ -381,7 +427,7 @@ class BackboneConformance:
         assert not torch.equal(output.prefix_tokens[0], output.prefix_tokens[1])
         configured = self.build(out_indices=[1, -1], output_prefix_tokens=True)
         with torch.no_grad():
-            assert_close_maps(configured(pixels).prefix_tokens, output.prefix_tokens, atol=0.0)
+            assert_close_maps(self.run(configured, pixels).prefix_tokens, output.prefix_tokens, atol=0.0)
 
     def test_wrong_channel_count_is_explained(self) -> None:
         assert self.channel_error_name is not None
@@ -393,27 +439,60 @@ class BackboneConformance:
             rf"{channels} \(config\.num_channels\)"
         )
         with pytest.raises(ValueError, match=message):
-            model(torch.zeros(1, wrong, *self.input_sizes[0]))
+            self.run(model, torch.zeros(1, wrong, *self.input_sizes[0]))
 
     def test_rejects_non_image_input(self) -> None:
         model = self.build()
         with pytest.raises(ValueError, match="4-D"):
-            model(self.inputs()[0])
+            self.run(model, self.inputs()[0])
+
+    def test_extra_forward_inputs_are_declared(self) -> None:
+        """Every keyword of ``forward`` beyond the standard ones is declared in ``extra_forward_inputs`` (so the
+        kit, and users' tools, can pass it), every declaration is a keyword of ``forward``, its examples are
+        accepted, and a required one that is missing is refused with an error naming it."""
+        model = self.build()
+        declared = [spec.name for spec in model.extra_forward_inputs]
+        assert len(set(declared)) == len(declared), f"extra_forward_inputs declares a name twice: {declared}"
+        parameters = inspect.signature(model.forward).parameters
+        keywords = [
+            name
+            for name, parameter in parameters.items()
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        ]
+        undeclared = [name for name in keywords if name not in _STANDARD_FORWARD_ARGUMENTS and name not in declared]
+        assert not undeclared, (
+            f"{type(model).__name__}.forward takes {undeclared}, which extra_forward_inputs does not declare; declare "
+            "each as a backbones.ForwardInput(name, dtype, shape, examples) so that the kit can pass it"
+        )
+        unknown = [name for name in declared if name not in keywords]
+        assert not unknown, (
+            f"extra_forward_inputs declares {unknown}, but {type(model).__name__}.forward has no such keyword"
+        )
+        pixels = self.inputs()
+        with torch.no_grad():
+            self.run(model, pixels)
+            for spec in model.extra_forward_inputs:
+                if not spec.is_required(model.config):
+                    continue
+                others = {name: value for name, value in self.extra_inputs(model, pixels).items() if name != spec.name}
+                with pytest.raises(ValueError, match=re.escape(spec.name)):
+                    model(pixels, **others)
 
     def test_deterministic_in_eval_mode(self) -> None:
         model = self.build()
         pixels = self.inputs()
         with torch.no_grad():
-            first = model(pixels).feature_maps
-            second = model(pixels).feature_maps
+            first = self.run(model, pixels).feature_maps
+            second = self.run(model, pixels).feature_maps
         assert_close_maps(first, second, atol=0.0)
 
     def test_batch_items_are_independent(self) -> None:
         model = self.build()
         pixels = self.inputs()
         with torch.no_grad():
-            batched = model(pixels).feature_maps
-            single = model(pixels[1:2]).feature_maps
+            batched = self.run(model, pixels).feature_maps
+            extras = {name: value[1:2] for name, value in self.extra_inputs(model, pixels).items()}
+            single = model(pixels[1:2], **extras).feature_maps
         assert_close_maps([fmap[1:2] for fmap in batched], single, atol=1e-4)
 
     def test_compiles_as_one_graph(self, request: pytest.FixtureRequest) -> None:
@@ -424,20 +503,22 @@ class BackboneConformance:
         pixels = self.inputs()
         torch._dynamo.reset()
         with torch.no_grad():
-            explanation = torch._dynamo.explain(model)(pixels)
+            explanation = self.run(model, pixels, via=torch._dynamo.explain(model))
         assert explanation.graph_break_count == 0, f"graph breaks: {explanation.break_reasons}"
         assert explanation.graph_count == 1
         if model.num_prefix_tokens:
             torch._dynamo.reset()
             with torch.no_grad():
-                explanation = torch._dynamo.explain(model)(pixels, output_prefix_tokens=True)
+                explanation = self.run(model, pixels, via=torch._dynamo.explain(model), output_prefix_tokens=True)
             assert explanation.graph_break_count == 0, f"graph breaks with prefix tokens: {explanation.break_reasons}"
         torch._dynamo.reset()
         compiled = torch.compile(model, backend="eager", fullgraph=True)
         with torch.no_grad():
-            assert_close_maps(compiled(pixels).feature_maps, model(pixels).feature_maps, atol=1e-5)
+            assert_close_maps(
+                self.run(model, pixels, via=compiled).feature_maps, self.run(model, pixels).feature_maps, atol=1e-5
+            )
             model.out_indices = [self.first_selectable]
-            (fmap,) = compiled(pixels).feature_maps
+            (fmap,) = self.run(model, pixels, via=compiled).feature_maps
         assert fmap.shape[1] == model.num_features[self.first_selectable], "a new selection is honoured after compiling"
 
     # -- truncation -------------------------------------------------------------------------------
@@ -446,20 +527,20 @@ class BackboneConformance:
         full = self.build()
         pixels = self.inputs()
         with torch.no_grad():
-            reference = full(pixels).feature_maps
+            reference = self.run(full, pixels).feature_maps
         first = self.first_selectable
         for index in range(first, len(full.stage_names)):
             model = self.build(out_indices=[index])
             model.load_state_dict(full.state_dict(), strict=False)
             with torch.no_grad():
-                (fmap,) = model(pixels).feature_maps
+                (fmap,) = self.run(model, pixels).feature_maps
             assert_close_maps([fmap], [reference[index - first]], atol=0.0)
 
     def test_pruning_frees_deeper_stages(self) -> None:
         model = self.build(out_indices=[1])
         pixels = self.inputs()
         with torch.no_grad():
-            before = model(pixels).feature_maps
+            before = self.run(model, pixels).feature_maps
         count = sum(p.numel() for p in model.parameters())
         pruned = model.prune_unused_stages()
         assert pruned == model.stage_names[2:]
@@ -468,14 +549,14 @@ class BackboneConformance:
             with pytest.raises(ValueError, match="pruned"):
                 model.out_indices = [-1]
         with torch.no_grad():
-            after = model(pixels).feature_maps
+            after = self.run(model, pixels).feature_maps
         assert_close_maps(after, before, atol=0.0)
 
     # -- training ---------------------------------------------------------------------------------
 
     def test_every_parameter_gets_a_gradient(self) -> None:
         model = self.build().train()
-        feature_map_loss(model(self.inputs()).feature_maps).backward()
+        feature_map_loss(self.run(model, self.inputs()).feature_maps).backward()
         missing = [
             name
             for name, p in model.named_parameters()
@@ -490,7 +571,7 @@ class BackboneConformance:
         model = self.build().train()
         pixels = self.inputs()
         reference = self.train_step_gradients(model, pixels)
-        stored = saved_activation_bytes(model, pixels)
+        stored = saved_activation_bytes(model, pixels, **self.extra_inputs(model, pixels))
         assert not model.is_gradient_checkpointing
         model.gradient_checkpointing_enable()
         assert model.is_gradient_checkpointing
@@ -498,14 +579,14 @@ class BackboneConformance:
         assert checkpointed.keys() == reference.keys()
         for name, grad in reference.items():
             torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-5, msg=_labelled(name))
-        with_checkpointing = saved_activation_bytes(model, pixels)
+        with_checkpointing = saved_activation_bytes(model, pixels, **self.extra_inputs(model, pixels))
         assert with_checkpointing < stored, (
             f"gradient checkpointing is on but the forward still stores {with_checkpointing} bytes for backward "
             f"(off: {stored})"
         )
         model.gradient_checkpointing_disable()
         assert not model.is_gradient_checkpointing
-        assert saved_activation_bytes(model, pixels) == stored
+        assert saved_activation_bytes(model, pixels, **self.extra_inputs(model, pixels)) == stored
 
     def test_freeze_stages(self, request: pytest.FixtureRequest) -> None:
         self.expect_support(request, "freeze_stages")
@@ -532,7 +613,7 @@ class BackboneConformance:
                     assert all(not m.training for m in module.modules()) == (position < num_stages)
             pixels = self.inputs()
             with torch.no_grad():
-                before = model(pixels, output_hidden_states=True).hidden_states
+                before = self.run(model, pixels, output_hidden_states=True).hidden_states
             grads = self.train_step_gradients(model, pixels)
             for name, parameter in model.named_parameters():
                 if id(parameter) in frozen:
@@ -543,7 +624,7 @@ class BackboneConformance:
                 for parameter in model.parameters():
                     if parameter.grad is not None:
                         parameter.sub_(0.1 * parameter.grad)
-                after = model(pixels, output_hidden_states=True).hidden_states
+                after = self.run(model, pixels, output_hidden_states=True).hidden_states
             # Hidden states are the stages' own outputs (before any per-output module, which stays trainable).
             assert_close_maps(after[:num_stages], before[:num_stages], atol=0.0)
         model.freeze_stages(0)
@@ -556,14 +637,14 @@ class BackboneConformance:
         batch_norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         pixels = self.inputs()
         with torch.no_grad():
-            reference = model(pixels).feature_maps
+            reference = self.run(model, pixels).feature_maps
         converted = model.freeze_batch_norm()
         assert converted == batch_norms, f"freeze_batch_norm replaced {converted} of {batch_norms} BatchNorm layers"
         assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         state = {name: value.clone() for name, value in model.state_dict().items()}
         model.train()
         with torch.no_grad():
-            trained = model(pixels).feature_maps
+            trained = self.run(model, pixels).feature_maps
         if not any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
             assert_close_maps(trained, reference, atol=1e-5)
         for name, value in model.state_dict().items():
@@ -576,9 +657,9 @@ class BackboneConformance:
         model = self.build()
         pixels = self.inputs()
         with torch.no_grad():
-            reference = model(pixels).feature_maps
+            reference = self.run(model, pixels).feature_maps
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                low = model(pixels).feature_maps
+                low = self.run(model, pixels).feature_maps
         for name, fmap, ref in zip(model.out_features, low, reference):
             assert torch.isfinite(fmap).all(), f"stage {name}: non-finite values under bf16 autocast"
             error = ((fmap.float() - ref).norm() / ref.norm().clamp_min(1e-12)).item()
@@ -589,10 +670,10 @@ class BackboneConformance:
         model = self.build()
         pixels = self.inputs()
         with torch.no_grad():
-            reference = model(pixels).feature_maps
-            as_input = model(pixels.to(memory_format=torch.channels_last)).feature_maps
+            reference = self.run(model, pixels).feature_maps
+            as_input = self.run(model, pixels.to(memory_format=torch.channels_last)).feature_maps
             model.to(memory_format=torch.channels_last)
-            both = model(pixels.to(memory_format=torch.channels_last)).feature_maps
+            both = self.run(model, pixels.to(memory_format=torch.channels_last)).feature_maps
         assert_close_maps(as_input, reference, atol=1e-4)
         assert_close_maps(both, reference, atol=1e-4)
 
@@ -620,7 +701,10 @@ class BackboneConformance:
                     dims[axis] = Dim(name, min=low, max=high)
                 else:
                     dims[axis] = step * Dim(f"{name}_over_{step}", min=-(-low // step), max=high // step)
-            traced = torch.export.export(model, (self.inputs(),), dynamic_shapes={"pixel_values": dims})
+            pixels = self.inputs()
+            extras = self.extra_inputs(model, pixels)
+            shapes: dict[str, Any] = {"pixel_values": dims, **dict.fromkeys(extras)}
+            traced = torch.export.export(model, (pixels,), kwargs=extras, dynamic_shapes=shapes)
             cache = (model, traced)
             type(self)._export_cache = cache  # type: ignore[attr-defined]
         return cache
@@ -634,11 +718,13 @@ class BackboneConformance:
                 f"input size {size} is outside export_range {(low, high)} or not a multiple of {self.export_multiple}"
             )
             pixels = self.inputs(size, seed=7)
-            with torch.no_grad():
-                exported, eager = program.module()(pixels), model(pixels)
-                assert_close_maps(exported.feature_maps, eager.feature_maps, atol=1e-5)
-                if model.num_prefix_tokens:
-                    assert_close_maps(exported.prefix_tokens, eager.prefix_tokens, atol=1e-5)
+            for extras in self.extra_input_sets(model, pixels):
+                with torch.no_grad():
+                    exported = program.module()(pixels, **extras)
+                    eager = model(pixels, **extras)
+                    assert_close_maps(exported.feature_maps, eager.feature_maps, atol=1e-5)
+                    if model.num_prefix_tokens:
+                        assert_close_maps(exported.prefix_tokens, eager.prefix_tokens, atol=1e-5)
 
     def test_onnx_export_matches_eager(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
         self.expect_support(request, "export")
@@ -651,16 +737,19 @@ class BackboneConformance:
         path = tmp_path / "model.onnx"
         onnx_program.save(str(path))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (input_name,) = [node.name for node in session.get_inputs()]
+        input_names = [node.name for node in session.get_inputs()]
         for size in self.input_sizes:
             pixels = self.inputs(size, seed=11)
-            outputs = session.run(None, {input_name: pixels.numpy()})
-            with torch.no_grad():
-                eager = model(pixels)
-            # Flattened as the output's fields: the maps, then (where the model has them) the prefix tokens.
-            reference = [*eager.feature_maps, *(eager.prefix_tokens or ())]
-            assert len(outputs) == len(reference)
-            assert_close_maps([torch.from_numpy(array) for array in outputs], reference, atol=1e-4)
+            for extras in self.extra_input_sets(model, pixels):
+                feed = {"pixel_values": pixels, **extras}
+                assert sorted(input_names) == sorted(feed), f"ONNX inputs {input_names}, expected {sorted(feed)}"
+                outputs = session.run(None, {name: feed[name].numpy() for name in input_names})
+                with torch.no_grad():
+                    eager = model(pixels, **extras)
+                # Flattened as the output's fields: the maps, then (where the model has them) the prefix tokens.
+                reference = [*eager.feature_maps, *(eager.prefix_tokens or ())]
+                assert len(outputs) == len(reference)
+                assert_close_maps([torch.from_numpy(array) for array in outputs], reference, atol=1e-4)
 
     def test_distributed_training_ddp_and_fsdp2(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
         """Two CPU ranks (gloo): DDP and FSDP2 train; every parameter gets a gradient; ranks agree."""
@@ -720,7 +809,7 @@ class BackboneConformance:
         assert all(p.device.type != "meta" for p in loaded.parameters())
         pixels = self.inputs()
         with torch.no_grad():
-            assert_close_maps(loaded(pixels).feature_maps, model(pixels).feature_maps, atol=0.0)
+            assert_close_maps(self.run(loaded, pixels).feature_maps, self.run(model, pixels).feature_maps, atol=0.0)
 
     def test_load_overrides_selection(self, tmp_path: Path) -> None:
         model = self.build()
@@ -730,11 +819,11 @@ class BackboneConformance:
         assert loaded.out_indices == [first, first + 1]
         pixels = self.inputs()
         with torch.no_grad():
-            assert_close_maps(loaded(pixels).feature_maps, model(pixels).feature_maps[:2], atol=0.0)
+            assert_close_maps(self.run(loaded, pixels).feature_maps, self.run(model, pixels).feature_maps[:2], atol=0.0)
 
     def test_deepcopy_preserves_outputs(self) -> None:
         model = self.build()
         clone = copy.deepcopy(model)
         pixels = self.inputs()
         with torch.no_grad():
-            assert_close_maps(clone(pixels).feature_maps, model(pixels).feature_maps, atol=0.0)
+            assert_close_maps(self.run(clone, pixels).feature_maps, self.run(model, pixels).feature_maps, atol=0.0)

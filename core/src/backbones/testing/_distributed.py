@@ -43,14 +43,21 @@ def _batch(spec: dict[str, Any], rank: int, step: int) -> torch.Tensor:
 
 
 def _train(model: nn.Module, wrapped: nn.Module, spec: dict[str, Any], rank: int) -> list[str]:
-    """Run the steps; return the trainable parameters that got no gradient in the first step."""
-    from . import feature_map_loss
+    """Run the steps; return the trainable parameters that got no gradient in the first step.
 
+    The backbone's declared extra forward inputs get their example values."""
+    from .. import Backbone
+    from . import example_forward_inputs, feature_map_loss
+
+    # A peft-adapted backbone (the LoRA check) declares its inputs through its base model.
+    get_base_model = getattr(model, "get_base_model", None)
+    base = get_base_model() if callable(get_base_model) else model
+    extras = example_forward_inputs(base, spec["batch_size"]) if isinstance(base, Backbone) else {}
     optimizer = torch.optim.SGD(model.parameters(), lr=spec["lr"])
     missing: list[str] = []
     for step in range(spec["steps"]):
         optimizer.zero_grad(set_to_none=True)
-        feature_map_loss(wrapped(_batch(spec, rank, step)).feature_maps).backward()
+        feature_map_loss(wrapped(_batch(spec, rank, step), **extras).feature_maps).backward()
         if step == 0:
             missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
         optimizer.step()

@@ -16,6 +16,7 @@ __all__ = [
     "assert_close_maps",
     "assert_maps_at_size",
     "assert_random_only_in_training",
+    "example_forward_inputs",
     "feature_map_loss",
     "randomize_weights_",
     "saved_activation_bytes",
@@ -101,8 +102,24 @@ def feature_map_loss(feature_maps: Sequence[Tensor]) -> Tensor:
     return sum((fmap.float().pow(2).mean() for fmap in feature_maps), torch.zeros((), device=feature_maps[0].device))
 
 
-def saved_activation_bytes(model: nn.Module, pixels: Tensor) -> int:
-    """Bytes of tensors autograd stores for backward during one forward (activations plus parameters)."""
+def example_forward_inputs(model: Backbone, batch_size: int) -> dict[str, Tensor]:
+    """Example values of the inputs ``model`` declares in ``extra_forward_inputs`` (see
+    :class:`backbones.ForwardInput`), for a batch of ``batch_size`` images, on the model's device.
+
+    Returns:
+        Keyword arguments for ``model(pixels, **inputs)``; empty for a backbone that takes images only.
+    """
+    specs = model.extra_forward_inputs
+    if not specs:
+        return {}
+    device = next((p.device for p in model.parameters()), None)
+    return {spec.name: spec.example(model.config, batch_size, device) for spec in specs}
+
+
+def saved_activation_bytes(model: nn.Module, pixels: Tensor, **forward_inputs: Tensor) -> int:
+    """Bytes of tensors autograd stores for backward during one forward (activations plus parameters).
+
+    ``forward_inputs`` are passed to the forward (a backbone's declared extra inputs)."""
     total = 0
 
     def pack(tensor: Tensor) -> Tensor:
@@ -111,7 +128,7 @@ def saved_activation_bytes(model: nn.Module, pixels: Tensor) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(pixels)
+        model(pixels, **forward_inputs)
     return total
 
 
@@ -119,18 +136,23 @@ def assert_random_only_in_training(model: nn.Module, pixels: Tensor, seed: int =
     """Assert two training-mode forwards give different first maps and two eval-mode forwards equal ones.
 
     For a model built with dropout or stochastic depth: it must act in training and never in evaluation.
+    The model's declared extra forward inputs get their example values.
     """
     torch.manual_seed(seed)
+    from .. import Backbone
+
+    extras = example_forward_inputs(model, pixels.shape[0]) if isinstance(model, Backbone) else {}
     with torch.no_grad():
-        first, second = (model.train()(pixels).feature_maps[0] for _ in range(2))
-        third, fourth = (model.eval()(pixels).feature_maps[0] for _ in range(2))
+        first, second = (model.train()(pixels, **extras).feature_maps[0] for _ in range(2))
+        third, fourth = (model.eval()(pixels, **extras).feature_maps[0] for _ in range(2))
     assert not torch.equal(first, second), "two training-mode forwards gave the same map: nothing random acted"
     assert torch.equal(third, fourth), "two eval-mode forwards differ: something random acts in evaluation"
 
 
 def assert_maps_at_size(config: BackboneConfig, shapes: Sequence[tuple[int, ...]], size: int = 224) -> Backbone:
     """Build ``config``'s model (random weights), run one ``size`` x ``size`` image, and assert its maps have
-    ``shapes``, its ``channels`` are theirs and its ``out_reductions`` are ``size`` over their heights.
+    ``shapes``, its ``channels`` are theirs and its ``out_reductions`` are ``size`` over their heights (its
+    declared extra forward inputs get their example values).
 
     Returns:
         The model, in eval mode, for further checks.
@@ -140,7 +162,7 @@ def assert_maps_at_size(config: BackboneConfig, shapes: Sequence[tuple[int, ...]
     model = AutoBackbone.from_config(config).eval()
     channels = getattr(config, "num_channels", 3)
     with torch.no_grad():
-        maps = model(torch.randn(1, channels, size, size)).feature_maps
+        maps = model(torch.randn(1, channels, size, size), **example_forward_inputs(model, 1)).feature_maps
     assert [tuple(fmap.shape) for fmap in maps] == [tuple(shape) for shape in shapes]
     assert model.channels == [shape[1] for shape in shapes]
     assert model.out_reductions == [size // shape[2] for shape in shapes]

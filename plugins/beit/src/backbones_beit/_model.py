@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer, drop_path, drop_path_rates
+from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path, drop_path_rates
 
 from ._config import BeitConfig
 
@@ -331,6 +331,7 @@ class BeitBackbone(Backbone):
     """
 
     config_class = BeitConfig
+    lora_target_modules = ("query", "key", "value", "output.dense", "intermediate.dense")
     config: BeitConfig
     base_model_prefix = "beit"  # trunk prefix of task checkpoints; transformers' BeitBackbone saves it without
     has_attentions = True
@@ -380,6 +381,11 @@ class BeitBackbone(Backbone):
             nn.init.constant_(module.lambda_1, self.config.layer_scale_init_value)
             nn.init.constant_(module.lambda_2, self.config.layer_scale_init_value)  # type: ignore[arg-type]
 
+    @property
+    def minimum_input_size(self) -> int:
+        """One patch; two with the feature pyramid, whose coarsest level halves the patch grid."""
+        return self.config.patch_size * (2 if self.config.add_fpn else 1)
+
     def _forward_features(
         self,
         pixel_values: Tensor,
@@ -389,6 +395,7 @@ class BeitBackbone(Backbone):
         output_attentions: bool,
         output_prefix_tokens: bool = False,
     ) -> tuple[Any, ...]:
+        check_pixel_channels(pixel_values, self.config.num_channels, "BEiT")
         patch = self.config.patch_size
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
         encoder = self.beit.encoder

@@ -11,6 +11,7 @@ from backbones import BackboneConfig
 from backbones.activations import ACTIVATIONS
 from backbones.validation import (
     ActivationName,
+    OutputStride,
     PositivePerStage,
     check_hidden_sizes_per_stage,
     numbered_stage_names,
@@ -78,8 +79,9 @@ class BitConfig(BackboneConfig):
         drop_path_rate: Stochastic-depth rate of the deepest block; it grows linearly from 0 (training only).
         embedding_dynamic_padding: Pad the stem's max-pool TensorFlow-"SAME"-style (with zeros) for each
             input size; without it the pool does not pad.
-        output_stride: Largest stride of any stage; deeper stages keep it (stride 1). Bottleneck blocks
-            then dilate their 3x3 convolutions instead; pre-activation blocks do not (as in transformers).
+        output_stride: Largest stride of any stage, 8, 16 or 32 (the default: none dilated); deeper stages
+            keep it (stride 1). Bottleneck blocks then dilate their 3x3 convolutions instead; pre-activation
+            blocks do not (as in transformers, whose checkpoints this follows; timm's ResNetV2 dilates them).
         width_factor: Multiplier of every stage's channels (not of the stem's).
 
     The stem pads its convolution output by one pixel of zeros unless ``global_padding`` is ``"SAME"``.
@@ -97,7 +99,7 @@ class BitConfig(BackboneConfig):
     num_groups: int = Field(default=32, ge=1)
     drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
     embedding_dynamic_padding: bool = False
-    output_stride: int = 32
+    output_stride: OutputStride = 32
     width_factor: int = Field(default=1, ge=1)
 
     @field_validator("layer_type")
@@ -124,16 +126,6 @@ class BitConfig(BackboneConfig):
         if upper not in PADDINGS:
             raise ValueError(f"global_padding {value!r} is not supported; set global_padding to None or 'SAME'")
         return upper
-
-    @field_validator("output_stride")
-    @classmethod
-    def _power_of_two(cls, value: int) -> int:
-        if value < 4 or value & (value - 1):
-            raise ValueError(
-                f"output_stride must be a power of two of at least 4 (the stem's stride), got {value}; "
-                "use e.g. 8, 16 or 32 (the default, no dilation)"
-            )
-        return value
 
     @model_validator(mode="after")
     def _consistent_stages(self) -> BitConfig:

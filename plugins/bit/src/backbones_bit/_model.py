@@ -104,7 +104,13 @@ class _StandardizedConv2d(nn.Conv2d):
     ``padding`` follows ``global_padding``: ``None`` pads ``(stride - 1 + dilation * (k - 1)) // 2`` on
     every side; ``"SAME"`` does the same where that keeps ``ceil(size / stride)`` (stride 1 and an even
     ``dilation * (k - 1)``), and pads each input as TensorFlow would otherwise.
+
+    :meth:`reparameterize` standardises the filters once, for inference (the only fold BiT has: its group
+    norms depend on each input, so no norm folds into a convolution).
     """
+
+    standardize: bool = True
+    """Whether the forward standardises the filters (false once :meth:`reparameterize` stored them so)."""
 
     def __init__(
         self,
@@ -133,10 +139,19 @@ class _StandardizedConv2d(nn.Conv2d):
         flat = weight.reshape(weight.shape[0], -1)
         return F.layer_norm(flat, flat.shape[1:], eps=_STANDARDISE_EPS).view_as(weight)
 
+    def reparameterize(self) -> None:
+        """Store the standardised filters as the weight and stop standardising at every call; in place."""
+        if not self.standardize:
+            return
+        with torch.no_grad():
+            self.weight.copy_(self.standardized_weight())
+        self.standardize = False
+
     def forward(self, x: Tensor) -> Tensor:
         if self.pads_per_input:
             x = _pad_same(x, self.kernel_size[0], self.stride[0], self.dilation[0])
-        return F.conv2d(x, self.standardized_weight(), None, self.stride, self.padding, self.dilation)
+        weight = self.standardized_weight() if self.standardize else self.weight
+        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation)
 
 
 class _GroupNormActivation(nn.GroupNorm):

@@ -14,8 +14,11 @@ from backbones import BackboneConfig, ConfigError
 from backbones.activations import ACTIVATIONS
 from backbones.validation import (
     ActivationName,
+    DilatedStage,
+    OutputStride,
     PositivePerStage,
     check_hidden_sizes_per_stage,
+    dilate_stages,
     numbered_stage_names,
     square_patch,
 )
@@ -42,6 +45,10 @@ class ConvNextFamilyConfig(BackboneConfig):
             for round trips; every norm of the backbone uses 1e-6, as transformers does).
         drop_path_rate: Stochastic-depth rate of the deepest block; it grows linearly from 0 (training only).
         image_size: Pre-training image size; informational, the backbone takes any size.
+        output_stride: Largest stride of any stage, 8, 16 or 32 (the default: none dilated). Below 32, the
+            stages past it keep the resolution: their downsampling convolution gets stride 1 and their
+            depthwise convolutions a dilation (timm's ``output_stride``); the weights are the same. Not a
+            transformers field (transformers keeps it as an unknown attribute of a saved config).
 
     ``num_stages`` (written to ``config.json`` as transformers does) is ``len(depths)``; a ``config.json``
     whose ``num_stages`` disagrees is rejected.
@@ -56,6 +63,7 @@ class ConvNextFamilyConfig(BackboneConfig):
     layer_norm_eps: float = 1e-12
     drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
     image_size: int | list[int] = 224
+    output_stride: OutputStride = 32
 
     def __init__(self, /, **data: Any) -> None:
         num_stages = data.pop("num_stages", None)
@@ -69,7 +77,15 @@ class ConvNextFamilyConfig(BackboneConfig):
     @model_validator(mode="after")
     def _one_size_per_stage(self) -> ConvNextFamilyConfig:
         check_hidden_sizes_per_stage(self.hidden_sizes, self.depths)
+        self.stage_plans  # noqa: B018 -- validates output_stride against the stem's stride (patch_size)
         return self
+
+    @property
+    def stage_plans(self) -> list[DilatedStage]:
+        """Stride, dilations and reduction of every stage after the stem (of stride ``patch_size``), under
+        ``output_stride``."""
+        strides = [1] + [2] * (len(self.depths) - 1)
+        return dilate_stages(strides, self.output_stride, stem_stride=self.patch_size)
 
     @property
     def stage_names(self) -> list[str]:

@@ -49,6 +49,7 @@ class ConvNextBackbone(Backbone):
     """
 
     config_class: ClassVar[type[ConvNextFamilyConfig]] = ConvNextConfig
+    lora_target_modules = ("pwconv1", "pwconv2")
     config: ConvNextFamilyConfig
     base_model_prefix = "convnext"  # prefix of the trunk in ConvNextForImageClassification checkpoints
     has_attentions = False
@@ -58,27 +59,39 @@ class ConvNextBackbone(Backbone):
         super().__init__(config)
         sizes, depths = config.hidden_sizes, config.depths
         rates = drop_path_rates(config.drop_path_rate, depths)
+        plans = config.stage_plans
         stages = []
-        for index, (width, stage_rates) in enumerate(zip(sizes, rates)):
-            blocks = [self._make_block(width, rate) for rate in stage_rates]
-            stages.append(ConvNextStage(sizes[max(index - 1, 0)], width, blocks, downsample=index > 0))
+        for index, (width, stage_rates, plan) in enumerate(zip(sizes, rates, plans)):
+            blocks = [self._make_block(width, rate, dilation=plan.dilation) for rate in stage_rates]
+            stages.append(
+                ConvNextStage(
+                    sizes[max(index - 1, 0)],
+                    width,
+                    blocks,
+                    downsample=index > 0,
+                    dilated=index > 0 and plan.stride == 1,
+                    first_dilation=plan.first_dilation,
+                )
+            )
         self.embeddings = ConvNextEmbeddings(config.num_channels, sizes[0], config.patch_size)
         self.encoder = ConvNextEncoder(stages)
         self.num_features = [sizes[0], *sizes]
-        self.reductions = [config.patch_size] + [config.patch_size * 2**index for index in range(len(depths))]
+        self.reductions = [config.patch_size] + [plan.reduction for plan in plans]
         self.hidden_states_norms = nn.ModuleDict(
             {name: ChannelsFirstLayerNorm(self.out_feature_channels[name], eps=NORM_EPS) for name in self.out_features}
         )
         self.post_init()
 
-    def _make_block(self, dim: int, drop_path_rate: float) -> nn.Module:
-        """Build one block of ``dim`` channels; subclasses override it to use another block."""
+    def _make_block(self, dim: int, drop_path_rate: float, *, dilation: int = 1) -> nn.Module:
+        """Build one block of ``dim`` channels whose depthwise convolution has ``dilation``; subclasses
+        override it to use another block."""
         return ConvNextBlock(
             dim,
             hidden_act=self.config.hidden_act,
             # Only ConvNextConfig has a layer scale; a family member without one overrides this method.
             layer_scale_init_value=self.config.layer_scale_init_value,  # type: ignore[attr-defined]
             drop_path_rate=drop_path_rate,
+            dilation=dilation,
         )
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -101,6 +114,11 @@ class ConvNextBackbone(Backbone):
                 self.out_feature_channels[name], eps=NORM_EPS, device=reference.device, dtype=reference.dtype
             ),
         )
+
+    @property
+    def minimum_input_size(self) -> int:
+        """The deepest stage's stride: each downsampling layer is an unpadded strided convolution."""
+        return max(self.reductions)
 
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool

@@ -34,6 +34,7 @@ __all__ = [
     "ConvNextEmbeddings",
     "ConvNextEncoder",
     "ConvNextStage",
+    "SamePaddedConv2d",
 ]
 
 NORM_EPS = 1e-6
@@ -68,6 +69,7 @@ class ConvNextBlock(CheckpointableLayer):
             ``layer_scale_parameter`` key).
         drop_path_rate: Stochastic-depth rate of the branch (training only).
         layer_norm_eps: Epsilon of the block's norm (transformers' ConvNeXt: always ``1e-6``).
+        dilation: Dilation of the depthwise convolution (a stage past ``output_stride``).
     """
 
     def __init__(
@@ -78,9 +80,10 @@ class ConvNextBlock(CheckpointableLayer):
         layer_scale_init_value: float = 0.0,
         drop_path_rate: float = 0.0,
         layer_norm_eps: float = NORM_EPS,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3 * dilation, dilation=dilation, groups=dim)
         self.layernorm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = make_activation(hidden_act)
@@ -136,6 +139,23 @@ class ConvNextEmbeddings(nn.Module):
         return self.layernorm(self.patch_embeddings(pixel_values))
 
 
+class SamePaddedConv2d(nn.Conv2d):
+    """A stride-1 convolution zero-padded to keep the map's size, the odd pixel of padding (an even
+    ``dilation * (kernel_size - 1)`` has none) at the bottom and right: the 2x2 "downsampling" convolution
+    of a stage past ``output_stride``, as timm pads it. Arguments are ``nn.Conv2d``'s, without ``padding``
+    and ``stride``; the keys are ``nn.Conv2d``'s.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, dilation: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, dilation=dilation)
+        total = dilation * (kernel_size - 1)
+        self.same_padding = (total // 2, total - total // 2) * 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)``."""
+        return super().forward(F.pad(x, self.same_padding))
+
+
 class ConvNextStage(nn.Module):
     """Optional downsampling (key ``downsampling_layer``: norm, then a 2x2 stride-2 convolution), then a run of
     blocks (key ``layers``).
@@ -146,6 +166,10 @@ class ConvNextStage(nn.Module):
         blocks: The stage's blocks, in order.
         downsample: Whether the stage starts with the downsampling layer (ConvNeXt: every stage but the first).
         layer_norm_eps: Epsilon of the downsampling layer's norm.
+        dilated: Whether ``output_stride`` replaced the stage's stride by dilation: the downsampling
+            convolution then has stride 1, ``first_dilation`` and a padding keeping the size
+            (:class:`SamePaddedConv2d`), as timm's ConvNeXt with ``output_stride``.
+        first_dilation: Dilation of that convolution (the previous stage's dilation).
     """
 
     def __init__(
@@ -156,16 +180,18 @@ class ConvNextStage(nn.Module):
         downsample: bool,
         *,
         layer_norm_eps: float = NORM_EPS,
+        dilated: bool = False,
+        first_dilation: int = 1,
     ) -> None:
         super().__init__()
+        conv = (
+            SamePaddedConv2d(in_channels, out_channels, 2, dilation=first_dilation)
+            if dilated
+            else nn.Conv2d(in_channels, out_channels, kernel_size=2, stride=2)
+        )
         # transformers keeps an empty list in the first stage; None gives the same (absent) keys.
         self.downsampling_layer = (
-            nn.Sequential(
-                ChannelsFirstLayerNorm(in_channels, eps=layer_norm_eps),
-                nn.Conv2d(in_channels, out_channels, kernel_size=2, stride=2),
-            )
-            if downsample
-            else None
+            nn.Sequential(ChannelsFirstLayerNorm(in_channels, eps=layer_norm_eps), conv) if downsample else None
         )
         self.layers = nn.Sequential(*blocks)
 

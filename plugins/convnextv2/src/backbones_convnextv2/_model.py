@@ -62,10 +62,13 @@ class ConvNextV2Block(ConvNextBlock):
         dim: Channels in and out.
         hidden_act: Name of the activation between the pointwise layers.
         drop_path_rate: Stochastic-depth rate of the branch (training only).
+        dilation: Dilation of the depthwise convolution (a stage past ``output_stride``).
     """
 
-    def __init__(self, dim: int, *, hidden_act: str, drop_path_rate: float = 0.0) -> None:
-        super().__init__(dim, hidden_act=hidden_act, layer_scale_init_value=0.0, drop_path_rate=drop_path_rate)
+    def __init__(self, dim: int, *, hidden_act: str, drop_path_rate: float = 0.0, dilation: int = 1) -> None:
+        super().__init__(
+            dim, hidden_act=hidden_act, layer_scale_init_value=0.0, drop_path_rate=drop_path_rate, dilation=dilation
+        )
         self.grn = GlobalResponseNorm(4 * dim)
 
     def _activate(self, expanded: Tensor) -> Tensor:
@@ -90,12 +93,13 @@ class ConvNextV2Backbone(ConvNextBackbone):
     """
 
     config_class = ConvNextV2Config
+    lora_target_modules = ("pwconv1", "pwconv2")
     config: ConvNextV2Config
     base_model_prefix = "convnextv2"  # prefix of the trunk in ConvNextV2ForImageClassification checkpoints
     reference_class_name = "ConvNextV2Backbone"
 
-    def _make_block(self, dim: int, drop_path_rate: float) -> nn.Module:
-        return ConvNextV2Block(dim, hidden_act=self.config.hidden_act, drop_path_rate=drop_path_rate)
+    def _make_block(self, dim: int, drop_path_rate: float, *, dilation: int = 1) -> nn.Module:
+        return ConvNextV2Block(dim, hidden_act=self.config.hidden_act, drop_path_rate=drop_path_rate, dilation=dilation)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module`` as transformers' ``ConvNextV2PreTrainedModel`` does (GRN at zero)."""

@@ -75,6 +75,7 @@ class Dinov2WithRegistersBackbone(Backbone):
     """
 
     config_class: ClassVar[type[Dinov2WithRegistersConfig]] = Dinov2WithRegistersConfig
+    lora_target_modules = ("query", "key", "value", "output.dense", "fc1", "fc2", "weights_in", "weights_out")
     config: Dinov2WithRegistersConfig
     # Trunk prefix in Dinov2WithRegistersForImageClassification checkpoints.
     base_model_prefix = "dinov2_with_registers"

@@ -54,6 +54,7 @@ class Dinov2Backbone(Backbone):
     """
 
     config_class: ClassVar[type[Dinov2Config]] = Dinov2Config
+    lora_target_modules = ("query", "key", "value", "output.dense", "fc1", "fc2", "weights_in", "weights_out")
     config: Dinov2Config
     base_model_prefix = "dinov2"  # trunk prefix in Dinov2ForImageClassification checkpoints
     has_attentions = True

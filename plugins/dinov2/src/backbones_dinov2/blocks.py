@@ -43,6 +43,7 @@ __all__ = [
     "LayerScale",
     "Mlp",
     "SwiGLUFeedForward",
+    "resample_position_table",
     "tokens_to_map",
 ]
 
@@ -115,22 +116,10 @@ class Dinov2Embeddings(nn.Module):
 
     def _patch_positions(self, height: int, width: int) -> Tensor:
         """Position embeddings of a ``height x width`` patch grid, ``(1, height * width, channels)``."""
-        table = self.position_embeddings[:, 1:]
-        grid = self.grid
-        # Bicubic resampling to the table's own size is the identity (the cubic weights at zero offset are
-        # exactly 0, 1, 0, 0), so skipping it at the pre-training grid changes no value: it only saves eager
-        # time. While compiling or exporting the sizes may be symbolic and comparing them would guard the
-        # graph to one size, so there the table is always resampled (as transformers does when tracing).
-        if not torch.compiler.is_compiling() and (height, width) == (grid, grid):
-            return table
-        # As transformers (and the original code): bicubic by target size, antialiased only where the class
-        # says so, computed in float32 because bicubic resampling in half precision visibly shifts the embeddings.
-        channels = table.shape[-1]
-        square = table.reshape(1, grid, grid, channels).permute(0, 3, 1, 2)
-        resized = F.interpolate(
-            square.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=self.antialias
+        # As transformers (and the original code): bicubic by target size, antialiased only where the class says so.
+        return resample_position_table(
+            self.position_embeddings[:, 1:], self.grid, height, width, antialias=self.antialias
         )
-        return resized.to(table.dtype).permute(0, 2, 3, 1).reshape(1, height * width, channels)
 
 
 class Dinov2SelfAttention(nn.Module):
@@ -353,3 +342,34 @@ def tokens_to_map(
         patches = tokens[:, num_prefix_tokens:]
         fmap = patches.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
     return (fmap, tokens[:, :num_prefix_tokens]) if with_prefix else fmap
+
+
+def resample_position_table(
+    table: Tensor, grid: int, height: int, width: int, *, mode: str = "bicubic", antialias: bool = False
+) -> Tensor:
+    """A square table of patch position embeddings resampled to a ``height x width`` patch grid.
+
+    Resampled by target size (``align_corners=False``), in float32 because resampling in half precision
+    visibly shifts the embeddings, then cast back to the table's dtype. At the table's own grid the table is
+    returned as it is: bicubic and bilinear resampling to the same size are the identity (their weights at
+    zero offset are exactly one and zeros), so this only saves eager time. While compiling or exporting the
+    sizes may be symbolic and comparing them would guard the graph to one size, so there the table is always
+    resampled (as transformers does when tracing).
+
+    Args:
+        table: ``(1, grid * grid, channels)``, the patch rows of a position table (no class or register rows).
+        grid: Side of the table's square grid.
+        height: Patch rows wanted.
+        width: Patch columns wanted.
+        mode: ``"bicubic"`` (DINOv2 and most ViTs) or ``"bilinear"``.
+        antialias: Resample with antialiasing (it changes the values where the table is downsampled).
+
+    Returns:
+        ``(1, height * width, channels)``, of ``table``'s dtype.
+    """
+    if not torch.compiler.is_compiling() and (height, width) == (grid, grid):
+        return table
+    channels = table.shape[-1]
+    square = table.reshape(1, grid, grid, channels).permute(0, 3, 1, 2)
+    resized = F.interpolate(square.float(), size=(height, width), mode=mode, align_corners=False, antialias=antialias)
+    return resized.to(table.dtype).permute(0, 2, 3, 1).reshape(1, height * width, channels)

@@ -134,6 +134,7 @@ class DINOv3ConvNextBackbone(Backbone):
     """
 
     config_class: ClassVar[type[DINOv3ConvNextConfig]] = DINOv3ConvNextConfig
+    lora_target_modules = ("pointwise_conv1", "pointwise_conv2")
     config: DINOv3ConvNextConfig
     has_attentions = False
     # transformers' in-memory names (and so a state dict saved from a model in memory) nest the stages
@@ -166,6 +167,11 @@ class DINOv3ConvNextBackbone(Backbone):
             return
         if isinstance(module, _Layer):
             nn.init.constant_(module.gamma, self.config.layer_scale_init_value)
+
+    @property
+    def minimum_input_size(self) -> int:
+        """The deepest stage's stride: each downsampling layer is an unpadded strided convolution."""
+        return max(self.reductions)
 
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool

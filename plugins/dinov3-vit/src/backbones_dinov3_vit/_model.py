@@ -31,7 +31,13 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, drop_path, init_linear_and_norm_, run_token_layers
+from backbones.layers import (
+    CheckpointableLayer,
+    check_pixel_channels,
+    drop_path,
+    init_linear_and_norm_,
+    run_token_layers,
+)
 from backbones_dinov2.blocks import LayerScale
 
 from ._config import Dinov3ViTConfig
@@ -60,11 +66,7 @@ class _Embeddings(nn.Module):
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, int, int]:
         """Returns the tokens ``(batch, prefix + height * width, channels)`` and the patch grid's size."""
         projection = self.patch_embeddings
-        if pixel_values.shape[1] != projection.in_channels:
-            raise ValueError(
-                f"pixel_values has {pixel_values.shape[1]} channels but this DINOv3 ViT expects "
-                f"{projection.in_channels} (config.num_channels)"
-            )
+        check_pixel_channels(pixel_values, projection.in_channels, "DINOv3 ViT")
         patches = projection(pixel_values.to(projection.weight.dtype))
         batch, _, height, width = patches.shape
         prefix = torch.cat((self.cls_token, self.register_tokens), dim=1).expand(batch, -1, -1)
@@ -225,6 +227,7 @@ class Dinov3ViTBackbone(Backbone):
     """
 
     config_class = Dinov3ViTConfig
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
     config: Dinov3ViTConfig
     has_attentions = True
     reference_class_name = "DINOv3ViTBackbone"

@@ -272,6 +272,7 @@ class FocalNetBackbone(Backbone):
     """
 
     config_class = FocalNetConfig
+    lora_target_modules = ("projection_in", "projection_out", "fc1", "fc2")
     config: FocalNetConfig
     base_model_prefix = "focalnet"  # FocalNetModel checkpoints lack it; backbone and task ones have it
     has_attentions = False

@@ -11,7 +11,14 @@ from typing import Any, ClassVar
 from pydantic import field_validator, model_validator
 
 from backbones import BackboneConfig
-from backbones.validation import ActivationName, PositiveInts, numbered_stage_names
+from backbones.validation import (
+    ActivationName,
+    DilatedStage,
+    OutputStride,
+    PositiveInts,
+    dilate_stages,
+    numbered_stage_names,
+)
 
 __all__ = ["STAGE_LIST_FIELDS", "VARIANTS", "HGNetV2Config"]
 
@@ -96,6 +103,11 @@ class HGNetV2Config(BackboneConfig):
         freeze_stem_only: With ``freeze_at >= 0``, freeze only the stem (D-FINE's default).
         freeze_norm: Replace every BatchNorm by a frozen one when the model is built
             (``model.freeze_batch_norm()``).
+        output_stride: Largest stride of any stage, 8, 16 or 32 (the default: none dilated). Below 32, the
+            stages past it keep the resolution: their downsampling convolution gets stride 1 (and the
+            previous stage's dilation) and the ``k x k`` convolutions of their blocks a dilation (the rule
+            of timm's ``output_stride``; timm's HGNetV2 has none). The weights are the same. Not a
+            transformers field (transformers keeps it as an unknown attribute of a saved config).
     """
 
     model_type: ClassVar[str] = "hgnet_v2"
@@ -121,6 +133,7 @@ class HGNetV2Config(BackboneConfig):
     freeze_at: int = -1
     freeze_stem_only: bool = True
     freeze_norm: bool = False
+    output_stride: OutputStride = 32
 
     @field_validator("stem_strides", "stage_downsample_strides", mode="before")
     @classmethod
@@ -199,7 +212,18 @@ class HGNetV2Config(BackboneConfig):
                 raise ValueError(
                     f"stage_out_channels[{index}]={channels} must be at least 2 (a block squeezes to half of it)"
                 )
+        self.stage_plans  # noqa: B018 -- validates output_stride against the stem's stride
         return self
+
+    @property
+    def stage_plans(self) -> list[DilatedStage]:
+        """Stride, dilations and reduction of every stage after the stem, under ``output_stride``."""
+        stem_stride = self.stem_strides[0] * self.stem_strides[3] * self.stem_strides[4]
+        strides = [
+            stride if downsample else 1
+            for downsample, stride in zip(self.stage_downsample, self.stage_downsample_strides)
+        ]
+        return dilate_stages(strides, self.output_stride, stem_stride=stem_stride)
 
     @property
     def num_stages(self) -> int:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from backbones import Backbone
 from backbones.activations import make_activation
 from backbones.layers import CheckpointableLayer, check_pixel_channels, run_stem_and_stages
+from backbones.reparam import fuse_conv_bn
 
 from ._config import HGNetV2Config
 
@@ -39,8 +40,11 @@ class _ConvNorm(nn.Module):
     """Convolution (no bias), BatchNorm, then optionally an activation and a learnable affine.
 
     The affine (``lab``) exists only after an activation, as in transformers; without one the module
-    has no ``lab`` keys.
+    has no ``lab`` keys. :meth:`reparameterize` folds the BatchNorm into the convolution; the affine
+    follows the activation, so it stays.
     """
+
+    normalization: nn.Module | None
 
     def __init__(
         self,
@@ -51,6 +55,7 @@ class _ConvNorm(nn.Module):
         groups: int = 1,
         activation: str | None = "relu",
         affine: bool = False,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.convolution = nn.Conv2d(
@@ -58,7 +63,8 @@ class _ConvNorm(nn.Module):
             out_channels,
             kernel_size,
             stride=stride,
-            padding=(kernel_size - 1) // 2,
+            padding=dilation * (kernel_size - 1) // 2,
+            dilation=dilation,
             groups=groups,
             bias=False,
         )
@@ -67,8 +73,17 @@ class _ConvNorm(nn.Module):
         self.activation = make_activation(activation, inplace=True) if activation is not None else None
         self.lab = _LearnableAffine() if activation is not None and affine else None
 
+    def reparameterize(self) -> None:
+        """Fold the BatchNorm (or its frozen form) into the convolution, which gains a bias; in place."""
+        if self.normalization is None:
+            return
+        self.convolution = fuse_conv_bn(self.convolution, self.normalization)  # type: ignore[arg-type]
+        self.normalization = None
+
     def forward(self, hidden: Tensor) -> Tensor:
-        hidden = self.normalization(self.convolution(hidden))
+        hidden = self.convolution(hidden)
+        if self.normalization is not None:
+            hidden = self.normalization(hidden)
         if self.activation is not None:
             hidden = self.activation(hidden)
         if self.lab is not None:
@@ -79,10 +94,12 @@ class _ConvNorm(nn.Module):
 class _LightConv(nn.Module):
     """A 1x1 convolution without activation, then a depthwise ``k x k`` one (keys ``conv1``, ``conv2``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, affine: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, affine: bool, dilation: int = 1) -> None:
         super().__init__()
         self.conv1 = _ConvNorm(in_channels, out_channels, 1, activation=None, affine=affine)
-        self.conv2 = _ConvNorm(out_channels, out_channels, kernel_size, groups=out_channels, affine=affine)
+        self.conv2 = _ConvNorm(
+            out_channels, out_channels, kernel_size, groups=out_channels, affine=affine, dilation=dilation
+        )
 
     def forward(self, hidden: Tensor) -> Tensor:
         return self.conv2(self.conv1(hidden))
@@ -105,6 +122,7 @@ class _HGBlock(CheckpointableLayer):
         residual: bool,
         light: bool,
         affine: bool,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.residual = residual
@@ -112,9 +130,9 @@ class _HGBlock(CheckpointableLayer):
         for index in range(num_layers):
             source = in_channels if index == 0 else mid_channels
             if light:
-                layers.append(_LightConv(source, mid_channels, kernel_size, affine))
+                layers.append(_LightConv(source, mid_channels, kernel_size, affine, dilation))
             else:
-                layers.append(_ConvNorm(source, mid_channels, kernel_size, affine=affine))
+                layers.append(_ConvNorm(source, mid_channels, kernel_size, affine=affine, dilation=dilation))
         self.layers = nn.ModuleList(layers)
         concatenated = in_channels + num_layers * mid_channels
         self.aggregation = nn.Sequential(
@@ -135,21 +153,27 @@ class _HGBlock(CheckpointableLayer):
 
 
 class _Stage(nn.Module):
-    """An optional strided depthwise 3x3 convolution (``downsample``), then HG blocks (``blocks``)."""
+    """An optional strided depthwise 3x3 convolution (``downsample``), then HG blocks (``blocks``).
+
+    Past ``output_stride`` the downsampling convolution has stride 1 and the previous stage's dilation,
+    and the blocks' ``k x k`` convolutions the stage's dilation.
+    """
 
     def __init__(self, config: HGNetV2Config, index: int) -> None:
         super().__init__()
         in_channels = config.stage_in_channels[index]
         out_channels = config.stage_out_channels[index]
+        plan = config.stage_plans[index]
         # transformers' downsample never has an activation, hence never a learnable affine either.
         self.downsample = (
             _ConvNorm(
                 in_channels,
                 in_channels,
                 3,
-                stride=config.stage_downsample_strides[index],
+                stride=plan.stride,
                 groups=in_channels,
                 activation=None,
+                dilation=plan.first_dilation,
             )
             if config.stage_downsample[index]
             else None
@@ -164,6 +188,7 @@ class _Stage(nn.Module):
                 residual=block > 0,
                 light=config.stage_light_block[index],
                 affine=config.use_learnable_affine_block,
+                dilation=plan.dilation,
             )
             for block in range(config.stage_num_blocks[index])
         )
@@ -236,6 +261,7 @@ class HGNetV2Backbone(Backbone):
     """
 
     config_class = HGNetV2Config
+    lora_target_modules = ("aggregation.0.convolution", "aggregation.1.convolution", "conv1.convolution")
     freeze_at_extra_stages = 1  # D-FINE's HGNetv2: freeze_at = k freezes the stem and k + 1 stages
     # HGNetV2ForImageClassification keeps embedder/encoder at the top level; its head ("fc") goes unused.
     base_model_prefix = ""
@@ -250,10 +276,8 @@ class HGNetV2Backbone(Backbone):
         # The real widths: transformers reports [embedding_size, *hidden_sizes], which the hub's B0-B3
         # configs leave at defaults that are not the maps' widths.
         self.num_features = [config.stem_channels[2], *config.stage_out_channels]
-        reductions = [config.stem_strides[0] * config.stem_strides[3] * config.stem_strides[4]]
-        for downsample, stride in zip(config.stage_downsample, config.stage_downsample_strides):
-            reductions.append(reductions[-1] * (stride if downsample else 1))
-        self.reductions = reductions
+        stem_stride = config.stem_strides[0] * config.stem_strides[3] * config.stem_strides[4]
+        self.reductions = [stem_stride] + [plan.reduction for plan in config.stage_plans]
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:

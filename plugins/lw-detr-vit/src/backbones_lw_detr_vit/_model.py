@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import Backbone
+from backbones import Backbone, InputError
 from backbones.layers import CheckpointableLayer, check_pixel_channels, init_linear_and_norm_
 from backbones_vitdet.blocks import VitDetEmbeddings, VitDetMlp
 
@@ -149,6 +149,7 @@ class LwDetrViTBackbone(Backbone):
     """
 
     config_class = LwDetrViTConfig
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
     config: LwDetrViTConfig
     # transformers' base-model prefix; backbone checkpoints are unprefixed, the detector's sit under
     # ``model.backbone.backbone.`` (load them with checkpoint_prefix and config_key="backbone_config").
@@ -199,7 +200,7 @@ class LwDetrViTBackbone(Backbone):
         side = self.side
         if not torch.compiler.is_compiling() and (height % side or width % side):
             patch = self.config.patch_size
-            raise ValueError(
+            raise InputError(
                 f"a {pixel_values.shape[2]}x{pixel_values.shape[3]} input gives a {height}x{width} grid of "
                 f"{patch}-pixel patches, which does not split into sqrt(num_windows)={side} windows per side; "
                 f"use an input whose height and width are multiples of {side * patch} pixels (pad or resize it)"

@@ -53,6 +53,7 @@ class MaskFormerSwinBackbone(SwinBackbone):
     """
 
     config_class = MaskFormerSwinConfig
+    lora_target_modules = ("query", "key", "value", "output.dense", "intermediate.dense")
     base_model_prefix = "model"  # trunk prefix in MaskFormerSwinBackbone checkpoints; absent in MaskFormerSwinModel's
     ignored_checkpoint_keys = ()  # relative_position_index is a weight of this model
     reference_class_name = "MaskFormerSwinBackbone"

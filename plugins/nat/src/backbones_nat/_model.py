@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import init_linear_and_norm_, reselect_output_modules
+from backbones.layers import check_pixel_channels, init_linear_and_norm_, reselect_output_modules
 
 from ._config import NatConfig
 from .blocks import NatDownsampler, NatEmbeddings, NatLayer, NatLevel, NeighborhoodSelfAttention
@@ -98,6 +98,7 @@ class NatBackbone(Backbone):
     """
 
     config_class: ClassVar[type[NatConfig]] = NatConfig
+    lora_target_modules = ("query", "key", "value", "output.dense", "intermediate.dense")
     base_model_prefix = "nat"  # trunk prefix in NatForImageClassification checkpoints
     has_attentions = True
     reference_class_name = "NatBackbone"
@@ -141,6 +142,7 @@ class NatBackbone(Backbone):
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        check_pixel_channels(pixel_values, self.config.num_channels, self.reference_class_name.removesuffix("Backbone"))
         if output_attentions:
             # The reference returns the attentions of every stage; core only runs to the deepest selected one.
             last_stage = self.num_kept_stages - 1

@@ -270,6 +270,7 @@ class PvtV2Backbone(Backbone):
     """
 
     config_class: ClassVar[type[PvtV2Config]] = PvtV2Config
+    lora_target_modules = ("query", "key", "value", "attention.proj", "dense1", "dense2")
     base_model_prefix = "pvt_v2"  # trunk prefix in PvtV2ForImageClassification checkpoints
     has_attentions = True
     reference_class_name = "PvtV2Backbone"
@@ -281,7 +282,6 @@ class PvtV2Backbone(Backbone):
         self.encoder = PvtV2Encoder(config)
         self.num_features = list(config.hidden_sizes)
         self.reductions = config.stage_reductions
-        self.minimum_input_size = config.minimum_input_size
         self.post_init()
 
     def _stages(self) -> list[PvtV2Stage]:
@@ -304,13 +304,7 @@ class PvtV2Backbone(Backbone):
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
         check_pixel_channels(pixel_values, self.config.num_channels, "PVTv2")
-        height, width = pixel_values.shape[-2:]
-        if height < self.minimum_input_size or width < self.minimum_input_size:
-            raise ValueError(
-                f"pixel_values of {height}x{width} pixels is too small for this PVTv2: its spatial-reduction "
-                f"attention needs inputs of at least {self.minimum_input_size}x{self.minimum_input_size} "
-                "(config.minimum_input_size); resize or pad the images"
-            )
+        # Inputs smaller than config.minimum_input_size are refused by Backbone.forward.
         wanted = set(self.out_positions)
         maps: list[Tensor | None] = [None] * len(self.stage_names)
         hidden_states: list[Tensor] = []

@@ -10,8 +10,11 @@ from backbones import BackboneConfig
 from backbones.activations import ACTIVATIONS
 from backbones.validation import (
     ActivationName,
+    DilatedStage,
+    OutputStride,
     PositivePerStage,
     check_hidden_sizes_per_stage,
+    dilate_stages,
     numbered_stage_names,
 )
 
@@ -39,6 +42,10 @@ class ResNetConfig(BackboneConfig):
         downsample_in_first_stage: Halve the resolution in the first stage too (stride 2 instead of 1).
         downsample_in_bottleneck: In bottleneck blocks, put the stride on the first 1x1 convolution
             instead of the 3x3 one (the original paper's placement; torchvision's "v1.5" uses the 3x3).
+        output_stride: Largest stride of any stage, 8, 16 or 32 (the default: none dilated). Below 32, the
+            stages past it keep the resolution and dilate their 3x3 convolutions instead (DeepLab's rule,
+            timm's ``output_stride``); the weights are the same. Not a transformers field (transformers
+            keeps it as an unknown attribute of a saved config).
     """
 
     model_type: ClassVar[str] = "resnet"
@@ -51,6 +58,7 @@ class ResNetConfig(BackboneConfig):
     hidden_act: ActivationName = "relu"
     downsample_in_first_stage: bool = False
     downsample_in_bottleneck: bool = False
+    output_stride: OutputStride = 32
 
     @field_validator("layer_type")
     @classmethod
@@ -65,8 +73,15 @@ class ResNetConfig(BackboneConfig):
     @model_validator(mode="after")
     def _one_size_per_stage(self) -> ResNetConfig:
         check_hidden_sizes_per_stage(self.hidden_sizes, self.depths)
+        self.stage_plans  # noqa: B018 -- validates output_stride against the stem's stride
         return self
 
     @property
     def stage_names(self) -> list[str]:
         return numbered_stage_names(len(self.depths))
+
+    @property
+    def stage_plans(self) -> list[DilatedStage]:
+        """Stride, dilations and reduction of every stage after the stem (stem stride 4), under ``output_stride``."""
+        strides = [2 if self.downsample_in_first_stage else 1] + [2] * (len(self.depths) - 1)
+        return dilate_stages(strides, self.output_stride, stem_stride=4)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.layers import check_pixel_channels
+from backbones.validation import DilatedStage
 
 from ._config import ResNetConfig
 from .blocks import (
@@ -46,6 +47,7 @@ class ResNetBackbone(Backbone):
     """
 
     config_class = ResNetConfig
+    lora_target_modules = ("convolution",)
     base_model_prefix = "resnet"  # prefix of the trunk in ResNetForImageClassification checkpoints
     has_attentions = False
     reference_class_name = "ResNetBackbone"
@@ -57,30 +59,37 @@ class ResNetBackbone(Backbone):
             ConvNormLayer(config.num_channels, config.embedding_size, 7, 2, activation=config.hidden_act)
         )
         channels = [config.embedding_size, *config.hidden_sizes]
-        strides = [2 if config.downsample_in_first_stage else 1] + [2] * (len(config.depths) - 1)
+        plans = config.stage_plans
         self.encoder = ResNetEncoder(
             ResNetStage(
-                self._make_block(channels[index] if block == 0 else channels[index + 1], channels[index + 1], stride)
-                for block, stride in enumerate([strides[index]] + [1] * (depth - 1))
+                self._make_block(channels[index + 1] if block else channels[index], channels[index + 1], plan, block)
+                for block in range(depth)
             )
-            for index, depth in enumerate(config.depths)
+            for index, (depth, plan) in enumerate(zip(config.depths, plans))
         )
         self.num_features = [config.embedding_size, *config.hidden_sizes]
-        reductions = [4]
-        for index in range(len(config.depths)):
-            downsamples = index > 0 or config.downsample_in_first_stage
-            reductions.append(reductions[-1] * (2 if downsamples else 1))
-        self.reductions = reductions
+        self.reductions = [4] + [plan.reduction for plan in plans]
         self.post_init()
 
-    def _make_block(self, in_channels: int, out_channels: int, stride: int) -> ResidualBlock:
-        """One residual block of ``self.config``'s layer type (the activations inside stay ReLU; transformers
-        applies ``hidden_act`` to the block output only)."""
+    def _make_block(self, in_channels: int, out_channels: int, plan: DilatedStage, index: int) -> ResidualBlock:
+        """Block ``index`` of a stage planned by ``plan``, of ``self.config``'s layer type (the activations
+        inside stay ReLU; transformers applies ``hidden_act`` to the block output only). The first block
+        carries the stride, and its first 3x3 convolution the previous stage's dilation (timm's rule)."""
         config = self.config
+        stride = plan.stride if index == 0 else 1
+        first_dilation = plan.first_dilation if index == 0 else plan.dilation
         if config.layer_type == "basic":
-            layer = basic_layer(in_channels, out_channels, stride)
+            layer = basic_layer(
+                in_channels, out_channels, stride, dilation=plan.dilation, first_dilation=first_dilation
+            )
         else:
-            layer = bottleneck_layer(in_channels, out_channels, stride, stride_in_first=config.downsample_in_bottleneck)
+            layer = bottleneck_layer(
+                in_channels,
+                out_channels,
+                stride,
+                stride_in_first=config.downsample_in_bottleneck,
+                dilation=first_dilation,
+            )
         return ResidualBlock(layer, projection_shortcut(in_channels, out_channels, stride), config.hidden_act)
 
     def _init_weights(self, module: nn.Module) -> None:

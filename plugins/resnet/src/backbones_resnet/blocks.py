@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from backbones.activations import make_activation as build_activation
 from backbones.layers import CheckpointableLayer
+from backbones.reparam import fuse_conv_bn
 
 __all__ = [
     "ConvNormLayer",
@@ -43,13 +44,19 @@ def _make_activation(name: str) -> nn.Module:
 class ConvNormLayer(nn.Module):
     """Convolution without bias, BatchNorm, then an optional activation (keys ``convolution``, ``normalization``).
 
+    :meth:`reparameterize` folds the BatchNorm into the convolution for inference
+    (:class:`backbones.reparam.Reparameterizable`).
+
     Args:
         in_channels: Input channels.
         out_channels: Output channels.
-        kernel_size: Side of the square kernel; padded by ``kernel_size // 2`` (same size at stride 1).
+        kernel_size: Side of the square kernel; padded by ``dilation * (kernel_size // 2)`` (same size at stride 1).
         stride: Stride of the convolution.
         activation: Name of the activation after the norm, or ``None`` for none.
+        dilation: Dilation of the convolution (``output_stride`` below 32).
     """
+
+    normalization: nn.Module | None
 
     def __init__(
         self,
@@ -58,10 +65,18 @@ class ConvNormLayer(nn.Module):
         kernel_size: int,
         stride: int = 1,
         activation: str | None = "relu",
+        *,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.convolution = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=dilation * (kernel_size // 2),
+            dilation=dilation,
+            bias=False,
         )
         self.normalization = nn.BatchNorm2d(out_channels)
         # None rather than nn.Identity: one module call fewer per block, and the state dict is the same.
@@ -69,23 +84,50 @@ class ConvNormLayer(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         """``(B, in_channels, H, W)`` to ``(B, out_channels, H / stride, W / stride)``."""
-        hidden = self.normalization(self.convolution(hidden))
+        hidden = self.convolution(hidden)
+        if self.normalization is not None:
+            hidden = self.normalization(hidden)
         if self.activation is not None:
             hidden = self.activation(hidden)
         return hidden
 
+    def reparameterize(self) -> None:
+        """Fold the BatchNorm (or its frozen form) into the convolution, which gains a bias; in place."""
+        if self.normalization is None:
+            return
+        self.convolution = fuse_conv_bn(self.convolution, self.normalization)  # type: ignore[arg-type]
+        self.normalization = None
 
-def basic_layer(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+
+def basic_layer(
+    in_channels: int, out_channels: int, stride: int = 1, *, dilation: int = 1, first_dilation: int | None = None
+) -> nn.Sequential:
     """The residual branch of a basic block (ResNet-18/34): two 3x3 conv-norm layers, the second without
-    activation; the first carries the stride."""
+    activation; the first carries the stride.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        stride: Stride of the first convolution.
+        dilation: Dilation of the second convolution (and of the first unless ``first_dilation`` is given).
+        first_dilation: Dilation of the first convolution (in a dilated stage's first block, the previous
+            stage's dilation; see :func:`backbones.validation.dilate_stages`).
+    """
+    first = dilation if first_dilation is None else first_dilation
     return nn.Sequential(
-        ConvNormLayer(in_channels, out_channels, 3, stride),
-        ConvNormLayer(out_channels, out_channels, 3, activation=None),
+        ConvNormLayer(in_channels, out_channels, 3, stride, dilation=first),
+        ConvNormLayer(out_channels, out_channels, 3, activation=None, dilation=dilation),
     )
 
 
 def bottleneck_layer(
-    in_channels: int, out_channels: int, stride: int = 1, *, reduction: int = 4, stride_in_first: bool = False
+    in_channels: int,
+    out_channels: int,
+    stride: int = 1,
+    *,
+    reduction: int = 4,
+    stride_in_first: bool = False,
+    dilation: int = 1,
 ) -> nn.Sequential:
     """The residual branch of a bottleneck block (ResNet-50 and deeper): 1x1, 3x3, 1x1 conv-norm layers with a
     ``reduction`` times narrower middle, the last without activation.
@@ -97,11 +139,12 @@ def bottleneck_layer(
         reduction: ``out_channels // reduction`` is the middle width.
         stride_in_first: Put the stride on the first 1x1 convolution (transformers'
             ``downsample_in_bottleneck``) instead of the 3x3 one.
+        dilation: Dilation of the 3x3 convolution (``output_stride`` below 32).
     """
     middle = out_channels // reduction
     return nn.Sequential(
         ConvNormLayer(in_channels, middle, 1, stride if stride_in_first else 1),
-        ConvNormLayer(middle, middle, 3, 1 if stride_in_first else stride),
+        ConvNormLayer(middle, middle, 3, 1 if stride_in_first else stride, dilation=dilation),
         ConvNormLayer(middle, out_channels, 1, activation=None),
     )
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import Backbone
+from backbones import Backbone, InputError
 from backbones.layers import CheckpointableLayer, drop_path
 from backbones_dinov2.blocks import Dinov2Embeddings, LayerScale, Mlp
 
@@ -171,6 +171,7 @@ class RfDetrDinov2Backbone(Backbone):
     """
 
     config_class: ClassVar[type[RfDetrDinov2Config]] = RfDetrDinov2Config
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "gate_proj", "up_proj", "down_proj")
     config: RfDetrDinov2Config
     # RF-DETR detector checkpoints (the original ones, and transformers' files of RfDetrForObjectDetection)
     # name the projections as DINOv2 did.
@@ -219,12 +220,12 @@ class RfDetrDinov2Backbone(Backbone):
         elif isinstance(module, LayerScale):
             nn.init.constant_(module.lambda1, self.config.layerscale_value)
 
-    def _check_grid(self, height: int, width: int) -> None:
+    def _check_grid(self, pixel_values: Tensor, height: int, width: int) -> None:
         windows = self.num_windows
         if windows > 1 and not torch.compiler.is_compiling() and (height % windows or width % windows):
             patch = self.config.patch_size
-            raise ValueError(
-                f"the input's {height}x{width} grid of patches does not divide into num_windows={windows} windows "
+            raise InputError(
+                f"a {pixel_values.shape[2]}x{pixel_values.shape[3]} input's {height}x{width} grid of patches does not divide into num_windows={windows} windows "
                 f"per side; use an image whose height and width are multiples of patch_size * num_windows = "
                 f"{patch * windows} pixels (RF-DETR runs at e.g. 560x560), or set num_windows=1"
             )
@@ -250,7 +251,7 @@ class RfDetrDinov2Backbone(Backbone):
         hidden_states: list[Tensor] = []
         attentions: list[Tensor] = []
         tokens, height, width = self.embeddings(pixel_values)
-        self._check_grid(height, width)
+        self._check_grid(pixel_values, height, width)
         if self.num_windows > 1:
             tokens = _partition(tokens, height, width, self.num_windows)
         tokens = F.dropout(tokens, self.embedding_dropout, self.training)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.layers import check_pixel_channels, run_stem_and_stages
+from backbones.validation import DilatedStage
 from backbones_resnet.blocks import (
     ConvNormLayer,
     ResidualBlock,
@@ -43,35 +44,56 @@ class _HalvingAvgPool(nn.Module):
         return F.avg_pool2d(F.pad(hidden, (0, 1, 0, 1), mode="replicate"), 2, 2)
 
 
-def _pooled_projection(in_channels: int, out_channels: int) -> nn.Sequential:
-    """ResNet-vd's downsampling shortcut: a 2x2 stride-2 average-pool, then a 1x1 projection (keys
-    ``1.convolution``, ``1.normalization``), instead of a strided 1x1 convolution that skips 3 of 4 pixels."""
-    return nn.Sequential(_HalvingAvgPool(), ConvNormLayer(in_channels, out_channels, 1, activation=None))
+class _DilatedAvgPool(nn.Module):
+    """The 2x2 average-pool of a shortcut in a dilated stage (``output_stride`` below 32): stride 1, the
+    input zero-padded by one row and column at the bottom and right, the zeros counted (timm's
+    ``AvgPool2dSame`` in its dilated ResNet-D shortcuts), so the map keeps its size."""
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return F.avg_pool2d(F.pad(hidden, (0, 1, 0, 1)), 2, 1)
 
 
-def _first_block(config: RTDetrResNetConfig, in_channels: int, out_channels: int, stride: int) -> ResidualBlock:
-    """The first block of a stage, the only one that may change width or resolution."""
+def _pooled_projection(in_channels: int, out_channels: int, *, dilated: bool = False) -> nn.Sequential:
+    """ResNet-vd's downsampling shortcut: a 2x2 stride-2 average-pool (stride 1 in a dilated stage), then a
+    1x1 projection (keys ``1.convolution``, ``1.normalization``), instead of a strided 1x1 convolution that
+    skips 3 of 4 pixels."""
+    pool = _DilatedAvgPool() if dilated else _HalvingAvgPool()
+    return nn.Sequential(pool, ConvNormLayer(in_channels, out_channels, 1, activation=None))
+
+
+def _first_block(config: RTDetrResNetConfig, in_channels: int, out_channels: int, plan: DilatedStage) -> ResidualBlock:
+    """The first block of a stage, the only one that may change width or resolution. In a dilated stage the
+    stride is 1 and the shortcut's pool keeps the resolution (timm's ResNet-D rule)."""
     shortcut: nn.Module | None
+    stride, dilated = plan.stride, plan.dilation > 1
     if config.layer_type == "basic":
-        layer = basic_layer(in_channels, out_channels, stride)
+        layer = basic_layer(
+            in_channels, out_channels, stride, dilation=plan.dilation, first_dilation=plan.first_dilation
+        )
         # RT-DETR's basic stages always project in their first block, even when nothing changes.
         if in_channels != out_channels:
-            shortcut = _pooled_projection(in_channels, out_channels)
+            shortcut = _pooled_projection(in_channels, out_channels, dilated=dilated)
         else:
             shortcut = ConvNormLayer(in_channels, out_channels, 1, stride, activation=None)
     else:
-        layer = bottleneck_layer(in_channels, out_channels, stride, stride_in_first=config.downsample_in_bottleneck)
-        if stride != 1:
-            shortcut = _pooled_projection(in_channels, out_channels)
+        layer = bottleneck_layer(
+            in_channels,
+            out_channels,
+            stride,
+            stride_in_first=config.downsample_in_bottleneck,
+            dilation=plan.first_dilation,
+        )
+        if stride != 1 or dilated:
+            shortcut = _pooled_projection(in_channels, out_channels, dilated=dilated)
         else:
             shortcut = projection_shortcut(in_channels, out_channels)
     return ResidualBlock(layer, shortcut, config.hidden_act)
 
 
-def _later_block(config: RTDetrResNetConfig, channels: int) -> ResidualBlock:
+def _later_block(config: RTDetrResNetConfig, channels: int, dilation: int) -> ResidualBlock:
     if config.layer_type == "basic":
-        return ResidualBlock(basic_layer(channels, channels), None, config.hidden_act)
-    layer = bottleneck_layer(channels, channels, stride_in_first=config.downsample_in_bottleneck)
+        return ResidualBlock(basic_layer(channels, channels, dilation=dilation), None, config.hidden_act)
+    layer = bottleneck_layer(channels, channels, stride_in_first=config.downsample_in_bottleneck, dilation=dilation)
     return ResidualBlock(layer, None, config.hidden_act)
 
 
@@ -102,6 +124,7 @@ class RTDetrResNetBackbone(Backbone):
     """
 
     config_class = RTDetrResNetConfig
+    lora_target_modules = ("convolution",)
     base_model_prefix = "resnet"
     has_attentions = False
     reference_class_name = "RTDetrResNetBackbone"
@@ -111,21 +134,18 @@ class RTDetrResNetBackbone(Backbone):
         super().__init__(config)
         self.embedder = ResNetEmbeddings(_deep_stem(config))
         channels = [config.embedding_size, *config.hidden_sizes]
-        strides = [2 if config.downsample_in_first_stage else 1] + [2] * (len(config.depths) - 1)
+        plans = config.stage_plans
         self.encoder = ResNetEncoder(
             ResNetStage(
                 [
-                    _first_block(config, channels[index], channels[index + 1], strides[index]),
-                    *(_later_block(config, channels[index + 1]) for _ in range(depth - 1)),
+                    _first_block(config, channels[index], channels[index + 1], plan),
+                    *(_later_block(config, channels[index + 1], plan.dilation) for _ in range(depth - 1)),
                 ]
             )
-            for index, depth in enumerate(config.depths)
+            for index, (depth, plan) in enumerate(zip(config.depths, plans))
         )
         self.num_features = channels
-        reductions = [4]
-        for stride in strides:
-            reductions.append(reductions[-1] * stride)
-        self.reductions = reductions
+        self.reductions = [4] + [plan.reduction for plan in plans]
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:

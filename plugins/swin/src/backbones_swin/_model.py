@@ -50,6 +50,7 @@ class SwinBackbone(Backbone):
     """
 
     config_class: ClassVar[type[SwinFamilyConfig]] = SwinConfig
+    lora_target_modules = ("query", "key", "value", "output.dense", "intermediate.dense")
     base_model_prefix = "swin"  # trunk prefix in SwinForImageClassification checkpoints
     has_attentions = True
     # Saved by transformers before 5.x; recomputed from window_size here.

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, drop_path
+from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path
 
 __all__ = [
     "SHIFT_MASK_VALUE",
@@ -244,6 +244,9 @@ class SwinEmbeddings(nn.Module):
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """``(B, num_channels, H, W)`` pixels to the channels-last patch embeddings."""
+        projection = self.patch_embeddings.projection
+        assert isinstance(projection, nn.Conv2d)
+        check_pixel_channels(pixel_values, projection.in_channels, "Swin")
         patch = self.patch_size
         height, width = pixel_values.shape[-2:]
         # Zero-pad to whole patches (bottom and right), as transformers does. Written as "round up to a

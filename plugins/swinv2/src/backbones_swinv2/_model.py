@@ -194,6 +194,7 @@ class Swinv2Backbone(SwinBackbone):
     """
 
     config_class = Swinv2Config
+    lora_target_modules = ("query", "key", "value", "output.dense", "intermediate.dense")
     base_model_prefix = "swinv2"  # trunk prefix in Swinv2ForImageClassification checkpoints
     # Derived from the window sizes; some converted checkpoints hold them.
     ignored_checkpoint_keys = (r"relative_position_index$", r"relative_coords_table$")

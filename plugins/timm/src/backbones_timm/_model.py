@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from backbones import Backbone, BackboneType
+from backbones.layers import check_pixel_channels
 
 from ._config import TimmBackboneConfig
 from ._timm import create_timm_model, feature_dicts, freeze_batch_norm_2d
@@ -69,6 +70,7 @@ class TimmBackbone(Backbone):
     """
 
     config_class = TimmBackboneConfig
+    lora_target_modules = ("qkv", "proj", "fc1", "fc2", "conv2", "conv3", "conv_pw", "conv_pwl")
     has_attentions = False
     reference_class_name = "TimmBackbone"
     backbone_type = BackboneType.TIMM
@@ -143,12 +145,7 @@ class TimmBackbone(Backbone):
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        expected = self.config.num_channels
-        if pixel_values.shape[1] != expected:
-            raise ValueError(
-                f"pixel_values has {pixel_values.shape[1]} channels but this timm backbone expects {expected} "
-                "(config.num_channels); convert the images or build the backbone with num_channels set"
-            )
+        check_pixel_channels(pixel_values, self.config.num_channels, "timm backbone")
         wanted = list(range(last_stage + 1)) if output_hidden_states else self.out_positions
         maps: list[Tensor | None] = [None] * len(self.stage_names)
         if self._runner == "modules":
@@ -351,6 +348,34 @@ class TimmBackbone(Backbone):
         self.freeze_batch_norm_2d()
         return count
 
+    # -- inference folding ----------------------------------------------------------------------------
+
+    def reparameterize(self) -> int:
+        """Fold the timm model for inference with timm's own ``reparameterize_model``, in place.
+
+        timm's helper replaces every module with a ``fuse()`` by its result and calls ``reparameterize()``
+        or ``switch_to_deploy()`` on the others (RepVGG, MobileOne, RepGhost, FastViT, ... branches and
+        their BatchNorms). Models with none of them (ResNet, ConvNeXt) are left as they are. As for every
+        backbone, the model is put in evaluation mode first and cannot train or be saved afterwards.
+
+        Returns:
+            How many timm modules were folded.
+        """
+        from timm.utils import reparameterize_model
+
+        self.eval()
+        count = sum(_folds(module) for module in self._backbone.modules())
+        reparameterize_model(self._backbone, inplace=True)
+        self._reparameterized = True
+        return count
+
+    reparameterize._backbones_walks = True  # type: ignore[attr-defined]
+
+    @property
+    def supports_reparameterize(self) -> bool:
+        """Whether timm's ``reparameterize_model`` has anything to fold in this model."""
+        return any(_folds(module) for module in self._backbone.modules())
+
     # -- weights --------------------------------------------------------------------------------------
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -423,3 +448,8 @@ def _parameter_group(owner: nn.Module, names: list[str]) -> _ParameterGroup:
         group = _ParameterGroup(owner, names)
         owner.__dict__["_backbones_parameter_group"] = group
     return group
+
+
+def _folds(module: nn.Module) -> bool:
+    """Whether timm's ``reparameterize_model`` acts on ``module`` (the methods it looks for)."""
+    return any(callable(getattr(module, name, None)) for name in ("fuse", "reparameterize", "switch_to_deploy"))

@@ -41,6 +41,7 @@ class VitDetBackbone(Backbone):
     """
 
     config_class = VitDetConfig
+    lora_target_modules = ("qkv", "proj", "fc1", "fc2")
     config: VitDetConfig
     # transformers' prefix for the trunk; VitDetModel and VitDetBackbone checkpoints are both unprefixed.
     base_model_prefix = "vitdet"

@@ -8,7 +8,7 @@ from pydantic import field_validator
 from torch import Tensor, nn
 
 from backbones import Backbone, BackboneConfig
-from backbones.layers import CheckpointableLayer
+from backbones.layers import CheckpointableLayer, check_pixel_channels
 
 
 class ToyNetConfig(BackboneConfig):
@@ -62,6 +62,7 @@ class ToyNetBackbone(Backbone):
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ):
+        check_pixel_channels(pixel_values, self.config.num_channels, "ToyNet")
         hidden = self.stem(pixel_values)
         maps: list[Tensor | None] = [hidden]
         for stage in self.stages[:last_stage]:

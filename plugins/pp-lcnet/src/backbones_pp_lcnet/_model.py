@@ -1,0 +1,369 @@
+"""PP-LCNet, PP-LCNetV3 and PP-LCNetV4 backbones (PaddlePaddle's lightweight CPU networks).
+
+Paper: PP-LCNet: A Lightweight CPU Convolutional Neural Network, https://arxiv.org/abs/2109.15099. V3 and
+V4 are the backbones of PP-OCRv5 / PP-OCRv6 (https://github.com/PaddlePaddle/PaddleOCR).
+
+Module attribute names are the checkpoint's key names: they reproduce transformers' ``PPLCNetBackbone``,
+``PPLCNetV3Backbone`` and ``PPLCNetV4Backbone`` state dicts (``encoder.convolution.convolution.weight``,
+``encoder.blocks.4.layers.0.depthwise_convolution.conv_symmetric.2.normalization.running_var``, ...), so
+their checkpoints load unchanged and ours load into them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backbones import Backbone
+from backbones.layers import CheckpointableLayer, check_pixel_channels, run_stem_and_stages
+
+from ._config import PPLCNetConfig, PPLCNetV3Config, PPLCNetV4Config, Stride, stride_pair
+from .blocks import ConvNormLayer, LearnableAffine, LearnableRepLayer, SqueezeExcitation
+
+__all__ = ["PPLCNetBackbone", "PPLCNetV3Backbone", "PPLCNetV4Backbone"]
+
+
+def _reductions(first: tuple[int, int], strides: list[list[Stride]]) -> list[tuple[int, int]]:
+    """``(height, width)`` stride of the stem (``first``) and of every stage (its blocks' ``strides``)."""
+    out = [first]
+    for stage in strides:
+        height, width = out[-1]
+        for stride in stage:
+            step_h, step_w = stride_pair(stride)
+            height, width = height * step_h, width * step_w
+        out.append((height, width))
+    return out
+
+
+# -- PP-LCNet and V3 ----------------------------------------------------------------------------------
+
+
+class _DepthwiseSeparable(CheckpointableLayer):
+    """Depthwise ``k x k`` conv-BN-act, optional squeeze-excitation, pointwise conv-BN-act (PP-LCNet)."""
+
+    def __init__(self, config: PPLCNetConfig, block: list[Any]) -> None:
+        super().__init__()
+        kernel, in_channels, out_channels, stride, use_se = block
+        width_in, width_out = config.width(in_channels), config.width(out_channels)
+        act = config.hidden_act
+        self.depthwise_convolution = ConvNormLayer(
+            width_in,
+            width_in,
+            kernel,
+            stride,
+            groups=width_in,
+            activation=act,
+        )
+        self.squeeze_excitation_module = SqueezeExcitation(width_in, config.reduction) if use_se else nn.Identity()
+        self.pointwise_convolution = ConvNormLayer(width_in, width_out, 1, activation=act)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        hidden = self.depthwise_convolution(hidden)
+        hidden = self.squeeze_excitation_module(hidden)
+        return self.pointwise_convolution(hidden)
+
+
+class _RepDepthwiseSeparable(CheckpointableLayer):
+    """PP-LCNetV3's block: the depthwise and the pointwise convolution are :class:`LearnableRepLayer`."""
+
+    def __init__(self, config: PPLCNetV3Config, block: list[Any]) -> None:
+        super().__init__()
+        kernel, in_channels, out_channels, stride, use_se = block
+        width_in, width_out = config.width(in_channels), config.width(out_channels)
+        branches, act = config.conv_symmetric_num, config.hidden_act
+        self.depthwise_convolution = LearnableRepLayer(
+            width_in,
+            width_in,
+            kernel,
+            stride,
+            branches,
+            act,
+            groups=width_in,
+        )
+        self.squeeze_excitation_module = SqueezeExcitation(width_in, config.reduction) if use_se else nn.Identity()
+        self.pointwise_convolution = LearnableRepLayer(width_in, width_out, 1, 1, branches, act)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        hidden = self.depthwise_convolution(hidden)
+        hidden = self.squeeze_excitation_module(hidden)
+        return self.pointwise_convolution(hidden)
+
+
+class _Stage(nn.Module):
+    """The blocks of one stage (key ``layers``)."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return hidden
+
+
+class _Encoder(nn.Module):
+    """Holds the stem (``convolution``) and the stages (``blocks``) under the checkpoint's ``encoder.`` keys."""
+
+    def __init__(self, stem: nn.Module, stages: list[nn.Module]) -> None:
+        super().__init__()
+        self.convolution = stem
+        self.blocks = nn.ModuleList(stages)
+
+
+class _LCNetBackbone(Backbone):
+    """What the three versions share: stem + stages under ``encoder``, transformers' initialisation."""
+
+    base_model_prefix = ""
+    has_attentions = False
+    model_name = "PP-LCNet"
+    num_channels: int
+    encoder: _Encoder
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module`` as transformers' PreTrainedModel does for these models."""
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            module.reset_running_stats()
+        elif isinstance(module, LearnableAffine):
+            nn.init.ones_(module.scale)
+            nn.init.zeros_(module.bias)
+
+    def _forward_features(
+        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        check_pixel_channels(pixel_values, self.num_channels, self.model_name)
+        return run_stem_and_stages(
+            self.encoder.convolution,
+            self.encoder.blocks,
+            pixel_values,
+            last_stage=last_stage,
+            num_stages=len(self.stage_names),
+            output_hidden_states=output_hidden_states,
+        )
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """The stem (``encoder.convolution``) for position 0, else ``encoder.blocks[position - 1]``."""
+        return [self.encoder.convolution] if position == 0 else [self.encoder.blocks[position - 1]]
+
+    def _prune_stages(self, last_stage: int) -> None:
+        del self.encoder.blocks[last_stage:]
+
+    def _set_reductions(self, pairs: list[tuple[int, int]]) -> None:
+        self.reductions_hw = pairs
+        # One number per stage for the API: the height stride (the width stride differs only where a
+        # text-recognition config halves the height alone; reductions_hw has both).
+        self.reductions = [height for height, _ in pairs]
+
+
+class PPLCNetBackbone(_LCNetBackbone):
+    """PP-LCNet feature extractor with transformers-compatible state-dict keys.
+
+    Stage 0 (``"stem"``) is the stem convolution's output; stage ``i`` the output of stage ``i``'s blocks. A
+    forward runs only up to the deepest requested stage. :meth:`reparameterize` folds every BatchNorm into
+    its convolution for inference.
+
+    Args:
+        config: The architecture and the output selection.
+
+    Example:
+        >>> model = PPLCNetBackbone(PPLCNetConfig(out_indices=[3, 4, 5])).eval()  # doctest: +SKIP
+        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
+        [128, 256, 512]
+    """
+
+    config_class = PPLCNetConfig
+    reference_class_name = "PPLCNetBackbone"
+    lora_target_modules = ("pointwise_convolution.convolution",)
+    config: PPLCNetConfig
+
+    def __init__(self, config: PPLCNetConfig) -> None:
+        super().__init__(config)
+        self.num_channels = config.num_channels
+        stem = ConvNormLayer(
+            config.num_channels, config.stem_width, 3, config.stem_stride, activation=config.hidden_act
+        )
+        stages: list[nn.Module] = [
+            _Stage([_DepthwiseSeparable(config, block) for block in blocks]) for blocks in config.block_configs
+        ]
+        self.encoder = _Encoder(stem, stages)
+        self.num_features = [config.stem_width, *(config.width(blocks[-1][2]) for blocks in config.block_configs)]
+        strides = [[block[3] for block in blocks] for blocks in config.block_configs]
+        self._set_reductions(_reductions(stride_pair(config.stem_stride), strides))
+        self.post_init()
+
+
+class PPLCNetV3Backbone(_LCNetBackbone):
+    """PP-LCNetV3 feature extractor with transformers-compatible state-dict keys.
+
+    The stages of :class:`PPLCNetBackbone`, with reparameterisable blocks (see
+    :class:`~backbones_pp_lcnet.blocks.LearnableRepLayer`): :meth:`reparameterize` folds each block's
+    branches and BatchNorms into one depthwise and one pointwise convolution.
+
+    Args:
+        config: The architecture and the output selection.
+
+    Example:
+        >>> model = PPLCNetV3Backbone(PPLCNetV3Config(out_indices=[2, 3, 4, 5])).eval()  # doctest: +SKIP
+        >>> model.reparameterize()  # doctest: +SKIP
+        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 640, 640)).feature_maps]  # doctest: +SKIP
+        [64, 128, 256, 512]
+    """
+
+    config_class = PPLCNetV3Config
+    reference_class_name = "PPLCNetV3Backbone"
+    # The first k x k (here 1x1) branch of every pointwise layer: the dense convolutions.
+    lora_target_modules = ("pointwise_convolution.conv_symmetric.0.convolution",)
+    model_name = "PP-LCNetV3"
+    config: PPLCNetV3Config
+
+    def __init__(self, config: PPLCNetV3Config) -> None:
+        super().__init__(config)
+        self.num_channels = config.num_channels
+        stem = ConvNormLayer(config.num_channels, config.stem_width, 3, config.stem_stride)
+        stages: list[nn.Module] = [
+            _Stage([_RepDepthwiseSeparable(config, block) for block in blocks]) for blocks in config.block_configs
+        ]
+        self.encoder = _Encoder(stem, stages)
+        self.num_features = [config.stem_width, *(config.width(blocks[-1][2]) for blocks in config.block_configs)]
+        strides = [[block[3] for block in blocks] for blocks in config.block_configs]
+        self._set_reductions(_reductions(stride_pair(config.stem_stride), strides))
+        self.post_init()
+
+
+# -- PP-LCNetV4 ----------------------------------------------------------------------------------------
+
+
+class _LargeStem(nn.Module):
+    """HGNet's stem: ``stem1`` (3x3), then its right/bottom-padded output through a stride-1 2x2 max-pool
+    beside ``stem2a`` -> pad -> ``stem2b`` (two 2x2 convolutions), concatenated, then ``stem3`` (3x3) and
+    ``stem4`` (1x1)."""
+
+    def __init__(self, config: PPLCNetV4Config) -> None:
+        super().__init__()
+        _, middle, out = config.stem_channels
+        strides, act, affine = config.stem_strides, config.hidden_act, config.use_learnable_affine_block
+
+        def layer(in_channels: int, out_channels: int, kernel: int, stride: Stride) -> ConvNormLayer:
+            padding = (kernel - 1) // 2
+            return ConvNormLayer(
+                in_channels, out_channels, kernel, stride, activation=act, padding=padding, affine=affine
+            )
+
+        self.stem1 = layer(config.num_channels, middle, 3, strides[0])
+        self.stem2a = layer(middle, middle // 2, 2, strides[1])
+        self.stem2b = layer(middle // 2, middle, 2, strides[2])
+        self.stem3 = layer(middle * 2, middle, 3, strides[3])
+        self.stem4 = layer(middle, out, 1, strides[4])
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=1)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        # One pixel of zero padding right and bottom keeps the 2x2 windows at the input's size.
+        hidden = F.pad(self.stem1(pixel_values), (0, 1, 0, 1))
+        branch = self.stem2b(F.pad(self.stem2a(hidden), (0, 1, 0, 1)))
+        hidden = torch.cat([self.pool(hidden), branch], dim=1)
+        return self.stem4(self.stem3(hidden))
+
+
+class _SmallStem(nn.Module):
+    """Two stride-2 3x3 conv-BN layers with a GELU between (``conv1``, ``conv2``)."""
+
+    def __init__(self, config: PPLCNetV4Config) -> None:
+        super().__init__()
+        _, middle, out = config.stem_channels
+        self.conv1 = ConvNormLayer(config.num_channels, middle, 3, 2)
+        self.act_fn = nn.GELU()
+        self.conv2 = ConvNormLayer(middle, out, 3, 2)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.conv2(self.act_fn(self.conv1(pixel_values)))
+
+
+class _V4Block(CheckpointableLayer):
+    """PP-LCNetV4's block: depthwise token mixer, optional squeeze-excitation, then a 1x1 (x2) - GELU - 1x1
+    channel mixer, with a residual over the channel mixer where the block keeps its shape.
+
+    The token mixer of a shape-keeping block is one convolution with a bias (PaddleOCR's RepDW, stored
+    folded in the checkpoints); a strided or widening block's is depthwise conv-BN.
+    """
+
+    def __init__(self, config: PPLCNetV4Config, block: list[Any]) -> None:
+        super().__init__()
+        kernel, in_channels, out_channels, stride, use_se = block
+        self.has_residual = in_channels == out_channels and stride == 1
+        self.token_conv: nn.Module
+        if self.has_residual:
+            self.token_conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, groups=in_channels)
+        else:
+            self.token_conv = ConvNormLayer(in_channels, in_channels, kernel, stride, groups=in_channels)
+        self.token_squeeze_excitation = SqueezeExcitation(in_channels, config.reduction) if use_se else nn.Identity()
+        self.channel_conv1 = ConvNormLayer(in_channels, in_channels * 2, 1)
+        self.channel_act_fn = nn.GELU()
+        self.channel_conv2 = ConvNormLayer(in_channels * 2, out_channels, 1)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        hidden = self.token_squeeze_excitation(self.token_conv(hidden))
+        out = self.channel_conv2(self.channel_act_fn(self.channel_conv1(hidden)))
+        return hidden + out if self.has_residual else out
+
+
+class _V4Stage(nn.Module):
+    """The blocks of one PP-LCNetV4 stage (key ``blocks``)."""
+
+    def __init__(self, config: PPLCNetV4Config, index: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_V4Block(config, block) for block in config.block_configs[index])
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        for block in self.blocks:
+            hidden = block(hidden)
+        return hidden
+
+
+class PPLCNetV4Backbone(_LCNetBackbone):
+    """PP-LCNetV4 feature extractor with transformers-compatible state-dict keys.
+
+    Stage 0 (``"stem"``) is the stem's output; stage ``i`` the output of stage ``i``'s blocks.
+    :meth:`reparameterize` folds every BatchNorm into its convolution for inference.
+
+    Args:
+        config: The architecture and the output selection.
+
+    Example:
+        >>> model = PPLCNetV4Backbone(PPLCNetV4Config(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
+        >>> [tuple(fmap.shape[1:]) for fmap in model(torch.randn(1, 3, 48, 320)).feature_maps]  # doctest: +SKIP
+        [(96, 12, 80), (96, 12, 80), (192, 6, 80), (384, 3, 80)]
+    """
+
+    config_class = PPLCNetV4Config
+    reference_class_name = "PPLCNetV4Backbone"
+    lora_target_modules = ("channel_conv1.convolution", "channel_conv2.convolution")
+    model_name = "PP-LCNetV4"
+    config: PPLCNetV4Config
+
+    def __init__(self, config: PPLCNetV4Config) -> None:
+        super().__init__(config)
+        self.num_channels = config.num_channels
+        stem: nn.Module
+        if config.stem_type == "large":
+            stem = _LargeStem(config)
+            first = (1, 1)
+            for index in (0, 3, 4):
+                step = stride_pair(config.stem_strides[index])
+                first = (first[0] * step[0], first[1] * step[1])
+        else:
+            stem, first = _SmallStem(config), (4, 4)
+        stages: list[nn.Module] = [_V4Stage(config, index) for index in range(len(config.block_configs))]
+        self.encoder = _Encoder(stem, stages)
+        self.num_features = [config.stem_channels[2], *config.stage_out_channels]
+        strides = [[block[3] for block in blocks] for blocks in config.block_configs]
+        self._set_reductions(_reductions(first, strides))
+        self.post_init()

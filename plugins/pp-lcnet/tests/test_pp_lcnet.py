@@ -1,0 +1,301 @@
+"""Tests of the pp_lcnet model type: the conformance kit, parity with transformers 5.23, real sizes, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+from safetensors import safe_open
+
+from backbones import AutoBackbone, ConfigError
+from backbones.testing import BackboneConformance, TransformersParity, assert_parity, randomize_weights_
+from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
+from backbones_pp_lcnet import SCALES, PPLCNetBackbone, PPLCNetConfig
+
+# Five stages as the real network, a few thousand parameters: a 5x5 kernel, squeeze-excitation in the last two
+# stages, a stage that keeps the width, strides 1 and 2.
+SMALL: dict[str, Any] = {
+    "stem_channels": 8,
+    "block_configs": [
+        [[3, 8, 8, 1, False]],
+        [[3, 8, 16, 2, False]],
+        [[3, 16, 16, 2, False], [5, 16, 16, 1, False]],
+        [[3, 16, 24, 2, True]],
+        [[5, 24, 32, 2, True], [3, 32, 32, 1, False]],
+    ],
+}
+ALL_STAGES = [0, 1, 2, 3, 4, 5]
+
+
+def pixels(height: int = 64, width: int = 48, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
+
+
+# -- conformance ------------------------------------------------------------------------------------
+
+
+class TestConformance(BackboneConformance):
+    model_type = "pp_lcnet"
+    # 50 and 38 are not multiples of the strides, so the rounding is really exercised.
+    input_sizes = ((64, 64), (50, 38))
+    # Every convolution pads by kernel // 2: a stage of stride s is ceil(size / s) wide.
+    spatial_rounding = "ceil"
+    # Padding is static, so any size exports; from the deepest stride (32) + 1 on, every map is 2 pixels or more
+    # (torch.export specialises a size of 1, which broadcasts).
+    export_range = (33, 4096)
+    channel_error_name = "PP-LCNet"
+    bad_config_value = ("scale", 0, r"scale=0 must be a positive number")
+
+    def make_config(self, **overrides: Any) -> PPLCNetConfig:
+        return PPLCNetConfig(**SMALL, **overrides)
+
+
+# -- parity with transformers -----------------------------------------------------------------------
+
+
+class TestPPLCNetParity(TransformersParity):
+    config_class, backbone_class = PPLCNetConfig, PPLCNetBackbone
+    reference_task_class = "PPLCNetForImageClassification"
+    config = SMALL
+    # 224: the ImageNet training size of the PP-LCNet classifiers; 50x38 exercises the ceil rounding.
+    input_sizes = ((224, 224), (50, 38))
+    batch_size = 1
+    out_indices = ((1, 2, 3, 4), (2,), (-1,), (0, 1, 2, 3, 4, 5))
+    hidden_state_count = 6
+    hidden_state_shapes = (
+        (1, 8, 112, 112),
+        (1, 8, 112, 112),
+        (1, 16, 56, 56),
+        (1, 16, 28, 28),
+        (1, 24, 14, 14),
+        (1, 32, 7, 7),
+    )
+    task_out_indices = (1, 2, 3, 4)
+    task_unused_keys = ("head.bias", "head.weight", "last_convolution.weight")
+    round_trip_out_indices = (0, 2, 5)
+
+
+class TestScaledParity(TestPPLCNetParity):
+    """A width multiplier whose widths round (x0.75: 6 -> 8, 12 -> 16, 18 -> 24), ReLU, a stride-1 stem."""
+
+    variants = {"scaled-relu": {"scale": 0.75, "hidden_act": "relu", "stem_stride": 1}}
+    out_indices = ((1, 2, 3, 4), (-1,))
+    hidden_state_shapes = (
+        (1, 8, 224, 224),
+        (1, 8, 224, 224),
+        (1, 16, 112, 112),
+        (1, 16, 56, 56),
+        (1, 24, 28, 28),
+        (1, 24, 14, 14),
+    )
+    # transformers reports int(width * scale) as the channels of a saved model, not the maps' widths.
+    reference_reports_channels = False
+
+
+def test_scaled_channels_are_the_real_widths() -> None:
+    # transformers reports [stem_channels, int(out_channels * scale), ...]; the maps have the rounded widths.
+    options = {**SMALL, "scale": 0.35, "out_indices": ALL_STAGES}
+    reference = transformers.PPLCNetBackbone(transformers.PPLCNetConfig(**options)).eval()
+    model = PPLCNetBackbone(PPLCNetConfig(**options)).eval()
+    with torch.no_grad():
+        maps = reference(pixels()).feature_maps
+    assert [fmap.shape[1] for fmap in maps] == model.channels == [8, 8, 8, 8, 8, 16]
+    assert reference.channels == [8, 2, 5, 5, 8, 11]
+
+
+# -- SLANet's backbone --------------------------------------------------------------------------------
+
+SLANET_PREFIX = "backbone.vision_backbone."
+
+
+@pytest.fixture(scope="module")
+def slanet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """A small SLANet table recogniser on a PP-LCNet, randomised and saved by transformers."""
+    backbone = transformers.PPLCNetConfig(**SMALL, out_indices=[2, 3, 4, 5])
+    config = transformers.SLANetConfig(backbone_config=backbone, out_channels=12, hidden_size=16, max_text_length=4)
+    model = randomize_weights_(transformers.SLANetForTableRecognition(config)).eval()
+    directory = tmp_path_factory.mktemp("slanet")
+    model.save_pretrained(directory)
+    return model, directory
+
+
+def test_slanet_checkpoint_loads_with_prefix(slanet_checkpoint: tuple[Any, Path]) -> None:
+    table_model, directory = slanet_checkpoint
+    model, report = AutoBackbone.from_pretrained(
+        directory, checkpoint_prefix=SLANET_PREFIX, config_key="backbone_config", output_loading_info=True
+    )
+    assert isinstance(model, PPLCNetBackbone)
+    assert model.out_indices == [2, 3, 4, 5]  # the selection saved in backbone_config
+    assert report.missing_keys == []
+    with safe_open(directory / "model.safetensors", "pt") as handle:
+        saved = list(handle.keys())
+    outside = sorted(key for key in saved if not key.startswith(SLANET_PREFIX))
+    assert report.unused_keys == outside
+    assert len(outside) > 20  # the CSP-PAN neck and the table head
+    trunk = table_model.backbone.vision_backbone
+    for size in ((488, 488), (64, 48)):  # SLANet's training size, and another
+        batch = pixels(*size, batch=1)
+        with torch.no_grad():
+            assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
+
+
+# -- transformers' config.json in, ours out ---------------------------------------------------------
+
+
+def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
+    reference = transformers.PPLCNetConfig(**SMALL, scale=0.5, divisor=4, out_features=["stage2", "stage5"])
+    reference.save_pretrained(tmp_path)
+    config = PPLCNetConfig.from_pretrained(tmp_path)
+    assert config.out_features == ["stage2", "stage5"] and config.out_indices == [2, 5]
+    assert (config.scale, config.divisor, config.block_configs) == (0.5, 4, SMALL["block_configs"])
+    assert config.unknown_fields() == {}
+    out = tmp_path / "ours"
+    config.save_pretrained(out)
+    back = transformers.PPLCNetConfig.from_pretrained(out)
+    assert back.stage_names == config.stage_names and back.depths == [1, 1, 2, 1, 2]
+    assert back.out_features == ["stage2", "stage5"]
+    assert (back.scale, back.divisor, back.block_configs) == (0.5, 4, SMALL["block_configs"])
+
+
+# -- real sizes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_every_published_scale_builds_at_real_size(scale: float) -> None:
+    with torch.device("meta"):
+        model = PPLCNetBackbone(PPLCNetConfig(scale=scale, out_indices=ALL_STAGES))
+        reference = transformers.PPLCNetBackbone(transformers.PPLCNetConfig(scale=scale, out_indices=ALL_STAGES))
+        maps = model(torch.empty(1, 3, 224, 224)).feature_maps
+    ours = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    assert ours == {name: tuple(tensor.shape) for name, tensor in reference.state_dict().items()}
+    # The real widths, read off transformers' BatchNorms: the stem's, and each stage's last pointwise one.
+    widths = [ours["encoder.convolution.normalization.weight"][0]] + [
+        ours[f"encoder.blocks.{stage}.layers.{depth - 1}.pointwise_convolution.normalization.weight"][0]
+        for stage, depth in enumerate((1, 2, 2, 6, 2))
+    ]
+    assert [tuple(fmap.shape) for fmap in maps] == [
+        (1, widths[0], 112, 112),
+        (1, widths[1], 112, 112),
+        (1, widths[2], 56, 56),
+        (1, widths[3], 28, 28),
+        (1, widths[4], 14, 14),
+        (1, widths[5], 7, 7),
+    ]
+    assert model.channels == widths and model.out_reductions == [2, 2, 4, 8, 16, 32]
+
+
+def test_default_config_shapes_at_224() -> None:
+    model = PPLCNetBackbone(PPLCNetConfig(out_indices=ALL_STAGES)).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
+    assert [tuple(fmap.shape) for fmap in maps] == [
+        (1, 16, 112, 112),
+        (1, 32, 112, 112),
+        (1, 64, 56, 56),
+        (1, 128, 28, 28),
+        (1, 256, 14, 14),
+        (1, 512, 7, 7),
+    ]
+    # The trunk of PP-LCNet x1.0 (the paper's 3.0M parameters include the 1280-wide head and classifier).
+    assert sum(parameter.numel() for parameter in model.parameters()) == 1_016_160
+
+
+# -- behaviour --------------------------------------------------------------------------------------
+
+
+def test_forward_stops_at_the_deepest_requested_stage() -> None:
+    model = PPLCNetBackbone(PPLCNetConfig(**SMALL, out_indices=[2])).eval()
+    assert_runs_up_to_deepest_selected_stage(model, model.encoder.blocks, pixels())
+
+
+def test_rectangular_strides_halve_the_height_only() -> None:
+    blocks = [[list(block) for block in stage] for stage in SMALL["block_configs"]]
+    blocks[3][0][3] = [2, 1]
+    blocks[4][0][3] = [2, 1]
+    options = {**SMALL, "block_configs": blocks, "out_indices": ALL_STAGES}
+    model = PPLCNetBackbone(PPLCNetConfig(**options)).eval()
+    reference = randomize_weights_(transformers.PPLCNetBackbone(transformers.PPLCNetConfig(**options))).eval()
+    model.load_state_dict(reference.state_dict())
+    batch = pixels(32, 96)
+    with torch.no_grad():
+        maps = model(batch).feature_maps
+        assert_parity(maps, reference(batch).feature_maps)
+    assert model.reductions_hw == [(2, 2), (2, 2), (4, 4), (8, 8), (16, 8), (32, 8)]
+    assert [tuple(fmap.shape[2:]) for fmap in maps] == [(16, 48), (16, 48), (8, 24), (4, 12), (2, 12), (1, 12)]
+    assert model.reductions == [2, 2, 4, 8, 16, 32]
+
+
+# -- config errors ----------------------------------------------------------------------------------
+
+
+def _blocks_with(stage: int, index: int, position: int, value: Any) -> list[list[list[Any]]]:
+    blocks = [[list(block) for block in entries] for entries in SMALL["block_configs"]]
+    blocks[stage][index][position] = value
+    return blocks
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"scale": 0}, r"scale=0 must be a positive number \(the width multiplier; the published models use 0.25"),
+        ({"scale": -0.5}, r"scale=-0.5 must be a positive number"),
+        (
+            {"block_configs": SMALL["block_configs"][:4]},
+            r"block_configs must have 5 stages \(one list of blocks each\), got 4",
+        ),
+        (
+            {"block_configs": [*SMALL["block_configs"][:4], []]},
+            r"block_configs\[4\] must be a non-empty list of blocks",
+        ),
+        (
+            {"block_configs": _blocks_with(2, 1, 0, 4)},
+            r"block_configs\[2\]\[1\]: kernel_size=4 must be odd \(3, 5, ...\)",
+        ),
+        (
+            {"block_configs": _blocks_with(2, 0, 1, 24)},
+            r"block_configs\[2\]\[0\]: in_channels=24 is 24 channels at scale=1.0 and divisor=8, but "
+            r"block_configs\[1\]\[0\] \(out_channels=16\) gives 16",
+        ),
+        (
+            {"block_configs": _blocks_with(0, 0, 1, 16)},
+            r"block_configs\[0\]\[0\]: in_channels=16 is 16 channels .* but stem_channels=8 gives 8",
+        ),
+        (
+            {"block_configs": _blocks_with(1, 0, 3, 0)},
+            r"block_configs\[1\]\[0\]: stride=0 must be a positive int or a \[height, width\] pair",
+        ),
+        (
+            {"block_configs": _blocks_with(1, 0, 3, [2, 1, 1])},
+            r"stride=\[2, 1, 1\] must be a positive int or a \[height, width\] pair",
+        ),
+        (
+            {"block_configs": _blocks_with(1, 0, 4, "yes")},
+            r"block_configs\[1\]\[0\]: use_squeeze_excitation='yes' must be true or false",
+        ),
+        ({"block_configs": _blocks_with(1, 0, 1, 0)}, r"block_configs\[1\]\[0\]: in_channels=0 must be a positive int"),
+        (
+            {"reduction": 32},
+            r"block_configs\[3\]\[0\]: its squeeze-excitation squeezes 16 channels by reduction=32 to none",
+        ),
+        ({"divisor": 0}, r"divisor=0 must be a positive int"),
+        ({"stem_stride": [2]}, r"stem_stride=\[2\] must be a positive int or a \[height, width\] pair"),
+        ({"hidden_act": "swishy"}, r"hidden_act 'swishy' is not supported"),
+    ],
+)
+def test_bad_configs_name_the_field(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PPLCNetConfig(**{**SMALL, **overrides})
+
+
+def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
+    PPLCNetConfig(**SMALL).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    data["block_configs"][2][1][0] = 2
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"invalid backbone config in .*config.json: .*kernel_size=2 must be odd"):
+        AutoBackbone.from_pretrained(tmp_path)

@@ -1,0 +1,244 @@
+"""Tests of the pp_lcnet_v3 model type: the conformance kit, parity with transformers 5.23 (the backbone and the
+PP-OCRv5 mobile detector and recogniser that hold it), real sizes, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+from safetensors import safe_open
+
+from backbones import AutoBackbone, ConfigError
+from backbones.testing import BackboneConformance, TransformersParity, assert_parity, randomize_weights_
+from backbones_pp_lcnet import SCALES, PPLCNetV3Backbone, PPLCNetV3Config
+
+BLOCKS: list[list[list[Any]]] = [
+    [[3, 8, 8, 1, False]],
+    [[3, 8, 16, 2, False]],
+    [[3, 16, 16, 2, False], [5, 16, 16, 1, False]],
+    [[3, 16, 24, 2, True]],
+    [[5, 24, 32, 2, True], [3, 32, 32, 1, False]],
+]
+# Five stages as the real network: 3x3 and 5x5 depthwise layers with and without the identity branch, pointwise
+# layers that keep or change the width, squeeze-excitation, two k x k branches per layer.
+SMALL: dict[str, Any] = {"stem_channels": 8, "block_configs": BLOCKS, "conv_symmetric_num": 2}
+# PP-OCRv5's recogniser halves only the height in its last stages.
+REC_BLOCKS = [[list(block) for block in stage] for stage in BLOCKS]
+REC_BLOCKS[3][0][3] = [2, 1]
+REC_BLOCKS[4][0][3] = [2, 1]
+ALL_STAGES = [0, 1, 2, 3, 4, 5]
+DETECTOR_PREFIX = "model.backbone."
+
+
+def pixels(height: int = 64, width: int = 48, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
+
+
+# -- conformance ------------------------------------------------------------------------------------
+
+
+class TestConformance(BackboneConformance):
+    model_type = "pp_lcnet_v3"
+    input_sizes = ((64, 64), (50, 38))
+    spatial_rounding = "ceil"  # every convolution pads by kernel // 2
+    # Any size exports; from the deepest stride (32) + 1 on every map is 2 pixels or more (a size of 1 broadcasts,
+    # which torch.export specialises).
+    export_range = (33, 4096)
+    channel_error_name = "PP-LCNetV3"
+    bad_config_value = ("conv_symmetric_num", 0, r"conv_symmetric_num=0 must be at least 1")
+
+    def make_config(self, **overrides: Any) -> PPLCNetV3Config:
+        return PPLCNetV3Config(**SMALL, **overrides)
+
+
+# -- parity with transformers -----------------------------------------------------------------------
+
+
+class TestPPLCNetV3Parity(TransformersParity):
+    config_class, backbone_class = PPLCNetV3Config, PPLCNetV3Backbone
+    config = SMALL
+    variants = {
+        "plain": {},
+        # One k x k branch, ReLU, and PP-OCRv5's divisor of 16 (8 -> 16 wide).
+        "one-branch-relu-divisor16": {"conv_symmetric_num": 1, "hidden_act": "relu", "divisor": 16},
+    }
+    # 640: PP-OCRv5's detection size; 50x38 exercises the ceil rounding.
+    input_sizes = ((640, 640), (50, 38))
+    batch_size = 1
+    out_indices = ((1, 2, 3, 4), (2,), (-1,), (0, 1, 2, 3, 4, 5))
+    selection_variants = ("plain",)
+    hidden_state_count = 6
+    round_trip_out_indices = (0, 2, 5)
+    round_trip_variants = ("plain",)  # transformers reports stem_channels as the stem's width, not 16
+
+
+class TestRecognitionParity(TestPPLCNetV3Parity):
+    """The recogniser's layout: height-only strides in the last two stages, at its 48x320 input."""
+
+    variants = {"rec": {"block_configs": REC_BLOCKS}}
+    input_sizes = ((48, 320), (32, 100))
+    out_indices = ((1, 2, 3, 4), (-1,))
+    hidden_state_shapes = (
+        (1, 8, 24, 160),
+        (1, 8, 24, 160),
+        (1, 16, 12, 80),
+        (1, 16, 6, 40),
+        (1, 24, 3, 40),
+        (1, 32, 2, 40),
+    )
+    round_trip_variants = ("rec",)
+
+
+def test_unrun_affine_of_a_strided_layer_is_kept_but_not_trained() -> None:
+    # transformers' stride-2 layers hold an activation affine they never run; its keys load and save, untrained.
+    model = PPLCNetV3Backbone(PPLCNetV3Config(**SMALL))
+    layer = model.encoder.blocks[1].layers[0].depthwise_convolution
+    assert not layer.activated
+    assert [name for name, _ in layer.act.named_buffers()] == ["lab.scale", "lab.bias"]
+    assert list(layer.act.parameters()) == []
+    key = "encoder.blocks.1.layers.0.depthwise_convolution.act.lab.scale"
+    assert key in model.state_dict() and key not in dict(model.named_parameters())
+
+
+def test_recognition_reductions() -> None:
+    model = PPLCNetV3Backbone(PPLCNetV3Config(**{**SMALL, "block_configs": REC_BLOCKS}))
+    assert model.reductions_hw == [(2, 2), (2, 2), (4, 4), (8, 8), (16, 8), (32, 8)]
+    assert model.reductions == [2, 2, 4, 8, 16, 32]
+
+
+# -- the PP-OCRv5 models' backbone ------------------------------------------------------------------
+
+
+def _detector() -> Any:
+    backbone = transformers.PPLCNetV3Config(**SMALL, out_indices=[2, 3, 4, 5])
+    config = transformers.PPOCRV5MobileDetConfig(backbone_config=backbone, neck_out_channels=16)
+    return transformers.PPOCRV5MobileDetForObjectDetection(config)
+
+
+def _recogniser() -> Any:
+    backbone = transformers.PPLCNetV3Config(**{**SMALL, "block_configs": REC_BLOCKS}, out_indices=[5])
+    config = transformers.PPOCRV5MobileRecConfig(
+        backbone_config=backbone, hidden_size=16, head_out_channels=10, num_attention_heads=2, depth=1
+    )
+    return transformers.PPOCRV5MobileRecForTextRecognition(config)
+
+
+@pytest.mark.parametrize(
+    ("build", "selection", "sizes"),
+    [(_detector, [2, 3, 4, 5], ((640, 640), (64, 48))), (_recogniser, [5], ((48, 320), (32, 100)))],
+    ids=["PPOCRV5MobileDetForObjectDetection", "PPOCRV5MobileRecForTextRecognition"],
+)
+def test_ocr_checkpoint_loads_with_prefix(
+    tmp_path: Path, build: Any, selection: list[int], sizes: tuple[tuple[int, int], ...]
+) -> None:
+    task = randomize_weights_(build()).eval()
+    task.save_pretrained(tmp_path)
+    model, report = AutoBackbone.from_pretrained(
+        tmp_path, checkpoint_prefix=DETECTOR_PREFIX, config_key="backbone_config", output_loading_info=True
+    )
+    assert isinstance(model, PPLCNetV3Backbone)
+    assert model.out_indices == selection  # the selection saved in backbone_config
+    assert report.missing_keys == []
+    with safe_open(tmp_path / "model.safetensors", "pt") as handle:
+        saved = list(handle.keys())
+    outside = sorted(key for key in saved if not key.startswith(DETECTOR_PREFIX))
+    assert report.unused_keys == outside
+    assert len(outside) > 10  # the neck and the head
+    trunk = task.model.backbone
+    for size in sizes:
+        batch = pixels(*size, batch=1)
+        with torch.no_grad():
+            assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
+
+
+# -- transformers' config.json in, ours out ---------------------------------------------------------
+
+
+def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
+    reference = transformers.PPLCNetV3Config(**SMALL, scale=0.75, divisor=16, out_features=["stage2", "stage5"])
+    reference.save_pretrained(tmp_path)
+    config = PPLCNetV3Config.from_pretrained(tmp_path)
+    assert config.out_features == ["stage2", "stage5"] and config.out_indices == [2, 5]
+    assert (config.scale, config.divisor, config.conv_symmetric_num) == (0.75, 16, 2)
+    assert config.unknown_fields() == {}
+    out = tmp_path / "ours"
+    config.save_pretrained(out)
+    back = transformers.PPLCNetV3Config.from_pretrained(out)
+    assert back.stage_names == config.stage_names and back.out_features == ["stage2", "stage5"]
+    assert (back.scale, back.divisor, back.conv_symmetric_num, back.block_configs) == (0.75, 16, 2, BLOCKS)
+
+
+# -- real sizes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("scale", "divisor"), [(scale, 8) for scale in SCALES] + [(0.75, 16)])
+def test_every_scale_builds_at_real_size(scale: float, divisor: int) -> None:
+    options = {"scale": scale, "divisor": divisor, "out_indices": ALL_STAGES}
+    with torch.device("meta"):
+        model = PPLCNetV3Backbone(PPLCNetV3Config(**options))
+        reference = transformers.PPLCNetV3Backbone(transformers.PPLCNetV3Config(**options))
+        maps = model(torch.empty(1, 3, 640, 640)).feature_maps
+    ours = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    assert ours == {name: tuple(tensor.shape) for name, tensor in reference.state_dict().items()}
+    # The real widths, read off the BatchNorms: the stem's, and each stage's last pointwise branch's.
+    widths = [ours["encoder.convolution.normalization.weight"][0]] + [
+        ours[f"encoder.blocks.{stage}.layers.{depth - 1}.pointwise_convolution.conv_symmetric.0.normalization.weight"][
+            0
+        ]
+        for stage, depth in enumerate((1, 2, 2, 5, 4))
+    ]
+    sides = (320, 320, 160, 80, 40, 20)
+    assert [tuple(fmap.shape) for fmap in maps] == [(1, width, side, side) for width, side in zip(widths, sides)]
+    assert model.channels == widths
+
+
+def test_default_config_shapes_at_640() -> None:
+    model = PPLCNetV3Backbone(PPLCNetV3Config(out_indices=ALL_STAGES)).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 640, 640)).feature_maps
+    assert [tuple(fmap.shape) for fmap in maps] == [
+        (1, 16, 320, 320),
+        (1, 32, 320, 320),
+        (1, 64, 160, 160),
+        (1, 128, 80, 80),
+        (1, 256, 40, 40),
+        (1, 512, 20, 20),
+    ]
+
+
+# -- config errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"conv_symmetric_num": 0}, r"conv_symmetric_num=0 must be at least 1: a pointwise layer"),
+        ({"scale": 0.0}, r"scale=0.0 must be a positive number \(the width multiplier"),
+        ({"scale": "big"}, r"scale='big' must be a positive number"),
+        ({"block_configs": BLOCKS[:3]}, r"block_configs must have 5 stages \(one list of blocks each\), got 3"),
+        (
+            {"stem_channels": 16},
+            r"block_configs\[0\]\[0\]: in_channels=8 is 8 channels .* but stem_channels=16 gives 16",
+        ),
+        ({"divisor": -8}, r"divisor=-8 must be a positive int"),
+    ],
+)
+def test_bad_configs_name_the_field(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PPLCNetV3Config(**{**SMALL, **overrides})
+
+
+def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
+    PPLCNetV3Config(**SMALL).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    data["block_configs"][4][0][3] = [2, 0]
+    path.write_text(json.dumps(data))
+    with pytest.raises(
+        ConfigError, match=r"config.json: .*block_configs\[4\]\[0\]: stride=\[2, 0\] must be a positive"
+    ):
+        AutoBackbone.from_pretrained(tmp_path)

@@ -1,0 +1,120 @@
+"""Sapiens2 checkpoints' image processor through AutoImageProcessor, against transformers 5.23's.
+
+transformers has only a torchvision-backed ``Sapiens2ImageProcessor`` (no PIL class): it resizes the 8-bit image
+with torchvision, and this plugin's class (core's pipeline) with Pillow. Upscaled images agree to float rounding;
+downscaled ones differ in a few pixels by one 8-bit level (1/255 before normalising), the two libraries' rounding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from backbones import AutoImageProcessor, ConfigError
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("torchvision")
+Image = pytest.importorskip("PIL.Image")
+
+from backbones_sapiens2 import Sapiens2ImageProcessor  # noqa: E402 -- after the skips
+
+# facebook/sapiens2-seg-0.4b's preprocessor_config.json (transformers' class defaults written out), with a 64x48
+# size instead of 1024x768.
+PREPROCESSOR: dict[str, Any] = {
+    "do_normalize": True,
+    "do_pad": False,
+    "do_reduce_labels": False,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_processor_type": "Sapiens2ImageProcessor",
+    "image_std": [0.229, 0.224, 0.225],
+    "keypoint_heatmap_downscale_factor": 4,
+    "keypoint_heatmap_sigma": 6.0,
+    "resample": 2,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"height": 64, "width": 48},
+}
+# One 8-bit level after normalising by the smallest std.
+ONE_LEVEL = 1 / 255 / 0.224 + 1e-5
+
+
+def _images() -> list[Any]:
+    rng = np.random.default_rng(0)
+    # Downscaled (97 x 131, 200 x 150) and upscaled (30 x 20), as the checkpoints' users feed them.
+    shapes = ((97, 131, 3), (200, 150, 3), (30, 20, 3))
+    return [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in shapes]
+
+
+def _compare(ours: Any, oracle: Any, size: tuple[int, int]) -> list[float]:
+    worst = []
+    for image in _images():
+        theirs = oracle(image, return_tensors="pt")["pixel_values"]
+        mine = ours(image, return_tensors="pt")["pixel_values"]
+        assert mine.shape == theirs.shape == (1, 3, *size)
+        difference = (mine - theirs).abs()
+        assert difference.max().item() <= ONE_LEVEL, difference.max()
+        assert (difference > 1e-5).float().mean().item() < 0.05  # Pillow's and torchvision's rounding, rarely
+        worst.append(difference.max().item())
+    return worst
+
+
+@pytest.mark.parametrize("variant", ["as saved", "no type named", "only the type and size"])
+def test_checkpoint_processor_matches_transformers(tmp_path: Path, variant: str) -> None:
+    data = dict(PREPROCESSOR)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "sapiens2"}))
+    if variant == "no type named":
+        del data["image_processor_type"]  # the plugin's declared fallback applies
+    elif variant == "only the type and size":
+        data = {"image_processor_type": "Sapiens2ImageProcessor", "size": PREPROCESSOR["size"]}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
+    ours = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(ours, Sapiens2ImageProcessor)
+    assert ours.image_processor_type == "Sapiens2ImageProcessor"
+    assert ours.describe() == (
+        "channels as given, resize to 64x48 (bilinear), scale to [0, 1], "
+        "normalise with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"
+    )
+    oracle = transformers.Sapiens2ImageProcessor(size=PREPROCESSOR["size"])
+    worst = _compare(ours, oracle, (64, 48))
+    assert worst[2] < 1e-5  # upscaling: the same to float rounding
+
+
+def test_padded_resize_matches_transformers(tmp_path: Path) -> None:
+    """The normal and pointmap checkpoints' ``do_pad``: fit inside the size keeping the aspect ratio, then pad."""
+    data = {**PREPROCESSOR, "do_pad": True}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
+    ours = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(ours, Sapiens2ImageProcessor) and ours.do_pad
+    assert ours.describe() == (
+        "channels as given, resize into 64x48 (bilinear) keeping the aspect ratio, pad with zeros to 64x48, "
+        "scale to [0, 1], normalise with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"
+    )
+    oracle = transformers.Sapiens2ImageProcessor(size=PREPROCESSOR["size"], do_pad=True)
+    _compare(ours, oracle, (64, 48))
+    # A 97x131 image fits as 35x48 (rounded down): 14 rows of padding above it, 15 below.
+    (pixels,) = ours(_images()[0], return_tensors="pt")["pixel_values"]
+    padding = torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]).view(3, 1, 1)
+    assert torch.allclose(pixels[:, :14], padding.expand(3, 14, 48))
+    assert torch.allclose(pixels[:, -15:], padding.expand(3, 15, 48))
+    assert not torch.allclose(pixels[:, 14:15], padding.expand(3, 1, 48))
+
+
+def test_processor_defaults_are_transformers_defaults() -> None:
+    ours, oracle = Sapiens2ImageProcessor(), transformers.Sapiens2ImageProcessor()
+    assert ours.size == dict(oracle.size) == {"height": 1024, "width": 768}
+    assert ours.resample == int(oracle.resample) == 2
+    assert ours.image_mean == tuple(oracle.image_mean) and ours.image_std == tuple(oracle.image_std)
+    assert ours.do_pad is oracle.do_pad is False and ours.do_convert_rgb is False
+
+
+def test_padding_needs_a_fixed_size() -> None:
+    with pytest.raises(ConfigError, match=r"do_pad \(resize into size keeping the aspect ratio, then pad\) needs size"):
+        Sapiens2ImageProcessor(size={"shortest_edge": 64}, do_pad=True)
+    with pytest.raises(ConfigError, match=r"do_pad='yes' must be true or false"):
+        Sapiens2ImageProcessor(do_pad="yes")  # type: ignore[arg-type]

@@ -1,0 +1,414 @@
+"""Tests of backbones-tipsv2: the conformance kit, parity with transformers (Tipsv2VisionBackbone,
+Tipsv2VisionModel and Tipsv2Model checkpoints, both model types), the prefix tokens, the bilinear position
+resampling, the image processor, config errors, a default-size shape check on the meta device."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image
+from safetensors import safe_open
+
+from backbones import AutoBackbone, AutoBackboneConfig, AutoImageProcessor, Backbone, ConfigError
+from backbones.testing import (
+    BackboneConformance,
+    TransformersParity,
+    assert_parity,
+    feature_map_loss,
+    randomize_weights_,
+)
+from backbones_tipsv2 import Tipsv2ImageProcessor, Tipsv2VisionBackbone, Tipsv2VisionConfig
+
+TINY: dict[str, Any] = {
+    "hidden_size": 16,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "num_register_tokens": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+# Parity: four layers, a 4x4 grid of pre-training positions, one register (as the released checkpoints).
+SMALL: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_register_tokens": 1,
+    "image_size": 32,
+    "patch_size": 8,
+}
+TEXT: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "vocab_size": 40,
+}
+TINY_TEXT = {**TEXT, "hidden_size": 16, "num_attention_heads": 2}  # its width is the vision tower's
+# The training size (positions as stored), a larger non-square size (rows and columns upsampled), a size whose
+# rows are downsampled (where antialiasing changes the table), and a size that is no multiple of the patch.
+SIZES = ((32, 32), (48, 40), (24, 40), (42, 59))
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "backbones_tipsv2"
+
+
+def pixels(height: int = 48, width: int = 40, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
+
+
+# -- conformance ------------------------------------------------------------------------------------
+
+
+class TestTipsv2Conformance(BackboneConformance):
+    model_type = "tipsv2_vision_model"
+    input_sizes = ((32, 32), (48, 40), (24, 40))
+    # The patch projection is a stride-p convolution without padding: a map is size // p wide.
+    spatial_rounding = "floor"
+
+    def make_config(self, **overrides: Any) -> Tipsv2VisionConfig:
+        return Tipsv2VisionConfig(**TINY, **overrides)
+
+
+class TestTipsv2SwiGLUConformance(TestTipsv2Conformance):
+    deployment_checks = False  # the stem and the layers' graph are the same as above
+
+    def make_config(self, **overrides: Any) -> Tipsv2VisionConfig:
+        return Tipsv2VisionConfig(**TINY, use_swiglu_ffn=True, apply_layernorm=False, **overrides)
+
+
+# -- parity with transformers -----------------------------------------------------------------------
+
+PLAIN = "no-layernorm-silu-no-qkv-bias-no-registers"
+# Our parameter names (transformers' file names) to transformers' in-memory names; the fused projections
+# (qkv, w12) are compared with transformers' split ones, concatenated.
+KEY_RENAMES = (
+    (r"^cls_token$", "embeddings.cls_token"),
+    (r"^register_tokens$", "embeddings.register_tokens"),
+    (r"^pos_embed$", "embeddings.position_embeddings"),
+    (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
+    (r"^blocks\.", "encoder.layer."),
+    (r"\.attn\.proj\.", ".attention.o_proj."),
+    (r"\.ls1\.gamma$", ".layer_scale1.lambda1"),
+    (r"\.ls2\.gamma$", ".layer_scale2.lambda1"),
+    (r"\.mlp\.c_fc\.", ".mlp.fc1."),
+    (r"\.mlp\.c_proj\.", ".mlp.fc2."),
+    (r"\.mlp\.w3\.", ".mlp.down_proj."),
+    (r"^norm\.", "layernorm."),
+)
+FUSED = {
+    ".attn.qkv.": (".attention.q_proj.", ".attention.k_proj.", ".attention.v_proj."),
+    ".mlp.w12.": (".mlp.gate_proj.", ".mlp.up_proj."),
+}
+
+
+class TestTipsv2Parity(TransformersParity):
+    config_class = Tipsv2VisionConfig
+    backbone_class = Tipsv2VisionBackbone
+    reference_task_class = "Tipsv2VisionModel"
+    config = SMALL
+    variants = {
+        "mlp": {},
+        "swiglu": {"use_swiglu_ffn": True, "mlp_ratio": 2.5},
+        PLAIN: {"apply_layernorm": False, "hidden_act": "silu", "qkv_bias": False, "num_register_tokens": 0},
+    }
+    input_sizes = SIZES
+    out_indices = ((0, 1, 2, 3, 4), (1, 2, 3, 4), (2,), (-1,))
+    backbone_prefix = ""  # the keys match as they are
+    hidden_state_count = 5
+    compare_attentions = True
+    task_variants = ("mlp", "swiglu")
+    task_out_indices = (0, 2, 4)
+    task_unused_keys = ("mask_token",)
+    task_prefix = ""
+    round_trip_out_indices = (0, 2, 4)
+    key_renames = KEY_RENAMES
+
+    @staticmethod
+    def _plain(variant: str) -> bool:
+        return variant == PLAIN
+
+    def expected_backbone_unused(self, variant: str, model: Backbone) -> list[str]:
+        # The mask token only serves masked pre-training; without apply_layernorm the final norm is never
+        # applied: the backbone builds neither.
+        return ["mask_token", "norm.bias", "norm.weight"] if self._plain(variant) else ["mask_token"]
+
+    def expected_round_trip_missing(self, variant: str) -> list[str]:
+        unbuilt = ["layernorm.bias", "layernorm.weight"] if self._plain(variant) else []
+        return sorted(["embeddings.mask_token", *unbuilt])
+
+    def test_token_and_attention_shapes(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        """Hidden states are the raw token sequences (class token, 1 register, then 6x5 patches at 48x40)."""
+        directory, _ = self.reference_checkpoint("mlp", tmp_path_factory)
+        model = AutoBackbone.from_pretrained(directory, out_indices=[1])
+        with torch.no_grad():
+            output = model(self.pixels((48, 40)), output_hidden_states=True, output_attentions=True)
+        assert [tuple(state.shape) for state in output.hidden_states] == [(2, 1 + 1 + 30, 32)] * 5
+        assert [tuple(weights.shape) for weights in output.attentions] == [(2, 4, 32, 32)] * 4
+
+    def test_prefix_tokens_match_transformers(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        """``prefix_tokens`` are the class token and the register (TIPSv2's two image embeddings) of
+        transformers' hidden states, through the final norm."""
+        directory, reference = self.reference_checkpoint("mlp", tmp_path_factory)
+        model = AutoBackbone.from_pretrained(directory, out_indices=[0, 2, 4])
+        inputs = self.pixels((48, 40))
+        with torch.no_grad():
+            output = model(inputs, output_prefix_tokens=True)
+            states = reference(inputs, output_hidden_states=True).hidden_states
+            expected = [reference.layernorm(states[index])[:, :2] for index in (0, 2, 4)]
+        assert [tuple(tokens.shape) for tokens in output.prefix_tokens] == [(2, 2, 32)] * 3
+        assert_parity(output.prefix_tokens, expected, self.tolerance)
+
+    def test_token_sequences_without_reshape(self, tmp_path: Path) -> None:
+        """Without reshape_hidden_states a map is the whole normalised sequence, class token and register too."""
+        reference = self.reference_model("Tipsv2VisionBackbone", "mlp", reshape_hidden_states=False, out_indices=[0, 4])
+        reference.save_pretrained(tmp_path)
+        model = AutoBackbone.from_pretrained(tmp_path)
+        for size in self.input_sizes:
+            inputs = self.pixels(size)
+            with torch.no_grad():
+                ours, theirs = model(inputs).feature_maps, reference(inputs).feature_maps
+            tokens = 2 + (size[0] // 8) * (size[1] // 8)
+            assert [tuple(fmap.shape) for fmap in ours] == [(2, tokens, 32)] * 2
+            assert_parity(ours, theirs, self.tolerance)
+
+    @pytest.mark.parametrize("variant", ["mlp", "swiglu"])
+    def test_full_model_checkpoint_loads_the_vision_tower(self, tmp_path: Path, variant: str) -> None:
+        """A Tipsv2Model checkpoint (model type ``tipsv2``, the vision config nested, the tower under
+        ``vision_encoder.`` beside the text tower): its vision tower loads, the rest is reported unused."""
+        config = transformers.Tipsv2Config(vision_config=self.options(variant, out_indices=[0, 2, 4]), text_config=TEXT)
+        task = randomize_weights_(transformers.Tipsv2Model(config), seed=self.seed).eval()
+        task.save_pretrained(tmp_path)
+        assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "tipsv2"
+        model, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
+        assert type(model) is Tipsv2VisionBackbone and model.out_features == ["stem", "stage2", "stage4"]
+        assert report.missing_keys == []
+        with safe_open(tmp_path / "model.safetensors", "pt") as saved:
+            text = [key for key in saved.keys() if key.startswith("text_encoder.")]
+        assert len(text) == 15 and "text_encoder.token_embedding.weight" in text
+        assert report.unused_keys == sorted(["temperature", "vision_encoder.mask_token", *text])
+        assert report.prefix == "'vision_encoder.' removed"
+        for size in self.input_sizes:
+            inputs = self.pixels(size)
+            with torch.no_grad():
+                expected = task.vision_model(inputs, output_hidden_states=True)
+                ours = model(inputs, output_hidden_states=True)
+            # transformers' vision model: its hidden states are the stages, its last state normalised.
+            assert_parity(ours.hidden_states, expected.hidden_states, self.tolerance)
+            maps = [ours.feature_maps[-1].flatten(2).transpose(1, 2)]
+            assert_parity(maps, [expected.last_hidden_state[:, 1 + self.options(variant)["num_register_tokens"] :]])
+
+    def test_training_gradients_match_transformers(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        """Every weight's gradient of a training step equals transformers' (its split q/k/v and gate/up
+        projections concatenated as our fused ones); transformers' only other weight is the mask token."""
+        for variant in ("mlp", "swiglu"):
+            directory, reference = self.reference_checkpoint(variant, tmp_path_factory)
+            model = AutoBackbone.from_pretrained(directory).train()
+            inputs = self.pixels()
+            reference.train()
+            try:
+                for network in (model, reference):
+                    network.zero_grad()
+                    feature_map_loss(network(inputs).feature_maps).backward()
+            finally:
+                reference.eval()
+            theirs = {name: parameter.grad for name, parameter in reference.named_parameters()}
+            for name, parameter in model.named_parameters():
+                their_name = self.reference_name(name)
+                fused = next((part for part in FUSED if part in their_name), None)
+                if fused is None:
+                    their_grad = theirs.pop(their_name)
+                else:
+                    parts = [theirs.pop(their_name.replace(fused, split)) for split in FUSED[fused]]
+                    their_grad = torch.cat(parts)
+                assert parameter.grad is not None, name
+                assert_parity([parameter.grad], [their_grad], self.tolerance)
+            assert list(theirs) == ["embeddings.mask_token"] and theirs["embeddings.mask_token"] is None
+
+
+# -- behaviour --------------------------------------------------------------------------------------
+
+
+def test_positions_are_resampled_bilinearly_with_antialiasing() -> None:
+    """Bilinear by target size in float32 with antialiasing (DINOv2's is bicubic), even for bfloat16."""
+    model = randomize_weights_(AutoBackbone.from_config(Tipsv2VisionConfig(**TINY, out_indices=[0])))
+    model = model.to(torch.bfloat16).eval()
+    table = model.pos_embed[:, 1:]
+    square = table.reshape(1, 4, 4, 16).permute(0, 3, 1, 2).float()
+    expected = torch.nn.functional.interpolate(
+        square, size=(2, 5), mode="bilinear", align_corners=False, antialias=True
+    )
+    plain = torch.nn.functional.interpolate(square, size=(2, 5), mode="bilinear", align_corners=False)
+    assert (expected - plain).abs().max().item() > 1e-2
+    expected = expected.to(torch.bfloat16).permute(0, 2, 3, 1).reshape(1, 10, 16)
+    with torch.no_grad():
+        (stem,) = model(pixels(16, 40).to(torch.bfloat16), output_hidden_states=True).hidden_states[:1]
+        patches = model.patch_embed(pixels(16, 40).to(torch.bfloat16)).flatten(2).transpose(1, 2)
+    assert torch.equal(stem[:, 3:], patches + expected)
+
+
+def test_registers_have_no_position_and_start_at_zero() -> None:
+    torch.manual_seed(0)
+    model = AutoBackbone.from_config(Tipsv2VisionConfig(**TINY, out_indices=[0])).eval()
+    assert torch.equal(model.register_tokens, torch.zeros(1, 2, 16))
+    randomize_weights_(model)
+    with torch.no_grad():
+        (stem,) = model(pixels(), output_hidden_states=True).hidden_states[:1]
+    assert torch.equal(stem[:, 1:3], model.register_tokens.expand(2, -1, -1))
+    assert torch.equal(stem[:, 0], (model.cls_token + model.pos_embed[:, 0])[0].expand(2, -1))
+
+
+def test_freezing_the_stem_freezes_its_top_level_tokens() -> None:
+    model = AutoBackbone.from_config(Tipsv2VisionConfig(**TINY))
+    assert model.freeze_stages(2) == ["stem", "stage1"]
+    frozen = sorted(name for name, parameter in model.named_parameters() if not parameter.requires_grad)
+    stem = ["cls_token", "patch_embed.proj.bias", "patch_embed.proj.weight", "pos_embed", "register_tokens"]
+    assert frozen == sorted(stem + [name for name, _ in model.named_parameters() if name.startswith("blocks.0.")])
+    assert model.freeze_stages(0) == [] and all(parameter.requires_grad for parameter in model.parameters())
+
+
+def test_pruning_keeps_only_the_layers_that_run() -> None:
+    model = AutoBackbone.from_config(Tipsv2VisionConfig(**SMALL, out_indices=[2]))
+    assert model.prune_unused_stages() == ["stage3", "stage4"]
+    assert len(model.blocks) == 2
+    with torch.no_grad():
+        (fmap,) = model(pixels()).feature_maps
+    assert tuple(fmap.shape) == (2, 32, 6, 5)
+
+
+def test_both_model_types_build_this_backbone(tmp_path: Path) -> None:
+    assert type(AutoBackbone.from_config(AutoBackboneConfig.for_model("tipsv2_vision_model", **TINY))) is (
+        Tipsv2VisionBackbone
+    )
+    transformers.Tipsv2Config(vision_config={**TINY, "out_indices": [1, 3]}, text_config=TINY_TEXT).save_pretrained(
+        tmp_path
+    )
+    for options in ({}, {"config_key": "vision_config"}):
+        config = AutoBackboneConfig.from_pretrained(tmp_path, **options)
+        assert isinstance(config, Tipsv2VisionConfig)
+        assert (config.hidden_size, config.num_register_tokens, config.out_indices) == (16, 2, [1, 3])
+    # Our files say tipsv2_vision_model, which transformers reads back.
+    config.save_pretrained(tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "tipsv2_vision_model"
+    theirs = transformers.Tipsv2VisionConfig.from_pretrained(tmp_path / "ours")
+    assert (theirs.hidden_size, theirs.num_register_tokens, list(theirs.out_indices)) == (16, 2, [1, 3])
+
+
+def test_full_config_without_a_vision_config_is_the_default_encoder() -> None:
+    config = AutoBackboneConfig.from_dict({"model_type": "tipsv2", "vision_config": None, "text_config": TEXT})
+    assert isinstance(config, Tipsv2VisionConfig)
+    assert (config.hidden_size, config.image_size, config.patch_size, config.num_register_tokens) == (768, 448, 14, 1)
+
+
+def test_imports_only_public_names_of_backbones_dinov2() -> None:
+    """This plugin builds on backbones-dinov2's public API: no ``_``-prefixed module or name of it."""
+    imported = []
+    for path in sorted(SOURCE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backbones_dinov2"):
+                imported.append((node.module, [alias.name for alias in node.names]))
+    assert sorted(imported) == [
+        ("backbones_dinov2", ["Dinov2Config"]),
+        ("backbones_dinov2.blocks", ["resample_position_table", "tokens_to_map"]),
+    ]
+
+
+def test_default_config_is_tipsv2_b14_at_its_training_size() -> None:
+    """The defaults build tipsv2-b14; on the meta device it runs a 448x448 image without allocating."""
+    config = Tipsv2VisionConfig(out_indices=[3, 6, 9, 12])
+    with torch.device("meta"):
+        model = AutoBackbone.from_config(config)
+        output = model(torch.empty(1, 3, 448, 448), output_prefix_tokens=True)
+        reference = transformers.Tipsv2VisionBackbone(transformers.Tipsv2VisionConfig())
+    assert all(parameter.device.type == "meta" for parameter in model.parameters())
+    assert len(model.stage_names) == 13 and model.channels == [768] * 4 and model.out_reductions == [14] * 4
+    assert [tuple(fmap.shape) for fmap in output.feature_maps] == [(1, 768, 32, 32)] * 4
+    assert [tuple(tokens.shape) for tokens in output.prefix_tokens] == [(1, 2, 768)] * 4
+    count = sum(parameter.numel() for parameter in model.parameters())
+    # transformers' count less the mask token, which the backbone never builds.
+    assert count == sum(parameter.numel() for parameter in reference.parameters()) - 768
+
+
+# -- preprocessing ----------------------------------------------------------------------------------
+
+# transformers has only a torchvision-backed Tipsv2ImageProcessor (no PIL class): it resizes 8-bit tensors with
+# torchvision's antialiased bilinear filter, core's pipeline resizes with Pillow's; the two round some pixels
+# to neighbouring 8-bit values, so they agree to one 8-bit step (1/255 after rescaling), rarely reached.
+PREPROCESSOR = {
+    "image_processor_type": "Tipsv2ImageProcessor",
+    "do_resize": True,
+    "size": {"height": 56, "width": 48},
+    "resample": 2,
+    "do_rescale": True,
+    "rescale_factor": 0.00392156862745098,
+    "do_normalize": False,
+    "do_convert_rgb": True,
+}
+
+
+@pytest.mark.parametrize("variant", ["as saved", "no type named", "no keys but the type and size"])
+def test_checkpoint_processor_matches_transformers(tmp_path: Path, variant: str) -> None:
+    pytest.importorskip("torchvision")
+    Tipsv2VisionConfig(**TINY).save_pretrained(tmp_path)
+    data: dict[str, Any] = dict(PREPROCESSOR)
+    if variant == "no type named":
+        del data["image_processor_type"]  # the plugin's declared fallback applies
+    elif variant == "no keys but the type and size":
+        data = {"image_processor_type": "Tipsv2ImageProcessor", "size": PREPROCESSOR["size"]}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
+    ours = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(ours, Tipsv2ImageProcessor) and ours.image_processor_type == "Tipsv2ImageProcessor"
+    assert ours.describe() == "RGB, resize to 56x48 (bilinear), scale to [0, 1]"
+    oracle = transformers.Tipsv2ImageProcessor(size=PREPROCESSOR["size"])
+    rng = np.random.default_rng(0)
+    for shape in ((97, 131, 3), (30, 20, 3)):
+        image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+        expected = oracle(image, return_tensors="pt")["pixel_values"]
+        actual = ours(image, return_tensors="pt")["pixel_values"]
+        assert tuple(actual.shape) == tuple(expected.shape) == (1, 3, 56, 48)
+        difference = (actual - expected).abs()
+        assert difference.max().item() <= 1 / 255 + 1e-6 and difference.mean().item() < 2e-3
+
+
+def test_processor_defaults_are_transformers_class_defaults() -> None:
+    ours, theirs = Tipsv2ImageProcessor(), transformers.Tipsv2ImageProcessor()
+    assert ours.size == dict(theirs.size) == {"height": 448, "width": 448}
+    assert (ours.resample, ours.do_rescale, ours.do_normalize, ours.do_convert_rgb) == (2, True, False, True)
+    assert (theirs.resample, theirs.do_rescale, theirs.do_normalize, theirs.do_convert_rgb) == (2, True, False, True)
+
+
+# -- config errors ----------------------------------------------------------------------------------
+
+
+def test_heads_must_divide_the_width() -> None:
+    with pytest.raises(ConfigError, match=r"num_attention_heads=5 does not divide hidden_size=16"):
+        Tipsv2VisionConfig(**{**TINY, "num_attention_heads": 5})
+
+
+def test_register_count_cannot_be_negative() -> None:
+    with pytest.raises(ConfigError, match=r"num_register_tokens=-1: Input should be greater than or equal to 0"):
+        Tipsv2VisionConfig(**{**TINY, "num_register_tokens": -1})
+
+
+def test_position_grid_must_be_square() -> None:
+    with pytest.raises(ConfigError, match=r"image_size \(32, 48\) gives a 4x6 grid of patches"):
+        Tipsv2VisionConfig(**{**TINY, "image_size": [32, 48]})
+
+
+def test_vision_config_of_a_full_config_must_be_an_object() -> None:
+    with pytest.raises(ConfigError, match=r"'vision_config' object, got list"):
+        AutoBackboneConfig.from_dict({"model_type": "tipsv2", "vision_config": [1, 2]})
+
+
+def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
+    transformers.Tipsv2Config(vision_config=TINY, text_config=TINY_TEXT).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    data["vision_config"]["num_register_tokens"] = -3
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"invalid backbone config in .*config.json: .*num_register_tokens=-3"):
+        AutoBackbone.from_pretrained(tmp_path)

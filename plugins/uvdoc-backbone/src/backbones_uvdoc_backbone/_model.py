@@ -1,0 +1,250 @@
+"""UVDoc's backbone. Paper: UVDoc: Neural Grid-based Document Unwarping (Verhoeven et al., SIGGRAPH Asia 2023),
+https://arxiv.org/abs/2302.02887; the PaddlePaddle port (PP-OCR's document unwarping) is what transformers holds.
+
+A small dilated ResNet (stride 16 by default) followed by parallel "bridges" of dilated 3x3 convolutions of
+growing dilation, each reading the ResNet's map: the stages are the ResNet's output (``"stem"``) and each
+bridge's output, all of one size and width, which UVDoc concatenates to predict its unwarping grid.
+
+Module attribute names are the checkpoint's key names: they reproduce transformers' ``UVDocBackbone`` state dict
+(``resnet.resnet_down.1.layers.0.conv_down.convolution.weight``, ``bridge.bridge.3.blocks.2.normalization.bias``,
+...), so its checkpoints (and the backbone inside ``UVDocModel``, under ``backbone.``) load unchanged and ours
+load into it.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from backbones import Backbone, InputError
+from backbones.layers import CheckpointableLayer, FrozenBatchNorm2d
+from backbones.reparam import fuse_conv_bn
+
+from ._config import UVDocBackboneConfig
+
+__all__ = ["UVDocBackbone"]
+
+
+class UVDocConvLayer(nn.Module):
+    """Convolution, BatchNorm, optional ReLU (keys ``convolution``, ``normalization``); the norm folds into the
+    convolution (:meth:`reparameterize`).
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_size: Side of the square kernel.
+        stride: Stride.
+        padding: Zero padding on every side.
+        dilation: Dilation.
+        bias: Whether the convolution has a bias.
+        activation: Apply a ReLU after the norm.
+    """
+
+    normalization: nn.Module | None
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = False,
+        activation: bool = True,
+    ) -> None:
+        super().__init__()
+        self.convolution = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=bias
+        )
+        self.normalization = nn.BatchNorm2d(out_channels)
+        # None rather than nn.Identity: the state dict is the same and a call fewer.
+        self.activation = nn.ReLU(inplace=True) if activation else None
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        hidden = self.convolution(hidden)
+        if self.normalization is not None:
+            hidden = self.normalization(hidden)
+        if self.activation is not None:
+            hidden = self.activation(hidden)
+        return hidden
+
+    def reparameterize(self) -> None:
+        """Fold the BatchNorm (or its frozen form) into the convolution, in place."""
+        norm = self.normalization
+        if isinstance(norm, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+            self.convolution = fuse_conv_bn(self.convolution, norm)
+            self.normalization = None
+
+
+class UVDocResidualBlock(CheckpointableLayer):
+    """Two dilated ``kernel_size`` conv-BN layers (``conv_start`` with ReLU and the stride, ``conv_final``
+    without), plus the shortcut (``conv_down``, a strided conv-BN, when downsampling; else the input), then
+    a ReLU."""
+
+    conv_down: nn.Module | None
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, *, dilation: int, downsample: bool
+    ) -> None:
+        super().__init__()
+        stride = 2 if downsample else 1
+        self.conv_down = (
+            UVDocConvLayer(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=kernel_size // 2,
+                bias=True,
+                activation=False,
+            )
+            if downsample
+            else None
+        )
+        padding = dilation * (kernel_size // 2)
+        self.conv_start = UVDocConvLayer(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=True
+        )
+        self.conv_final = UVDocConvLayer(
+            out_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=True, activation=False
+        )
+        self.act_fn = nn.ReLU(inplace=True)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        shortcut = self.conv_down(hidden) if self.conv_down is not None else hidden
+        return self.act_fn(self.conv_final(self.conv_start(hidden)) + shortcut)
+
+
+class UVDocResNetStage(nn.Module):
+    """The residual blocks of one stage (key ``layers``)."""
+
+    def __init__(self, config: UVDocBackboneConfig, index: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            UVDocResidualBlock(
+                in_channels, out_channels, config.kernel_size, dilation=dilation, downsample=bool(downsample)
+            )
+            for in_channels, out_channels, dilation, downsample in config.resnet_configs[index]
+        )
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return hidden
+
+
+class UVDocResNet(nn.Module):
+    """The trunk: stride-2 conv-BN-ReLU head layers (``resnet_head``), then the residual stages (``resnet_down``)."""
+
+    def __init__(self, config: UVDocBackboneConfig) -> None:
+        super().__init__()
+        self.resnet_head = nn.ModuleList(
+            UVDocConvLayer(in_channels, out_channels, config.kernel_size, stride=2, padding=config.kernel_size // 2)
+            for in_channels, out_channels in config.resnet_head
+        )
+        self.resnet_down = nn.ModuleList(UVDocResNetStage(config, index) for index in range(len(config.resnet_configs)))
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        hidden = pixel_values
+        for layer in self.resnet_head:
+            hidden = layer(hidden)
+        for stage in self.resnet_down:
+            hidden = stage(hidden)
+        return hidden
+
+
+class UVDocBridgeBlock(CheckpointableLayer):
+    """One bridge: 3x3 conv-BN-ReLU layers of the given dilations, each keeping the map (key ``blocks``)."""
+
+    def __init__(self, layers: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            UVDocConvLayer(channels, channels, 3, padding=dilation, dilation=dilation) for channels, dilation in layers
+        )
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        for block in self.blocks:
+            hidden = block(hidden)
+        return hidden
+
+
+class UVDocBridge(nn.Module):
+    """The bridges (key ``bridge``), run side by side on the trunk's map."""
+
+    def __init__(self, config: UVDocBackboneConfig) -> None:
+        super().__init__()
+        self.bridge = nn.ModuleList(UVDocBridgeBlock(list(layers)) for layers in config.stage_configs)
+
+
+class UVDocBackbone(Backbone):
+    """UVDoc's feature extractor with transformers-compatible state-dict keys.
+
+    Stage 0 (``"stem"``) is the dilated ResNet's output; stage ``i`` is bridge ``i`` applied to it. The bridges
+    are independent, so a forward runs the trunk and only the requested bridges (all of them when hidden
+    states are requested). :meth:`reparameterize` folds every BatchNorm into its convolution for inference.
+
+    Args:
+        config: The architecture and the output selection.
+
+    Example:
+        >>> model = UVDocBackbone(UVDocBackboneConfig(out_indices=[1, 2, 3, 4, 5, 6])).eval()  # doctest: +SKIP
+        >>> maps = model(torch.randn(1, 3, 712, 488)).feature_maps  # doctest: +SKIP
+        >>> torch.cat(maps, dim=1).shape  # what UVDoc's head reads  # doctest: +SKIP
+        torch.Size([1, 768, 45, 31])
+    """
+
+    config_class = UVDocBackboneConfig
+    base_model_prefix = "backbone"
+    has_attentions = False
+    reference_class_name = "UVDocBackbone"
+    # None: peft's LoRA for convolutions builds its low-rank convolution without the base layer's dilation, so
+    # it cannot adapt the dilated residual and bridge convolutions that make most of UVDoc.
+    lora_target_modules = ()
+    config: UVDocBackboneConfig
+
+    def __init__(self, config: UVDocBackboneConfig) -> None:
+        super().__init__(config)
+        self.resnet = UVDocResNet(config)
+        self.bridge = UVDocBridge(config)
+        self.num_features = [config.trunk_channels] * len(config.stage_names)
+        self.reductions = [config.reduction] * len(config.stage_names)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module`` as transformers' UVDocPreTrainedModel does (its base class's rule, std 0.02)."""
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            module.reset_running_stats()
+
+    def _forward_features(
+        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, None]:
+        expected = self.config.resnet_head[0][0]
+        if pixel_values.shape[1] != expected:
+            raise InputError(
+                f"pixel_values has {pixel_values.shape[1]} channels but this UVDoc backbone expects {expected} "
+                "(config.resnet_head[0][0]); convert the images or load a model built for that many channels"
+            )
+        trunk = self.resnet(pixel_values)
+        stage_maps: list[Tensor | None] = [trunk] + [None] * (len(self.stage_names) - 1)
+        wanted = set(self.out_positions)
+        for position, bridge in enumerate(self.bridge.bridge, start=1):
+            if position > last_stage:
+                break
+            if output_hidden_states or position in wanted:
+                stage_maps[position] = bridge(trunk)
+        states = tuple(stage_maps[: last_stage + 1]) if output_hidden_states else None
+        return stage_maps, states, None  # type: ignore[return-value]
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """The dilated ResNet for position 0, else bridge ``position`` (``bridge.bridge[position - 1]``)."""
+        return [self.resnet] if position == 0 else [self.bridge.bridge[position - 1]]
+
+    def _prune_stages(self, last_stage: int) -> None:
+        del self.bridge.bridge[last_stage:]
