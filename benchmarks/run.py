@@ -732,6 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fresh = {key: value for key, value in results.items() if key not in ("meta", "notes") and value}
             for key, value in fresh.items():
                 previous[key] = merge_section(previous.get(key), value)
+            previous["notes"] = {**previous.get("notes", {}), **results["notes"]}
             previous["meta"].setdefault("updates", []).append(
                 {"command": results["meta"]["command"], "date": results["meta"]["date"], "sections": sorted(fresh)}
             )

@@ -181,6 +181,14 @@ def test_register_is_idempotent_and_covers_every_installed_type() -> None:
     assert "backbones_swin" in names and "backbones_dinat" in names and len(names) == len(set(names))
 
 
+def test_forward_defaults_carry_through_the_bridge() -> None:
+    bridged = backbone_config("swin", **TINY_SWIN, output_hidden_states=True, return_dict=False)
+    assert bridged.output_hidden_states is True and bridged.return_dict is False
+    ours = bridged.to_backbone_config()
+    assert (ours.output_hidden_states, ours.output_attentions, ours.return_dict) == (True, False, False)
+    assert ours.embed_dim == TINY_SWIN["embed_dim"]
+
+
 def test_bad_requests_are_our_errors() -> None:
     with pytest.raises(UnknownModelTypeError, match="nosuchnet"):
         backbone_config("nosuchnet")

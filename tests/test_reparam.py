@@ -104,8 +104,14 @@ def test_folded_backbone_refuses_training_and_saving(tmp_path: Path) -> None:
     model = ResNetBackbone(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1], out_indices=[2]))
     model.train()
     assert not model.is_reparameterized
-    model.reparameterize()
+    pixels = torch.randn(1, 3, 32, 32)
+    assert model.reparameterize() > 0
     assert model.is_reparameterized and not model.training
+    with torch.no_grad():
+        folded = model(pixels).feature_maps[0]
+    assert model.reparameterize() == 0  # a second call folds nothing and changes nothing
+    with torch.no_grad():
+        assert torch.equal(model(pixels).feature_maps[0], folded)
     with pytest.raises(ReparameterizedError, match="cannot train; load the checkpoint again"):
         model.train()
     model.eval()  # evaluation mode stays allowed

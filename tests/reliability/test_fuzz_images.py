@@ -1,21 +1,32 @@
-"""Hostile images through AutoImageProcessor: empty images, truncated and corrupt files are the project's own
-errors; EXIF rotation is handled as transformers handles it."""
+"""Hostile images through AutoImageProcessor: every Pillow mode, tiny sizes, empty images, truncated and corrupt
+files and decompression bombs give a correct result or the project's own error; EXIF rotation is handled as
+transformers handles it."""
 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
 import pytest
 import transformers
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from backbones import AutoImageProcessor, InputError
 
-FAMILIES = ["ViTImageProcessor", "ConvNextImageProcessor", "BitImageProcessor", "BeitImageProcessor"]
 MODES = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "F"]
-SMALL = {"size": {"height": 16, "width": 16}, "crop_size": {"height": 16, "width": 16}}
+# Each family at a 16-pixel output, with the fields transformers' own class takes for it. BiT converts every
+# image to RGB first (do_convert_rgb); the others take the image's own channels.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "ViTImageProcessor": {"size": {"height": 16, "width": 16}},
+    "BeitImageProcessor": {"size": {"height": 16, "width": 16}, "crop_size": {"height": 16, "width": 16}},
+    "BitImageProcessor": {"size": {"shortest_edge": 16}, "crop_size": {"height": 16, "width": 16}},
+    "ConvNextImageProcessor": {"size": {"shortest_edge": 16}, "crop_pct": 0.875},
+}
 
 
 def _image(mode: str, width: int, height: int, seed: int, transparency: bool) -> Image.Image:
@@ -32,7 +43,9 @@ def _image(mode: str, width: int, height: int, seed: int, transparency: bool) ->
         scale = {"I": 2**20, "I;16": 2**16 - 1, "F": 1.0}[mode]
         values = rng.random((height, width)) * scale
         dtype = {"I": np.int32, "I;16": np.uint16, "F": np.float32}[mode]
-        return Image.fromarray(values.astype(dtype), mode if mode != "I;16" else "I;16")
+        image = Image.fromarray(values.astype(dtype))  # Pillow picks I, I;16 or F from the dtype
+        assert image.mode == mode
+        return image
     return rgba.convert(mode)
 
 
@@ -83,3 +96,60 @@ def test_exif_rotation_is_not_applied_as_in_transformers() -> None:
     )
     oracle = transformers.ViTImageProcessorPil(**fields)(image, return_tensors="np")
     np.testing.assert_allclose(ours["pixel_values"], oracle["pixel_values"], atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:image 0 is a float image with values in")  # mode F: the warning is ours
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(
+    family=st.sampled_from(sorted(FAMILIES)),
+    mode=st.sampled_from(MODES),
+    width=st.integers(1, 40),
+    height=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+    transparency=st.booleans(),
+)
+def test_every_pillow_mode_gives_a_correct_result_or_our_error(
+    family: str, mode: str, width: int, height: int, seed: int, transparency: bool
+) -> None:
+    """A result equals transformers' where transformers reads the image the same way (RGB, or any mode
+    converted to RGB first); otherwise it is the RGB reading (palette, CMYK, YCbCr through Pillow's
+    conversion). A refusal is an InputError naming the image, never an error from inside NumPy or Pillow."""
+    image = _image(mode, width, height, seed, transparency)
+    fields = FAMILIES[family]
+    processor = AutoImageProcessor.from_dict({"image_processor_type": family, **fields})
+    try:
+        ours = processor(image, return_tensors="np")["pixel_values"]
+    except InputError as error:
+        assert str(error).startswith("image 0 "), str(error)
+        assert family != "BitImageProcessor", f"an RGB-converting processor refused a {mode} image: {error}"
+        return
+    assert ours.shape == (1, 3, 16, 16) and ours.dtype == np.float32 and np.isfinite(ours).all()
+    if family == "BitImageProcessor" or mode == "RGB":
+        oracle = getattr(transformers, family.replace("ImageProcessor", "ImageProcessorPil"))(**fields)
+        np.testing.assert_allclose(ours, oracle(image, return_tensors="np")["pixel_values"], atol=1e-5)
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A real 1x1 PNG whose header claims ``width`` x ``height`` (valid CRC): what a decompression bomb's
+    header looks like before a single pixel is decoded."""
+    data = bytearray(_png(1, 1))
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    chunk = bytes(data[ihdr - 4 : ihdr + 13])
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(chunk))
+    return bytes(data)
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    assert limit is not None
+    side = int((1.5 * limit) ** 0.5)  # over the limit, under Pillow's own refusal at twice the limit
+    with pytest.warns(Image.DecompressionBombWarning):
+        image = Image.open(io.BytesIO(_png_declaring(side, side)))
+    assert image.size == (side, side)
+    processor = AutoImageProcessor.from_dict({"image_processor_type": "ViTImageProcessor"})
+    message = rf"image 0 is {side}x{side} pixels, more than Pillow's limit of {limit} \(PIL.Image.MAX_IMAGE_PIXELS"
+    with pytest.raises(InputError, match=message):
+        processor(image)
+    with pytest.raises(Image.DecompressionBombError):  # twice the limit: Pillow itself refuses to open it
+        Image.open(io.BytesIO(_png_declaring(2 * side, 2 * side)))

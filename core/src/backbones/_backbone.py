@@ -294,6 +294,7 @@ class Backbone(nn.Module):
                 "drop the argument (forward_with_filtered_kwargs does this for you)"
             )
         self._check_pixel_values(pixel_values)
+        pixel_values = self._in_weight_dtype(pixel_values)
         positions = self.out_positions
         # Hidden states and attentions are returned for every stage, as transformers does.
         run_all = output_hidden_states or output_attentions
@@ -382,6 +383,20 @@ class Backbone(nn.Module):
                 f"pixel_values of {height}x{width} pixels is too small for this {name}: it needs inputs of at least "
                 f"{minimum}x{minimum} (minimum_input_size); resize or pad the images"
             )
+
+    def _in_weight_dtype(self, pixel_values: Tensor) -> Tensor:
+        """``pixel_values`` in the dtype of the model's (first floating-point) weights.
+
+        fp16/bf16 pixels into a float32 model (or float32 pixels into a bf16 model) would otherwise fail
+        inside the first layer with a dtype mismatch; transformers' ViT-family embeddings cast the same way.
+        Under autocast the cast is harmless: autocast picks each layer's compute dtype afterwards.
+        """
+        for parameter in self.parameters():
+            if parameter.is_floating_point():
+                if parameter.dtype != pixel_values.dtype:
+                    return pixel_values.to(parameter.dtype)
+                break
+        return pixel_values
 
     def _forward_features(
         self,
@@ -554,18 +569,18 @@ class Backbone(nn.Module):
         :class:`~backbones.reparam.Reparameterizable` support it; see :attr:`supports_reparameterize`.
 
         Returns:
-            How many blocks were folded (0 for an architecture with nothing to fold).
+            How many blocks were folded (0 for an architecture with nothing to fold, or one already folded).
         """
         from .reparam import reparameterize
 
+        if self._reparameterized:
+            return 0
         self.eval()
         count = reparameterize(self)
         for module in self.modules():
             if isinstance(module, Backbone):
                 module._reparameterized = True
         return count
-
-    reparameterize._backbones_walks = True  # type: ignore[attr-defined]
 
     @property
     def supports_reparameterize(self) -> bool:

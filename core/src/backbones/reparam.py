@@ -188,11 +188,13 @@ def reparameterize(model: nn.Module) -> int:
             f"{type(model).__name__} is in training mode; folding uses the BatchNorm running statistics, "
             "so call model.eval() before reparameterize()"
         )
+    from ._backbone import Backbone
+
     count = 0
     for child in model.children():
         count += reparameterize(child)
-    method = getattr(type(model), "reparameterize", None)
-    if method is not None and callable(method) and not getattr(method, "_backbones_walks", False):
-        model.reparameterize()  # type: ignore[operator]
+    # A Backbone's own reparameterize() is the entry point that calls this walk, not a block to fold.
+    if isinstance(model, Reparameterizable) and not isinstance(model, Backbone):
+        model.reparameterize()
         count += 1
     return count

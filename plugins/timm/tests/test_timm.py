@@ -602,12 +602,9 @@ def test_extra_fields_are_timm_kwargs_and_may_change_the_stages(tmp_path: Path) 
 # -- packaging --------------------------------------------------------------------------------------
 
 
-def _requirement_names(project: dict[str, Any]) -> set[str]:
+def _requirement_names(requirements: list[str]) -> set[str]:
     from packaging.requirements import Requirement
 
-    requirements = list(project.get("dependencies", []))
-    for extra in project.get("optional-dependencies", {}).values():
-        requirements.extend(extra)
     return {Requirement(requirement).name.lower() for requirement in requirements}
 
 
@@ -619,8 +616,13 @@ def test_only_backbones_timm_depends_on_timm() -> None:
     depending_on_timm = []
     for path in pyprojects:
         project = toml.loads(path.read_text())["project"]
-        names = _requirement_names(project)
+        names = _requirement_names(project.get("dependencies", []))
         assert "transformers" not in names, f"{project['name']} ({path}) depends on transformers"
+        # transformers may appear only behind an opt-in extra of its own name (core's bridge to its heads).
+        for extra, requirements in project.get("optional-dependencies", {}).items():
+            in_extra = _requirement_names(requirements)
+            assert "transformers" not in in_extra or extra == "transformers", f"{path}: extra {extra!r}"
+            names |= in_extra
         if "timm" in names:
             depending_on_timm.append(project["name"])
     assert depending_on_timm == ["backbones-timm"]

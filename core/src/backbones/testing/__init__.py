@@ -737,13 +737,18 @@ class BackboneConformance(TrainingConformance, InputConformance):
         path = tmp_path / "model.onnx"
         onnx_program.save(str(path))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        # The exporter names an input that is also returned unchanged (a stem map that is the image itself)
+        # "<name>_orig"; inputs keep the program's order either way: pixel_values, then the extra inputs.
         input_names = [node.name for node in session.get_inputs()]
         for size in self.input_sizes:
             pixels = self.inputs(size, seed=11)
             for extras in self.extra_input_sets(model, pixels):
                 feed = {"pixel_values": pixels, **extras}
-                assert sorted(input_names) == sorted(feed), f"ONNX inputs {input_names}, expected {sorted(feed)}"
-                outputs = session.run(None, {name: feed[name].numpy() for name in input_names})
+                expected = ["pixel_values", *self.extra_inputs(model, pixels)]
+                assert [name.removesuffix("_orig") for name in input_names] == expected, (
+                    f"ONNX inputs {input_names}, expected {expected}"
+                )
+                outputs = session.run(None, {name: feed[key].numpy() for name, key in zip(input_names, expected)})
                 with torch.no_grad():
                     eager = model(pixels, **extras)
                 # Flattened as the output's fields: the maps, then (where the model has them) the prefix tokens.
@@ -756,25 +761,13 @@ class BackboneConformance(TrainingConformance, InputConformance):
         self.expect_support(request, "distributed")
         from safetensors.torch import load_file
 
+        from ._distributed import launch
+
         model = self.build()
-        spec = {
-            "config": model.config.to_dict(),
-            "config_class": f"{type(model.config).__module__}:{type(model.config).__qualname__}",
-            "model_class": f"{type(model).__module__}:{type(model).__qualname__}",
-            "sys_path": [entry for entry in sys.path if entry],
-            "batch_size": self.batch_size,
-            "channels": self.inputs().shape[1],
-            "size": list(self.input_sizes[0]),
-            "steps": 2,
-            "lr": 0.05,
-            "out_dir": str(tmp_path),
-        }
-        (tmp_path / "spec.json").write_text(json.dumps(spec))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        command += ["-m", "backbones.testing._distributed", str(tmp_path / "spec.json")]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        channels, size = self.inputs().shape[1], list(self.input_sizes[0])
+        launch(
+            model, "backbones.testing._distributed", tmp_path, batch_size=self.batch_size, channels=channels, size=size
+        )
         for rank in (0, 1):
             report = json.loads((tmp_path / f"report-{rank}.json").read_text())
             missing = [name for name in report["ddp_missing"] if name not in self.grad_exempt]

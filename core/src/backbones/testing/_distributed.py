@@ -10,13 +10,63 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:
+    from .._backbone import Backbone
+
+# torchrun's summary of a rank killed by a signal ("exitcode  : -6 (pid: ...)"): gloo's threads can abort
+# a rank at shutdown on a loaded machine; a Python error in the worker shows a positive exit code instead.
+_KILLED_BY_SIGNAL = re.compile(r"exitcode\s*:\s*-\d+")
+
+
+def launch(model: Backbone, worker: str, out_dir: Path, *, batch_size: int, channels: int, size: list[int]) -> None:
+    """Run ``python -m worker SPEC`` on two CPU ranks (gloo) with torchrun, for ``model``'s class and config.
+
+    A run in which a rank was killed by a signal is tried once more from scratch; any other failure, or a
+    second signal, fails the calling check with the ranks' output.
+    """
+    config = model.config
+    spec = {
+        "config": config.to_dict(),
+        "config_class": f"{type(config).__module__}:{type(config).__qualname__}",
+        "model_class": f"{type(model).__module__}:{type(model).__qualname__}",
+        "sys_path": [entry for entry in sys.path if entry],
+        "batch_size": batch_size,
+        "channels": channels,
+        "size": size,
+        "steps": 2,
+        "lr": 0.05,
+        "out_dir": str(out_dir),
+    }
+    (out_dir / "spec.json").write_text(json.dumps(spec))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", worker, str(out_dir / "spec.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    for attempt in (1, 2):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        if result.returncode == 0 or attempt == 2 or not _KILLED_BY_SIGNAL.search(result.stderr):
+            break
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+
+
+def finish() -> None:
+    """End a rank: wait for the other, close the group, and leave without the interpreter's teardown (gloo's
+    background threads can abort a rank while C++ statics are destroyed; every output is written by now)."""
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _load(target: str) -> Any:
@@ -94,8 +144,7 @@ def main(spec_path: str) -> None:
     (out / f"report-{rank}.json").write_text(
         json.dumps({"ddp_missing": ddp_missing, "fsdp_missing": fsdp_missing, "fsdp_sharded_layers": len(layers)})
     )
-    dist.barrier()
-    dist.destroy_process_group()
+    finish()
 
 
 if __name__ == "__main__":

@@ -65,6 +65,19 @@ class InputConformance:
             maps = self.run(model, poisoned).feature_maps
         assert [tuple(fmap.shape) for fmap in maps] == [tuple(fmap.shape) for fmap in expected]
 
+    def test_half_precision_pixels_run_in_the_weights_dtype(self) -> None:
+        """fp16/bf16 pixels into a float32 model give the float32 result of the same (rounded) pixels."""
+        model = self.build()
+        pixels = self.inputs()
+        for dtype in (torch.float16, torch.bfloat16):
+            rounded = pixels.to(dtype)
+            with torch.no_grad():
+                expected = self.run(model, rounded.float()).feature_maps
+                got = self.run(model, rounded).feature_maps
+            for fmap, want in zip(got, expected):
+                assert fmap.dtype == torch.float32, f"{dtype}: a {fmap.dtype} map from a float32 model"
+                torch.testing.assert_close(fmap, want, rtol=0, atol=0)
+
     def test_odd_sizes_compute_or_name_the_size(self) -> None:
         model = self.build()
         for height, width in HOSTILE_SIZES:

@@ -8,8 +8,6 @@ this module is also the worker of the LoRA distributed check (DDP on a peft-adap
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -243,26 +241,12 @@ class TrainingConformance:
         from safetensors.torch import load_file
 
         self.expect_support(request, "distributed")
+        from ._distributed import launch
+
         adapted = self._lora()
         model = adapted.get_base_model()
-        spec = {
-            "config": model.config.to_dict(),
-            "config_class": f"{type(model.config).__module__}:{type(model.config).__qualname__}",
-            "model_class": f"{type(model).__module__}:{type(model).__qualname__}",
-            "sys_path": [entry for entry in sys.path if entry],
-            "batch_size": self.batch_size,
-            "channels": self.inputs().shape[1],
-            "size": list(self.input_sizes[0]),
-            "steps": 2,
-            "lr": 0.05,
-            "out_dir": str(tmp_path),
-        }
-        (tmp_path / "spec.json").write_text(json.dumps(spec))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        command += ["-m", "backbones.testing._training", str(tmp_path / "spec.json")]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        channels, size = self.inputs().shape[1], list(self.input_sizes[0])
+        launch(model, "backbones.testing._training", tmp_path, batch_size=self.batch_size, channels=channels, size=size)
         states = [load_file(tmp_path / f"lora-{rank}.safetensors") for rank in (0, 1)]
         report = json.loads((tmp_path / "report-0.json").read_text())
         assert report["trainable"] and not report["missing"], f"adapter weights without a gradient: {report['missing']}"
@@ -283,7 +267,7 @@ def _lora_worker(spec_path: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from ._distributed import _build, _train
+    from ._distributed import _build, _train, finish
 
     spec = json.loads(Path(spec_path).read_text())
     sys.path[:0] = [entry for entry in spec["sys_path"] if entry not in sys.path]
@@ -303,8 +287,7 @@ def _lora_worker(spec_path: str) -> None:
     missing = _train(adapted, ddp, spec, rank)
     save_file({n: p.detach().contiguous() for n, p in adapted.named_parameters()}, out / f"lora-{rank}.safetensors")
     (out / f"report-{rank}.json").write_text(json.dumps({"trainable": trainable, "missing": missing}))
-    dist.barrier()
-    dist.destroy_process_group()
+    finish()
 
 
 if __name__ == "__main__":

@@ -359,17 +359,17 @@ class TimmBackbone(Backbone):
         backbone, the model is put in evaluation mode first and cannot train or be saved afterwards.
 
         Returns:
-            How many timm modules were folded.
+            How many timm modules were folded (0 when the model is already folded).
         """
         from timm.utils import reparameterize_model
 
+        if self._reparameterized:
+            return 0
         self.eval()
         count = sum(_folds(module) for module in self._backbone.modules())
         reparameterize_model(self._backbone, inplace=True)
         self._reparameterized = True
         return count
-
-    reparameterize._backbones_walks = True  # type: ignore[attr-defined]
 
     @property
     def supports_reparameterize(self) -> bool:
