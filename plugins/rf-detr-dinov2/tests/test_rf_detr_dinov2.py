@@ -157,6 +157,42 @@ class TestRfDetrDinov2Parity(TransformersParity):
             assert [tuple(fmap.shape) for fmap in ours] == [(8, tokens, 32)] * 3
             assert_parity(ours, theirs)
 
+    @pytest.mark.parametrize(
+        ("variant", "extra"),
+        [
+            ("mlp-2x2-windows", {}),
+            ("mlp-2x2-windows", {"num_windows": 1}),
+            ("swiglu-4x4-windows", {}),
+            (NO_LAYERNORM, {}),
+        ],
+        ids=["2x2-windows", "unwindowed", "4x4-windows", "no-layernorm"],
+    )
+    def test_prefix_tokens_are_each_windows_class_token(
+        self, variant: str, extra: dict[str, Any], tmp_path: Path
+    ) -> None:
+        """An image's prefix tokens are its windows' class-token copies, in the order of transformers' windowed
+        hidden states (image-major, windows row by row), through its final layer norm; the maps are unchanged."""
+        reference = self.reference_model(self.reference_backbone_class, variant, out_indices=[0, 1, 2, 3, 4], **extra)
+        reference.save_pretrained(tmp_path)
+        model = AutoBackbone.from_pretrained(tmp_path, out_indices=[0, 1, 3, 4])
+        windows = reference.config.num_windows**2
+        assert model.num_prefix_tokens == windows
+        for size in ((32, 32), (48, 32)):
+            inputs = self.pixels(size)
+            with torch.no_grad():
+                plain = model(inputs).feature_maps
+                output = model(inputs, output_prefix_tokens=True)
+                states = reference(inputs, output_hidden_states=True).hidden_states
+            assert all(torch.equal(ours, theirs) for ours, theirs in zip(output.feature_maps, plain))
+            assert [tuple(tokens.shape) for tokens in output.prefix_tokens] == [(self.batch_size, windows, 32)] * 4
+            expected = []
+            for position in (0, 1, 3, 4):
+                state = states[position]
+                if reference.config.apply_layernorm:
+                    state = reference.layernorm(state)
+                expected.append(state[:, 0].reshape(self.batch_size, windows, 32))
+            assert_parity(output.prefix_tokens, expected)
+
 
 # -- the RF-DETR detector's backbone ----------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""Worker of the conformance kit's distributed check, run as ``torchrun --nproc_per_node=2 -m backbones.testing._distributed SPEC``.
+"""The conformance kit's distributed check: :func:`launch` starts two ranks of a worker module with torchrun's
+environment variables (``python -m backbones.testing._distributed SPEC``; ``torchrun --nproc_per_node=2``
+runs the same worker).
 
 Every rank builds the same randomly initialised backbone, trains it for a few SGD steps on its own
 inputs with a loss over every feature map, first under DDP (without ``find_unused_parameters``) and
@@ -12,8 +14,10 @@ import importlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,16 +28,57 @@ from torch import nn
 if TYPE_CHECKING:
     from .._backbone import Backbone
 
-# torchrun's summary of a rank killed by a signal ("exitcode  : -6 (pid: ...)"): gloo's threads can abort
-# a rank at shutdown on a loaded machine; a Python error in the worker shows a positive exit code instead.
-_KILLED_BY_SIGNAL = re.compile(r"exitcode\s*:\s*-\d+")
+# Failures worth one more try: a rank killed by a signal (gloo's threads can abort a rank at shutdown on a
+# loaded machine) or a rendezvous port taken between choosing it and binding it. A Python error in the
+# worker is neither, and fails at once.
+_RETRYABLE = re.compile(r"address already in use|EADDRINUSE", re.IGNORECASE)
+_TIMEOUT_S = 600
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _run_ranks(command: list[str], env: dict[str, str], out_dir: Path) -> tuple[list[int], int, str]:
+    """Start both ranks (torchrun's environment variables, without its agent process); when one fails or
+    the time runs out, stop the other.
+
+    Returns each rank's exit status, the status of the first rank seen failing (0 if none), and the ranks'
+    output (stdout and stderr, rank by rank)."""
+    env = {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    logs = [out_dir / f"rank-{rank}.log" for rank in (0, 1)]
+    processes = []
+    for rank, log in enumerate(logs):
+        with log.open("w") as stream:
+            rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}
+            processes.append(subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=rank_env))
+    deadline = time.monotonic() + _TIMEOUT_S
+    first_failure = 0
+    while [process.poll() for process in processes].count(None):  # poll every rank (any() would stop early)
+        if not first_failure:
+            first_failure = next((p.returncode for p in processes if p.returncode not in (None, 0)), 0)
+        if first_failure or time.monotonic() > deadline:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+        time.sleep(0.05)
+    statuses = [int(process.returncode) for process in processes]
+    if not first_failure:
+        first_failure = next((status for status in statuses if status != 0), 0)
+    output = "\n".join(
+        f"--- rank {rank} (exit {status}) ---\n{log.read_text()[-4000:]}"
+        for rank, (status, log) in enumerate(zip(statuses, logs))
+    )
+    return statuses, first_failure, output
 
 
 def launch(model: Backbone, worker: str, out_dir: Path, *, batch_size: int, channels: int, size: list[int]) -> None:
-    """Run ``python -m worker SPEC`` on two CPU ranks (gloo) with torchrun, for ``model``'s class and config.
+    """Run ``python -m worker SPEC`` as two CPU ranks (gloo), for ``model``'s class and config.
 
-    A run in which a rank was killed by a signal is tried once more from scratch; any other failure, or a
-    second signal, fails the calling check with the ranks' output.
+    A run in which a rank was killed by a signal, or the rendezvous port was taken, is tried once more from
+    scratch; any other failure, or a second one, fails the calling check with the ranks' output.
     """
     config = model.config
     spec = {
@@ -49,14 +94,14 @@ def launch(model: Backbone, worker: str, out_dir: Path, *, batch_size: int, chan
         "out_dir": str(out_dir),
     }
     (out_dir / "spec.json").write_text(json.dumps(spec))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += ["-m", worker, str(out_dir / "spec.json")]
+    command = [sys.executable, "-m", worker, str(out_dir / "spec.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     for attempt in (1, 2):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-        if result.returncode == 0 or attempt == 2 or not _KILLED_BY_SIGNAL.search(result.stderr):
+        statuses, first_failure, output = _run_ranks(command, env, out_dir)
+        retry = first_failure < 0 or _RETRYABLE.search(output) is not None
+        if first_failure == 0 or attempt == 2 or not retry:
             break
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert statuses == [0, 0], f"ranks exited with {statuses}\n{output}"
 
 
 def finish() -> None:

@@ -25,14 +25,14 @@ rectangles of the image and the maps come back permuted, as in the reference.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone, InputError
-from backbones.layers import CheckpointableLayer, drop_path
+from backbones.layers import CheckpointableLayer, drop_path, run_token_layers
 from backbones_dinov2.blocks import Dinov2Embeddings, LayerScale, Mlp
 
 from ._config import RfDetrDinov2Config
@@ -168,6 +168,13 @@ class RfDetrDinov2Backbone(Backbone):
     transformers' ``RfDetrDinov2Backbone``. ``hidden_states`` are the raw windowed token sequences of every
     stage; ``attentions`` hold each run layer's attention probabilities (per window in windowed layers, per
     image in global ones).
+
+    Prefix tokens: every window carries its own copy of the class token, which evolves separately in windowed
+    layers (a global layer lets the copies of one image attend to each other), so an image has
+    ``num_prefix_tokens == num_windows**2`` of them (1 without windows). With ``output_prefix_tokens=True``,
+    ``prefix_tokens`` hold each requested stage's ``(batch, num_windows**2, hidden_size)`` class-token copies,
+    in window order (the windows row by row, as the maps place them; the order of transformers' windowed
+    hidden states), through the final ``layernorm`` as the map is.
     """
 
     config_class: ClassVar[type[RfDetrDinov2Config]] = RfDetrDinov2Config
@@ -199,6 +206,7 @@ class RfDetrDinov2Backbone(Backbone):
         # Only built when the feature maps use it, so that no parameter goes unused.
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.apply_layernorm else None
         self.num_windows = config.num_windows
+        self.num_prefix_tokens = config.num_windows**2  # each window's copy of the class token
         stages = config.num_hidden_layers + 1
         self.num_features = [config.hidden_size] * stages
         self.reductions = [config.patch_size] * stages
@@ -230,44 +238,48 @@ class RfDetrDinov2Backbone(Backbone):
                 f"{patch * windows} pixels (RF-DETR runs at e.g. 560x560), or set num_windows=1"
             )
 
-    def _feature_map(self, tokens: Tensor, height: int, width: int) -> Tensor:
+    def _feature_map(self, tokens: Tensor, height: int, width: int, with_prefix: bool = False) -> Any:
+        """The stage's feature map; ``with_prefix``: and its prefix tokens ``(batch, num_windows**2, C)``, each
+        window's class token with the windows row by row, both through the final layer norm."""
         if self.layernorm is not None:
             tokens = self.layernorm(tokens)
-        if not self.config.reshape_hidden_states:
-            return tokens
-        patches = tokens[:, 1:]
-        if self.num_windows > 1:
-            grid = _unpartition(patches, height, width, self.num_windows)
-        else:
-            grid = patches.reshape(tokens.shape[0], height, width, -1)
-        return grid.permute(0, 3, 1, 2)
+        fmap = tokens
+        if self.config.reshape_hidden_states:
+            patches = tokens[:, 1:]
+            if self.num_windows > 1:
+                grid = _unpartition(patches, height, width, self.num_windows)
+            else:
+                grid = patches.reshape(tokens.shape[0], height, width, -1)
+            fmap = grid.permute(0, 3, 1, 2)
+        if not with_prefix:
+            return fmap
+        # An image's windows are consecutive batch entries, in the order the maps place them row by row.
+        return fmap, tokens[:, :1].reshape(-1, self.num_prefix_tokens, tokens.shape[-1])
 
     def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        wanted = set(self.out_positions)
-        layers = self.encoder.layer
-        maps: list[Tensor | None] = [None] * len(self.stage_names)
-        hidden_states: list[Tensor] = []
-        attentions: list[Tensor] = []
+        self,
+        pixel_values: Tensor,
+        *,
+        last_stage: int,
+        output_hidden_states: bool,
+        output_attentions: bool,
+        output_prefix_tokens: bool = False,
+    ) -> tuple[Any, ...]:
         tokens, height, width = self.embeddings(pixel_values)
         self._check_grid(pixel_values, height, width)
         if self.num_windows > 1:
             tokens = _partition(tokens, height, width, self.num_windows)
         tokens = F.dropout(tokens, self.embedding_dropout, self.training)
-        for position in range(last_stage + 1):
-            if position:
-                tokens, weights = layers[position - 1](tokens, output_attentions)
-                if weights is not None:
-                    attentions.append(weights)
-            if position in wanted:
-                maps[position] = self._feature_map(tokens, height, width)
-            if output_hidden_states:
-                hidden_states.append(tokens)
-        return (
-            maps,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
+        return run_token_layers(
+            tokens,
+            self.encoder.layer,
+            last_stage=last_stage,
+            out_positions=set(self.out_positions),
+            num_stages=len(self.stage_names),
+            feature_map=lambda stage_tokens, _: self._feature_map(stage_tokens, height, width, output_prefix_tokens),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            output_prefix_tokens=output_prefix_tokens,
         )
 
     def _stage_modules(self, position: int) -> list[nn.Module]:
