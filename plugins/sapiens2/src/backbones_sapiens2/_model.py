@@ -165,10 +165,17 @@ class _FeedForward(nn.Module):
         self.w3 = nn.Linear(hidden, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.gated:
+        if not self.gated:
+            return self.w3(self.act_fn(self.w12(x)))
+        if type(self.w12) is nn.Linear:
+            # Two matmuls on views of the weight's halves: on CPU, one twice as wide is about 12% slower.
+            hidden = self.w3.in_features
+            weight, bias = self.w12.weight, self.w12.bias
+            gate = F.linear(x, weight[:hidden], None if bias is None else bias[:hidden])
+            up = F.linear(x, weight[hidden:], None if bias is None else bias[hidden:])
+        else:  # a wrapped module (peft's LoRA, FSDP): its own forward
             gate, up = self.w12(x).chunk(2, dim=-1)
-            return self.w3(self.act_fn(gate) * up)
-        return self.w3(self.act_fn(self.w12(x)))
+        return self.w3(self.act_fn(gate) * up)
 
 
 class _Block(CheckpointableLayer):
