@@ -4,6 +4,7 @@ own feature extractors, pretrained weights from local files, error messages, and
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -446,6 +447,13 @@ def test_pretrained_weights_from_a_local_timm_folder(
     with torch.no_grad():
         assert_close_maps(again.float()(pixels()).feature_maps, model(pixels()).feature_maps, atol=1e-5)
     assert load_by_name("microsoft/resnet-50", {}) is None and load_by_name("no_such_timm_model", {}) is None
+    # The parameter limit holds for timm names too, checked before any weight is read.
+    message = r"TimmBackbone would have ([\d,]+) parameters \(counted on the meta device, nothing allocated\), above the limit of 1,000"
+    with pytest.raises(ConfigError, match=message) as refused:
+        AutoBackbone.from_pretrained(name, max_parameters=1000)
+    # The count is timm's whole network (its classifier too), at least what the loaded backbone keeps.
+    counted = int(re.search(message, str(refused.value)).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert counted >= sum(p.numel() for p in AutoBackbone.from_pretrained(name).parameters()) > 1000
     assert model.stage_names == ["act1", "layer1", "layer2", "layer3", "layer4"]
     with torch.no_grad():
         assert_close_maps(model(pixels()).feature_maps, _features_with(timm_weights["state"])(pixels()), atol=0.0)

@@ -110,7 +110,9 @@ def _load(name: str, options: LoadOptions, config_overrides: Mapping[str, Any]) 
     if options.cache_dir is not None:
         overrides["cache_dir"] = os.fspath(options.cache_dir)
     config = TimmBackboneConfig(backbone=name, use_pretrained_backbone=True, **options.selection(), **overrides)
-    model = TimmBackbone(config)
+    # Counted on the meta device first, as every load is: a model over max_parameters is refused before any
+    # weight is allocated or downloaded.
+    model = TimmBackbone.from_config(config, max_parameters=options.max_parameters)
     dtype = options.dtype
     if dtype == "auto":
         target = None
