@@ -25,6 +25,8 @@ if mode == "python_error" and rank == 1:
     raise SystemExit("rank 1 refuses: a Python error")
 if mode == "python_error":
     time.sleep(600)  # rank 0 waits for a peer that will never come: the launcher must stop it
+if mode == "hang":
+    time.sleep(600)
 if mode == "abort_once" and rank == 0 and attempt == 1:
     os.kill(os.getpid(), signal.SIGABRT)
 """
@@ -66,3 +68,16 @@ def test_a_rank_killed_by_a_signal_is_tried_once_more(tmp_path: Path, worker: Ca
     # Both ranks of a try rendezvous on the same port.
     for attempt in (1, 2):
         assert (out / f"attempt-0-{attempt}").read_text() == (out / f"attempt-1-{attempt}").read_text()
+
+
+def test_ranks_that_run_out_of_time_are_stopped_and_not_retried(
+    tmp_path: Path, worker: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backbones.testing import _distributed
+
+    monkeypatch.setattr(_distributed, "_TIMEOUT_S", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(AssertionError, match=r"ranks exited with \[-9, -9\]\nthe ranks were stopped after 1 s"):
+        launch(_model(), worker("hang"), out, batch_size=1, channels=3, size=[8, 8])
+    assert sorted(path.name for path in out.glob("attempt-*")) == ["attempt-0-1", "attempt-1-1"]

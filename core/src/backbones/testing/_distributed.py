@@ -41,12 +41,12 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _run_ranks(command: list[str], env: dict[str, str], out_dir: Path) -> tuple[list[int], int, str]:
+def _run_ranks(command: list[str], env: dict[str, str], out_dir: Path) -> tuple[list[int], int, bool, str]:
     """Start both ranks (torchrun's environment variables, without its agent process); when one fails or
     the time runs out, stop the other.
 
-    Returns each rank's exit status, the status of the first rank seen failing (0 if none), and the ranks'
-    output (stdout and stderr, rank by rank)."""
+    Returns each rank's exit status, the status of the first rank seen failing (0 if none), whether the time
+    ran out, and the ranks' output (stdout and stderr, rank by rank)."""
     env = {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
     logs = [out_dir / f"rank-{rank}.log" for rank in (0, 1)]
     processes = []
@@ -56,10 +56,12 @@ def _run_ranks(command: list[str], env: dict[str, str], out_dir: Path) -> tuple[
             processes.append(subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=rank_env))
     deadline = time.monotonic() + _TIMEOUT_S
     first_failure = 0
+    timed_out = False
     while [process.poll() for process in processes].count(None):  # poll every rank (any() would stop early)
         if not first_failure:
             first_failure = next((p.returncode for p in processes if p.returncode not in (None, 0)), 0)
-        if first_failure or time.monotonic() > deadline:
+        timed_out = timed_out or (not first_failure and time.monotonic() > deadline)
+        if first_failure or timed_out:
             for process in processes:
                 if process.poll() is None:
                     process.kill()
@@ -71,7 +73,9 @@ def _run_ranks(command: list[str], env: dict[str, str], out_dir: Path) -> tuple[
         f"--- rank {rank} (exit {status}) ---\n{log.read_text()[-4000:]}"
         for rank, (status, log) in enumerate(zip(statuses, logs))
     )
-    return statuses, first_failure, output
+    if timed_out:
+        output = f"the ranks were stopped after {_TIMEOUT_S} s\n{output}"
+    return statuses, first_failure, timed_out, output
 
 
 def launch(model: Backbone, worker: str, out_dir: Path, *, batch_size: int, channels: int, size: list[int]) -> None:
@@ -97,8 +101,9 @@ def launch(model: Backbone, worker: str, out_dir: Path, *, batch_size: int, chan
     command = [sys.executable, "-m", worker, str(out_dir / "spec.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     for attempt in (1, 2):
-        statuses, first_failure, output = _run_ranks(command, env, out_dir)
-        retry = first_failure < 0 or _RETRYABLE.search(output) is not None
+        statuses, first_failure, timed_out, output = _run_ranks(command, env, out_dir)
+        # A rank killed for running out of time is not a signal from gloo: a hang is not tried again.
+        retry = not timed_out and (first_failure < 0 or _RETRYABLE.search(output) is not None)
         if first_failure == 0 or attempt == 2 or not retry:
             break
     assert statuses == [0, 0], f"ranks exited with {statuses}\n{output}"
