@@ -33,18 +33,19 @@ pytestmark = pytest.mark.slow
 PROJECTS = [ROOT / "core", *sorted(path.parent for path in ROOT.glob("plugins/[!_]*/pyproject.toml"))]
 # Distributions that may depend on another of ours besides core (they reuse its modules).
 BUILT_ON = {
+    "backbones-beit": {"backbones-dinov2"},
     "backbones-convnextv2": {"backbones-convnext"},
     "backbones-dinat": {"backbones-nat"},
     "backbones-dinov2-with-registers": {"backbones-dinov2"},
     "backbones-dinov3-convnext": {"backbones-convnext"},
     "backbones-dinov3-vit": {"backbones-dinov2"},
     "backbones-hiera": {"backbones-dinov2"},
-    "backbones-lw-detr-vit": {"backbones-vitdet"},
+    "backbones-lw-detr-vit": {"backbones-vitdet", "backbones-dinov2"},
     "backbones-maskformer-swin": {"backbones-swin"},
     "backbones-pixio": {"backbones-dinov2"},
     "backbones-rf-detr-dinov2": {"backbones-dinov2"},
     "backbones-rt-detr-resnet": {"backbones-resnet"},
-    "backbones-sapiens2": {"backbones-dinov3-vit"},
+    "backbones-sapiens2": {"backbones-dinov3-vit", "backbones-dinov2"},
     "backbones-swinv2": {"backbones-swin"},
     "backbones-tipsv2": {"backbones-dinov2"},
     "backbones-vitpose-backbone": {"backbones-dinov2"},

@@ -109,6 +109,11 @@ class BackboneConfig(BaseModel):
     architecture does not read (a task head's fields, values derived from other fields). They are kept
     for the round trip like any extra, and never reported by :meth:`unknown_fields`."""
 
+    derived_config_keys: ClassVar[tuple[str, ...]] = ()
+    """Properties :meth:`to_dict` writes to ``config.json`` beside the fields, as the reference implementation
+    writes them (values derived from fields, e.g. Swin's ``hidden_size``), so that tools reading the file
+    directly find them. Each is the property's current value: a stale copy read from a file is replaced."""
+
     output_hidden_states: bool = False
     """Default of the forward's ``output_hidden_states``."""
     output_attentions: bool = False
@@ -331,6 +336,8 @@ class BackboneConfig(BaseModel):
         """Return the ``config.json`` dictionary (transformers' format), extras included."""
         data: dict[str, Any] = {"model_type": self.model_type}
         data.update(self.model_dump(mode="json"))
+        for key in self.derived_config_keys:
+            data[key] = getattr(self, key)
         data["stage_names"] = self.stage_names
         data["out_features"] = self.out_features
         data["out_indices"] = self.out_indices

@@ -30,7 +30,8 @@ ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "tanh": ("Tanh", {}),
 }
 
-_IN_PLACE_CAPABLE = {"ReLU", "ReLU6", "LeakyReLU"}
+# Activations whose in-place form autograd supports (their backward does not need the overwritten input).
+_IN_PLACE_CAPABLE = {"ReLU", "ReLU6", "LeakyReLU", "Hardswish", "SiLU"}
 
 
 def check_activation(name: str, field: str = "hidden_act") -> str:
@@ -49,8 +50,9 @@ def make_activation(name: str, *, inplace: bool = False) -> nn.Module:
 
     Args:
         name: A key of :data:`ACTIVATIONS`.
-        inplace: Let the ReLU family overwrite its input; only where the input is a fresh tensor nothing
-            else reads (e.g. the output of a norm or of a residual sum).
+        inplace: Let the ReLU family, hardswish and SiLU overwrite their input (the others ignore it); only
+            where the input is a fresh tensor nothing else reads (e.g. the output of a norm or of a residual
+            sum). It saves one allocation per call, which shows in small mobile networks.
     """
     from torch import nn
 

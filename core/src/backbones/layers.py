@@ -5,12 +5,16 @@
   its activations in the backward pass instead of storing them.
 * :class:`FrozenBatchNorm2d`: BatchNorm with fixed statistics and affine terms, which
   ``Backbone.freeze_batch_norm()`` puts in place of every ``nn.BatchNorm2d``.
+* :class:`ConvNormActivation`: convolution, BatchNorm and optional activation, foldable for inference;
+  :class:`LearnableAffine`, the learnable scalar affine that may follow its activation.
 * :func:`drop_path`: stochastic depth for residual branches; :func:`drop_path_rates`, its usual schedule.
 * :func:`init_linear_and_norm_`: transformers' default initialisation of linear, convolution and layer-norm
-  modules, which most plugins' ``_init_weights`` start from.
+  modules, which most plugins' ``_init_weights`` start from; :func:`init_conv_and_batch_norm_`, the CNNs' one.
 * :func:`check_pixel_channels`: the shared error for inputs with the wrong number of channels.
 * :func:`run_stem_and_stages`: the forward of a trunk that is a stem followed by a list of stages.
+* :class:`StemAndStages`: the stage hooks (forward, freezing, pruning) of a backbone built that way.
 * :func:`run_token_layers`: the forward of a plain vision transformer's layers, one stage each.
+* :func:`attend`: multi-head scaled dot-product attention that returns the probabilities when asked.
 * :func:`reselect_output_modules`: per-output modules (e.g. output norms) following a new selection.
 """
 
@@ -18,19 +22,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable, Sequence
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .activations import make_activation
+
+if TYPE_CHECKING:
+    from ._backbone import Backbone
+
 __all__ = [
     "CheckpointableLayer",
+    "ConvNormActivation",
+    "StemAndStages",
     "FrozenBatchNorm2d",
+    "LearnableAffine",
+    "attend",
     "check_pixel_channels",
     "convert_batch_norm_to_frozen",
     "drop_path",
     "drop_path_rates",
+    "init_conv_and_batch_norm_",
     "init_linear_and_norm_",
     "reselect_output_modules",
     "run_stem_and_stages",
@@ -135,6 +150,116 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
+class LearnableAffine(nn.Module):
+    """``scale * x + bias`` with one learnable scalar each (keys ``scale``, ``bias``): PaddlePaddle's learnable
+    affine block (transformers' ``lab``), as HGNetV2 and PP-LCNet put it after activations.
+
+    Args:
+        trainable: Parameters (the default), or buffers: the values of a checkpoint's affine that the
+            network never runs, kept under their keys for the round trip but not trained (DDP requires
+            every parameter to take part in the loss).
+    """
+
+    scale: Tensor
+    bias: Tensor
+
+    def __init__(self, trainable: bool = True) -> None:
+        super().__init__()
+        if trainable:
+            self.scale = nn.Parameter(torch.ones(1))
+            self.bias = nn.Parameter(torch.zeros(1))
+        else:
+            self.register_buffer("scale", torch.ones(1))
+            self.register_buffer("bias", torch.zeros(1))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """``scale * hidden + bias``, any shape."""
+        return torch.addcmul(self.bias, hidden, self.scale)
+
+
+class ConvNormActivation(nn.Module):
+    """A convolution, a BatchNorm, then an optional activation (and affine): the conv-BN-act unit of most CNNs.
+
+    The keys are ``convolution`` and ``normalization`` (transformers' names for this unit in ResNet, HGNetV2,
+    PP-LCNet, UVDoc, ...). :meth:`reparameterize` folds the BatchNorm, or its frozen form, into the
+    convolution for inference (:class:`backbones.reparam.Reparameterizable`); ``normalization`` is then
+    ``None``. Plugins derive their own unit from it to add what follows the activation.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_size: Side of the square kernel.
+        stride: Stride of the convolution, an int or a ``(height, width)`` pair.
+        padding: Zero padding on every side; ``None`` (the default) pads by ``dilation * (kernel_size // 2)``,
+            which keeps the size at stride 1 for odd kernels.
+        dilation: Dilation of the convolution.
+        groups: Convolution groups.
+        bias: Whether the convolution has a bias.
+        activation: The activation after the norm: a module, a name of :data:`backbones.activations.ACTIVATIONS`
+            (built in place: it reads the norm's fresh output only), or ``None`` for none.
+        affine: Follow the activation by a :class:`LearnableAffine` (key ``lab``); only where there is an
+            activation, as transformers builds HGNetV2's and PP-LCNet's units (``lab`` is ``None`` otherwise).
+
+    Example:
+        >>> unit = ConvNormActivation(3, 16, 3, 2, activation=nn.ReLU(inplace=True))  # doctest: +SKIP
+        >>> unit(torch.randn(1, 3, 32, 32)).shape  # doctest: +SKIP
+        torch.Size([1, 16, 16, 16])
+    """
+
+    normalization: nn.Module | None
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int | tuple[int, int] = 1,
+        *,
+        padding: int | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        activation: nn.Module | str | None = None,
+        affine: bool = False,
+    ) -> None:
+        super().__init__()
+        self.convolution = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=dilation * (kernel_size // 2) if padding is None else padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
+        self.normalization = nn.BatchNorm2d(out_channels)
+        # None rather than nn.Identity: one module call fewer per unit, and the state dict is the same.
+        self.activation = make_activation(activation, inplace=True) if isinstance(activation, str) else activation
+        self.lab = LearnableAffine() if activation is not None and affine else None
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """``(B, in_channels, H, W)`` to ``(B, out_channels, H', W')``."""
+        hidden = self.convolution(hidden)
+        if self.normalization is not None:
+            hidden = self.normalization(hidden)
+        if self.activation is not None:
+            hidden = self.activation(hidden)
+        if self.lab is not None:
+            hidden = self.lab(hidden)
+        return hidden
+
+    def reparameterize(self) -> None:
+        """Fold the BatchNorm (or its frozen form) into the convolution, which gains a bias; in place (the
+        affine follows the activation, so it stays)."""
+        norm = self.normalization
+        if isinstance(norm, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+            from .reparam import fuse_conv_bn  # reparam imports this module
+
+            self.convolution = fuse_conv_bn(self.convolution, norm)
+            self.normalization = None
+
+
 def convert_batch_norm_to_frozen(module: nn.Module) -> int:
     """Replace every ``nn.BatchNorm2d`` inside ``module`` with a :class:`FrozenBatchNorm2d`, in place.
 
@@ -189,6 +314,39 @@ def init_linear_and_norm_(module: nn.Module, std: float, *, truncated: bool = Fa
             nn.init.ones_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+        return True
+    return False
+
+
+def init_conv_and_batch_norm_(module: nn.Module, std: float | None = None) -> bool:
+    """Initialise ``module``'s own parameters as transformers' convolutional models do, if it is a convolution
+    or a BatchNorm.
+
+    ``nn.Conv2d``: with ``std``, weight from a normal distribution of mean 0 and standard deviation ``std`` and
+    bias 0; without, He's normal initialisation for ReLU (``kaiming_normal_``, ``mode="fan_out"``, as
+    transformers' ResNet), bias untouched. ``nn.BatchNorm2d``: weight 1, bias 0, running statistics reset.
+    Meant for a backbone's ``_init_weights``, before its architecture-specific cases.
+
+    Args:
+        module: The module (its children are not visited).
+        std: Standard deviation of the convolution weights (a config's ``initializer_range``), or ``None``
+            for He's initialisation.
+
+    Returns:
+        Whether ``module`` was one of those kinds (and so is initialised).
+    """
+    if isinstance(module, nn.Conv2d):
+        if std is None:
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        else:
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        return True
+    if isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+        module.reset_running_stats()
         return True
     return False
 
@@ -248,6 +406,59 @@ def run_stem_and_stages(
         states.append(hidden)
     stage_maps: list[Tensor | None] = [*states, *([None] * (num_stages - len(states)))]
     return stage_maps, tuple(states) if output_hidden_states else None, None
+
+
+class StemAndStages:
+    """Stage hooks of a :class:`~backbones.Backbone` whose stage 0 is one stem module and stage ``i >= 1`` is
+    ``stages[i - 1]`` of one ``nn.ModuleList`` (ResNet-like trunks).
+
+    List it before ``Backbone`` in the bases and implement :meth:`_stem_and_stages`; it supplies
+    ``_forward_features`` (:meth:`_check_input_channels`, then :func:`run_stem_and_stages`), ``_stage_modules``
+    (the stem, or one stage, for ``freeze_stages``) and ``_prune_stages`` (drops the stages past the last one
+    kept; the stem is always kept). A backbone whose forward differs (stages that do not chain) overrides
+    ``_forward_features`` and keeps the other two.
+
+    Attributes:
+        input_model_name: How the wrong-channels error names the model (``"ResNet"``, ``"BiT"``, ...).
+
+    Example:
+        >>> class MyBackbone(StemAndStages, Backbone):  # doctest: +SKIP
+        ...     input_model_name = "MyNet"
+        ...     def _stem_and_stages(self):
+        ...         return self.embedder, self.encoder.stages
+    """
+
+    input_model_name: ClassVar[str] = "model"
+
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        """The stem module (stage 0) and the list of the later stages (stage ``i`` is item ``i - 1``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _stem_and_stages")
+
+    def _check_input_channels(self, pixel_values: Tensor) -> None:
+        """Refuse ``pixel_values`` whose channels are not ``config.num_channels`` (:func:`check_pixel_channels`)."""
+        config: Any = cast("Backbone", self).config
+        check_pixel_channels(pixel_values, config.num_channels, self.input_model_name)
+
+    def _forward_features(
+        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
+    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        self._check_input_channels(pixel_values)
+        stem, stages = self._stem_and_stages()
+        return run_stem_and_stages(
+            stem,
+            stages,
+            pixel_values,
+            last_stage=last_stage,
+            num_stages=len(cast("Backbone", self).stage_names),
+            output_hidden_states=output_hidden_states,
+        )
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        stem, stages = self._stem_and_stages()
+        return [stem] if position == 0 else [stages[position - 1]]
+
+    def _prune_stages(self, last_stage: int) -> None:
+        del self._stem_and_stages()[1][last_stage:]
 
 
 def run_token_layers(
@@ -310,6 +521,35 @@ def run_token_layers(
         tuple(attentions) if output_attentions else None,
     )
     return (*outputs, prefixes) if output_prefix_tokens else outputs
+
+
+def attend(
+    query: Tensor, key: Tensor, value: Tensor, *, dropout: float, training: bool, need_weights: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Scaled dot-product attention of ``(batch, heads, tokens, head_width)`` queries, keys and values.
+
+    Without ``need_weights`` it is one fused ``F.scaled_dot_product_attention`` call; with it, the scores
+    ``query @ key^T / sqrt(head_width)`` are soft-maxed and kept, so the probabilities can be returned (what
+    transformers' eager attention computes).
+
+    Args:
+        query: ``(batch, heads, tokens, head_width)``.
+        key: ``(batch, heads, key_tokens, head_width)``.
+        value: ``(batch, heads, key_tokens, value_width)``.
+        dropout: Dropout rate on the probabilities, applied only when ``training``.
+        training: Whether the calling module is in training mode.
+        need_weights: Also return the probabilities.
+
+    Returns:
+        The context ``(batch, heads, tokens, value_width)`` and the probabilities ``(batch, heads, tokens,
+        key_tokens)`` (after dropout) or ``None``.
+    """
+    rate = dropout if training else 0.0
+    if not need_weights:
+        return F.scaled_dot_product_attention(query, key, value, dropout_p=rate), None
+    scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
+    weights = F.dropout(scores.softmax(dim=-1), rate, training)
+    return torch.matmul(weights, value), weights
 
 
 def reselect_output_modules(

@@ -18,12 +18,15 @@ __all__ = [
     "OutputStride",
     "PositiveInts",
     "PositivePerStage",
+    "check_choice",
     "check_heads_divide",
     "check_hidden_sizes_per_stage",
     "check_image_holds_patches",
     "check_layer_indices",
     "check_positive_mlp_ratio",
+    "check_rotary_heads",
     "check_stage_heads",
+    "check_stem_channels",
     "dilate_stages",
     "image_pair",
     "numbered_stage_names",
@@ -85,6 +88,26 @@ def image_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return height, width
 
 
+def check_choice(name: str, value: str, choices: Sequence[str], hint: str) -> str:
+    """Require a config field's ``value`` to be one of ``choices`` (for a pydantic ``field_validator``).
+
+    Args:
+        name: The field's name, as the message names it.
+        value: The given value.
+        choices: The values the architecture supports.
+        hint: When to choose which, put in parentheses after the list (e.g. ``"'basic' for ResNet-18/34"``).
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ValueError: Naming the value, the supported ones and ``hint``.
+    """
+    if value not in choices:
+        raise ValueError(f"{name} {value!r} is not supported; set {name} to one of {list(choices)} ({hint})")
+    return value
+
+
 def check_hidden_sizes_per_stage(hidden_sizes: list[int], depths: list[int]) -> None:
     """Require one channel count (``hidden_sizes``) per stage (``depths``).
 
@@ -95,6 +118,22 @@ def check_hidden_sizes_per_stage(hidden_sizes: list[int], depths: list[int]) -> 
         raise ValueError(
             f"hidden_sizes has {len(hidden_sizes)} entries but depths has {len(depths)}; "
             "give one channel count and one depth per stage (len(hidden_sizes) == len(depths))"
+        )
+
+
+def check_stem_channels(stem_channels: list[int], num_channels: int) -> None:
+    """Require a three-width stem's ``stem_channels`` to be ``[input, middle, output]``, three positive ints whose
+    first is the image's channels (``num_channels``), as HGNetV2 and PP-LCNetV4 configs list them.
+
+    Raises:
+        ValueError: Naming the wrong list, or both channel counts.
+    """
+    if len(stem_channels) != 3 or any(item < 1 for item in stem_channels):
+        raise ValueError(f"stem_channels must be [input, middle, output] (three positive ints), got {stem_channels}")
+    if stem_channels[0] != num_channels:
+        raise ValueError(
+            f"stem_channels[0]={stem_channels[0]} must equal num_channels={num_channels} "
+            "(the stem's first convolution reads the image)"
         )
 
 
@@ -146,6 +185,24 @@ def check_positive_mlp_ratio(mlp_ratio: float, hidden_size: int) -> None:
         raise ValueError(f"mlp_ratio must be positive (the MLP is mlp_ratio * hidden_size wide), got {mlp_ratio}")
     if int(hidden_size * mlp_ratio) < 1:
         raise ValueError(f"mlp_ratio={mlp_ratio} leaves the MLP with no hidden units; raise mlp_ratio")
+
+
+def check_rotary_heads(hidden_size: int, num_attention_heads: int) -> None:
+    """Require heads that 2-D rotary position embeddings can rotate: ``num_attention_heads`` divides
+    ``hidden_size`` (see :func:`check_heads_divide`) into head widths that are multiples of 4 (each head holds a
+    sine-cosine pair per axis).
+
+    Raises:
+        ValueError: Naming the head width and the fix.
+    """
+    check_heads_divide(hidden_size, num_attention_heads)
+    head_width = hidden_size // num_attention_heads
+    if head_width % 4:
+        raise ValueError(
+            f"hidden_size / num_attention_heads = {hidden_size} / {num_attention_heads} = {head_width} "
+            "must be a multiple of 4: the rotary embedding gives each head a sine-cosine pair per axis; "
+            "choose a head count that leaves heads a multiple of 4 wide"
+        )
 
 
 def square_patch_size(value: Any, example: int) -> Any:

@@ -11,7 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 from backbones import AutoBackbone, Backbone, ConfigError, testing
-from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, assert_parity
+from backbones.testing import (
+    BackboneConformance,
+    ConfigErrors,
+    TransformersParity,
+    assert_close_maps,
+    assert_parity,
+    random_pixels,
+)
 from backbones_beit import BeitBackbone, BeitConfig
 
 transformers = pytest.importorskip("transformers")
@@ -46,10 +53,6 @@ REFERENCE_RENAMES = (
     (r"^fpn1\.3\.", "fpn.fpn1.conv_transpose2."),
     (r"^fpn2\.0\.", "fpn.fpn2."),
 )
-
-
-def _pixels(height: int, width: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
 def _reference_trunk(task_model: Any, config: Any, neck_missing: bool = False) -> Any:
@@ -374,7 +377,7 @@ def test_drop_path_rates_and_training_only() -> None:
     model = testing.randomize_weights_(BeitBackbone(config))
     assert [layer.drop_path for layer in model.beit.encoder.layer] == pytest.approx(expected)
     assert expected == pytest.approx([0.0, 0.1, 0.2, 0.3])
-    pixels = _pixels(32, 32)
+    pixels = random_pixels(32, 32, seed=1)
     testing.assert_random_only_in_training(model, pixels)
 
 
@@ -384,7 +387,7 @@ def test_drop_path_rates_and_training_only() -> None:
 def test_bias_cache_follows_weight_updates_and_dtype() -> None:
     config = BeitConfig(**TINY, use_relative_position_bias=True, out_indices=[-1])
     model = testing.randomize_weights_(BeitBackbone(config)).eval()
-    pixels = _pixels(48, 40)
+    pixels = random_pixels(48, 40, seed=1)
     with torch.no_grad():
         before = model(pixels).feature_maps[0]
         table = model.beit.encoder.layer[2].attention.attention.relative_position_bias.relative_position_bias_table
@@ -402,8 +405,8 @@ def test_bias_cache_follows_weight_updates_and_dtype() -> None:
 def test_relative_bias_gets_gradient_in_eval_mode() -> None:
     model = testing.randomize_weights_(BeitBackbone(BeitConfig(**TINY, use_shared_relative_position_bias=True))).eval()
     with torch.no_grad():
-        model(_pixels(32, 32))  # fills the cache
-    model(_pixels(32, 32)).feature_maps[0].pow(2).sum().backward()
+        model(random_pixels(32, 32, seed=1))  # fills the cache
+    model(random_pixels(32, 32, seed=1)).feature_maps[0].pow(2).sum().backward()
     table = model.beit.encoder.relative_position_bias.relative_position_bias_table
     assert table.grad is not None and table.grad.abs().sum() > 0
 
@@ -441,7 +444,7 @@ def test_non_square_pretraining_size() -> None:
         # At the pre-training grid the table is read as is (resampling to the same size is the identity).
         assert torch.equal(module(4, 6), module._resampled_table(4, 6).t()[:, module.grid_index][None])
         assert torch.equal(module(4, 6)[0, :, 0, 0], table[-1])
-        maps = [model(_pixels(*size)).feature_maps[0] for size in [(32, 48), (40, 40)]]
+        maps = [model(random_pixels(*size, seed=1)).feature_maps[0] for size in [(32, 48), (40, 40)]]
     assert [tuple(fmap.shape) for fmap in maps] == [(2, 16, 4, 6), (2, 16, 5, 5)]
 
 
@@ -457,7 +460,7 @@ def test_pruning_drops_deeper_layers_and_levels() -> None:
     assert not any(key.startswith(("beit.encoder.layer.2.", "beit.encoder.layer.3.")) for key in keys)
     assert not hasattr(model, "fpn3") and not hasattr(model, "fpn4")
     with torch.no_grad():
-        maps = model(_pixels(32, 32)).feature_maps
+        maps = model(random_pixels(32, 32, seed=1)).feature_maps
     assert [tuple(fmap.shape) for fmap in maps] == [(2, 16, 4, 4), (2, 16, 8, 8)]
 
 
@@ -467,7 +470,7 @@ def test_truncated_forward_skips_deeper_layers() -> None:
     for index, layer in enumerate(model.beit.encoder.layer):
         layer.register_forward_hook(lambda *_, index=index: calls.append(index))
     with torch.no_grad():
-        model(_pixels(32, 32))
+        model(random_pixels(32, 32, seed=1))
     assert calls == [0]
 
 
@@ -521,36 +524,54 @@ def test_config_accepts_square_patch_pair_and_image_pair() -> None:
     assert config.patch_size == 16 and config.patch_grid == (14, 20)
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"num_attention_heads": 3}, r"num_attention_heads=3 does not divide hidden_size=16; choose a head count"),
-        ({"hidden_act": "swishy"}, r"hidden_act 'swishy' is not supported; set hidden_act to one of"),
-        ({"patch_size": [8, 4]}, r"patch_size must be one int or a square pair"),
-        ({"image_size": 4}, r"image_size 4 is smaller than patch_size=8"),
-        ({"num_hidden_layers": 0}, r"num_hidden_layers=0: Input should be greater than or equal to 1"),
-        ({"layer_scale_init_value": -0.1}, r"layer_scale_init_value=-0.1: Input should be greater than or equal to 0"),
-        ({"drop_path_rate": 1.0}, r"drop_path_rate=1.0: Input should be less than 1"),
-        (
+class TestBeitConfigErrors(ConfigErrors):
+    config_class = BeitConfig
+    config = TINY
+    errors = {
+        "heads-divide-the-width": (
+            {"num_attention_heads": 3},
+            r"num_attention_heads=3 does not divide hidden_size=16; choose a head count",
+        ),
+        "unknown-activation": (
+            {"hidden_act": "swishy"},
+            r"hidden_act 'swishy' is not supported; set hidden_act to one of",
+        ),
+        "square-patches": ({"patch_size": [8, 4]}, r"patch_size must be one int or a square pair"),
+        "image-holds-a-patch": ({"image_size": 4}, r"image_size 4 is smaller than patch_size=8"),
+        "at-least-one-layer": (
+            {"num_hidden_layers": 0},
+            r"num_hidden_layers=0: Input should be greater than or equal to 1",
+        ),
+        "layer-scale-not-negative": (
+            {"layer_scale_init_value": -0.1},
+            r"layer_scale_init_value=-0.1: Input should be greater than or equal to 0",
+        ),
+        "drop-path-below-one": ({"drop_path_rate": 1.0}, r"drop_path_rate=1.0: Input should be less than 1"),
+        "pyramid-needs-four-stages": (
             {"add_fpn": True},
             r"add_fpn=True feeds a 4-level pyramid from 4 stages, but the selection has 1 \(\['stage4'\]\)",
         ),
-        ({"add_fpn": True, "fpn_indices": [1, 2, 3]}, r"fpn_indices must list 4 stages \(one per pyramid level\)"),
-        (
+        "pyramid-indices-four": (
+            {"add_fpn": True, "fpn_indices": [1, 2, 3]},
+            r"fpn_indices must list 4 stages \(one per pyramid level\)",
+        ),
+        "pyramid-indices-in-range": (
             {"add_fpn": True, "fpn_indices": [1, 2, 3, 9]},
             r"fpn_indices \[1, 2, 3, 9\] has indices outside the 5 stages",
         ),
-        ({"add_fpn": True, "fpn_indices": [1, 2, 2, 4]}, r"fpn_indices \[1, 2, 2, 4\] names a stage twice"),
-        ({"add_fpn": True, "fpn_indices": [4, 1, 2, 3]}, r"must go from shallow to deep .*use \[1, 2, 3, 4\]"),
-        (
+        "pyramid-indices-distinct": (
+            {"add_fpn": True, "fpn_indices": [1, 2, 2, 4]},
+            r"fpn_indices \[1, 2, 2, 4\] names a stage twice",
+        ),
+        "pyramid-indices-shallow-to-deep": (
+            {"add_fpn": True, "fpn_indices": [4, 1, 2, 3]},
+            r"must go from shallow to deep .*use \[1, 2, 3, 4\]",
+        ),
+        "pyramid-needs-reshaped-maps": (
             {"add_fpn": True, "fpn_indices": [1, 2, 3, 4], "reshape_hidden_states": False},
             r"add_fpn=True needs reshape_hidden_states=True",
         ),
-    ],
-)
-def test_config_rejects_bad_values(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        BeitConfig(**{**TINY, **overrides})
+    }
 
 
 def test_enabling_pyramid_later_needs_its_stages() -> None:
@@ -572,7 +593,7 @@ def test_prefix_tokens_are_transformers_class_tokens(tmp_path: Path) -> None:
     reference = testing.randomize_weights_(transformers.BeitBackbone(config), seed=3).eval()
     reference.save_pretrained(tmp_path)
     ours = AutoBackbone.from_pretrained(tmp_path)
-    pixels = _pixels(32, 32)
+    pixels = random_pixels(32, 32, seed=1)
     with torch.no_grad():
         expected = reference(pixels, output_hidden_states=True).hidden_states
         output = ours(pixels, output_prefix_tokens=True)

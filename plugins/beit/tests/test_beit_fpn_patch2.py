@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from backbones import AutoBackbone
-from backbones.testing import assert_close_maps, randomize_weights_
+from backbones.testing import assert_close_maps, random_pixels, randomize_weights_
 from backbones_beit import BeitBackbone, BeitConfig
 
 transformers = pytest.importorskip("transformers")
@@ -28,10 +28,6 @@ TINY_PATCH2: dict[str, Any] = {
     "use_relative_position_bias": True,
     "use_absolute_position_embeddings": True,
 }
-
-
-def _pixels(height: int, width: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module", params=[2, 6], ids=["patch2", "patch6"])
@@ -63,7 +59,7 @@ def test_patch_size_2_matches_transformers(reference_checkpoint: tuple[Any, Path
     assert ours.out_reductions == [patch / 4, patch / 2, patch, 2 * patch]
     # The pre-training size, a larger non-square one and one that is not a multiple of the patch.
     for size in [(4 * patch, 4 * patch), (6 * patch, 5 * patch), (5 * patch + 1, 3 * patch)]:
-        pixels = _pixels(*size)
+        pixels = random_pixels(*size, seed=1)
         with torch.no_grad():
             expected = reference(pixels).feature_maps
             maps = ours(pixels).feature_maps
@@ -84,5 +80,5 @@ def test_patch_size_2_from_transformers_config_dict() -> None:
     config = BeitConfig.from_dict(saved)
     assert config.fpn_indices == [1, 2, 3, 4] and config.patch_size == 2
     with torch.no_grad():
-        maps = BeitBackbone(config).eval()(_pixels(8, 8)).feature_maps
+        maps = BeitBackbone(config).eval()(random_pixels(8, 8, seed=1)).feature_maps
     assert [tuple(fmap.shape[2:]) for fmap in maps] == [(16, 16), (8, 8), (4, 4), (2, 2)]

@@ -18,13 +18,13 @@ import torch
 from safetensors.torch import load_file
 
 from backbones import AutoBackbone
-from backbones.testing import BackboneConformance, RecordedParity, assert_close_maps, assert_parity, randomize_weights_
+from backbones.testing import assert_close_maps, assert_parity, randomize_weights_
 from backbones_dinat import DinatBackbone, DinatConfig
 from backbones_nat import NatBackbone, NatConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "nat" / "tests"))
 
-from nat_oracle import TESTS, fake_natten, run_oracle, subprocess_environment
+from nat_oracle import TESTS, NatFamilyConformance, NatFamilyRecordedParity, fake_natten, subprocess_environment
 
 # Two stages; at 32 px the second stage's 4 x 4 map is far smaller than its 3 x 5 dilated window.
 TINY: dict[str, Any] = {
@@ -65,21 +65,10 @@ CLASSIFIER: dict[str, Any] = {
     "drop_path_rate": 0.0,
     "num_labels": 4,
 }
-ALL_STAGES = [0, 1, 2, 3]
-# The output norm of each stage named, as load-report key templates.
-NORM_KEYS = ("hidden_states_norms.{stage}.bias", "hidden_states_norms.{stage}.weight")
-# 40 x 56 and 38 x 50 give maps of 10 x 14 / 10 x 13, 5 x 7 and 3 x 4: every stage pads at least one axis.
-INPUTS = [[2, 64, 64, 1], [2, 40, 56, 2], [1, 38, 50, 3]]
 
 
-class TestDinatConformance(BackboneConformance):
+class TestDinatConformance(NatFamilyConformance):
     model_type = "dinat"
-    input_sizes = ((32, 32), (40, 56))
-    # Any input size works: maps smaller than the (dilated) window are padded. Under torch.export the padding
-    # is virtual and every size-dependent choice symbolic (padded_neighborhood_attention_2d), so one program
-    # serves maps both smaller and larger than the window; exported from 16 (twice the deepest stride:
-    # torch.export specialises maps of size 1) to 1024.
-    export_range = (16, 1024)
 
     def make_config(self, **overrides: Any) -> DinatConfig:
         return DinatConfig(**{**TINY, **overrides})
@@ -89,60 +78,26 @@ class TestDinatConformance(BackboneConformance):
 
 
 @pytest.mark.oracle
-class TestDinatRecordedParity(RecordedParity):
+class TestDinatRecordedParity(NatFamilyRecordedParity):
     backbone_class = DinatBackbone
-    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0, 2))
-    backbone_unused_keys = NORM_KEYS
-    hidden_state_shapes = ((2, 16, 16, 16), (2, 16, 16, 16), (2, 8, 8, 32), (2, 4, 4, 64))
+    small = SMALL
+    classifier = CLASSIFIER
+    base_model_prefix = "dinat"
+    saved_out_indices = (1, 3)
+    extra_cases = (
+        {
+            "name": "kernel5",
+            "class": "DinatBackbone",
+            "config": {**KERNEL5, "out_indices": [0, 1, 2]},
+            "seed": 6,
+            "inputs": [[2, 64, 64, 4], [1, 72, 44, 5]],
+        },
+    )
+    classifier_fields = {"dilations": CLASSIFIER["dilations"], "layer_scale_init_value": 0.5}
     # The last layer of each stage: dilation 4 on 16 x 16, dilation 16 on 8 x 8 padded to 48 x 48,
     # dilation 3 on 4 x 4 padded to 9 x 9.
     attention_shapes = ((2, 2, 16, 16, 9), (2, 2, 48, 48, 9), (2, 4, 9, 9, 9))
-    task_case = "classifier"
     task_out_indices = (0, 1, 3)
-    task_missing_keys = NORM_KEYS
-    task_unused_keys = ("classifier.bias", "classifier.weight", "dinat.layernorm.bias", "dinat.layernorm.weight")
-    task_prefix = "'dinat.' removed"
-    task_trunk_unexpected_keys = ("layernorm.bias", "layernorm.weight")
-    round_trip_case = "saved_by_us"
-
-    def record(self, directory: Path) -> Path:
-        """Every oracle case of this module, run in one subprocess."""
-        ours = randomize_weights_(DinatBackbone(DinatConfig(out_indices=[1, 3], **SMALL)), seed=12).eval()
-        ours.save_pretrained(directory / "ours")
-        cases = [
-            {
-                "name": "backbone",
-                "class": "DinatBackbone",
-                "config": {**SMALL, "out_indices": ALL_STAGES},
-                "seed": 5,
-                "inputs": INPUTS,
-                "hidden_states": True,
-                "attentions": True,
-                "gradients": True,
-            },
-            {
-                "name": "kernel5",
-                "class": "DinatBackbone",
-                "config": {**KERNEL5, "out_indices": [0, 1, 2]},
-                "seed": 6,
-                "inputs": [[2, 64, 64, 4], [1, 72, 44, 5]],
-            },
-            {
-                "name": "classifier",
-                "class": "DinatForImageClassification",
-                "config": CLASSIFIER,
-                "seed": 7,
-                "inputs": [[2, 48, 40, 6]],
-                "backbone_out_indices": [0, 1, 3],
-            },
-            {
-                "name": "saved_by_us",
-                "class": "DinatBackbone",
-                "load": str(directory / "ours"),
-                "inputs": [[2, 44, 60, 8]],
-            },
-        ]
-        return run_oracle(cases, directory)
 
     def test_dilations_are_read_and_written(self, tmp_path_factory: pytest.TempPathFactory) -> None:
         recording = self.recording(tmp_path_factory)
@@ -160,20 +115,6 @@ class TestDinatRecordedParity(RecordedParity):
             with torch.no_grad():
                 maps = ours(expected[f"pixels.{index}"]).feature_maps
             assert_parity(maps, self.maps(expected, index))
-
-    def test_task_checkpoint_layer_scales_are_loaded(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        directory = self.recording(tmp_path_factory) / "classifier"
-        ours = AutoBackbone.from_pretrained(directory, out_indices=[0, 1, 3])
-        state = load_file(directory / "model.safetensors")
-        scales = ours.encoder.levels[0].layers[1].layer_scale_parameters
-        assert torch.equal(scales, state["dinat.encoder.levels.0.layers.1.layer_scale_parameters"])
-
-    def test_transformers_config_json_round_trips(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        saved = json.loads((self.recording(tmp_path_factory) / "classifier" / "config.json").read_text())
-        config = DinatConfig.from_dict(saved)
-        assert config.dilations == CLASSIFIER["dilations"] and config.layer_scale_init_value == 0.5
-        written = config.to_dict()
-        assert {key: value for key, value in written.items() if key in saved} == saved
 
 
 @pytest.mark.oracle

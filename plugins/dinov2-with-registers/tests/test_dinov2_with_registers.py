@@ -3,67 +3,49 @@ and the antialiased position resampling, config errors, a default-size shape che
 
 from __future__ import annotations
 
-import ast
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import transformers
-from PIL import Image
-from safetensors.torch import load_file, save_file
 
-from backbones import AutoBackbone, AutoImageProcessor, Backbone, ConfigError
-from backbones.testing import BackboneConformance, TransformersParity, randomize_weights_
+import backbones_dinov2_with_registers
+from backbones import AutoBackbone
+from backbones.testing import (
+    BitProcessorParity,
+    ConfigErrors,
+    TokenShapes,
+    edit_checkpoint,
+    imported_names,
+    random_pixels,
+    randomize_weights_,
+)
+from backbones.testing.vit import SMALL_VIT, TINY_VIT, ViTConformance, ViTParity
 from backbones_dinov2_with_registers import Dinov2WithRegistersBackbone, Dinov2WithRegistersConfig
 
-TINY: dict[str, Any] = {
-    "hidden_size": 16,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 2,
-    "num_register_tokens": 2,
-    "image_size": 32,
-    "patch_size": 8,
-}
+TINY: dict[str, Any] = {**TINY_VIT, "num_register_tokens": 2}
 # Parity: four layers, a 4x4 grid of pre-training positions, four registers (as the released checkpoints).
-SMALL: dict[str, Any] = {
-    "hidden_size": 32,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_register_tokens": 4,
-    "image_size": 32,
-    "patch_size": 8,
-}
+SMALL: dict[str, Any] = {**SMALL_VIT, "num_register_tokens": 4}
 # The training size (positions as stored), a larger non-square size (rows and columns upsampled), a size whose
 # rows are downsampled (where antialiasing changes the table), and sizes that are no multiple of the patch.
 SIZES = ((32, 32), (48, 40), (24, 40), (42, 59))
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "backbones_dinov2_with_registers"
-
-
-def pixels(height: int = 48, width: int = 40, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
 
 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestDinov2WithRegistersConformance(BackboneConformance):
+class TestDinov2WithRegistersConformance(ViTConformance):
     model_type = "dinov2_with_registers"
+    config_class = Dinov2WithRegistersConfig
+    config = TINY
     input_sizes = ((32, 32), (48, 40), (24, 40))
-    # The patch projection is a stride-p convolution without padding: a map is size // p wide.
-    spatial_rounding = "floor"
-
-    def make_config(self, **overrides: Any) -> Dinov2WithRegistersConfig:
-        return Dinov2WithRegistersConfig(**TINY, **overrides)
+    bad_config_value = ("num_register_tokens", -3, r"num_register_tokens=-3")
 
 
 class TestDinov2WithRegistersSwiGLUConformance(TestDinov2WithRegistersConformance):
     deployment_checks = False  # the stem and the layers' graph are the same as above
-
-    def make_config(self, **overrides: Any) -> Dinov2WithRegistersConfig:
-        return Dinov2WithRegistersConfig(**TINY, use_swiglu_ffn=True, apply_layernorm=False, **overrides)
+    config = {**TINY, "use_swiglu_ffn": True, "apply_layernorm": False}
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -71,7 +53,11 @@ class TestDinov2WithRegistersSwiGLUConformance(TestDinov2WithRegistersConformanc
 NO_LAYERNORM = "no-layernorm-silu-no-qkv-bias-no-registers"
 
 
-class TestDinov2WithRegistersParity(TransformersParity):
+class TestDinov2WithRegistersParity(ViTParity):
+    # The mask token only serves masked pre-training, and without apply_layernorm the final norm is never applied:
+    # the backbone builds neither (transformers does, and initialises them when they are missing).
+    never_built_keys = ("embeddings.mask_token",)
+    final_norm_keys = ("layernorm.bias", "layernorm.weight")
     config_class = Dinov2WithRegistersConfig
     backbone_class = Dinov2WithRegistersBackbone
     reference_config_class = "Dinov2WithRegistersConfig"
@@ -101,45 +87,11 @@ class TestDinov2WithRegistersParity(TransformersParity):
         (r"attention\.attention\.value", "attention.v_proj"),
         (r"attention\.output\.dense", "attention.o_proj"),
     )
-
-    def _never_built(self, variant: str) -> list[str]:
-        # The mask token only serves masked pre-training, and without apply_layernorm the final norm is never
-        # applied: the backbone builds neither.
-        if self.variants[variant].get("apply_layernorm", True):
-            return ["embeddings.mask_token"]
-        return ["embeddings.mask_token", "layernorm.bias", "layernorm.weight"]
-
-    def expected_backbone_unused(self, variant: str, model: Backbone) -> list[str]:
-        return self._never_built(variant)
-
-    def expected_round_trip_missing(self, variant: str) -> list[str]:
-        return self._never_built(variant)
-
-    def test_token_and_attention_shapes(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """Hidden states are the raw token sequences (class token, 4 registers, then 6x5 patches at 48x40)."""
-        directory, _ = self.reference_checkpoint("mlp", tmp_path_factory)
-        model = AutoBackbone.from_pretrained(directory, out_indices=[1])
-        with torch.no_grad():
-            output = model(self.pixels((48, 40)), output_hidden_states=True, output_attentions=True)
-        assert [tuple(state.shape) for state in output.hidden_states] == [(2, 1 + 4 + 30, 32)] * 5
-        assert [tuple(weights.shape) for weights in output.attentions] == [(2, 4, 35, 35)] * 4
-
-    def test_token_sequences_without_reshape(self, tmp_path: Path) -> None:
-        """Without reshape_hidden_states a map is the whole normalised sequence, class token and registers too."""
-        reference = self.reference_model(
-            self.reference_backbone_class, "mlp", reshape_hidden_states=False, out_indices=[0, 2, 4]
-        )
-        reference.save_pretrained(tmp_path)
-        model = AutoBackbone.from_pretrained(tmp_path)
-        for size in self.input_sizes:
-            inputs = self.pixels(size)
-            with torch.no_grad():
-                ours = model(inputs).feature_maps
-                assert_same = reference(inputs).feature_maps
-            tokens = 1 + 4 + (size[0] // 8) * (size[1] // 8)
-            assert [tuple(fmap.shape) for fmap in ours] == [(2, tokens, 32)] * 3
-            for mine, theirs in zip(ours, assert_same):
-                assert (mine - theirs).abs().max().item() <= 1e-4
+    # Hidden states are the raw token sequences (class token, 4 registers, then 6x5 patches at 48x40).
+    token_shapes = {"mlp": TokenShapes((48, 40), ((2, 1 + 4 + 30, 32),) * 5, ((2, 4, 35, 35),) * 4)}
+    # Without reshape_hidden_states a map is the whole normalised sequence, class token and registers too.
+    unreshaped_out_indices = (0, 2, 4)
+    unreshaped_prefix_tokens = 1 + 4
 
 
 # -- behaviour --------------------------------------------------------------------------------------
@@ -166,7 +118,7 @@ def test_registers_have_no_position_and_start_at_zero() -> None:
     assert torch.equal(model.embeddings.register_tokens, torch.zeros(1, 4, 32))
     randomize_weights_(model)
     with torch.no_grad():
-        (stem,) = model(pixels(), output_hidden_states=True).hidden_states[:1]
+        (stem,) = model(random_pixels(48, 40), output_hidden_states=True).hidden_states[:1]
     expected = model.embeddings.register_tokens.expand(2, -1, -1)
     assert torch.equal(stem[:, 1:5], expected)
     torch.testing.assert_close(
@@ -177,9 +129,7 @@ def test_registers_have_no_position_and_start_at_zero() -> None:
 def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
     model = randomize_weights_(AutoBackbone.from_config(Dinov2WithRegistersConfig(**SMALL)))
     model.save_pretrained(tmp_path)
-    state = load_file(tmp_path / "model.safetensors")
-    del state["embeddings.register_tokens"]
-    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    edit_checkpoint(tmp_path, tmp_path, lambda state: state.pop("embeddings.register_tokens"))
     loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
     assert report.missing_keys == ["embeddings.register_tokens"]
     assert torch.equal(loaded.embeddings.register_tokens, torch.zeros(1, 4, 32))
@@ -191,7 +141,7 @@ def test_pruning_keeps_only_the_layers_that_run() -> None:
     assert model.prune_unused_stages() == ["stage3", "stage4"]
     assert len(model.encoder.layer) == 2
     with torch.no_grad():
-        (fmap,) = model(pixels()).feature_maps
+        (fmap,) = model(random_pixels(48, 40)).feature_maps
     assert tuple(fmap.shape) == (2, 32, 6, 5)
 
 
@@ -207,14 +157,13 @@ def test_config_is_dinov2s_with_registers_and_never_writes_use_mask_token(tmp_pa
 
 def test_imports_only_public_names_of_backbones_dinov2() -> None:
     """This plugin builds on backbones-dinov2's public API: no ``_``-prefixed module or name of it."""
-    imported = []
-    for path in sorted(SOURCE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backbones_dinov2"):
-                imported.append((node.module, [alias.name for alias in node.names]))
+    imported = imported_names(backbones_dinov2_with_registers, "backbones_dinov2")
     assert sorted(imported) == [
         ("backbones_dinov2", ["Dinov2Config"]),
-        ("backbones_dinov2.blocks", ["Dinov2Embeddings", "Dinov2Layer", "LayerScale", "tokens_to_map"]),
+        (
+            "backbones_dinov2.blocks",
+            ["Dinov2Embeddings", "Dinov2Encoder", "Dinov2Layer", "PlainViTBackbone", "init_dinov2_weights_"],
+        ),
     ]
 
 
@@ -238,62 +187,21 @@ def test_dinov2_with_registers_base_shapes_at_224() -> None:
 
 # -- preprocessing ----------------------------------------------------------------------------------
 
-# facebook/dinov2-with-registers-base's preprocessor_config.json, with sizes 64/56 instead of 256/224.
-PREPROCESSOR = {
-    "image_processor_type": "BitImageProcessor",
-    "do_resize": True,
-    "size": {"shortest_edge": 64},
-    "resample": 3,
-    "do_center_crop": True,
-    "crop_size": {"height": 56, "width": 56},
-    "do_rescale": True,
-    "rescale_factor": 0.00392156862745098,
-    "do_normalize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-    "do_convert_rgb": True,
-}
 
-
-@pytest.mark.parametrize("named", [True, False], ids=["named", "model-type-fallback"])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, named: bool) -> None:
+class TestDinov2WithRegistersProcessorParity(BitProcessorParity):
     """The hub checkpoints' BitImageProcessor, also when the file names no type (this plugin declares it)."""
-    Dinov2WithRegistersConfig(**TINY).save_pretrained(tmp_path)
-    data = (
-        PREPROCESSOR if named else {key: value for key, value in PREPROCESSOR.items() if key != "image_processor_type"}
-    )
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert ours.image_processor_type == "BitImageProcessor"
-    oracle = transformers.BitImageProcessorPil(**PREPROCESSOR)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(75, 101, 3), dtype=np.uint8))
-    expected = oracle(image, return_tensors="pt")["pixel_values"]
-    actual = ours(image, return_tensors="pt")["pixel_values"]
-    assert tuple(actual.shape) == tuple(expected.shape) == (1, 3, 56, 56)
-    assert (actual - expected).abs().max().item() <= 1e-5
+
+    model_type = "dinov2_with_registers"
 
 
 # -- config errors ----------------------------------------------------------------------------------
 
 
-def test_heads_must_divide_the_width() -> None:
-    with pytest.raises(ConfigError, match=r"num_attention_heads=5 does not divide hidden_size=16"):
-        Dinov2WithRegistersConfig(**{**TINY, "num_attention_heads": 5})
-
-
-def test_register_count_cannot_be_negative() -> None:
-    with pytest.raises(ConfigError, match=r"num_register_tokens=-1: Input should be greater than or equal to 0"):
-        Dinov2WithRegistersConfig(**{**TINY, "num_register_tokens": -1})
-
-
-def test_position_grid_must_be_square() -> None:
-    with pytest.raises(ConfigError, match=r"image_size \(32, 48\) gives a 4x6 grid of patches"):
-        Dinov2WithRegistersConfig(**{**TINY, "image_size": [32, 48]})
-
-
-def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
-    Dinov2WithRegistersConfig(**TINY).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    path.write_text(path.read_text().replace('"num_register_tokens": 2', '"num_register_tokens": -3'))
-    with pytest.raises(ConfigError, match=r"invalid backbone config in .*config.json: .*num_register_tokens=-3"):
-        AutoBackbone.from_pretrained(tmp_path)
+class TestDinov2WithRegistersConfigErrors(ConfigErrors):
+    config_class = Dinov2WithRegistersConfig
+    config = TINY
+    errors = {
+        "heads-divide-the-width": ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=16"),
+        "square-position-grid": ({"image_size": [32, 48]}, r"image_size \(32, 48\) gives a 4x6 grid of patches"),
+    }
+    invalid_values = (("num_register_tokens", -1, "greater than or equal to 0"),)

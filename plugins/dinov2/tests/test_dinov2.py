@@ -10,25 +10,19 @@ import pytest
 import torch
 import transformers
 
-from backbones import AutoBackbone, Backbone, testing
-from backbones.testing import BackboneConformance, TransformersParity, assert_parity, randomize_weights_
+from backbones import AutoBackbone, testing
+from backbones.testing import (
+    ConfigErrors,
+    assert_parity,
+    random_pixels,
+    randomize_weights_,
+)
+from backbones.testing.vit import SMALL_VIT, TINY_VIT, ViTConformance, ViTParity
 from backbones_dinov2 import Dinov2Backbone, Dinov2Config
 
-TINY: dict[str, Any] = {
-    "hidden_size": 16,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 2,
-    "image_size": 32,
-    "patch_size": 8,
-}
+TINY: dict[str, Any] = dict(TINY_VIT)
 # Parity: four layers, a 4x4 grid of pre-training positions; still a few thousand parameters.
-SMALL: dict[str, Any] = {
-    "hidden_size": 32,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "image_size": 32,
-    "patch_size": 8,
-}
+SMALL: dict[str, Any] = dict(SMALL_VIT)
 ALL_STAGES = [0, 1, 2, 3, 4]
 # The training size (position embeddings used as stored), a non-square size (resampled to 6x5) and a
 # size that is no multiple of the patch (the projection floors it to 5x7).
@@ -38,30 +32,29 @@ SIZES = [(32, 32), (48, 40), (42, 59)]
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestDinov2Conformance(BackboneConformance):
+class TestDinov2Conformance(ViTConformance):
     model_type = "dinov2"
+    config_class = Dinov2Config
+    config = TINY
     input_sizes = ((32, 32), (48, 40), (42, 59))
-    # The patch projection is a stride-p convolution without padding: a map is size // p wide.
-    spatial_rounding = "floor"
     channel_error_name = "DINOv2"
     bad_config_value = ("num_attention_heads", 3, "num_attention_heads=3 does not divide")
     lora_deployment_checks = True  # the kit's ViT for compile and DDP on a LoRA-adapted model
 
-    def make_config(self, **overrides: Any) -> Dinov2Config:
-        return Dinov2Config(**TINY, **overrides)
-
 
 class TestDinov2SwiGLUConformance(TestDinov2Conformance):
     lora_deployment_checks = False
-
-    def make_config(self, **overrides: Any) -> Dinov2Config:
-        return Dinov2Config(**TINY, use_swiglu_ffn=True, apply_layernorm=False, **overrides)
+    config = {**TINY, "use_swiglu_ffn": True, "apply_layernorm": False}
 
 
 # -- parity with transformers -----------------------------------------------------------------------
 
 
-class TestDinov2Parity(TransformersParity):
+class TestDinov2Parity(ViTParity):
+    # The mask token only serves masked pre-training, and without apply_layernorm the final norm is never applied:
+    # the backbone builds neither (transformers does, and initialises them when they are missing).
+    never_built_keys = ("embeddings.mask_token",)
+    final_norm_keys = ("layernorm.bias", "layernorm.weight")
     backbone_class = Dinov2Backbone
     reference_task_class = "Dinov2ForImageClassification"
     config = SMALL
@@ -83,19 +76,6 @@ class TestDinov2Parity(TransformersParity):
     task_prefix = "'dinov2.' removed"
     round_trip_out_indices = (0, 2, 4)
 
-    def never_applied(self, variant: str) -> list[str]:
-        """The mask token only serves masked pre-training, and without apply_layernorm the final norm is never
-        applied: the backbone builds neither (transformers does, and initialises them when they are missing)."""
-        if self.options(variant).get("apply_layernorm", True):
-            return ["embeddings.mask_token"]
-        return ["embeddings.mask_token", "layernorm.bias", "layernorm.weight"]
-
-    def expected_backbone_unused(self, variant: str, model: Backbone) -> list[str]:
-        return self.never_applied(variant)
-
-    def expected_round_trip_missing(self, variant: str) -> list[str]:
-        return self.never_applied(variant)
-
     @pytest.mark.parametrize("size", [(32, 32), (48, 40)], ids=lambda size: f"{size[0]}x{size[1]}")
     def test_token_sequences_without_reshape_match_transformers(self, tmp_path: Path, size: tuple[int, int]) -> None:
         oracle = self.reference_model("Dinov2Backbone", "mlp", reshape_hidden_states=False, out_indices=[0, 2, 4])
@@ -109,10 +89,6 @@ class TestDinov2Parity(TransformersParity):
         tokens = 1 + (size[0] // 8) * (size[1] // 8)
         assert [tuple(fmap.shape) for fmap in ours] == [(2, tokens, 32)] * 3
         assert_parity(ours, expected)
-
-
-def pixels(height: int = 48, width: int = 40, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
 
 
 # -- behaviour --------------------------------------------------------------------------------------
@@ -161,7 +137,7 @@ def test_pruning_keeps_only_the_layers_that_run() -> None:
     model.prune_unused_stages()
     assert len(model.encoder.layer) == 0
     with torch.no_grad():
-        (fmap,) = model(pixels()).feature_maps
+        (fmap,) = model(random_pixels(48, 40)).feature_maps
     assert tuple(fmap.shape) == (2, 32, 6, 5)
 
 
@@ -181,40 +157,37 @@ def test_dinov2_base_shapes_at_224() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-def test_heads_must_divide_the_width() -> None:
-    with pytest.raises(ValueError, match=r"num_attention_heads=5 does not divide hidden_size=16; choose a head count"):
-        Dinov2Config(**{**TINY, "num_attention_heads": 5})
+class TestDinov2ConfigErrors(ConfigErrors):
+    config_class = Dinov2Config
+    config = TINY
+    errors = {
+        "heads-divide-the-width": (
+            {"num_attention_heads": 5},
+            r"num_attention_heads=5 does not divide hidden_size=16; choose a head count",
+        ),
+        "square-position-grid": (
+            {"image_size": [32, 48]},
+            r"image_size \(32, 48\) gives a 4x6 grid of patches, .*use a square image_size",
+        ),
+        "image-holds-a-patch": (
+            {"image_size": 4},
+            r"image_size 4 is smaller than patch_size 8; .*set image_size >= patch_size",
+        ),
+        "square-patches": (
+            {"patch_size": [8, 4]},
+            r"patch_size must be one int or a square pair such as \[14, 14\], got \[8, 4\]",
+        ),
+        "unknown-activation": (
+            {"hidden_act": "swishy"},
+            r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'",
+        ),
+        "positive-mlp-ratio": ({"mlp_ratio": 0}, r"mlp_ratio must be positive"),
+    }
 
 
-def test_position_grid_must_be_square() -> None:
-    with pytest.raises(
-        ValueError, match=r"image_size \(32, 48\) gives a 4x6 grid of patches, .*use a square image_size"
-    ):
-        Dinov2Config(**{**TINY, "image_size": [32, 48]})
+def test_valid_pairs_and_ratios_are_accepted() -> None:
     assert Dinov2Config(**{**TINY, "image_size": [32, 32]}).position_grid == 4
-
-
-def test_image_must_hold_a_patch() -> None:
-    with pytest.raises(ValueError, match=r"image_size 4 is smaller than patch_size 8; .*set image_size >= patch_size"):
-        Dinov2Config(**{**TINY, "image_size": 4})
-
-
-def test_patches_must_be_square() -> None:
-    with pytest.raises(
-        ValueError, match=r"patch_size must be one int or a square pair such as \[14, 14\], got \[8, 4\]"
-    ):
-        Dinov2Config(**{**TINY, "patch_size": [8, 4]})
     assert Dinov2Config(**{**TINY, "patch_size": [8, 8]}).patch_size == 8
-
-
-def test_unknown_activation_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'"):
-        Dinov2Config(hidden_act="swishy")
-
-
-def test_mlp_ratio_must_be_positive() -> None:
-    with pytest.raises(ValueError, match=r"mlp_ratio must be positive"):
-        Dinov2Config(mlp_ratio=0)
     assert Dinov2Config(mlp_ratio=2.5).mlp_ratio == 2.5
 
 

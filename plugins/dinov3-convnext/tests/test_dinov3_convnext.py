@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import transformers
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from backbones import AutoBackbone, AutoBackboneConfig, ConfigError
 from backbones.testing import (
     BackboneConformance,
+    ProcessorParity,
     TransformersParity,
     assert_parity,
     assert_random_only_in_training,
@@ -345,27 +345,17 @@ DINOV3_PREPROCESSOR: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize("named", [True, False], ids=["type-named", "no-type-named"])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, named: bool) -> None:
+class TestDINOv3ConvNextProcessorParity(ProcessorParity):
     """The checkpoints' processor (or, when the file names none, the one this plugin declares) through
     AutoImageProcessor: core's DINOv3ViTImageProcessor family, which scales to [0, 1] before it resizes,
     against transformers' (torchvision-backed; it has no PIL class) on a downscaled and an upscaled image."""
-    from PIL import Image
 
-    from backbones import AutoImageProcessor
-
-    data = dict(DINOV3_PREPROCESSOR)
-    if not named:
-        del data["image_processor_type"]
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    DINOv3ConvNextConfig(**TINY).save_pretrained(tmp_path)
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert ours.image_processor_type == "DINOv3ViTImageProcessor" and ours.rescale_before_resize
-    oracle = transformers.DINOv3ViTImageProcessor(size=DINOV3_PREPROCESSOR["size"])
-    rng = np.random.default_rng(0)
-    for shape in ((97, 131, 3), (30, 20, 3)):
-        image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
-        theirs = oracle(image, return_tensors="pt")["pixel_values"]
-        mine = ours(image, return_tensors="pt")["pixel_values"]
-        assert mine.shape == theirs.shape == (1, 3, 64, 48)
-        assert (mine - theirs).abs().max().item() <= 2e-5
+    model_type = "dinov3_convnext"
+    processor_type = "DINOv3ViTImageProcessor"
+    reference_processor_class = "DINOv3ViTImageProcessor"
+    reference_options = {"size": DINOV3_PREPROCESSOR["size"]}
+    preprocessor = DINOV3_PREPROCESSOR
+    expected_attributes = {"rescale_before_resize": True}
+    image_sizes = ((97, 131), (30, 20))
+    expected_shape = (1, 3, 64, 48)
+    tolerance = 2e-5

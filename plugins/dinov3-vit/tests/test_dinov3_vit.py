@@ -3,7 +3,6 @@ train-time augmentations, config errors, and the real-size ViT-S/16 and ViT-7B/1
 
 from __future__ import annotations
 
-import ast
 import math
 from pathlib import Path
 from typing import Any
@@ -11,10 +10,21 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from backbones import AutoBackbone, ConfigError
-from backbones.testing import BackboneConformance, TransformersParity, assert_parity, randomize_weights_
+import backbones_dinov3_vit
+from backbones import AutoBackbone
+from backbones.testing import (
+    ConfigErrors,
+    TokenShapes,
+    TransformersParity,
+    assert_parity,
+    edit_checkpoint,
+    imported_names,
+    random_pixels,
+    randomize_weights_,
+)
+from backbones.testing.vit import ViTConformance
 from backbones_dinov3_vit import Dinov3ViTBackbone, Dinov3ViTConfig
 
 # Patch 16 as every released DINOv3 ViT; 32-64 px inputs give 2x2 to 4x3 grids of patches. The training
@@ -39,34 +49,25 @@ SMALL: dict[str, Any] = {
 AUGMENTED: dict[str, Any] = {"pos_embed_shift": 0.2, "pos_embed_jitter": 1.5, "pos_embed_rescale": 2.0}
 # The training size, a non-square size, and a size that is no multiple of 16 (the projection floors it).
 SIZES = ((32, 32), (64, 48), (40, 56))
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "backbones_dinov3_vit"
-
-
-def pixels(height: int = 64, width: int = 48, batch: int = 2, seed: int = 7) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestDinov3ViTConformance(BackboneConformance):
+class TestDinov3ViTConformance(ViTConformance):
     model_type = "dinov3_vit"
+    config_class = Dinov3ViTConfig
+    config = TINY
     input_sizes = SIZES
-    # The patch projection is a stride-16 convolution without padding: a map is size // 16 wide.
-    spatial_rounding = "floor"
-
-    def make_config(self, **overrides: Any) -> Dinov3ViTConfig:
-        return Dinov3ViTConfig(**TINY, **overrides)
+    channel_error_name = "DINOv3 ViT"
+    bad_config_value = ("pos_embed_rescale", 0.5, r"pos_embed_rescale=0.5")
 
 
 class TestDinov3ViTGatedConformance(TestDinov3ViTConformance):
     """Gated MLP, no registers (an empty register table), un-normalised intermediate maps."""
 
     deployment_checks = False  # the same graph as above but for the MLP: the slow checks add nothing
-
-    def make_config(self, **overrides: Any) -> Dinov3ViTConfig:
-        options = {**TINY, "num_register_tokens": 0, "use_gated_mlp": True, "hidden_act": "silu"}
-        return Dinov3ViTConfig(**options, apply_layernorm=False, **overrides)
+    config = {**TINY, "num_register_tokens": 0, "use_gated_mlp": True, "hidden_act": "silu", "apply_layernorm": False}
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -111,52 +112,14 @@ class TestDinov3ViTParity(TransformersParity):
     # transformers nests the layers under ``model.`` in memory (its files hold our names).
     key_renames = ((r"^layer\.", "model.layer."),)
 
-    def test_token_and_attention_shapes(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """Hidden states are the raw token sequences (class token, 4 registers, then 4x3 patches at 64x48);
-        attentions span all of them."""
-        directory, _ = self.reference_checkpoint("mlp", tmp_path_factory)
-        model = AutoBackbone.from_pretrained(directory, out_indices=[1])
-        with torch.no_grad():
-            output = model(self.pixels((64, 48)), output_hidden_states=True, output_attentions=True)
-        assert [tuple(state.shape) for state in output.hidden_states] == [(2, 1 + 4 + 12, 32)] * 5
-        assert [tuple(weights.shape) for weights in output.attentions] == [(2, 4, 17, 17)] * 4
-
-    def test_maps_without_reshape_are_patch_tokens(self, tmp_path: Path) -> None:
-        """Without reshape_hidden_states a map is the normalised patch tokens, prefix tokens dropped."""
-        reference = self.reference_model(
-            self.reference_backbone_class, "mlp", reshape_hidden_states=False, out_indices=[0, 2, 4]
-        )
-        reference.save_pretrained(tmp_path)
-        model = AutoBackbone.from_pretrained(tmp_path)
-        assert model.config.reshape_hidden_states is False
-        for size in self.input_sizes:
-            inputs = self.pixels(size)
-            with torch.no_grad():
-                ours = model(inputs).feature_maps
-                assert_parity(ours, reference(inputs).feature_maps)
-            patches = (size[0] // 16) * (size[1] // 16)
-            assert [tuple(fmap.shape) for fmap in ours] == [(2, patches, 32)] * 3
-
-    def test_training_step_matches_under_a_seed(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """With shift, jitter and rescale on, one seed gives both implementations the same coordinates."""
-        directory, reference = self.reference_checkpoint("augmented-no-layernorm-all-biases", tmp_path_factory)
-        model = AutoBackbone.from_pretrained(directory, out_indices=[0, 1, 2, 3, 4]).train()
-        inputs = self.pixels((64, 48))
-        reference.train()
-        try:
-            with torch.no_grad():
-                torch.manual_seed(3)
-                ours = model(inputs).feature_maps
-                torch.manual_seed(3)
-                theirs = reference(inputs).feature_maps
-                torch.manual_seed(4)
-                other_draw = model(inputs).feature_maps
-        finally:
-            reference.eval()
-        assert_parity(ours, theirs)
-        # Stage 0 (the embeddings) has no positions; every layer's output moves with the draw.
-        assert torch.equal(other_draw[0], ours[0])
-        assert (other_draw[-1] - ours[-1]).abs().max().item() > 1e-2
+    # Hidden states are the raw token sequences (class token, 4 registers, then 4x3 patches at 64x48); attentions
+    # span all of them.
+    token_shapes = {"mlp": TokenShapes((64, 48), ((2, 1 + 4 + 12, 32),) * 5, ((2, 4, 17, 17),) * 4)}
+    # Without reshape_hidden_states a map is the normalised patch tokens, prefix tokens dropped.
+    unreshaped_out_indices = (0, 2, 4)
+    # With shift, jitter and rescale on, one seed gives both implementations the same coordinates.
+    seeded_training_variant = "augmented-no-layernorm-all-biases"
+    seeded_training_size = (64, 48)
 
 
 def test_checkpoint_of_transformers_in_memory_names_loads(tmp_path: Path) -> None:
@@ -169,7 +132,7 @@ def test_checkpoint_of_transformers_in_memory_names_loads(tmp_path: Path) -> Non
     Dinov3ViTConfig(**SMALL, out_indices=[4]).save_pretrained(tmp_path)
     model, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
     assert report.missing_keys == [] and report.unused_keys == ["embeddings.mask_token"]
-    inputs = pixels()
+    inputs = random_pixels(64, 48)
     with torch.no_grad():
         assert_parity(model(inputs).feature_maps, reference(inputs).feature_maps)
 
@@ -181,7 +144,7 @@ def test_augmentations_are_off_in_eval_mode() -> None:
     model = AutoBackbone.from_config(Dinov3ViTConfig(**SMALL, **AUGMENTED)).eval()
     plain = AutoBackbone.from_config(Dinov3ViTConfig(**SMALL, pos_embed_rescale=None)).eval()
     plain.load_state_dict(model.state_dict())
-    inputs = pixels()
+    inputs = random_pixels(64, 48)
     with torch.no_grad():
         torch.manual_seed(0)
         first = model(inputs).feature_maps
@@ -193,7 +156,7 @@ def test_augmentations_are_off_in_eval_mode() -> None:
 
 def test_augmentations_are_seeded_in_training() -> None:
     model = randomize_weights_(AutoBackbone.from_config(Dinov3ViTConfig(**SMALL, **AUGMENTED))).train()
-    inputs = pixels()
+    inputs = random_pixels(64, 48)
     with torch.no_grad():
         torch.manual_seed(11)
         first = model(inputs).feature_maps[0]
@@ -228,7 +191,7 @@ def test_rotary_angles_stay_float32_in_a_bfloat16_model() -> None:
     reference, _ = model.rope_embeddings(4, 3, torch.device("cpu"), torch.float32)
     assert torch.equal(cos, reference)
     with torch.no_grad():
-        (fmap,) = low(pixels()).feature_maps
+        (fmap,) = low(random_pixels(64, 48)).feature_maps
     assert fmap.dtype == torch.bfloat16 and tuple(fmap.shape) == (2, 32, 4, 3)
 
 
@@ -250,9 +213,7 @@ def test_fresh_weights_follow_transformers_init() -> None:
 def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
     model = randomize_weights_(AutoBackbone.from_config(Dinov3ViTConfig(**SMALL)))
     model.save_pretrained(tmp_path)
-    state = load_file(tmp_path / "model.safetensors")
-    del state["embeddings.register_tokens"]
-    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    edit_checkpoint(tmp_path, tmp_path, lambda state: state.pop("embeddings.register_tokens"))
     loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
     assert report.missing_keys == ["embeddings.register_tokens"]
     assert loaded.embeddings.register_tokens.std().item() == pytest.approx(0.02, rel=0.3)
@@ -264,26 +225,14 @@ def test_pruning_keeps_only_the_layers_that_run() -> None:
     assert model.prune_unused_stages() == ["stage3", "stage4"]
     assert len(model.layer) == 2
     with torch.no_grad():
-        (fmap,) = model(pixels()).feature_maps
+        (fmap,) = model(random_pixels(64, 48)).feature_maps
     assert tuple(fmap.shape) == (2, 32, 4, 3)
-
-
-def test_wrong_channel_count_is_explained() -> None:
-    model = AutoBackbone.from_config(Dinov3ViTConfig(**TINY))
-    with pytest.raises(
-        ValueError, match=r"pixel_values has 1 channels but this DINOv3 ViT expects 3 \(config.num_channels\)"
-    ):
-        model(torch.zeros(1, 1, 32, 32))
 
 
 def test_imports_only_public_names_of_backbones_dinov2() -> None:
     """The layer scale is backbones-dinov2's public block: no ``_``-prefixed module or name of it is used."""
-    imported = []
-    for path in sorted(SOURCE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backbones_dinov2"):
-                imported.append((node.module, [alias.name for alias in node.names]))
-    assert imported == [("backbones_dinov2.blocks", ["LayerScale"])]
+    imported = imported_names(backbones_dinov3_vit, "backbones_dinov2")
+    assert imported == [("backbones_dinov2.blocks", ["LayerScale", "PlainViTBackbone", "init_dinov2_weights_"])]
 
 
 @pytest.mark.slow
@@ -336,19 +285,22 @@ def test_vit7b_builds_on_the_meta_device_at_its_published_size() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-def test_heads_must_divide_the_width() -> None:
-    with pytest.raises(ConfigError, match=r"num_attention_heads=3 does not divide hidden_size=16"):
-        Dinov3ViTConfig(**{**TINY, "num_attention_heads": 3})
-
-
-def test_head_width_must_be_a_multiple_of_four() -> None:
-    with pytest.raises(ConfigError, match=r"hidden_size / num_attention_heads = 24 / 4 = 6 must be a multiple of 4"):
-        Dinov3ViTConfig(**{**TINY, "hidden_size": 24, "num_attention_heads": 4})
-
-
-@pytest.mark.parametrize(
-    ("field", "value", "message"),
-    [
+class TestDinov3ViTConfigErrors(ConfigErrors):
+    config_class = Dinov3ViTConfig
+    config = TINY
+    errors = {
+        "heads-divide-the-width": ({"num_attention_heads": 3}, r"num_attention_heads=3 does not divide hidden_size=16"),
+        "head-width-a-multiple-of-four": (
+            {"hidden_size": 24, "num_attention_heads": 4},
+            r"hidden_size / num_attention_heads = 24 / 4 = 6 must be a multiple of 4",
+        ),
+        "square-patches": ({"patch_size": [16, 8]}, r"patch_size must be one int or a square pair such as \[16, 16\]"),
+        "unknown-activation": (
+            {"hidden_act": "swishy"},
+            r"hidden_act 'swishy' is not supported; set hidden_act to one of",
+        ),
+    }
+    invalid_values = (
         ("pos_embed_jitter", 0.5, "greater than or equal to 1"),
         ("pos_embed_rescale", 0.9, "greater than or equal to 1"),
         ("pos_embed_shift", -0.1, "greater than or equal to 0"),
@@ -356,30 +308,11 @@ def test_head_width_must_be_a_multiple_of_four() -> None:
         ("attention_dropout", 1.0, "less than 1"),
         ("intermediate_size", 0, "greater than or equal to 1"),
         ("rope_theta", 0, "greater than 0"),
-    ],
-)
-def test_out_of_range_fields_name_the_field_and_range(field: str, value: float, message: str) -> None:
-    with pytest.raises(ConfigError, match=rf"invalid Dinov3ViTConfig: {field}={value!r}: Input should be {message}"):
-        Dinov3ViTConfig(**{**TINY, field: value})
+    )
 
 
-def test_patches_must_be_square() -> None:
-    with pytest.raises(ConfigError, match=r"patch_size must be one int or a square pair such as \[16, 16\]"):
-        Dinov3ViTConfig(**{**TINY, "patch_size": [16, 8]})
+def test_square_patch_pair_is_one_int() -> None:
     assert Dinov3ViTConfig(**{**TINY, "patch_size": [16, 16]}).patch_size == 16
-
-
-def test_unknown_activation_lists_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of"):
-        Dinov3ViTConfig(hidden_act="swishy")
-
-
-def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
-    Dinov3ViTConfig(**TINY).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    path.write_text(path.read_text().replace('"pos_embed_rescale": null', '"pos_embed_rescale": 0.5'))
-    with pytest.raises(ConfigError, match=r"invalid backbone config in .*config.json: .*pos_embed_rescale=0.5"):
-        AutoBackbone.from_pretrained(tmp_path)
 
 
 def test_transformers_config_file_is_read_as_it_is(tmp_path: Path) -> None:

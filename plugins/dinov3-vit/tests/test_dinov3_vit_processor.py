@@ -7,15 +7,13 @@ Pillow's float filter; the two agree to float rounding (resizing 8-bit values fi
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from backbones import AutoImageProcessor, ImageProcessor
+from backbones import ImageProcessor
+from backbones.testing import ProcessorParity
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("torchvision")
@@ -41,28 +39,25 @@ def _images() -> list[Any]:
     return [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in ((97, 131, 3), (30, 20, 3))]
 
 
-@pytest.mark.parametrize("variant", ["as saved", "no type named", "no keys but the type"])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, variant: str) -> None:
-    data = dict(PREPROCESSOR)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "dinov3_vit"}))
-    if variant == "no type named":
-        del data["image_processor_type"]  # the plugin's declared fallback applies
-    elif variant == "no keys but the type":
-        data = {"image_processor_type": "DINOv3ViTImageProcessor", "size": PREPROCESSOR["size"]}
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, ImageProcessor) and ours.rescale_before_resize
-    assert ours.image_processor_type == "DINOv3ViTImageProcessor"
-    assert ours.describe() == (
+class TestDINOv3ViTProcessorParity(ProcessorParity):
+    """As saved, without a type (the plugin's declared fallback applies) and with no keys but the type and size."""
+
+    model_type = "dinov3_vit"
+    processor_type = "DINOv3ViTImageProcessor"
+    reference_processor_class = "DINOv3ViTImageProcessor"
+    reference_options = {"size": PREPROCESSOR["size"]}
+    preprocessor = PREPROCESSOR
+    minimal_keys = ("size",)
+    expected_attributes = {"rescale_before_resize": True}
+    description = (
         "channels as given, scale to [0, 1], resize to 64x48 (bilinear), "
         "normalise with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"
     )
-    oracle = transformers.DINOv3ViTImageProcessor(size=PREPROCESSOR["size"])
-    for image in _images():
-        theirs = oracle(image, return_tensors="pt")["pixel_values"]
-        mine = ours(image, return_tensors="pt")["pixel_values"]
-        assert mine.shape == theirs.shape == (1, 3, 64, 48)
-        assert torch.allclose(mine, theirs, rtol=0, atol=2e-5), (mine - theirs).abs().max()
+    expected_shape = (1, 3, 64, 48)
+    tolerance = 2e-5
+
+    def images(self, variant: str) -> list[Any]:
+        return _images()
 
 
 def test_rescaling_first_is_what_makes_the_match() -> None:

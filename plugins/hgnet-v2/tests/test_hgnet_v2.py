@@ -9,16 +9,18 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from safetensors import safe_open
 from torch import nn
 
 from backbones import AutoBackbone, ConfigError, ReparameterizedError
-from backbones.layers import FrozenBatchNorm2d
+from backbones.detection_processing import RTDetrImageProcessor
 from backbones.testing import (
     BackboneConformance,
+    ProcessorParity,
     TransformersParity,
+    assert_exports_with_dynamic_size,
+    assert_frozen_norm_round_trip,
+    assert_nested_checkpoint,
     assert_parity,
-    load_reference,
     randomize_weights_,
 )
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
@@ -83,7 +85,8 @@ class _TinyConformance(BackboneConformance):
 
 
 class TestConformance(_TinyConformance):
-    pass
+    channel_error_name = "HGNetV2"
+    bad_config_value = ("stage_kernel_size", [3, 3, 2], r"stage_kernel_size\[2\]=2 must be odd")
 
 
 class TestLearnableAffineConformance(_TinyConformance):
@@ -176,54 +179,32 @@ def detector_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, 
 
 def test_detector_checkpoint_loads_with_prefix(detector_checkpoint: tuple[Any, Path]) -> None:
     detector, directory = detector_checkpoint
-    model, report = AutoBackbone.from_pretrained(
-        directory,
-        checkpoint_prefix=DFINE_BACKBONE_PREFIX,
-        config_key="backbone_config",
-        output_loading_info=True,
-    )
-    assert isinstance(model, HGNetV2Backbone)
-    assert model.out_indices == [2, 3, 4]  # the selection saved in backbone_config
     # D-FINE freezes the backbone's BatchNorm, which then has no num_batches_tracked; ours keeps the counter.
-    assert report.missing_keys == sorted(key for key in model.state_dict() if key.endswith("num_batches_tracked"))
-    with safe_open(directory / "model.safetensors", "pt") as handle:
-        saved = list(handle.keys())
-    outside = sorted(key for key in saved if not key.startswith(DFINE_BACKBONE_PREFIX))
-    assert report.unused_keys == outside
-    assert len(outside) > 50  # the hybrid encoder, the decoder and the heads
-    trunk = detector.model.backbone.model
-    for size in ((640, 640), (96, 64)):  # D-FINE's training size, and another
-        batch = pixels(*size, batch=1)
-        with torch.no_grad():
-            assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
-
-
-def test_detector_checkpoint_preprocessing_matches_transformers(
-    detector_checkpoint: tuple[Any, Path], tmp_path: Path
-) -> None:
-    """D-FINE checkpoints name RT-DETR's processor (core's family, which this plugin declares): AutoImageProcessor
-    builds it from the detector folder, and from an hgnet_v2 folder whose preprocessor_config.json names no type."""
-    import numpy as np
-    from PIL import Image
-
-    from backbones import AutoImageProcessor
-    from backbones.detection_processing import RTDetrImageProcessor
-
-    _, directory = detector_checkpoint
-    preprocessor = {"image_processor_type": "RTDetrImageProcessor", "size": {"height": 64, "width": 48}}
-    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor))
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
-    oracle = transformers.RTDetrImageProcessorPil(size={"height": 64, "width": 48})(image, return_tensors="pt")
-    ours = AutoImageProcessor.from_pretrained(directory)
-    assert isinstance(ours, RTDetrImageProcessor)
-    torch.testing.assert_close(
-        ours(image, return_tensors="pt")["pixel_values"], oracle["pixel_values"], atol=1e-6, rtol=0
+    # Outside the prefix: the hybrid encoder, the decoder and the heads. D-FINE's training size, and another.
+    assert_nested_checkpoint(
+        directory,
+        detector.model.backbone.model,
+        DFINE_BACKBONE_PREFIX,
+        backbone_class=HGNetV2Backbone,
+        out_indices=[2, 3, 4],  # the selection saved in backbone_config
+        input_sizes=((640, 640), (96, 64)),
+        min_unused=50,
+        missing_counters=True,
     )
 
-    HGNetV2Backbone(HGNetV2Config(**SMALL)).save_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 64, "width": 48}}))
-    fallback = AutoImageProcessor.from_pretrained(tmp_path)
-    assert type(fallback) is RTDetrImageProcessor and fallback.image_processor_type == "RTDetrImageProcessor"
+
+class TestHGNetV2ProcessorParity(ProcessorParity):
+    """D-FINE checkpoints name RT-DETR's processor (core's family, which this plugin declares for hgnet_v2 folders
+    whose preprocessor_config.json names no type)."""
+
+    model_type = "hgnet_v2"
+    processor_type = "RTDetrImageProcessor"
+    processor_class = RTDetrImageProcessor
+    reference_processor_class = "RTDetrImageProcessorPil"
+    preprocessor = {"image_processor_type": "RTDetrImageProcessor", "size": {"height": 64, "width": 48}}
+    image_sizes = ((37, 53),)
+    expected_shape = (1, 3, 64, 48)
+    tolerance = 1e-6
 
 
 # -- transformers' config.json in, ours out ---------------------------------------------------------
@@ -326,12 +307,6 @@ def test_forward_stops_at_the_deepest_requested_stage() -> None:
     assert_runs_up_to_deepest_selected_stage(model, model.encoder.stages, pixels())
 
 
-def test_wrong_channel_count_is_explained() -> None:
-    model = HGNetV2Backbone(HGNetV2Config(**TINY))
-    with pytest.raises(ValueError, match=r"pixel_values has 1 channels but this HGNetV2 expects 3"):
-        model(torch.zeros(1, 1, 32, 32))
-
-
 @pytest.mark.parametrize(
     ("freeze_at", "stem_only", "frozen"),
     [
@@ -360,28 +335,13 @@ def test_freeze_at_maps_onto_freeze_stages(freeze_at: int, stem_only: bool, froz
 def test_freeze_norm_is_freeze_batch_norm(tmp_path: Path) -> None:
     reference = randomize_weights_(transformers.HGNetV2Backbone(transformers.HGNetV2Config(**SMALL))).eval()
     reference.save_pretrained(tmp_path)
-    model, report = AutoBackbone.from_pretrained(
-        tmp_path, freeze_norm=True, freeze_at=0, out_indices=ALL_STAGES, output_loading_info=True
+    assert sum(key.endswith("num_batches_tracked") for key in reference.state_dict()) == 34
+    reference.out_indices = ALL_STAGES
+    model = assert_frozen_norm_round_trip(
+        tmp_path, reference, "HGNetV2Backbone", pixels(), freeze_at=0, out_indices=ALL_STAGES
     )
-    # The checkpoint loads into the BatchNorms, which are frozen after it: every key is used.
-    assert report.missing_keys == report.unused_keys == []
-    counters = sorted(key for key in reference.state_dict() if key.endswith("num_batches_tracked"))
-    assert len(counters) == 34
-    # Every BatchNorm became a FrozenBatchNorm2d, as freeze_batch_norm() makes them; the loaded statistics hold.
-    norms = [module for module in model.modules() if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d))]
-    assert norms and all(isinstance(module, FrozenBatchNorm2d) for module in norms)
     assert model.frozen_stages == ["stem"]
-    model.train()
-    batch = pixels()
-    with torch.no_grad():
-        reference.out_indices = ALL_STAGES
-        assert_parity(model(batch).feature_maps, reference(batch).feature_maps)
     assert model.config.freeze_norm is True
-    model.save_pretrained(tmp_path / "ours")
-    # A frozen BatchNorm counts no batches, so transformers' BatchNorm starts its counters at 0; nothing else is missing.
-    back = load_reference("HGNetV2Backbone", tmp_path / "ours", missing=counters)
-    with torch.no_grad():
-        assert_parity(back(batch).feature_maps, reference(batch).feature_maps)
 
 
 # -- config errors ----------------------------------------------------------------------------------
@@ -419,16 +379,6 @@ def test_bad_configs_name_the_field(overrides: dict[str, Any], message: str) -> 
 def test_square_stride_pairs_are_accepted() -> None:
     config = HGNetV2Config(**{**SMALL, "stage_downsample_strides": [2, [2, 2], 2, 2]})
     assert config.stage_downsample_strides == [2, 2, 2, 2]
-
-
-def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
-    HGNetV2Config(**SMALL).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    data = json.loads(path.read_text())
-    data["stage_kernel_size"] = [3, 3, 2, 3]
-    path.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match=r"invalid backbone config in .*config.json: .*stage_kernel_size\[2\]=2"):
-        AutoBackbone.from_pretrained(tmp_path)
 
 
 # -- output stride by dilation ----------------------------------------------------------------------
@@ -489,14 +439,8 @@ def test_reparameterize_folds_every_batch_norm(affine: bool) -> None:
 
 
 def test_folded_dilated_model_exports_with_dynamic_size() -> None:
-    from torch.export import Dim
-
     config = HGNetV2Config(**SMALL, output_stride=8, use_learnable_affine_block=True, out_indices=ALL_STAGES)
     model = randomize_weights_(AutoBackbone.from_config(config)).eval()
     model.reparameterize()
-    dims = {2: Dim("height", min=17, max=1024), 3: Dim("width", min=17, max=1024)}
-    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
-    for height, width in [(64, 48), (45, 71)]:
-        images = pixels(height=height, width=width)
-        with torch.no_grad():
-            assert_parity(program.module()(images).feature_maps, model(images).feature_maps, tolerance=1e-5)
+    inputs = [pixels(height=height, width=width) for height, width in [(64, 48), (45, 71)]]
+    assert_exports_with_dynamic_size(model, pixels(), inputs, size_range=(17, 1024), scaled=True)

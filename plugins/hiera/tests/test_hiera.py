@@ -7,18 +7,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import transformers
-from PIL import Image
 
-from backbones import AutoBackbone, AutoImageProcessor, Backbone, ConfigError, get_registry
+from backbones import AutoBackbone, Backbone
 from backbones.testing import (
     BackboneConformance,
+    BitProcessorParity,
+    ConfigErrors,
+    TokenShapes,
     TransformersParity,
     assert_parity,
     assert_random_only_in_training,
+    random_pixels,
     randomize_weights_,
 )
 from backbones_hiera import HieraBackbone, HieraConfig
@@ -36,10 +38,6 @@ SMALL: dict[str, Any] = {
     "decoder_depth": 1,
     "decoder_num_heads": 2,
 }
-
-
-def pixels(height: int = 64, width: int = 96, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
 
 
 # -- conformance ------------------------------------------------------------------------------------
@@ -165,6 +163,20 @@ class TestHieraParity(TransformersParity):
     task_prefix = "'hiera.' removed"
     round_trip_out_indices = (0, 2, 4)
     compare_gradients = True
+    # Hidden states are unrolled token sequences; attentions are (batch, heads, windows, queries, keys): a pooling
+    # block's queries are a quarter of its keys, a global stage has one window.
+    token_shapes = {
+        "base": TokenShapes(
+            (64, 64),
+            ((2, 256, 8), (2, 256, 8), (2, 64, 16), (2, 16, 32), (2, 4, 64)),
+            ((2, 1, 4, 64, 64), (2, 2, 4, 16, 16), (2, 2, 1, 16, 16), (2, 4, 1, 4, 16)),
+        ),
+        "two-pools-relu": TokenShapes(
+            (64, 64),
+            ((2, 256, 8), (2, 256, 8), (2, 64, 16), (2, 16, 32), (2, 16, 64)),
+            ((2, 1, 1, 256, 256), (2, 2, 4, 16, 16), (2, 2, 1, 16, 16), (2, 4, 1, 16, 16)),
+        ),
+    }
 
     def build_reference(self, model_class: str, config: Any) -> Any:
         if model_class == "HieraBackbone":
@@ -190,37 +202,6 @@ class TestHieraParity(TransformersParity):
         reference, info = _unrolled_reference_class().from_pretrained(directory, output_loading_info=True)
         assert sorted(info["missing_keys"]) == sorted(missing) and not info["unexpected_keys"], info
         return reference.eval()
-
-    @pytest.mark.parametrize(
-        ("variant", "tokens", "attentions"),
-        [
-            (
-                "base",
-                [(2, 256, 8), (2, 256, 8), (2, 64, 16), (2, 16, 32), (2, 4, 64)],
-                [(2, 1, 4, 64, 64), (2, 2, 4, 16, 16), (2, 2, 1, 16, 16), (2, 4, 1, 4, 16)],
-            ),
-            (
-                "two-pools-relu",
-                [(2, 256, 8), (2, 256, 8), (2, 64, 16), (2, 16, 32), (2, 16, 64)],
-                [(2, 1, 1, 256, 256), (2, 2, 4, 16, 16), (2, 2, 1, 16, 16), (2, 4, 1, 16, 16)],
-            ),
-        ],
-    )
-    def test_token_and_attention_shapes(
-        self,
-        tmp_path_factory: pytest.TempPathFactory,
-        variant: str,
-        tokens: list[tuple[int, ...]],
-        attentions: list[tuple[int, ...]],
-    ) -> None:
-        """Hidden states are unrolled token sequences; attentions are (batch, heads, windows, queries, keys): a
-        pooling block's queries are a quarter of its keys, a global stage has one window."""
-        directory, _ = self.reference_checkpoint(variant, tmp_path_factory)
-        model = AutoBackbone.from_pretrained(directory)
-        with torch.no_grad():
-            output = model(self.pixels((64, 64)), output_hidden_states=True, output_attentions=True)
-        assert [tuple(state.shape) for state in output.hidden_states] == tokens
-        assert [tuple(weights.shape) for weights in output.attentions] == attentions
 
     def test_pretraining_report_is_exact(self, tmp_path: Path) -> None:
         """A HieraForPreTraining checkpoint: the encoder loads, the MAE decoder and fusion heads are reported."""
@@ -288,7 +269,7 @@ def test_stage_strides_follow_the_pooled_stages() -> None:
     model = AutoBackbone.from_config(HieraConfig(**TINY, num_query_pool=2, out_indices=[0, 1, 2, 3, 4])).eval()
     assert model.reductions == [4, 4, 8, 16, 16] and model.num_features == [8, 8, 16, 32, 64]
     with torch.no_grad():
-        maps = model(pixels()).feature_maps
+        maps = model(random_pixels(64, 96)).feature_maps
     assert [tuple(fmap.shape) for fmap in maps] == [
         (2, 8, 16, 24),
         (2, 8, 16, 24),
@@ -306,7 +287,7 @@ def test_stochastic_depth_acts_in_training_only() -> None:
         1 / 3,
         0.5,
     ]
-    assert_random_only_in_training(model, pixels())
+    assert_random_only_in_training(model, random_pixels(64, 96))
 
 
 def test_input_must_hold_whole_mask_units() -> None:
@@ -319,9 +300,9 @@ def test_input_must_hold_whole_mask_units() -> None:
 def test_non_square_position_table_serves_its_own_grid_only() -> None:
     model = AutoBackbone.from_config(HieraConfig(**{**TINY, "image_size": [64, 96]})).eval()
     with torch.no_grad():
-        assert tuple(model(pixels(64, 96)).feature_maps[0].shape) == (2, 64, 2, 3)
+        assert tuple(model(random_pixels(64, 96)).feature_maps[0].shape) == (2, 64, 2, 3)
     with pytest.raises(ValueError, match=r"covers a 16x24 grid of patches .* to the 16x16 grid of this input"):
-        model(pixels(64, 64))
+        model(random_pixels(64, 64))
 
 
 def test_new_output_norms_start_as_transformers_initialises_them() -> None:
@@ -337,7 +318,7 @@ def test_pruning_keeps_only_the_stages_that_run() -> None:
     assert model.prune_unused_stages() == ["stage3", "stage4"]
     assert len(model.encoder.stages) == 2
     with torch.no_grad():
-        (fmap,) = model(pixels()).feature_maps
+        (fmap,) = model(random_pixels(64, 96)).feature_maps
     assert tuple(fmap.shape) == (2, 16, 8, 12)
 
 
@@ -394,77 +375,63 @@ def test_hiera_tiny_runs_at_224() -> None:
 
 # -- preprocessing ----------------------------------------------------------------------------------
 
-# The preprocessor_config.json of facebook/hiera-*-hf (BitImageProcessor, ImageNet statistics, shortest edge
-# 256, crop 224), with sizes 64/56 instead of 256/224.
-PREPROCESSOR = {
-    "image_processor_type": "BitImageProcessor",
-    "do_resize": True,
-    "size": {"shortest_edge": 64},
-    "resample": 3,
-    "do_center_crop": True,
-    "crop_size": {"height": 56, "width": 56},
-    "do_rescale": True,
-    "rescale_factor": 0.00392156862745098,
-    "do_normalize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-    "do_convert_rgb": True,
-}
 
+class TestHieraProcessorParity(BitProcessorParity):
+    """The hub checkpoints' BitImageProcessor (facebook/hiera-*-hf: shortest edge 256, crop 224), also when the
+    file names no type (this plugin declares it)."""
 
-@pytest.mark.parametrize("named", [True, False], ids=["named", "model-type-fallback"])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, named: bool) -> None:
-    """The hub checkpoints' BitImageProcessor, also when the file names no type (this plugin declares it)."""
-    assert get_registry().get("hiera").image_processor == "BitImageProcessor"
-    HieraConfig(**TINY).save_pretrained(tmp_path)
-    data = (
-        PREPROCESSOR if named else {key: value for key, value in PREPROCESSOR.items() if key != "image_processor_type"}
-    )
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert ours.image_processor_type == "BitImageProcessor"
-    oracle = transformers.BitImageProcessorPil(**PREPROCESSOR)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(75, 101, 3), dtype=np.uint8))
-    expected = oracle(image, return_tensors="pt")["pixel_values"]
-    actual = ours(image, return_tensors="pt")["pixel_values"]
-    assert tuple(actual.shape) == tuple(expected.shape) == (1, 3, 56, 56)
-    assert (actual - expected).abs().max().item() <= 1e-5
+    model_type = "hiera"
 
 
 # -- config errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [
-        (
+class TestHieraConfigErrors(ConfigErrors):
+    config_class = HieraConfig
+    config = TINY
+    errors = {
+        "heads-divide-the-stage-width": (
             {"num_heads": [1, 3, 2, 2]},
             r"num_heads\[1\]=3 must divide stage 2's width int\(embed_dim \* embed_dim_multiplier\*\*1\) = 16",
         ),
-        ({"num_heads": [1, 1, 2]}, r"num_heads has 3 entries but depths has 4; give one head count per stage"),
-        ({"masked_unit_attention": [True, False]}, r"masked_unit_attention has 2 entries but depths has 4"),
-        ({"num_query_pool": 4}, r"num_query_pool=4 must be less than the number of stages \(4\): use 0 to 3"),
-        ({"num_query_pool": -1}, r"num_query_pool=-1: Input should be greater than or equal to 0"),
-        (
+        "one-head-count-a-stage": (
+            {"num_heads": [1, 1, 2]},
+            r"num_heads has 3 entries but depths has 4; give one head count per stage",
+        ),
+        "one-mask-unit-flag-a-stage": (
+            {"masked_unit_attention": [True, False]},
+            r"masked_unit_attention has 2 entries but depths has 4",
+        ),
+        "query-pools-fewer-than-stages": (
+            {"num_query_pool": 4},
+            r"num_query_pool=4 must be less than the number of stages \(4\): use 0 to 3",
+        ),
+        "query-pools-not-negative": (
+            {"num_query_pool": -1},
+            r"num_query_pool=-1: Input should be greater than or equal to 0",
+        ),
+        "mask-unit-divisible-by-the-pooling": (
             {"masked_unit_size": [4, 4]},
             r"masked_unit_size \[4, 4\] must be divisible by query_stride\*\*\(stages - 1\) = 2\*\*3 = 8",
         ),
-        (
+        "patch-padding-in-range": (
             {"patch_padding": [0, 0]},
             r"choose 2 \* patch_padding between patch_size - patch_stride and patch_size - 1 \(3 to 6\)",
         ),
-        (
+        "image-size-a-multiple-of-the-mask-unit": (
             {"image_size": [64, 80]},
             r"image_size \[64, 80\] must be a multiple of patch_stride \* masked_unit_size = \(32, 32\)",
         ),
-        ({"patch_stride": [4, 2]}, r"patch_stride must be a square pair such as \[4, 4\]"),
-        ({"query_stride": [2, 2, 2]}, r"query_stride must be a \(height, width\) pair of integers >= 1"),
-        ({"patch_padding": [-1, 3]}, r"patch_padding must be a \(height, width\) pair of integers >= 0"),
-        ({"depths": [1, 0, 1, 1]}, r"depths must list one positive integer per stage"),
-        ({"hidden_act": "swish2"}, r"hidden_act"),
-        ({"drop_path_rate": 1.0}, r"drop_path_rate=1.0: Input should be less than 1"),
-    ],
-)
-def test_bad_config_names_the_field(fields: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        HieraConfig(**{**TINY, **fields})
+        "square-patch-stride": ({"patch_stride": [4, 2]}, r"patch_stride must be a square pair such as \[4, 4\]"),
+        "query-stride-a-pair": (
+            {"query_stride": [2, 2, 2]},
+            r"query_stride must be a \(height, width\) pair of integers >= 1",
+        ),
+        "patch-padding-a-pair": (
+            {"patch_padding": [-1, 3]},
+            r"patch_padding must be a \(height, width\) pair of integers >= 0",
+        ),
+        "positive-depths": ({"depths": [1, 0, 1, 1]}, r"depths must list one positive integer per stage"),
+        "unknown-activation": ({"hidden_act": "swish2"}, r"hidden_act"),
+        "drop-path-below-one": ({"drop_path_rate": 1.0}, r"drop_path_rate=1.0: Input should be less than 1"),
+    }

@@ -16,27 +16,22 @@ import transformers
 from PIL import Image
 from safetensors import safe_open
 
-from backbones import AutoBackbone, AutoImageProcessor, ConfigError
+from backbones import AutoBackbone, ConfigError
 from backbones.testing import (
     BackboneConformance,
+    ConfigErrors,
+    ProcessorParity,
     TransformersParity,
     assert_parity,
     load_reference,
+    random_pixels,
     randomize_weights_,
 )
+from backbones.testing.vit import TINY_VIT
 from backbones_lw_detr_vit import DeformableDetrImageProcessor, LwDetrViTBackbone, LwDetrViTConfig
 
 # 2x2 windows of a 4x4 grid of 8-pixel patches at 32 pixels; layers 1 and 3 windowed, layer 2 global.
-TINY: dict[str, Any] = {
-    "hidden_size": 16,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 2,
-    "patch_size": 8,
-    "image_size": 32,
-    "pretrain_image_size": 32,
-    "num_windows": 4,
-    "window_block_indices": [0, 2],
-}
+TINY: dict[str, Any] = {**TINY_VIT, "pretrain_image_size": 32, "num_windows": 4, "window_block_indices": [0, 2]}
 # Parity: LW-DETR's patches (16) and windows (16, 4 per side) at its 640-pixel training size, windowed and global
 # layers alternating; the 4x4 position table is resampled to every input's grid.
 SMALL: dict[str, Any] = {
@@ -51,10 +46,6 @@ SMALL: dict[str, Any] = {
 }
 ALL_STAGES = [0, 1, 2, 3, 4]
 DETECTOR_BACKBONE_PREFIX = "model.backbone.backbone."
-
-
-def pixels(height: int = 256, width: int = 384, batch: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
 
 
 # -- conformance ------------------------------------------------------------------------------------
@@ -202,7 +193,7 @@ def test_detector_checkpoint_loads_with_prefix(detector_checkpoint: tuple[Any, P
     assert len(saved) - len(outside) == len(model.state_dict()) == 3 + 17 * 4
     trunk = detector.model.backbone.backbone
     for size in ((640, 640), (256, 384)):  # LW-DETR's training size, and another
-        batch = pixels(*size)
+        batch = random_pixels(*size, batch=1)
         with torch.no_grad():
             assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
 
@@ -228,7 +219,7 @@ def test_detector_checkpoint_through_auto_backbone(detector_checkpoint: tuple[An
     assert model.out_features == [model.stage_names[index] for index in selection]
     trunk = detector.model.backbone.backbone
     for size in ((640, 640), (256, 384)):
-        batch = pixels(*size)
+        batch = random_pixels(*size, batch=1)
         with torch.no_grad():
             expected = trunk(batch, output_hidden_states=True)
             output = model(batch, output_hidden_states=True)
@@ -319,9 +310,9 @@ def test_forward_stops_at_the_deepest_requested_stage() -> None:
     for number, layer in enumerate(model.encoder.layer, start=1):
         layer.register_forward_hook(lambda *_, number=number: ran.append(number))
     with torch.no_grad():
-        model(pixels())
+        model(random_pixels(256, 384, batch=1))
         assert ran == [1, 2]
-        model(pixels(), output_hidden_states=True)
+        model(random_pixels(256, 384, batch=1), output_hidden_states=True)
     assert ran == [1, 2, 1, 2, 3, 4]
 
 
@@ -332,9 +323,9 @@ def test_sizes_that_do_not_split_into_windows_are_explained() -> None:
         r"sqrt\(num_windows\)=4 windows per side; use an input whose height and width are multiples of 64 pixels"
     )
     with pytest.raises(ValueError, match=message):
-        model(pixels(256, 368))
+        model(random_pixels(256, 368, batch=1))
     with torch.no_grad():  # 260 pixels still make 16 patches: the projection floors, as transformers'
-        (fmap,) = model(pixels(260, 384)).feature_maps
+        (fmap,) = model(random_pixels(260, 384, batch=1)).feature_maps
     assert tuple(fmap.shape) == (1, 32, 16, 24)
 
 
@@ -344,7 +335,7 @@ def test_our_checkpoint_with_every_option_loads_into_transformers(tmp_path: Path
     model.save_pretrained(tmp_path)
     reference = load_reference("LwDetrViTBackbone", tmp_path)
     assert (reference.config.mlp_ratio, reference.config.layer_norm_eps, reference.config.num_windows) == (2, 1e-5, 1)
-    batch = pixels(128, 192)
+    batch = random_pixels(128, 192, batch=1)
     with torch.no_grad():
         assert_parity(model(batch).feature_maps, reference(batch).feature_maps)
 
@@ -373,37 +364,23 @@ def _image(height: int = 75, width: int = 101) -> Image.Image:
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize(
-    "variant", ["named", "model-type-fallback", "fixed-size", "pad-size", "no-pad-one-image", "int-size"]
-)
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, variant: str) -> None:
+class TestLwDetrViTProcessorParity(ProcessorParity):
     """The checkpoints' DeformableDetrImageProcessor, also when the file names no type (this plugin declares it)."""
-    LwDetrViTConfig(**TINY).save_pretrained(tmp_path)
-    data = dict(PREPROCESSOR)
-    images = [_image(), _image(40, 30), _image(30, 90)]
-    if variant == "model-type-fallback":
-        del data["image_processor_type"]
-    elif variant == "fixed-size":
-        data["size"] = {"height": 64, "width": 64}
-    elif variant == "pad-size":
-        data["pad_size"] = {"height": 112, "width": 128}
-    elif variant == "no-pad-one-image":
-        data["do_pad"], images = False, images[:1]
-    elif variant == "int-size":
-        data["size"] = 48  # transformers reads it as {"shortest_edge": 48, "longest_edge": 1333}
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, DeformableDetrImageProcessor)
-    assert ours.image_processor_type == "DeformableDetrImageProcessor"
-    oracle = transformers.DeformableDetrImageProcessorPil(**{**PREPROCESSOR, **data})
-    expected = oracle(images, return_tensors="pt")
-    actual = ours(images, return_tensors="pt")
-    assert sorted(actual) == sorted(expected)
-    assert actual["pixel_values"].shape == expected["pixel_values"].shape
-    assert (actual["pixel_values"] - expected["pixel_values"]).abs().max().item() <= 1e-5
-    if data["do_pad"]:
-        assert actual["pixel_mask"].dtype == expected["pixel_mask"].dtype == torch.int64
-        assert torch.equal(actual["pixel_mask"], expected["pixel_mask"])
+
+    model_type = "lw_detr_vit"
+    processor_type = "DeformableDetrImageProcessor"
+    processor_class = DeformableDetrImageProcessor
+    reference_processor_class = "DeformableDetrImageProcessorPil"
+    preprocessor = PREPROCESSOR
+    variants = {
+        "fixed-size": {"size": {"height": 64, "width": 64}},
+        "pad-size": {"pad_size": {"height": 112, "width": 128}},
+        "no-pad-one-image": {"do_pad": False},
+        "int-size": {"size": 48},  # transformers reads it as {"shortest_edge": 48, "longest_edge": 1333}
+    }
+    image_sizes = ((75, 101), (40, 30), (30, 90))
+    batched = True
+    variant_settings = {"no-pad-one-image": {"image_sizes": ((75, 101),)}}
 
 
 def test_processor_pads_to_the_largest_image_with_a_mask() -> None:
@@ -449,28 +426,31 @@ def test_processor_refuses_an_image_larger_than_pad_size() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"num_windows": 8}, r"num_windows=8 is not a perfect square; .* use 1, 4, 9, 16, 25"),
-        (
+class TestLwDetrViTConfigErrors(ConfigErrors):
+    config_class = LwDetrViTConfig
+    config = SMALL
+    errors = {
+        "square-window-count": ({"num_windows": 8}, r"num_windows=8 is not a perfect square; .* use 1, 4, 9, 16, 25"),
+        "image-size-a-multiple-of-the-windows": (
             {"image_size": 600},
             r"image_size 600 must be a multiple of num_windows \* sqrt\(num_windows\) = 64 "
             r"\(transformers' LwDetrViTConfig rule\), e.g. 576",
         ),
-        (
+        "window-blocks-are-layers": (
             {"window_block_indices": [0, 4]},
             r"window_block_indices \[4\] are not layers of this model; use 0-based layer indices from 0 to "
             r"num_hidden_layers - 1 = 3",
         ),
-        ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=32"),
-        ({"pretrain_image_size": [64, 96]}, r"pretrain_image_size \(64, 96\) gives a 4x6 grid of patches"),
-        ({"pretrain_image_size": 8}, r"pretrain_image_size 8 is smaller than patch_size 16"),
-        ({"mlp_ratio": 0}, r"mlp_ratio=0: Input should be greater than or equal to 1"),
-        ({"patch_size": [16, 8]}, r"patch_size must be one int or a square pair"),
-        ({"hidden_act": "swish-ish"}, r"hidden_act='swish-ish'"),
-    ],
-)
-def test_bad_configs_name_the_field(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        LwDetrViTConfig(**{**SMALL, **overrides})
+        "heads-divide-the-width": ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=32"),
+        "square-position-grid": (
+            {"pretrain_image_size": [64, 96]},
+            r"pretrain_image_size \(64, 96\) gives a 4x6 grid of patches",
+        ),
+        "pre-training-size-holds-a-patch": (
+            {"pretrain_image_size": 8},
+            r"pretrain_image_size 8 is smaller than patch_size 16",
+        ),
+        "positive-mlp-ratio": ({"mlp_ratio": 0}, r"mlp_ratio=0: Input should be greater than or equal to 1"),
+        "square-patches": ({"patch_size": [16, 8]}, r"patch_size must be one int or a square pair"),
+        "unknown-activation": ({"hidden_act": "swish-ish"}, r"hidden_act='swish-ish'"),
+    }

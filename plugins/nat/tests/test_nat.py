@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from backbones import AutoBackbone, testing
-from backbones.testing import BackboneConformance, RecordedParity, assert_close_maps, randomize_weights_
+from backbones.testing import assert_close_maps, randomize_weights_
 from backbones_nat import NatBackbone, NatConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nat_oracle import run_oracle
+from nat_oracle import NatFamilyConformance, NatFamilyRecordedParity
 
 # Two stages; kernel 5 makes the second stage's map (4 x 4 at 32 px) smaller than the window (padded).
 TINY: dict[str, Any] = {"embed_dim": 16, "depths": [1, 2], "num_heads": [2, 4], "kernel_size": 5, "drop_path_rate": 0.0}
@@ -40,21 +40,10 @@ CLASSIFIER: dict[str, Any] = {
     "drop_path_rate": 0.0,
     "num_labels": 5,
 }
-ALL_STAGES = [0, 1, 2, 3]
-# The output norm of each stage named, as load-report key templates.
-NORM_KEYS = ("hidden_states_norms.{stage}.bias", "hidden_states_norms.{stage}.weight")
-# 64: whole windows; 40 x 56 and 38 x 50: maps of 10 x 14 / 10 x 13, then 5 x 7, then 3 x 4 (padded).
-INPUTS = [[2, 64, 64, 1], [2, 40, 56, 2], [1, 38, 50, 3]]
 
 
-class TestNatConformance(BackboneConformance):
+class TestNatConformance(NatFamilyConformance):
     model_type = "nat"
-    input_sizes = ((32, 32), (40, 56))
-    # Any input size works: maps smaller than the (dilated) window are padded. Under torch.export the padding
-    # is virtual and every size-dependent choice symbolic (padded_neighborhood_attention_2d), so one program
-    # serves maps both smaller and larger than the window; exported from 16 (twice the deepest stride:
-    # torch.export specialises maps of size 1) to 1024.
-    export_range = (16, 1024)
 
     def make_config(self, **overrides: Any) -> NatConfig:
         return NatConfig(**{**TINY, **overrides})
@@ -64,75 +53,20 @@ class TestNatConformance(BackboneConformance):
 
 
 @pytest.mark.oracle
-class TestNatRecordedParity(RecordedParity):
+class TestNatRecordedParity(NatFamilyRecordedParity):
     backbone_class = NatBackbone
-    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0, 2))
-    backbone_unused_keys = NORM_KEYS
-    # Channels-last, stem then every stage before its downsampling, as transformers returns them.
-    hidden_state_shapes = ((2, 16, 16, 16), (2, 16, 16, 16), (2, 8, 8, 32), (2, 4, 4, 64))
+    small = SMALL
+    classifier = CLASSIFIER
+    base_model_prefix = "nat"
+    saved_out_indices = (0, 2, 3)
+    classifier_fields = {"layer_scale_init_value": 0.5, "kernel_size": 3, "out_features": ["stage3"]}
     # Every stage's last layer, over the padded map in the last stage (4 x 4 padded to the 5 x 5 window).
     attention_shapes = ((2, 2, 16, 16, 25), (2, 2, 8, 8, 25), (2, 4, 5, 5, 25))
-    task_case = "classifier"
     task_out_indices = (1, 2, 3)
-    # The reference holds the same trunk with its own norms at their initial values, as transformers does.
-    task_missing_keys = NORM_KEYS
-    task_unused_keys = ("classifier.bias", "classifier.weight", "nat.layernorm.bias", "nat.layernorm.weight")
-    task_prefix = "'nat.' removed"
-    task_trunk_unexpected_keys = ("layernorm.bias", "layernorm.weight")
-    round_trip_case = "saved_by_us"
-
-    def record(self, directory: Path) -> Path:
-        """Every oracle case of this module, run in one subprocess."""
-        ours = randomize_weights_(NatBackbone(NatConfig(out_indices=[0, 2, 3], **SMALL)), seed=11).eval()
-        ours.save_pretrained(directory / "ours")
-        cases = [
-            {
-                "name": "backbone",
-                "class": "NatBackbone",
-                "config": {**SMALL, "out_indices": ALL_STAGES},
-                "seed": 3,
-                "inputs": INPUTS,
-                "hidden_states": True,
-                "attentions": True,
-                "gradients": True,
-            },
-            {
-                "name": "classifier",
-                "class": "NatForImageClassification",
-                "config": CLASSIFIER,
-                "seed": 4,
-                "inputs": [[2, 48, 40, 5]],
-                "backbone_out_indices": [1, 2, 3],
-            },
-            {
-                "name": "saved_by_us",
-                "class": "NatBackbone",
-                "load": str(directory / "ours"),
-                "inputs": [[2, 44, 60, 6]],
-            },
-        ]
-        return run_oracle(cases, directory)
-
-    def test_task_checkpoint_layer_scales_are_loaded(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        # The layer scales of the checkpoint are loaded, not re-initialised.
-        directory = self.recording(tmp_path_factory) / "classifier"
-        ours = AutoBackbone.from_pretrained(directory, out_indices=[1, 2, 3])
-        state = load_file(directory / "model.safetensors")
-        scales = ours.encoder.levels[0].layers[1].layer_scale_parameters
-        assert torch.equal(scales, state["nat.encoder.levels.0.layers.1.layer_scale_parameters"])
 
     def test_saved_config_has_transformers_fields(self, tmp_path_factory: pytest.TempPathFactory) -> None:
         config = json.loads((self.recording(tmp_path_factory) / "ours" / "config.json").read_text())
         assert (config["hidden_size"], config["num_layers"]) == (64, 3)
-
-    def test_transformers_config_json_round_trips(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        saved = json.loads((self.recording(tmp_path_factory) / "classifier" / "config.json").read_text())
-        config = NatConfig.from_dict(saved)
-        assert config.layer_scale_init_value == 0.5 and config.kernel_size == 3
-        assert config.out_features == ["stage3"]
-        written = config.to_dict()
-        # Extras and derived values kept.
-        assert {key: value for key, value in written.items() if key in saved} == saved
 
 
 # -- model behaviour ------------------------------------------------------------------------------

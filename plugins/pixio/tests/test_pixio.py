@@ -3,77 +3,55 @@ checkpoints), the class tokens, config errors, a default-size shape check on the
 
 from __future__ import annotations
 
-import ast
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import transformers
-from PIL import Image
 
-from backbones import AutoBackbone, AutoBackboneConfig, AutoImageProcessor, Backbone, ConfigError
+import backbones_pixio
+from backbones import AutoBackbone, AutoBackboneConfig, Backbone
 from backbones.testing import (
-    BackboneConformance,
+    BitProcessorParity,
+    ConfigErrors,
+    TokenShapes,
     TransformersParity,
     assert_parity,
-    feature_map_loss,
+    imported_names,
     load_reference,
+    random_pixels,
     randomize_weights_,
 )
+from backbones.testing.vit import SMALL_VIT, TINY_VIT, ViTConformance
 from backbones_pixio import PixioBackbone, PixioConfig
 
-TINY: dict[str, Any] = {
-    "hidden_size": 16,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 2,
-    "n_cls_tokens": 2,
-    "image_size": 32,
-    "patch_size": 8,
-}
+TINY: dict[str, Any] = {**TINY_VIT, "n_cls_tokens": 2}
 # Parity: four layers, a 4x4 grid of pre-training positions, 8 class tokens (as the released checkpoints).
-SMALL: dict[str, Any] = {
-    "hidden_size": 32,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "n_cls_tokens": 8,
-    "image_size": 32,
-    "patch_size": 8,
-}
+SMALL: dict[str, Any] = {**SMALL_VIT, "n_cls_tokens": 8}
 # The training size (positions as stored), a larger non-square size (rows and columns upsampled), a size whose
 # rows are downsampled, and a size that is no multiple of the patch.
 SIZES = ((32, 32), (48, 40), (24, 40), (42, 59))
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "backbones_pixio"
 # transformers' backbone holds the trunk's final norm too, and never runs it.
 TRUNK_NORM = ["pixio.layernorm.bias", "pixio.layernorm.weight"]
 MAPS_NORM = ["layernorm.bias", "layernorm.weight"]
 
 
-def pixels(height: int = 48, width: int = 40, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
-
-
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestPixioConformance(BackboneConformance):
+class TestPixioConformance(ViTConformance):
     model_type = "pixio"
+    config_class = PixioConfig
+    config = TINY
     input_sizes = ((32, 32), (48, 40), (24, 40))
-    # The patch projection is a stride-p convolution without padding: a map is size // p wide.
-    spatial_rounding = "floor"
-
-    def make_config(self, **overrides: Any) -> PixioConfig:
-        return PixioConfig(**TINY, **overrides)
+    bad_config_value = ("n_cls_tokens", -3, r"n_cls_tokens=-3")
 
 
 class TestPixioWithoutLayerNormConformance(TestPixioConformance):
     deployment_checks = False  # the stem and the layers' graph are the same as above
-
-    def make_config(self, **overrides: Any) -> PixioConfig:
-        return PixioConfig(**{**TINY, "n_cls_tokens": 1}, apply_layernorm=False, hidden_act="silu", **overrides)
+    config = {**TINY, "n_cls_tokens": 1, "apply_layernorm": False, "hidden_act": "silu"}
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -111,6 +89,15 @@ class TestPixioParity(TransformersParity):
     task_out_indices = (0, 2, 4)
     round_trip_out_indices = (0, 2, 4)
     key_renames = KEY_RENAMES
+    # Every weight's gradient of a training step equals transformers' (by its in-memory name); its only weights
+    # without one of ours are the trunk's final norm, which gets no gradient.
+    compare_gradients = True
+    ungraded_reference_keys = tuple(TRUNK_NORM)
+    # Hidden states are the raw token sequences (8 class tokens, then 6x5 patches at 48x40).
+    token_shapes = {"default": TokenShapes((48, 40), ((2, 8 + 30, 32),) * 5, ((2, 4, 38, 38),) * 4)}
+    # Without reshape_hidden_states a map is the whole normalised sequence, class tokens too.
+    unreshaped_out_indices = (0, 4)
+    unreshaped_prefix_tokens = 8
 
     @staticmethod
     def _plain(variant: str) -> bool:
@@ -185,35 +172,6 @@ class TestPixioParity(TransformersParity):
         ours = AutoBackbone.from_pretrained(tmp_path)
         assert torch.equal(ours.layernorm.weight, saved.layernorm.weight)
 
-    def test_training_gradients_match_transformers(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """Every weight's gradient of a training step equals transformers' (by its in-memory name); its only
-        weights without one of ours are the trunk's final norm, which gets no gradient."""
-        directory, reference = self.reference_checkpoint("default", tmp_path_factory)
-        model = AutoBackbone.from_pretrained(directory).train()
-        inputs = self.pixels()
-        reference.train()
-        try:
-            for network in (model, reference):
-                network.zero_grad()
-                feature_map_loss(network(inputs).feature_maps).backward()
-        finally:
-            reference.eval()
-        theirs = {name: parameter.grad for name, parameter in reference.named_parameters()}
-        for name, parameter in model.named_parameters():
-            grad, their_grad = parameter.grad, theirs.pop(self.reference_name(name))
-            assert grad is not None and their_grad is not None, name
-            assert_parity([grad], [their_grad], self.tolerance)
-        assert sorted(theirs) == TRUNK_NORM and all(grad is None for grad in theirs.values())
-
-    def test_token_and_attention_shapes(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """Hidden states are the raw token sequences (8 class tokens, then 6x5 patches at 48x40)."""
-        directory, _ = self.reference_checkpoint("default", tmp_path_factory)
-        model = AutoBackbone.from_pretrained(directory, out_indices=[1])
-        with torch.no_grad():
-            output = model(self.pixels((48, 40)), output_hidden_states=True, output_attentions=True)
-        assert [tuple(state.shape) for state in output.hidden_states] == [(2, 8 + 30, 32)] * 5
-        assert [tuple(weights.shape) for weights in output.attentions] == [(2, 4, 38, 38)] * 4
-
     def test_class_tokens_match_transformers(self, tmp_path_factory: pytest.TempPathFactory) -> None:
         """``prefix_tokens`` are the 8 class tokens of transformers' hidden states, through the maps' norm."""
         directory, reference = self.reference_checkpoint("default", tmp_path_factory)
@@ -226,19 +184,6 @@ class TestPixioParity(TransformersParity):
         assert [tuple(tokens.shape) for tokens in output.prefix_tokens] == [(2, 8, 32)] * 3
         assert_parity(output.prefix_tokens, expected, self.tolerance)
 
-    def test_token_sequences_without_reshape(self, tmp_path: Path) -> None:
-        """Without reshape_hidden_states a map is the whole normalised sequence, class tokens too."""
-        reference = self.reference_model("PixioBackbone", "default", reshape_hidden_states=False, out_indices=[0, 4])
-        reference.save_pretrained(tmp_path)
-        model = AutoBackbone.from_pretrained(tmp_path)
-        for size in self.input_sizes:
-            inputs = self.pixels(size)
-            with torch.no_grad():
-                ours, theirs = model(inputs).feature_maps, reference(inputs).feature_maps
-            tokens = 8 + (size[0] // 8) * (size[1] // 8)
-            assert [tuple(fmap.shape) for fmap in ours] == [(2, tokens, 32)] * 2
-            assert_parity(ours, theirs, self.tolerance)
-
 
 # -- behaviour --------------------------------------------------------------------------------------
 
@@ -249,7 +194,7 @@ def test_every_class_token_has_its_own_position() -> None:
     assert tuple(embeddings.cls_token.shape) == (1, 8, 32)
     assert tuple(embeddings.position_embeddings.shape) == (1, 8 + 16, 32)
     with torch.no_grad():
-        (stem,) = model(pixels(), output_hidden_states=True).hidden_states[:1]
+        (stem,) = model(random_pixels(48, 40), output_hidden_states=True).hidden_states[:1]
     expected = (embeddings.cls_token + embeddings.position_embeddings[:, :8]).expand(2, -1, -1)
     assert torch.equal(stem[:, :8], expected)
 
@@ -269,7 +214,7 @@ def test_pruning_keeps_only_the_layers_that_run() -> None:
     assert model.prune_unused_stages() == ["stage3", "stage4"]
     assert len(model.encoder.encoder.layer) == 2
     with torch.no_grad():
-        (fmap,) = model(pixels()).feature_maps
+        (fmap,) = model(random_pixels(48, 40)).feature_maps
     assert tuple(fmap.shape) == (2, 32, 6, 5)
 
 
@@ -294,15 +239,11 @@ def test_transformers_config_file_is_read_and_written(tmp_path: Path) -> None:
 
 def test_imports_only_public_names_of_backbones_dinov2() -> None:
     """This plugin builds on backbones-dinov2's public API: no ``_``-prefixed module or name of it."""
-    imported = []
-    for path in sorted(SOURCE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backbones_dinov2"):
-                imported.append((node.module, [alias.name for alias in node.names]))
+    imported = imported_names(backbones_pixio, "backbones_dinov2")
     assert imported == [
         (
             "backbones_dinov2.blocks",
-            ["Dinov2Attention", "Dinov2Embeddings", "resample_position_table", "tokens_to_map"],
+            ["Dinov2Attention", "Dinov2Embeddings", "Dinov2Encoder", "PlainViTBackbone", "resample_position_table"],
         )
     ]
 
@@ -325,79 +266,28 @@ def test_default_config_is_pixio_vith16_at_its_training_size() -> None:
 
 # -- preprocessing ----------------------------------------------------------------------------------
 
-# A BitImageProcessor file as transformers maps the model type (ImageNet statistics, bicubic), with sizes 64/56.
-PREPROCESSOR = {
-    "image_processor_type": "BitImageProcessor",
-    "do_resize": True,
-    "size": {"shortest_edge": 64},
-    "resample": 3,
-    "do_center_crop": True,
-    "crop_size": {"height": 56, "width": 56},
-    "do_rescale": True,
-    "rescale_factor": 0.00392156862745098,
-    "do_normalize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-    "do_convert_rgb": True,
-}
 
+class TestPixioProcessorParity(BitProcessorParity):
+    """BitImageProcessor, as transformers maps the model type, also when the file names no type (this plugin
+    declares it)."""
 
-@pytest.mark.parametrize("named", [True, False], ids=["named", "model-type-fallback"])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, named: bool) -> None:
-    """BitImageProcessor, also when the file names no type (this plugin declares it)."""
-    PixioConfig(**TINY).save_pretrained(tmp_path)
-    data = (
-        PREPROCESSOR if named else {key: value for key, value in PREPROCESSOR.items() if key != "image_processor_type"}
-    )
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert ours.image_processor_type == "BitImageProcessor"
-    oracle = transformers.BitImageProcessorPil(**PREPROCESSOR)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(75, 101, 3), dtype=np.uint8))
-    expected = oracle(image, return_tensors="pt")["pixel_values"]
-    actual = ours(image, return_tensors="pt")["pixel_values"]
-    assert tuple(actual.shape) == tuple(expected.shape) == (1, 3, 56, 56)
-    assert (actual - expected).abs().max().item() <= 1e-5
+    model_type = "pixio"
 
 
 # -- config errors ----------------------------------------------------------------------------------
 
 
-def test_heads_must_divide_the_width() -> None:
-    with pytest.raises(ConfigError, match=r"num_attention_heads=5 does not divide hidden_size=16"):
-        PixioConfig(**{**TINY, "num_attention_heads": 5})
-
-
-def test_there_is_one_class_token_at_least() -> None:
-    with pytest.raises(ConfigError, match=r"n_cls_tokens=0: Input should be greater than or equal to 1"):
-        PixioConfig(**{**TINY, "n_cls_tokens": 0})
-
-
-def test_mlp_ratio_is_a_positive_integer() -> None:
-    with pytest.raises(ConfigError, match=r"mlp_ratio=2.5: Input should be a valid integer"):
-        PixioConfig(**{**TINY, "mlp_ratio": 2.5})
-    with pytest.raises(ConfigError, match=r"mlp_ratio=0: Input should be greater than or equal to 1"):
-        PixioConfig(**{**TINY, "mlp_ratio": 0})
-
-
-def test_position_grid_must_be_square() -> None:
-    with pytest.raises(ConfigError, match=r"image_size \(32, 48\) gives a 4x6 grid of patches"):
-        PixioConfig(**{**TINY, "image_size": [32, 48]})
-
-
-def test_image_must_hold_a_patch() -> None:
-    with pytest.raises(ConfigError, match=r"image_size 4 is smaller than patch_size 8"):
-        PixioConfig(**{**TINY, "image_size": 4})
-
-
-def test_patches_must_be_square() -> None:
-    with pytest.raises(ConfigError, match=r"patch_size must be one int or a square pair such as \[16, 16\]"):
-        PixioConfig(**{**TINY, "patch_size": [8, 16]})
-
-
-def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
-    PixioConfig(**TINY).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    path.write_text(path.read_text().replace('"n_cls_tokens": 2', '"n_cls_tokens": -3'))
-    with pytest.raises(ConfigError, match=r"invalid backbone config in .*config.json: .*n_cls_tokens=-3"):
-        AutoBackbone.from_pretrained(tmp_path)
+class TestPixioConfigErrors(ConfigErrors):
+    config_class = PixioConfig
+    config = TINY
+    errors = {
+        "heads-divide-the-width": ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=16"),
+        "square-position-grid": ({"image_size": [32, 48]}, r"image_size \(32, 48\) gives a 4x6 grid of patches"),
+        "image-holds-a-patch": ({"image_size": 4}, r"image_size 4 is smaller than patch_size 8"),
+        "square-patches": ({"patch_size": [8, 16]}, r"patch_size must be one int or a square pair such as \[16, 16\]"),
+    }
+    invalid_values = (
+        ("n_cls_tokens", 0, "greater than or equal to 1"),
+        ("mlp_ratio", 2.5, "a valid integer"),
+        ("mlp_ratio", 0, "greater than or equal to 1"),
+    )

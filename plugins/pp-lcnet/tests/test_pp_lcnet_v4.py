@@ -9,10 +9,14 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from safetensors import safe_open
 
-from backbones import AutoBackbone, ConfigError
-from backbones.testing import BackboneConformance, TransformersParity, assert_parity, randomize_weights_
+from backbones import ConfigError
+from backbones.testing import (
+    BackboneConformance,
+    TransformersParity,
+    assert_nested_checkpoint,
+    randomize_weights_,
+)
 from backbones_pp_lcnet import PPLCNetV4Backbone, PPLCNetV4Config
 
 # Four stages as the real network: blocks that keep their shape (plain depthwise token mixer with bias, residual)
@@ -152,22 +156,16 @@ def test_ocr_checkpoint_loads_with_prefix(
 ) -> None:
     task = randomize_weights_(build()).eval()
     task.save_pretrained(tmp_path)
-    model, report = AutoBackbone.from_pretrained(
-        tmp_path, checkpoint_prefix=OCR_PREFIX, config_key="backbone_config", output_loading_info=True
+    # Outside the prefix: the neck and the head. The selection is the one saved in backbone_config.
+    assert_nested_checkpoint(
+        tmp_path,
+        task.model.backbone,
+        OCR_PREFIX,
+        backbone_class=PPLCNetV4Backbone,
+        out_indices=selection,
+        input_sizes=sizes,
+        min_unused=10,
     )
-    assert isinstance(model, PPLCNetV4Backbone)
-    assert model.out_indices == selection  # the selection saved in backbone_config
-    assert report.missing_keys == []
-    with safe_open(tmp_path / "model.safetensors", "pt") as handle:
-        saved = list(handle.keys())
-    outside = sorted(key for key in saved if not key.startswith(OCR_PREFIX))
-    assert report.unused_keys == outside
-    assert len(outside) > 10  # the neck and the head
-    trunk = task.model.backbone
-    for size in sizes:
-        batch = pixels(*size, batch=1)
-        with torch.no_grad():
-            assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
 
 
 # -- transformers' config.json in, ours out ---------------------------------------------------------

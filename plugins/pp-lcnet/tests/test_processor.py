@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +10,8 @@ import torch
 import transformers
 from PIL import Image
 
-from backbones import AutoImageProcessor, ConfigError
+from backbones import ConfigError
+from backbones.testing import ProcessorParity
 from backbones_pp_lcnet import PPLCNetImageProcessor
 
 # PaddlePaddle/PP-LCNet_x1_0_doc_ori_safetensors' preprocessor_config.json (the class defaults, written out).
@@ -46,23 +45,20 @@ def oracle(**settings: Any) -> Any:
     return transformers.PPLCNetImageProcessor(**settings)
 
 
-@pytest.mark.parametrize("named", [True, False])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, named: bool) -> None:
+class TestPPLCNetProcessorParity(ProcessorParity):
     """The checkpoints' processor, also when the file names no type (the model type's declared processor)."""
-    data = dict(PREPROCESSOR)
-    if not named:
-        del data["image_processor_type"]
-        (tmp_path / "config.json").write_text(json.dumps({"model_type": "pp_lcnet"}))
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, PPLCNetImageProcessor)
-    reference = oracle(**{key: value for key, value in PREPROCESSOR.items() if key != "image_processor_type"})
-    for size in ((300, 400), (480, 256), (100, 90)):  # downscaled, shortest edge already 256, upscaled
-        picture = image(*size)
-        expected = reference(picture, return_tensors="pt").pixel_values
-        got = ours(picture, return_tensors="pt").pixel_values
-        assert got.shape == expected.shape == (1, 3, 224, 224)
-        assert (got - expected).abs().max().item() <= ONE_LEVEL
+
+    model_type = "pp_lcnet"
+    processor_type = "PPLCNetImageProcessor"
+    processor_class = PPLCNetImageProcessor
+    reference_processor_class = "PPLCNetImageProcessor"
+    preprocessor = PREPROCESSOR
+    image_sizes = ((300, 400), (480, 256), (100, 90))  # downscaled, shortest edge already 256, upscaled
+    expected_shape = (1, 3, 224, 224)
+    tolerance = ONE_LEVEL
+
+    def images(self, variant: str) -> list[Image.Image]:
+        return [image(*size) for size in self.image_sizes]
 
 
 def test_steps_without_resizing_match_to_float_rounding() -> None:

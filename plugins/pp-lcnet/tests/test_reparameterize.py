@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.export import Dim
 
 from backbones import AutoBackbone, Backbone, BackboneConfig, ReparameterizedError
 from backbones.layers import FrozenBatchNorm2d
-from backbones.testing import assert_parity, randomize_weights_
+from backbones.testing import assert_exports_with_dynamic_size, assert_parity, randomize_weights_
 from backbones_pp_lcnet import PPLCNetConfig, PPLCNetV3Config, PPLCNetV4Config
 from backbones_pp_lcnet.blocks import LearnableRepLayer
 
@@ -97,24 +96,11 @@ def test_v3_layers_become_one_convolution_each() -> None:
 
 
 def test_folded_model_exports_with_dynamic_size(folded: tuple[str, Backbone, Backbone], tmp_path: Path) -> None:
-    import onnxruntime
-
     _, _, model = folded
-    dims = {2: Dim("height", min=33, max=1024), 3: Dim("width", min=33, max=1024)}
-    program = torch.export.export(model, (pixels(SIZES[0]),), dynamic_shapes={"pixel_values": dims})
-    onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
-    assert onnx_program is not None
-    path = tmp_path / "folded.onnx"
-    onnx_program.save(str(path))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for size in SIZES:
-        batch = pixels(size, seed=5)
-        with torch.no_grad():
-            eager = model(batch).feature_maps
-            exported = program.module()(batch).feature_maps
-        assert_parity(exported, eager, 1e-5)
-        outputs = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
-        assert_parity([torch.from_numpy(array) for array in outputs], eager, 1e-4)
+    inputs = [pixels(size, seed=5) for size in SIZES]
+    assert_exports_with_dynamic_size(
+        model, pixels(SIZES[0]), inputs, size_range=(33, 1024), onnx_path=tmp_path / "folded.onnx", scaled=True
+    )
 
 
 def test_folded_model_refuses_training_and_saving(folded: tuple[str, Backbone, Backbone], tmp_path: Path) -> None:

@@ -14,9 +14,10 @@ import transformers
 from PIL import Image
 from torch import Tensor, nn
 
-from backbones import AutoBackbone, AutoImageProcessor, Backbone, ConfigError
+from backbones import AutoBackbone, Backbone, ConfigError
 from backbones.testing import (
     BackboneConformance,
+    ProcessorParity,
     TransformersParity,
     assert_parity,
     assert_random_only_in_training,
@@ -339,27 +340,20 @@ def _image(height: int = 75, width: int = 101) -> Image.Image:
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("variant", ["named", "model-type-fallback", "bicubic"])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, variant: str) -> None:
-    """The hub checkpoints' PvtImageProcessor, also when the file names no type (this plugin declares it)."""
-    PvtV2Config(**TINY).save_pretrained(tmp_path)
-    data = dict(PREPROCESSOR)
-    if variant == "model-type-fallback":
-        del data["image_processor_type"]
-    elif variant == "bicubic":
-        data["resample"] = 3
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, PvtImageProcessor)
-    assert ours.image_processor_type == "PvtImageProcessor"
-    oracle = transformers.PvtImageProcessorPil(
-        **{key: value for key, value in data.items() if key != "image_processor_type"}
-    )
-    images = [_image(), _image(40, 30)]
-    expected = oracle(images, return_tensors="pt")["pixel_values"]
-    actual = ours(images, return_tensors="pt")["pixel_values"]
-    assert tuple(actual.shape) == tuple(expected.shape) == (2, 3, 64, 48)
-    assert (actual - expected).abs().max().item() <= 1e-5
+class TestPvtV2ProcessorParity(ProcessorParity):
+    """The hub checkpoints' PvtImageProcessor, also when the file names no type (this plugin declares it), and
+    under the names transformers 4 (``PvtImageProcessorFast``) and 5 (``...Pil``, its PIL class) wrote."""
+
+    model_type = "pvt_v2"
+    processor_type = "PvtImageProcessor"
+    processor_class = PvtImageProcessor
+    reference_processor_class = "PvtImageProcessorPil"
+    preprocessor = PREPROCESSOR
+    variants = {"bicubic": {"resample": 3}}
+    suffixes = ("Fast", "Pil")
+    image_sizes = ((75, 101), (40, 30))
+    batched = True
+    expected_shape = (2, 3, 64, 48)
 
 
 def test_processor_defaults_are_transformers_defaults() -> None:
@@ -369,17 +363,6 @@ def test_processor_defaults_are_transformers_defaults() -> None:
     assert tuple(ours.image_mean) == tuple(oracle.image_mean) and tuple(ours.image_std) == tuple(oracle.image_std)
     expected = oracle(_image(), return_tensors="pt")["pixel_values"]
     assert (ours(_image(), return_tensors="pt")["pixel_values"] - expected).abs().max().item() <= 1e-5
-
-
-@pytest.mark.parametrize("suffix", ["Fast", "Pil"])
-def test_processor_class_suffixes_name_the_same_processor(tmp_path: Path, suffix: str) -> None:
-    """transformers 4 wrote ``PvtImageProcessorFast``, 5 writes ``...Pil`` for the PIL class: same settings."""
-    (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps({**PREPROCESSOR, "image_processor_type": "PvtImageProcessor" + suffix})
-    )
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, PvtImageProcessor)
-    assert ours.image_processor_type == "PvtImageProcessor"
 
 
 # -- config errors ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from backbones.testing import (
     BackboneConformance,
     TransformersParity,
     assert_close_maps,
+    assert_exports_with_dynamic_size,
     assert_parity,
     randomize_weights_,
 )
@@ -323,22 +324,8 @@ def test_reparameterize_folds_frozen_batch_norms() -> None:
 
 
 def test_folded_model_exports_with_dynamic_size_and_to_onnx(tmp_path: Path) -> None:
-    import onnxruntime
-    from torch.export import Dim
-
     config = ResNetConfig(**SMALL, output_stride=8, out_indices=ALL_STAGES)
     model = randomize_weights_(AutoBackbone.from_config(config)).eval()
     model.reparameterize()
-    dims = {2: Dim("height", min=17, max=1024), 3: Dim("width", min=17, max=1024)}
-    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
-    onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
-    assert onnx_program is not None
-    onnx_program.save(str(tmp_path / "model.onnx"))
-    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    for height, width in [(56, 40), (33, 71)]:
-        images = pixels(height=height, width=width)
-        with torch.no_grad():
-            eager = model(images).feature_maps
-            assert_close_maps(program.module()(images).feature_maps, eager, atol=1e-5)
-        outputs = session.run(None, {"pixel_values": images.numpy()})
-        assert_close_maps([torch.from_numpy(array) for array in outputs], eager, atol=1e-4)
+    inputs = [pixels(height=height, width=width) for height, width in [(56, 40), (33, 71)]]
+    assert_exports_with_dynamic_size(model, pixels(), inputs, size_range=(17, 1024), onnx_path=tmp_path / "model.onnx")

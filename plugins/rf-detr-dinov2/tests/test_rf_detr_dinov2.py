@@ -3,7 +3,6 @@ and the RF-DETR detector's backbone), the window layout, config errors, the real
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,80 +13,63 @@ import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from backbones import AutoBackbone, Backbone, ConfigError
+import backbones_rf_detr_dinov2
+from backbones import AutoBackbone, ConfigError
 from backbones.testing import (
-    BackboneConformance,
-    TransformersParity,
+    ConfigErrors,
+    TokenShapes,
     assert_parity,
     assert_random_only_in_training,
+    imported_names,
+    patch_token_count,
+    random_pixels,
     randomize_weights_,
 )
+from backbones.testing.vit import SMALL_VIT, TINY_VIT, ViTConformance, ViTParity
 from backbones_rf_detr_dinov2 import RfDetrDinov2Backbone, RfDetrDinov2Config
 from backbones_rf_detr_dinov2._model import _partition, _unpartition
 
 # 2x2 windows of 4x4-pixel patches: inputs are multiples of 8 pixels. Layer 1 attends globally.
-TINY: dict[str, Any] = {
-    "hidden_size": 16,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 2,
-    "image_size": 32,
-    "patch_size": 4,
-    "num_windows": 2,
-    "window_block_indexes": [0, 2],
-}
+TINY: dict[str, Any] = {**TINY_VIT, "patch_size": 4, "num_windows": 2, "window_block_indexes": [0, 2]}
 # Parity: four layers, an 8x8 grid of pre-training positions.
-SMALL: dict[str, Any] = {
-    "hidden_size": 32,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "image_size": 32,
-    "patch_size": 4,
-    "num_windows": 2,
-}
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "backbones_rf_detr_dinov2"
-
-
-def pixels(height: int = 32, width: int = 32, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
+SMALL: dict[str, Any] = {**SMALL_VIT, "patch_size": 4, "num_windows": 2}
 
 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestRfDetrDinov2Conformance(BackboneConformance):
+class TestRfDetrDinov2Conformance(ViTConformance):
     model_type = "rf_detr_dinov2"
+    config_class = RfDetrDinov2Config
+    config = TINY
     input_sizes = ((32, 32), (48, 40), (24, 40))
-    # The patch projection is a stride-p convolution without padding: a map is size // p wide.
-    spatial_rounding = "floor"
     # The patch grid must divide into the windows: sides are multiples of patch_size * num_windows.
     export_multiple = 8
     bad_config_value = ("num_windows", 0, r"num_windows=0: Input should be greater than or equal to 1")
-
-    def make_config(self, **overrides: Any) -> RfDetrDinov2Config:
-        return RfDetrDinov2Config(**{**TINY, **overrides})
 
 
 class TestRfDetrDinov2SwiGLUConformance(TestRfDetrDinov2Conformance):
     """SwiGLU, no final norm, 4x4 windows with every layer windowed (inputs: multiples of 16 pixels)."""
 
     deployment_checks = False  # the stem, the windows and the attention are the graph above
+    config = {
+        **TINY,
+        "use_swiglu_ffn": True,
+        "apply_layernorm": False,
+        "num_windows": 4,
+        "window_block_indexes": [0, 1, 2],
+    }
     input_sizes = ((32, 32), (48, 32))
     export_multiple = 16
-
-    def make_config(self, **overrides: Any) -> RfDetrDinov2Config:
-        options = {**TINY, "use_swiglu_ffn": True, "apply_layernorm": False, "num_windows": 4}
-        return RfDetrDinov2Config(**{**options, "window_block_indexes": [0, 1, 2], **overrides})
 
 
 class TestRfDetrDinov2UnwindowedConformance(TestRfDetrDinov2Conformance):
     """num_windows=1: plain DINOv2 attention (any grid)."""
 
     deployment_checks = False
+    config = {**TINY, "num_windows": 1}
     input_sizes = ((32, 32), (44, 28))
     export_multiple = 1
-
-    def make_config(self, **overrides: Any) -> RfDetrDinov2Config:
-        return RfDetrDinov2Config(**{**TINY, "num_windows": 1, **overrides})
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -95,7 +77,11 @@ class TestRfDetrDinov2UnwindowedConformance(TestRfDetrDinov2Conformance):
 NO_LAYERNORM = "no-layernorm-silu-no-qkv-bias-unwindowed"
 
 
-class TestRfDetrDinov2Parity(TransformersParity):
+class TestRfDetrDinov2Parity(ViTParity):
+    # The mask token only serves masked pre-training, and without apply_layernorm the final norm is never applied:
+    # the backbone builds neither (transformers does, and initialises them when they are missing).
+    never_built_keys = ("embeddings.mask_token",)
+    final_norm_keys = ("layernorm.bias", "layernorm.weight")
     config_class = RfDetrDinov2Config
     backbone_class = RfDetrDinov2Backbone
     config = SMALL
@@ -116,46 +102,19 @@ class TestRfDetrDinov2Parity(TransformersParity):
     compare_attentions = True
     round_trip_out_indices = (0, 2, 4)
     compare_gradients = True
-
-    def _never_built(self, variant: str) -> list[str]:
-        # The mask token only serves masked pre-training, and without apply_layernorm the final norm is never
-        # applied: the backbone builds neither.
-        if self.variants[variant].get("apply_layernorm", True):
-            return ["embeddings.mask_token"]
-        return ["embeddings.mask_token", "layernorm.bias", "layernorm.weight"]
-
-    def expected_backbone_unused(self, variant: str, model: Backbone) -> list[str]:
-        return self._never_built(variant)
-
-    def expected_round_trip_missing(self, variant: str) -> list[str]:
-        return self._never_built(variant)
-
-    def test_token_and_attention_shapes(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """Hidden states are the windowed sequences (4 windows of a class token and 4x4 patches at 32x32);
-        windowed layers attend per window, global layers (1 and 3) per image over all 4 windows."""
-        directory, _ = self.reference_checkpoint("mlp-2x2-windows", tmp_path_factory)
-        model = AutoBackbone.from_pretrained(directory, out_indices=[1])
-        with torch.no_grad():
-            output = model(self.pixels((32, 32)), output_hidden_states=True, output_attentions=True)
-        assert [tuple(state.shape) for state in output.hidden_states] == [(8, 17, 32)] * 5
-        shapes = [tuple(weights.shape) for weights in output.attentions]
-        assert shapes == [(8, 4, 17, 17), (2, 4, 68, 68), (8, 4, 17, 17), (2, 4, 68, 68)]
-
-    def test_token_sequences_without_reshape(self, tmp_path: Path) -> None:
-        """Without reshape_hidden_states a map is the normalised windowed sequence, class tokens included."""
-        reference = self.reference_model(
-            self.reference_backbone_class, "mlp-2x2-windows", reshape_hidden_states=False, out_indices=[0, 2, 4]
+    # Hidden states are the windowed sequences (4 windows of a class token and 4x4 patches at 32x32); windowed
+    # layers attend per window, global layers (1 and 3) per image over all 4 windows.
+    token_shapes = {
+        "mlp-2x2-windows": TokenShapes(
+            (32, 32), ((8, 17, 32),) * 5, ((8, 4, 17, 17), (2, 4, 68, 68), (8, 4, 17, 17), (2, 4, 68, 68))
         )
-        reference.save_pretrained(tmp_path)
-        model = AutoBackbone.from_pretrained(tmp_path)
-        for size in self.input_sizes:
-            inputs = self.pixels(size)
-            with torch.no_grad():
-                ours = model(inputs).feature_maps
-                theirs = reference(inputs).feature_maps
-            tokens = 1 + (size[0] // 8) * (size[1] // 8)
-            assert [tuple(fmap.shape) for fmap in ours] == [(8, tokens, 32)] * 3
-            assert_parity(ours, theirs)
+    }
+    # Without reshape_hidden_states a map is the normalised windowed sequence, class tokens included.
+    unreshaped_out_indices = (0, 2, 4)
+
+    def unreshaped_map_shape(self, size: tuple[int, int]) -> tuple[int, ...]:
+        # Each image's 2x2 windows of 4-pixel patches: a sequence a window, its class-token copy first.
+        return (self.batch_size * 4, patch_token_count(size, 4 * 2, prefix_tokens=1), 32)
 
     @pytest.mark.parametrize(
         ("variant", "extra"),
@@ -240,7 +199,7 @@ def test_detector_checkpoint_loads_with_prefix(detector_checkpoint: tuple[Any, P
     assert report.prefix == f"'{DETECTOR_BACKBONE_PREFIX}' selected, keys renamed"
     trunk = detector.model.backbone.backbone
     for size in ((32, 32), (64, 48)):  # the backbone's training size, and another
-        batch = pixels(*size)
+        batch = random_pixels(*size)
         with torch.no_grad():
             assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
 
@@ -256,7 +215,7 @@ def test_detector_checkpoint_through_auto_backbone(detector_checkpoint: tuple[An
     trunk.out_indices = [2, 4]
     try:
         with torch.no_grad():
-            assert_parity(model(pixels(48, 48)).feature_maps, trunk(pixels(48, 48)).feature_maps)
+            assert_parity(model(random_pixels(48, 48)).feature_maps, trunk(random_pixels(48, 48)).feature_maps)
     finally:
         trunk.out_indices = [1, 3]
 
@@ -278,7 +237,10 @@ def test_detector_state_dict_in_transformers_memory_layout(
         [key for key in state if not key.startswith(prefix)] + [prefix + "embeddings.mask_token"]
     )
     with torch.no_grad():
-        assert_parity(model(pixels()).feature_maps, detector.model.backbone.backbone(pixels()).feature_maps)
+        assert_parity(
+            model(random_pixels(32, 32)).feature_maps,
+            detector.model.backbone.backbone(random_pixels(32, 32)).feature_maps,
+        )
 
 
 # -- transformers' config.json in, ours out ---------------------------------------------------------
@@ -381,7 +343,7 @@ def test_non_square_grids_follow_the_reference_layout() -> None:
 )
 def test_randomness_acts_in_training_only(rates: dict[str, float]) -> None:
     model = RfDetrDinov2Backbone(RfDetrDinov2Config(**TINY, **rates, out_indices=[1, 3]))
-    assert_random_only_in_training(model, pixels())
+    assert_random_only_in_training(model, random_pixels(32, 32))
 
 
 def test_embedding_dropout_masks_each_window_copy_of_the_class_token() -> None:
@@ -389,7 +351,9 @@ def test_embedding_dropout_masks_each_window_copy_of_the_class_token() -> None:
     model = RfDetrDinov2Backbone(RfDetrDinov2Config(**TINY, hidden_dropout_prob=0.5, out_indices=[0])).train()
     torch.manual_seed(0)
     with torch.no_grad():
-        copies = model(pixels(), output_hidden_states=True).hidden_states[0][:, 0]  # (2 images * 4 windows, C)
+        copies = model(random_pixels(32, 32), output_hidden_states=True).hidden_states[0][
+            :, 0
+        ]  # (2 images * 4 windows, C)
     cls = (model.embeddings.cls_token + model.embeddings.position_embeddings[:, 0])[0, 0].detach()
     kept = copies != 0
     assert torch.allclose(copies[kept], (2 * cls).expand_as(copies)[kept])
@@ -403,7 +367,7 @@ def test_grid_must_divide_into_the_windows() -> None:
         r"height and width are multiples of patch_size \* num_windows = 8 pixels"
     )
     with pytest.raises(ValueError, match=message):
-        model(pixels(20, 32))
+        model(random_pixels(20, 32))
 
 
 def test_forward_stops_at_the_deepest_requested_stage() -> None:
@@ -412,7 +376,7 @@ def test_forward_stops_at_the_deepest_requested_stage() -> None:
     for index, layer in enumerate(model.encoder.layer):
         layer.register_forward_hook(lambda *_, index=index: calls.append(index))
     with torch.no_grad():
-        (fmap,) = model(pixels()).feature_maps
+        (fmap,) = model(random_pixels(32, 32)).feature_maps
     assert calls == [0] and tuple(fmap.shape) == (2, 16, 8, 8)
     assert model.prune_unused_stages() == ["stage2", "stage3"] and len(model.encoder.layer) == 1
 
@@ -430,14 +394,21 @@ def test_fresh_weights_follow_transformers_init() -> None:
 
 def test_imports_only_public_names_of_backbones_dinov2() -> None:
     """This plugin builds on backbones-dinov2's public API: no ``_``-prefixed module or name of it."""
-    imported = []
-    for path in sorted(SOURCE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backbones_dinov2"):
-                imported.append((node.module, [alias.name for alias in node.names]))
+    imported = imported_names(backbones_rf_detr_dinov2, "backbones_dinov2")
     assert sorted(imported) == [
         ("backbones_dinov2", ["Dinov2Config"]),
-        ("backbones_dinov2.blocks", ["Dinov2Embeddings", "LayerScale", "Mlp"]),
+        (
+            "backbones_dinov2.blocks",
+            [
+                "Dinov2Embeddings",
+                "Dinov2Encoder",
+                "LayerScale",
+                "Mlp",
+                "PlainViTBackbone",
+                "init_dinov2_weights_",
+                "swiglu_hidden_features",
+            ],
+        ),
     ]
 
 
@@ -477,20 +448,16 @@ def test_default_config_builds_at_its_real_size_on_meta() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"num_windows": 0}, r"num_windows=0: Input should be greater than or equal to 1"),
-        ({"window_block_indexes": [0, 3]}, r"names layers \[3\] that do not exist; .* from 0 to 2"),
-        ({"window_block_indexes": [1, 1]}, r"names a layer twice"),
-        ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=16"),
-        ({"image_size": [32, 48]}, r"image_size \(32, 48\) gives a 8x12 grid of patches"),
-    ],
-    ids=["windows", "layer-range", "duplicate", "heads", "grid"],
-)
-def test_bad_configs_name_the_field(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        RfDetrDinov2Config(**{**TINY, **overrides})
+class TestRfDetrDinov2ConfigErrors(ConfigErrors):
+    config_class = RfDetrDinov2Config
+    config = TINY
+    errors = {
+        "windows": ({"num_windows": 0}, r"num_windows=0: Input should be greater than or equal to 1"),
+        "layer-range": ({"window_block_indexes": [0, 3]}, r"names layers \[3\] that do not exist; .* from 0 to 2"),
+        "duplicate": ({"window_block_indexes": [1, 1]}, r"names a layer twice"),
+        "heads": ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=16"),
+        "grid": ({"image_size": [32, 48]}, r"image_size \(32, 48\) gives a 8x12 grid of patches"),
+    }
 
 
 def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:

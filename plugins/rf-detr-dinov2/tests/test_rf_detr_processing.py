@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,8 +10,9 @@ import torch
 import transformers
 from PIL import Image
 
-from backbones import AutoImageProcessor, ConfigError
-from backbones_rf_detr_dinov2 import RfDetrDinov2Backbone, RfDetrDinov2Config, RfDetrImageProcessor
+from backbones import ConfigError
+from backbones.testing import ProcessorParity
+from backbones_rf_detr_dinov2 import RfDetrImageProcessor
 from backbones_rf_detr_dinov2._processing import bilinear_without_antialias
 
 
@@ -52,22 +51,19 @@ def test_bilinear_matches_torch_interpolate() -> None:
         )
 
 
-def test_auto_image_processor_builds_it_from_a_checkpoint(tmp_path: Path) -> None:
-    RfDetrDinov2Backbone(
-        RfDetrDinov2Config(
-            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=32
-        )
-    ).save_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps({"image_processor_type": "RfDetrImageProcessor", "size": {"height": 32, "width": 32}})
-    )
-    processor = AutoImageProcessor.from_pretrained(tmp_path)
-    assert type(processor) is RfDetrImageProcessor and processor.size == {"height": 32, "width": 32}
-    assert processor(_images()[0], return_tensors="pt")["pixel_values"].shape == (1, 3, 32, 32)
-    # transformers maps no processor to rf_detr_dinov2 (only to the detector type), so a file naming none is refused.
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 32, "width": 32}}))
-    with pytest.raises(ConfigError, match="image_processor_type"):
-        AutoImageProcessor.from_pretrained(tmp_path)
+class TestRfDetrProcessorParity(ProcessorParity):
+    """AutoImageProcessor builds it from a checkpoint naming it; transformers maps no processor to rf_detr_dinov2
+    (only to the detector type), so a file naming none is refused."""
+
+    model_type = "rf_detr_dinov2"
+    processor_type = "RfDetrImageProcessor"
+    processor_class = RfDetrImageProcessor
+    reference_processor_class = "RfDetrImageProcessor"
+    preprocessor = {"image_processor_type": "RfDetrImageProcessor", "size": {"height": 32, "width": 32}}
+    fallback_error = "image_processor_type"
+    expected_attributes = {"size": {"height": 32, "width": 32}}
+    image_sizes = ((37, 53),)
+    expected_shape = (1, 3, 32, 32)
 
 
 def test_other_filters_are_refused() -> None:

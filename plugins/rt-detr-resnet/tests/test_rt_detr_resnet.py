@@ -12,16 +12,18 @@ import pytest
 import torch
 import transformers
 from PIL import Image
-from safetensors import safe_open
 from torch import nn
 
-from backbones import AutoBackbone, AutoImageProcessor, ConfigError, ReparameterizedError
+from backbones import AutoBackbone, ConfigError, ReparameterizedError
 from backbones.layers import FrozenBatchNorm2d
 from backbones.testing import (
     BackboneConformance,
+    ProcessorParity,
     TransformersParity,
+    assert_exports_with_dynamic_size,
+    assert_frozen_norm_round_trip,
+    assert_nested_checkpoint,
     assert_parity,
-    load_reference,
     randomize_weights_,
 )
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
@@ -53,6 +55,8 @@ class _TinyConformance(BackboneConformance):
 
 class TestBottleneckConformance(_TinyConformance):
     layer_type = "bottleneck"
+    channel_error_name = "ResNet-vd"
+    bad_config_value = ("freeze_at", 7, r"freeze_at=7: must be an int between")
 
 
 class TestBasicConformance(_TinyConformance):
@@ -153,26 +157,20 @@ def detector_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest
 
 def test_detector_checkpoint_loads_with_prefix(detector_checkpoint: tuple[Any, Path]) -> None:
     detector, directory = detector_checkpoint
-    model, report = RTDetrResNetBackbone.from_pretrained(
-        directory,
-        checkpoint_prefix=DETECTOR_BACKBONE_PREFIX,
-        config_key="backbone_config",
-        output_loading_info=True,
-    )
-    assert model.out_indices == [2, 3, 4]  # the selection saved in backbone_config
     # RT-DETR freezes the backbone's BatchNorm, which then has no num_batches_tracked; ours keeps the counter.
-    counters = sorted(key for key in model.state_dict() if key.endswith("num_batches_tracked"))
-    assert report.missing_keys == counters and len(counters) > 10
-    with safe_open(directory / "model.safetensors", "pt") as handle:
-        saved = list(handle.keys())
-    outside = sorted(key for key in saved if not key.startswith(DETECTOR_BACKBONE_PREFIX))
-    assert report.unused_keys == outside
-    assert len(outside) > 50  # the hybrid encoder, the decoder and the heads
-    trunk = detector.model.backbone.model
-    for size in ((640, 640), (96, 64)):  # RT-DETR's training size, and another
-        batch = pixels(*size, batch=1)
-        with torch.no_grad():
-            assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
+    # Outside the prefix: the hybrid encoder, the decoder and the heads. RT-DETR's training size, and another.
+    _, report = assert_nested_checkpoint(
+        directory,
+        detector.model.backbone.model,
+        DETECTOR_BACKBONE_PREFIX,
+        backbone_class=RTDetrResNetBackbone,
+        out_indices=[2, 3, 4],  # the selection saved in backbone_config
+        input_sizes=((640, 640), (96, 64)),
+        min_unused=50,
+        missing_counters=True,
+        loader=RTDetrResNetBackbone,
+    )
+    assert len(report.missing_keys) > 10
 
 
 def test_detector_checkpoint_through_auto_backbone(detector_checkpoint: tuple[Any, Path]) -> None:
@@ -276,12 +274,6 @@ def test_forward_stops_at_the_deepest_requested_stage() -> None:
     assert_runs_up_to_deepest_selected_stage(model, model.encoder.stages, pixels())
 
 
-def test_wrong_channel_count_is_explained() -> None:
-    model = RTDetrResNetBackbone(RTDetrResNetConfig(**TINY))
-    with pytest.raises(ValueError, match=r"pixel_values has 1 channels but this ResNet-vd expects 3"):
-        model(torch.zeros(1, 1, 32, 32))
-
-
 @pytest.mark.parametrize("freeze_at", [-1, 0, 1, 3, 4])
 def test_freeze_at_maps_onto_freeze_stages(freeze_at: int) -> None:
     model = RTDetrResNetBackbone(RTDetrResNetConfig(**SMALL, freeze_at=freeze_at))
@@ -298,20 +290,7 @@ def test_freeze_at_maps_onto_freeze_stages(freeze_at: int) -> None:
 def test_freeze_norm_is_freeze_batch_norm(tmp_path: Path) -> None:
     reference = transformers.RTDetrResNetBackbone(transformers.RTDetrResNetConfig(**SMALL, out_indices=ALL_STAGES))
     randomize_weights_(reference).eval().save_pretrained(tmp_path)
-    model, report = AutoBackbone.from_pretrained(tmp_path, freeze_norm=True, output_loading_info=True)
-    # The checkpoint loads into the BatchNorms, which are frozen after it: every key is used.
-    assert report.missing_keys == report.unused_keys == []
-    counters = sorted(key for key in reference.state_dict() if key.endswith("num_batches_tracked"))
-    norms = [module for module in model.modules() if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d))]
-    assert norms and all(isinstance(module, FrozenBatchNorm2d) for module in norms)
-    batch = pixels()
-    with torch.no_grad():
-        assert_parity(model.train()(batch).feature_maps, reference(batch).feature_maps)
-    model.save_pretrained(tmp_path / "ours")
-    # A frozen BatchNorm counts no batches, so transformers' BatchNorm starts its counters at 0; nothing else is missing.
-    back = load_reference("RTDetrResNetBackbone", tmp_path / "ours", missing=counters)
-    with torch.no_grad():
-        assert_parity(back(batch).feature_maps, reference(batch).feature_maps)
+    assert_frozen_norm_round_trip(tmp_path, reference, "RTDetrResNetBackbone", pixels())
 
 
 # -- preprocessing ----------------------------------------------------------------------------------
@@ -337,25 +316,20 @@ def _image(height: int = 75, width: int = 101) -> Image.Image:
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("variant", ["named", "model-type-fallback", "normalized"])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, variant: str) -> None:
-    """The hub checkpoints' RTDetrImageProcessor, also when the file names no type (this plugin declares it)."""
-    RTDetrResNetConfig(**TINY).save_pretrained(tmp_path)
-    data = dict(PREPROCESSOR)
-    if variant == "model-type-fallback":
-        del data["image_processor_type"]
-    elif variant == "normalized":
-        data["do_normalize"] = True
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, RTDetrImageProcessor)
-    assert ours.image_processor_type == "RTDetrImageProcessor"
-    oracle = transformers.RTDetrImageProcessorPil(**{**PREPROCESSOR, **data})
-    images = [_image(), _image(40, 30)]
-    expected = oracle(images, return_tensors="pt")["pixel_values"]
-    actual = ours(images, return_tensors="pt")["pixel_values"]
-    assert tuple(actual.shape) == tuple(expected.shape) == (2, 3, 64, 48)
-    assert (actual - expected).abs().max().item() <= 1e-5
+class TestRTDetrResNetProcessorParity(ProcessorParity):
+    """The hub checkpoints' RTDetrImageProcessor, also when the file names no type (this plugin declares it), and
+    under the names transformers 4 (``RTDetrImageProcessorFast``) and 5 (``...Pil``, its PIL class) wrote."""
+
+    model_type = "rt_detr_resnet"
+    processor_type = "RTDetrImageProcessor"
+    processor_class = RTDetrImageProcessor
+    reference_processor_class = "RTDetrImageProcessorPil"
+    preprocessor = PREPROCESSOR
+    variants = {"normalized": {"do_normalize": True}}
+    suffixes = ("Fast", "Pil")
+    image_sizes = ((75, 101), (40, 30))
+    batched = True
+    expected_shape = (2, 3, 64, 48)
 
 
 def test_padding_to_pad_size_matches_transformers() -> None:
@@ -417,29 +391,6 @@ def test_processor_rejects_what_it_does_not_implement(fields: dict[str, Any], me
 def test_bad_configs_name_the_field(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         RTDetrResNetConfig(**{**SMALL, **overrides})
-
-
-def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
-    RTDetrResNetConfig(**SMALL).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    data = json.loads(path.read_text())
-    data["freeze_at"] = 7
-    path.write_text(json.dumps(data))
-    with pytest.raises(
-        ConfigError, match=r"invalid backbone config in .*config.json: .*freeze_at=7: must be an int between"
-    ):
-        AutoBackbone.from_pretrained(tmp_path)
-
-
-@pytest.mark.parametrize("suffix", ["Fast", "Pil"])
-def test_processor_class_suffixes_name_the_same_processor(tmp_path: Path, suffix: str) -> None:
-    """transformers 4 wrote ``RTDetrImageProcessorFast``, 5 writes ``...Pil`` for the PIL class: same settings."""
-    (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps({**PREPROCESSOR, "image_processor_type": "RTDetrImageProcessor" + suffix})
-    )
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, RTDetrImageProcessor)
-    assert ours.image_processor_type == "RTDetrImageProcessor"
 
 
 # -- output stride by dilation ----------------------------------------------------------------------
@@ -534,14 +485,8 @@ def test_reparameterize_folds_every_norm(freeze_norm: bool) -> None:
 
 
 def test_folded_dilated_model_exports_with_dynamic_size() -> None:
-    from torch.export import Dim
-
     config = RTDetrResNetConfig(**SMALL, output_stride=16, out_indices=ALL_STAGES)
     model = randomize_weights_(AutoBackbone.from_config(config)).eval()
     model.reparameterize()
-    dims = {2: Dim("height", min=17, max=1024), 3: Dim("width", min=17, max=1024)}
-    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
-    for height, width in [(64, 48), (45, 71)]:
-        images = pixels(height=height, width=width)
-        with torch.no_grad():
-            assert_parity(program.module()(images).feature_maps, model(images).feature_maps, tolerance=1e-5)
+    inputs = [pixels(height=height, width=width) for height, width in [(64, 48), (45, 71)]]
+    assert_exports_with_dynamic_size(model, pixels(), inputs, size_range=(17, 1024), scaled=True)

@@ -3,7 +3,6 @@ checkpoints), the prefix tokens, config errors and the real-size 0.4B config."""
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,19 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from backbones import AutoBackbone, AutoBackboneConfig, Backbone, ConfigError
+import backbones_sapiens2
+from backbones import AutoBackbone, AutoBackboneConfig, Backbone
 from backbones.testing import (
-    BackboneConformance,
+    ConfigErrors,
+    TokenShapes,
     TransformersParity,
     assert_parity,
     feature_map_loss,
+    imported_names,
+    random_pixels,
     randomize_weights_,
 )
+from backbones.testing.vit import ViTConformance
 from backbones_sapiens2 import Sapiens2Backbone, Sapiens2Config
 
 # Patch 16 as every released Sapiens2; 32-64 px inputs give 2x2 to 4x3 grids of patches. The middle layer of TINY
@@ -52,7 +56,6 @@ AUGMENTED: dict[str, Any] = {"pos_embed_shift": 0.2, "pos_embed_jitter": 1.5, "p
 # The training aspect (1024x768 scaled down to 64x48), a square size, and a size that is no multiple of 16 (the
 # projection floors it).
 SIZES = ((64, 48), (32, 32), (40, 56))
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "backbones_sapiens2"
 # A small decode head for transformers' task models (upsampling, one refinement conv, the predictor).
 HEAD = {"upsample_out_channels": [8, 8], "conv_out_channels": [8]}
 POSE_HEAD_KEYS = (
@@ -83,10 +86,6 @@ OUR_TO_THEIR_NAMES = (
 )
 
 
-def pixels(height: int = 64, width: int = 48, batch: int = 2, seed: int = 7) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
 @torch.no_grad()
 def spread_scales_(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     """Give RMS-norm weights and layer scales U(0.5, 1.5), in place, after ``randomize_weights_``.
@@ -115,16 +114,13 @@ def their_name(name: str) -> str:
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestSapiens2Conformance(BackboneConformance):
+class TestSapiens2Conformance(ViTConformance):
     model_type = "sapiens2"
+    config_class = Sapiens2Config
+    config = TINY
     input_sizes = SIZES
-    # The patch projection is a stride-16 convolution without padding: a map is size // 16 wide.
-    spatial_rounding = "floor"
     channel_error_name = "Sapiens2"
     bad_config_value = ("pos_embed_jitter", 0.5, r"pos_embed_jitter=0.5: Input should be greater than or equal to 1")
-
-    def make_config(self, **overrides: Any) -> Sapiens2Config:
-        return Sapiens2Config(**TINY, **overrides)
 
 
 class TestSapiens2PlainConformance(TestSapiens2Conformance):
@@ -133,10 +129,14 @@ class TestSapiens2PlainConformance(TestSapiens2Conformance):
     deployment_checks = False  # the same graph as above but for these branches: the slow checks add nothing
     # Without normalize_backbone_outputs the final norm forms no map (transformers keeps it, and so do we).
     grad_exempt = ("ln1.weight",)
-
-    def make_config(self, **overrides: Any) -> Sapiens2Config:
-        options = {**TINY, "num_register_tokens": 0, "use_gated_mlp": False, "hidden_act": "gelu"}
-        return Sapiens2Config(**options, use_qk_norm=False, normalize_backbone_outputs=False, **overrides)
+    config = {
+        **TINY,
+        "num_register_tokens": 0,
+        "use_gated_mlp": False,
+        "hidden_act": "gelu",
+        "use_qk_norm": False,
+        "normalize_backbone_outputs": False,
+    }
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -178,6 +178,14 @@ class TestSapiens2Parity(TransformersParity):
     # transformers cannot load its own checkpoint of a plain-MLP model (see the test of that below).
     round_trip_variants = ("gated-gqa", "augmented-unnormalised-per-layer-heads-biases")
     round_trip_out_indices = (0, 2, 4)
+    # Hidden states are the raw token sequences (class token, 2 registers, then 4x3 patches at 64x48); attentions
+    # span all of them with every query head, grouped-query layers included.
+    token_shapes = {"gated-gqa": TokenShapes((64, 48), ((2, 1 + 2 + 12, 32),) * 5, ((2, 4, 15, 15),) * 4)}
+    # Without reshape_hidden_states a map is the normalised patch tokens, prefix tokens dropped.
+    unreshaped_out_indices = (0, 2, 4)
+    # With shift, jitter and rescale on, one seed gives both implementations the same coordinates.
+    seeded_training_variant = "augmented-unnormalised-per-layer-heads-biases"
+    seeded_training_change = 1e-1
 
     def prepare_reference(self, model: Any) -> None:
         spread_scales_(model)
@@ -234,56 +242,6 @@ class TestSapiens2Parity(TransformersParity):
         finally:
             reference.config.return_class_token = False
 
-    def test_token_and_attention_shapes(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """Hidden states are the raw token sequences (class token, 2 registers, then 4x3 patches at 64x48);
-        attentions span all of them with every query head, grouped-query layers included."""
-        directory, _ = self.reference_checkpoint("gated-gqa", tmp_path_factory)
-        model = AutoBackbone.from_pretrained(directory, out_indices=[1])
-        assert [layer.attn.wk.out_features for layer in model.blocks] == [32, 16, 16, 32]
-        with torch.no_grad():
-            output = model(self.pixels((64, 48)), output_hidden_states=True, output_attentions=True)
-        assert [tuple(state.shape) for state in output.hidden_states] == [(2, 1 + 2 + 12, 32)] * 5
-        assert [tuple(weights.shape) for weights in output.attentions] == [(2, 4, 15, 15)] * 4
-
-    def test_maps_without_reshape_are_patch_tokens(self, tmp_path: Path) -> None:
-        """Without reshape_hidden_states a map is the normalised patch tokens, prefix tokens dropped."""
-        reference = self.reference_model(
-            self.reference_backbone_class, "gated-gqa", reshape_hidden_states=False, out_indices=[0, 2, 4]
-        )
-        reference.save_pretrained(tmp_path)
-        model = AutoBackbone.from_pretrained(tmp_path)
-        assert model.config.reshape_hidden_states is False
-        for size in self.input_sizes:
-            inputs = self.pixels(size)
-            with torch.no_grad():
-                ours = model(inputs).feature_maps
-                assert_parity(ours, reference(inputs).feature_maps)
-            patches = (size[0] // 16) * (size[1] // 16)
-            assert [tuple(fmap.shape) for fmap in ours] == [(2, patches, 32)] * 3
-
-    def test_training_step_matches_under_a_seed(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """With shift, jitter and rescale on, one seed gives both implementations the same coordinates."""
-        directory, reference = self.reference_checkpoint(
-            "augmented-unnormalised-per-layer-heads-biases", tmp_path_factory
-        )
-        model = AutoBackbone.from_pretrained(directory, out_indices=[0, 1, 2, 3, 4]).train()
-        inputs = self.pixels((64, 48))
-        reference.train()
-        try:
-            with torch.no_grad():
-                torch.manual_seed(3)
-                ours = model(inputs).feature_maps
-                torch.manual_seed(3)
-                theirs = reference(inputs).feature_maps
-                torch.manual_seed(4)
-                other_draw = model(inputs).feature_maps
-        finally:
-            reference.eval()
-        assert_parity(ours, theirs)
-        # Stage 0 (the embeddings) has no positions; every layer's output moves with the draw.
-        assert torch.equal(other_draw[0], ours[0])
-        assert (other_draw[-1] - ours[-1]).abs().max().item() > 1e-1
-
     def test_task_checkpoint_with_explicit_prefix(self, tmp_path: Path) -> None:
         """``checkpoint_prefix="backbone."`` selects the trunk of a pose checkpoint as the prefix rule does."""
         task = self.reference_model("Sapiens2ForPoseEstimation", "gated-gqa", **self.task_options)
@@ -317,7 +275,7 @@ def test_transformers_cannot_reload_its_own_plain_mlp_checkpoint(tmp_path: Path)
     assert "model.layer.0.mlp.up_proj.weight" in info["missing_keys"]
     model, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
     assert report.missing_keys == [] and report.unused_keys == []
-    inputs = pixels()
+    inputs = random_pixels(64, 48)
     with torch.no_grad():
         assert_parity(model(inputs).feature_maps, reference(inputs).feature_maps)
 
@@ -335,6 +293,7 @@ def test_fresh_weights_follow_transformers_init() -> None:
     assert block.ffn.w12.weight.std().item() == pytest.approx(0.02, rel=0.15)
     assert model.storage_tokens.std().item() == pytest.approx(0.02, rel=0.4)
     assert tuple(block.attn.wk.weight.shape) == (16, 32)  # a grouped-query layer: 2 key/value heads of 8
+    assert [layer.attn.wk.out_features for layer in model.blocks] == [32, 16, 16, 32]
 
 
 def test_freezing_the_stem_freezes_the_class_and_register_tokens() -> None:
@@ -350,7 +309,7 @@ def test_augmentations_are_off_in_eval_mode_and_seeded_in_training() -> None:
     model = spread_scales_(
         randomize_weights_(AutoBackbone.from_config(Sapiens2Config(**SMALL, **AUGMENTED, out_indices=[4])))
     )
-    inputs = pixels()
+    inputs = random_pixels(64, 48)
     with torch.no_grad():
         model.eval()
         torch.manual_seed(0)
@@ -370,18 +329,17 @@ def test_pruning_keeps_only_the_layers_that_run() -> None:
     assert model.prune_unused_stages() == ["stage3", "stage4"]
     assert len(model.blocks) == 2
     with torch.no_grad():
-        (fmap,) = model(pixels()).feature_maps
+        (fmap,) = model(random_pixels(64, 48)).feature_maps
     assert tuple(fmap.shape) == (2, 32, 4, 3)
 
 
 def test_imports_only_public_names_of_other_plugins() -> None:
     """The rotary positions are backbones-dinov3-vit's public block: no ``_``-prefixed module or name of it."""
-    imported = []
-    for path in sorted(SOURCE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backbones_"):
-                imported.append((node.module, [alias.name for alias in node.names]))
-    assert imported == [("backbones_dinov3_vit.blocks", ["RotaryPositions", "Rotation", "rotate"])]
+    imported = imported_names(backbones_sapiens2, "backbones_")
+    assert imported == [
+        ("backbones_dinov2.blocks", ["PlainViTBackbone"]),
+        ("backbones_dinov3_vit.blocks", ["RotaryPositions", "Rotation", "rotate"]),
+    ]
 
 
 # -- real size --------------------------------------------------------------------------------------
@@ -418,39 +376,34 @@ def test_transformers_config_file_is_read_as_it_is(tmp_path: Path) -> None:
     assert config.out_indices == [1, 3] and config.pos_embed_rescale == 2.0 and config.unknown_fields() == {}
 
 
-def test_heads_must_divide_the_width() -> None:
-    with pytest.raises(ConfigError, match=r"num_attention_heads=3 does not divide hidden_size=16"):
-        Sapiens2Config(**{**TINY, "num_attention_heads": 3})
-
-
-def test_head_width_must_be_a_multiple_of_four() -> None:
-    with pytest.raises(ConfigError, match=r"hidden_size / num_attention_heads = 24 / 4 = 6 must be a multiple of 4"):
-        Sapiens2Config(**{**TINY, "hidden_size": 24, "num_attention_heads": 4})
-
-
-def test_key_value_heads_must_divide_the_query_heads() -> None:
-    with pytest.raises(
-        ConfigError, match=r"num_key_value_attention_heads=3 must be a positive divisor of num_attention_heads=4"
-    ):
-        Sapiens2Config(**{**SMALL, "num_key_value_attention_heads": 3})
-    with pytest.raises(
-        ConfigError, match=r"num_key_value_heads_per_layer\[1\]=0 must be a positive divisor of num_attention_heads=4"
-    ):
-        Sapiens2Config(**{**SMALL, "num_key_value_heads_per_layer": [4, 0, 2, 4]})
-    # Layers that all use full attention never read num_key_value_attention_heads.
-    assert Sapiens2Config(**{**SMALL, "num_first_full_attention_layers": 4, "num_key_value_attention_heads": 3})
-
-
-def test_key_value_heads_list_needs_one_entry_per_layer() -> None:
-    with pytest.raises(
-        ConfigError, match=r"num_key_value_heads_per_layer has 3 entries but num_hidden_layers is 4; give one"
-    ):
-        Sapiens2Config(**{**SMALL, "num_key_value_heads_per_layer": [4, 2, 4]})
-
-
-@pytest.mark.parametrize(
-    ("field", "value", "message"),
-    [
+class TestSapiens2ConfigErrors(ConfigErrors):
+    config_class = Sapiens2Config
+    config = TINY
+    errors = {
+        "heads-divide-the-width": ({"num_attention_heads": 3}, r"num_attention_heads=3 does not divide hidden_size=16"),
+        "head-width-a-multiple-of-four": (
+            {"hidden_size": 24, "num_attention_heads": 4},
+            r"hidden_size / num_attention_heads = 24 / 4 = 6 must be a multiple of 4",
+        ),
+        "key-value-heads-divide-the-query-heads": (
+            {**SMALL, "num_key_value_attention_heads": 3},
+            r"num_key_value_attention_heads=3 must be a positive divisor of num_attention_heads=4",
+        ),
+        "per-layer-key-value-heads-divide-the-query-heads": (
+            {**SMALL, "num_key_value_heads_per_layer": [4, 0, 2, 4]},
+            r"num_key_value_heads_per_layer\[1\]=0 must be a positive divisor of num_attention_heads=4",
+        ),
+        "per-layer-key-value-heads-one-a-layer": (
+            {**SMALL, "num_key_value_heads_per_layer": [4, 2, 4]},
+            r"num_key_value_heads_per_layer has 3 entries but num_hidden_layers is 4; give one",
+        ),
+        "square-patches": ({"patch_size": [16, 8]}, r"patch_size must be one int or a square pair such as \[16, 16\]"),
+        "unknown-activation": (
+            {"hidden_act": "swishy"},
+            r"hidden_act 'swishy' is not supported; set hidden_act to one of",
+        ),
+    }
+    invalid_values = (
         ("pos_embed_jitter", 0.5, "greater than or equal to 1"),
         ("pos_embed_rescale", 0.9, "greater than or equal to 1"),
         ("pos_embed_shift", -0.1, "greater than or equal to 0"),
@@ -460,19 +413,12 @@ def test_key_value_heads_list_needs_one_entry_per_layer() -> None:
         ("rms_norm_eps", 0, "greater than 0"),
         ("num_first_full_attention_layers", -1, "greater than or equal to 0"),
         ("num_key_value_attention_heads", 0, "greater than or equal to 1"),
-    ],
-)
-def test_out_of_range_fields_name_the_field_and_range(field: str, value: float, message: str) -> None:
-    with pytest.raises(ConfigError, match=rf"invalid Sapiens2Config: {field}={value!r}: Input should be {message}"):
-        Sapiens2Config(**{**TINY, field: value})
+    )
 
 
-def test_patches_must_be_square() -> None:
-    with pytest.raises(ConfigError, match=r"patch_size must be one int or a square pair such as \[16, 16\]"):
-        Sapiens2Config(**{**TINY, "patch_size": [16, 8]})
+def test_full_attention_layers_never_read_the_key_value_head_count() -> None:
+    assert Sapiens2Config(**{**SMALL, "num_first_full_attention_layers": 4, "num_key_value_attention_heads": 3})
+
+
+def test_square_patch_pair_is_one_int() -> None:
     assert Sapiens2Config(**{**TINY, "patch_size": [16, 16]}).patch_size == 16
-
-
-def test_unknown_activation_lists_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of"):
-        Sapiens2Config(hidden_act="swishy")

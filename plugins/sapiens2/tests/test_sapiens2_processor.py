@@ -7,15 +7,14 @@ downscaled ones differ in a few pixels by one 8-bit level (1/255 before normalis
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from backbones import AutoImageProcessor, ConfigError
+from backbones import ConfigError
+from backbones.testing import ProcessorParity
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("torchvision")
@@ -51,58 +50,50 @@ def _images() -> list[Any]:
     return [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in shapes]
 
 
-def _compare(ours: Any, oracle: Any, size: tuple[int, int]) -> list[float]:
-    worst = []
-    for image in _images():
-        theirs = oracle(image, return_tensors="pt")["pixel_values"]
-        mine = ours(image, return_tensors="pt")["pixel_values"]
-        assert mine.shape == theirs.shape == (1, 3, *size)
-        difference = (mine - theirs).abs()
-        assert difference.max().item() <= ONE_LEVEL, difference.max()
-        assert (difference > 1e-5).float().mean().item() < 0.05  # Pillow's and torchvision's rounding, rarely
-        worst.append(difference.max().item())
-    return worst
+class TestSapiens2ProcessorParity(ProcessorParity):
+    """As saved, without a type (the plugin's declared fallback applies), with only the type and size, and padded
+    (the normal and pointmap checkpoints' ``do_pad``: fit inside the size keeping the aspect ratio, then pad)."""
 
-
-@pytest.mark.parametrize("variant", ["as saved", "no type named", "only the type and size"])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, variant: str) -> None:
-    data = dict(PREPROCESSOR)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "sapiens2"}))
-    if variant == "no type named":
-        del data["image_processor_type"]  # the plugin's declared fallback applies
-    elif variant == "only the type and size":
-        data = {"image_processor_type": "Sapiens2ImageProcessor", "size": PREPROCESSOR["size"]}
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, Sapiens2ImageProcessor)
-    assert ours.image_processor_type == "Sapiens2ImageProcessor"
-    assert ours.describe() == (
+    model_type = "sapiens2"
+    processor_type = "Sapiens2ImageProcessor"
+    processor_class = Sapiens2ImageProcessor
+    reference_processor_class = "Sapiens2ImageProcessor"
+    reference_options = {"size": PREPROCESSOR["size"]}
+    preprocessor = PREPROCESSOR
+    minimal_keys = ("size",)
+    variants = {"padded": {"do_pad": True}}
+    description = (
         "channels as given, resize to 64x48 (bilinear), scale to [0, 1], "
         "normalise with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"
     )
-    oracle = transformers.Sapiens2ImageProcessor(size=PREPROCESSOR["size"])
-    worst = _compare(ours, oracle, (64, 48))
-    assert worst[2] < 1e-5  # upscaling: the same to float rounding
+    expected_shape = (1, 3, 64, 48)
+    tolerance = (ONE_LEVEL, ONE_LEVEL, 1e-5)  # upscaling: the same to float rounding
+    rounding_fraction = 0.05  # Pillow's and torchvision's rounding, rarely
+    variant_settings = {
+        "padded": {
+            "reference_options": {"size": PREPROCESSOR["size"], "do_pad": True},
+            "expected_attributes": {"do_pad": True},
+            "description": (
+                "channels as given, resize into 64x48 (bilinear) keeping the aspect ratio, pad with zeros to "
+                "64x48, scale to [0, 1], normalise with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"
+            ),
+            "tolerance": ONE_LEVEL,
+        }
+    }
 
+    def images(self, variant: str) -> list[Any]:
+        return _images()
 
-def test_padded_resize_matches_transformers(tmp_path: Path) -> None:
-    """The normal and pointmap checkpoints' ``do_pad``: fit inside the size keeping the aspect ratio, then pad."""
-    data = {**PREPROCESSOR, "do_pad": True}
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, Sapiens2ImageProcessor) and ours.do_pad
-    assert ours.describe() == (
-        "channels as given, resize into 64x48 (bilinear) keeping the aspect ratio, pad with zeros to 64x48, "
-        "scale to [0, 1], normalise with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"
-    )
-    oracle = transformers.Sapiens2ImageProcessor(size=PREPROCESSOR["size"], do_pad=True)
-    _compare(ours, oracle, (64, 48))
-    # A 97x131 image fits as 35x48 (rounded down): 14 rows of padding above it, 15 below.
-    (pixels,) = ours(_images()[0], return_tensors="pt")["pixel_values"]
-    padding = torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]).view(3, 1, 1)
-    assert torch.allclose(pixels[:, :14], padding.expand(3, 14, 48))
-    assert torch.allclose(pixels[:, -15:], padding.expand(3, 15, 48))
-    assert not torch.allclose(pixels[:, 14:15], padding.expand(3, 1, 48))
+    def compare(self, ours: Any, reference: Any, variant: str) -> list[float]:
+        worst = super().compare(ours, reference, variant)
+        if variant == "padded":
+            # A 97x131 image fits as 35x48 (rounded down): 14 rows of padding above it, 15 below.
+            (pixels,) = ours(_images()[0], return_tensors="pt")["pixel_values"]
+            padding = torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]).view(3, 1, 1)
+            assert torch.allclose(pixels[:, :14], padding.expand(3, 14, 48))
+            assert torch.allclose(pixels[:, -15:], padding.expand(3, 15, 48))
+            assert not torch.allclose(pixels[:, 14:15], padding.expand(3, 1, 48))
+        return worst
 
 
 def test_processor_defaults_are_transformers_defaults() -> None:

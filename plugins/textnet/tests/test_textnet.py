@@ -14,9 +14,15 @@ import transformers
 from PIL import Image
 from torch import Tensor, nn
 
-from backbones import AutoImageProcessor, ConfigError, ReparameterizedError
+from backbones import ConfigError, ReparameterizedError
 from backbones.layers import FrozenBatchNorm2d
-from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, randomize_weights_
+from backbones.testing import (
+    BackboneConformance,
+    ProcessorParity,
+    TransformersParity,
+    assert_exports_with_dynamic_size,
+    randomize_weights_,
+)
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_textnet import TextNetBackbone, TextNetConfig, TextNetImageProcessor
 
@@ -235,26 +241,12 @@ def test_folded_model_refuses_training_and_saving(tmp_path: Path) -> None:
 
 
 def test_folded_model_exports_with_dynamic_size(tmp_path: Path) -> None:
-    import onnxruntime
-    from torch.export import Dim
-
     model = _randomised(TextNetConfig(**SMALL, out_indices=[1, 4]))
     model.reparameterize()
-    dims = {2: Dim("height", min=33, max=4096), 3: Dim("width", min=33, max=4096)}
-    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
-    onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
-    assert onnx_program is not None
-    path = tmp_path / "textnet.onnx"
-    onnx_program.save(str(path))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (input_name,) = [node.name for node in session.get_inputs()]
-    for size in ((64, 64), (50, 38)):
-        batch = pixels(*size, seed=3)
-        with torch.no_grad():
-            eager = model(batch).feature_maps
-            assert_close_maps(program.module()(batch).feature_maps, eager, atol=1e-5)
-        outputs = session.run(None, {input_name: batch.numpy()})
-        assert_close_maps([torch.from_numpy(array) for array in outputs], eager, atol=1e-4)
+    inputs = [pixels(*size, seed=3) for size in ((64, 64), (50, 38))]
+    assert_exports_with_dynamic_size(
+        model, pixels(), inputs, size_range=(33, 4096), onnx_path=tmp_path / "textnet.onnx"
+    )
 
 
 # -- behaviour --------------------------------------------------------------------------------------
@@ -308,32 +300,25 @@ def _image(height: int = 75, width: int = 101, mode: str = "RGB") -> Image.Image
     return Image.fromarray(array).convert(mode)
 
 
-@pytest.mark.parametrize("variant", ["named", "model-type-fallback", "divisor-16", "Pil-suffix"])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, variant: str) -> None:
-    TextNetConfig(**SMALL).save_pretrained(tmp_path)
-    data = dict(PREPROCESSOR)
-    if variant == "model-type-fallback":
-        del data["image_processor_type"]
-    elif variant == "divisor-16":
-        data["size_divisor"] = 16
-    elif variant == "Pil-suffix":
-        data["image_processor_type"] = "TextNetImageProcessorPil"
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, TextNetImageProcessor)
-    assert ours.image_processor_type == "TextNetImageProcessor"
-    oracle = transformers.TextNetImageProcessorPil(
-        **{key: value for key, value in data.items() if key != "image_processor_type"}
-    )
-    # 75x101 resizes to 64x86, rounded up to 64x96; a grey image becomes RGB.
-    for image in (_image(), _image(130, 70, "L")):
-        expected = oracle(image, return_tensors="pt")["pixel_values"]
-        actual = ours(image, return_tensors="pt")["pixel_values"]
-        assert tuple(actual.shape) == tuple(expected.shape)
-        assert (actual - expected).abs().max().item() <= 1e-5
-    # 64x70 keeps its size, then its width is rounded up to 96 (80 with a divisor of 16).
-    width = 80 if variant == "divisor-16" else 96
-    assert tuple(ours(_image(64, 70), return_tensors="pt")["pixel_values"].shape) == (1, 3, 64, width)
+class TestTextNetProcessorParity(ProcessorParity):
+    model_type = "textnet"
+    processor_type = "TextNetImageProcessor"
+    processor_class = TextNetImageProcessor
+    reference_processor_class = "TextNetImageProcessorPil"
+    preprocessor = PREPROCESSOR
+    variants = {"divisor-16": {"size_divisor": 16}}
+    suffixes = ("Pil",)
+
+    def images(self, variant: str) -> list[Image.Image]:
+        # 75x101 resizes to 64x86, rounded up to 64x96; a grey image becomes RGB.
+        return [_image(), _image(130, 70, "L")]
+
+    def compare(self, ours: Any, reference: Any, variant: str) -> list[float]:
+        worst = super().compare(ours, reference, variant)
+        # 64x70 keeps its size, then its width is rounded up to 96 (80 with a divisor of 16).
+        width = 80 if variant == "divisor-16" else 96
+        assert tuple(ours(_image(64, 70), return_tensors="pt")["pixel_values"].shape) == (1, 3, 64, width)
+        return worst
 
 
 def test_processor_defaults_are_transformers_defaults() -> None:

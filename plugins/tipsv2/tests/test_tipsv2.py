@@ -4,45 +4,33 @@ resampling, the image processor, config errors, a default-size shape check on th
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import transformers
-from PIL import Image
 from safetensors import safe_open
 
-from backbones import AutoBackbone, AutoBackboneConfig, AutoImageProcessor, Backbone, ConfigError
+import backbones_tipsv2
+from backbones import AutoBackbone, AutoBackboneConfig, Backbone, ConfigError
 from backbones.testing import (
-    BackboneConformance,
+    ConfigErrors,
+    ProcessorParity,
+    TokenShapes,
     TransformersParity,
     assert_parity,
-    feature_map_loss,
+    imported_names,
+    random_pixels,
     randomize_weights_,
 )
+from backbones.testing.vit import SMALL_VIT, TINY_VIT, ViTConformance
 from backbones_tipsv2 import Tipsv2ImageProcessor, Tipsv2VisionBackbone, Tipsv2VisionConfig
 
-TINY: dict[str, Any] = {
-    "hidden_size": 16,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 2,
-    "num_register_tokens": 2,
-    "image_size": 32,
-    "patch_size": 8,
-}
+TINY: dict[str, Any] = {**TINY_VIT, "num_register_tokens": 2}
 # Parity: four layers, a 4x4 grid of pre-training positions, one register (as the released checkpoints).
-SMALL: dict[str, Any] = {
-    "hidden_size": 32,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_register_tokens": 1,
-    "image_size": 32,
-    "patch_size": 8,
-}
+SMALL: dict[str, Any] = {**SMALL_VIT, "num_register_tokens": 1}
 TEXT: dict[str, Any] = {
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -54,31 +42,21 @@ TINY_TEXT = {**TEXT, "hidden_size": 16, "num_attention_heads": 2}  # its width i
 # The training size (positions as stored), a larger non-square size (rows and columns upsampled), a size whose
 # rows are downsampled (where antialiasing changes the table), and a size that is no multiple of the patch.
 SIZES = ((32, 32), (48, 40), (24, 40), (42, 59))
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "backbones_tipsv2"
-
-
-def pixels(height: int = 48, width: int = 40, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
 
 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestTipsv2Conformance(BackboneConformance):
+class TestTipsv2Conformance(ViTConformance):
     model_type = "tipsv2_vision_model"
+    config_class = Tipsv2VisionConfig
+    config = TINY
     input_sizes = ((32, 32), (48, 40), (24, 40))
-    # The patch projection is a stride-p convolution without padding: a map is size // p wide.
-    spatial_rounding = "floor"
-
-    def make_config(self, **overrides: Any) -> Tipsv2VisionConfig:
-        return Tipsv2VisionConfig(**TINY, **overrides)
 
 
 class TestTipsv2SwiGLUConformance(TestTipsv2Conformance):
     deployment_checks = False  # the stem and the layers' graph are the same as above
-
-    def make_config(self, **overrides: Any) -> Tipsv2VisionConfig:
-        return Tipsv2VisionConfig(**TINY, use_swiglu_ffn=True, apply_layernorm=False, **overrides)
+    config = {**TINY, "use_swiglu_ffn": True, "apply_layernorm": False}
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -127,6 +105,17 @@ class TestTipsv2Parity(TransformersParity):
     task_prefix = ""
     round_trip_out_indices = (0, 2, 4)
     key_renames = KEY_RENAMES
+    # Every weight's gradient of a training step equals transformers' (its split q/k/v and gate/up projections
+    # concatenated as our fused ones); transformers' only other weight is the mask token.
+    compare_gradients = True
+    gradient_variants = ("mlp", "swiglu")
+    fused_keys = FUSED
+    ungraded_reference_keys = ("embeddings.mask_token",)
+    # Hidden states are the raw token sequences (class token, 1 register, then 6x5 patches at 48x40).
+    token_shapes = {"mlp": TokenShapes((48, 40), ((2, 1 + 1 + 30, 32),) * 5, ((2, 4, 32, 32),) * 4)}
+    # Without reshape_hidden_states a map is the whole normalised sequence, class token and register too.
+    unreshaped_out_indices = (0, 4)
+    unreshaped_prefix_tokens = 2
 
     @staticmethod
     def _plain(variant: str) -> bool:
@@ -141,15 +130,6 @@ class TestTipsv2Parity(TransformersParity):
         unbuilt = ["layernorm.bias", "layernorm.weight"] if self._plain(variant) else []
         return sorted(["embeddings.mask_token", *unbuilt])
 
-    def test_token_and_attention_shapes(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """Hidden states are the raw token sequences (class token, 1 register, then 6x5 patches at 48x40)."""
-        directory, _ = self.reference_checkpoint("mlp", tmp_path_factory)
-        model = AutoBackbone.from_pretrained(directory, out_indices=[1])
-        with torch.no_grad():
-            output = model(self.pixels((48, 40)), output_hidden_states=True, output_attentions=True)
-        assert [tuple(state.shape) for state in output.hidden_states] == [(2, 1 + 1 + 30, 32)] * 5
-        assert [tuple(weights.shape) for weights in output.attentions] == [(2, 4, 32, 32)] * 4
-
     def test_prefix_tokens_match_transformers(self, tmp_path_factory: pytest.TempPathFactory) -> None:
         """``prefix_tokens`` are the class token and the register (TIPSv2's two image embeddings) of
         transformers' hidden states, through the final norm."""
@@ -162,19 +142,6 @@ class TestTipsv2Parity(TransformersParity):
             expected = [reference.layernorm(states[index])[:, :2] for index in (0, 2, 4)]
         assert [tuple(tokens.shape) for tokens in output.prefix_tokens] == [(2, 2, 32)] * 3
         assert_parity(output.prefix_tokens, expected, self.tolerance)
-
-    def test_token_sequences_without_reshape(self, tmp_path: Path) -> None:
-        """Without reshape_hidden_states a map is the whole normalised sequence, class token and register too."""
-        reference = self.reference_model("Tipsv2VisionBackbone", "mlp", reshape_hidden_states=False, out_indices=[0, 4])
-        reference.save_pretrained(tmp_path)
-        model = AutoBackbone.from_pretrained(tmp_path)
-        for size in self.input_sizes:
-            inputs = self.pixels(size)
-            with torch.no_grad():
-                ours, theirs = model(inputs).feature_maps, reference(inputs).feature_maps
-            tokens = 2 + (size[0] // 8) * (size[1] // 8)
-            assert [tuple(fmap.shape) for fmap in ours] == [(2, tokens, 32)] * 2
-            assert_parity(ours, theirs, self.tolerance)
 
     @pytest.mark.parametrize("variant", ["mlp", "swiglu"])
     def test_full_model_checkpoint_loads_the_vision_tower(self, tmp_path: Path, variant: str) -> None:
@@ -202,33 +169,6 @@ class TestTipsv2Parity(TransformersParity):
             maps = [ours.feature_maps[-1].flatten(2).transpose(1, 2)]
             assert_parity(maps, [expected.last_hidden_state[:, 1 + self.options(variant)["num_register_tokens"] :]])
 
-    def test_training_gradients_match_transformers(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """Every weight's gradient of a training step equals transformers' (its split q/k/v and gate/up
-        projections concatenated as our fused ones); transformers' only other weight is the mask token."""
-        for variant in ("mlp", "swiglu"):
-            directory, reference = self.reference_checkpoint(variant, tmp_path_factory)
-            model = AutoBackbone.from_pretrained(directory).train()
-            inputs = self.pixels()
-            reference.train()
-            try:
-                for network in (model, reference):
-                    network.zero_grad()
-                    feature_map_loss(network(inputs).feature_maps).backward()
-            finally:
-                reference.eval()
-            theirs = {name: parameter.grad for name, parameter in reference.named_parameters()}
-            for name, parameter in model.named_parameters():
-                their_name = self.reference_name(name)
-                fused = next((part for part in FUSED if part in their_name), None)
-                if fused is None:
-                    their_grad = theirs.pop(their_name)
-                else:
-                    parts = [theirs.pop(their_name.replace(fused, split)) for split in FUSED[fused]]
-                    their_grad = torch.cat(parts)
-                assert parameter.grad is not None, name
-                assert_parity([parameter.grad], [their_grad], self.tolerance)
-            assert list(theirs) == ["embeddings.mask_token"] and theirs["embeddings.mask_token"] is None
-
 
 # -- behaviour --------------------------------------------------------------------------------------
 
@@ -246,8 +186,8 @@ def test_positions_are_resampled_bilinearly_with_antialiasing() -> None:
     assert (expected - plain).abs().max().item() > 1e-2
     expected = expected.to(torch.bfloat16).permute(0, 2, 3, 1).reshape(1, 10, 16)
     with torch.no_grad():
-        (stem,) = model(pixels(16, 40).to(torch.bfloat16), output_hidden_states=True).hidden_states[:1]
-        patches = model.patch_embed(pixels(16, 40).to(torch.bfloat16)).flatten(2).transpose(1, 2)
+        (stem,) = model(random_pixels(16, 40).to(torch.bfloat16), output_hidden_states=True).hidden_states[:1]
+        patches = model.patch_embed(random_pixels(16, 40).to(torch.bfloat16)).flatten(2).transpose(1, 2)
     assert torch.equal(stem[:, 3:], patches + expected)
 
 
@@ -257,7 +197,7 @@ def test_registers_have_no_position_and_start_at_zero() -> None:
     assert torch.equal(model.register_tokens, torch.zeros(1, 2, 16))
     randomize_weights_(model)
     with torch.no_grad():
-        (stem,) = model(pixels(), output_hidden_states=True).hidden_states[:1]
+        (stem,) = model(random_pixels(48, 40), output_hidden_states=True).hidden_states[:1]
     assert torch.equal(stem[:, 1:3], model.register_tokens.expand(2, -1, -1))
     assert torch.equal(stem[:, 0], (model.cls_token + model.pos_embed[:, 0])[0].expand(2, -1))
 
@@ -276,7 +216,7 @@ def test_pruning_keeps_only_the_layers_that_run() -> None:
     assert model.prune_unused_stages() == ["stage3", "stage4"]
     assert len(model.blocks) == 2
     with torch.no_grad():
-        (fmap,) = model(pixels()).feature_maps
+        (fmap,) = model(random_pixels(48, 40)).feature_maps
     assert tuple(fmap.shape) == (2, 32, 6, 5)
 
 
@@ -306,14 +246,10 @@ def test_full_config_without_a_vision_config_is_the_default_encoder() -> None:
 
 def test_imports_only_public_names_of_backbones_dinov2() -> None:
     """This plugin builds on backbones-dinov2's public API: no ``_``-prefixed module or name of it."""
-    imported = []
-    for path in sorted(SOURCE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("backbones_dinov2"):
-                imported.append((node.module, [alias.name for alias in node.names]))
+    imported = imported_names(backbones_tipsv2, "backbones_dinov2")
     assert sorted(imported) == [
         ("backbones_dinov2", ["Dinov2Config"]),
-        ("backbones_dinov2.blocks", ["resample_position_table", "tokens_to_map"]),
+        ("backbones_dinov2.blocks", ["PlainViTBackbone", "resample_position_table", "swiglu_hidden_features"]),
     ]
 
 
@@ -350,28 +286,22 @@ PREPROCESSOR = {
 }
 
 
-@pytest.mark.parametrize("variant", ["as saved", "no type named", "no keys but the type and size"])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, variant: str) -> None:
-    pytest.importorskip("torchvision")
-    Tipsv2VisionConfig(**TINY).save_pretrained(tmp_path)
-    data: dict[str, Any] = dict(PREPROCESSOR)
-    if variant == "no type named":
-        del data["image_processor_type"]  # the plugin's declared fallback applies
-    elif variant == "no keys but the type and size":
-        data = {"image_processor_type": "Tipsv2ImageProcessor", "size": PREPROCESSOR["size"]}
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, Tipsv2ImageProcessor) and ours.image_processor_type == "Tipsv2ImageProcessor"
-    assert ours.describe() == "RGB, resize to 56x48 (bilinear), scale to [0, 1]"
-    oracle = transformers.Tipsv2ImageProcessor(size=PREPROCESSOR["size"])
-    rng = np.random.default_rng(0)
-    for shape in ((97, 131, 3), (30, 20, 3)):
-        image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
-        expected = oracle(image, return_tensors="pt")["pixel_values"]
-        actual = ours(image, return_tensors="pt")["pixel_values"]
-        assert tuple(actual.shape) == tuple(expected.shape) == (1, 3, 56, 48)
-        difference = (actual - expected).abs()
-        assert difference.max().item() <= 1 / 255 + 1e-6 and difference.mean().item() < 2e-3
+class TestTipsv2ProcessorParity(ProcessorParity):
+    """As saved, without a type (the plugin's declared fallback applies) and with no keys but the type and size."""
+
+    model_type = "tipsv2_vision_model"
+    processor_type = "Tipsv2ImageProcessor"
+    processor_class = Tipsv2ImageProcessor
+    reference_processor_class = "Tipsv2ImageProcessor"
+    reference_options = {"size": PREPROCESSOR["size"]}
+    requires = ("torchvision",)
+    preprocessor = PREPROCESSOR
+    minimal_keys = ("size",)
+    description = "RGB, resize to 56x48 (bilinear), scale to [0, 1]"
+    image_sizes = ((97, 131), (30, 20))
+    expected_shape = (1, 3, 56, 48)
+    tolerance = 1 / 255 + 1e-6
+    mean_tolerance = 2e-3
 
 
 def test_processor_defaults_are_transformers_class_defaults() -> None:
@@ -384,19 +314,14 @@ def test_processor_defaults_are_transformers_class_defaults() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-def test_heads_must_divide_the_width() -> None:
-    with pytest.raises(ConfigError, match=r"num_attention_heads=5 does not divide hidden_size=16"):
-        Tipsv2VisionConfig(**{**TINY, "num_attention_heads": 5})
-
-
-def test_register_count_cannot_be_negative() -> None:
-    with pytest.raises(ConfigError, match=r"num_register_tokens=-1: Input should be greater than or equal to 0"):
-        Tipsv2VisionConfig(**{**TINY, "num_register_tokens": -1})
-
-
-def test_position_grid_must_be_square() -> None:
-    with pytest.raises(ConfigError, match=r"image_size \(32, 48\) gives a 4x6 grid of patches"):
-        Tipsv2VisionConfig(**{**TINY, "image_size": [32, 48]})
+class TestTipsv2ConfigErrors(ConfigErrors):
+    config_class = Tipsv2VisionConfig
+    config = TINY
+    errors = {
+        "heads-divide-the-width": ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=16"),
+        "square-position-grid": ({"image_size": [32, 48]}, r"image_size \(32, 48\) gives a 4x6 grid of patches"),
+    }
+    invalid_values = (("num_register_tokens", -1, "greater than or equal to 0"),)
 
 
 def test_vision_config_of_a_full_config_must_be_an_object() -> None:

@@ -15,11 +15,12 @@ from PIL import Image
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from backbones import AutoBackbone, AutoImageProcessor, ConfigError, ReparameterizedError
+from backbones import AutoBackbone, ConfigError, ReparameterizedError
 from backbones.testing import (
     BackboneConformance,
+    ProcessorParity,
     TransformersParity,
-    assert_close_maps,
+    assert_exports_with_dynamic_size,
     assert_parity,
     randomize_weights_,
 )
@@ -221,26 +222,10 @@ def test_folded_model_refuses_training_and_saving(tmp_path: Path) -> None:
 
 
 def test_folded_model_exports_with_dynamic_size(tmp_path: Path) -> None:
-    import onnxruntime
-    from torch.export import Dim
-
     model = _randomised(out_indices=[0, 2, 4])
     model.reparameterize()
-    dims = {2: Dim("height", min=9, max=4096), 3: Dim("width", min=9, max=4096)}
-    program = torch.export.export(model, (pixels(),), dynamic_shapes={"pixel_values": dims})
-    onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
-    assert onnx_program is not None
-    path = tmp_path / "uvdoc.onnx"
-    onnx_program.save(str(path))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (input_name,) = [node.name for node in session.get_inputs()]
-    for size in ((64, 64), (50, 38)):
-        batch = pixels(*size, seed=3)
-        with torch.no_grad():
-            eager = model(batch).feature_maps
-            assert_close_maps(program.module()(batch).feature_maps, eager, atol=1e-5)
-        outputs = session.run(None, {input_name: batch.numpy()})
-        assert_close_maps([torch.from_numpy(array) for array in outputs], eager, atol=1e-4)
+    inputs = [pixels(*size, seed=3) for size in ((64, 64), (50, 38))]
+    assert_exports_with_dynamic_size(model, pixels(), inputs, size_range=(9, 4096), onnx_path=tmp_path / "uvdoc.onnx")
 
 
 # -- behaviour --------------------------------------------------------------------------------------
@@ -302,28 +287,21 @@ def _image(height: int = 75, width: int = 101) -> Image.Image:
     return Image.fromarray(np.random.default_rng(height).integers(0, 256, size=(height, width, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("variant", ["named", "model-type-fallback", "normalized", "upsampled"])
-def test_checkpoint_processor_matches_transformers(tmp_path: Path, variant: str) -> None:
-    UVDocBackboneConfig(**TINY).save_pretrained(tmp_path)
-    data = dict(PREPROCESSOR)
-    if variant == "model-type-fallback":
-        del data["image_processor_type"]
-    elif variant == "normalized":
-        data.update(do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
-    elif variant == "upsampled":
-        data["size"] = {"height": 160, "width": 120}
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(data))
-    ours = AutoImageProcessor.from_pretrained(tmp_path)
-    assert isinstance(ours, UVDocImageProcessor)
-    assert ours.image_processor_type == "UVDocImageProcessor"
-    # transformers has only the torchvision-backed class for UVDoc.
-    oracle = transformers.UVDocImageProcessor(**{k: v for k, v in data.items() if k != "image_processor_type"})
-    images = [_image(), _image(40, 30)]
-    expected = oracle(images, return_tensors="pt")["pixel_values"]
-    actual = ours(images, return_tensors="pt")["pixel_values"]
-    size = data["size"]
-    assert tuple(actual.shape) == tuple(expected.shape) == (2, 3, size["height"], size["width"])
-    assert (actual - expected).abs().max().item() <= 1e-5
+class TestUVDocProcessorParity(ProcessorParity):
+    model_type = "uvdoc_backbone"
+    processor_type = "UVDocImageProcessor"
+    processor_class = UVDocImageProcessor
+    reference_processor_class = "UVDocImageProcessor"  # transformers has only the torchvision-backed class
+    preprocessor = PREPROCESSOR
+    variants = {
+        "normalized": {"do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
+        "upsampled": {"size": {"height": 160, "width": 120}},
+    }
+    image_sizes = ((75, 101), (40, 30))
+    batched = True
+    expected_shape = (2, 3, 64, 48)
+    reference_only_outputs = ("original_images",)
+    variant_settings = {"upsampled": {"expected_shape": (2, 3, 160, 120)}}
 
 
 def test_processor_defaults_are_transformers_defaults() -> None:

@@ -14,19 +14,23 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from backbones import AutoBackbone, testing
-from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, assert_parity
+from backbones.testing import (
+    BackboneConformance,
+    ConfigErrors,
+    TransformersParity,
+    assert_close_maps,
+    assert_parity,
+    random_pixels,
+)
+from backbones.testing.vit import TINY_VIT
 from backbones_vitdet import VitDetBackbone, VitDetConfig
 from backbones_vitdet.blocks import _relative_table
 
 # A 4x4 fine-tuning grid, a 3x3 pre-training grid (so the absolute table is resampled at every size),
 # windowed, global and residual-block layers, relative positions.
 TINY: dict[str, Any] = {
-    "hidden_size": 16,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 2,
-    "image_size": 32,
+    **TINY_VIT,
     "pretrain_image_size": 24,
-    "patch_size": 8,
     "window_size": 2,
     "window_block_indices": [0],
     "residual_block_indices": [1],
@@ -145,14 +149,10 @@ class TestVitDetParity(TransformersParity):
                 assert_parity(model(inputs).feature_maps[-1:], [last])
 
 
-def pixels(height: int = 40, width: int = 56, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
-
-
 def test_windowed_attention_weights_have_transformers_shape() -> None:
     model = AutoBackbone.from_config(VitDetConfig(**SMALL, out_indices=[-1])).eval()
     with torch.no_grad():
-        attentions = model(pixels(), output_attentions=True).attentions
+        attentions = model(random_pixels(40, 56), output_attentions=True).attentions
     # Layers 0 and 2 attend in 2x2 windows of the 5x7 grid padded to 6x8 (12 windows per image).
     assert [tuple(weights.shape) for weights in attentions] == [(24, 2, 4, 4), (2, 2, 35, 35)] * 2
 
@@ -167,7 +167,9 @@ def test_prefixed_trunk_checkpoint_loads(tmp_path: Path) -> None:
     assert report.missing_keys == [] and report.unused_keys == []
     assert report.prefix == "'vitdet.' removed"
     with torch.no_grad():
-        assert_close_maps(loaded(pixels()).feature_maps, model(pixels()).feature_maps, atol=0.0)
+        assert_close_maps(
+            loaded(random_pixels(40, 56)).feature_maps, model(random_pixels(40, 56)).feature_maps, atol=0.0
+        )
 
 
 # -- behaviour --------------------------------------------------------------------------------------
@@ -230,47 +232,43 @@ def test_vitdet_base_shapes_at_224() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-def test_heads_must_divide_the_width() -> None:
-    with pytest.raises(ValueError, match=r"num_attention_heads=3 does not divide hidden_size=16; choose a head count"):
-        VitDetConfig(**{**TINY, "num_attention_heads": 3})
+class TestVitDetConfigErrors(ConfigErrors):
+    config_class = VitDetConfig
+    config = TINY
+    errors = {
+        "heads-divide-the-width": (
+            {"num_attention_heads": 3},
+            r"num_attention_heads=3 does not divide hidden_size=16; choose a head count",
+        ),
+        "window-blocks-are-layers": (
+            {"window_block_indices": [0, 3, -1]},
+            r"window_block_indices \[3, -1\] are not layers of this model; use 0-based layer indices from 0 to "
+            r"num_hidden_layers - 1 = 2",
+        ),
+        "residual-blocks-are-layers": ({"residual_block_indices": [5]}, r"residual_block_indices \[5\] are not layers"),
+        "square-absolute-position-grid": (
+            {"pretrain_image_size": [24, 32]},
+            r"pretrain_image_size \(24, 32\) gives a 3x4 grid of patches, .*use a square pretrain_image_size",
+        ),
+        "image-holds-a-patch": (
+            {"image_size": 4},
+            r"image_size 4 is smaller than patch_size 8; set image_size >= patch_size",
+        ),
+        "square-patches": (
+            {"patch_size": [8, 4]},
+            r"patch_size must be one int or a square pair such as \[16, 16\], got \[8, 4\]",
+        ),
+        "unknown-activation": (
+            {"hidden_act": "swishy"},
+            r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'",
+        ),
+    }
+    invalid_values = (("window_size", -2, "greater than or equal to 0"),)
 
 
-def test_block_indices_must_name_layers() -> None:
-    message = r"window_block_indices \[3, -1\] are not layers of this model; use 0-based layer indices from 0 to num_hidden_layers - 1 = 2"
-    with pytest.raises(ValueError, match=message):
-        VitDetConfig(**{**TINY, "window_block_indices": [0, 3, -1]})
-    with pytest.raises(ValueError, match=r"residual_block_indices \[5\] are not layers"):
-        VitDetConfig(**{**TINY, "residual_block_indices": [5]})
-
-
-def test_absolute_position_grid_must_be_square() -> None:
-    message = r"pretrain_image_size \(24, 32\) gives a 3x4 grid of patches, .*use a square pretrain_image_size"
-    with pytest.raises(ValueError, match=message):
-        VitDetConfig(**{**TINY, "pretrain_image_size": [24, 32]})
-    # Without absolute positions the pre-training size is irrelevant, and image_size may be non-square.
+def test_pre_training_size_is_free_without_absolute_positions() -> None:
+    """Without absolute positions the pre-training size is irrelevant, and image_size may be non-square."""
     config = VitDetConfig(
         **{**TINY, "pretrain_image_size": [24, 32], "image_size": [32, 48]}, use_absolute_position_embeddings=False
     )
     assert config.global_attention_grid == (4, 6)
-
-
-def test_images_must_hold_a_patch() -> None:
-    with pytest.raises(ValueError, match=r"image_size 4 is smaller than patch_size 8; set image_size >= patch_size"):
-        VitDetConfig(**{**TINY, "image_size": 4})
-
-
-def test_negative_window_size_is_rejected() -> None:
-    with pytest.raises(ValueError, match=r"window_size=-2: Input should be greater than or equal to 0"):
-        VitDetConfig(**{**TINY, "window_size": -2})
-
-
-def test_patches_must_be_square() -> None:
-    with pytest.raises(
-        ValueError, match=r"patch_size must be one int or a square pair such as \[16, 16\], got \[8, 4\]"
-    ):
-        VitDetConfig(**{**TINY, "patch_size": [8, 4]})
-
-
-def test_unknown_activation_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'"):
-        VitDetConfig(hidden_act="swishy")

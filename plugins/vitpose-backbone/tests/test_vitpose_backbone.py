@@ -22,9 +22,11 @@ from safetensors import safe_open
 from backbones import AutoBackbone, ConfigError
 from backbones.testing import (
     BackboneConformance,
+    ConfigErrors,
     assert_parity,
     feature_map_loss,
     load_reference,
+    random_pixels,
     randomize_weights_,
 )
 from backbones_vitpose_backbone import VitPoseBackbone, VitPoseBackboneConfig
@@ -83,10 +85,6 @@ def reference_config(variant: str, size: tuple[int, int], **extra: Any) -> Any:
     return transformers.VitPoseBackboneConfig(**options)
 
 
-def pixels(size: tuple[int, int], batch: int = 3, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
-
-
 def dataset_index(variant: str, batch: int = 3) -> torch.Tensor | None:
     """Every expert once in the batch (None for the plain model, which takes none)."""
     return torch.tensor([2, 0, 1][:batch]) if variant == "experts" else None
@@ -122,7 +120,7 @@ def test_backbone_checkpoint_matches_transformers(oracle: Any, selection: tuple[
     assert type(model) is VitPoseBackbone
     assert report.missing_keys == [] and report.unused_keys == []
     assert model.out_features == [model.stage_names[i] for i in selection]
-    batch, index = pixels(size), dataset_index(variant)
+    batch, index = random_pixels(*size, batch=3, seed=0), dataset_index(variant)
     with torch.no_grad():
         expected = as_maps(reference(batch, index).feature_maps, size)
         ours = model(batch, index).feature_maps
@@ -137,7 +135,7 @@ def test_backbone_checkpoint_matches_transformers(oracle: Any, selection: tuple[
 def test_hidden_states_and_attentions_match_transformers(oracle: Any) -> None:
     variant, size, reference, directory = oracle
     model = AutoBackbone.from_pretrained(directory, out_indices=[1])
-    batch, index = pixels(size), dataset_index(variant)
+    batch, index = random_pixels(*size, batch=3, seed=0), dataset_index(variant)
     with torch.no_grad():
         expected = reference(batch, index, output_hidden_states=True, output_attentions=True)
         output = model(batch, index, output_hidden_states=True, output_attentions=True)
@@ -151,7 +149,7 @@ def test_hidden_states_and_attentions_match_transformers(oracle: Any) -> None:
 def test_training_gradients_match_transformers(oracle: Any) -> None:
     variant, size, reference, directory = oracle
     model = AutoBackbone.from_pretrained(directory).train()
-    batch, index = pixels(size), dataset_index(variant)
+    batch, index = random_pixels(*size, batch=3, seed=0), dataset_index(variant)
     reference.train()
     try:
         for network in (model, reference):
@@ -175,7 +173,7 @@ def test_our_checkpoint_loads_into_transformers(tmp_path: Path, variant: str) ->
     assert saved["architectures"] == ["VitPoseBackbone"] and saved["model_type"] == "vitpose_backbone"
     reference = load_reference("VitPoseBackbone", tmp_path)
     assert list(reference.out_indices) == [2, 4]
-    batch, index = pixels((32, 24)), dataset_index(variant)
+    batch, index = random_pixels(32, 24, batch=3, seed=0), dataset_index(variant)
     with torch.no_grad():
         assert_parity(model(batch, index).feature_maps, as_maps(reference(batch, index).feature_maps, (32, 24)))
 
@@ -222,7 +220,7 @@ def test_pose_checkpoint_loads_with_prefix(pose_checkpoint: Any) -> None:
             ]
         )
     assert head == expected_head
-    batch, index = pixels((32, 24)), dataset_index(variant)
+    batch, index = random_pixels(32, 24, batch=3, seed=0), dataset_index(variant)
     with torch.no_grad():
         (fmap,) = model(batch, index).feature_maps
         (sequence,) = pose.backbone(batch, index).feature_maps
@@ -239,7 +237,7 @@ def test_pose_checkpoint_through_auto_backbone(pose_checkpoint: Any) -> None:
         directory, checkpoint_prefix="backbone.", config_key="backbone_config", out_indices=[1, -1]
     )
     assert isinstance(model, VitPoseBackbone)
-    batch, index = pixels((32, 24), batch=2), dataset_index(variant, batch=2)
+    batch, index = random_pixels(32, 24, batch=2, seed=0), dataset_index(variant, batch=2)
     pose.backbone.out_indices = [1, 4]
     try:
         with torch.no_grad():
@@ -252,7 +250,7 @@ def test_pose_checkpoint_through_auto_backbone(pose_checkpoint: Any) -> None:
 def test_forward_with_filtered_kwargs_keeps_dataset_index() -> None:
     """transformers' pose model calls its backbone this way."""
     model = AutoBackbone.from_config(VitPoseBackboneConfig(**TINY, **VARIANTS["experts"])).eval()
-    batch = pixels((32, 24), batch=2)
+    batch = random_pixels(32, 24, batch=2, seed=0)
     index = torch.tensor([1, 2])
     with torch.no_grad():
         direct = model(batch, index).feature_maps
@@ -316,7 +314,7 @@ def test_missing_dataset_index_names_the_valid_range(experts_model: VitPoseBackb
         r"a \(batch,\) integer tensor with values in \[0, 2\] \(config.num_experts=3\)"
     )
     with pytest.raises(ValueError, match=message):
-        experts_model(pixels((32, 24), batch=2))
+        experts_model(random_pixels(32, 24, batch=2, seed=0))
 
 
 @pytest.mark.parametrize(
@@ -331,12 +329,12 @@ def test_missing_dataset_index_names_the_valid_range(experts_model: VitPoseBackb
 )
 def test_bad_dataset_index_is_explained(experts_model: VitPoseBackbone, index: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        experts_model(pixels((32, 24), batch=2), index)
+        experts_model(random_pixels(32, 24, batch=2, seed=0), index)
 
 
 def test_one_expert_ignores_dataset_index() -> None:
     model = AutoBackbone.from_config(VitPoseBackboneConfig(**TINY)).eval()
-    batch = pixels((32, 24), batch=2)
+    batch = random_pixels(32, 24, batch=2, seed=0)
     with torch.no_grad():
         assert_parity(model(batch, torch.tensor([7, 9])).feature_maps, model(batch).feature_maps, 0.0)
 
@@ -348,30 +346,33 @@ def test_other_sizes_resample_the_position_table() -> None:
     resized = model.embeddings._patch_positions(6, 5)
     assert tuple(resized.shape) == (1, 30, 16)
     with torch.no_grad():
-        (fmap,) = model(pixels((48, 40), batch=1)).feature_maps
+        (fmap,) = model(random_pixels(48, 40, batch=1, seed=0)).feature_maps
     assert tuple(fmap.shape) == (1, 16, 6, 5)
 
 
 # -- config errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"patch_size": 4}, r"patch_size=4 is too small: .* use patch_size >= 5"),
-        ({"patch_size": [8, 4]}, r"patch_size must be one int or a square pair such as \[16, 16\]"),
-        ({"image_size": [32, 30]}, r"image_size width 30 leaves 6 pixels after 3 patches of 8, .* below 4 \(e.g. 24\)"),
-        ({"image_size": [4, 24]}, r"image_size height 4 is smaller than patch_size 8"),
-        ({"num_attention_heads": 3}, r"num_attention_heads=3 does not divide hidden_size=16"),
-        ({"num_experts": 0}, r"num_experts"),
-        ({"num_experts": 2, "part_features": 16}, r"part_features=16 must be in \[1, 15\] \(below hidden_size=16\)"),
-        ({"mlp_ratio": 0}, r"mlp_ratio"),
-        ({"hidden_act": "swishy"}, r"hidden_act"),
-    ],
-)
-def test_bad_config_is_a_config_error(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        VitPoseBackboneConfig(**{**TINY, **overrides})
+class TestVitPoseBackboneConfigErrors(ConfigErrors):
+    config_class = VitPoseBackboneConfig
+    config = TINY
+    errors = {
+        "patch-too-small": ({"patch_size": 4}, r"patch_size=4 is too small: .* use patch_size >= 5"),
+        "square-patches": ({"patch_size": [8, 4]}, r"patch_size must be one int or a square pair such as \[16, 16\]"),
+        "width-leaves-a-short-patch": (
+            {"image_size": [32, 30]},
+            r"image_size width 30 leaves 6 pixels after 3 patches of 8, .* below 4 \(e.g. 24\)",
+        ),
+        "height-holds-a-patch": ({"image_size": [4, 24]}, r"image_size height 4 is smaller than patch_size 8"),
+        "heads-divide-the-width": ({"num_attention_heads": 3}, r"num_attention_heads=3 does not divide hidden_size=16"),
+        "positive-expert-count": ({"num_experts": 0}, r"num_experts"),
+        "part-features-below-the-width": (
+            {"num_experts": 2, "part_features": 16},
+            r"part_features=16 must be in \[1, 15\] \(below hidden_size=16\)",
+        ),
+        "positive-mlp-ratio": ({"mlp_ratio": 0}, r"mlp_ratio"),
+        "unknown-activation": ({"hidden_act": "swishy"}, r"hidden_act"),
+    }
 
 
 def test_part_features_is_free_with_one_expert() -> None:

@@ -118,6 +118,7 @@ _COMMON_FILES = {
     "pyproject.toml.tmpl": "pyproject.toml",
     "README.md.tmpl": "README.md",
     "__init__.py.tmpl": "src/{package}/__init__.py",
+    "__init__.pyi.tmpl": "src/{package}/__init__.pyi",
     "_plugin.py.tmpl": "src/{package}/_plugin.py",
     "test_conformance.py.tmpl": "tests/test_{module}.py",
     "test_parity.py.tmpl": "tests/test_{module}_parity.py",

@@ -36,6 +36,22 @@ of a task checkpoint, and that transformers loads a checkpoint we save. Maps agr
 :class:`RecordedParity` does the same against outputs an oracle recorded in another environment (such as an
 older transformers release run in a subprocess).
 
+:class:`ProcessorParity` declares the preprocessing parity of a checkpoint's ``preprocessor_config.json``: loaded
+by :class:`~backbones.AutoImageProcessor` as saved and without its ``image_processor_type`` (the processor the
+plugin declares for its model type), then run against the transformers processor it names on random images::
+
+    from backbones.testing import ProcessorParity
+
+    class TestPvtV2ProcessorParity(ProcessorParity):
+        model_type = "pvt_v2"
+        processor_type = "PvtImageProcessor"
+        reference_processor_class = "PvtImageProcessorPil"
+        preprocessor = {"image_processor_type": "PvtImageProcessor", "size": {"height": 64, "width": 48}}
+        expected_shape = (1, 3, 64, 48)
+
+:class:`BitProcessorParity` is the same with the ImageNet ``BitImageProcessor`` file DINOv2-style checkpoints
+save; a subclass only names its ``model_type``.
+
 Also exported: :func:`randomize_weights_` (give every parameter and statistic a non-trivial value before
 saving a parity checkpoint), :func:`assert_close_maps` (max-abs-diff comparison with a readable failure),
 :func:`assert_parity`, :func:`reference_class` and :func:`load_reference` (a transformers class by name, a
@@ -43,7 +59,13 @@ checkpoint loaded into one with a clean-load check), :func:`edit_checkpoint` (a 
 with keys added, changed or removed), :func:`assert_random_only_in_training` (dropout and stochastic depth
 act in training only), :func:`assert_maps_at_size` (a default-size model's maps, channels and reductions),
 :func:`feature_map_loss`, :func:`saved_activation_bytes` and :func:`example_forward_inputs` (example values of
-the extra forward inputs a backbone declares).
+the extra forward inputs a backbone declares), and :func:`assert_nested_checkpoint` (our backbone loaded by its prefix from a
+saved detector or other model holding it, the same maps as that sub-model)), and
+:func:`assert_frozen_norm_round_trip` (a BatchNorm checkpoint loaded with ``freeze_norm=True`` and saved back
+into transformers), :func:`assert_exports_with_dynamic_size` (a model the kit does not build, such as a
+reparameterised one, exported with dynamic sizes and to ONNX, against eager) and
+:func:`assert_cache_follows_weights` (values cached from a weight, such as an attention bias, follow in-place
+updates and dtype changes).
 
 Extra forward inputs: a backbone whose ``forward`` takes more than images (ViTPose's ``dataset_index``)
 declares each in :attr:`backbones.Backbone.extra_forward_inputs` as a :class:`backbones.ForwardInput`. Every
@@ -72,7 +94,13 @@ import torch
 from torch import Tensor, nn
 
 from .. import AutoBackbone, Backbone, BackboneConfig, BackboneOutput, ConfigError, get_registry
+from ._caches import assert_cache_follows_weights
+from ._config_errors import ConfigErrors
+from ._export import assert_exports_with_dynamic_size
+from ._frozen import assert_frozen_norm_round_trip
+from ._imports import imported_names
 from ._inputs import InputConformance
+from ._nested import assert_nested_checkpoint
 from ._parity import (
     RecordedParity,
     TransformersParity,
@@ -81,6 +109,8 @@ from ._parity import (
     load_reference,
     reference_class,
 )
+from ._pixels import random_pixels
+from ._processing import BitProcessorParity, ProcessorParity
 from ._tensors import (
     assert_close_maps,
     assert_maps_at_size,
@@ -90,20 +120,32 @@ from ._tensors import (
     randomize_weights_,
     saved_activation_bytes,
 )
+from ._tokens import TokenShapes, patch_token_count
 from ._training import TrainingConformance
 
 __all__ = [
     "BackboneConformance",
+    "BitProcessorParity",
+    "ConfigErrors",
+    "ProcessorParity",
     "RecordedParity",
+    "TokenShapes",
     "TransformersParity",
+    "assert_cache_follows_weights",
     "assert_close_maps",
+    "assert_exports_with_dynamic_size",
+    "assert_frozen_norm_round_trip",
     "assert_maps_at_size",
+    "assert_nested_checkpoint",
     "assert_parity",
     "assert_random_only_in_training",
     "edit_checkpoint",
     "example_forward_inputs",
     "feature_map_loss",
+    "imported_names",
     "load_reference",
+    "patch_token_count",
+    "random_pixels",
     "randomize_weights_",
     "reference_class",
     "saved_activation_bytes",

@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 from .. import AutoBackbone, Backbone, BackboneConfig
-from ._tensors import compare_maps, feature_map_loss, randomize_weights_
+from ._declared import declare_checks
+from ._tensors import assert_close_maps, compare_maps, feature_map_loss, randomize_weights_
+from ._tokens import TokenShapes, patch_token_count
 
 __all__ = [
     "RecordedParity",
@@ -116,6 +118,11 @@ class TransformersParity:
       holding the same trunk.
     * ``test_our_checkpoint_loads_into_transformers``: per ``round_trip_variants``.
     * ``test_training_gradients_match`` with ``compare_gradients``.
+    * ``test_token_and_attention_shapes`` per variant of ``token_shapes`` (argument ``token_variant``).
+    * ``test_maps_without_reshape`` with ``unreshaped_out_indices``.
+    * ``test_training_step_matches_under_a_seed`` with ``seeded_training_variant``.
+    * ``test_transformers_config_json_round_trips`` with ``saved_config_fields``: our config class reads
+      transformers' ``config.json`` (those fields with those values) and writes back every key it holds.
 
     Class attributes:
         backbone_class: Our backbone class (the class ``AutoBackbone`` must build).
@@ -158,6 +165,25 @@ class TransformersParity:
         compare_gradients: Compare the gradients of a training step on the oracle checkpoint.
         key_renames: ``(pattern, replacement)`` regular expressions, applied in order, that turn our
             parameter names into transformers' in-memory names (for gradients by parameter name).
+        gradient_variants: The variants of the gradient check (default: the first variant).
+        fused_keys: Part of transformers' name of one of our fused weights (after ``key_renames``) -> the parts
+            that name transformers' split weights in its place, whose gradients concatenate to ours in order.
+        ungraded_reference_keys: transformers' in-memory names of its weights that are not ours and are not
+            unused checkpoint keys either (such as a mask token, saved under another name): exactly these,
+            which it must not train either, are left after the gradient check.
+        token_shapes: Variant -> the exact hidden-state and attention shapes of its oracle checkpoint at an
+            input size (for token models, whose hidden states are sequences; empty: not checked).
+        unreshaped_out_indices: The selection of a checkpoint transformers saves with
+            ``reshape_hidden_states=False`` (first variant), whose maps must then be token sequences equal to
+            transformers' at every input size, of :meth:`unreshaped_map_shape` (``None``: not checked).
+        unreshaped_prefix_tokens: The prefix tokens such a map keeps before its patch tokens.
+        seeded_training_variant: A variant whose training forward draws random numbers (e.g. augmented
+            positions): under one seed ours and transformers' maps agree, under another seed the last map
+            moves by more than ``seeded_training_change`` while the stem's does not (``""``: not checked).
+        seeded_training_size: The input size of that check (``None``: the first input size).
+        seeded_training_change: The least largest change of the last map between two seeds.
+        saved_config_fields: Values our config class reads from the ``config.json`` of the first variant's
+            oracle checkpoint (empty: not checked).
     """
 
     config_class: ClassVar[type[BackboneConfig]]
@@ -196,6 +222,16 @@ class TransformersParity:
     reference_reports_channels: ClassVar[bool] = True
     compare_gradients: ClassVar[bool] = False
     key_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
+    token_shapes: ClassVar[dict[str, TokenShapes]] = {}
+    unreshaped_out_indices: ClassVar[tuple[int, ...] | None] = None
+    unreshaped_prefix_tokens: ClassVar[int] = 0
+    seeded_training_variant: ClassVar[str] = ""
+    seeded_training_size: ClassVar[tuple[int, int] | None] = None
+    seeded_training_change: ClassVar[float] = 1e-2
+    gradient_variants: ClassVar[tuple[str, ...] | None] = None
+    fused_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
+    ungraded_reference_keys: ClassVar[tuple[str, ...]] = ()
+    saved_config_fields: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -210,11 +246,15 @@ class TransformersParity:
             "test_task_checkpoint_loads_trunk": bool(cls.task_classes()),
             "test_training_gradients_match": cls.compare_gradients,
         }
-        for name, on in wanted.items():
-            if not on:
-                setattr(cls, name, None)
-            elif getattr(cls, name) is None:
-                setattr(cls, name, getattr(TransformersParity, name))
+        declare_checks(cls, TransformersParity, wanted)
+        # The token checks: a subclass's own method of the same name is kept whatever it declares.
+        declared = {
+            "test_token_and_attention_shapes": bool(cls.token_shapes),
+            "test_maps_without_reshape": cls.unreshaped_out_indices is not None,
+            "test_training_step_matches_under_a_seed": bool(cls.seeded_training_variant),
+            "test_transformers_config_json_round_trips": bool(cls.saved_config_fields),
+        }
+        declare_checks(cls, TransformersParity, declared, keep_own=True)
 
     @classmethod
     def task_classes(cls) -> tuple[str, ...]:
@@ -242,6 +282,8 @@ class TransformersParity:
             metafunc.parametrize("task_variant", list(self.task_variants or list(self.variants)[:1]))
         if "round_trip_variant" in names:
             metafunc.parametrize("round_trip_variant", list(self.round_trip_variants or self.variants))
+        if "token_variant" in names:
+            metafunc.parametrize("token_variant", list(self.token_shapes))
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -335,6 +377,13 @@ class TransformersParity:
         for pattern, replacement in self.key_renames:
             our_name = re.sub(pattern, replacement, our_name)
         return our_name
+
+    def unreshaped_map_shape(self, size: tuple[int, int]) -> tuple[int, ...]:
+        """The shape of a map without ``reshape_hidden_states`` at ``size``: by default the batch, the
+        ``unreshaped_prefix_tokens`` and one token a patch of the first variant's ``patch_size``, its width."""
+        fields = self.our_config(next(iter(self.variants))).to_dict()
+        tokens = patch_token_count(size, fields["patch_size"], self.unreshaped_prefix_tokens)
+        return (self.batch_size, tokens, fields["hidden_size"])
 
     # -- generated checks -------------------------------------------------------------------------
 
@@ -431,6 +480,15 @@ class TransformersParity:
             with torch.no_grad():
                 assert_parity(model(pixels).feature_maps, reference(pixels).feature_maps, self.tolerance)
 
+    def test_transformers_config_json_round_trips(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        directory, _ = self.reference_checkpoint(next(iter(self.variants)), tmp_path_factory)
+        saved = json.loads((directory / "config.json").read_text())
+        config = self.config_class.from_dict(saved)
+        assert {name: getattr(config, name) for name in self.saved_config_fields} == self.saved_config_fields
+        written = config.to_dict()
+        # Extras and derived values kept.
+        assert {key: value for key, value in written.items() if key in saved} == saved
+
     def test_our_checkpoint_loads_into_transformers(self, tmp_path: Path, round_trip_variant: str) -> None:
         selection = list(self.round_trip_out_indices)
         model = AutoBackbone.from_config(self.our_config(round_trip_variant, out_indices=selection))
@@ -447,29 +505,92 @@ class TransformersParity:
             with torch.no_grad():
                 assert_parity(model(pixels).feature_maps, reference(pixels).feature_maps, self.round_trip_tolerance)
 
-    def test_training_gradients_match(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        directory, reference = self.reference_checkpoint(next(iter(self.variants)), tmp_path_factory)
-        model, report = AutoBackbone.from_pretrained(directory, output_loading_info=True)
+    def test_token_and_attention_shapes(self, tmp_path_factory: pytest.TempPathFactory, token_variant: str) -> None:
+        shapes = self.token_shapes[token_variant]
+        directory, _ = self.reference_checkpoint(token_variant, tmp_path_factory)
+        model = AutoBackbone.from_pretrained(directory, out_indices=[1])
+        with torch.no_grad():
+            output = model(self.pixels(shapes.size), output_hidden_states=True, output_attentions=True)
+        assert [tuple(state.shape) for state in output.hidden_states] == list(shapes.hidden_states)
+        assert [tuple(weights.shape) for weights in output.attentions] == list(shapes.attentions)
+
+    def test_maps_without_reshape(self, tmp_path: Path) -> None:
+        assert self.unreshaped_out_indices is not None
+        selection = list(self.unreshaped_out_indices)
+        variant = next(iter(self.variants))
+        reference = self.reference_model(
+            self.reference_backbone_class, variant, reshape_hidden_states=False, out_indices=selection
+        )
+        reference.save_pretrained(tmp_path)
+        model = AutoBackbone.from_pretrained(tmp_path)
+        assert model.config.to_dict()["reshape_hidden_states"] is False
+        for size in self.input_sizes:
+            pixels = self.pixels(size)
+            with torch.no_grad():
+                ours, theirs = model(pixels).feature_maps, reference(pixels).feature_maps
+            assert [tuple(fmap.shape) for fmap in ours] == [self.unreshaped_map_shape(size)] * len(selection)
+            assert_close_maps(ours, theirs, self.tolerance)
+
+    def test_training_step_matches_under_a_seed(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        directory, reference = self.reference_checkpoint(self.seeded_training_variant, tmp_path_factory)
+        model = AutoBackbone.from_pretrained(directory)
+        model.out_indices = list(range(len(model.stage_names)))
         model.train()
-        pixels = self.pixels()
+        pixels = self.pixels(self.seeded_training_size)
         reference.train()
         try:
-            for network in (model, reference):
-                network.zero_grad()
-                feature_map_loss(network(pixels).feature_maps).backward()
+            with torch.no_grad():
+                torch.manual_seed(3)
+                ours = model(pixels).feature_maps
+                torch.manual_seed(3)
+                theirs = reference(pixels).feature_maps
+                torch.manual_seed(4)
+                other_draw = model(pixels).feature_maps
         finally:
             reference.eval()
-        theirs = {name: parameter.grad for name, parameter in reference.named_parameters()}
-        for name, parameter in model.named_parameters():
-            their_name = self.reference_name(name)
-            assert their_name in theirs, f"{name} ({their_name}) is not one of transformers' weights"
-            grad, their_grad = parameter.grad, theirs.pop(their_name)
-            assert grad is not None and their_grad is not None, f"{name}: no gradient"
-            assert_parity([grad], [their_grad], self.tolerance)
-        for name, their_grad in theirs.items():
-            # Only a weight our backbone does not load (such as a final norm of the pooled path) is left.
-            assert name in report.unused_keys, f"{name} is one of transformers' weights but not one of ours"
-            assert their_grad is None, f"{name} is trained by transformers but is not one of our weights"
+        assert_parity(ours, theirs, self.tolerance)
+        # Stage 0 (the embeddings) draws nothing; the last stage's output moves with the draw.
+        assert torch.equal(other_draw[0], ours[0])
+        assert (other_draw[-1] - ours[-1]).abs().max().item() > self.seeded_training_change
+
+    def reference_gradient(self, gradients: dict[str, Tensor | None], our_name: str) -> Tensor:
+        """Remove and return from ``gradients`` (transformers' by in-memory name) the gradient of our
+        parameter ``our_name``: its weight's, or the concatenation of the split weights ``fused_keys`` names."""
+        their_name = self.reference_name(our_name)
+        fused = next((part for part in self.fused_keys if part in their_name), None)
+        names = (
+            [their_name] if fused is None else [their_name.replace(fused, split) for split in self.fused_keys[fused]]
+        )
+        for name in names:
+            assert name in gradients, f"{our_name} ({name}) is not one of transformers' weights"
+        parts = [gradients.pop(name) for name in names]
+        assert all(part is not None for part in parts), f"{our_name}: transformers' weight has no gradient"
+        return torch.cat([part for part in parts if part is not None])
+
+    def test_training_gradients_match(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        for variant in self.gradient_variants or list(self.variants)[:1]:
+            directory, reference = self.reference_checkpoint(variant, tmp_path_factory)
+            model, report = AutoBackbone.from_pretrained(directory, output_loading_info=True)
+            model.train()
+            pixels = self.pixels()
+            reference.train()
+            try:
+                for network in (model, reference):
+                    network.zero_grad()
+                    feature_map_loss(network(pixels).feature_maps).backward()
+            finally:
+                reference.eval()
+            theirs = {name: parameter.grad for name, parameter in reference.named_parameters()}
+            for name, parameter in model.named_parameters():
+                their_grad = self.reference_gradient(theirs, name)
+                assert parameter.grad is not None, f"{name}: no gradient"
+                assert_parity([parameter.grad], [their_grad], self.tolerance)
+            # Only a weight our backbone does not load (such as a final norm of the pooled path) is left, or one
+            # declared in ungraded_reference_keys; transformers trains none of them.
+            unloaded = sorted(name for name in theirs if name not in report.unused_keys)
+            assert unloaded == sorted(self.ungraded_reference_keys), f"transformers' weights not ours: {unloaded}"
+            for name, their_grad in theirs.items():
+                assert their_grad is None, f"{name} is trained by transformers but is not one of our weights"
 
 
 class RecordedParity:
@@ -534,11 +655,7 @@ class RecordedParity:
             "test_task_checkpoint_matches_recording": bool(cls.task_case),
             "test_recording_loaded_our_checkpoint": bool(cls.round_trip_case),
         }
-        for name, on in wanted.items():
-            if not on:
-                setattr(cls, name, None)
-            elif getattr(cls, name) is None:
-                setattr(cls, name, getattr(RecordedParity, name))
+        declare_checks(cls, RecordedParity, wanted)
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         """Parametrise the selections of the backbone check."""

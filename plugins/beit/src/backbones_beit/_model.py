@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import Backbone
 from backbones.activations import make_activation as build_activation
 from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path, drop_path_rates
+from backbones_dinov2.blocks import PlainViTBackbone
 
 from ._config import BeitConfig
 
@@ -315,7 +315,7 @@ def _level_stride(patch: int, level: int) -> int:
     return int(stride) if stride.denominator == 1 else cast(int, float(stride))
 
 
-class BeitBackbone(Backbone):
+class BeitBackbone(PlainViTBackbone):
     """BEiT feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the embeddings, positions added) and ``stage1..stageN`` (the output of each
@@ -348,9 +348,8 @@ class BeitBackbone(Backbone):
         # No beit.layernorm nor beit.pooler: only transformers' pooling and heads use them.
         self.beit = _named(embeddings=_Embeddings(config), encoder=encoder)
         patch = config.patch_size
-        self.num_features = [config.hidden_size] * len(config.stage_names)
-        self.reductions = [patch] * len(config.stage_names)
-        self.num_prefix_tokens = 1  # the class token
+        # One prefix token: the class token.
+        self._set_plain_stages(config, num_prefix_tokens=1, reshape_maps=config.reshape_hidden_states)
         # Stage position -> attribute name of its pyramid level; fixed for the model's lifetime.
         self._pyramid: dict[int, str] = {}
         for level, position in enumerate(config.fpn_positions):
@@ -386,45 +385,29 @@ class BeitBackbone(Backbone):
         """One patch; two with the feature pyramid, whose coarsest level halves the patch grid."""
         return self.config.patch_size * (2 if self.config.add_fpn else 1)
 
-    def _forward_features(
-        self,
-        pixel_values: Tensor,
-        *,
-        last_stage: int,
-        output_hidden_states: bool,
-        output_attentions: bool,
-        output_prefix_tokens: bool = False,
-    ) -> tuple[Any, ...]:
+    @property
+    def token_layers(self) -> nn.ModuleList:
+        return cast(nn.ModuleList, self.beit.encoder.layer)
+
+    def _embed(self, pixel_values: Tensor) -> tuple[Tensor, int, int]:
         check_pixel_channels(pixel_values, self.config.num_channels, "BEiT")
         patch = self.config.patch_size
-        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-        encoder = self.beit.encoder
-        layers = encoder.layer
-        shared = encoder.relative_position_bias
-        shared_bias = shared(*grid) if shared is not None and last_stage > 0 else None
-        reshape = self.config.reshape_hidden_states
-        wanted = set(self.out_positions)
-        maps: list[Tensor | None] = [None] * len(self.stage_names)
-        prefixes: list[Tensor | None] = [None] * len(self.stage_names)
-        hidden_states: list[Tensor] = []
-        attentions: list[Tensor] = []
-        tokens = self.beit.embeddings(pixel_values)
-        for position in range(last_stage + 1):
-            if position:
-                tokens, weights = layers[position - 1](tokens, shared_bias, grid, output_attentions)
-                if weights is not None:
-                    attentions.append(weights)
-            if output_hidden_states:
-                hidden_states.append(tokens)
-            if position in wanted:
-                maps[position] = self._stage_map(tokens, position, grid) if reshape else tokens
-                prefixes[position] = tokens[:, : self.num_prefix_tokens]
-        outputs = (
-            maps,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
-        )
-        return (*outputs, prefixes) if output_prefix_tokens else outputs
+        height, width = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
+        return self.beit.embeddings(pixel_values), height, width
+
+    def _layer_inputs(self, tokens: Tensor, height: int, width: int) -> tuple[Any, ...]:
+        """Every layer takes the shared relative-position bias (``None`` without one) and the patch grid."""
+        shared = self.beit.encoder.relative_position_bias
+        return (None if shared is None else shared(height, width), (height, width))
+
+    def _stem_modules(self) -> list[nn.Module]:
+        return [self.beit.embeddings]
+
+    def _feature_map(self, tokens: Tensor, position: int, height: int, width: int, with_prefix: bool) -> Any:
+        """The stage's map (the whole sequence without ``reshape_hidden_states``); ``with_prefix``: and its
+        class token, as the stage's tokens hold it."""
+        fmap = self._stage_map(tokens, position, (height, width)) if self.reshape_maps else tokens
+        return (fmap, tokens[:, : self.num_prefix_tokens]) if with_prefix else fmap
 
     def _stage_map(self, tokens: Tensor, position: int, grid: tuple[int, int]) -> Tensor:
         fmap = tokens[:, 1:].unflatten(1, grid).permute(0, 3, 1, 2)
@@ -443,16 +426,14 @@ class BeitBackbone(Backbone):
         bias). The shared relative-position bias feeds every layer; it belongs to ``stage1``, the first that
         reads it, so freezing ``stage1`` keeps that stage's output fixed. The pyramid levels only form
         feature maps: they belong to no stage and stay trainable."""
-        encoder = self.beit.encoder
-        if position == 0:
-            return [self.beit.embeddings]
-        modules: list[nn.Module] = [encoder.layer[position - 1]]
-        if position == 1 and encoder.relative_position_bias is not None:
-            modules.append(encoder.relative_position_bias)
+        modules = super()._stage_modules(position)
+        shared = self.beit.encoder.relative_position_bias
+        if position == 1 and shared is not None:
+            modules.append(shared)
         return modules
 
     def _prune_stages(self, last_stage: int) -> None:
-        del self.beit.encoder.layer[last_stage:]
+        super()._prune_stages(last_stage)
         for position, name in list(self._pyramid.items()):
             if position > last_stage:
                 delattr(self, name)

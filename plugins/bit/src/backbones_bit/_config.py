@@ -13,6 +13,7 @@ from backbones.validation import (
     ActivationName,
     OutputStride,
     PositivePerStage,
+    check_choice,
     check_hidden_sizes_per_stage,
     numbered_stage_names,
 )
@@ -105,12 +106,9 @@ class BitConfig(BackboneConfig):
     @field_validator("layer_type")
     @classmethod
     def _known_layer_type(cls, value: str) -> str:
-        if value not in LAYER_TYPES:
-            raise ValueError(
-                f"layer_type {value!r} is not supported; set layer_type to one of {list(LAYER_TYPES)} "
-                "('preactivation' for BiT, 'bottleneck' for ViT-hybrid stems)"
-            )
-        return value
+        return check_choice(
+            "layer_type", value, LAYER_TYPES, "'preactivation' for BiT, 'bottleneck' for ViT-hybrid stems"
+        )
 
     @field_validator("global_padding")
     @classmethod

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path_rates, run_stem_and_stages
+from backbones.layers import CheckpointableLayer, StemAndStages, drop_path_rates
 
 from ._config import BitConfig, StagePlan
 
@@ -336,7 +336,7 @@ class _Trunk(nn.Module):
         self.encoder = _Encoder(config)
 
 
-class BitBackbone(Backbone):
+class BitBackbone(StemAndStages, Backbone):
     """BiT feature extractor with transformers-compatible state-dict keys.
 
     Stage 0 (``"stem"``) is the max-pooled stem output; stage ``i`` is the output of stage ``i``, with no
@@ -360,6 +360,7 @@ class BitBackbone(Backbone):
     base_model_prefix = "bit"
     has_attentions = False
     reference_class_name = "BitBackbone"
+    input_model_name = "BiT"
 
     def __init__(self, config: BitConfig) -> None:
         super().__init__(config)
@@ -378,23 +379,5 @@ class BitBackbone(Backbone):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        check_pixel_channels(pixel_values, self.config.num_channels, "BiT")
-        return run_stem_and_stages(
-            self.bit.embedder,
-            self.bit.encoder.stages,
-            pixel_values,
-            last_stage=last_stage,
-            num_stages=len(self.stage_names),
-            output_hidden_states=output_hidden_states,
-        )
-
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """The stem (``bit.embedder``) for position 0, else stage ``position`` (``bit.encoder.stages[position - 1]``)."""
-        return [self.bit.embedder] if position == 0 else [self.bit.encoder.stages[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        # Stage i >= 1 lives at bit.encoder.stages[i - 1]; the stem is always kept.
-        del self.bit.encoder.stages[last_stage:]
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        return self.bit.embedder, self.bit.encoder.stages

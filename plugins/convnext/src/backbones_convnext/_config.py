@@ -65,6 +65,8 @@ class ConvNextFamilyConfig(BackboneConfig):
     image_size: int | list[int] = 224
     output_stride: OutputStride = 32
 
+    derived_config_keys: ClassVar[tuple[str, ...]] = ("num_stages",)  # transformers reads it back to size its encoder
+
     def __init__(self, /, **data: Any) -> None:
         num_stages = data.pop("num_stages", None)
         super().__init__(**data)
@@ -95,11 +97,6 @@ class ConvNextFamilyConfig(BackboneConfig):
     def num_stages(self) -> int:
         """Number of stages after the stem (transformers' ``num_stages``), ``len(depths)``."""
         return len(self.depths)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        data["num_stages"] = self.num_stages  # transformers reads it back to size its encoder
-        return data
 
 
 class ConvNextConfig(ConvNextFamilyConfig):

@@ -22,7 +22,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import check_pixel_channels, drop_path_rates, init_linear_and_norm_, reselect_output_modules
+from backbones.layers import StemAndStages, drop_path_rates, init_linear_and_norm_, reselect_output_modules
 
 from ._config import ConvNextConfig, ConvNextFamilyConfig
 from .blocks import NORM_EPS, ChannelsFirstLayerNorm, ConvNextBlock, ConvNextEmbeddings, ConvNextEncoder, ConvNextStage
@@ -30,7 +30,7 @@ from .blocks import NORM_EPS, ChannelsFirstLayerNorm, ConvNextBlock, ConvNextEmb
 __all__ = ["ConvNextBackbone"]
 
 
-class ConvNextBackbone(Backbone):
+class ConvNextBackbone(StemAndStages, Backbone):
     """ConvNeXt feature extractor with transformers-compatible state-dict keys.
 
     Stage 0 (``"stem"``) is the normalised patch embedding; stage ``i`` is the output of stage ``i``
@@ -123,7 +123,7 @@ class ConvNextBackbone(Backbone):
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        check_pixel_channels(pixel_values, self.config.num_channels, "model")
+        self._check_input_channels(pixel_values)
         names = self.stage_names
         wanted = set(self.out_positions)
         norms = self.hidden_states_norms
@@ -140,12 +140,5 @@ class ConvNextBackbone(Backbone):
                 maps[position] = norms[names[position]](x)
         return maps, tuple(states) if output_hidden_states else None, None
 
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """The patch embedding and its norm (``embeddings``) for position 0, else stage ``position``
-        (``encoder.stages[position - 1]``: its downsampling layer and blocks). The output norms
-        (``hidden_states_norms``) belong to no stage: they stay trainable."""
-        return [self.embeddings] if position == 0 else [self.encoder.stages[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        # Stage i >= 1 lives at encoder.stages[i - 1]; the stem is always kept.
-        del self.encoder.stages[last_stage:]
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        return self.embeddings, self.encoder.stages

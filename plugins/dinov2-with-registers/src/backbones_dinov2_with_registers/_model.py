@@ -15,14 +15,18 @@ is the token sequence after the final layer norm, without the class and register
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from backbones import Backbone
-from backbones.layers import init_linear_and_norm_, run_token_layers
-from backbones_dinov2.blocks import Dinov2Embeddings, Dinov2Layer, LayerScale, tokens_to_map
+from backbones_dinov2.blocks import (
+    Dinov2Embeddings,
+    Dinov2Encoder,
+    Dinov2Layer,
+    PlainViTBackbone,
+    init_dinov2_weights_,
+)
 
 from ._config import Dinov2WithRegistersConfig
 
@@ -54,15 +58,7 @@ class _RegisterEmbeddings(Dinov2Embeddings):
         return prefix.expand(batch, -1, -1)
 
 
-class _Encoder(nn.Module):
-    """Groups the layers under the checkpoint's key path (``encoder.layer.N``)."""
-
-    def __init__(self, layers: list[Dinov2Layer]) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList(layers)
-
-
-class Dinov2WithRegistersBackbone(Backbone):
+class Dinov2WithRegistersBackbone(PlainViTBackbone):
     """DINOv2-with-registers feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the embeddings) and ``stage1..stageN`` (the transformer layers), all of stride
@@ -85,69 +81,18 @@ class Dinov2WithRegistersBackbone(Backbone):
     def __init__(self, config: Dinov2WithRegistersConfig) -> None:
         super().__init__(config)
         self.embeddings = _RegisterEmbeddings(config)
-        self.encoder = _Encoder([Dinov2Layer.from_config(config) for _ in range(config.num_hidden_layers)])
+        self.encoder = Dinov2Encoder(Dinov2Layer.from_config(config) for _ in range(config.num_hidden_layers))
         # Only built when the feature maps use it, so that no parameter goes unused.
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.apply_layernorm else None
-        self.num_prefix_tokens = config.num_prefix_tokens  # the class token, then the registers
-        stages = config.num_hidden_layers + 1
-        self.num_features = [config.hidden_size] * stages
-        self.reductions = [config.patch_size] * stages
+        # The prefix: the class token, then the registers.
+        self._set_plain_stages(
+            config, num_prefix_tokens=config.num_prefix_tokens, reshape_maps=config.reshape_hidden_states
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module``'s own parameters as transformers' ``Dinov2WithRegistersPreTrainedModel`` does
         (registers start at zero)."""
-        std = self.config.initializer_range
-        if init_linear_and_norm_(module, std, truncated=True):
-            return
+        init_dinov2_weights_(module, self.config.initializer_range, self.config.layerscale_value)
         if isinstance(module, _RegisterEmbeddings):
-            nn.init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
-            nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             nn.init.zeros_(module.register_tokens)
-        elif isinstance(module, LayerScale):
-            nn.init.constant_(module.lambda1, self.config.layerscale_value)
-
-    def _feature_map(self, tokens: Tensor, height: int, width: int, with_prefix: bool = False) -> Any:
-        """The stage's feature map; ``with_prefix``: and its prefix tokens, both through the final layer norm."""
-        if self.layernorm is not None:
-            tokens = self.layernorm(tokens)
-        return tokens_to_map(
-            tokens,
-            self.num_prefix_tokens,
-            height,
-            width,
-            reshape=self.config.reshape_hidden_states,
-            with_prefix=with_prefix,
-        )
-
-    def _forward_features(
-        self,
-        pixel_values: Tensor,
-        *,
-        last_stage: int,
-        output_hidden_states: bool,
-        output_attentions: bool,
-        output_prefix_tokens: bool = False,
-    ) -> tuple[Any, ...]:
-        tokens, height, width = self.embeddings(pixel_values)
-        return run_token_layers(
-            tokens,
-            self.encoder.layer,
-            last_stage=last_stage,
-            out_positions=set(self.out_positions),
-            num_stages=len(self.stage_names),
-            feature_map=lambda stage_tokens, _: self._feature_map(stage_tokens, height, width, output_prefix_tokens),
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            output_prefix_tokens=output_prefix_tokens,
-        )
-
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """Stage 0 is the embeddings, stage ``p`` the transformer layer ``p - 1``; the final layer norm only
-        forms feature maps, so it belongs to no stage (and stays trainable)."""
-        if position == 0:
-            return [self.embeddings]
-        return [self.encoder.layer[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.encoder.layer[last_stage:]

@@ -11,6 +11,7 @@ from backbones.activations import ACTIVATIONS
 from backbones.validation import (
     ActivationName,
     check_heads_divide,
+    check_image_holds_patches,
     check_positive_mlp_ratio,
     image_pair,
     numbered_stage_names,
@@ -81,18 +82,7 @@ class Dinov2Config(BackboneConfig):
     def _check_shapes(self) -> Dinov2Config:
         check_positive_mlp_ratio(self.mlp_ratio, self.hidden_size)
         check_heads_divide(self.hidden_size, self.num_attention_heads)
-        height, width = image_pair(self.image_size)
-        patch = self.patch_size
-        if height < patch or width < patch:
-            raise ValueError(
-                f"image_size {self.image_size} is smaller than patch_size {patch}; the position embeddings need "
-                "one patch at least, so set image_size >= patch_size"
-            )
-        if height // patch != width // patch:
-            raise ValueError(
-                f"image_size {self.image_size} gives a {height // patch}x{width // patch} grid of patches, but "
-                "DINOv2's position embeddings are a square grid; use a square image_size (e.g. 224 or 518)"
-            )
+        check_image_holds_patches("image_size", self.image_size, self.patch_size, square_grid=True)
         return self
 
     @property

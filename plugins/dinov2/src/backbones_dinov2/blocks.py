@@ -22,14 +22,23 @@ antialiasing), :meth:`Dinov2Embeddings._patch_positions` (how the position table
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path
+from backbones.layers import (
+    CheckpointableLayer,
+    attend,
+    check_pixel_channels,
+    drop_path,
+    init_linear_and_norm_,
+    run_token_layers,
+)
 
 if TYPE_CHECKING:
     from ._config import Dinov2Config
@@ -37,13 +46,18 @@ if TYPE_CHECKING:
 __all__ = [
     "Dinov2Attention",
     "Dinov2Embeddings",
+    "Dinov2Encoder",
     "Dinov2Layer",
     "Dinov2PatchEmbeddings",
     "Dinov2SelfAttention",
     "LayerScale",
     "Mlp",
+    "PlainViTBackbone",
+    "PlainViTShape",
     "SwiGLUFeedForward",
+    "init_dinov2_weights_",
     "resample_position_table",
+    "swiglu_hidden_features",
     "tokens_to_map",
 ]
 
@@ -148,14 +162,9 @@ class Dinov2SelfAttention(nn.Module):
         batch, length, width = tokens.shape
         heads = (batch, length, self.num_heads, width // self.num_heads)
         query, key, value = (proj(tokens).view(heads).transpose(1, 2) for proj in (self.query, self.key, self.value))
-        dropout = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights:
-            scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
-            weights = F.dropout(scores.softmax(dim=-1), dropout, self.training)
-            context = torch.matmul(weights, value)
-        else:
-            context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        context, weights = attend(
+            query, key, value, dropout=self.dropout, training=self.training, need_weights=need_weights
+        )
         return context.transpose(1, 2).reshape(batch, length, width), weights
 
 
@@ -243,8 +252,7 @@ class SwiGLUFeedForward(nn.Module):
 
     def __init__(self, hidden_size: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
-        hidden = int(hidden_size * mlp_ratio)
-        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+        hidden = swiglu_hidden_features(hidden_size, mlp_ratio)
         self.weights_in = nn.Linear(hidden_size, 2 * hidden)
         self.weights_out = nn.Linear(hidden, hidden_size)
 
@@ -373,3 +381,179 @@ def resample_position_table(
     square = table.reshape(1, grid, grid, channels).permute(0, 3, 1, 2)
     resized = F.interpolate(square.float(), size=(height, width), mode=mode, align_corners=False, antialias=antialias)
     return resized.to(table.dtype).permute(0, 2, 3, 1).reshape(1, height * width, channels)
+
+
+def swiglu_hidden_features(hidden_size: int, mlp_ratio: float) -> int:
+    """Hidden width of DINOv2's SwiGLU network: two thirds of the MLP it replaces, rounded up to a multiple of 8.
+
+    Args:
+        hidden_size: Channels in and out.
+        mlp_ratio: Width of the replaced MLP relative to ``hidden_size``.
+
+    Returns:
+        ``ceil8(int(int(hidden_size * mlp_ratio) * 2 / 3))``, as DINOv2, transformers and the models built on
+        them (RF-DETR, TIPSv2) size it.
+    """
+    return (int(int(hidden_size * mlp_ratio) * 2 / 3) + 7) // 8 * 8
+
+
+def init_dinov2_weights_(module: nn.Module, std: float, layerscale_value: float) -> bool:
+    """Initialise ``module``'s own parameters as transformers' DINOv2 models do, if it is a kind they initialise.
+
+    Linear and convolution weights from the truncated normal distribution, layer norms to 1 and 0 (see
+    :func:`backbones.layers.init_linear_and_norm_`); a :class:`Dinov2Embeddings` (or subclass) gets its position
+    table and class token from the truncated normal distribution; a :class:`LayerScale` is set to
+    ``layerscale_value``. Meant for a backbone's ``_init_weights``, before its own cases.
+
+    Args:
+        module: The module (its children are not visited).
+        std: Standard deviation of the weights (a config's ``initializer_range``).
+        layerscale_value: Initial value of the layer-scale factors.
+
+    Returns:
+        Whether ``module`` was one of those kinds (and so is initialised).
+    """
+    if init_linear_and_norm_(module, std, truncated=True):
+        return True
+    if isinstance(module, Dinov2Embeddings):
+        nn.init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+        nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+        return True
+    if isinstance(module, LayerScale):
+        nn.init.constant_(module.lambda1, layerscale_value)
+        return True
+    return False
+
+
+class Dinov2Encoder(nn.Module):
+    """The transformer layers under the checkpoint's key path ``layer.N`` (a backbone holds it as ``encoder``).
+
+    Args:
+        layers: The layers, in order.
+    """
+
+    def __init__(self, layers: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(layers)
+
+
+class PlainViTShape(Protocol):
+    """The config fields :meth:`PlainViTBackbone._set_plain_stages` reads (every plain-ViT config has them).
+
+    Attributes:
+        hidden_size: Token width: the channels of every stage.
+        patch_size: Side of the square patches: the stride of every stage.
+        num_hidden_layers: Transformer layers: the stages after the stem.
+    """
+
+    hidden_size: int
+    patch_size: int
+    num_hidden_layers: int
+
+
+class PlainViTBackbone(Backbone):
+    """Base of a plain vision transformer backbone: stage 0 is the stem's tokens, stage ``p`` the output of
+    transformer layer ``p - 1``, every stage ``hidden_size`` wide at stride ``patch_size``.
+
+    Implements the forward (:func:`backbones.layers.run_token_layers` over :attr:`token_layers`), stage freezing
+    and pruning once for DINOv2 and the plugins built on it. Tokens are ``(batch, prefix + height * width,
+    channels)``, the ``num_prefix_tokens`` class and register tokens first. A stage's feature map is its tokens
+    through :meth:`_map_norm`, then the patch tokens as a ``(batch, channels, height, width)`` view
+    (:func:`tokens_to_map`); with ``reshape_maps`` off, the token sequence. Each layer is called as
+    ``layer(tokens, *self._layer_inputs(...), need_weights)`` and returns ``(tokens, probabilities or None)``.
+
+    A subclass builds its modules, calls :meth:`_set_plain_stages` (stage widths and strides, prefix tokens,
+    ``reshape_maps``) and ``post_init()``, and overrides what
+    differs from the defaults: :meth:`_embed` (``self.embeddings(pixel_values)``), :attr:`token_layers`
+    (``self.encoder.layer``), :meth:`_map_norm` (``self.layernorm``, ``None`` for no norm),
+    :meth:`_layer_inputs` (none), :meth:`_stem_modules` (``[self.embeddings]``) or :meth:`_feature_map`.
+    """
+
+    reshape_maps: bool = True
+    """Return maps as ``(batch, channels, height, width)``; else token sequences (``reshape_hidden_states``)."""
+
+    sequence_maps_keep_prefix: ClassVar[bool] = True
+    """Without ``reshape_maps``: the map is the whole sequence (DINOv2, as transformers' ViTs), or only the
+    patch tokens when ``False`` (DINOv3, Sapiens2)."""
+
+    def _set_plain_stages(
+        self, config: PlainViTShape, *, num_prefix_tokens: int = 0, reshape_maps: bool = True
+    ) -> None:
+        """Every stage (the stem and ``num_hidden_layers`` layers) ``hidden_size`` wide at stride ``patch_size``;
+        the tokens start with ``num_prefix_tokens`` class and register tokens; ``reshape_maps`` (see there)."""
+        stages = config.num_hidden_layers + 1
+        self.num_features = [config.hidden_size] * stages
+        self.reductions = [config.patch_size] * stages
+        self.num_prefix_tokens = num_prefix_tokens
+        self.reshape_maps = reshape_maps
+
+    @property
+    def token_layers(self) -> nn.ModuleList:
+        """The transformer layers, in order (stage ``p`` is ``token_layers[p - 1]``)."""
+        encoder: Any = self.encoder
+        return cast(nn.ModuleList, encoder.layer)
+
+    def _embed(self, pixel_values: Tensor) -> tuple[Tensor, int, int]:
+        """The stem: the tokens of stage 0 and the patch grid's height and width."""
+        embeddings: Any = self.embeddings
+        return cast(tuple[Tensor, int, int], embeddings(pixel_values))
+
+    def _layer_inputs(self, tokens: Tensor, height: int, width: int) -> tuple[Any, ...]:
+        """Further inputs every layer takes after the tokens (e.g. rotary positions); none by default. Not called
+        when no layer runs."""
+        return ()
+
+    def _map_norm(self, position: int) -> nn.Module | None:
+        """The norm stage ``position``'s tokens go through before forming its map (``None``: none)."""
+        return cast("nn.Module | None", self.layernorm)
+
+    def _stem_modules(self) -> list[nn.Module]:
+        """The modules of stage 0, for :meth:`~backbones.Backbone.freeze_stages`."""
+        return [cast(nn.Module, self.embeddings)]
+
+    def _feature_map(self, tokens: Tensor, position: int, height: int, width: int, with_prefix: bool) -> Any:
+        """Stage ``position``'s map from its tokens; ``with_prefix``: and its prefix tokens, normalised alike."""
+        norm = self._map_norm(position)
+        if norm is not None:
+            tokens = norm(tokens)
+        prefix = self.num_prefix_tokens
+        if self.reshape_maps or self.sequence_maps_keep_prefix:
+            return tokens_to_map(tokens, prefix, height, width, reshape=self.reshape_maps, with_prefix=with_prefix)
+        patches = tokens[:, prefix:]
+        return (patches, tokens[:, :prefix]) if with_prefix else patches
+
+    def _forward_features(
+        self,
+        pixel_values: Tensor,
+        *,
+        last_stage: int,
+        output_hidden_states: bool,
+        output_attentions: bool,
+        output_prefix_tokens: bool = False,
+    ) -> tuple[Any, ...]:
+        tokens, height, width = self._embed(pixel_values)
+        return run_token_layers(
+            tokens,
+            self.token_layers,
+            last_stage=last_stage,
+            out_positions=set(self.out_positions),
+            num_stages=len(self.stage_names),
+            feature_map=lambda stage_tokens, position: self._feature_map(
+                stage_tokens, position, height, width, output_prefix_tokens
+            ),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            # Stage 0 runs no layer: nothing to compute for them.
+            layer_inputs=self._layer_inputs(tokens, height, width) if last_stage else (),
+            output_prefix_tokens=output_prefix_tokens,
+        )
+
+    def _stage_modules(self, position: int) -> list[nn.Module]:
+        """Stage 0 is the stem, stage ``p`` the layer ``p - 1``; the map norm only forms feature maps, so it
+        belongs to no stage (and stays trainable)."""
+        if position == 0:
+            return self._stem_modules()
+        return [self.token_layers[position - 1]]
+
+    def _prune_stages(self, last_stage: int) -> None:
+        del self.token_layers[last_stage:]

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field, model_validator
 
 from backbones import BackboneConfig
-from backbones.validation import ActivationName, check_heads_divide, numbered_stage_names, square_patch
+from backbones.validation import ActivationName, check_rotary_heads, numbered_stage_names, square_patch
 
 __all__ = ["Dinov3ViTConfig"]
 
@@ -86,14 +86,7 @@ class Dinov3ViTConfig(BackboneConfig):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> Dinov3ViTConfig:
-        check_heads_divide(self.hidden_size, self.num_attention_heads)
-        head_width = self.hidden_size // self.num_attention_heads
-        if head_width % 4:
-            raise ValueError(
-                f"hidden_size / num_attention_heads = {self.hidden_size} / {self.num_attention_heads} = {head_width} "
-                "must be a multiple of 4: the rotary embedding gives each head a sine-cosine pair per axis; "
-                "choose a head count that leaves heads a multiple of 4 wide"
-            )
+        check_rotary_heads(self.hidden_size, self.num_attention_heads)
         return self
 
     @property

@@ -29,16 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import (
-    CheckpointableLayer,
-    check_pixel_channels,
-    drop_path,
-    init_linear_and_norm_,
-    run_token_layers,
-)
-from backbones_dinov2.blocks import LayerScale
+from backbones.layers import CheckpointableLayer, attend, check_pixel_channels, drop_path
+from backbones_dinov2.blocks import LayerScale, PlainViTBackbone, init_dinov2_weights_
 
 from ._config import Dinov3ViTConfig
 
@@ -153,14 +146,9 @@ class _Attention(nn.Module):
         query = _rotate(self.q_proj(tokens).view(heads).transpose(1, 2), rotation)
         key = _rotate(self.k_proj(tokens).view(heads).transpose(1, 2), rotation)
         value = self.v_proj(tokens).view(heads).transpose(1, 2)
-        dropout = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights:
-            scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
-            weights = F.dropout(scores.softmax(dim=-1), dropout, self.training)
-            context = torch.matmul(weights, value)
-        else:
-            context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        context, weights = attend(
+            query, key, value, dropout=self.dropout, training=self.training, need_weights=need_weights
+        )
         return self.o_proj(context.transpose(1, 2).reshape(batch, length, width)), weights
 
 
@@ -214,7 +202,7 @@ class _Layer(CheckpointableLayer):
         return x + drop_path(branch, self.drop_path, self.training), weights
 
 
-class Dinov3ViTBackbone(Backbone):
+class Dinov3ViTBackbone(PlainViTBackbone):
     """DINOv3 ViT feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the embeddings) and ``stage1..stageN`` (the transformer layers), all of stride
@@ -227,6 +215,7 @@ class Dinov3ViTBackbone(Backbone):
     """
 
     config_class = Dinov3ViTConfig
+    sequence_maps_keep_prefix = False
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
     config: Dinov3ViTConfig
     has_attentions = True
@@ -240,65 +229,27 @@ class Dinov3ViTBackbone(Backbone):
         self.rope_embeddings = _RotaryPositions(config)
         self.layer = nn.ModuleList(_Layer(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.num_prefix = self.num_prefix_tokens = config.num_prefix_tokens  # the class token, then the registers
-        stages = config.num_hidden_layers + 1
-        self.num_features = [config.hidden_size] * stages
-        self.reductions = [config.patch_size] * stages
+        # The prefix: the class token, then the registers.
+        self._set_plain_stages(
+            config, num_prefix_tokens=config.num_prefix_tokens, reshape_maps=config.reshape_hidden_states
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module``'s own parameters as transformers' ``DINOv3ViTPreTrainedModel`` does."""
         std = self.config.initializer_range
-        if init_linear_and_norm_(module, std, truncated=True):
-            return
-        if isinstance(module, _Embeddings):
+        if not init_dinov2_weights_(module, std, self.config.layerscale_value) and isinstance(module, _Embeddings):
             nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             nn.init.trunc_normal_(module.register_tokens, mean=0.0, std=std)
-        elif isinstance(module, LayerScale):
-            nn.init.constant_(module.lambda1, self.config.layerscale_value)
 
-    def _feature_map(self, tokens: Tensor, position: int, height: int, width: int, with_prefix: bool = False) -> Any:
-        """The stage's feature map; ``with_prefix``: and its class and register tokens, normalised alike."""
-        if self.config.apply_layernorm or position == self.config.num_hidden_layers:
-            tokens = self.norm(tokens)
-        fmap = tokens[:, self.num_prefix :]
-        if self.config.reshape_hidden_states:
-            # Splitting the token axis of the prefix-free slice is a view: no copy.
-            fmap = fmap.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
-        return (fmap, tokens[:, : self.num_prefix]) if with_prefix else fmap
+    @property
+    def token_layers(self) -> nn.ModuleList:
+        return self.layer
 
-    def _forward_features(
-        self,
-        pixel_values: Tensor,
-        *,
-        last_stage: int,
-        output_hidden_states: bool,
-        output_attentions: bool,
-        output_prefix_tokens: bool = False,
-    ) -> tuple[Any, ...]:
-        tokens, height, width = self.embeddings(pixel_values)
-        rotation = self.rope_embeddings(height, width, tokens.device, tokens.dtype)
-        return run_token_layers(
-            tokens,
-            self.layer,
-            last_stage=last_stage,
-            out_positions=set(self.out_positions),
-            num_stages=len(self.stage_names),
-            feature_map=lambda stage_tokens, position: self._feature_map(
-                stage_tokens, position, height, width, output_prefix_tokens
-            ),
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            layer_inputs=(rotation,),
-            output_prefix_tokens=output_prefix_tokens,
-        )
+    def _layer_inputs(self, tokens: Tensor, height: int, width: int) -> tuple[Any, ...]:
+        """Every layer takes the rotary positions of the patch grid."""
+        return (self.rope_embeddings(height, width, tokens.device, tokens.dtype),)
 
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """Stage 0 is the embeddings, stage ``p`` the transformer layer ``p - 1``; the final norm only
-        forms feature maps, so it belongs to no stage (and stays trainable)."""
-        if position == 0:
-            return [self.embeddings]
-        return [self.layer[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.layer[last_stage:]
+    def _map_norm(self, position: int) -> nn.Module | None:
+        """The final norm: always for the last stage, for the others if ``apply_layernorm``."""
+        return self.norm if self.config.apply_layernorm or position == self.config.num_hidden_layers else None

@@ -84,6 +84,9 @@ class FocalNetConfig(BackboneConfig):
     layer_norm_eps: float = Field(default=1e-5, gt=0)
     encoder_stride: int = 32
 
+    # Written so that transformers' FocalNetBackbone, which reports channels from it, reports the real ones.
+    derived_config_keys: ClassVar[tuple[str, ...]] = ("hidden_sizes",)
+
     def __init__(self, /, **data: Any) -> None:
         data.pop("hidden_sizes", None)  # derived; see the class docstring
         super().__init__(**data)
@@ -143,9 +146,3 @@ class FocalNetConfig(BackboneConfig):
         """Channels of ``stage1..stageN`` (transformers' ``hidden_sizes``), derived from ``embed_dim``."""
         widths = self.stage_widths
         return widths[1:] + widths[-1:]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        # Written so that transformers' FocalNetBackbone, which reports channels from it, reports the real ones.
-        data["hidden_sizes"] = self.hidden_sizes
-        return data

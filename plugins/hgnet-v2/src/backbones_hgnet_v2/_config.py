@@ -16,6 +16,7 @@ from backbones.validation import (
     DilatedStage,
     OutputStride,
     PositiveInts,
+    check_stem_channels,
     dilate_stages,
     numbered_stage_names,
 )
@@ -178,15 +179,7 @@ class HGNetV2Config(BackboneConfig):
                 f"depths has {len(self.depths)} entries but there are {stages} stages (len(stage_in_channels)); "
                 "transformers names the stages after depths, so give depths one entry per stage"
             )
-        if len(self.stem_channels) != 3 or any(item < 1 for item in self.stem_channels):
-            raise ValueError(
-                f"stem_channels must be [input, middle, output] (three positive ints), got {self.stem_channels}"
-            )
-        if self.stem_channels[0] != self.num_channels:
-            raise ValueError(
-                f"stem_channels[0]={self.stem_channels[0]} must equal num_channels={self.num_channels} "
-                "(the stem's first convolution reads the image)"
-            )
+        check_stem_channels(self.stem_channels, self.num_channels)
         if self.stem_channels[1] < 2:
             raise ValueError(
                 f"stem_channels[1]={self.stem_channels[1]} must be at least 2 (the split branch has half as many)"

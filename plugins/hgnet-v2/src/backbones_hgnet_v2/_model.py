@@ -15,36 +15,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, check_pixel_channels, run_stem_and_stages
-from backbones.reparam import fuse_conv_bn
+from backbones.layers import (
+    CheckpointableLayer,
+    ConvNormActivation,
+    LearnableAffine,
+    StemAndStages,
+    init_conv_and_batch_norm_,
+)
 
 from ._config import HGNetV2Config
 
 __all__ = ["HGNetV2Backbone"]
 
 
-class _LearnableAffine(nn.Module):
-    """``scale * x + bias`` with one learnable scalar each (keys ``scale``, ``bias``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(1))
-        self.bias = nn.Parameter(torch.zeros(1))
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        return torch.addcmul(self.bias, hidden, self.scale)
-
-
-class _ConvNorm(nn.Module):
+class _ConvNorm(ConvNormActivation):
     """Convolution (no bias), BatchNorm, then optionally an activation and a learnable affine.
 
     The affine (``lab``) exists only after an activation, as in transformers; without one the module
     has no ``lab`` keys. :meth:`reparameterize` folds the BatchNorm into the convolution; the affine
     follows the activation, so it stays.
     """
-
-    normalization: nn.Module | None
 
     def __init__(
         self,
@@ -57,38 +47,18 @@ class _ConvNorm(nn.Module):
         affine: bool = False,
         dilation: int = 1,
     ) -> None:
-        super().__init__()
-        self.convolution = nn.Conv2d(
+        # The activation reads the fresh BatchNorm output only, so ReLU may overwrite it.
+        super().__init__(
             in_channels,
             out_channels,
             kernel_size,
-            stride=stride,
+            stride,
             padding=dilation * (kernel_size - 1) // 2,
             dilation=dilation,
             groups=groups,
-            bias=False,
+            activation=activation,
+            affine=affine,
         )
-        self.normalization = nn.BatchNorm2d(out_channels)
-        # The activation reads the fresh BatchNorm output only, so ReLU may overwrite it.
-        self.activation = make_activation(activation, inplace=True) if activation is not None else None
-        self.lab = _LearnableAffine() if activation is not None and affine else None
-
-    def reparameterize(self) -> None:
-        """Fold the BatchNorm (or its frozen form) into the convolution, which gains a bias; in place."""
-        if self.normalization is None:
-            return
-        self.convolution = fuse_conv_bn(self.convolution, self.normalization)  # type: ignore[arg-type]
-        self.normalization = None
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        hidden = self.convolution(hidden)
-        if self.normalization is not None:
-            hidden = self.normalization(hidden)
-        if self.activation is not None:
-            hidden = self.activation(hidden)
-        if self.lab is not None:
-            hidden = self.lab(hidden)
-        return hidden
 
 
 class _LightConv(nn.Module):
@@ -244,7 +214,7 @@ class _Encoder(nn.Module):
         self.stages = nn.ModuleList(_Stage(config, index) for index in range(config.num_stages))
 
 
-class HGNetV2Backbone(Backbone):
+class HGNetV2Backbone(StemAndStages, Backbone):
     """HGNetV2 feature extractor with transformers-compatible state-dict keys.
 
     Stage 0 (``"stem"``) is the stem's output; stage ``i`` is the output of HG stage ``i``. A forward
@@ -267,6 +237,7 @@ class HGNetV2Backbone(Backbone):
     base_model_prefix = ""
     has_attentions = False
     reference_class_name = "HGNetV2Backbone"
+    input_model_name = "HGNetV2"
     config: HGNetV2Config
 
     def __init__(self, config: HGNetV2Config) -> None:
@@ -282,33 +253,11 @@ class HGNetV2Backbone(Backbone):
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module`` as transformers' HGNetV2PreTrainedModel does."""
-        if isinstance(module, nn.Conv2d):
-            nn.init.normal_(module.weight, std=self.config.initializer_range)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-            module.reset_running_stats()
-        elif isinstance(module, _LearnableAffine):
+        if init_conv_and_batch_norm_(module, self.config.initializer_range):
+            return
+        if isinstance(module, LearnableAffine):
             nn.init.ones_(module.scale)
             nn.init.zeros_(module.bias)
 
-    def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        check_pixel_channels(pixel_values, self.config.num_channels, "HGNetV2")
-        return run_stem_and_stages(
-            self.embedder,
-            self.encoder.stages,
-            pixel_values,
-            last_stage=last_stage,
-            num_stages=len(self.stage_names),
-            output_hidden_states=output_hidden_states,
-        )
-
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """The stem (``embedder``) for position 0, else HG stage ``position`` (``encoder.stages[position - 1]``)."""
-        return [self.embedder] if position == 0 else [self.encoder.stages[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        # Stage i >= 1 lives at encoder.stages[i - 1]; the stem is always kept.
-        del self.encoder.stages[last_stage:]
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        return self.embedder, self.encoder.stages

@@ -107,6 +107,9 @@ class HieraConfig(BackboneConfig):
     normalize_pixel_loss: bool | None = True
     mask_ratio: float = Field(default=0.6, ge=0, le=1)
 
+    # Written to config.json as transformers writes it, so tools that read the file directly find it.
+    derived_config_keys: ClassVar[tuple[str, ...]] = _DERIVED_FIELDS
+
     def __init__(self, /, **data: Any) -> None:
         for name in _DERIVED_FIELDS:
             data.pop(name, None)
@@ -202,9 +205,3 @@ class HieraConfig(BackboneConfig):
     def window_tokens(self) -> int:
         """Tokens of a mask unit at the first stage."""
         return math.prod(self.masked_unit_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        # Written as transformers writes it, so tools that read config.json directly find it.
-        data["hidden_size"] = self.hidden_size
-        return data

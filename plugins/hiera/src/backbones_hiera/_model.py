@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from backbones import Backbone, InputError
 from backbones.layers import (
     CheckpointableLayer,
-    check_pixel_channels,
+    StemAndStages,
     drop_path,
     drop_path_rates,
     reselect_output_modules,
@@ -248,7 +248,7 @@ class HieraEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
 
 
-class HieraBackbone(Backbone):
+class HieraBackbone(StemAndStages, Backbone):
     """Hiera feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the patch embeddings with positions) and ``stage1..stageK``; each selected stage's
@@ -268,6 +268,7 @@ class HieraBackbone(Backbone):
     base_model_prefix = "hiera"  # trunk prefix in HieraForImageClassification / HieraForPreTraining checkpoints
     has_attentions = True
     reference_class_name = "HieraBackbone"
+    input_model_name = "Hiera"
     lora_target_modules: ClassVar[tuple[str, ...]] = ("qkv", "proj", "fc1", "fc2")
 
     config: HieraConfig
@@ -344,7 +345,7 @@ class HieraBackbone(Backbone):
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        check_pixel_channels(pixel_values, self.config.num_channels, "Hiera")
+        self._check_input_channels(pixel_values)
         self._check_size(pixel_values)
         if output_attentions:
             # transformers returns the attentions of every stage; core only runs to the deepest selected one.
@@ -400,9 +401,5 @@ class HieraBackbone(Backbone):
 
         self.hidden_states_norms = reselect_output_modules(self.hidden_states_norms, self.out_features, make)
 
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """The embeddings (0), or stage ``position``'s blocks. Output norms belong to no stage."""
-        return [self.embeddings] if position == 0 else [self.encoder.stages[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.encoder.stages[last_stage:]
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        return self.embeddings, self.encoder.stages

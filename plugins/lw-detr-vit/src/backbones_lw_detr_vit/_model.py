@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import Backbone, InputError
+from backbones import InputError
 from backbones.layers import CheckpointableLayer, check_pixel_channels, init_linear_and_norm_
+from backbones_dinov2.blocks import Dinov2Encoder, PlainViTBackbone
 from backbones_vitdet.blocks import VitDetEmbeddings, VitDetMlp
 
 from ._config import LwDetrViTConfig
@@ -125,7 +126,7 @@ class _Layer(CheckpointableLayer):
         return x + self.intermediate(self.layernorm_after(x)) * self.gamma_2, weights
 
 
-class LwDetrViTBackbone(Backbone):
+class LwDetrViTBackbone(PlainViTBackbone):
     """LW-DETR's ViT feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the embeddings) and ``stage1..stageN`` (the transformer layers), all of stride
@@ -168,21 +169,10 @@ class LwDetrViTBackbone(Backbone):
     def __init__(self, config: LwDetrViTConfig) -> None:
         super().__init__(config)
         windowed = set(config.window_block_indices)
-        self.embeddings = VitDetEmbeddings(
-            config.num_channels,
-            config.hidden_size,
-            config.patch_size,
-            config.position_grid if config.use_absolute_position_embeddings else None,
-        )
-        # Typed Any: a bare holder of `layer`, for the checkpoint's key paths; a type checker cannot see it.
-        self.encoder: Any = nn.Module()
-        self.encoder.layer = nn.ModuleList(
-            _Layer(config, index in windowed) for index in range(config.num_hidden_layers)
-        )
+        self.embeddings = VitDetEmbeddings.from_config(config)
+        self.encoder = Dinov2Encoder(_Layer(config, index in windowed) for index in range(config.num_hidden_layers))
         self.side = config.num_windows_side
-        stages = config.num_hidden_layers + 1
-        self.num_features = [config.hidden_size] * stages
-        self.reductions = [config.patch_size] * stages
+        self._set_plain_stages(config)  # no class token
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -206,39 +196,14 @@ class LwDetrViTBackbone(Backbone):
                 f"use an input whose height and width are multiples of {side * patch} pixels (pad or resize it)"
             )
 
-    def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+    def _embed(self, pixel_values: Tensor) -> tuple[Tensor, int, int]:
+        """The stem's tokens in window-major order and the patch grid's height and width."""
         check_pixel_channels(pixel_values, self.config.num_channels, "LW-DETR ViT")
-        wanted = set(self.out_positions)
-        layers = self.encoder.layer
-        maps: list[Tensor | None] = [None] * len(self.stage_names)
-        hidden_states: list[Tensor] = []
-        attentions: list[Tensor] = []
         grid = self.embeddings(pixel_values)  # (B, h, w, C)
-        batch, height, width, _ = grid.shape
+        _, height, width, _ = grid.shape
         self._check_grid(pixel_values, height, width)
-        tokens = _to_windows(grid, self.side)
-        for position in range(last_stage + 1):
-            if position:
-                tokens, weights = layers[position - 1](tokens, output_attentions)
-                if weights is not None:
-                    attentions.append(weights)
-            if position in wanted:
-                maps[position] = _from_windows(tokens, batch, self.side, height, width)
-            if output_hidden_states:
-                hidden_states.append(tokens)
-        return (
-            maps,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
-        )
+        return _to_windows(grid, self.side), height, width
 
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """Stage 0 is the embeddings, stage ``p`` the transformer layer ``p - 1``."""
-        if position == 0:
-            return [self.embeddings]
-        return [self.encoder.layer[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.encoder.layer[last_stage:]
+    def _feature_map(self, tokens: Tensor, position: int, height: int, width: int, with_prefix: bool) -> Any:
+        """The stage's window-major tokens reassembled into a ``(batch, channels, height, width)`` map."""
+        return _from_windows(tokens, tokens.shape[0] // self.side**2, self.side, height, width)

@@ -18,12 +18,11 @@ its map to whole windows (the window never shrinks, the shift never stops), as t
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from torch import Tensor, nn
 
 from backbones_swin import SwinBackbone
-from backbones_swin.blocks import SwinBlock
 
 from ._config import MaskFormerSwinConfig
 
@@ -63,21 +62,15 @@ class MaskFormerSwinBackbone(SwinBackbone):
 
     config: MaskFormerSwinConfig
 
-    def _make_block(self, stage: int, depth: int, drop_path: float) -> SwinBlock:
-        """A Swin block whose attention-output dropout is ``attention_probs_dropout_prob`` and whose
-        ``relative_position_index`` is saved (transformers saves it: files written here then load into
-        transformers' MaskFormerSwinBackbone without missing keys)."""
-        config = self.config
-        return SwinBlock(
-            config.embed_dim * 2**stage,
-            config.num_heads[stage],
-            window_size=config.window_size,
-            shift=0 if depth % 2 == 0 else config.window_size // 2,
-            drop_path=drop_path,
-            attention_output_dropout=config.attention_probs_dropout_prob,
-            save_position_index=True,
-            **self._block_options(),
-        )
+    def _block_options(self) -> dict[str, Any]:
+        """Swin's, plus an attention-output dropout of ``attention_probs_dropout_prob`` and a saved
+        ``relative_position_index`` (transformers saves it: files written here then load into transformers'
+        MaskFormerSwinBackbone without missing keys)."""
+        return {
+            **super()._block_options(),
+            "attention_output_dropout": self.config.attention_probs_dropout_prob,
+            "save_position_index": True,
+        }
 
     def _add_output_norms(self) -> None:
         """One LayerNorm per stage after the stem, selected or not, in stage order (``hidden_states_norms.<i>``)."""

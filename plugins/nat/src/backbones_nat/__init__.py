@@ -3,20 +3,6 @@
 Plugins that build on NAT use the public modules of :mod:`backbones_nat.blocks` (semver-stable API).
 """
 
-from __future__ import annotations
+from backbones.lazy import attach_stub
 
-from typing import TYPE_CHECKING
-
-from backbones.lazy import lazy_getattr
-
-__all__ = ["NatBackbone", "NatConfig", "neighborhood_attention_2d"]
-
-_EXPORTS = {"NatConfig": "._config", "NatBackbone": "._model", "neighborhood_attention_2d": ".attention"}
-
-if TYPE_CHECKING:
-    from ._config import NatConfig
-    from ._model import NatBackbone
-    from .attention import neighborhood_attention_2d
-
-
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

@@ -55,6 +55,9 @@ class NatConfig(BackboneConfig):
     layer_norm_eps: float = 1e-5
     layer_scale_init_value: float = 0.0
 
+    # Written to config.json as transformers writes them, so tools that read the file directly find them.
+    derived_config_keys: ClassVar[tuple[str, ...]] = _DERIVED_FIELDS
+
     def __init__(self, /, **data: Any) -> None:
         for name in _DERIVED_FIELDS:
             data.pop(name, None)
@@ -99,10 +102,3 @@ class NatConfig(BackboneConfig):
     def hidden_size(self) -> int:
         """Channels of the last stage (transformers' derived ``hidden_size``)."""
         return self.embed_dim * 2 ** (len(self.depths) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        # Written as transformers writes them, so tools that read config.json directly find them.
-        data["hidden_size"] = self.hidden_size
-        data["num_layers"] = self.num_layers
-        return data

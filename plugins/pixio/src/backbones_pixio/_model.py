@@ -23,16 +23,21 @@ width)`` view of it (channels-last memory).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, drop_path, init_linear_and_norm_, run_token_layers
-from backbones_dinov2.blocks import Dinov2Attention, Dinov2Embeddings, resample_position_table, tokens_to_map
+from backbones.layers import CheckpointableLayer, drop_path, init_linear_and_norm_
+from backbones_dinov2.blocks import (
+    Dinov2Attention,
+    Dinov2Embeddings,
+    Dinov2Encoder,
+    PlainViTBackbone,
+    resample_position_table,
+)
 
 from ._config import PixioConfig
 
@@ -113,14 +118,6 @@ class _PixioLayer(CheckpointableLayer):
         return x + self._residual(branch), weights
 
 
-class _Layers(nn.Module):
-    """Groups the layers under the checkpoint's key path (``encoder.layer.N``)."""
-
-    def __init__(self, layers: list[_PixioLayer]) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList(layers)
-
-
 class _Trunk(nn.Module):
     """The stem and the layers (keys ``embeddings``, ``encoder.layer.N``): transformers' ``PixioModel`` without
     its final norm."""
@@ -128,10 +125,10 @@ class _Trunk(nn.Module):
     def __init__(self, config: PixioConfig) -> None:
         super().__init__()
         self.embeddings = _PixioEmbeddings(config)
-        self.encoder = _Layers([_PixioLayer(config) for _ in range(config.num_hidden_layers)])
+        self.encoder = Dinov2Encoder(_PixioLayer(config) for _ in range(config.num_hidden_layers))
 
 
-class PixioBackbone(Backbone):
+class PixioBackbone(PlainViTBackbone):
     """Pixio feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the embeddings) and ``stage1..stageN`` (the transformer layers), all of stride
@@ -161,10 +158,7 @@ class PixioBackbone(Backbone):
         self.encoder = _Trunk(config)
         # Only built when the feature maps use it, so that no parameter goes unused.
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.apply_layernorm else None
-        self.num_prefix_tokens = config.n_cls_tokens
-        stages = config.num_hidden_layers + 1
-        self.num_features = [config.hidden_size] * stages
-        self.reductions = [config.patch_size] * stages
+        self._set_plain_stages(config, num_prefix_tokens=config.n_cls_tokens, reshape_maps=config.reshape_hidden_states)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -176,47 +170,12 @@ class PixioBackbone(Backbone):
             nn.init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
 
-    def _feature_map(self, tokens: Tensor, height: int, width: int, with_prefix: bool = False) -> Any:
-        """The stage's feature map; ``with_prefix``: and its class tokens, both through the layer norm."""
-        if self.layernorm is not None:
-            tokens = self.layernorm(tokens)
-        return tokens_to_map(
-            tokens,
-            self.num_prefix_tokens,
-            height,
-            width,
-            reshape=self.config.reshape_hidden_states,
-            with_prefix=with_prefix,
-        )
+    @property
+    def token_layers(self) -> nn.ModuleList:
+        return self.encoder.encoder.layer
 
-    def _forward_features(
-        self,
-        pixel_values: Tensor,
-        *,
-        last_stage: int,
-        output_hidden_states: bool,
-        output_attentions: bool,
-        output_prefix_tokens: bool = False,
-    ) -> tuple[Any, ...]:
-        tokens, height, width = self.encoder.embeddings(pixel_values)
-        return run_token_layers(
-            tokens,
-            self.encoder.encoder.layer,
-            last_stage=last_stage,
-            out_positions=set(self.out_positions),
-            num_stages=len(self.stage_names),
-            feature_map=lambda stage_tokens, _: self._feature_map(stage_tokens, height, width, output_prefix_tokens),
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            output_prefix_tokens=output_prefix_tokens,
-        )
+    def _embed(self, pixel_values: Tensor) -> tuple[Tensor, int, int]:
+        return self.encoder.embeddings(pixel_values)
 
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """Stage 0 is the embeddings, stage ``p`` the transformer layer ``p - 1``; ``layernorm`` only forms
-        feature maps, so it belongs to no stage (and stays trainable)."""
-        if position == 0:
-            return [self.encoder.embeddings]
-        return [self.encoder.encoder.layer[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.encoder.encoder.layer[last_stage:]
+    def _stem_modules(self) -> list[nn.Module]:
+        return [self.encoder.embeddings]

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from backbones import BackboneConfig
-from backbones.validation import ActivationName, numbered_stage_names
+from backbones.validation import ActivationName, check_stem_channels, numbered_stage_names
 
 __all__ = [
     "PPLCNetConfig",
@@ -108,20 +108,16 @@ def _check_block_configs(value: Any, stages: int) -> list[list[BlockConfig]]:
     return checked
 
 
-class _LCNetConfig(BackboneConfig):
-    """Fields and checks PP-LCNet and PP-LCNetV3 share (their stems and channel rule are the same)."""
+class _BlockTableConfig(BackboneConfig):
+    """What every version's config shares: the input channels, the width multiplier and the table of blocks
+    (``default_block_configs`` when none is given; ``block_table_stages`` entries, one a stage)."""
 
     num_channels: int = 3
     scale: float = 1.0
     block_configs: list[list[BlockConfig]] = Field(default_factory=list)
-    stem_channels: int = 16
-    stem_stride: Stride = 2
-    reduction: int = 4
-    divisor: int = 8
-    hidden_act: ActivationName = "hardswish"
 
     default_block_configs: ClassVar[list[list[BlockConfig]]] = []
-    reference_config_keys: ClassVar[frozenset[str]] = frozenset({"depths"})
+    block_table_stages: ClassVar[int] = 5
 
     def __init__(self, /, **data: Any) -> None:
         if data.get("block_configs") is None:
@@ -131,7 +127,19 @@ class _LCNetConfig(BackboneConfig):
     @field_validator("block_configs", mode="before")
     @classmethod
     def _blocks(cls, value: Any) -> list[list[BlockConfig]]:
-        return _check_block_configs(value, 5)
+        return _check_block_configs(value, cls.block_table_stages)
+
+
+class _LCNetConfig(_BlockTableConfig):
+    """Fields and checks PP-LCNet and PP-LCNetV3 share (their stems and channel rule are the same)."""
+
+    stem_channels: int = 16
+    stem_stride: Stride = 2
+    reduction: int = 4
+    divisor: int = 8
+    hidden_act: ActivationName = "hardswish"
+
+    reference_config_keys: ClassVar[frozenset[str]] = frozenset({"depths"})
 
     @field_validator("stem_stride", mode="before")
     @classmethod
@@ -267,7 +275,7 @@ class PPLCNetV3Config(_LCNetConfig):
         return value
 
 
-class PPLCNetV4Config(BackboneConfig):
+class PPLCNetV4Config(_BlockTableConfig):
     """Configuration of a PP-LCNetV4 backbone (defaults: transformers' PPLCNetV4Config).
 
     The stages are ``["stem", "stage1", ..., "stage4"]``. The stem is HGNet's (``stem_type="large"``: a 3x3
@@ -302,26 +310,14 @@ class PPLCNetV4Config(BackboneConfig):
         [[3, 192, 384, [2, 1], False], [3, 384, 384, 1, True], [3, 384, 384, 1, False]],
     ]
     reference_config_keys: ClassVar[frozenset[str]] = frozenset({"depths", "stage_out_channels"})
+    block_table_stages: ClassVar[int] = 4
 
-    num_channels: int = 3
-    scale: float = 1.0
-    block_configs: list[list[BlockConfig]] = Field(default_factory=list)
     stem_channels: list[int] = [3, 48, 96]
     stem_strides: list[Stride] = [2, 1, 1, 2, 1]
     stem_type: Literal["large", "small"] = "large"
     reduction: int = 4
     hidden_act: ActivationName = "relu"
     use_learnable_affine_block: bool = False
-
-    def __init__(self, /, **data: Any) -> None:
-        if data.get("block_configs") is None:
-            data["block_configs"] = [[list(block) for block in stage] for stage in self.default_block_configs]
-        super().__init__(**data)
-
-    @field_validator("block_configs", mode="before")
-    @classmethod
-    def _blocks(cls, value: Any) -> list[list[BlockConfig]]:
-        return _check_block_configs(value, 4)
 
     @field_validator("scale", mode="before")
     @classmethod
@@ -339,15 +335,7 @@ class PPLCNetV4Config(BackboneConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> PPLCNetV4Config:
-        if len(self.stem_channels) != 3 or any(item < 1 for item in self.stem_channels):
-            raise ValueError(
-                f"stem_channels must be [input, middle, output] (three positive ints), got {self.stem_channels}"
-            )
-        if self.stem_channels[0] != self.num_channels:
-            raise ValueError(
-                f"stem_channels[0]={self.stem_channels[0]} must equal num_channels={self.num_channels} "
-                "(the stem's first convolution reads the image)"
-            )
+        check_stem_channels(self.stem_channels, self.num_channels)
         if self.stem_type == "large":
             if self.stem_channels[1] < 2:
                 raise ValueError(

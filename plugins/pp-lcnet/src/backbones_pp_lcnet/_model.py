@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import CheckpointableLayer, check_pixel_channels, run_stem_and_stages
+from backbones.layers import CheckpointableLayer, StemAndStages, init_conv_and_batch_norm_
 
 from ._config import PPLCNetConfig, PPLCNetV3Config, PPLCNetV4Config, Stride, stride_pair
 from .blocks import ConvNormLayer, LearnableAffine, LearnableRepLayer, SqueezeExcitation
@@ -114,48 +114,24 @@ class _Encoder(nn.Module):
         self.blocks = nn.ModuleList(stages)
 
 
-class _LCNetBackbone(Backbone):
+class _LCNetBackbone(StemAndStages, Backbone):
     """What the three versions share: stem + stages under ``encoder``, transformers' initialisation."""
 
     base_model_prefix = ""
     has_attentions = False
-    model_name = "PP-LCNet"
-    num_channels: int
+    input_model_name = "PP-LCNet"
     encoder: _Encoder
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module`` as transformers' PreTrainedModel does for these models."""
-        if isinstance(module, nn.Conv2d):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-            module.reset_running_stats()
-        elif isinstance(module, LearnableAffine):
+        if init_conv_and_batch_norm_(module, 0.02):
+            return
+        if isinstance(module, LearnableAffine):
             nn.init.ones_(module.scale)
             nn.init.zeros_(module.bias)
 
-    def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        check_pixel_channels(pixel_values, self.num_channels, self.model_name)
-        return run_stem_and_stages(
-            self.encoder.convolution,
-            self.encoder.blocks,
-            pixel_values,
-            last_stage=last_stage,
-            num_stages=len(self.stage_names),
-            output_hidden_states=output_hidden_states,
-        )
-
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """The stem (``encoder.convolution``) for position 0, else ``encoder.blocks[position - 1]``."""
-        return [self.encoder.convolution] if position == 0 else [self.encoder.blocks[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.encoder.blocks[last_stage:]
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        return self.encoder.convolution, self.encoder.blocks
 
     def _set_reductions(self, pairs: list[tuple[int, int]]) -> None:
         self.reductions_hw = pairs
@@ -187,7 +163,6 @@ class PPLCNetBackbone(_LCNetBackbone):
 
     def __init__(self, config: PPLCNetConfig) -> None:
         super().__init__(config)
-        self.num_channels = config.num_channels
         stem = ConvNormLayer(
             config.num_channels, config.stem_width, 3, config.stem_stride, activation=config.hidden_act
         )
@@ -222,12 +197,11 @@ class PPLCNetV3Backbone(_LCNetBackbone):
     reference_class_name = "PPLCNetV3Backbone"
     # The first k x k (here 1x1) branch of every pointwise layer: the dense convolutions.
     lora_target_modules = ("pointwise_convolution.conv_symmetric.0.convolution",)
-    model_name = "PP-LCNetV3"
+    input_model_name = "PP-LCNetV3"
     config: PPLCNetV3Config
 
     def __init__(self, config: PPLCNetV3Config) -> None:
         super().__init__(config)
-        self.num_channels = config.num_channels
         stem = ConvNormLayer(config.num_channels, config.stem_width, 3, config.stem_stride)
         stages: list[nn.Module] = [
             _Stage([_RepDepthwiseSeparable(config, block) for block in blocks]) for blocks in config.block_configs
@@ -346,12 +320,11 @@ class PPLCNetV4Backbone(_LCNetBackbone):
     config_class = PPLCNetV4Config
     reference_class_name = "PPLCNetV4Backbone"
     lora_target_modules = ("channel_conv1.convolution", "channel_conv2.convolution")
-    model_name = "PP-LCNetV4"
+    input_model_name = "PP-LCNetV4"
     config: PPLCNetV4Config
 
     def __init__(self, config: PPLCNetV4Config) -> None:
         super().__init__(config)
-        self.num_channels = config.num_channels
         stem: nn.Module
         if config.stem_type == "large":
             stem = _LargeStem(config)

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import FrozenBatchNorm2d
-from backbones.reparam import branch_kernel, conv_from_kernel, fuse_conv_bn
+from backbones.layers import ConvNormActivation, FrozenBatchNorm2d, LearnableAffine
+from backbones.reparam import branch_kernel, conv_from_kernel
 
 from ._config import Stride
 
@@ -24,31 +24,6 @@ __all__ = [
     "LearnableRepLayer",
     "SqueezeExcitation",
 ]
-
-
-class LearnableAffine(nn.Module):
-    """``scale * x + bias`` with one learnable scalar each (keys ``scale``, ``bias``).
-
-    Args:
-        trainable: Parameters (the default), or buffers: the values of a checkpoint's affine that the
-            network never runs, kept under their keys for the round trip but not trained (DDP requires
-            every parameter to take part in the loss).
-    """
-
-    scale: Tensor
-    bias: Tensor
-
-    def __init__(self, trainable: bool = True) -> None:
-        super().__init__()
-        if trainable:
-            self.scale = nn.Parameter(torch.ones(1))
-            self.bias = nn.Parameter(torch.zeros(1))
-        else:
-            self.register_buffer("scale", torch.ones(1))
-            self.register_buffer("bias", torch.zeros(1))
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        return torch.addcmul(self.bias, hidden, self.scale)
 
 
 class ActivationAffine(nn.Module):
@@ -64,8 +39,11 @@ class ActivationAffine(nn.Module):
         return self.lab(self.act(hidden))
 
 
-class ConvNormLayer(nn.Module):
+class ConvNormLayer(ConvNormActivation):
     """Convolution (no bias), BatchNorm, then optionally an activation and a learnable affine.
+
+    :meth:`reparameterize` (from :class:`backbones.layers.ConvNormActivation`) folds the BatchNorm into the
+    convolution, which gains a bias; the affine follows the activation, so it stays.
 
     Args:
         in_channels: Input channels.
@@ -90,33 +68,17 @@ class ConvNormLayer(nn.Module):
         padding: int | None = None,
         affine: bool = False,
     ) -> None:
-        super().__init__()
-        self.convolution = nn.Conv2d(
+        # In place: the activation's input is the norm's (or, folded, the convolution's) fresh output.
+        super().__init__(
             in_channels,
             out_channels,
             kernel_size,
-            stride=stride,  # type: ignore[arg-type]
-            padding=kernel_size // 2 if padding is None else padding,
+            stride,  # type: ignore[arg-type]
+            padding=padding,
             groups=groups,
-            bias=False,
+            activation=activation,
+            affine=affine,
         )
-        self.normalization: nn.Module = nn.BatchNorm2d(out_channels)
-        self.activation = make_activation(activation) if activation is not None else None
-        self.lab = LearnableAffine() if activation is not None and affine else None
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        hidden = self.normalization(self.convolution(hidden))
-        if self.activation is not None:
-            hidden = self.activation(hidden)
-        if self.lab is not None:
-            hidden = self.lab(hidden)
-        return hidden
-
-    def reparameterize(self) -> None:
-        """Fold the BatchNorm into the convolution (which gains a bias)."""
-        if isinstance(self.normalization, (nn.BatchNorm2d, FrozenBatchNorm2d)):
-            self.convolution = fuse_conv_bn(self.convolution, self.normalization)
-            self.normalization = nn.Identity()
 
 
 def _branch(layer: ConvNormLayer, kernel_size: tuple[int, int]) -> tuple[Tensor, Tensor]:

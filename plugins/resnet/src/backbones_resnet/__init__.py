@@ -3,19 +3,6 @@
 Plugins that build on ResNet use the public modules of :mod:`backbones_resnet.blocks` (semver-stable API).
 """
 
-from __future__ import annotations
+from backbones.lazy import attach_stub
 
-from typing import TYPE_CHECKING
-
-from backbones.lazy import lazy_getattr
-
-__all__ = ["ResNetBackbone", "ResNetConfig"]
-
-_EXPORTS = {"ResNetConfig": "._config", "ResNetBackbone": "._model"}
-
-if TYPE_CHECKING:
-    from ._config import ResNetConfig
-    from ._model import ResNetBackbone
-
-
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

@@ -13,6 +13,7 @@ from backbones.validation import (
     DilatedStage,
     OutputStride,
     PositivePerStage,
+    check_choice,
     check_hidden_sizes_per_stage,
     dilate_stages,
     numbered_stage_names,
@@ -63,12 +64,9 @@ class ResNetConfig(BackboneConfig):
     @field_validator("layer_type")
     @classmethod
     def _known_layer_type(cls, value: str) -> str:
-        if value not in LAYER_TYPES:
-            raise ValueError(
-                f"layer_type {value!r} is not supported; set layer_type to one of {list(LAYER_TYPES)} "
-                "('basic' for ResNet-18/34, 'bottleneck' for ResNet-50 and deeper)"
-            )
-        return value
+        return check_choice(
+            "layer_type", value, LAYER_TYPES, "'basic' for ResNet-18/34, 'bottleneck' for ResNet-50 and deeper"
+        )
 
     @model_validator(mode="after")
     def _one_size_per_stage(self) -> ResNetConfig:

@@ -8,12 +8,10 @@ state dict (``embedder.embedder.convolution.weight``, ``encoder.stages.0.layers.
 
 from __future__ import annotations
 
-from itertools import islice
-
-from torch import Tensor, nn
+from torch import nn
 
 from backbones import Backbone
-from backbones.layers import check_pixel_channels
+from backbones.layers import StemAndStages, init_conv_and_batch_norm_
 from backbones.validation import DilatedStage
 
 from ._config import ResNetConfig
@@ -31,7 +29,7 @@ from .blocks import (
 __all__ = ["ResNetBackbone"]
 
 
-class ResNetBackbone(Backbone):
+class ResNetBackbone(StemAndStages, Backbone):
     """ResNet feature extractor with transformers-compatible state-dict keys.
 
     Stage 0 (``"stem"``) is the max-pooled stem output; stage ``i`` is the output of residual stage ``i``.
@@ -51,6 +49,7 @@ class ResNetBackbone(Backbone):
     base_model_prefix = "resnet"  # prefix of the trunk in ResNetForImageClassification checkpoints
     has_attentions = False
     reference_class_name = "ResNetBackbone"
+    input_model_name = "ResNet"
     config: ResNetConfig
 
     def __init__(self, config: ResNetConfig) -> None:
@@ -94,30 +93,7 @@ class ResNetBackbone(Backbone):
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module`` as transformers' ResNetPreTrainedModel does."""
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-            module.reset_running_stats()
+        init_conv_and_batch_norm_(module)
 
-    def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        check_pixel_channels(pixel_values, self.config.num_channels, "ResNet")
-        hidden = self.embedder(pixel_values)
-        states = [hidden]
-        # islice, not a slice: slicing a ModuleList builds a new module on every call.
-        for stage in islice(self.encoder.stages, last_stage):
-            hidden = stage(hidden)
-            states.append(hidden)
-        stage_maps: list[Tensor | None] = [*states, *([None] * (len(self.stage_names) - len(states)))]
-        return stage_maps, tuple(states) if output_hidden_states else None, None
-
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """The stem (``embedder``) for position 0, else residual stage ``position`` (``encoder.stages[position - 1]``)."""
-        return [self.embedder] if position == 0 else [self.encoder.stages[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        # Stage i >= 1 lives at encoder.stages[i - 1]; the stem is always kept.
-        del self.encoder.stages[last_stage:]
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        return self.embedder, self.encoder.stages

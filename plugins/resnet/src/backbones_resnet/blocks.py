@@ -21,8 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer
-from backbones.reparam import fuse_conv_bn
+from backbones.layers import CheckpointableLayer, ConvNormActivation
 
 __all__ = [
     "ConvNormLayer",
@@ -41,11 +40,11 @@ def _make_activation(name: str) -> nn.Module:
     return build_activation(name, inplace=True)
 
 
-class ConvNormLayer(nn.Module):
+class ConvNormLayer(ConvNormActivation):
     """Convolution without bias, BatchNorm, then an optional activation (keys ``convolution``, ``normalization``).
 
     :meth:`reparameterize` folds the BatchNorm into the convolution for inference
-    (:class:`backbones.reparam.Reparameterizable`).
+    (:class:`backbones.reparam.Reparameterizable`); the unit is :class:`backbones.layers.ConvNormActivation`.
 
     Args:
         in_channels: Input channels.
@@ -55,8 +54,6 @@ class ConvNormLayer(nn.Module):
         activation: Name of the activation after the norm, or ``None`` for none.
         dilation: Dilation of the convolution (``output_stride`` below 32).
     """
-
-    normalization: nn.Module | None
 
     def __init__(
         self,
@@ -68,35 +65,7 @@ class ConvNormLayer(nn.Module):
         *,
         dilation: int = 1,
     ) -> None:
-        super().__init__()
-        self.convolution = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=dilation * (kernel_size // 2),
-            dilation=dilation,
-            bias=False,
-        )
-        self.normalization = nn.BatchNorm2d(out_channels)
-        # None rather than nn.Identity: one module call fewer per block, and the state dict is the same.
-        self.activation = _make_activation(activation) if activation is not None else None
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        """``(B, in_channels, H, W)`` to ``(B, out_channels, H / stride, W / stride)``."""
-        hidden = self.convolution(hidden)
-        if self.normalization is not None:
-            hidden = self.normalization(hidden)
-        if self.activation is not None:
-            hidden = self.activation(hidden)
-        return hidden
-
-    def reparameterize(self) -> None:
-        """Fold the BatchNorm (or its frozen form) into the convolution, which gains a bias; in place."""
-        if self.normalization is None:
-            return
-        self.convolution = fuse_conv_bn(self.convolution, self.normalization)  # type: ignore[arg-type]
-        self.normalization = None
+        super().__init__(in_channels, out_channels, kernel_size, stride, dilation=dilation, activation=activation)
 
 
 def basic_layer(

@@ -31,9 +31,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import Backbone, InputError
-from backbones.layers import CheckpointableLayer, drop_path, run_token_layers
-from backbones_dinov2.blocks import Dinov2Embeddings, LayerScale, Mlp
+from backbones import InputError
+from backbones.layers import CheckpointableLayer, attend, drop_path
+from backbones_dinov2.blocks import (
+    Dinov2Embeddings,
+    Dinov2Encoder,
+    LayerScale,
+    Mlp,
+    PlainViTBackbone,
+    init_dinov2_weights_,
+    swiglu_hidden_features,
+)
 
 from ._config import RfDetrDinov2Config
 
@@ -94,14 +102,9 @@ class _SelfAttention(nn.Module):
         query, key, value = (
             proj(tokens).view(heads).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
-        dropout = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights:
-            scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
-            weights = F.dropout(scores.softmax(dim=-1), dropout, self.training)
-            context = torch.matmul(weights, value)
-        else:
-            context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        context, weights = attend(
+            query, key, value, dropout=self.dropout, training=self.training, need_weights=need_weights
+        )
         context = self.o_proj(context.transpose(1, 2).reshape(batch, length, width))
         return context.reshape(shape), weights
 
@@ -112,7 +115,7 @@ class _SwiGLU(nn.Module):
 
     def __init__(self, hidden_size: int, mlp_ratio: float) -> None:
         super().__init__()
-        hidden = (int(int(hidden_size * mlp_ratio) * 2 / 3) + 7) // 8 * 8
+        hidden = swiglu_hidden_features(hidden_size, mlp_ratio)
         self.gate_proj = nn.Linear(hidden_size, hidden)
         self.up_proj = nn.Linear(hidden_size, hidden)
         self.down_proj = nn.Linear(hidden, hidden_size)
@@ -149,15 +152,7 @@ class _Layer(CheckpointableLayer):
         return x + drop_path(branch, self.drop_path, self.training), weights
 
 
-class _Encoder(nn.Module):
-    """Groups the layers under the checkpoint's key path (``encoder.layer.N``)."""
-
-    def __init__(self, layers: list[_Layer]) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList(layers)
-
-
-class RfDetrDinov2Backbone(Backbone):
+class RfDetrDinov2Backbone(PlainViTBackbone):
     """RF-DETR's windowed DINOv2 feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the embeddings) and ``stage1..stageN`` (the transformer layers), all of stride
@@ -202,31 +197,19 @@ class RfDetrDinov2Backbone(Backbone):
         # Applied after the windows are cut, so that each window's copy of the class token gets its own mask
         # (as in transformers); the stem's own dropout stays off.
         self.embedding_dropout = config.hidden_dropout_prob
-        self.encoder = _Encoder([_Layer(config, is_global) for is_global in config.global_layers])
+        self.encoder = Dinov2Encoder(_Layer(config, is_global) for is_global in config.global_layers)
         # Only built when the feature maps use it, so that no parameter goes unused.
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.apply_layernorm else None
         self.num_windows = config.num_windows
-        self.num_prefix_tokens = config.num_windows**2  # each window's copy of the class token
-        stages = config.num_hidden_layers + 1
-        self.num_features = [config.hidden_size] * stages
-        self.reductions = [config.patch_size] * stages
+        # The prefix tokens of an image: each window's copy of the class token.
+        self._set_plain_stages(
+            config, num_prefix_tokens=config.num_windows**2, reshape_maps=config.reshape_hidden_states
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module``'s own parameters as transformers' ``RfDetrDinov2PreTrainedModel`` does."""
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, _Embeddings):
-            nn.init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
-            nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
-        elif isinstance(module, LayerScale):
-            nn.init.constant_(module.lambda1, self.config.layerscale_value)
+        init_dinov2_weights_(module, self.config.initializer_range, self.config.layerscale_value)
 
     def _check_grid(self, pixel_values: Tensor, height: int, width: int) -> None:
         windows = self.num_windows
@@ -238,13 +221,13 @@ class RfDetrDinov2Backbone(Backbone):
                 f"{patch * windows} pixels (RF-DETR runs at e.g. 560x560), or set num_windows=1"
             )
 
-    def _feature_map(self, tokens: Tensor, height: int, width: int, with_prefix: bool = False) -> Any:
+    def _feature_map(self, tokens: Tensor, position: int, height: int, width: int, with_prefix: bool) -> Any:
         """The stage's feature map; ``with_prefix``: and its prefix tokens ``(batch, num_windows**2, C)``, each
         window's class token with the windows row by row, both through the final layer norm."""
         if self.layernorm is not None:
             tokens = self.layernorm(tokens)
         fmap = tokens
-        if self.config.reshape_hidden_states:
+        if self.reshape_maps:
             patches = tokens[:, 1:]
             if self.num_windows > 1:
                 grid = _unpartition(patches, height, width, self.num_windows)
@@ -256,38 +239,10 @@ class RfDetrDinov2Backbone(Backbone):
         # An image's windows are consecutive batch entries, in the order the maps place them row by row.
         return fmap, tokens[:, :1].reshape(-1, self.num_prefix_tokens, tokens.shape[-1])
 
-    def _forward_features(
-        self,
-        pixel_values: Tensor,
-        *,
-        last_stage: int,
-        output_hidden_states: bool,
-        output_attentions: bool,
-        output_prefix_tokens: bool = False,
-    ) -> tuple[Any, ...]:
+    def _embed(self, pixel_values: Tensor) -> tuple[Tensor, int, int]:
+        """The stem's tokens cut into windows (each with its copy of the class token), with the dropout."""
         tokens, height, width = self.embeddings(pixel_values)
         self._check_grid(pixel_values, height, width)
         if self.num_windows > 1:
             tokens = _partition(tokens, height, width, self.num_windows)
-        tokens = F.dropout(tokens, self.embedding_dropout, self.training)
-        return run_token_layers(
-            tokens,
-            self.encoder.layer,
-            last_stage=last_stage,
-            out_positions=set(self.out_positions),
-            num_stages=len(self.stage_names),
-            feature_map=lambda stage_tokens, _: self._feature_map(stage_tokens, height, width, output_prefix_tokens),
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            output_prefix_tokens=output_prefix_tokens,
-        )
-
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """Stage 0 is the embeddings, stage ``p`` the transformer layer ``p - 1``; the final layer norm only
-        forms feature maps, so it belongs to no stage (and stays trainable)."""
-        if position == 0:
-            return [self.embeddings]
-        return [self.encoder.layer[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.encoder.layer[last_stage:]
+        return F.dropout(tokens, self.embedding_dropout, self.training), height, width

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import check_pixel_channels, run_stem_and_stages
+from backbones.layers import StemAndStages, init_conv_and_batch_norm_
 from backbones.validation import DilatedStage
 from backbones_resnet.blocks import (
     ConvNormLayer,
@@ -107,7 +107,7 @@ def _deep_stem(config: RTDetrResNetConfig) -> nn.Sequential:
     )
 
 
-class RTDetrResNetBackbone(Backbone):
+class RTDetrResNetBackbone(StemAndStages, Backbone):
     """RT-DETR's ResNet-vd feature extractor with transformers-compatible state-dict keys.
 
     Stage 0 (``"stem"``) is the max-pooled deep stem's output; stage ``i`` is the output of residual stage
@@ -128,6 +128,7 @@ class RTDetrResNetBackbone(Backbone):
     base_model_prefix = "resnet"
     has_attentions = False
     reference_class_name = "RTDetrResNetBackbone"
+    input_model_name = "ResNet-vd"
     config: RTDetrResNetConfig
 
     def __init__(self, config: RTDetrResNetConfig) -> None:
@@ -150,30 +151,7 @@ class RTDetrResNetBackbone(Backbone):
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module`` as transformers' RTDetrResNetPreTrainedModel does."""
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-            module.reset_running_stats()
+        init_conv_and_batch_norm_(module)
 
-    def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        check_pixel_channels(pixel_values, self.config.num_channels, "ResNet-vd")
-        return run_stem_and_stages(
-            self.embedder,
-            self.encoder.stages,
-            pixel_values,
-            last_stage=last_stage,
-            num_stages=len(self.stage_names),
-            output_hidden_states=output_hidden_states,
-        )
-
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """The stem (``embedder``) for position 0, else residual stage ``position`` (``encoder.stages[position - 1]``)."""
-        return [self.embedder] if position == 0 else [self.encoder.stages[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        # Stage i >= 1 lives at encoder.stages[i - 1]; the stem is always kept.
-        del self.encoder.stages[last_stage:]
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        return self.embedder, self.encoder.stages

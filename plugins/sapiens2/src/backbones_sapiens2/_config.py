@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field, model_validator
 
 from backbones import BackboneConfig
-from backbones.validation import ActivationName, check_heads_divide, numbered_stage_names, square_patch
+from backbones.validation import ActivationName, check_rotary_heads, numbered_stage_names, square_patch
 
 __all__ = ["Sapiens2Config"]
 
@@ -106,14 +106,7 @@ class Sapiens2Config(BackboneConfig):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> Sapiens2Config:
-        check_heads_divide(self.hidden_size, self.num_attention_heads)
-        head_width = self.hidden_size // self.num_attention_heads
-        if head_width % 4:
-            raise ValueError(
-                f"hidden_size / num_attention_heads = {self.hidden_size} / {self.num_attention_heads} = {head_width} "
-                "must be a multiple of 4: the rotary embedding gives each head a sine-cosine pair per axis; "
-                "choose a head count that leaves heads a multiple of 4 wide"
-            )
+        check_rotary_heads(self.hidden_size, self.num_attention_heads)
         per_layer = self.num_key_value_heads_per_layer
         if per_layer is not None and len(per_layer) != self.num_hidden_layers:
             raise ValueError(

@@ -29,15 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import (
-    CheckpointableLayer,
-    check_pixel_channels,
-    drop_path,
-    init_linear_and_norm_,
-    run_token_layers,
-)
+from backbones.layers import CheckpointableLayer, attend, check_pixel_channels, drop_path, init_linear_and_norm_
+from backbones_dinov2.blocks import PlainViTBackbone
 from backbones_dinov3_vit.blocks import RotaryPositions, Rotation, rotate
 
 from ._config import Sapiens2Config
@@ -138,14 +132,9 @@ class _Attention(nn.Module):
             # Key/value head g serves query heads g * group ... (g + 1) * group - 1.
             key = key.repeat_interleave(group, dim=1)
             value = value.repeat_interleave(group, dim=1)
-        dropout = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights:
-            scores = torch.matmul(query, key.transpose(-1, -2)) * self.head_width**-0.5
-            weights = F.dropout(scores.softmax(dim=-1), dropout, self.training)
-            context = torch.matmul(weights, value)
-        else:
-            context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        context, weights = attend(
+            query, key, value, dropout=self.dropout, training=self.training, need_weights=need_weights
+        )
         return self.gamma(self.proj(context.transpose(1, 2).reshape(batch, length, width))), weights
 
 
@@ -196,7 +185,7 @@ class _Block(CheckpointableLayer):
         return x + drop_path(self.ffn(self.ln2(x)), self.drop_path, self.training), weights
 
 
-class Sapiens2Backbone(Backbone):
+class Sapiens2Backbone(PlainViTBackbone):
     """Sapiens2 feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the embeddings) and ``stage1..stageN`` (the transformer layers), all of stride
@@ -209,6 +198,7 @@ class Sapiens2Backbone(Backbone):
     """
 
     config_class = Sapiens2Config
+    sequence_maps_keep_prefix = False
     lora_target_modules = ("wq", "wk", "wv", "proj", "w12", "w3")
     config: Sapiens2Config
     has_attentions = True
@@ -225,10 +215,10 @@ class Sapiens2Backbone(Backbone):
         self.rope_embeddings = RotaryPositions(config)
         self.blocks = nn.ModuleList(_Block(config, heads) for heads in config.key_value_heads)
         self.ln1 = _RMSNorm(width, config.rms_norm_eps)
-        self.num_prefix_tokens = config.num_prefix_tokens  # the class token, then the registers
-        stages = config.num_hidden_layers + 1
-        self.num_features = [width] * stages
-        self.reductions = [config.patch_size] * stages
+        # The prefix: the class token, then the register ("storage") tokens.
+        self._set_plain_stages(
+            config, num_prefix_tokens=config.num_prefix_tokens, reshape_maps=config.reshape_hidden_states
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -251,49 +241,19 @@ class Sapiens2Backbone(Backbone):
         prefix = torch.cat((self.cls_token, self.storage_tokens), dim=1).to(patches.dtype).expand(batch, -1, -1)
         return torch.cat((prefix, patches.flatten(2).transpose(1, 2)), dim=1), height, width
 
-    def _feature_map(self, tokens: Tensor, height: int, width: int, with_prefix: bool) -> Any:
-        """The stage's feature map; ``with_prefix``: and its class and register tokens, normalised alike."""
-        if self.config.normalize_backbone_outputs:
-            tokens = self.ln1(tokens)
-        patches = tokens[:, self.num_prefix_tokens :]
-        fmap = patches
-        if self.config.reshape_hidden_states:
-            # Splitting the token axis of the prefix-free slice is a view: no copy.
-            fmap = patches.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
-        return (fmap, tokens[:, : self.num_prefix_tokens]) if with_prefix else fmap
+    @property
+    def token_layers(self) -> nn.ModuleList:
+        return self.blocks
 
-    def _forward_features(
-        self,
-        pixel_values: Tensor,
-        *,
-        last_stage: int,
-        output_hidden_states: bool,
-        output_attentions: bool,
-        output_prefix_tokens: bool = False,
-    ) -> tuple[Any, ...]:
-        tokens, height, width = self._embed(pixel_values)
-        rotation = self.rope_embeddings(height, width, tokens.device, tokens.dtype)
-        return run_token_layers(
-            tokens,
-            self.blocks,
-            last_stage=last_stage,
-            out_positions=set(self.out_positions),
-            num_stages=len(self.stage_names),
-            feature_map=lambda stage_tokens, _: self._feature_map(stage_tokens, height, width, output_prefix_tokens),
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            layer_inputs=(rotation,),
-            output_prefix_tokens=output_prefix_tokens,
-        )
+    def _layer_inputs(self, tokens: Tensor, height: int, width: int) -> tuple[Any, ...]:
+        """Every layer takes the rotary positions of the patch grid."""
+        return (self.rope_embeddings(height, width, tokens.device, tokens.dtype),)
 
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """Stage 0 is the patch projection and the class and register tokens, stage ``p`` the layer ``p - 1``;
-        the final norm only forms feature maps, so it belongs to no stage (and stays trainable)."""
-        if position == 0:
-            tokens = _PrefixTokens(self.cls_token, self.storage_tokens)
-            # Built afresh on every call: its mode is the stem's (evaluation once the stem is frozen).
-            return [self.patch_embed, tokens.train(self.training and not self.frozen_stages)]
-        return [self.blocks[position - 1]]
+    def _map_norm(self, position: int) -> nn.Module | None:
+        return self.ln1 if self.config.normalize_backbone_outputs else None
 
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.blocks[last_stage:]
+    def _stem_modules(self) -> list[nn.Module]:
+        """The patch projection and the class and register tokens."""
+        tokens = _PrefixTokens(self.cls_token, self.storage_tokens)
+        # Built afresh on every call: its mode is the stem's (evaluation once the stem is frozen).
+        return [self.patch_embed, tokens.train(self.training and not self.frozen_stages)]

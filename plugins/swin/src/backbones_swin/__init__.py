@@ -5,19 +5,6 @@ Plugins that build on Swin (backbones-swinv2, backbones-maskformer-swin) use ``S
 :mod:`backbones_swin.blocks`.
 """
 
-from __future__ import annotations
+from backbones.lazy import attach_stub
 
-from typing import TYPE_CHECKING
-
-from backbones.lazy import lazy_getattr
-
-__all__ = ["SwinBackbone", "SwinConfig", "SwinFamilyConfig"]
-
-_EXPORTS = {"SwinConfig": "._config", "SwinFamilyConfig": "._config", "SwinBackbone": "._model"}
-
-if TYPE_CHECKING:
-    from ._config import SwinConfig, SwinFamilyConfig
-    from ._model import SwinBackbone
-
-
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

@@ -56,6 +56,7 @@ class TextNetConfig(BackboneConfig):
     model_type: ClassVar[str] = "textnet"
     # transformers writes the layer count of each stage, which follows from conv_layer_kernel_sizes.
     reference_config_keys: ClassVar[frozenset[str]] = frozenset({"depths"})
+    derived_config_keys: ClassVar[tuple[str, ...]] = ("depths",)  # as transformers writes them
 
     stem_kernel_size: int = Field(default=3, ge=1)
     stem_stride: int = Field(default=2, ge=1)
@@ -145,9 +146,7 @@ class TextNetConfig(BackboneConfig):
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
-        # As transformers writes them: the per-stage layer counts (a stale copy read from a file is replaced)
-        # and the image size as a pair.
-        data["depths"] = self.depths
+        # As transformers writes it: the image size as a pair.
         if isinstance(self.image_size, int):
             data["image_size"] = [self.image_size, self.image_size]
         return data

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone, InputError
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, FrozenBatchNorm2d, run_stem_and_stages
+from backbones.layers import CheckpointableLayer, FrozenBatchNorm2d, StemAndStages, init_conv_and_batch_norm_
 from backbones.reparam import branch_kernel, conv_from_kernel, fuse_conv_bn
 
 from ._config import TextNetConfig
@@ -191,7 +191,7 @@ class TextNetTrunk(nn.Module):
         self.encoder = TextNetEncoder(config)
 
 
-class TextNetBackbone(Backbone):
+class TextNetBackbone(StemAndStages, Backbone):
     """TextNet feature extractor with transformers-compatible state-dict keys.
 
     Stage 0 (``"stem"``) is the stem's output; stage ``i`` the output of stage ``i``'s last layer. A forward
@@ -224,36 +224,15 @@ class TextNetBackbone(Backbone):
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module`` as transformers' TextNetPreTrainedModel does (its base class's rule)."""
-        if isinstance(module, nn.Conv2d):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-            module.reset_running_stats()
+        init_conv_and_batch_norm_(module, self.config.initializer_range)
 
-    def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, None]:
+    def _check_input_channels(self, pixel_values: Tensor) -> None:
         expected = self.config.stem_num_channels
         if pixel_values.shape[1] != expected:
             raise InputError(
                 f"pixel_values has {pixel_values.shape[1]} channels but this TextNet expects {expected} "
                 "(config.stem_num_channels); convert the images or load a model built for that many channels"
             )
-        return run_stem_and_stages(
-            self.textnet.stem,
-            self.textnet.encoder.stages,
-            pixel_values,
-            last_stage=last_stage,
-            num_stages=len(self.stage_names),
-            output_hidden_states=output_hidden_states,
-        )
 
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """The stem for position 0, else stage ``position`` (``textnet.encoder.stages[position - 1]``)."""
-        return [self.textnet.stem] if position == 0 else [self.textnet.encoder.stages[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.textnet.encoder.stages[last_stage:]
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        return self.textnet.stem, self.textnet.encoder.stages

@@ -23,22 +23,15 @@ is the token sequence after the final layer norm, without the class and register
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import Backbone
 from backbones.activations import make_activation
-from backbones.layers import (
-    CheckpointableLayer,
-    check_pixel_channels,
-    drop_path,
-    init_linear_and_norm_,
-    run_token_layers,
-)
-from backbones_dinov2.blocks import resample_position_table, tokens_to_map
+from backbones.layers import CheckpointableLayer, attend, check_pixel_channels, drop_path, init_linear_and_norm_
+from backbones_dinov2.blocks import PlainViTBackbone, resample_position_table, swiglu_hidden_features
 
 from ._config import Tipsv2VisionConfig
 
@@ -75,14 +68,9 @@ class _Attention(nn.Module):
         batch, length, width = tokens.shape
         qkv = self.qkv(tokens).view(batch, length, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)
-        dropout = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights:
-            scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
-            weights = F.dropout(scores.softmax(dim=-1), dropout, self.training)
-            context = torch.matmul(weights, value)
-        else:
-            context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        context, weights = attend(
+            query, key, value, dropout=self.dropout, training=self.training, need_weights=need_weights
+        )
         return self.proj(context.transpose(1, 2).reshape(batch, length, width)), weights
 
 
@@ -117,8 +105,7 @@ class _SwiGLU(nn.Module):
 
     def __init__(self, config: Tipsv2VisionConfig) -> None:
         super().__init__()
-        hidden = int(config.hidden_size * config.mlp_ratio)
-        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+        hidden = swiglu_hidden_features(config.hidden_size, config.mlp_ratio)
         self.w12 = nn.Linear(config.hidden_size, 2 * hidden)
         self.w3 = nn.Linear(hidden, config.hidden_size)
 
@@ -172,7 +159,7 @@ class _StemTokens(nn.Module):
         """Ignored: the mode is the patch projection's (see the class docstring)."""
 
 
-class Tipsv2VisionBackbone(Backbone):
+class Tipsv2VisionBackbone(PlainViTBackbone):
     """TIPSv2 vision-encoder feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the embeddings) and ``stage1..stageN`` (the transformer layers), all of stride
@@ -203,10 +190,10 @@ class Tipsv2VisionBackbone(Backbone):
         self.blocks = nn.ModuleList([_Block(config) for _ in range(config.num_hidden_layers)])
         # Only built when the feature maps use it, so that no parameter goes unused.
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps) if config.apply_layernorm else None
-        self.num_prefix_tokens = config.num_prefix_tokens  # the class token, then the registers
-        stages = config.num_hidden_layers + 1
-        self.num_features = [width] * stages
-        self.reductions = [config.patch_size] * stages
+        # The prefix: the class token, then the registers (TIPSv2's two image embeddings).
+        self._set_plain_stages(
+            config, num_prefix_tokens=config.num_prefix_tokens, reshape_maps=config.reshape_hidden_states
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -238,51 +225,13 @@ class Tipsv2VisionBackbone(Backbone):
         tokens = torch.cat((prefix.expand(batch, -1, -1), patches), dim=1)
         return F.dropout(tokens, self.config.hidden_dropout_prob, self.training), height, width
 
-    def _feature_map(self, tokens: Tensor, height: int, width: int, with_prefix: bool = False) -> Any:
-        """The stage's feature map; ``with_prefix``: and its prefix tokens, both through the final norm."""
-        if self.norm is not None:
-            tokens = self.norm(tokens)
-        return tokens_to_map(
-            tokens,
-            self.num_prefix_tokens,
-            height,
-            width,
-            reshape=self.config.reshape_hidden_states,
-            with_prefix=with_prefix,
-        )
+    @property
+    def token_layers(self) -> nn.ModuleList:
+        return self.blocks
 
-    def _forward_features(
-        self,
-        pixel_values: Tensor,
-        *,
-        last_stage: int,
-        output_hidden_states: bool,
-        output_attentions: bool,
-        output_prefix_tokens: bool = False,
-    ) -> tuple[Any, ...]:
-        tokens, height, width = self._embed(pixel_values)
-        return run_token_layers(
-            tokens,
-            self.blocks,
-            last_stage=last_stage,
-            out_positions=set(self.out_positions),
-            num_stages=len(self.stage_names),
-            feature_map=lambda stage_tokens, _: self._feature_map(stage_tokens, height, width, output_prefix_tokens),
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            output_prefix_tokens=output_prefix_tokens,
-        )
+    def _map_norm(self, position: int) -> nn.Module | None:
+        return self.norm
 
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """Stage 0 is the embeddings (the patch projection and the top-level class token, registers and
-        position table), stage ``p`` the layer ``p - 1``; the final norm only forms feature maps, so it
-        belongs to no stage (and stays trainable)."""
-        if position == 0:
-            return [
-                self.patch_embed,
-                _StemTokens(self.patch_embed, self.cls_token, self.register_tokens, self.pos_embed),
-            ]
-        return [self.blocks[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.blocks[last_stage:]
+    def _stem_modules(self) -> list[nn.Module]:
+        """The patch projection and the top-level class token, registers and position table."""
+        return [self.patch_embed, _StemTokens(self.patch_embed, self.cls_token, self.register_tokens, self.pos_embed)]

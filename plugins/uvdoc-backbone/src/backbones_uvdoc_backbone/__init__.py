@@ -1,23 +1,5 @@
 """UVDoc's backbone for backbones. Public names are imported on first access (no torch at import)."""
 
-from __future__ import annotations
+from backbones.lazy import attach_stub
 
-from typing import TYPE_CHECKING
-
-from backbones.lazy import lazy_getattr
-
-__all__ = ["UVDocBackbone", "UVDocBackboneConfig", "UVDocImageProcessor"]
-
-_EXPORTS = {
-    "UVDocBackboneConfig": "._config",
-    "UVDocBackbone": "._model",
-    "UVDocImageProcessor": "._processing",
-}
-
-if TYPE_CHECKING:
-    from ._config import UVDocBackboneConfig
-    from ._model import UVDocBackbone
-    from ._processing import UVDocImageProcessor
-
-
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

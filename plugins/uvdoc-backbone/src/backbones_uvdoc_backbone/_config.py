@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
@@ -57,6 +57,7 @@ class UVDocBackboneConfig(BackboneConfig):
     model_type: ClassVar[str] = "uvdoc_backbone"
     # transformers writes the layer count of each bridge, which follows from stage_configs.
     reference_config_keys: ClassVar[frozenset[str]] = frozenset({"depths"})
+    derived_config_keys: ClassVar[tuple[str, ...]] = ("depths",)  # as transformers writes it
 
     resnet_head: list[list[int]] = Field(default_factory=lambda: [[3, 32], [32, 32]])
     resnet_configs: list[list[tuple[int, int, int, bool]]] = Field(default_factory=_default_resnet_configs)
@@ -132,8 +133,3 @@ class UVDocBackboneConfig(BackboneConfig):
         """Stride of every stage's map: 2 per head layer and per downsampling block."""
         downsampling = sum(block[3] for blocks in self.resnet_configs for block in blocks)
         return int(2 ** (len(self.resnet_head) + downsampling))
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        data["depths"] = self.depths  # as transformers writes it (a stale copy read from a file is replaced)
-        return data

@@ -16,15 +16,14 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from backbones import Backbone, InputError
-from backbones.layers import CheckpointableLayer, FrozenBatchNorm2d
-from backbones.reparam import fuse_conv_bn
+from backbones.layers import CheckpointableLayer, ConvNormActivation, StemAndStages, init_conv_and_batch_norm_
 
 from ._config import UVDocBackboneConfig
 
 __all__ = ["UVDocBackbone"]
 
 
-class UVDocConvLayer(nn.Module):
+class UVDocConvLayer(ConvNormActivation):
     """Convolution, BatchNorm, optional ReLU (keys ``convolution``, ``normalization``); the norm folds into the
     convolution (:meth:`reparameterize`).
 
@@ -39,8 +38,6 @@ class UVDocConvLayer(nn.Module):
         activation: Apply a ReLU after the norm.
     """
 
-    normalization: nn.Module | None
-
     def __init__(
         self,
         in_channels: int,
@@ -53,28 +50,16 @@ class UVDocConvLayer(nn.Module):
         bias: bool = False,
         activation: bool = True,
     ) -> None:
-        super().__init__()
-        self.convolution = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=bias
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding=padding,
+            dilation=dilation,
+            bias=bias,
+            activation=nn.ReLU(inplace=True) if activation else None,
         )
-        self.normalization = nn.BatchNorm2d(out_channels)
-        # None rather than nn.Identity: the state dict is the same and a call fewer.
-        self.activation = nn.ReLU(inplace=True) if activation else None
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        hidden = self.convolution(hidden)
-        if self.normalization is not None:
-            hidden = self.normalization(hidden)
-        if self.activation is not None:
-            hidden = self.activation(hidden)
-        return hidden
-
-    def reparameterize(self) -> None:
-        """Fold the BatchNorm (or its frozen form) into the convolution, in place."""
-        norm = self.normalization
-        if isinstance(norm, (nn.BatchNorm2d, FrozenBatchNorm2d)):
-            self.convolution = fuse_conv_bn(self.convolution, norm)
-            self.normalization = None
 
 
 class UVDocResidualBlock(CheckpointableLayer):
@@ -177,7 +162,7 @@ class UVDocBridge(nn.Module):
         self.bridge = nn.ModuleList(UVDocBridgeBlock(list(layers)) for layers in config.stage_configs)
 
 
-class UVDocBackbone(Backbone):
+class UVDocBackbone(StemAndStages, Backbone):
     """UVDoc's feature extractor with transformers-compatible state-dict keys.
 
     Stage 0 (``"stem"``) is the dilated ResNet's output; stage ``i`` is bridge ``i`` applied to it. The bridges
@@ -213,14 +198,7 @@ class UVDocBackbone(Backbone):
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module`` as transformers' UVDocPreTrainedModel does (its base class's rule, std 0.02)."""
-        if isinstance(module, nn.Conv2d):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-            module.reset_running_stats()
+        init_conv_and_batch_norm_(module, 0.02)
 
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
@@ -242,9 +220,5 @@ class UVDocBackbone(Backbone):
         states = tuple(stage_maps[: last_stage + 1]) if output_hidden_states else None
         return stage_maps, states, None  # type: ignore[return-value]
 
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """The dilated ResNet for position 0, else bridge ``position`` (``bridge.bridge[position - 1]``)."""
-        return [self.resnet] if position == 0 else [self.bridge.bridge[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.bridge.bridge[last_stage:]
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        return self.resnet, self.bridge.bridge

@@ -23,7 +23,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import drop_path_rates, init_linear_and_norm_
+from backbones.layers import drop_path_rates, init_linear_and_norm_, run_token_layers
 
 from ._config import VitDetConfig
 from .blocks import BottleneckConv, ChannelNorm, VitDetAttention, VitDetEmbeddings, VitDetLayer
@@ -57,12 +57,7 @@ class VitDetBackbone(Backbone):
             self._make_layer(config.window_size if index in windowed else 0, index in residual, rates[index])
             for index in range(depth)
         ]
-        self.embeddings = VitDetEmbeddings(
-            config.num_channels,
-            config.hidden_size,
-            config.patch_size,
-            config.position_grid if config.use_absolute_position_embeddings else None,
-        )
+        self.embeddings = VitDetEmbeddings.from_config(config)
         # Typed Any: a bare holder of `layer`, for the checkpoint's key paths; a type checker cannot see it.
         self.encoder: Any = nn.Module()
         self.encoder.layer = nn.ModuleList(layers)
@@ -107,28 +102,19 @@ class VitDetBackbone(Backbone):
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        wanted = set(self.out_positions)
-        layers = self.encoder.layer
-        maps: list[Tensor | None] = [None] * len(self.stage_names)
-        hidden_states: list[Tensor] = []
-        attentions: list[Tensor] = []
-        x = self.embeddings(pixel_values)
-        for position in range(last_stage + 1):
-            if position:
-                x, weights = layers[position - 1](x, output_attentions)
-                if weights is not None:
-                    attentions.append(weights)
-            if position in wanted or output_hidden_states:
-                as_map = x.permute(0, 3, 1, 2)
-                if position in wanted:
-                    maps[position] = as_map
-                if output_hidden_states:
-                    hidden_states.append(as_map)
-        return (
-            maps,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
+        maps, hidden_states, attentions = run_token_layers(
+            self.embeddings(pixel_values),
+            self.encoder.layer,
+            last_stage=last_stage,
+            out_positions=set(self.out_positions),
+            num_stages=len(self.stage_names),
+            feature_map=lambda x, _: x.permute(0, 3, 1, 2),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
+        # Hidden states are returned as maps too: (batch, channels, height, width) views.
+        as_maps = None if hidden_states is None else tuple(x.permute(0, 3, 1, 2) for x in hidden_states)
+        return maps, as_maps, attentions
 
     def _stage_modules(self, position: int) -> list[nn.Module]:
         """Stage 0 is the embeddings, stage ``p`` the transformer layer ``p - 1`` (with its residual block)."""

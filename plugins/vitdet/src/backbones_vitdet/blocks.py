@@ -17,6 +17,7 @@ Layout: maps are channels-last ``(batch, height, width, channels)`` throughout.
 from __future__ import annotations
 
 import functools
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ __all__ = [
     "ResidualBottleneck",
     "VitDetAttention",
     "VitDetEmbeddings",
+    "VitDetEmbeddingsConfig",
     "VitDetLayer",
     "VitDetMlp",
     "crop_map",
@@ -139,6 +141,27 @@ def crop_map(x: Tensor, height: int, width: int) -> Tensor:
     return x[:, :height, :width]
 
 
+class VitDetEmbeddingsConfig(Protocol):
+    """The config fields :meth:`VitDetEmbeddings.from_config` reads (ViTDet's and LW-DETR's ViT's configs).
+
+    Attributes:
+        num_channels: Input channels.
+        hidden_size: Token channels.
+        patch_size: Side of the square patches.
+        use_absolute_position_embeddings: Whether the stem adds absolute positions.
+    """
+
+    num_channels: int
+    hidden_size: int
+    patch_size: int
+    use_absolute_position_embeddings: bool
+
+    @property
+    def position_grid(self) -> int:
+        """Side of the square grid of the absolute position table (one row more, for a class token)."""
+        ...
+
+
 class VitDetEmbeddings(nn.Module):
     """Stem (keys ``embeddings.*``): patch projection plus absolute positions resampled to the grid.
 
@@ -161,6 +184,17 @@ class VitDetEmbeddings(nn.Module):
         self.position_embeddings = (
             nn.Parameter(torch.zeros(1, self.grid * self.grid + 1, hidden_size)) if position_grid is not None else None
         )
+
+    @classmethod
+    def from_config(cls, config: VitDetEmbeddingsConfig) -> VitDetEmbeddings:
+        """The stem a ViTDet-style config describes (absolute positions if ``use_absolute_position_embeddings``).
+
+        Args:
+            config: Its ``num_channels``, ``hidden_size``, ``patch_size``, ``position_grid`` and
+                ``use_absolute_position_embeddings``.
+        """
+        grid = config.position_grid if config.use_absolute_position_embeddings else None
+        return cls(config.num_channels, config.hidden_size, config.patch_size, grid)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """``(B, num_channels, H, W)`` pixels to the channels-last patch embeddings."""

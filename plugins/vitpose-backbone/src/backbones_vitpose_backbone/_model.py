@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import Backbone, BackboneOutput, ForwardInput, InputError
+from backbones import BackboneOutput, ForwardInput, InputError
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, check_pixel_channels, init_linear_and_norm_, run_token_layers
-from backbones_dinov2.blocks import Dinov2Attention, Mlp, tokens_to_map
+from backbones.layers import CheckpointableLayer, check_pixel_channels, init_linear_and_norm_
+from backbones_dinov2.blocks import Dinov2Attention, Dinov2Encoder, Mlp, PlainViTBackbone
 
 from ._config import PATCH_PADDING, VitPoseBackboneConfig
 
@@ -158,20 +158,12 @@ class VitPoseLayer(CheckpointableLayer):
         return x + (self.mlp(normed, dataset_index) if self.mixture else self.mlp(normed)), weights
 
 
-class _Encoder(nn.Module):
-    """Groups the layers under the checkpoint's key path (``encoder.layer.N``)."""
-
-    def __init__(self, layers: list[VitPoseLayer]) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList(layers)
-
-
 def _example_dataset_index(config: VitPoseBackboneConfig, batch_size: int) -> Tensor:
     """Image ``i`` uses expert ``i mod num_experts``: neighbouring images differ where there are experts."""
     return torch.arange(batch_size) % config.num_experts
 
 
-class VitPoseBackbone(Backbone):
+class VitPoseBackbone(PlainViTBackbone):
     """ViTPose feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the embeddings) and ``stage1..stageN`` (the transformer layers), all of stride
@@ -204,11 +196,9 @@ class VitPoseBackbone(Backbone):
     def __init__(self, config: VitPoseBackboneConfig) -> None:
         super().__init__(config)
         self.embeddings = VitPoseEmbeddings(config)
-        self.encoder = _Encoder([VitPoseLayer(config) for _ in range(config.num_hidden_layers)])
+        self.encoder = Dinov2Encoder(VitPoseLayer(config) for _ in range(config.num_hidden_layers))
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        stages = config.num_hidden_layers + 1
-        self.num_features = [config.hidden_size] * stages
-        self.reductions = [config.patch_size] * stages
+        self._set_plain_stages(config)  # no class token: the maps are all the tokens
         self._dataset_index: Tensor | None = None
         self.post_init()
 
@@ -288,33 +278,6 @@ class VitPoseBackbone(Backbone):
             raise InputError(f"dataset_index holds {bad}, outside the valid range {valid}")
         return dataset_index.reshape(-1).long()
 
-    def _forward_features(
-        self,
-        pixel_values: Tensor,
-        *,
-        last_stage: int,
-        output_hidden_states: bool,
-        output_attentions: bool,
-    ) -> tuple[Any, ...]:
-        tokens, height, width = self.embeddings(pixel_values)
-        return run_token_layers(
-            tokens,
-            self.encoder.layer,
-            last_stage=last_stage,
-            out_positions=set(self.out_positions),
-            num_stages=len(self.stage_names),
-            feature_map=lambda stage_tokens, _: tokens_to_map(self.layernorm(stage_tokens), 0, height, width),
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            layer_inputs=(self._dataset_index,),
-        )
-
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """Stage 0 is the embeddings, stage ``p`` the transformer layer ``p - 1``; the final layer norm only
-        forms feature maps, so it belongs to no stage (and stays trainable)."""
-        if position == 0:
-            return [self.embeddings]
-        return [self.encoder.layer[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        del self.encoder.layer[last_stage:]
+    def _layer_inputs(self, tokens: Tensor, height: int, width: int) -> tuple[Any, ...]:
+        """Every layer takes the images' expert indices (``None`` without experts)."""
+        return (self._dataset_index,)
