@@ -50,6 +50,14 @@ def ratio(ours: float | None, references: Sequence[float | None]) -> float | Non
     return ours / min(measured)
 
 
+def _medians_and_ratio(
+    entry: Mapping[str, Any], base: str, other: str
+) -> tuple[float | None, float | None, float | None]:
+    """The medians of ``entry[base]`` and ``entry[other]`` (samples), and ``other / base`` (see :func:`ratio`)."""
+    base_median, other_median = median(entry[base]), median(entry[other])
+    return base_median, other_median, ratio(other_median, [base_median])
+
+
 def verdict(value: float | None, threshold: float) -> str:
     """``pass`` when ``value <= threshold``, ``MISS`` above it, ``n/a`` when unmeasured."""
     if value is None:
@@ -159,7 +167,7 @@ def target_rows(results: Mapping[str, Any]) -> list[list[str]]:
             ]
         )
     for entry in results.get("truncated", []):
-        value = ratio(median(entry["truncated"]), [median(entry["full"])])
+        value = _medians_and_ratio(entry, "full", "truncated")[2]
         rows.append(
             [
                 f"{entry['arch']} `out_indices=[1]` / all stages, batch {entry['batch']}",
@@ -420,8 +428,7 @@ def render_markdown(results: Mapping[str, Any], plot: str | None = None) -> str:
     if truncated:
         rows = []
         for entry in truncated:
-            full, part = median(entry["full"]), median(entry["truncated"])
-            value = ratio(part, [full])
+            full, part, value = _medians_and_ratio(entry, "full", "truncated")
             rows.append(
                 [
                     entry["arch"],
@@ -443,8 +450,7 @@ def render_markdown(results: Mapping[str, Any], plot: str | None = None) -> str:
     if reparam:
         rows = []
         for entry in reparam:
-            unfolded, folded = median(entry["unfolded"]), median(entry["folded"])
-            speedup = ratio(unfolded, [folded])
+            folded, unfolded, speedup = _medians_and_ratio(entry, "folded", "unfolded")
             rows.append([entry["label"], entry["folded_blocks"], _ms(unfolded), _ms(folded), _x(speedup)])
         out += [
             "",

@@ -477,28 +477,28 @@ def merge_section(previous: Any, fresh: Any) -> Any:
     return fresh
 
 
+# Each setting's value in a --quick run and in a full run.
+_SETTINGS: dict[str, tuple[Any, Any]] = {
+    "import_reps": (3, 5),
+    "process_reps": (2, 3),
+    "load_reps": (1, 2),
+    "bigload_reps": (1, 2),
+    # Ratios near 1.00x (the same network, the same kernels) need the full run's repetitions: single medians
+    # move by several percent on a shared machine.
+    "bs1": (
+        {"repetitions": 3, "warmup": 1, "budget_s": 0.6, "max_repetitions": 5},
+        {"repetitions": 7, "warmup": 1, "budget_s": 3.0, "max_repetitions": 21},
+    ),
+    "bs8": (
+        {"repetitions": 2, "warmup": 1, "budget_s": None, "max_repetitions": None},
+        {"repetitions": 5, "warmup": 1, "budget_s": 6.0, "max_repetitions": 9},
+    ),
+    "modes_bs8": (("fp32",), ("fp32",)),
+}
+
+
 def _settings(quick: bool) -> dict[str, Any]:
-    if quick:
-        return {
-            "import_reps": 3,
-            "process_reps": 2,
-            "load_reps": 1,
-            "bigload_reps": 1,
-            "bs1": {"repetitions": 3, "warmup": 1, "budget_s": 0.6, "max_repetitions": 5},
-            "bs8": {"repetitions": 2, "warmup": 1, "budget_s": None, "max_repetitions": None},
-            "modes_bs8": ("fp32",),
-        }
-    return {
-        "import_reps": 5,
-        "process_reps": 3,
-        "load_reps": 2,
-        "bigload_reps": 2,
-        # Ratios near 1.00x (the same network, the same kernels) need the repetitions: single medians move by
-        # several percent on a shared machine.
-        "bs1": {"repetitions": 7, "warmup": 1, "budget_s": 3.0, "max_repetitions": 21},
-        "bs8": {"repetitions": 5, "warmup": 1, "budget_s": 6.0, "max_repetitions": 9},
-        "modes_bs8": ("fp32",),
-    }
+    return {name: quick_value if quick else full_value for name, (quick_value, full_value) in _SETTINGS.items()}
 
 
 QUICK_ARCHS = ("swin", "resnet", "convnext")

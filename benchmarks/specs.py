@@ -15,6 +15,12 @@ __all__ = ["ARCHS", "Arch", "BIG_LOAD", "BIG_LOAD_SHARD_BYTES", "arch_by_name"]
 
 FOUR_STAGES = [1, 2, 3, 4]
 VIT_LAYERS = [3, 6, 9, 12]
+TIMM_VIT_LAYERS = [index - 1 for index in VIT_LAYERS]  # timm counts blocks from 0, transformers' stages from 1
+CONVNEXT_TINY: dict[str, Any] = {
+    "depths": [3, 3, 9, 3],
+    "hidden_sizes": [96, 192, 384, 768],
+    "out_indices": FOUR_STAGES,
+}
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,7 @@ ARCHS: list[Arch] = [
         "convnext-tiny",
         "ConvNextConfig",
         "ConvNextBackbone",
-        {"depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768], "out_indices": FOUR_STAGES},
+        CONVNEXT_TINY,
         timm_name="convnext_tiny",
         channels_last=True,
     ),
@@ -183,7 +189,7 @@ ARCHS: list[Arch] = [
         "convnextv2-tiny",
         "ConvNextV2Config",
         "ConvNextV2Backbone",
-        {"depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768], "out_indices": FOUR_STAGES},
+        CONVNEXT_TINY,
         timm_name="convnextv2_tiny",
         channels_last=True,
     ),
@@ -192,7 +198,7 @@ ARCHS: list[Arch] = [
         "dinov3-convnext-tiny",
         "DINOv3ConvNextConfig",
         "DINOv3ConvNextBackbone",
-        {"depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768], "out_indices": FOUR_STAGES},
+        CONVNEXT_TINY,
         timm_name="convnext_tiny",
         channels_last=True,
         note="timm's convnext_tiny is the same network (timm's convnext_tiny.dinov3_lvd1689m weights load into it)",
@@ -228,7 +234,7 @@ ARCHS: list[Arch] = [
         "BeitBackbone",
         {"use_relative_position_bias": True, "out_indices": VIT_LAYERS},
         timm_name="beit_base_patch16_224",
-        timm_kwargs={"out_indices": [index - 1 for index in VIT_LAYERS]},
+        timm_kwargs={"out_indices": TIMM_VIT_LAYERS},
     ),
     Arch(
         "dinov2",
@@ -237,7 +243,7 @@ ARCHS: list[Arch] = [
         "Dinov2Backbone",
         {"hidden_size": 384, "num_attention_heads": 6, "out_indices": VIT_LAYERS},
         timm_name="vit_small_patch14_dinov2",
-        timm_kwargs={"img_size": 224, "out_indices": [index - 1 for index in VIT_LAYERS]},
+        timm_kwargs={"img_size": 224, "out_indices": TIMM_VIT_LAYERS},
     ),
     Arch(
         "dinov3-vit",
@@ -246,7 +252,7 @@ ARCHS: list[Arch] = [
         "DINOv3ViTBackbone",
         {"num_register_tokens": 4, "out_indices": VIT_LAYERS},
         timm_name="vit_small_patch16_dinov3_qkvb",
-        timm_kwargs={"img_size": 224, "out_indices": [index - 1 for index in VIT_LAYERS]},
+        timm_kwargs={"img_size": 224, "out_indices": TIMM_VIT_LAYERS},
         note="timm's vit_small_patch16_dinov3_qkvb is the same network (with a zero key bias) built at img_size=224",
     ),
     Arch(
@@ -256,7 +262,7 @@ ARCHS: list[Arch] = [
         "Dinov2WithRegistersBackbone",
         {"hidden_size": 384, "num_attention_heads": 6, "patch_size": 14, "out_indices": VIT_LAYERS},
         timm_name="vit_small_patch14_reg4_dinov2",
-        timm_kwargs={"img_size": 224, "out_indices": [index - 1 for index in VIT_LAYERS]},
+        timm_kwargs={"img_size": 224, "out_indices": TIMM_VIT_LAYERS},
     ),
     Arch(
         "vitdet",

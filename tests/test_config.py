@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from backbones import AutoBackboneConfig, ConfigError, UnknownModelTypeError
+from backbones import AutoBackbone, AutoBackboneConfig, ConfigError, UnknownModelTypeError
 from backbones_toynet.model import ToyNetConfig
 
 pytestmark = pytest.mark.usefixtures("registry")
@@ -133,26 +135,39 @@ def test_auto_config_for_model_and_alias() -> None:
     assert isinstance(AutoBackboneConfig.for_model("toy-net"), ToyNetConfig)
 
 
-def test_auto_config_errors(tmp_path: Path) -> None:
+def test_auto_config_errors() -> None:
     with pytest.raises(UnknownModelTypeError, match="unknown model_type 'nope'; installed model types: .*toynet"):
         AutoBackboneConfig.for_model("nope")
-    (tmp_path / "config.json").write_text('{"widths": [4]}')
-    with pytest.raises(ConfigError, match=r"config.json has no 'model_type'"):
-        AutoBackboneConfig.from_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text('{"model_type": "toynet",')
-    with pytest.raises(ConfigError, match=r"config.json is not valid JSON"):
-        AutoBackboneConfig.from_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text('["toynet"]')
-    with pytest.raises(ConfigError, match=r"config.json must hold a JSON object, got list"):
-        AutoBackboneConfig.from_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text('{"model_type": "toynet", "widths": [-1]}')
-    with pytest.raises(
-        ConfigError,
-        match=r"invalid backbone config in .*config.json: invalid ToyNetConfig: widths=\[-1\]: widths must be",
-    ):
-        AutoBackboneConfig.from_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="a backbone config must be a dict"):
         AutoBackboneConfig.from_dict(["toynet"])  # type: ignore[arg-type]
+
+
+# A checkpoint's config.json that neither entry point can read, and what it says (after the file's path).
+BAD_CONFIG_FILES = [
+    ('{"widths": [4]}', ConfigError, r"{path} has no 'model_type'"),
+    ('{"model_type": "toynet",', ConfigError, r"{path} is not valid JSON"),
+    ('["toynet"]', ConfigError, r"{path} must hold a JSON object, got list"),
+    (
+        '{"model_type": "toynet", "widths": [-1]}',
+        ConfigError,
+        r"invalid backbone config in {path}: invalid ToyNetConfig: widths=\[-1\]: widths must be",
+    ),
+    (
+        '{"model_type": "vitdet-xl"}',
+        UnknownModelTypeError,
+        r"unknown model_type 'vitdet-xl'; installed model types: .*toynet",
+    ),
+]
+
+
+@pytest.mark.parametrize("load", [AutoBackboneConfig.from_pretrained, AutoBackbone.from_pretrained])
+@pytest.mark.parametrize(("text", "error", "pattern"), BAD_CONFIG_FILES)
+def test_unreadable_config_file_is_refused(
+    tmp_path: Path, load: Callable[[Path], object], text: str, error: type[Exception], pattern: str
+) -> None:
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(error, match=pattern.format(path=re.escape(str(tmp_path / "config.json")))):
+        load(tmp_path)
 
 
 def test_failed_cross_field_validation_rolls_back() -> None:

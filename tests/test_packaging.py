@@ -43,11 +43,13 @@ BUILT_ON = {
     "backbones-lw-detr-vit": {"backbones-vitdet", "backbones-dinov2"},
     "backbones-maskformer-swin": {"backbones-swin"},
     "backbones-pixio": {"backbones-dinov2"},
+    "backbones-pp-lcnet": {"backbones-hgnet-v2"},
     "backbones-rf-detr-dinov2": {"backbones-dinov2"},
     "backbones-rt-detr-resnet": {"backbones-resnet"},
     "backbones-sapiens2": {"backbones-dinov3-vit", "backbones-dinov2"},
     "backbones-swinv2": {"backbones-swin"},
     "backbones-tipsv2": {"backbones-dinov2"},
+    "backbones-vitdet": {"backbones-dinov2"},
     "backbones-vitpose-backbone": {"backbones-dinov2"},
 }
 INSTALLED = ["core", "resnet", "convnext", "convnextv2"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import textwrap
 import threading
@@ -14,6 +13,7 @@ import pytest
 
 from backbones import PluginError, UnknownModelTypeError
 from backbones._registry import KNOWN_DISTRIBUTIONS, Registry, get_registry, reset_registry
+from backbones.testing import modules_loaded_by
 
 GOOD_HOOK = """
 from backbones import hookimpl
@@ -231,25 +231,13 @@ def test_concurrent_first_use_discovers_once(site: FakeSite) -> None:
 
 
 def test_import_backbones_imports_neither_torch_nor_plugins() -> None:
-    code = (
-        "import sys, backbones\n"
-        "assert backbones.__version__\n"
-        "loaded = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'backbones_', 'pydantic', 'transformers', 'timm'))]\n"
-        "print(loaded)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    heavy = ("torch.", "backbones_", "pydantic", "transformers", "timm")
+    loaded = modules_loaded_by("import backbones\nassert backbones.__version__")
+    assert sorted(name for name in loaded if name == "torch" or name.startswith(heavy)) == []
 
 
 def test_listing_plugins_does_not_import_torch() -> None:
-    code = (
-        "import sys\n"
-        "from backbones._cli import main\n"
-        "main(['list'])\n"
-        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip().endswith("NO-TORCH"), result.stdout
+    assert "torch" not in modules_loaded_by("from backbones._cli import main\nmain(['list'])")
 
 
 NAME_HOOK = """

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 from ._errors import CheckpointError
 from ._options import HUB_OPTION_NAMES
@@ -75,36 +74,14 @@ def resolve_file(
     repo_id = os.fspath(name_or_path)
     if not _REPO_ID.match(repo_id):
         raise CheckpointError(f"{repo_id!r} is neither an existing directory nor a hub repository id (like 'org/name')")
-    return _resolve_hub_file(
-        repo_id,
-        filename,
-        revision=revision,
-        cache_dir=cache_dir,
-        local_files_only=local_files_only,
-        token=token,
-        force_download=force_download,
-        optional=optional,
-    )
-
-
-def _resolve_hub_file(
-    repo_id: str,
-    filename: str,
-    *,
-    revision: str | None,
-    cache_dir: Any,
-    local_files_only: bool,
-    token: str | bool | None,
-    force_download: bool,
-    optional: bool,
-) -> Path | None:
     import huggingface_hub
     from huggingface_hub import errors
     from huggingface_hub.file_download import _CACHED_NO_EXIST
 
+    cache = None if cache_dir is None else os.fspath(cache_dir)
     where = f"{filename} of hub repository {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
     if not force_download:
-        cached = huggingface_hub.try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, filename, cache_dir=cache, revision=revision)
         if isinstance(cached, str):
             return Path(cached)
         if cached is _CACHED_NO_EXIST and optional:
@@ -118,11 +95,11 @@ def _resolve_hub_file(
             "or pass a local directory"
         )
     try:
-        path = huggingface_hub.hf_hub_download(
+        downloaded = huggingface_hub.hf_hub_download(
             repo_id,
             filename,
             revision=revision,
-            cache_dir=cache_dir,
+            cache_dir=cache,
             token=token,
             force_download=force_download,
             library_name="backbones",
@@ -165,7 +142,7 @@ def _resolve_hub_file(
             "(HF_HUB_DOWNLOAD_TIMEOUT sets the timeout; set HF_HUB_OFFLINE=1 to use only cached files). "
             "Nothing partial was kept in the cache"
         ) from error
-    return Path(path)
+    return Path(downloaded)
 
 
 def _transfer_errors() -> tuple[type[BaseException], ...]:

@@ -336,7 +336,7 @@ class ImageProcessor:
         arrays = []
         for index, image in enumerate(_image_list(images)):  # a loop, not a comprehension: warnings' stacklevel
             arrays.append(processor._preprocess(image, index, input_data_format))
-        return ProcessedImages(pixel_values=_pack(arrays, return_tensors))
+        return processor.batch_outputs(arrays, return_tensors)
 
     def replace(self, **changes: Any) -> ImageProcessor:
         """Return a copy with ``changes`` applied (and validated).
@@ -448,6 +448,18 @@ class ImageProcessor:
         overrides it to add a step its architecture needs, e.g. reversing the channel order.
         """
         return pixels
+
+    def batch_outputs(self, arrays: list[NDArray[np.float32]], return_tensors: str | None) -> ProcessedImages:
+        """The outputs of one call from its processed images (``(channels, height, width)`` float32 arrays):
+        ``pixel_values`` here, stacked as ``return_tensors`` asks.
+
+        A processor that works on the whole batch (a detector's, padding the images to one size and adding a
+        ``pixel_mask``) overrides it.
+
+        Raises:
+            ValueError: ``return_tensors`` is set and the images differ in size.
+        """
+        return ProcessedImages(pixel_values=_pack(arrays, return_tensors))
 
     def resize_image(self, pixels: NDArray[Any], height: int, width: int) -> NDArray[Any]:
         """Resize one ``(height, width, channels)`` image to ``height`` x ``width`` with ``resample``.

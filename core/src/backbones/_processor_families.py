@@ -35,54 +35,38 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "do_normalize": True,
 }
 
+
+def _family(
+    size: dict[str, int], resample: int, mean: tuple[float, ...], std: tuple[float, ...], **settings: Any
+) -> dict[str, Any]:
+    """A family's class defaults: the common ones with its size, filter and statistics, then ``settings``."""
+    return {**_COMMON_DEFAULTS, "size": size, "resample": resample, "image_mean": mean, "image_std": std, **settings}
+
+
+_SQUARE_224 = {"height": 224, "width": 224}
+
 # The class defaults of transformers' image processors (the PIL backend's are the same). A key missing
 # from preprocessor_config.json, or null there, takes these values.
 FAMILIES: dict[str, dict[str, Any]] = {
-    "ViTImageProcessor": {
-        **_COMMON_DEFAULTS,
-        "size": {"height": 224, "width": 224},
-        "resample": BILINEAR,
-        "image_mean": HALF,
-        "image_std": HALF,
-    },
+    "ViTImageProcessor": _family(_SQUARE_224, BILINEAR, HALF, HALF),
     # ConvNeXt's crop_pct rule: the only family that reads crop_pct.
-    "ConvNextImageProcessor": {
-        **_COMMON_DEFAULTS,
-        "size": {"shortest_edge": 384},
-        "default_to_square": False,
-        "crop_pct": 224 / 256,
-        "resample": BICUBIC,
-        "image_mean": HALF,
-        "image_std": HALF,
-    },
-    "BitImageProcessor": {
-        **_COMMON_DEFAULTS,
-        "do_convert_rgb": True,
-        "size": {"shortest_edge": 224},
-        "default_to_square": False,
-        "do_center_crop": True,
-        "crop_size": {"height": 224, "width": 224},
-        "resample": BICUBIC,
-        "image_mean": OPENAI_CLIP_MEAN,
-        "image_std": OPENAI_CLIP_STD,
-    },
-    "BeitImageProcessor": {
-        **_COMMON_DEFAULTS,
-        "size": {"height": 224, "width": 224},
-        "crop_size": {"height": 224, "width": 224},
-        "resample": BICUBIC,
-        "image_mean": HALF,
-        "image_std": HALF,
-    },
+    "ConvNextImageProcessor": _family(
+        {"shortest_edge": 384}, BICUBIC, HALF, HALF, default_to_square=False, crop_pct=224 / 256
+    ),
+    "BitImageProcessor": _family(
+        {"shortest_edge": 224},
+        BICUBIC,
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+        do_convert_rgb=True,
+        default_to_square=False,
+        do_center_crop=True,
+        crop_size=_SQUARE_224,
+    ),
+    "BeitImageProcessor": _family(_SQUARE_224, BICUBIC, HALF, HALF, crop_size=_SQUARE_224),
     # DINOv3's (ViT and ConvNeXt checkpoints): transformers has only a torchvision-backed class, which
     # scales to [0, 1] before resizing (see RESCALE_FIRST).
-    "DINOv3ViTImageProcessor": {
-        **_COMMON_DEFAULTS,
-        "size": {"height": 224, "width": 224},
-        "resample": BILINEAR,
-        "image_mean": IMAGENET_MEAN,
-        "image_std": IMAGENET_STD,
-    },
+    "DINOv3ViTImageProcessor": _family(_SQUARE_224, BILINEAR, IMAGENET_MEAN, IMAGENET_STD),
 }
 
 # Families whose pipeline has a step of its own (padding a batch to one size, with a pixel mask), so they

@@ -17,7 +17,7 @@ another resize).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +42,32 @@ def _check_pad_size(pad_size: Any) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class RTDetrImageProcessor(ImageProcessor):
+class _DetectorProcessor(ImageProcessor):
+    """The fields and checks DETR-style detector processors share: optional padding and annotation settings.
+
+    Args:
+        do_pad: Pad each image with zeros at the bottom and right.
+        pad_size: ``{"height": H, "width": W}`` to pad to, or ``None``.
+        format: The annotation format of the checkpoint (kept, unused: no annotations here).
+        do_convert_annotations: Whether the detector normalises box annotations (kept, unused).
+    """
+
+    do_convert_rgb: bool = False
+    default_to_square: bool = False
+    do_pad: bool = False
+    pad_size: dict[str, int] | None = None
+    format: str = "coco_detection"
+    do_convert_annotations: bool | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.do_pad, bool):
+            raise ConfigError(f"do_pad={self.do_pad!r} must be true or false")
+        _check_pad_size(self.pad_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class RTDetrImageProcessor(_DetectorProcessor):
     """RT-DETR's processor: resize to a fixed size (640x640 bilinear), scale to [0, 1], optionally pad.
 
     The defaults are transformers' ``RTDetrImageProcessor`` defaults (what a ``preprocessor_config.json``
@@ -57,14 +82,8 @@ class RTDetrImageProcessor(ImageProcessor):
         do_convert_annotations: Whether the detector normalises box annotations (kept, unused).
     """
 
-    do_convert_rgb: bool = False
     size: dict[str, int] | None = dataclasses.field(default_factory=lambda: {"height": 640, "width": 640})
-    default_to_square: bool = False
     do_normalize: bool = False
-    do_pad: bool = False
-    pad_size: dict[str, int] | None = None
-    format: str = "coco_detection"
-    do_convert_annotations: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,9 +92,6 @@ class RTDetrImageProcessor(ImageProcessor):
                 f"size={self.size!r}: RTDetrImageProcessor resizes to a fixed size only; give "
                 '{"height": H, "width": W} (the hub checkpoints use {"height": 640, "width": 640})'
             )
-        if not isinstance(self.do_pad, bool):
-            raise ConfigError(f"do_pad={self.do_pad!r} must be true or false")
-        _check_pad_size(self.pad_size)
         if self.do_pad:
             if not self.do_resize:
                 raise ConfigError(
@@ -96,7 +112,7 @@ class RTDetrImageProcessor(ImageProcessor):
 
 
 @dataclasses.dataclass(frozen=True)
-class DeformableDetrImageProcessor(ImageProcessor):
+class DeformableDetrImageProcessor(_DetectorProcessor):
     """Deformable DETR's processor: resize, rescale, normalise, then pad the batch to one size with a mask.
 
     The defaults are transformers' ``DeformableDetrImageProcessor`` defaults (what a ``preprocessor_config.json``
@@ -116,65 +132,43 @@ class DeformableDetrImageProcessor(ImageProcessor):
         do_convert_annotations: Whether the detector normalises box annotations (kept, unused).
     """
 
-    do_convert_rgb: bool = False
     size: dict[str, int] | None = dataclasses.field(
         default_factory=lambda: {"shortest_edge": 800, "longest_edge": 1333}
     )
-    default_to_square: bool = False
     do_pad: bool = True
-    pad_size: dict[str, int] | None = None
-    format: str = "coco_detection"
-    do_convert_annotations: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.size, int) and not isinstance(self.size, bool):
             object.__setattr__(self, "size", {"shortest_edge": self.size, "longest_edge": 1333})
         super().__post_init__()
-        if not isinstance(self.do_pad, bool):
-            raise ConfigError(f"do_pad={self.do_pad!r} must be true or false")
-        _check_pad_size(self.pad_size)
 
-    def __call__(
-        self,
-        images: Any,
-        return_tensors: Literal["pt", "np"] | None = None,
-        *,
-        input_data_format: Literal["channels_first", "channels_last"] | None = None,
-        **overrides: Any,
-    ) -> ProcessedImages:
-        """Preprocess one image or a batch (see :meth:`backbones.ImageProcessor.__call__`), then pad.
-
-        Returns:
-            ``{"pixel_values": ..., "pixel_mask": ...}`` (the mask only with ``do_pad``), as tensors,
-            arrays or lists like ``pixel_values``.
+    def batch_outputs(self, arrays: list[Any], return_tensors: str | None) -> ProcessedImages:
+        """``pixel_values``, padded (see :meth:`backbones.ImageProcessor.batch_outputs`), and with ``do_pad`` the
+        ``pixel_mask``: ``{"pixel_values": ..., "pixel_mask": ...}``, as tensors, arrays or lists.
 
         Raises:
             ValueError: An image is larger than ``pad_size``, or (without padding) the batch cannot be stacked.
         """
-        if return_tensors not in (None, "pt", "np"):
-            raise ValueError(f"return_tensors={return_tensors!r} must be 'pt', 'np' or None")
-        processor = self.replace(**overrides) if overrides else self
-        assert isinstance(processor, DeformableDetrImageProcessor)
-        inputs = ImageProcessor.__call__(processor, images, None, input_data_format=input_data_format)
-        arrays: list[Any] = inputs["pixel_values"]
-        if processor.do_pad:
-            if processor.pad_size is not None:
-                height, width = processor.pad_size["height"], processor.pad_size["width"]
-            else:
-                height = max(array.shape[1] for array in arrays)
-                width = max(array.shape[2] for array in arrays)
-            masks = []
-            for index, array in enumerate(arrays):
-                rows, cols = array.shape[1:]
-                if rows > height or cols > width:
-                    raise ValueError(
-                        f"image {index} is {rows}x{cols} after resizing, larger than pad_size={processor.pad_size}; "
-                        "raise pad_size or resize to at most that size"
-                    )
-                arrays[index] = np.pad(array, ((0, 0), (0, height - rows), (0, width - cols)))
-                mask = np.zeros((height, width), dtype=np.int64)
-                mask[:rows, :cols] = 1
-                masks.append(mask)
-            inputs["pixel_mask"] = _pack(masks, return_tensors, hint=_NOT_STACKABLE_HINT)
-        inputs["pixel_values"] = _pack(arrays, return_tensors, hint=_NOT_STACKABLE_HINT)
-        return inputs
+        if not self.do_pad:
+            return ProcessedImages(pixel_values=_pack(arrays, return_tensors, hint=_NOT_STACKABLE_HINT))
+        if self.pad_size is not None:
+            height, width = self.pad_size["height"], self.pad_size["width"]
+        else:
+            height = max(array.shape[1] for array in arrays)
+            width = max(array.shape[2] for array in arrays)
+        masks = []
+        for index, array in enumerate(arrays):
+            rows, cols = array.shape[1:]
+            if rows > height or cols > width:
+                raise ValueError(
+                    f"image {index} is {rows}x{cols} after resizing, larger than pad_size={self.pad_size}; "
+                    "raise pad_size or resize to at most that size"
+                )
+            arrays[index] = np.pad(array, ((0, 0), (0, height - rows), (0, width - cols)))
+            mask = np.zeros((height, width), dtype=np.int64)
+            mask[:rows, :cols] = 1
+            masks.append(mask)
+        return ProcessedImages(
+            pixel_values=_pack(arrays, return_tensors, hint=_NOT_STACKABLE_HINT),
+            pixel_mask=_pack(masks, return_tensors, hint=_NOT_STACKABLE_HINT),
+        )

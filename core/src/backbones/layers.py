@@ -12,7 +12,9 @@
   modules, which most plugins' ``_init_weights`` start from; :func:`init_conv_and_batch_norm_`, the CNNs' one.
 * :func:`check_pixel_channels`: the shared error for inputs with the wrong number of channels.
 * :func:`run_stem_and_stages`: the forward of a trunk that is a stem followed by a list of stages.
-* :class:`StemAndStages`: the stage hooks (forward, freezing, pruning) of a backbone built that way.
+* :class:`StemAndStages`: the stage hooks (forward, freezing, pruning) of a backbone built that way;
+  :class:`StageList`, the module that holds such a trunk's stages under the key ``stages``, and
+  :class:`BlockSequence`, a stage that runs its blocks in order under the key ``layers``.
 * :func:`run_token_layers`: the forward of a plain vision transformer's layers, one stage each.
 * :func:`attend`: multi-head scaled dot-product attention that returns the probabilities when asked.
 * :func:`reselect_output_modules`: per-output modules (e.g. output norms) following a new selection.
@@ -38,6 +40,8 @@ __all__ = [
     "CheckpointableLayer",
     "ConvNormActivation",
     "StemAndStages",
+    "StageList",
+    "BlockSequence",
     "FrozenBatchNorm2d",
     "LearnableAffine",
     "attend",
@@ -302,12 +306,7 @@ def init_linear_and_norm_(module: nn.Module, std: float, *, truncated: bool = Fa
         Whether ``module`` was one of those kinds (and so is initialised).
     """
     if isinstance(module, (nn.Linear, nn.Conv2d)):
-        if truncated:
-            nn.init.trunc_normal_(module.weight, mean=0.0, std=std)
-        else:
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+        _init_normal_weight_zero_bias_(module, std, truncated=truncated)
         return True
     if isinstance(module, nn.LayerNorm):
         if module.weight is not None:
@@ -318,13 +317,25 @@ def init_linear_and_norm_(module: nn.Module, std: float, *, truncated: bool = Fa
     return False
 
 
+def _init_normal_weight_zero_bias_(module: nn.Linear | nn.Conv2d, std: float, *, truncated: bool = False) -> None:
+    """Draw ``module.weight`` from a normal distribution of mean 0 and standard deviation ``std`` (the
+    truncated one, cut at -2 and 2, if ``truncated``) and zero its bias, if it has one."""
+    if truncated:
+        nn.init.trunc_normal_(module.weight, mean=0.0, std=std)
+    else:
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 def init_conv_and_batch_norm_(module: nn.Module, std: float | None = None) -> bool:
-    """Initialise ``module``'s own parameters as transformers' convolutional models do, if it is a convolution
-    or a BatchNorm.
+    """Initialise ``module``'s own parameters as transformers' convolutional models do, if it is a convolution,
+    a BatchNorm or a :class:`LearnableAffine`.
 
     ``nn.Conv2d``: with ``std``, weight from a normal distribution of mean 0 and standard deviation ``std`` and
     bias 0; without, He's normal initialisation for ReLU (``kaiming_normal_``, ``mode="fan_out"``, as
     transformers' ResNet), bias untouched. ``nn.BatchNorm2d``: weight 1, bias 0, running statistics reset.
+    :class:`LearnableAffine`: scale 1, bias 0 (the identity, as transformers' HGNetV2 and PP-LCNet).
     Meant for a backbone's ``_init_weights``, before its architecture-specific cases.
 
     Args:
@@ -339,14 +350,16 @@ def init_conv_and_batch_norm_(module: nn.Module, std: float | None = None) -> bo
         if std is None:
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         else:
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+            _init_normal_weight_zero_bias_(module, std)
         return True
     if isinstance(module, nn.BatchNorm2d):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
         module.reset_running_stats()
+        return True
+    if isinstance(module, LearnableAffine):
+        nn.init.ones_(module.scale)
+        nn.init.zeros_(module.bias)
         return True
     return False
 
@@ -406,6 +419,36 @@ def run_stem_and_stages(
         states.append(hidden)
     stage_maps: list[Tensor | None] = [*states, *([None] * (num_stages - len(states)))]
     return stage_maps, tuple(states) if output_hidden_states else None, None
+
+
+class StageList(nn.Module):
+    """The stages of a trunk under the key ``stages`` (the ``encoder.stages.<i>`` keys of transformers' CNNs);
+    the backbone runs them (:func:`run_stem_and_stages`), and pruning shortens the list.
+
+    Args:
+        stages: The stages, shallowest first.
+    """
+
+    def __init__(self, stages: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+
+
+class BlockSequence(nn.Module):
+    """A stage that runs its blocks in order, held under the key ``layers`` (``layers.<i>``, the keys of
+    transformers' ResNet and PP-LCNet stages).
+
+    Args:
+        blocks: The blocks, in order.
+    """
+
+    def __init__(self, blocks: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*blocks)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """The blocks applied in order."""
+        return self.layers(hidden)
 
 
 class StemAndStages:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, ValidationInfo
 
@@ -18,11 +18,13 @@ __all__ = [
     "OutputStride",
     "PositiveInts",
     "PositivePerStage",
+    "StagesPerDepth",
     "check_choice",
     "check_heads_divide",
     "check_hidden_sizes_per_stage",
     "check_image_holds_patches",
     "check_layer_indices",
+    "check_odd_kernels",
     "check_positive_mlp_ratio",
     "check_rotary_heads",
     "check_stage_heads",
@@ -30,6 +32,7 @@ __all__ = [
     "dilate_stages",
     "image_pair",
     "numbered_stage_names",
+    "odd_kernels",
     "square_patch",
     "square_patch_size",
 ]
@@ -78,6 +81,27 @@ def square_patch(example: int) -> BeforeValidator:
 def numbered_stage_names(count: int) -> list[str]:
     """The stage names ``["stem", "stage1", ..., "stage<count>"]`` of a backbone with ``count`` stages after its stem."""
     return ["stem"] + [f"stage{index}" for index in range(1, count + 1)]
+
+
+class StagesPerDepth:
+    """Mixin of a :class:`~backbones.BackboneConfig` with one stage per entry of its ``depths`` field (and a
+    stem): its ``stage_names`` are ``["stem", "stage1", ..., "stageN"]`` with ``N = len(depths)``
+    (:func:`numbered_stage_names`). List it before ``BackboneConfig`` in the bases.
+
+    Example:
+        >>> class MyConfig(StagesPerDepth, BackboneConfig):  # doctest: +SKIP
+        ...     depths: list[int] = [2, 2, 6, 2]
+        >>> MyConfig().stage_names  # doctest: +SKIP
+        ['stem', 'stage1', 'stage2', 'stage3', 'stage4']
+    """
+
+    if TYPE_CHECKING:
+        depths: list[int]
+
+    @property
+    def stage_names(self) -> list[str]:
+        """``["stem", "stage1", ..., "stageN"]`` with ``N = len(depths)``."""
+        return numbered_stage_names(len(self.depths))
 
 
 def image_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -135,6 +159,42 @@ def check_stem_channels(stem_channels: list[int], num_channels: int) -> None:
             f"stem_channels[0]={stem_channels[0]} must equal num_channels={num_channels} "
             "(the stem's first convolution reads the image)"
         )
+
+
+def check_odd_kernels(name: str, kernels: Sequence[int], why: str) -> None:
+    """Require every kernel size in the config field ``name`` to be odd and at least 1.
+
+    Args:
+        name: The field (``stage_kernel_size``, ``focal_windows``, ...), named in the message.
+        kernels: Its kernel sizes.
+        why: What an even kernel would break in this architecture, ending the message.
+
+    Raises:
+        ValueError: Naming the first offending entry, the whole list and ``why``.
+    """
+    for index, kernel in enumerate(kernels):
+        if kernel < 1 or kernel % 2 == 0:
+            problem = f"must be odd: {why}" if kernel >= 1 else "is below 1"
+            raise ValueError(
+                f"{name} must hold odd kernel sizes >= 1, got {list(kernels)}; {name}[{index}]={kernel} {problem}"
+            )
+
+
+def odd_kernels(why: str) -> AfterValidator:
+    """A pydantic validator for a field of kernel sizes: :func:`check_odd_kernels` with the field's name.
+
+    Args:
+        why: What an even kernel would break in this architecture, ending the message.
+
+    Example:
+        >>> stage_kernel_size: Annotated[list[int], odd_kernels("the blocks' maps would shrink")] = [3, 5]  # doctest: +SKIP
+    """
+
+    def check(value: list[int], info: ValidationInfo) -> list[int]:
+        check_odd_kernels(info.field_name or "kernel_size", value, why)
+        return value
+
+    return AfterValidator(check)
 
 
 def check_layer_indices(name: str, indices: list[int], num_layers: int) -> None:

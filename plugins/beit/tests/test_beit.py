@@ -13,26 +13,18 @@ from safetensors.torch import load_file
 from backbones import AutoBackbone, Backbone, ConfigError, testing
 from backbones.testing import (
     BackboneConformance,
-    ConfigErrors,
     TransformersParity,
     assert_close_maps,
     assert_parity,
     random_pixels,
 )
+from backbones.testing.vit import TINY_VIT, ViTConfigErrors
 from backbones_beit import BeitBackbone, BeitConfig
 
 transformers = pytest.importorskip("transformers")
 
 # Four layers (five stages), a 4 x 4 pre-training grid of 8-pixel patches: tiny, yet every code path.
-TINY: dict[str, Any] = {
-    "hidden_size": 16,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "image_size": 32,
-    "patch_size": 8,
-    "drop_path_rate": 0.0,
-}
+TINY: dict[str, Any] = {**TINY_VIT, "num_hidden_layers": 4, "intermediate_size": 32, "drop_path_rate": 0.0}
 ALL_STAGES = [0, 1, 2, 3, 4]
 PYRAMID: dict[str, Any] = {**TINY, "add_fpn": True, "use_relative_position_bias": True}
 # The pre-training size, a larger non-square one (both position tables upsampled) and a smaller one.
@@ -480,17 +472,9 @@ def test_truncated_forward_skips_deeper_layers() -> None:
 @pytest.mark.slow
 def test_beit_base_feature_map_shapes() -> None:
     config = BeitConfig(add_fpn=True, fpn_indices=[3, 5, 7, 11], out_indices=[3, 5, 7, 11, 12])
-    model = AutoBackbone.from_config(config).eval()
-    assert model.channels == [768] * 5 and model.out_reductions == [4, 8, 16, 32, 16]
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (1, 768, 56, 56),
-        (1, 768, 28, 28),
-        (1, 768, 14, 14),
-        (1, 768, 7, 7),
-        (1, 768, 14, 14),
-    ]
+    # The pyramid's four levels (strides 4 to 32), then the last layer's map (stride 16), all 768 wide.
+    shapes = [(1, 768, 56, 56), (1, 768, 28, 28), (1, 768, 14, 14), (1, 768, 7, 7), (1, 768, 14, 14)]
+    testing.assert_maps_at_size(config, shapes)
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -524,19 +508,11 @@ def test_config_accepts_square_patch_pair_and_image_pair() -> None:
     assert config.patch_size == 16 and config.patch_grid == (14, 20)
 
 
-class TestBeitConfigErrors(ConfigErrors):
+class TestBeitConfigErrors(ViTConfigErrors):
     config_class = BeitConfig
     config = TINY
+    vit_rules = ("heads-divide-the-width", "unknown-activation", "square-patches")
     errors = {
-        "heads-divide-the-width": (
-            {"num_attention_heads": 3},
-            r"num_attention_heads=3 does not divide hidden_size=16; choose a head count",
-        ),
-        "unknown-activation": (
-            {"hidden_act": "swishy"},
-            r"hidden_act 'swishy' is not supported; set hidden_act to one of",
-        ),
-        "square-patches": ({"patch_size": [8, 4]}, r"patch_size must be one int or a square pair"),
         "image-holds-a-patch": ({"image_size": 4}, r"image_size 4 is smaller than patch_size=8"),
         "at-least-one-layer": (
             {"num_hidden_layers": 0},

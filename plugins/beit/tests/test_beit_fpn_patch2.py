@@ -11,15 +11,15 @@ import torch
 
 from backbones import AutoBackbone
 from backbones.testing import assert_close_maps, random_pixels, randomize_weights_
+from backbones.testing.vit import TINY_VIT
 from backbones_beit import BeitBackbone, BeitConfig
 
 transformers = pytest.importorskip("transformers")
 
 # Four layers (five stages) on a 4 x 4 grid of 2-pixel patches: the finest pyramid level has stride 0.5.
 TINY_PATCH2: dict[str, Any] = {
-    "hidden_size": 16,
+    **TINY_VIT,
     "num_hidden_layers": 4,
-    "num_attention_heads": 2,
     "intermediate_size": 32,
     "image_size": 8,
     "patch_size": 2,

@@ -18,6 +18,7 @@ from backbones.testing import (
     assert_parity,
     randomize_weights_,
 )
+from backbones.testing.cnn import assert_refuses_unlisted_choice
 from backbones_bit import BitBackbone, BitConfig
 from backbones_bit._config import ACTIVATIONS, round_channels
 from backbones_bit._model import _make_activation, _pad_same, _StandardizedConv2d
@@ -307,13 +308,7 @@ def test_valid_padding_is_refused_with_the_reason() -> None:
 
 
 def test_unknown_layer_type_lists_the_valid_ones() -> None:
-    message = r"layer_type 'basic' is not supported; set layer_type to one of \['preactivation', 'bottleneck'\]"
-    with pytest.raises(ValueError, match=message):
-        BitConfig(layer_type="basic")
-    config = BitConfig()
-    with pytest.raises(ValueError, match=message):
-        config.layer_type = "basic"
-    assert config.layer_type == "preactivation"
+    assert_refuses_unlisted_choice(BitConfig, "layer_type", "basic", ["preactivation", "bottleneck"], "preactivation")
 
 
 def test_unknown_activation_lists_the_valid_ones() -> None:

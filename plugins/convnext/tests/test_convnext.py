@@ -11,72 +11,48 @@ from transformers.activations import ACT2FN
 
 from backbones import AutoBackbone, ConfigError, testing
 from backbones.activations import make_activation
-from backbones.testing import (
-    BackboneConformance,
-    TransformersParity,
-    assert_close_maps,
-    assert_parity,
-    randomize_weights_,
+from backbones.testing import assert_close_maps, randomize_weights_
+from backbones.testing.cnn import (
+    SMALL_CNN,
+    TINY_CNN,
+    ConvNextStyleConformance,
+    ConvNextStyleParity,
+    assert_same_maps_at_sizes,
+    dilated_backbone,
 )
 from backbones_convnext import ConvNextBackbone, ConvNextConfig
 from backbones_convnext._config import ACTIVATIONS
 from backbones_convnext.blocks import ChannelsFirstLayerNorm
 
-TINY: dict[str, Any] = {"hidden_sizes": [8, 16, 24], "depths": [1, 1, 2]}
-# Four stages, as real ConvNeXts have, for parity; still a few thousand parameters.
-SMALL: dict[str, Any] = {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 2, 1, 1]}
+TINY: dict[str, Any] = {**TINY_CNN}
+SMALL: dict[str, Any] = {**SMALL_CNN}
 ALL_STAGES = [0, 1, 2, 3, 4]
-# The output norm of each stage named, as load-report key templates.
-NORM_KEYS = ("hidden_states_norms.{stage}.weight", "hidden_states_norms.{stage}.bias")
 
 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestConvNextConformance(BackboneConformance):
+class TestConvNextConformance(ConvNextStyleConformance):
     model_type = "convnext"
-    # 50 and 38 are not multiples of the strides, so the rounding below is really exercised.
-    input_sizes = ((64, 64), (50, 38))
-    # The patch embedding and the 2x2 downsampling convolutions do not pad: each drops the remainder.
-    spatial_rounding = "floor"
-    # Any size exports. The lower end is twice the deepest stride (16), so that every map is 2 pixels or
-    # more: torch.export specialises a size of 1 (it broadcasts), not a limit of ConvNeXt's.
-    export_range = (32, 4096)
+    config_class = ConvNextConfig
     channel_error_name = "model"
-
-    def make_config(self, **overrides: Any) -> ConvNextConfig:
-        return ConvNextConfig(**TINY, **overrides)
 
 
 # -- parity with transformers -----------------------------------------------------------------------
 
 
-class TestConvNextParity(TransformersParity):
+class TestConvNextParity(ConvNextStyleParity):
     backbone_class = ConvNextBackbone
     reference_task_class = "ConvNextForImageClassification"
-    # Lists, not transformers' defaults: in 5.23 ConvNextBackbone(ConvNextConfig()) raises
-    # "TypeError: can only concatenate list (not "tuple") to list" because the default sizes are tuples.
-    config = {**SMALL, "num_stages": 4}
+    trunk_prefix = "convnext"
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "layer-scale": {},
         "no-layer-scale": {"layer_scale_init_value": 0.0},
         "patch-2-gelu-tanh": {"patch_size": 2, "hidden_act": "gelu_pytorch_tanh"},
     }
-    # 67 x 45 is no multiple of any stride, so every unpadded convolution drops a remainder.
-    input_sizes = ((67, 45),)
-    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0,), (2, -1))
-    # The checkpoint has an output norm for every stage; ours keeps only the selected stages' norms.
-    backbone_unused_keys = NORM_KEYS
-    hidden_state_count = 5
     task_variants = ("layer-scale", "no-layer-scale")
     task_out_indices = (1, 3, 4)
-    # The task model has no output norms (they are initialised as transformers does: weight 1, bias 0)
-    # and a pooled LayerNorm and classifier that a backbone never runs.
-    task_missing_keys = NORM_KEYS
-    task_unused_keys = ("classifier.bias", "classifier.weight", "convnext.layernorm.bias", "convnext.layernorm.weight")
-    task_prefix = "'convnext.' removed"
     round_trip_out_indices = (0, 2, 4)
-    round_trip_tolerance = 1e-5
 
     def test_metadata_matches_oracle_shapes(
         self, tmp_path_factory: pytest.TempPathFactory, parity_variant: str
@@ -250,22 +226,19 @@ def test_output_stride_matches_timm(output_stride: int) -> None:
     pytest.importorskip("timm")
     from timm.models.convnext import ConvNeXt
 
-    config = ConvNextConfig(**SMALL, output_stride=output_stride, out_indices=ALL_STAGES)
-    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
-    expected = {32: [4, 4, 8, 16, 32], 16: [4, 4, 8, 16, 16], 8: [4, 4, 8, 8, 8]}[output_stride]
-    assert model.reductions == expected  # known before any forward
+    model = dilated_backbone(ConvNextConfig(**SMALL, output_stride=output_stride, out_indices=ALL_STAGES))
     reference = ConvNeXt(depths=SMALL["depths"], dims=SMALL["hidden_sizes"], output_stride=output_stride).eval()
-    assert [info["reduction"] for info in reference.feature_info] == expected[1:]
+    assert [info["reduction"] for info in reference.feature_info] == model.reductions[1:]
     missing, unexpected = reference.load_state_dict(_timm_convnext_state(model), strict=False)
     assert (sorted(missing), unexpected) == (
         ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"],
         [],
     )
-    for height, width in [(64, 64), (67, 45)]:
-        images = pixels(height=height, width=width)
-        with torch.no_grad():
-            ours = model(images, output_hidden_states=True).hidden_states[1:]
-            assert_parity(ours, reference.forward_intermediates(images, intermediates_only=True), tolerance=1e-5)
+    assert_same_maps_at_sizes(
+        lambda images: model(images, output_hidden_states=True).hidden_states[1:],
+        lambda images: reference.forward_intermediates(images, intermediates_only=True),
+        [(64, 64), (67, 45)],
+    )
 
 
 def test_dilated_model_loads_the_same_weights_and_exports(tmp_path: Path) -> None:

@@ -10,43 +10,34 @@ import torch
 from transformers.models.convnextv2.modeling_convnextv2 import ConvNextV2GRN
 
 from backbones import AutoBackbone, ConfigError, testing
-from backbones.testing import (
-    BackboneConformance,
-    TransformersParity,
-    assert_close_maps,
-    assert_parity,
-    randomize_weights_,
+from backbones.testing import assert_close_maps, randomize_weights_
+from backbones.testing.cnn import (
+    SMALL_CNN,
+    TINY_CNN,
+    ConvNextStyleConformance,
+    ConvNextStyleParity,
+    assert_same_maps_at_sizes,
+    dilated_backbone,
 )
 from backbones_convnext import ConvNextBackbone, ConvNextBlock, ConvNextConfig
 from backbones_convnext.blocks import ChannelsFirstLayerNorm
 from backbones_convnextv2 import ConvNextV2Backbone, ConvNextV2Config
 from backbones_convnextv2._model import ConvNextV2Block, GlobalResponseNorm
 
-TINY: dict[str, Any] = {"hidden_sizes": [8, 16, 24], "depths": [1, 1, 2]}
-# Four stages, as real ConvNeXt V2s have, for parity; still a few thousand parameters.
-SMALL: dict[str, Any] = {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 2, 1, 1]}
+TINY: dict[str, Any] = {**TINY_CNN}
+SMALL: dict[str, Any] = {**SMALL_CNN}
 ALL_STAGES = [0, 1, 2, 3, 4]
-# The output norm of each stage named, as load-report key templates.
-NORM_KEYS = ("hidden_states_norms.{stage}.weight", "hidden_states_norms.{stage}.bias")
 
 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestConvNextV2Conformance(BackboneConformance):
-    model_type = "convnextv2"
-    # 50 and 38 are not multiples of the strides, so the rounding below is really exercised.
-    input_sizes = ((64, 64), (50, 38))
-    # The patch embedding and the 2x2 downsampling convolutions do not pad: each drops the remainder.
-    spatial_rounding = "floor"
-    # Any size exports. The lower end is twice the deepest stride (16), so that every map is 2 pixels or
-    # more: torch.export specialises a size of 1 (it broadcasts), not a limit of ConvNeXt V2's. The
-    # deployment checks stay on: GRN (a global reduction over the map) and the block without layer scale
-    # are code paths that backbones-convnext's class does not cover.
-    export_range = (32, 4096)
+class TestConvNextV2Conformance(ConvNextStyleConformance):
+    """The deployment checks stay on: GRN (a global reduction over the map) and the block without layer scale
+    are code paths that backbones-convnext's class does not cover."""
 
-    def make_config(self, **overrides: Any) -> ConvNextV2Config:
-        return ConvNextV2Config(**TINY, **overrides)
+    model_type = "convnextv2"
+    config_class = ConvNextV2Config
 
 
 # -- reuse of backbones-convnext ----------------------------------------------------------------------
@@ -66,35 +57,17 @@ def test_builds_on_convnext() -> None:
 # -- parity with transformers -----------------------------------------------------------------------
 
 
-class TestConvNextV2Parity(TransformersParity):
+class TestConvNextV2Parity(ConvNextStyleParity):
     backbone_class = ConvNextV2Backbone
     reference_task_class = "ConvNextV2ForImageClassification"
-    # Lists, not transformers' defaults: in 5.23 ConvNextV2Backbone(ConvNextV2Config()) raises
-    # "TypeError: can only concatenate list (not "tuple") to list" because the default sizes are tuples.
-    config = {**SMALL, "num_stages": 4}
+    trunk_prefix = "convnextv2"
     # Every output norm and every weight, GRN included, is randomised.
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
         "patch-2-gelu-tanh": {"patch_size": 2, "hidden_act": "gelu_pytorch_tanh"},
     }
-    # 67 x 45 is no multiple of any stride, so every unpadded convolution drops a remainder.
-    input_sizes = ((67, 45),)
-    out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0,), (2, -1))
-    backbone_unused_keys = NORM_KEYS
-    hidden_state_count = 5
     task_out_indices = (0, 2, 4)
-    # The task model has no output norms (initialised as transformers does: weight 1, bias 0) and a
-    # pooled LayerNorm and classifier that a backbone never runs.
-    task_missing_keys = NORM_KEYS
-    task_unused_keys = (
-        "classifier.bias",
-        "classifier.weight",
-        "convnextv2.layernorm.bias",
-        "convnextv2.layernorm.weight",
-    )
-    task_prefix = "'convnextv2.' removed"
     round_trip_out_indices = (1, 2, 4)
-    round_trip_tolerance = 1e-5
 
 
 def test_grn_matches_transformers() -> None:
@@ -209,9 +182,7 @@ def test_output_stride_matches_timm(output_stride: int) -> None:
     pytest.importorskip("timm")
     from timm.models.convnext import ConvNeXt
 
-    config = ConvNextV2Config(**SMALL, output_stride=output_stride, out_indices=ALL_STAGES)
-    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
-    assert model.reductions == {16: [4, 4, 8, 16, 16], 8: [4, 4, 8, 8, 8]}[output_stride]
+    model = dilated_backbone(ConvNextV2Config(**SMALL, output_stride=output_stride, out_indices=ALL_STAGES))
     reference = ConvNeXt(
         depths=SMALL["depths"],
         dims=SMALL["hidden_sizes"],
@@ -224,11 +195,12 @@ def test_output_stride_matches_timm(output_stride: int) -> None:
         ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"],
         [],
     )
-    for height, width in [(64, 64), (67, 45)]:
-        images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(3))
-        with torch.no_grad():
-            ours = model(images, output_hidden_states=True).hidden_states[1:]
-            assert_parity(ours, reference.forward_intermediates(images, intermediates_only=True), tolerance=1e-5)
+    assert_same_maps_at_sizes(
+        lambda images: model(images, output_hidden_states=True).hidden_states[1:],
+        lambda images: reference.forward_intermediates(images, intermediates_only=True),
+        [(64, 64), (67, 45)],
+        seed=3,
+    )
 
 
 def test_output_stride_lists_the_valid_values() -> None:

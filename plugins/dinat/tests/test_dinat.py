@@ -18,13 +18,20 @@ import torch
 from safetensors.torch import load_file
 
 from backbones import AutoBackbone
-from backbones.testing import assert_close_maps, assert_parity, randomize_weights_
+from backbones.testing import ConfigErrors, assert_close_maps, assert_parity, randomize_weights_
 from backbones_dinat import DinatBackbone, DinatConfig
 from backbones_nat import NatBackbone, NatConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "nat" / "tests"))
 
-from nat_oracle import TESTS, NatFamilyConformance, NatFamilyRecordedParity, fake_natten, subprocess_environment
+from nat_oracle import (
+    CLASSIFIER_LAYOUT,
+    TESTS,
+    NatFamilyConformance,
+    NatFamilyRecordedParity,
+    fake_natten,
+    subprocess_environment,
+)
 
 # Two stages; at 32 px the second stage's 4 x 4 map is far smaller than its 3 x 5 dilated window.
 TINY: dict[str, Any] = {
@@ -37,41 +44,16 @@ TINY: dict[str, Any] = {
 }
 # Three stages for the oracle. At 64 px the maps are 16, 8 and 4 wide: stage 1 fits dilation 4
 # (window 12); stage 2 pads for dilation 16 (window 48, dilation twice the map); stage 3 pads for 3.
-SMALL: dict[str, Any] = {
-    "embed_dim": 16,
-    "depths": [2, 2, 1],
-    "num_heads": [2, 2, 4],
-    "kernel_size": 3,
-    "dilations": [[1, 4], [2, 16], [3]],
-    "drop_path_rate": 0.0,
-}
+SMALL: dict[str, Any] = {**TINY, "depths": [2, 2, 1], "num_heads": [2, 2, 4], "dilations": [[1, 4], [2, 16], [3]]}
 # Kernel 5; dilations 2 then 3: at 64 px stage 1 (16 wide) fits window 10, stage 2 (8 wide) pads to 15.
-KERNEL5: dict[str, Any] = {
-    "embed_dim": 16,
-    "depths": [1, 2],
-    "num_heads": [2, 4],
-    "kernel_size": 5,
-    "dilations": [[2], [1, 3]],
-    "drop_path_rate": 0.0,
-}
-CLASSIFIER: dict[str, Any] = {
-    "embed_dim": 16,
-    "depths": [2, 1, 1],
-    "num_heads": [1, 2, 4],
-    "kernel_size": 3,
-    "dilations": [[1, 3], [2], [1]],
-    "mlp_ratio": 2.0,
-    "layer_scale_init_value": 0.5,
-    "drop_path_rate": 0.0,
-    "num_labels": 4,
-}
+KERNEL5: dict[str, Any] = {**TINY, "depths": [1, 2], "kernel_size": 5, "dilations": [[2], [1, 3]]}
+CLASSIFIER: dict[str, Any] = {**SMALL, **CLASSIFIER_LAYOUT, "dilations": [[1, 3], [2], [1]], "num_labels": 4}
 
 
 class TestDinatConformance(NatFamilyConformance):
     model_type = "dinat"
-
-    def make_config(self, **overrides: Any) -> DinatConfig:
-        return DinatConfig(**{**TINY, **overrides})
+    config_class = DinatConfig
+    config = TINY
 
 
 # -- parity with transformers 4.53.3 --------------------------------------------------------------
@@ -183,38 +165,25 @@ def test_all_ones_dilations_equal_nat(tmp_path: Path) -> None:
         assert_close_maps(dinat(pixels).feature_maps, nat(pixels).feature_maps, atol=0.0)
 
 
-# -- default size ---------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_dinat_mini_feature_map_shapes() -> None:
-    model = AutoBackbone.from_config(DinatConfig(out_indices=[1, 2, 3, 4])).eval()
-    assert model.channels == [64, 128, 256, 512] and model.out_reductions == [4, 8, 16, 32]
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [(1, 64, 56, 56), (1, 128, 28, 28), (1, 256, 14, 14), (1, 512, 7, 7)]
-    assert all(torch.isfinite(fmap).all() for fmap in maps)
-
-
 # -- config ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"dilations": [[1, 2]]}, "dilations has 1 entries but depths has 2; give dilations one list per stage"),
-        (
+class TestDinatConfigErrors(ConfigErrors):
+    config_class = DinatConfig
+    config = TINY
+    errors = {
+        "dilations_per_stage": (
+            {"dilations": [[1, 2]]},
+            "dilations has 1 entries but depths has 2; give dilations one list per stage",
+        ),
+        "dilations_per_layer": (
             {"dilations": [[1, 2], [1]]},
             r"dilations\[1\] has 1 entries but depths\[1\] = 2; give one dilation per layer",
         ),
-        ({"dilations": [[1, 2], [1, 0]]}, r"dilations\[1\]\[1\]=0 must be a positive integer"),
-        ({"kernel_size": 4}, "kernel_size must be odd"),
-        ({"patch_size": 8}, "patch_size must be 4"),
-    ],
-)
-def test_config_rejects_bad_values(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        DinatConfig(**{**TINY, **overrides})
+        "zero_dilation": ({"dilations": [[1, 2], [1, 0]]}, r"dilations\[1\]\[1\]=0 must be a positive integer"),
+        "even_kernel": ({"kernel_size": 4}, "kernel_size must be odd"),
+        "patch_size": ({"patch_size": 8}, "patch_size must be 4"),
+    }
 
 
 def test_config_defaults_are_dinat_mini() -> None:

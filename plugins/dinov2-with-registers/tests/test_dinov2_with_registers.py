@@ -14,32 +14,25 @@ import backbones_dinov2_with_registers
 from backbones import AutoBackbone
 from backbones.testing import (
     BitProcessorParity,
-    ConfigErrors,
     TokenShapes,
-    edit_checkpoint,
     imported_names,
     random_pixels,
     randomize_weights_,
+    vit,
 )
-from backbones.testing.vit import SMALL_VIT, TINY_VIT, ViTConformance, ViTParity
 from backbones_dinov2_with_registers import Dinov2WithRegistersBackbone, Dinov2WithRegistersConfig
 
-TINY: dict[str, Any] = {**TINY_VIT, "num_register_tokens": 2}
+TINY: dict[str, Any] = {**vit.TINY_VIT, "num_register_tokens": 2}
 # Parity: four layers, a 4x4 grid of pre-training positions, four registers (as the released checkpoints).
-SMALL: dict[str, Any] = {**SMALL_VIT, "num_register_tokens": 4}
-# The training size (positions as stored), a larger non-square size (rows and columns upsampled), a size whose
-# rows are downsampled (where antialiasing changes the table), and sizes that are no multiple of the patch.
-SIZES = ((32, 32), (48, 40), (24, 40), (42, 59))
+SMALL: dict[str, Any] = {**vit.SMALL_VIT, "num_register_tokens": 4}
 
 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestDinov2WithRegistersConformance(ViTConformance):
-    model_type = "dinov2_with_registers"
+class TestDinov2WithRegistersConformance(vit.ViTConformance):
     config_class = Dinov2WithRegistersConfig
     config = TINY
-    input_sizes = ((32, 32), (48, 40), (24, 40))
     bad_config_value = ("num_register_tokens", -3, r"num_register_tokens=-3")
 
 
@@ -53,11 +46,8 @@ class TestDinov2WithRegistersSwiGLUConformance(TestDinov2WithRegistersConformanc
 NO_LAYERNORM = "no-layernorm-silu-no-qkv-bias-no-registers"
 
 
-class TestDinov2WithRegistersParity(ViTParity):
-    # The mask token only serves masked pre-training, and without apply_layernorm the final norm is never applied:
-    # the backbone builds neither (transformers does, and initialises them when they are missing).
-    never_built_keys = ("embeddings.mask_token",)
-    final_norm_keys = ("layernorm.bias", "layernorm.weight")
+class TestDinov2WithRegistersParity(vit.ViTParity):
+    # vit.ViTParity's defaults: the mask token and (without apply_layernorm) the final norm are never built.
     config_class = Dinov2WithRegistersConfig
     backbone_class = Dinov2WithRegistersBackbone
     reference_config_class = "Dinov2WithRegistersConfig"
@@ -69,16 +59,11 @@ class TestDinov2WithRegistersParity(ViTParity):
         "swiglu": {"use_swiglu_ffn": True},
         NO_LAYERNORM: {"apply_layernorm": False, "hidden_act": "silu", "qkv_bias": False, "num_register_tokens": 0},
     }
-    input_sizes = SIZES
+    input_sizes = vit.RESAMPLING_SIZES
     out_indices = ((0, 1, 2, 3, 4), (1, 3), (2,), (-1,), (0,))
-    backbone_prefix = ""  # the keys match as they are
-    hidden_state_count = 5
-    compare_attentions = True
     task_variants = ("mlp", "swiglu")
-    task_out_indices = (0, 2, 4)
     task_unused_keys = ("classifier.bias", "classifier.weight", "dinov2_with_registers.embeddings.mask_token")
     task_prefix = "'dinov2_with_registers.' removed"
-    round_trip_out_indices = (0, 2, 4)
     compare_gradients = True
     # transformers' in-memory names of the attention projections (its files hold ours).
     key_renames = (
@@ -100,16 +85,8 @@ class TestDinov2WithRegistersParity(ViTParity):
 def test_positions_are_resampled_with_antialiasing() -> None:
     """Bicubic by target size in float32 with antialiasing (unlike DINOv2's), even for bfloat16."""
     model = randomize_weights_(AutoBackbone.from_config(Dinov2WithRegistersConfig(**TINY))).to(torch.bfloat16)
-    table = model.embeddings.position_embeddings
-    resized = model.embeddings._patch_positions(3, 5)
-    square = table[:, 1:].reshape(1, 4, 4, 16).permute(0, 3, 1, 2).float()
-    expected = torch.nn.functional.interpolate(square, size=(3, 5), mode="bicubic", align_corners=False, antialias=True)
-    plain = torch.nn.functional.interpolate(square, size=(3, 5), mode="bicubic", align_corners=False)
-    assert (expected - plain).abs().max().item() > 1e-2
-    expected = expected.to(torch.bfloat16).permute(0, 2, 3, 1).reshape(1, 15, 16)
-    assert resized.dtype == torch.bfloat16
-    assert torch.equal(resized, expected)
-    assert torch.equal(model.embeddings._patch_positions(4, 4), table[:, 1:])
+    patches = model.embeddings.position_embeddings[:, 1:]
+    vit.assert_position_resampling(model.embeddings._patch_positions, patches, (3, 5), "bicubic", antialias=True)
 
 
 def test_registers_have_no_position_and_start_at_zero() -> None:
@@ -127,22 +104,15 @@ def test_registers_have_no_position_and_start_at_zero() -> None:
 
 
 def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
-    model = randomize_weights_(AutoBackbone.from_config(Dinov2WithRegistersConfig(**SMALL)))
-    model.save_pretrained(tmp_path)
-    edit_checkpoint(tmp_path, tmp_path, lambda state: state.pop("embeddings.register_tokens"))
-    loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
-    assert report.missing_keys == ["embeddings.register_tokens"]
+    model, loaded = vit.reload_without(Dinov2WithRegistersConfig(**SMALL), tmp_path, "embeddings.register_tokens")
     assert torch.equal(loaded.embeddings.register_tokens, torch.zeros(1, 4, 32))
     assert torch.equal(loaded.embeddings.position_embeddings, model.embeddings.position_embeddings)
 
 
 def test_pruning_keeps_only_the_layers_that_run() -> None:
-    model = AutoBackbone.from_config(Dinov2WithRegistersConfig(**SMALL, out_indices=[2]))
-    assert model.prune_unused_stages() == ["stage3", "stage4"]
-    assert len(model.encoder.layer) == 2
-    with torch.no_grad():
-        (fmap,) = model(random_pixels(48, 40)).feature_maps
-    assert tuple(fmap.shape) == (2, 32, 6, 5)
+    config = Dinov2WithRegistersConfig(**SMALL, out_indices=[2])
+    pruned = ["stage3", "stage4"]
+    vit.assert_prunes_deeper_layers(config, lambda model: model.encoder.layer, pruned, (48, 40), (2, 32, 6, 5))
 
 
 def test_config_is_dinov2s_with_registers_and_never_writes_use_mask_token(tmp_path: Path) -> None:
@@ -197,11 +167,8 @@ class TestDinov2WithRegistersProcessorParity(BitProcessorParity):
 # -- config errors ----------------------------------------------------------------------------------
 
 
-class TestDinov2WithRegistersConfigErrors(ConfigErrors):
+class TestDinov2WithRegistersConfigErrors(vit.ViTConfigErrors):
     config_class = Dinov2WithRegistersConfig
     config = TINY
-    errors = {
-        "heads-divide-the-width": ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=16"),
-        "square-position-grid": ({"image_size": [32, 48]}, r"image_size \(32, 48\) gives a 4x6 grid of patches"),
-    }
+    vit_rules = ("heads-divide-the-width", "square-position-grid")
     invalid_values = (("num_register_tokens", -1, "greater than or equal to 0"),)

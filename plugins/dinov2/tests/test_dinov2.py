@@ -10,19 +10,13 @@ import pytest
 import torch
 import transformers
 
-from backbones import AutoBackbone, testing
-from backbones.testing import (
-    ConfigErrors,
-    assert_parity,
-    random_pixels,
-    randomize_weights_,
-)
-from backbones.testing.vit import SMALL_VIT, TINY_VIT, ViTConformance, ViTParity
+from backbones import AutoBackbone
+from backbones.testing import assert_parity, random_pixels, randomize_weights_, vit
 from backbones_dinov2 import Dinov2Backbone, Dinov2Config
 
-TINY: dict[str, Any] = dict(TINY_VIT)
+TINY: dict[str, Any] = dict(vit.TINY_VIT)
 # Parity: four layers, a 4x4 grid of pre-training positions; still a few thousand parameters.
-SMALL: dict[str, Any] = dict(SMALL_VIT)
+SMALL: dict[str, Any] = dict(vit.SMALL_VIT)
 ALL_STAGES = [0, 1, 2, 3, 4]
 # The training size (position embeddings used as stored), a non-square size (resampled to 6x5) and a
 # size that is no multiple of the patch (the projection floors it to 5x7).
@@ -32,8 +26,7 @@ SIZES = [(32, 32), (48, 40), (42, 59)]
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestDinov2Conformance(ViTConformance):
-    model_type = "dinov2"
+class TestDinov2Conformance(vit.ViTConformance):
     config_class = Dinov2Config
     config = TINY
     input_sizes = ((32, 32), (48, 40), (42, 59))
@@ -50,11 +43,8 @@ class TestDinov2SwiGLUConformance(TestDinov2Conformance):
 # -- parity with transformers -----------------------------------------------------------------------
 
 
-class TestDinov2Parity(ViTParity):
-    # The mask token only serves masked pre-training, and without apply_layernorm the final norm is never applied:
-    # the backbone builds neither (transformers does, and initialises them when they are missing).
-    never_built_keys = ("embeddings.mask_token",)
-    final_norm_keys = ("layernorm.bias", "layernorm.weight")
+class TestDinov2Parity(vit.ViTParity):
+    # vit.ViTParity's defaults: the mask token and (without apply_layernorm) the final norm are never built.
     backbone_class = Dinov2Backbone
     reference_task_class = "Dinov2ForImageClassification"
     config = SMALL
@@ -66,15 +56,11 @@ class TestDinov2Parity(ViTParity):
     input_sizes = (SIZES[1], SIZES[0], SIZES[2])
     out_indices = (tuple(ALL_STAGES), (-1,), (1, 3), (0,))
     # Hidden states are the raw token sequences, class token first, before the final layer norm.
-    hidden_state_count = 5
     hidden_state_shapes = ((2, 1 + 6 * 5, 32),) * 5
-    compare_attentions = True
     attention_shapes = ((2, 4, 31, 31),) * 4
     task_variants = ("mlp", "swiglu")
-    task_out_indices = (0, 2, 4)
     task_unused_keys = ("classifier.bias", "classifier.weight", "dinov2.embeddings.mask_token")
     task_prefix = "'dinov2.' removed"
-    round_trip_out_indices = (0, 2, 4)
 
     @pytest.mark.parametrize("size", [(32, 32), (48, 40)], ids=lambda size: f"{size[0]}x{size[1]}")
     def test_token_sequences_without_reshape_match_transformers(self, tmp_path: Path, size: tuple[int, int]) -> None:
@@ -97,14 +83,8 @@ class TestDinov2Parity(ViTParity):
 def test_position_embeddings_follow_transformers_resampling() -> None:
     """The table is resampled bicubically in float32 by target size (no antialiasing), even for bfloat16."""
     model = randomize_weights_(AutoBackbone.from_config(Dinov2Config(**TINY))).to(torch.bfloat16)
-    table = model.embeddings.position_embeddings
-    resized = model.embeddings._patch_positions(6, 5)
-    square = table[:, 1:].reshape(1, 4, 4, 16).permute(0, 3, 1, 2).float()
-    expected = torch.nn.functional.interpolate(square, size=(6, 5), mode="bicubic", align_corners=False)
-    expected = expected.to(torch.bfloat16).permute(0, 2, 3, 1).reshape(1, 30, 16)
-    assert resized.dtype == torch.bfloat16
-    assert torch.equal(resized, expected)
-    assert torch.equal(model.embeddings._patch_positions(4, 4), table[:, 1:])
+    patches = model.embeddings.position_embeddings[:, 1:]
+    vit.assert_position_resampling(model.embeddings._patch_positions, patches, (6, 5), "bicubic", antialias=False)
 
 
 def test_fresh_weights_follow_transformers_init() -> None:
@@ -119,22 +99,19 @@ def test_fresh_weights_follow_transformers_init() -> None:
 
 
 def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
-    model = randomize_weights_(AutoBackbone.from_config(Dinov2Config(**SMALL)))
-    model.save_pretrained(tmp_path)
-    testing.edit_checkpoint(tmp_path, tmp_path, lambda state: state.pop("embeddings.position_embeddings"))
-    loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
-    assert report.missing_keys == ["embeddings.position_embeddings"]
+    model, loaded = vit.reload_without(Dinov2Config(**SMALL), tmp_path, "embeddings.position_embeddings")
     assert loaded.embeddings.position_embeddings.std().item() == pytest.approx(0.02, rel=0.15)
     # The module's other parameter keeps its loaded value.
     assert torch.equal(loaded.embeddings.cls_token, model.embeddings.cls_token)
 
 
 def test_pruning_keeps_only_the_layers_that_run() -> None:
-    model = AutoBackbone.from_config(Dinov2Config(**SMALL, out_indices=[2]))
-    assert model.prune_unused_stages() == ["stage3", "stage4"]
-    assert len(model.encoder.layer) == 2
+    config = Dinov2Config(**SMALL, out_indices=[2])
+    pruned = ["stage3", "stage4"]
+    model = vit.assert_prunes_deeper_layers(config, lambda model: model.encoder.layer, pruned, (48, 40), (2, 32, 6, 5))
+    # Down to the stem: no layer is left, and the map is the stem's.
     model.out_indices = [0]
-    model.prune_unused_stages()
+    assert model.prune_unused_stages() == ["stage1", "stage2"]
     assert len(model.encoder.layer) == 0
     with torch.no_grad():
         (fmap,) = model(random_pixels(48, 40)).feature_maps
@@ -157,32 +134,18 @@ def test_dinov2_base_shapes_at_224() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-class TestDinov2ConfigErrors(ConfigErrors):
+class TestDinov2ConfigErrors(vit.ViTConfigErrors):
     config_class = Dinov2Config
     config = TINY
-    errors = {
-        "heads-divide-the-width": (
-            {"num_attention_heads": 5},
-            r"num_attention_heads=5 does not divide hidden_size=16; choose a head count",
-        ),
-        "square-position-grid": (
-            {"image_size": [32, 48]},
-            r"image_size \(32, 48\) gives a 4x6 grid of patches, .*use a square image_size",
-        ),
-        "image-holds-a-patch": (
-            {"image_size": 4},
-            r"image_size 4 is smaller than patch_size 8; .*set image_size >= patch_size",
-        ),
-        "square-patches": (
-            {"patch_size": [8, 4]},
-            r"patch_size must be one int or a square pair such as \[14, 14\], got \[8, 4\]",
-        ),
-        "unknown-activation": (
-            {"hidden_act": "swishy"},
-            r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'",
-        ),
-        "positive-mlp-ratio": ({"mlp_ratio": 0}, r"mlp_ratio must be positive"),
-    }
+    vit_rules = (
+        "heads-divide-the-width",
+        "square-position-grid",
+        "image-holds-a-patch",
+        "square-patches",
+        "unknown-activation",
+    )
+    patch_size_example = 14
+    errors = {"positive-mlp-ratio": ({"mlp_ratio": 0}, r"mlp_ratio must be positive")}
 
 
 def test_valid_pairs_and_ratios_are_accepted() -> None:

@@ -15,38 +15,20 @@ from safetensors.torch import save_file
 import backbones_dinov3_vit
 from backbones import AutoBackbone
 from backbones.testing import (
-    ConfigErrors,
     TokenShapes,
-    TransformersParity,
     assert_parity,
-    edit_checkpoint,
     imported_names,
     random_pixels,
     randomize_weights_,
+    vit,
 )
-from backbones.testing.vit import ViTConformance
 from backbones_dinov3_vit import Dinov3ViTBackbone, Dinov3ViTConfig
 
 # Patch 16 as every released DINOv3 ViT; 32-64 px inputs give 2x2 to 4x3 grids of patches. The training
 # augmentation of the rotary coordinates is switched off where the kit compares two training steps.
-TINY: dict[str, Any] = {
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 2,
-    "num_register_tokens": 2,
-    "image_size": 32,
-    "pos_embed_rescale": None,
-}
-SMALL: dict[str, Any] = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_register_tokens": 4,
-    "image_size": 32,
-}
-AUGMENTED: dict[str, Any] = {"pos_embed_shift": 0.2, "pos_embed_jitter": 1.5, "pos_embed_rescale": 2.0}
+TINY: dict[str, Any] = {**vit.TINY_ROTARY_VIT, "image_size": 32}
+SMALL: dict[str, Any] = {**vit.SMALL_ROTARY_VIT, "num_register_tokens": 4, "image_size": 32}
+AUGMENTED: dict[str, Any] = dict(vit.ROTARY_AUGMENTATIONS)
 # The training size, a non-square size, and a size that is no multiple of 16 (the projection floors it).
 SIZES = ((32, 32), (64, 48), (40, 56))
 
@@ -54,8 +36,7 @@ SIZES = ((32, 32), (64, 48), (40, 56))
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestDinov3ViTConformance(ViTConformance):
-    model_type = "dinov3_vit"
+class TestDinov3ViTConformance(vit.ViTConformance):
     config_class = Dinov3ViTConfig
     config = TINY
     input_sizes = SIZES
@@ -73,7 +54,10 @@ class TestDinov3ViTGatedConformance(TestDinov3ViTConformance):
 # -- parity with transformers -----------------------------------------------------------------------
 
 
-class TestDinov3ViTParity(TransformersParity):
+class TestDinov3ViTParity(vit.ViTParity):
+    # The mask token only serves masked pre-training: the backbone never builds it (ViTParity's default); the
+    # final norm is built whatever apply_layernorm says.
+    final_norm_keys = ()
     config_class = Dinov3ViTConfig
     backbone_class = Dinov3ViTBackbone
     reference_config_class = "DINOv3ViTConfig"
@@ -95,19 +79,10 @@ class TestDinov3ViTParity(TransformersParity):
     }
     input_sizes = SIZES
     out_indices = ((0, 1, 2, 3, 4), (1, 3), (2,), (-1,), (0,))
-    # The mask token only serves masked pre-training: the backbone never builds it.
-    backbone_unused_keys = ("embeddings.mask_token",)
-    backbone_prefix = ""  # the keys match as they are
-    hidden_state_count = 5
-    compare_attentions = True
     task_variants = ("mlp", "gated-silu-no-registers")
-    task_out_indices = (0, 2, 4)
     task_options: dict[str, Any] = {}
     task_unused_keys = ("embeddings.mask_token",)
     task_prefix = ""  # DINOv3ViTModel's files hold the trunk under no prefix
-    round_trip_out_indices = (0, 2, 4)
-    # transformers builds the mask token, which we never save; it initialises it.
-    round_trip_missing_keys = ("embeddings.mask_token",)
     compare_gradients = True
     # transformers nests the layers under ``model.`` in memory (its files hold our names).
     key_renames = ((r"^layer\.", "model.layer."),)
@@ -211,28 +186,23 @@ def test_fresh_weights_follow_transformers_init() -> None:
 
 
 def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
-    model = randomize_weights_(AutoBackbone.from_config(Dinov3ViTConfig(**SMALL)))
-    model.save_pretrained(tmp_path)
-    edit_checkpoint(tmp_path, tmp_path, lambda state: state.pop("embeddings.register_tokens"))
-    loaded, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
-    assert report.missing_keys == ["embeddings.register_tokens"]
+    model, loaded = vit.reload_without(Dinov3ViTConfig(**SMALL), tmp_path, "embeddings.register_tokens")
     assert loaded.embeddings.register_tokens.std().item() == pytest.approx(0.02, rel=0.3)
     assert torch.equal(loaded.embeddings.cls_token, model.embeddings.cls_token)
 
 
 def test_pruning_keeps_only_the_layers_that_run() -> None:
-    model = AutoBackbone.from_config(Dinov3ViTConfig(**SMALL, out_indices=[2]))
-    assert model.prune_unused_stages() == ["stage3", "stage4"]
-    assert len(model.layer) == 2
-    with torch.no_grad():
-        (fmap,) = model(random_pixels(64, 48)).feature_maps
-    assert tuple(fmap.shape) == (2, 32, 4, 3)
+    config = Dinov3ViTConfig(**SMALL, out_indices=[2])
+    vit.assert_prunes_deeper_layers(config, lambda model: model.layer, ["stage3", "stage4"], (64, 48), (2, 32, 4, 3))
 
 
 def test_imports_only_public_names_of_backbones_dinov2() -> None:
     """The layer scale is backbones-dinov2's public block: no ``_``-prefixed module or name of it is used."""
     imported = imported_names(backbones_dinov3_vit, "backbones_dinov2")
-    assert imported == [("backbones_dinov2.blocks", ["LayerScale", "PlainViTBackbone", "init_dinov2_weights_"])]
+    assert imported == [
+        ("backbones_dinov2.blocks", ["LayerScale", "PlainViTBackbone", "init_dinov2_weights_"]),
+        ("backbones_dinov2.configs", ["PlainViTConfig"]),
+    ]
 
 
 @pytest.mark.slow
@@ -265,19 +235,14 @@ VIT_7B: dict[str, Any] = {
 
 def test_vit7b_builds_on_the_meta_device_at_its_published_size() -> None:
     config = Dinov3ViTConfig(**VIT_7B, out_indices=[10, 20, 30, 40])
-    with torch.device("meta"):
-        model = AutoBackbone.from_config(config)
-        maps = model(torch.empty(1, 3, 512, 384)).feature_maps
-    assert all(p.device.type == "meta" for p in model.parameters())
-    assert len(model.stage_names) == 41 and model.stage_names[-1] == "stage40"
-    assert model.channels == [4096] * 4 and model.out_reductions == [16] * 4
-    assert [tuple(fmap.shape) for fmap in maps] == [(1, 4096, 32, 24)] * 4
+    # Maps of 4096 channels on a 32x24 grid.
+    model, count = vit.assert_builds_on_meta(config, (512, 384), width=4096, reduction=16, stages=41)
+    assert model.stage_names[-1] == "stage40"
     width, hidden = 4096, 8192
     # Per layer: q, k, v, o (only o has a bias), the gated MLP with biases, two norms, two layer scales.
     layer = 4 * width * width + width + 3 * width * hidden + 2 * hidden + width + 4 * width + 2 * width
     # The stem: patch projection with bias, class token, 4 registers; then the final norm.
     stem = 3 * 16 * 16 * width + width + 5 * width
-    count = sum(p.numel() for p in model.parameters())
     assert count == 40 * layer + stem + 2 * width == 6_716_030_976
     assert abs(count / 6.7e9 - 1) < 0.01  # the paper's 6.7B
 
@@ -285,30 +250,11 @@ def test_vit7b_builds_on_the_meta_device_at_its_published_size() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-class TestDinov3ViTConfigErrors(ConfigErrors):
+class TestDinov3ViTConfigErrors(vit.ViTConfigErrors):
     config_class = Dinov3ViTConfig
     config = TINY
-    errors = {
-        "heads-divide-the-width": ({"num_attention_heads": 3}, r"num_attention_heads=3 does not divide hidden_size=16"),
-        "head-width-a-multiple-of-four": (
-            {"hidden_size": 24, "num_attention_heads": 4},
-            r"hidden_size / num_attention_heads = 24 / 4 = 6 must be a multiple of 4",
-        ),
-        "square-patches": ({"patch_size": [16, 8]}, r"patch_size must be one int or a square pair such as \[16, 16\]"),
-        "unknown-activation": (
-            {"hidden_act": "swishy"},
-            r"hidden_act 'swishy' is not supported; set hidden_act to one of",
-        ),
-    }
-    invalid_values = (
-        ("pos_embed_jitter", 0.5, "greater than or equal to 1"),
-        ("pos_embed_rescale", 0.9, "greater than or equal to 1"),
-        ("pos_embed_shift", -0.1, "greater than or equal to 0"),
-        ("num_register_tokens", -1, "greater than or equal to 0"),
-        ("attention_dropout", 1.0, "less than 1"),
-        ("intermediate_size", 0, "greater than or equal to 1"),
-        ("rope_theta", 0, "greater than 0"),
-    )
+    vit_rules = ("heads-divide-the-width", "head-width-a-multiple-of-four", "square-patches", "unknown-activation")
+    invalid_values = (*vit.ROTARY_VIT_INVALID_VALUES, ("rope_theta", 0, "greater than 0"))
 
 
 def test_square_patch_pair_is_one_int() -> None:

@@ -7,36 +7,17 @@ Pillow's float filter; the two agree to float rounding (resizing 8-bit values fi
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import pytest
 
 from backbones import ImageProcessor
-from backbones.testing import ProcessorParity
+from backbones.testing import ProcessorParity, imagenet_preprocessor
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("torchvision")
 Image = pytest.importorskip("PIL.Image")
 
 # facebook/dinov3-vits16-pretrain-lvd1689m's preprocessor_config.json, with a 64x48 size instead of 224x224.
-PREPROCESSOR: dict[str, Any] = {
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_processor_type": "DINOv3ViTImageProcessorFast",
-    "image_std": [0.229, 0.224, 0.225],
-    "resample": 2,
-    "rescale_factor": 0.00392156862745098,
-    "size": {"height": 64, "width": 48},
-}
-
-
-def _images() -> list[Any]:
-    rng = np.random.default_rng(0)
-    # Downscaled (97 x 131) and upscaled (30 x 20), as the checkpoints' users feed them.
-    return [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in ((97, 131, 3), (30, 20, 3))]
+PREPROCESSOR = imagenet_preprocessor("DINOv3ViTImageProcessorFast", size={"height": 64, "width": 48})
 
 
 class TestDINOv3ViTProcessorParity(ProcessorParity):
@@ -53,11 +34,9 @@ class TestDINOv3ViTProcessorParity(ProcessorParity):
         "channels as given, scale to [0, 1], resize to 64x48 (bilinear), "
         "normalise with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"
     )
+    image_sizes = ((97, 131), (30, 20))  # downscaled and upscaled, as the checkpoints' users feed them
     expected_shape = (1, 3, 64, 48)
     tolerance = 2e-5
-
-    def images(self, variant: str) -> list[Any]:
-        return _images()
 
 
 def test_rescaling_first_is_what_makes_the_match() -> None:
@@ -66,6 +45,6 @@ def test_rescaling_first_is_what_makes_the_match() -> None:
     usual = ImageProcessor(**settings, do_convert_rgb=False)
     assert not usual.rescale_before_resize
     oracle = transformers.DINOv3ViTImageProcessor(size=PREPROCESSOR["size"])
-    image = _images()[0]
+    image = TestDINOv3ViTProcessorParity().images("named")[0]
     difference = usual(image, return_tensors="pt")["pixel_values"] - oracle(image, return_tensors="pt")["pixel_values"]
     assert difference.abs().max() > 1e-3

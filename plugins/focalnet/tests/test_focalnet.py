@@ -13,7 +13,8 @@ from transformers.activations import ACT2FN
 
 from backbones import AutoBackbone, Backbone, ConfigError, testing
 from backbones.activations import make_activation
-from backbones.testing import BackboneConformance, TransformersParity, edit_checkpoint, randomize_weights_
+from backbones.testing import TransformersParity, edit_checkpoint, randomize_weights_
+from backbones.testing.cnn import CNNConformance
 from backbones_focalnet import FocalNetBackbone, FocalNetConfig
 from backbones_focalnet._config import ACTIVATIONS
 
@@ -41,20 +42,18 @@ ALL_STAGES = [0, 1, 2, 3, 4]
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestFocalNetConformance(BackboneConformance):
+class TestFocalNetConformance(CNNConformance):
+    """The stem and every downsampling pad (bottom, right) to a multiple of their stride first, as transformers
+    does, so each map is ceil(size / stride)."""
+
     model_type = "focalnet"
-    # 50 and 38 are not multiples of the strides: the stem and every downsampling pad (bottom, right)
-    # to a multiple of their stride first, as transformers does, so each map is ceil(size / stride).
-    input_sizes = ((64, 64), (50, 38))
-    spatial_rounding = "ceil"
+    config_class = FocalNetConfig
+    config = TINY
     # Any input size works (every stride pads); exported from 32 (twice the deepest stride, so every map
     # is at least 2 wide: torch.export specialises sizes of 1) to 1024, every size in between.
     export_range = (32, 1024)
     channel_error_name = "FocalNet"
     bad_config_value = ("hidden_act", "geluu", "hidden_act 'geluu' is not supported")
-
-    def make_config(self, **overrides: Any) -> FocalNetConfig:
-        return FocalNetConfig(**TINY, **overrides)
 
 
 class TestFocalNetAllOptionsConformance(TestFocalNetConformance):
@@ -62,9 +61,7 @@ class TestFocalNetAllOptionsConformance(TestFocalNetConformance):
     # kernels and norms): the slow distributed, export and ONNX checks run in the class above only. Its
     # export and ONNX were checked by hand over the same range when the options were made export-ready.
     deployment_checks = False
-
-    def make_config(self, **overrides: Any) -> FocalNetConfig:
-        return FocalNetConfig(**TINY, **ALL_OPTIONS, **overrides)
+    config = {**TINY, **ALL_OPTIONS}
 
 
 # -- parity with transformers -----------------------------------------------------------------------

@@ -11,17 +11,21 @@ import torch
 import transformers
 from torch import nn
 
-from backbones import AutoBackbone, ConfigError, ReparameterizedError
+from backbones import AutoBackbone, ConfigError
 from backbones.detection_processing import RTDetrImageProcessor
 from backbones.testing import (
-    BackboneConformance,
     ProcessorParity,
     TransformersParity,
     assert_exports_with_dynamic_size,
     assert_frozen_norm_round_trip,
     assert_nested_checkpoint,
-    assert_parity,
     randomize_weights_,
+)
+from backbones.testing.cnn import (
+    CNNConformance,
+    assert_reparameterize_folds_norms,
+    detr_detector,
+    save_randomized,
 )
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_hgnet_v2 import VARIANTS, HGNetV2Backbone, HGNetV2Config
@@ -65,32 +69,24 @@ ALL_STAGES = [0, 1, 2, 3, 4]
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class _TinyConformance(BackboneConformance):
+class _TinyConformance(CNNConformance):
+    """Every strided convolution pads by (kernel - 1) // 2 and the stem pads its 2x2 branch: ceil(size / stride)."""
+
     model_type = "hgnet_v2"
-    # 50 and 38 are not multiples of the strides, so the rounding is really exercised.
-    input_sizes = ((64, 64), (50, 38))
-    # Every strided convolution pads by (kernel - 1) // 2 and the stem pads its 2x2 branch: ceil(size / stride).
-    spatial_rounding = "ceil"
-    # Padding is static, so any size exports. The lower end is the deepest stride (16) + 1, so that every map
-    # is 2 pixels or more: torch.export specialises a size of 1 (it broadcasts), not a limit of HGNetV2's.
-    export_range = (17, 4096)
-    affine = False
-
-    def make_config(self, **overrides: Any) -> HGNetV2Config:
-        return HGNetV2Config(**TINY, use_learnable_affine_block=self.affine, **overrides)
-
-    def input_channel_overrides(self, channels: int) -> dict[str, Any]:
-        # The stem's first convolution reads the image: stem_channels[0] follows num_channels.
-        return {"num_channels": channels, "stem_channels": [channels, *TINY["stem_channels"][1:]]}
+    config_class = HGNetV2Config
+    deepest_stride = 16
+    # The stem's first convolution reads the image: stem_channels[0] follows num_channels.
+    image_channels_field = "stem_channels"
 
 
 class TestConformance(_TinyConformance):
+    config = {**TINY, "use_learnable_affine_block": False}
     channel_error_name = "HGNetV2"
     bad_config_value = ("stage_kernel_size", [3, 3, 2], r"stage_kernel_size\[2\]=2 must be odd")
 
 
 class TestLearnableAffineConformance(_TinyConformance):
-    affine = True
+    config = {**TINY, "use_learnable_affine_block": True}
     # The same convolutions, norms and activations plus a scalar multiply-add: the class above's export,
     # ONNX and DDP/FSDP2 checks cover these code paths.
     deployment_checks = False
@@ -156,25 +152,9 @@ DFINE_BACKBONE_PREFIX = "model.backbone.model."
 def detector_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """A tiny D-FINE detector on the SMALL HGNetV2 (frozen BatchNorm, as D-FINE trains), randomised and saved."""
     backbone = transformers.HGNetV2Config(**SMALL, use_learnable_affine_block=True, out_indices=[2, 3, 4])
-    config = transformers.DFineConfig(
-        backbone_config=backbone,
-        encoder_in_channels=[16, 24, 32],
-        encoder_hidden_dim=16,
-        encoder_ffn_dim=32,
-        d_model=16,
-        decoder_ffn_dim=32,
-        hidden_expansion=0.5,
-        num_queries=10,
-        num_labels=3,
-        decoder_layers=2,
-        encoder_layers=1,
-        decoder_n_points=[1, 1, 1],
-        num_denoising=0,
-    )
-    detector = randomize_weights_(transformers.DFineForObjectDetection(config)).eval()
+    detector = detr_detector("DFine", backbone, hidden_expansion=0.5, encoder_layers=1, decoder_n_points=[1, 1, 1])
     directory = tmp_path_factory.mktemp("dfine")
-    detector.save_pretrained(directory)
-    return detector, directory
+    return save_randomized(detector, directory), directory
 
 
 def test_detector_checkpoint_loads_with_prefix(detector_checkpoint: tuple[Any, Path]) -> None:
@@ -421,21 +401,12 @@ def test_output_stride_lists_the_valid_values() -> None:
 def test_reparameterize_folds_every_batch_norm(affine: bool) -> None:
     config = HGNetV2Config(**SMALL, use_learnable_affine_block=affine, out_indices=ALL_STAGES)
     model = randomize_weights_(AutoBackbone.from_config(config)).eval()
-    norms = sum(isinstance(module, nn.BatchNorm2d) for module in model.modules())
     affines = [name for name, _ in model.named_parameters() if name.endswith(".lab.scale")]
     assert len(affines) == (25 if affine else 0)
-    sizes = [(64, 48), (45, 71)]
-    with torch.no_grad():
-        expected = [model(pixels(height=h, width=w)).feature_maps for h, w in sizes]
-    assert model.reparameterize() == norms
-    assert not any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+    inputs = [pixels(height=height, width=width) for height, width in [(64, 48), (45, 71)]]
+    assert_reparameterize_folds_norms(model, (nn.BatchNorm2d,), inputs)
     # The learnable affines follow an activation: they stay.
     assert [name for name, _ in model.named_parameters() if name.endswith(".lab.scale")] == affines
-    with torch.no_grad():
-        for (height, width), maps in zip(sizes, expected):
-            assert_parity(model(pixels(height=height, width=width)).feature_maps, maps, tolerance=1e-5)
-    with pytest.raises(ReparameterizedError, match="cannot train"):
-        model.train()
 
 
 def test_folded_dilated_model_exports_with_dynamic_size() -> None:

@@ -13,7 +13,6 @@ import transformers
 
 from backbones import AutoBackbone, Backbone
 from backbones.testing import (
-    BackboneConformance,
     BitProcessorParity,
     ConfigErrors,
     TokenShapes,
@@ -23,6 +22,7 @@ from backbones.testing import (
     random_pixels,
     randomize_weights_,
 )
+from backbones.testing.hierarchical import HierarchicalConformance
 from backbones_hiera import HieraBackbone, HieraConfig
 
 # Four stages of widths 8, 16, 32, 64 at strides 4, 8, 16, 32; 8x8 mask units of 4-pixel patches: inputs are
@@ -43,24 +43,21 @@ SMALL: dict[str, Any] = {
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestHieraConformance(BackboneConformance):
+class TestHieraConformance(HierarchicalConformance):
     model_type = "hiera"
+    config_class = HieraConfig
+    config = TINY
     input_sizes = ((64, 64), (96, 64))
     export_multiple = 32
     channel_error_name = "Hiera"
     bad_config_value = ("num_query_pool", 4, r"num_query_pool=4 must be less than the number of stages \(4\)")
-
-    def make_config(self, **overrides: Any) -> HieraConfig:
-        return HieraConfig(**TINY, **overrides)
 
 
 class TestHieraGlobalAttentionConformance(TestHieraConformance):
     """Two pooling stages (as MAE checkpoints), mask units in the third stage, a stage that changes width only."""
 
     deployment_checks = False
-
-    def make_config(self, **overrides: Any) -> HieraConfig:
-        return HieraConfig(**TINY, num_query_pool=2, masked_unit_attention=[False, True, True, False], **overrides)
+    config = {**TINY, "num_query_pool": 2, "masked_unit_attention": [False, True, True, False]}
 
 
 # -- parity with transformers -----------------------------------------------------------------------

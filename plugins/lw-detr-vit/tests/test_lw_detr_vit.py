@@ -18,20 +18,18 @@ from safetensors import safe_open
 
 from backbones import AutoBackbone, ConfigError
 from backbones.testing import (
-    BackboneConformance,
-    ConfigErrors,
     ProcessorParity,
     TransformersParity,
     assert_parity,
     load_reference,
     random_pixels,
     randomize_weights_,
+    vit,
 )
-from backbones.testing.vit import TINY_VIT
 from backbones_lw_detr_vit import DeformableDetrImageProcessor, LwDetrViTBackbone, LwDetrViTConfig
 
 # 2x2 windows of a 4x4 grid of 8-pixel patches at 32 pixels; layers 1 and 3 windowed, layer 2 global.
-TINY: dict[str, Any] = {**TINY_VIT, "pretrain_image_size": 32, "num_windows": 4, "window_block_indices": [0, 2]}
+TINY: dict[str, Any] = {**vit.TINY_VIT, "pretrain_image_size": 32, "num_windows": 4, "window_block_indices": [0, 2]}
 # Parity: LW-DETR's patches (16) and windows (16, 4 per side) at its 640-pixel training size, windowed and global
 # layers alternating; the 4x4 position table is resampled to every input's grid.
 SMALL: dict[str, Any] = {
@@ -51,12 +49,11 @@ DETECTOR_BACKBONE_PREFIX = "model.backbone.backbone."
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestLwDetrViTConformance(BackboneConformance):
-    model_type = "lw_detr_vit"
+class TestLwDetrViTConformance(vit.ViTConformance):
+    config_class = LwDetrViTConfig
+    config = TINY
     # Patch grids of 8x8 and 6x10: both split into 2x2 windows (the 6x10 ones are 3x5, not square).
     input_sizes = ((64, 64), (48, 80))
-    # The patch projection is a stride-p convolution without padding: a map is size // p wide.
-    spatial_rounding = "floor"
     # The patch grid must split into sqrt(num_windows) windows a side: multiples of 2 patches of 8 pixels.
     # From 32: a 2x2 grid of 1-token windows would make torch.export specialise the size-1 window axes.
     export_multiple = 16
@@ -64,18 +61,12 @@ class TestLwDetrViTConformance(BackboneConformance):
     channel_error_name = "LW-DETR ViT"
     bad_config_value = ("num_windows", 8, r"num_windows=8 is not a perfect square")
 
-    def make_config(self, **overrides: Any) -> LwDetrViTConfig:
-        return LwDetrViTConfig(**TINY, **overrides)
-
 
 class TestLwDetrViTAllGlobalConformance(TestLwDetrViTConformance):
     """Every layer global, no absolute positions (transformers' default window_block_indices is empty)."""
 
     deployment_checks = False  # the same operations as above, minus the windowed attention
-
-    def make_config(self, **overrides: Any) -> LwDetrViTConfig:
-        options = {**TINY, "window_block_indices": [], "use_absolute_position_embeddings": False}
-        return LwDetrViTConfig(**options, **overrides)
+    config = {**TINY, "window_block_indices": [], "use_absolute_position_embeddings": False}
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -156,16 +147,7 @@ def detector_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, 
     """A tiny ``LwDetrForObjectDetection`` (transformers' detector) with random weights, saved by transformers."""
     backbone = transformers.LwDetrViTConfig(**SMALL, out_indices=[1, 2, 4])
     config = transformers.LwDetrConfig(
-        backbone_config=backbone,
-        projector_scale_factors=[2.0, 0.5],
-        d_model=16,
-        decoder_ffn_dim=32,
-        decoder_layers=1,
-        decoder_self_attention_heads=2,
-        decoder_cross_attention_heads=2,
-        num_queries=5,
-        group_detr=2,
-        num_labels=3,
+        backbone_config=backbone, projector_scale_factors=[2.0, 0.5], **vit.TINY_DETR_DECODER
     )
     detector = randomize_weights_(transformers.LwDetrForObjectDetection(config), seed=3).eval()
     directory = tmp_path_factory.mktemp("lw-detr")
@@ -426,9 +408,15 @@ def test_processor_refuses_an_image_larger_than_pad_size() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-class TestLwDetrViTConfigErrors(ConfigErrors):
+class TestLwDetrViTConfigErrors(vit.ViTConfigErrors):
     config_class = LwDetrViTConfig
     config = SMALL
+    vit_rules = (
+        "heads-divide-the-width",
+        "square-absolute-position-grid",
+        "pre-training-size-holds-a-patch",
+        "square-patches",
+    )
     errors = {
         "square-window-count": ({"num_windows": 8}, r"num_windows=8 is not a perfect square; .* use 1, 4, 9, 16, 25"),
         "image-size-a-multiple-of-the-windows": (
@@ -441,16 +429,6 @@ class TestLwDetrViTConfigErrors(ConfigErrors):
             r"window_block_indices \[4\] are not layers of this model; use 0-based layer indices from 0 to "
             r"num_hidden_layers - 1 = 3",
         ),
-        "heads-divide-the-width": ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=32"),
-        "square-position-grid": (
-            {"pretrain_image_size": [64, 96]},
-            r"pretrain_image_size \(64, 96\) gives a 4x6 grid of patches",
-        ),
-        "pre-training-size-holds-a-patch": (
-            {"pretrain_image_size": 8},
-            r"pretrain_image_size 8 is smaller than patch_size 16",
-        ),
         "positive-mlp-ratio": ({"mlp_ratio": 0}, r"mlp_ratio=0: Input should be greater than or equal to 1"),
-        "square-patches": ({"patch_size": [16, 8]}, r"patch_size must be one int or a square pair"),
         "unknown-activation": ({"hidden_act": "swish-ish"}, r"hidden_act='swish-ish'"),
     }

@@ -12,31 +12,18 @@ import torch
 from safetensors import safe_open
 
 from backbones import AutoBackbone, Backbone, load_backbone
-from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, randomize_weights_
+from backbones.testing import ConfigErrors, TransformersParity, assert_close_maps, random_pixels, randomize_weights_
+from backbones.testing.hierarchical import SWIN_SMALL, SWIN_TINY, WindowConformance
 from backbones_maskformer_swin import MASKFORMER_BACKBONE_PREFIX, MaskFormerSwinBackbone, MaskFormerSwinConfig
 
 transformers = pytest.importorskip("transformers")
 
-# Two stages: regular and shifted windows, patch merging, a single-window stage.
-TINY: dict[str, Any] = {
-    "embed_dim": 16,
-    "depths": [1, 2],
-    "num_heads": [2, 4],
-    "window_size": 4,
-    "patch_size": 4,
-    "image_size": 32,
-    "drop_path_rate": 0.0,
-}
-# Three stages (four stage names), for selections such as [1, 3].
-SMALL: dict[str, Any] = {**TINY, "depths": [1, 2, 2], "num_heads": [2, 2, 4]}
+TINY = dict(SWIN_TINY)
+SMALL = dict(SWIN_SMALL)
 STAGES = [1, 2, 3]  # transformers' MaskFormerSwinBackbone refuses "stem"
 # 32: whole windows; 36 x 52: a 9 x 13 grid, padded in every stage; 38 x 50: not a patch multiple.
 SIZES = [(32, 32), (36, 52), (38, 50)]
 NORM_KEYS = [f"hidden_states_norms.{index}.{kind}" for index in range(3) for kind in ("bias", "weight")]
-
-
-def _pixels(height: int, width: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
 def _as_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -44,18 +31,11 @@ def _as_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
 
 
-class TestMaskFormerSwinConformance(BackboneConformance):
+class TestMaskFormerSwinConformance(WindowConformance):
     model_type = "maskformer-swin"
-    # 40 x 56 gives a 10 x 14 patch grid: not a multiple of the window, so every stage pads.
-    input_sizes = ((32, 32), (40, 56))
-    # torch.export / ONNX with dynamic H and W: any size whose deepest stage map is at least 2 wide, i.e.
-    # above the deepest stride (8 here). The forward has no branch on the size (maps are padded to whole
-    # windows; windows never shrink to the map), but a map axis of exactly 1 is a different case to the
-    # tracer (a size-1 axis broadcasts), so one program cannot hold for 1 and for larger sizes at once.
-    export_range = (9, 1024)
-
-    def make_config(self, **overrides: Any) -> MaskFormerSwinConfig:
-        return MaskFormerSwinConfig(**{**TINY, **overrides})
+    config_class = MaskFormerSwinConfig
+    config = TINY
+    default_pyramid = (96, 192, 384, 768)
 
 
 # -- parity with transformers ---------------------------------------------------------------------
@@ -204,7 +184,7 @@ def test_segmentation_checkpoint_loads_with_prefix(segmentation_checkpoint: tupl
     assert len(outside) > 50  # the pixel decoder, the transformer decoder and the heads
     encoder = model.model.pixel_level_module.encoder
     for size in SIZES:
-        pixels = _pixels(*size)
+        pixels = random_pixels(*size)
         with torch.no_grad():
             assert_close_maps(ours(pixels).feature_maps, encoder(pixels).feature_maps, atol=1e-4)
 
@@ -215,7 +195,7 @@ def test_segmentation_checkpoint_through_auto_and_load_backbone(segmentation_che
     auto = AutoBackbone.from_pretrained(directory, out_indices=[1, 3], **options)
     head = load_backbone({"backbone": str(directory), "use_pretrained_backbone": True, "backbone_kwargs": options})
     assert isinstance(auto, MaskFormerSwinBackbone) and isinstance(head, MaskFormerSwinBackbone)
-    pixels = _pixels(36, 52)
+    pixels = random_pixels(36, 52)
     with torch.no_grad():
         expected = model.model.pixel_level_module.encoder(pixels).feature_maps
         assert_close_maps(auto(pixels).feature_maps, [expected[0], expected[2]], atol=1e-4)
@@ -235,7 +215,7 @@ def test_segmentation_checkpoint_with_swin_backbone_config(
         tmp_path, checkpoint_prefix=MASKFORMER_BACKBONE_PREFIX, config_key="backbone_config", out_indices=STAGES
     )
     assert ours.config.model_type == "maskformer-swin"
-    pixels = _pixels(32, 32)
+    pixels = random_pixels(32, 32)
     with torch.no_grad():
         assert_close_maps(ours(pixels).feature_maps, model.model.pixel_level_module.encoder(pixels).feature_maps)
 
@@ -249,7 +229,7 @@ def test_every_stage_has_a_norm_whatever_the_selection() -> None:
     assert [key for key in keys if key.startswith("hidden_states_norms.")] == [
         f"hidden_states_norms.{index}.{kind}" for index in range(3) for kind in ("weight", "bias")
     ]
-    pixels = _pixels(32, 32)
+    pixels = random_pixels(32, 32)
     with torch.no_grad():
         (last,) = model(pixels).feature_maps
         model.out_indices = [1, 3]
@@ -272,18 +252,6 @@ def test_pruning_drops_deeper_stages_and_their_norms() -> None:
     )
 
 
-# -- default size ---------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_maskformer_swin_tiny_feature_map_shapes() -> None:
-    model = AutoBackbone.from_config(MaskFormerSwinConfig(out_indices=[1, 2, 3, 4])).eval()
-    assert model.channels == [96, 192, 384, 768] and model.out_reductions == [4, 8, 16, 32]
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
-
-
 # -- config ---------------------------------------------------------------------------------------
 
 
@@ -297,17 +265,17 @@ def test_config_reads_a_swin_config() -> None:
         MaskFormerSwinConfig(model_type="swinv2")
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"use_absolute_embeddings": True}, "use_absolute_embeddings=True is not supported"),
-        ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
-        ({"embed_dim": 18, "num_heads": [4, 4]}, r"num_heads\[0\]=4 must be a positive divisor of stage 1's width"),
-        ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
-        ({"patch_size": [4, 2]}, r"patch_size must be one int or a square pair"),
-        ({"window_size": 0}, "window_size=0: Input should be greater than or equal to 1"),
-    ],
-)
-def test_config_rejects_bad_values(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        MaskFormerSwinConfig(**{**TINY, **overrides})
+class TestMaskFormerSwinConfigErrors(ConfigErrors):
+    config_class = MaskFormerSwinConfig
+    config = TINY
+    errors = {
+        "absolute_embeddings": ({"use_absolute_embeddings": True}, "use_absolute_embeddings=True is not supported"),
+        "heads_per_stage": ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
+        "heads_divide_width": (
+            {"embed_dim": 18, "num_heads": [4, 4]},
+            r"num_heads\[0\]=4 must be a positive divisor of stage 1's width",
+        ),
+        "activation": ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
+        "patch_pair": ({"patch_size": [4, 2]}, r"patch_size must be one int or a square pair"),
+    }
+    invalid_values = (("window_size", 0, "greater than or equal to 1"),)

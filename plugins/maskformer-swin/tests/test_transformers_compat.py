@@ -15,20 +15,13 @@ import torch
 
 from backbones import AutoBackbone
 from backbones.testing import randomize_weights_
+from backbones.testing.hierarchical import SWIN_SMALL
 from backbones_maskformer_swin import MaskFormerSwinBackbone, MaskFormerSwinConfig
 
 transformers = pytest.importorskip("transformers")
 
 # Three stages of 1, 2 and 2 blocks: a stage of one block, shifted windows, patch merging, padding.
-ARCHITECTURE: dict[str, Any] = {
-    "embed_dim": 16,
-    "depths": [1, 2, 2],
-    "num_heads": [2, 2, 4],
-    "window_size": 4,
-    "patch_size": 4,
-    "image_size": 32,
-    "drop_path_rate": 0.0,
-}
+ARCHITECTURE: dict[str, Any] = dict(SWIN_SMALL)
 
 
 @pytest.fixture(scope="module")

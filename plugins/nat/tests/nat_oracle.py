@@ -30,7 +30,8 @@ import torch
 from safetensors.torch import load_file
 
 from backbones import AutoBackbone
-from backbones.testing import BackboneConformance, RecordedParity, randomize_weights_
+from backbones.testing import RecordedParity, randomize_weights_
+from backbones.testing.hierarchical import HierarchicalConformance
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parents[2]
@@ -141,21 +142,31 @@ def run_oracle(cases: list[dict[str, Any]], directory: Path) -> Path:
 
 
 ALL_STAGES = [0, 1, 2, 3]
+# The layout of the recorded task models (spread over a test module's three-stage config): three stages of 2, 1
+# and 1 layers, an MLP twice as wide as its input, and layer scales.
+CLASSIFIER_LAYOUT: dict[str, Any] = {
+    "depths": [2, 1, 1],
+    "num_heads": [1, 2, 4],
+    "mlp_ratio": 2.0,
+    "layer_scale_init_value": 0.5,
+}
 # The output norm of each stage named, as load-report key templates.
 NORM_KEYS = ("hidden_states_norms.{stage}.bias", "hidden_states_norms.{stage}.weight")
 # 40 x 56 and 38 x 50 give maps of 10 x 14 / 10 x 13, 5 x 7 and 3 x 4: the last stages pad at least one axis.
 INPUTS = [[2, 64, 64, 1], [2, 40, 56, 2], [1, 38, 50, 3]]
 
 
-class NatFamilyConformance(BackboneConformance):
-    """The conformance declaration of a NAT-family backbone; a subclass sets ``model_type`` and ``make_config``."""
+class NatFamilyConformance(HierarchicalConformance):
+    """The conformance declaration of a NAT-family backbone; a subclass sets ``model_type``, ``config_class`` and
+    ``config``."""
 
-    input_sizes = ((32, 32), (40, 56))
     # Any input size works: maps smaller than the (dilated) window are padded. Under torch.export the padding
     # is virtual and every size-dependent choice symbolic (padded_neighborhood_attention_2d), so one program
     # serves maps both smaller and larger than the window; exported from 16 (twice the deepest stride:
     # torch.export specialises maps of size 1) to 1024.
     export_range = (16, 1024)
+    # nat-mini's and dinat-mini's widths (the config classes' defaults).
+    default_pyramid = (64, 128, 256, 512)
 
 
 class NatFamilyRecordedParity(RecordedParity):

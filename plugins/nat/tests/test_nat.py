@@ -12,41 +12,25 @@ import torch
 from safetensors.torch import load_file
 
 from backbones import AutoBackbone, testing
-from backbones.testing import assert_close_maps, randomize_weights_
+from backbones.testing import ConfigErrors, assert_close_maps, randomize_weights_
 from backbones_nat import NatBackbone, NatConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nat_oracle import NatFamilyConformance, NatFamilyRecordedParity
+from nat_oracle import CLASSIFIER_LAYOUT, NatFamilyConformance, NatFamilyRecordedParity
 
 # Two stages; kernel 5 makes the second stage's map (4 x 4 at 32 px) smaller than the window (padded).
 TINY: dict[str, Any] = {"embed_dim": 16, "depths": [1, 2], "num_heads": [2, 4], "kernel_size": 5, "drop_path_rate": 0.0}
 # Three stages for the oracle: at 64 px the maps are 16, 8 and 4 wide, the last one padded to the window.
-SMALL: dict[str, Any] = {
-    "embed_dim": 16,
-    "depths": [1, 2, 1],
-    "num_heads": [2, 2, 4],
-    "kernel_size": 5,
-    "drop_path_rate": 0.0,
-}
+SMALL: dict[str, Any] = {**TINY, "depths": [1, 2, 1], "num_heads": [2, 2, 4]}
 # A task checkpoint with layer scales, another kernel and MLP width.
-CLASSIFIER: dict[str, Any] = {
-    "embed_dim": 16,
-    "depths": [2, 1, 1],
-    "num_heads": [1, 2, 4],
-    "kernel_size": 3,
-    "mlp_ratio": 2.0,
-    "layer_scale_init_value": 0.5,
-    "drop_path_rate": 0.0,
-    "num_labels": 5,
-}
+CLASSIFIER: dict[str, Any] = {**SMALL, **CLASSIFIER_LAYOUT, "kernel_size": 3, "num_labels": 5}
 
 
 class TestNatConformance(NatFamilyConformance):
     model_type = "nat"
-
-    def make_config(self, **overrides: Any) -> NatConfig:
-        return NatConfig(**{**TINY, **overrides})
+    config_class = NatConfig
+    config = TINY
 
 
 # -- parity with transformers 4.53.3 --------------------------------------------------------------
@@ -135,43 +119,32 @@ def test_pruning_drops_unused_levels() -> None:
     assert fmap.shape == (1, 16, 8, 8)
 
 
-# -- default size ---------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_nat_mini_feature_map_shapes() -> None:
-    model = AutoBackbone.from_config(NatConfig(out_indices=[1, 2, 3, 4])).eval()
-    assert model.channels == [64, 128, 256, 512] and model.out_reductions == [4, 8, 16, 32]
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [(1, 64, 56, 56), (1, 128, 28, 28), (1, 256, 14, 14), (1, 512, 7, 7)]
-    assert all(torch.isfinite(fmap).all() for fmap in maps)
-
-
 # -- config ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"patch_size": 2}, "patch_size must be 4: the stem is two stride-2 convolutions"),
-        (
+class TestNatConfigErrors(ConfigErrors):
+    config_class = NatConfig
+    config = TINY
+    errors = {
+        "patch_size": ({"patch_size": 2}, "patch_size must be 4: the stem is two stride-2 convolutions"),
+        "even_kernel": (
             {"kernel_size": 6},
             r"kernel_size must be odd, so that the neighbourhood is centred on its query; got 6 \(use 5 or 7\)",
         ),
-        ({"kernel_size": 0}, "kernel_size=0: Input should be greater than or equal to 1"),
-        ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
-        ({"embed_dim": 18, "num_heads": [4, 4]}, r"num_heads\[0\]=4 must be a positive divisor of stage 1's width"),
-        ({"depths": []}, "depths must list at least one stage"),
-        ({"depths": [1, 0]}, "depths must list at least one stage, each with one layer or more; got \\[1, 0\\]"),
-        ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
-        ({"mlp_ratio": 0.01}, "mlp_ratio=0.01 leaves the first stage's MLP with no hidden units"),
-        ({"drop_path_rate": 1.0}, "drop_path_rate=1.0: Input should be less than 1"),
-    ],
-)
-def test_config_rejects_bad_values(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        NatConfig(**{**TINY, **overrides})
+        "heads_per_stage": ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
+        "heads_divide_width": (
+            {"embed_dim": 18, "num_heads": [4, 4]},
+            r"num_heads\[0\]=4 must be a positive divisor of stage 1's width",
+        ),
+        "no_stage": ({"depths": []}, "depths must list at least one stage"),
+        "empty_stage": (
+            {"depths": [1, 0]},
+            "depths must list at least one stage, each with one layer or more; got \\[1, 0\\]",
+        ),
+        "activation": ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
+        "mlp_ratio": ({"mlp_ratio": 0.01}, "mlp_ratio=0.01 leaves the first stage's MLP with no hidden units"),
+    }
+    invalid_values = (("kernel_size", 0, "greater than or equal to 1"), ("drop_path_rate", 1.0, "less than 1"))
 
 
 def test_config_derived_values() -> None:

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 import transformers
 
@@ -15,24 +14,19 @@ import backbones_pixio
 from backbones import AutoBackbone, AutoBackboneConfig, Backbone
 from backbones.testing import (
     BitProcessorParity,
-    ConfigErrors,
     TokenShapes,
-    TransformersParity,
     assert_parity,
     imported_names,
     load_reference,
     random_pixels,
     randomize_weights_,
+    vit,
 )
-from backbones.testing.vit import SMALL_VIT, TINY_VIT, ViTConformance
 from backbones_pixio import PixioBackbone, PixioConfig
 
-TINY: dict[str, Any] = {**TINY_VIT, "n_cls_tokens": 2}
+TINY: dict[str, Any] = {**vit.TINY_VIT, "n_cls_tokens": 2}
 # Parity: four layers, a 4x4 grid of pre-training positions, 8 class tokens (as the released checkpoints).
-SMALL: dict[str, Any] = {**SMALL_VIT, "n_cls_tokens": 8}
-# The training size (positions as stored), a larger non-square size (rows and columns upsampled), a size whose
-# rows are downsampled, and a size that is no multiple of the patch.
-SIZES = ((32, 32), (48, 40), (24, 40), (42, 59))
+SMALL: dict[str, Any] = {**vit.SMALL_VIT, "n_cls_tokens": 8}
 # transformers' backbone holds the trunk's final norm too, and never runs it.
 TRUNK_NORM = ["pixio.layernorm.bias", "pixio.layernorm.weight"]
 MAPS_NORM = ["layernorm.bias", "layernorm.weight"]
@@ -41,11 +35,9 @@ MAPS_NORM = ["layernorm.bias", "layernorm.weight"]
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestPixioConformance(ViTConformance):
-    model_type = "pixio"
+class TestPixioConformance(vit.ViTConformance):
     config_class = PixioConfig
     config = TINY
-    input_sizes = ((32, 32), (48, 40), (24, 40))
     bad_config_value = ("n_cls_tokens", -3, r"n_cls_tokens=-3")
 
 
@@ -72,7 +64,7 @@ KEY_RENAMES = (
 )
 
 
-class TestPixioParity(TransformersParity):
+class TestPixioParity(vit.ViTParity):
     config_class = PixioConfig
     backbone_class = PixioBackbone
     reference_task_class = "PixioModel"
@@ -81,13 +73,7 @@ class TestPixioParity(TransformersParity):
         "default": {},
         PLAIN: {"apply_layernorm": False, "hidden_act": "silu", "qkv_bias": False, "n_cls_tokens": 1},
     }
-    input_sizes = SIZES
-    out_indices = ((0, 1, 2, 3, 4), (1, 2, 3, 4), (2,), (-1,))
-    backbone_prefix = ""  # the keys match as they are
-    hidden_state_count = 5
-    compare_attentions = True
-    task_out_indices = (0, 2, 4)
-    round_trip_out_indices = (0, 2, 4)
+    input_sizes = vit.RESAMPLING_SIZES
     key_renames = KEY_RENAMES
     # Every weight's gradient of a training step equals transformers' (by its in-memory name); its only weights
     # without one of ours are the trunk's final norm, which gets no gradient.
@@ -98,6 +84,8 @@ class TestPixioParity(TransformersParity):
     # Without reshape_hidden_states a map is the whole normalised sequence, class tokens too.
     unreshaped_out_indices = (0, 4)
     unreshaped_prefix_tokens = 8
+    # ``prefix_tokens`` are the 8 class tokens of transformers' hidden states, through the maps' norm.
+    prefix_token_count = 8
 
     @staticmethod
     def _plain(variant: str) -> bool:
@@ -172,18 +160,6 @@ class TestPixioParity(TransformersParity):
         ours = AutoBackbone.from_pretrained(tmp_path)
         assert torch.equal(ours.layernorm.weight, saved.layernorm.weight)
 
-    def test_class_tokens_match_transformers(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """``prefix_tokens`` are the 8 class tokens of transformers' hidden states, through the maps' norm."""
-        directory, reference = self.reference_checkpoint("default", tmp_path_factory)
-        model = AutoBackbone.from_pretrained(directory, out_indices=[0, 2, 4])
-        inputs = self.pixels((48, 40))
-        with torch.no_grad():
-            output = model(inputs, output_prefix_tokens=True)
-            states = reference(inputs, output_hidden_states=True).hidden_states
-            expected = [reference.layernorm(states[index])[:, :8] for index in (0, 2, 4)]
-        assert [tuple(tokens.shape) for tokens in output.prefix_tokens] == [(2, 8, 32)] * 3
-        assert_parity(output.prefix_tokens, expected, self.tolerance)
-
 
 # -- behaviour --------------------------------------------------------------------------------------
 
@@ -202,20 +178,14 @@ def test_every_class_token_has_its_own_position() -> None:
 def test_positions_are_resampled_bicubically_without_antialiasing() -> None:
     model = randomize_weights_(AutoBackbone.from_config(PixioConfig(**TINY)))
     embeddings = model.encoder.embeddings
-    table = embeddings.position_embeddings[:, 2:]
-    square = table.reshape(1, 4, 4, 16).permute(0, 3, 1, 2)
-    expected = torch.nn.functional.interpolate(square, size=(3, 5), mode="bicubic", align_corners=False)
-    assert torch.equal(embeddings._patch_positions(3, 5), expected.permute(0, 2, 3, 1).reshape(1, 15, 16))
-    assert torch.equal(embeddings._patch_positions(4, 4), table)
+    patches = embeddings.position_embeddings[:, 2:]  # after the 2 class tokens' positions
+    vit.assert_position_resampling(embeddings._patch_positions, patches, (3, 5), "bicubic", antialias=False)
 
 
 def test_pruning_keeps_only_the_layers_that_run() -> None:
-    model = AutoBackbone.from_config(PixioConfig(**SMALL, out_indices=[2]))
-    assert model.prune_unused_stages() == ["stage3", "stage4"]
-    assert len(model.encoder.encoder.layer) == 2
-    with torch.no_grad():
-        (fmap,) = model(random_pixels(48, 40)).feature_maps
-    assert tuple(fmap.shape) == (2, 32, 6, 5)
+    config = PixioConfig(**SMALL, out_indices=[2])
+    pruned = ["stage3", "stage4"]
+    vit.assert_prunes_deeper_layers(config, lambda model: model.encoder.encoder.layer, pruned, (48, 40), (2, 32, 6, 5))
 
 
 def test_freezing_the_stem_freezes_the_class_tokens_and_positions() -> None:
@@ -241,27 +211,22 @@ def test_imports_only_public_names_of_backbones_dinov2() -> None:
     """This plugin builds on backbones-dinov2's public API: no ``_``-prefixed module or name of it."""
     imported = imported_names(backbones_pixio, "backbones_dinov2")
     assert imported == [
+        ("backbones_dinov2.configs", ["PlainViTConfig"]),
         (
             "backbones_dinov2.blocks",
             ["Dinov2Attention", "Dinov2Embeddings", "Dinov2Encoder", "PlainViTBackbone", "resample_position_table"],
-        )
+        ),
     ]
 
 
 def test_default_config_is_pixio_vith16_at_its_training_size() -> None:
     """The defaults build pixio-vith16; on the meta device it runs a 256x256 image without allocating."""
     config = PixioConfig(out_indices=[8, 16, 24, 32])
-    with torch.device("meta"):
-        model = AutoBackbone.from_config(config)
-        output = model(torch.empty(1, 3, 256, 256), output_prefix_tokens=True)
-        reference = transformers.PixioBackbone(transformers.PixioConfig())
-    assert all(parameter.device.type == "meta" for parameter in model.parameters())
-    assert len(model.stage_names) == 33 and model.channels == [1280] * 4 and model.out_reductions == [16] * 4
-    assert [tuple(fmap.shape) for fmap in output.feature_maps] == [(1, 1280, 16, 16)] * 4
-    assert [tuple(tokens.shape) for tokens in output.prefix_tokens] == [(1, 8, 1280)] * 4
-    count = sum(parameter.numel() for parameter in model.parameters())
+    # Maps of 1280 channels on a 16x16 grid, 8 class tokens each.
+    _, count = vit.assert_builds_on_meta(config, (256, 256), width=1280, reduction=16, stages=33, prefix_tokens=8)
     # transformers' count less the trunk's final norm its backbone never runs.
-    assert count == sum(parameter.numel() for parameter in reference.parameters()) - 2 * 1280 == 631_013_120
+    reference = vit.meta_parameter_count(lambda: transformers.PixioBackbone(transformers.PixioConfig()))
+    assert count == reference - 2 * 1280 == 631_013_120
 
 
 # -- preprocessing ----------------------------------------------------------------------------------
@@ -277,15 +242,10 @@ class TestPixioProcessorParity(BitProcessorParity):
 # -- config errors ----------------------------------------------------------------------------------
 
 
-class TestPixioConfigErrors(ConfigErrors):
+class TestPixioConfigErrors(vit.ViTConfigErrors):
     config_class = PixioConfig
     config = TINY
-    errors = {
-        "heads-divide-the-width": ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=16"),
-        "square-position-grid": ({"image_size": [32, 48]}, r"image_size \(32, 48\) gives a 4x6 grid of patches"),
-        "image-holds-a-patch": ({"image_size": 4}, r"image_size 4 is smaller than patch_size 8"),
-        "square-patches": ({"patch_size": [8, 16]}, r"patch_size must be one int or a square pair such as \[16, 16\]"),
-    }
+    vit_rules = ("heads-divide-the-width", "square-position-grid", "image-holds-a-patch", "square-patches")
     invalid_values = (
         ("n_cls_tokens", 0, "greater than or equal to 1"),
         ("mlp_ratio", 2.5, "a valid integer"),

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from safetensors import safe_open
 
 from backbones import AutoBackbone, ConfigError
-from backbones.testing import BackboneConformance, TransformersParity, assert_parity, randomize_weights_
+from backbones.testing import TransformersParity, assert_nested_checkpoint, assert_parity, randomize_weights_
+from backbones.testing.cnn import CNNConformance, assert_config_json_round_trips, save_randomized
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_pp_lcnet import SCALES, PPLCNetBackbone, PPLCNetConfig
 
@@ -38,20 +38,15 @@ def pixels(height: int = 64, width: int = 48, batch: int = 2) -> torch.Tensor:
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestConformance(BackboneConformance):
+class TestConformance(CNNConformance):
+    """Every convolution pads by kernel // 2: a stage of stride s is ceil(size / s) wide."""
+
     model_type = "pp_lcnet"
-    # 50 and 38 are not multiples of the strides, so the rounding is really exercised.
-    input_sizes = ((64, 64), (50, 38))
-    # Every convolution pads by kernel // 2: a stage of stride s is ceil(size / s) wide.
-    spatial_rounding = "ceil"
-    # Padding is static, so any size exports; from the deepest stride (32) + 1 on, every map is 2 pixels or more
-    # (torch.export specialises a size of 1, which broadcasts).
-    export_range = (33, 4096)
+    config_class = PPLCNetConfig
+    config = SMALL
+    deepest_stride = 32
     channel_error_name = "PP-LCNet"
     bad_config_value = ("scale", 0, r"scale=0 must be a positive number")
-
-    def make_config(self, **overrides: Any) -> PPLCNetConfig:
-        return PPLCNetConfig(**SMALL, **overrides)
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -117,48 +112,31 @@ def slanet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Pa
     """A small SLANet table recogniser on a PP-LCNet, randomised and saved by transformers."""
     backbone = transformers.PPLCNetConfig(**SMALL, out_indices=[2, 3, 4, 5])
     config = transformers.SLANetConfig(backbone_config=backbone, out_channels=12, hidden_size=16, max_text_length=4)
-    model = randomize_weights_(transformers.SLANetForTableRecognition(config)).eval()
     directory = tmp_path_factory.mktemp("slanet")
-    model.save_pretrained(directory)
-    return model, directory
+    return save_randomized(transformers.SLANetForTableRecognition(config), directory), directory
 
 
 def test_slanet_checkpoint_loads_with_prefix(slanet_checkpoint: tuple[Any, Path]) -> None:
     table_model, directory = slanet_checkpoint
-    model, report = AutoBackbone.from_pretrained(
-        directory, checkpoint_prefix=SLANET_PREFIX, config_key="backbone_config", output_loading_info=True
+    # Outside the prefix: the CSP-PAN neck and the table head. SLANet's training size, and another.
+    assert_nested_checkpoint(
+        directory,
+        table_model.backbone.vision_backbone,
+        SLANET_PREFIX,
+        backbone_class=PPLCNetBackbone,
+        out_indices=[2, 3, 4, 5],  # the selection saved in backbone_config
+        input_sizes=((488, 488), (64, 48)),
+        min_unused=20,
     )
-    assert isinstance(model, PPLCNetBackbone)
-    assert model.out_indices == [2, 3, 4, 5]  # the selection saved in backbone_config
-    assert report.missing_keys == []
-    with safe_open(directory / "model.safetensors", "pt") as handle:
-        saved = list(handle.keys())
-    outside = sorted(key for key in saved if not key.startswith(SLANET_PREFIX))
-    assert report.unused_keys == outside
-    assert len(outside) > 20  # the CSP-PAN neck and the table head
-    trunk = table_model.backbone.vision_backbone
-    for size in ((488, 488), (64, 48)):  # SLANet's training size, and another
-        batch = pixels(*size, batch=1)
-        with torch.no_grad():
-            assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
 
 
 # -- transformers' config.json in, ours out ---------------------------------------------------------
 
 
 def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
-    reference = transformers.PPLCNetConfig(**SMALL, scale=0.5, divisor=4, out_features=["stage2", "stage5"])
-    reference.save_pretrained(tmp_path)
-    config = PPLCNetConfig.from_pretrained(tmp_path)
-    assert config.out_features == ["stage2", "stage5"] and config.out_indices == [2, 5]
-    assert (config.scale, config.divisor, config.block_configs) == (0.5, 4, SMALL["block_configs"])
-    assert config.unknown_fields() == {}
-    out = tmp_path / "ours"
-    config.save_pretrained(out)
-    back = transformers.PPLCNetConfig.from_pretrained(out)
-    assert back.stage_names == config.stage_names and back.depths == [1, 1, 2, 1, 2]
-    assert back.out_features == ["stage2", "stage5"]
-    assert (back.scale, back.divisor, back.block_configs) == (0.5, 4, SMALL["block_configs"])
+    fields = {**SMALL, "scale": 0.5, "divisor": 4}
+    _, back = assert_config_json_round_trips(PPLCNetConfig, "PPLCNetConfig", fields, ["stage2", "stage5"], tmp_path)
+    assert back.depths == [1, 1, 2, 1, 2]
 
 
 # -- real sizes -------------------------------------------------------------------------------------

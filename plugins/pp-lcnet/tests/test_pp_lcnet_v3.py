@@ -13,10 +13,13 @@ import transformers
 
 from backbones import AutoBackbone, ConfigError
 from backbones.testing import (
-    BackboneConformance,
     TransformersParity,
-    assert_nested_checkpoint,
-    randomize_weights_,
+)
+from backbones.testing.cnn import (
+    CNNConformance,
+    HeldBackbone,
+    SavedModelsHoldingBackbone,
+    assert_config_json_round_trips,
 )
 from backbones_pp_lcnet import SCALES, PPLCNetV3Backbone, PPLCNetV3Config
 
@@ -45,18 +48,15 @@ def pixels(height: int = 64, width: int = 48, batch: int = 2) -> torch.Tensor:
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestConformance(BackboneConformance):
+class TestConformance(CNNConformance):
+    """Every convolution pads by kernel // 2: a stage of stride s is ceil(size / s) wide."""
+
     model_type = "pp_lcnet_v3"
-    input_sizes = ((64, 64), (50, 38))
-    spatial_rounding = "ceil"  # every convolution pads by kernel // 2
-    # Any size exports; from the deepest stride (32) + 1 on every map is 2 pixels or more (a size of 1 broadcasts,
-    # which torch.export specialises).
-    export_range = (33, 4096)
+    config_class = PPLCNetV3Config
+    config = SMALL
+    deepest_stride = 32
     channel_error_name = "PP-LCNetV3"
     bad_config_value = ("conv_symmetric_num", 0, r"conv_symmetric_num=0 must be at least 1")
-
-    def make_config(self, **overrides: Any) -> PPLCNetV3Config:
-        return PPLCNetV3Config(**SMALL, **overrides)
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -131,43 +131,26 @@ def _recogniser() -> Any:
     return transformers.PPOCRV5MobileRecForTextRecognition(config)
 
 
-@pytest.mark.parametrize(
-    ("build", "selection", "sizes"),
-    [(_detector, [2, 3, 4, 5], ((640, 640), (64, 48))), (_recogniser, [5], ((48, 320), (32, 100)))],
-    ids=["PPOCRV5MobileDetForObjectDetection", "PPOCRV5MobileRecForTextRecognition"],
-)
-def test_ocr_checkpoint_loads_with_prefix(
-    tmp_path: Path, build: Any, selection: list[int], sizes: tuple[tuple[int, int], ...]
-) -> None:
-    task = randomize_weights_(build()).eval()
-    task.save_pretrained(tmp_path)
-    # Outside the prefix: the neck and the head. The selection is the one saved in backbone_config.
-    assert_nested_checkpoint(
-        tmp_path,
-        task.model.backbone,
-        DETECTOR_PREFIX,
-        backbone_class=PPLCNetV3Backbone,
-        out_indices=selection,
-        input_sizes=sizes,
-        min_unused=10,
-    )
+class TestOCRModels(SavedModelsHoldingBackbone):
+    """Outside the prefix: the neck and the head. The selection is the one saved in backbone_config."""
+
+    backbone_class = PPLCNetV3Backbone
+    models = {
+        "PPOCRV5MobileDetForObjectDetection": HeldBackbone(
+            _detector, "model.backbone", DETECTOR_PREFIX, [2, 3, 4, 5], ((640, 640), (64, 48)), 10
+        ),
+        "PPOCRV5MobileRecForTextRecognition": HeldBackbone(
+            _recogniser, "model.backbone", DETECTOR_PREFIX, [5], ((48, 320), (32, 100)), 10
+        ),
+    }
 
 
 # -- transformers' config.json in, ours out ---------------------------------------------------------
 
 
 def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
-    reference = transformers.PPLCNetV3Config(**SMALL, scale=0.75, divisor=16, out_features=["stage2", "stage5"])
-    reference.save_pretrained(tmp_path)
-    config = PPLCNetV3Config.from_pretrained(tmp_path)
-    assert config.out_features == ["stage2", "stage5"] and config.out_indices == [2, 5]
-    assert (config.scale, config.divisor, config.conv_symmetric_num) == (0.75, 16, 2)
-    assert config.unknown_fields() == {}
-    out = tmp_path / "ours"
-    config.save_pretrained(out)
-    back = transformers.PPLCNetV3Config.from_pretrained(out)
-    assert back.stage_names == config.stage_names and back.out_features == ["stage2", "stage5"]
-    assert (back.scale, back.divisor, back.conv_symmetric_num, back.block_configs) == (0.75, 16, 2, BLOCKS)
+    fields = {**SMALL, "scale": 0.75, "divisor": 16}
+    assert_config_json_round_trips(PPLCNetV3Config, "PPLCNetV3Config", fields, ["stage2", "stage5"], tmp_path)
 
 
 # -- real sizes -------------------------------------------------------------------------------------

@@ -12,10 +12,13 @@ import transformers
 
 from backbones import ConfigError
 from backbones.testing import (
-    BackboneConformance,
     TransformersParity,
-    assert_nested_checkpoint,
-    randomize_weights_,
+)
+from backbones.testing.cnn import (
+    CNNConformance,
+    HeldBackbone,
+    SavedModelsHoldingBackbone,
+    assert_config_json_round_trips,
 )
 from backbones_pp_lcnet import PPLCNetV4Backbone, PPLCNetV4Config
 
@@ -43,30 +46,23 @@ def pixels(height: int = 64, width: int = 48, batch: int = 2) -> torch.Tensor:
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class _Conformance(BackboneConformance):
+class _Conformance(CNNConformance):
+    """Every strided layer pads (the stem's 2x2 branch pads right and bottom): ceil(size / stride)."""
+
     model_type = "pp_lcnet_v4"
-    input_sizes = ((64, 64), (50, 38))
-    spatial_rounding = "ceil"  # every strided layer pads (the stem's 2x2 branch pads right and bottom)
-    # Any size exports; from the deepest stride (32) + 1 on every map is 2 pixels or more (a size of 1 broadcasts,
-    # which torch.export specialises).
-    export_range = (33, 4096)
+    config_class = PPLCNetV4Config
+    deepest_stride = 32
     channel_error_name = "PP-LCNetV4"
     bad_config_value = ("stem_type", "medium", r"stem_type='medium': Input should be 'large' or 'small'")
-    stem: dict[str, Any] = {}
-
-    def make_config(self, **overrides: Any) -> PPLCNetV4Config:
-        return PPLCNetV4Config(**{**SMALL, **self.stem, **overrides})
-
-    def input_channel_overrides(self, channels: int) -> dict[str, Any]:
-        return {"num_channels": channels, "stem_channels": [channels, 8, 16]}
+    image_channels_field = "stem_channels"
 
 
 class TestConformance(_Conformance):
-    stem = {"use_learnable_affine_block": True}
+    config = {**SMALL, "use_learnable_affine_block": True}
 
 
 class TestSmallStemConformance(_Conformance):
-    stem = {"stem_type": "small"}
+    config = {**SMALL, "stem_type": "small"}
     # The same blocks, conv-BN layers and GELU as the class above: its export, ONNX and DDP/FSDP2 checks cover them.
     deployment_checks = False
 
@@ -146,45 +142,26 @@ def _recogniser() -> Any:
     return transformers.PPOCRV6TinyRecForTextRecognition(config)
 
 
-@pytest.mark.parametrize(
-    ("build", "selection", "sizes"),
-    [(_detector, [1, 2, 3, 4], ((640, 640), (64, 48))), (_recogniser, [4], ((48, 320), (32, 100)))],
-    ids=["PPOCRV6SmallDetForObjectDetection", "PPOCRV6TinyRecForTextRecognition"],
-)
-def test_ocr_checkpoint_loads_with_prefix(
-    tmp_path: Path, build: Any, selection: list[int], sizes: tuple[tuple[int, int], ...]
-) -> None:
-    task = randomize_weights_(build()).eval()
-    task.save_pretrained(tmp_path)
-    # Outside the prefix: the neck and the head. The selection is the one saved in backbone_config.
-    assert_nested_checkpoint(
-        tmp_path,
-        task.model.backbone,
-        OCR_PREFIX,
-        backbone_class=PPLCNetV4Backbone,
-        out_indices=selection,
-        input_sizes=sizes,
-        min_unused=10,
-    )
+class TestOCRModels(SavedModelsHoldingBackbone):
+    """Outside the prefix: the neck and the head. The selection is the one saved in backbone_config."""
+
+    backbone_class = PPLCNetV4Backbone
+    models = {
+        "PPOCRV6SmallDetForObjectDetection": HeldBackbone(
+            _detector, "model.backbone", OCR_PREFIX, [1, 2, 3, 4], ((640, 640), (64, 48)), 10
+        ),
+        "PPOCRV6TinyRecForTextRecognition": HeldBackbone(
+            _recogniser, "model.backbone", OCR_PREFIX, [4], ((48, 320), (32, 100)), 10
+        ),
+    }
 
 
 # -- transformers' config.json in, ours out ---------------------------------------------------------
 
 
 def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
-    reference = transformers.PPLCNetV4Config(
-        **SMALL, stem_type="small", use_learnable_affine_block=True, out_features=["stage2", "stage4"]
-    )
-    reference.save_pretrained(tmp_path)
-    config = PPLCNetV4Config.from_pretrained(tmp_path)
-    assert config.out_features == ["stage2", "stage4"] and config.out_indices == [2, 4]
-    assert (config.stem_type, config.use_learnable_affine_block, config.block_configs) == ("small", True, BLOCKS)
-    assert config.unknown_fields() == {}
-    out = tmp_path / "ours"
-    config.save_pretrained(out)
-    back = transformers.PPLCNetV4Config.from_pretrained(out)
-    assert back.stage_names == config.stage_names and back.out_features == ["stage2", "stage4"]
-    assert (back.stem_type, back.use_learnable_affine_block, back.block_configs) == ("small", True, BLOCKS)
+    fields = {**SMALL, "stem_type": "small", "use_learnable_affine_block": True}
+    _, back = assert_config_json_round_trips(PPLCNetV4Config, "PPLCNetV4Config", fields, ["stage2", "stage4"], tmp_path)
     assert back.stage_out_channels == [16, 24, 32, 40]
 
 

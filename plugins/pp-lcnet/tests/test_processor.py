@@ -11,25 +11,20 @@ import transformers
 from PIL import Image
 
 from backbones import ConfigError
-from backbones.testing import ProcessorParity
+from backbones.testing import ProcessorParity, imagenet_preprocessor
 from backbones_pp_lcnet import PPLCNetImageProcessor
 
 # PaddlePaddle/PP-LCNet_x1_0_doc_ori_safetensors' preprocessor_config.json (the class defaults, written out).
-PREPROCESSOR: dict[str, Any] = {
-    "crop_size": {"height": 224, "width": 224},
-    "do_center_crop": True,
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": [0.406, 0.456, 0.485],
-    "image_processor_type": "PPLCNetImageProcessor",
-    "image_std": [0.225, 0.224, 0.229],
-    "resample": 2,
-    "rescale_factor": 0.00392156862745098,
-    "resize_short": 256,
-    "size": {"height": 256, "width": 256},
-    "size_divisor": 1,
-}
+PREPROCESSOR = imagenet_preprocessor(
+    "PPLCNetImageProcessor",
+    image_mean=[0.406, 0.456, 0.485],
+    image_std=[0.225, 0.224, 0.229],
+    resize_short=256,
+    size={"height": 256, "width": 256},
+    size_divisor=1,
+    do_center_crop=True,
+    crop_size={"height": 224, "width": 224},
+)
 # transformers resizes with torchvision, we with Pillow; both filter bilinearly with antialiasing, and a
 # downscaled 8-bit pixel may land one level apart: 1/255 over the smallest std.
 ONE_LEVEL = 1 / 255 / 0.224 + 1e-6

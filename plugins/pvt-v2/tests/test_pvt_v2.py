@@ -16,13 +16,15 @@ from torch import Tensor, nn
 
 from backbones import AutoBackbone, Backbone, ConfigError
 from backbones.testing import (
-    BackboneConformance,
     ProcessorParity,
     TransformersParity,
     assert_parity,
     assert_random_only_in_training,
+    imagenet_preprocessor,
+    random_pixels,
     randomize_weights_,
 )
+from backbones.testing.hierarchical import HierarchicalConformance
 from backbones_pvt_v2 import PvtImageProcessor, PvtV2Backbone, PvtV2Config
 from backbones_pvt_v2._model import LINEAR_POOL_SIZE, _adaptive_average_matrix
 
@@ -39,26 +41,20 @@ TINY: dict[str, Any] = {**SMALL, "depths": [1, 1, 1, 1], "sr_ratios": [4, 2, 2, 
 ALL_STAGES = [0, 1, 2, 3]
 
 
-def pixels(height: int = 64, width: int = 48, batch: int = 2, seed: int = 7) -> Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestPvtV2Conformance(BackboneConformance):
+class TestPvtV2Conformance(HierarchicalConformance):
     model_type = "pvt_v2"
+    config_class = PvtV2Config
+    config = TINY
     # 50 and 54 are not multiples of the strides: the padded patch embeddings round up.
     input_sizes = ((64, 64), (50, 54))
-    spatial_rounding = "ceil"
     # torch.export specialises a size of 1 (it broadcasts), so one program covers the sizes where every map is
     # 2 pixels or more, the key/value maps too: here stage 3's ceil(size / 16) // sr_ratio 2 >= 2 from 49 on.
     export_range = (49, 1024)
     channel_error_name = "PVTv2"
     bad_config_value = ("num_attention_heads", [1, 2, 3, 5], r"num_attention_heads\[3\]=5 must be a positive divisor")
-
-    def make_config(self, **overrides: Any) -> PvtV2Config:
-        return PvtV2Config(**{**TINY, **overrides})
 
 
 class TestPvtV2LinearAttentionConformance(TestPvtV2Conformance):
@@ -66,10 +62,8 @@ class TestPvtV2LinearAttentionConformance(TestPvtV2Conformance):
     ``_adaptive_average_matrix``, so export and ONNX keep the input size dynamic)."""
 
     # The key/value maps are 7x7 whatever the input: from 33 on, the deepest map (stride 32) is 2 pixels or more.
+    config = {**TINY, "linear_attention": True}
     export_range = (33, 1024)
-
-    def make_config(self, **overrides: Any) -> PvtV2Config:
-        return PvtV2Config(**{**TINY, "linear_attention": True, **overrides})
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -137,7 +131,7 @@ def test_classifier_logits_from_our_last_map(tmp_path: Path) -> None:
     task = randomize_weights_(transformers.PvtV2ForImageClassification(transformers.PvtV2Config(**SMALL, num_labels=3)))
     task.eval().save_pretrained(tmp_path)
     model = AutoBackbone.from_pretrained(tmp_path, out_indices=[-1])
-    batch = pixels(64, 64, batch=1)
+    batch = random_pixels(64, 64, batch=1)
     with torch.no_grad():
         (last,) = model(batch).feature_maps
         logits = task.classifier(last.flatten(2).mean(dim=2))
@@ -235,9 +229,9 @@ def test_forward_stops_at_the_deepest_requested_stage() -> None:
     for number, stage in enumerate(model.encoder.layers, start=1):
         stage.register_forward_hook(lambda *_, number=number: ran.append(number))
     with torch.no_grad():
-        model(pixels())
+        model(random_pixels(64, 48))
         assert ran == [1, 2]
-        model(pixels(), output_hidden_states=True)
+        model(random_pixels(64, 48), output_hidden_states=True)
     assert ran == [1, 2, 1, 2, 3, 4]
     model.prune_unused_stages()
     assert len(model.encoder.layers) == 2
@@ -257,14 +251,14 @@ def test_too_small_inputs_are_explained(fields: dict[str, Any], minimum: int) ->
     assert config.minimum_input_size == minimum
     model = PvtV2Backbone(config).eval()
     with torch.no_grad():
-        maps = model(pixels(minimum, minimum + 5, batch=1)).feature_maps
+        maps = model(random_pixels(minimum, minimum + 5, batch=1)).feature_maps
         assert [tuple(fmap.shape[2:]) for fmap in maps] == list(
             zip(config.stage_sizes(minimum), config.stage_sizes(minimum + 5))
         )
         if minimum > 1:
             message = rf"pixel_values of {minimum - 1}x{minimum} pixels is too small for this PvtV2Backbone: .* at least {minimum}x{minimum}"
             with pytest.raises(ValueError, match=message):
-                model(pixels(minimum - 1, minimum, batch=1))
+                model(random_pixels(minimum - 1, minimum, batch=1))
 
 
 def test_attention_modules_follow_the_variant() -> None:
@@ -298,7 +292,7 @@ def test_fresh_weights_follow_transformers_init() -> None:
 def test_dropout_and_drop_path_act_in_training_only() -> None:
     for fields in ({"drop_path_rate": 0.5}, {"hidden_dropout_prob": 0.3}, {"attention_probs_dropout_prob": 0.3}):
         model = PvtV2Backbone(PvtV2Config(**TINY, **fields))
-        assert_random_only_in_training(model, pixels())
+        assert_random_only_in_training(model, random_pixels(64, 48))
 
 
 def test_drop_path_schedule_is_linear_over_all_blocks() -> None:
@@ -315,7 +309,7 @@ def test_a_stage_without_blocks_matches_transformers(tmp_path: Path) -> None:
     reference.eval().save_pretrained(tmp_path)
     model, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
     assert report.clean
-    batch = pixels(64, 48)
+    batch = random_pixels(64, 48)
     with torch.no_grad():
         assert_parity(model(batch).feature_maps, reference(batch).feature_maps)
 
@@ -323,17 +317,7 @@ def test_a_stage_without_blocks_matches_transformers(tmp_path: Path) -> None:
 # -- preprocessing ----------------------------------------------------------------------------------
 
 # OpenGVLab/pvt_v2_b0's preprocessor_config.json, with a 64x48 size instead of 224x224.
-PREPROCESSOR: dict[str, Any] = {
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_processor_type": "PvtImageProcessor",
-    "image_std": [0.229, 0.224, 0.225],
-    "resample": 2,
-    "rescale_factor": 0.00392156862745098,
-    "size": {"height": 64, "width": 48},
-}
+PREPROCESSOR = imagenet_preprocessor("PvtImageProcessor", size={"height": 64, "width": 48})
 
 
 def _image(height: int = 75, width: int = 101) -> Image.Image:

@@ -10,55 +10,55 @@ import pytest
 import torch
 from transformers.activations import ACT2FN
 
-from backbones import AutoBackbone, ConfigError, ReparameterizedError, testing
+from backbones import AutoBackbone, ConfigError, testing
 from backbones.layers import FrozenBatchNorm2d
 from backbones.testing import (
-    BackboneConformance,
     TransformersParity,
     assert_close_maps,
     assert_exports_with_dynamic_size,
     assert_parity,
     randomize_weights_,
 )
+from backbones.testing.cnn import (
+    SMALL_CNN,
+    TINY_CNN,
+    CNNConformance,
+    assert_refuses_unlisted_choice,
+    assert_reparameterize_folds_norms,
+    assert_same_maps_at_sizes,
+    dilated_backbone,
+)
 from backbones_resnet import ResNetBackbone, ResNetConfig
 from backbones_resnet._config import ACTIVATIONS
 from backbones_resnet.blocks import _make_activation
 
-TINY: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24], "depths": [1, 1, 2]}
-# Four stages, as real ResNets have, for parity; still a few thousand parameters.
-SMALL: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24, 32], "depths": [1, 2, 1, 1]}
+TINY: dict[str, Any] = {"embedding_size": 8, **TINY_CNN}
+SMALL: dict[str, Any] = {"embedding_size": 8, **SMALL_CNN}
 ALL_STAGES = [0, 1, 2, 3, 4]
 
 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class _TinyResNetConformance(BackboneConformance):
+class _TinyResNetConformance(CNNConformance):
+    """Every stride-2 convolution and the max-pool pad by kernel // 2, so each halving is ceil(size / 2)."""
+
     model_type = "resnet"
-    layer_type: ClassVar[str] = ""
-    # 50 and 38 are not multiples of the strides, so the rounding below is really exercised.
-    input_sizes = ((64, 64), (50, 38))
-    # Every stride-2 convolution and the max-pool pad by kernel // 2, so each halving is ceil(size / 2).
-    spatial_rounding = "ceil"
-    # Any size exports: padding is static. The lower end is the deepest stride (16) + 1, so that every map
-    # is 2 pixels or more: torch.export specialises a size of 1 (it broadcasts), not a limit of ResNet's.
-    export_range = (17, 4096)
+    config_class = ResNetConfig
+    deepest_stride = 16
     channel_error_name = "ResNet"
     bad_config_value = ("layer_type", "wide", r"layer_type 'wide' is not supported")
 
-    def make_config(self, **overrides: Any) -> ResNetConfig:
-        return ResNetConfig(**TINY, layer_type=self.layer_type, **overrides)
-
 
 class TestBasicConformance(_TinyResNetConformance):
-    layer_type = "basic"
+    config = {**TINY, "layer_type": "basic"}
     # The same operations as bottleneck blocks (convolution, BatchNorm, ReLU, residual add), only fewer
     # of them: the bottleneck class's export, ONNX and DDP/FSDP2 checks cover this code path.
     deployment_checks = False
 
 
 class TestBottleneckConformance(_TinyResNetConformance):
-    layer_type = "bottleneck"
+    config = {**TINY, "layer_type": "bottleneck"}
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -180,13 +180,7 @@ def test_resnet50_shapes_at_224() -> None:
 
 
 def test_unknown_layer_type_lists_the_valid_ones() -> None:
-    message = r"layer_type 'wide' is not supported; set layer_type to one of \['basic', 'bottleneck'\]"
-    with pytest.raises(ValueError, match=message):
-        ResNetConfig(layer_type="wide")
-    config = ResNetConfig()
-    with pytest.raises(ValueError, match=message):
-        config.layer_type = "wide"
-    assert config.layer_type == "bottleneck"
+    assert_refuses_unlisted_choice(ResNetConfig, "layer_type", "wide", ["basic", "bottleneck"], "bottleneck")
 
 
 def test_unknown_activation_lists_the_valid_ones() -> None:
@@ -230,10 +224,7 @@ def _timm_resnet_key(key: str) -> str:
 @pytest.mark.parametrize("output_stride", [32, 16, 8])
 def test_output_stride_matches_timm(output_stride: int) -> None:
     timm = pytest.importorskip("timm")
-    config = ResNetConfig(**TIMM_LIKE, output_stride=output_stride, out_indices=[1, 2, 3, 4])
-    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
-    expected = {32: [4, 4, 8, 16, 32], 16: [4, 4, 8, 16, 16], 8: [4, 4, 8, 8, 8]}[output_stride]
-    assert model.reductions == expected  # known before any forward
+    model = dilated_backbone(ResNetConfig(**TIMM_LIKE, output_stride=output_stride, out_indices=[1, 2, 3, 4]))
     reference = timm.create_model(
         "resnet50",
         pretrained=False,
@@ -243,16 +234,15 @@ def test_output_stride_matches_timm(output_stride: int) -> None:
         features_only=True,
         out_indices=(1, 2, 3, 4),
     ).eval()
-    assert reference.feature_info.reduction() == expected[1:]
+    assert reference.feature_info.reduction() == model.reductions[1:]
     state = {_timm_resnet_key(key): value for key, value in model.state_dict().items()}
     reference.load_state_dict(state, strict=True)
-    for height, width in [(64, 64), (50, 38)]:
-        images = pixels(height=height, width=width)
-        with torch.no_grad():
-            ours = model(images).feature_maps
-            assert_parity(ours, reference(images), tolerance=1e-5)
+    sizes = [(64, 64), (50, 38)]
+    for (height, width), ours in zip(
+        sizes, assert_same_maps_at_sizes(lambda x: model(x).feature_maps, reference, sizes)
+    ):
         assert [tuple(fmap.shape[2:]) for fmap in ours] == [
-            (math.ceil(height / r), math.ceil(width / r)) for r in expected[1:]
+            (math.ceil(height / r), math.ceil(width / r)) for r in model.reductions[1:]
         ]
 
 
@@ -299,18 +289,8 @@ def test_output_stride_lists_the_valid_values(value: int) -> None:
 def test_reparameterize_folds_every_batch_norm(layer_type: str) -> None:
     config = ResNetConfig(**SMALL, layer_type=layer_type, output_stride=16, out_indices=ALL_STAGES)
     model = randomize_weights_(AutoBackbone.from_config(config)).eval()
-    sizes = [(56, 40), (33, 47)]
-    with torch.no_grad():
-        expected = [model(pixels(height=h, width=w)).feature_maps for h, w in sizes]
-    norms = sum(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())
-    assert model.supports_reparameterize
-    assert model.reparameterize() == norms  # one ConvNormLayer per BatchNorm
-    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())
-    with torch.no_grad():
-        for (height, width), maps in zip(sizes, expected):
-            assert_parity(model(pixels(height=height, width=width)).feature_maps, maps, tolerance=1e-5)
-    with pytest.raises(ReparameterizedError, match="cannot train; load the checkpoint again"):
-        model.train()
+    inputs = [pixels(height=height, width=width) for height, width in [(56, 40), (33, 47)]]
+    assert_reparameterize_folds_norms(model, (torch.nn.BatchNorm2d,), inputs)  # one ConvNormLayer per BatchNorm
 
 
 def test_reparameterize_folds_frozen_batch_norms() -> None:

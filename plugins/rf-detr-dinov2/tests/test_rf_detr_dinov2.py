@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 import backbones_rf_detr_dinov2
 from backbones import AutoBackbone, ConfigError
 from backbones.testing import (
-    ConfigErrors,
     TokenShapes,
     assert_parity,
     assert_random_only_in_training,
@@ -24,25 +23,23 @@ from backbones.testing import (
     patch_token_count,
     random_pixels,
     randomize_weights_,
+    vit,
 )
-from backbones.testing.vit import SMALL_VIT, TINY_VIT, ViTConformance, ViTParity
 from backbones_rf_detr_dinov2 import RfDetrDinov2Backbone, RfDetrDinov2Config
 from backbones_rf_detr_dinov2._model import _partition, _unpartition
 
 # 2x2 windows of 4x4-pixel patches: inputs are multiples of 8 pixels. Layer 1 attends globally.
-TINY: dict[str, Any] = {**TINY_VIT, "patch_size": 4, "num_windows": 2, "window_block_indexes": [0, 2]}
+TINY: dict[str, Any] = {**vit.TINY_VIT, "patch_size": 4, "num_windows": 2, "window_block_indexes": [0, 2]}
 # Parity: four layers, an 8x8 grid of pre-training positions.
-SMALL: dict[str, Any] = {**SMALL_VIT, "patch_size": 4, "num_windows": 2}
+SMALL: dict[str, Any] = {**vit.SMALL_VIT, "patch_size": 4, "num_windows": 2}
 
 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestRfDetrDinov2Conformance(ViTConformance):
-    model_type = "rf_detr_dinov2"
+class TestRfDetrDinov2Conformance(vit.ViTConformance):
     config_class = RfDetrDinov2Config
     config = TINY
-    input_sizes = ((32, 32), (48, 40), (24, 40))
     # The patch grid must divide into the windows: sides are multiples of patch_size * num_windows.
     export_multiple = 8
     bad_config_value = ("num_windows", 0, r"num_windows=0: Input should be greater than or equal to 1")
@@ -77,11 +74,8 @@ class TestRfDetrDinov2UnwindowedConformance(TestRfDetrDinov2Conformance):
 NO_LAYERNORM = "no-layernorm-silu-no-qkv-bias-unwindowed"
 
 
-class TestRfDetrDinov2Parity(ViTParity):
-    # The mask token only serves masked pre-training, and without apply_layernorm the final norm is never applied:
-    # the backbone builds neither (transformers does, and initialises them when they are missing).
-    never_built_keys = ("embeddings.mask_token",)
-    final_norm_keys = ("layernorm.bias", "layernorm.weight")
+class TestRfDetrDinov2Parity(vit.ViTParity):
+    # vit.ViTParity's defaults: the mask token and (without apply_layernorm) the final norm are never built.
     config_class = RfDetrDinov2Config
     backbone_class = RfDetrDinov2Backbone
     config = SMALL
@@ -97,10 +91,6 @@ class TestRfDetrDinov2Parity(ViTParity):
     # downsampled (where antialiasing changes the table).
     input_sizes = ((32, 32), (48, 48), (48, 32), (16, 32))
     out_indices = ((1, 2, 3, 4), (0, 1, 2, 3, 4), (2,), (-1,))
-    backbone_prefix = ""  # the keys match as they are
-    hidden_state_count = 5
-    compare_attentions = True
-    round_trip_out_indices = (0, 2, 4)
     compare_gradients = True
     # Hidden states are the windowed sequences (4 windows of a class token and 4x4 patches at 32x32); windowed
     # layers attend per window, global layers (1 and 3) per image over all 4 windows.
@@ -164,18 +154,7 @@ DETECTOR_BACKBONE_PREFIX = "backbone.0.encoder.encoder."
 def detector_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """A tiny RF-DETR on the SMALL backbone (stages 1 and 3 selected, so layers 0 and 2 windowed), saved."""
     backbone = transformers.RfDetrDinov2Config(**SMALL, use_swiglu_ffn=request.param == "swiglu", out_indices=[1, 3])
-    config = transformers.RfDetrConfig(
-        backbone_config=backbone,
-        d_model=16,
-        decoder_ffn_dim=32,
-        decoder_layers=1,
-        decoder_self_attention_heads=2,
-        decoder_cross_attention_heads=2,
-        num_queries=5,
-        group_detr=2,
-        num_labels=3,
-        c2f_num_blocks=1,
-    )
+    config = transformers.RfDetrConfig(backbone_config=backbone, c2f_num_blocks=1, **vit.TINY_DETR_DECODER)
     detector = randomize_weights_(transformers.RfDetrForObjectDetection(config)).eval()
     directory = tmp_path_factory.mktemp(f"rfdetr-{request.param}")
     detector.save_pretrained(directory)
@@ -296,17 +275,8 @@ def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
 def test_positions_are_resampled_with_antialiasing() -> None:
     """Bicubic by target size in float32 with antialiasing (unlike DINOv2's), even for bfloat16."""
     model = randomize_weights_(RfDetrDinov2Backbone(RfDetrDinov2Config(**TINY))).to(torch.bfloat16)
-    table = model.embeddings.position_embeddings
-    resized = model.embeddings._patch_positions(3, 10)
-    square = table[:, 1:].reshape(1, 8, 8, 16).permute(0, 3, 1, 2).float()
-    expected = torch.nn.functional.interpolate(
-        square, size=(3, 10), mode="bicubic", align_corners=False, antialias=True
-    )
-    plain = torch.nn.functional.interpolate(square, size=(3, 10), mode="bicubic", align_corners=False)
-    assert (expected - plain).abs().max().item() > 1e-2
-    assert resized.dtype == torch.bfloat16
-    assert torch.equal(resized, expected.to(torch.bfloat16).permute(0, 2, 3, 1).reshape(1, 30, 16))
-    assert torch.equal(model.embeddings._patch_positions(8, 8), table[:, 1:])
+    patches = model.embeddings.position_embeddings[:, 1:]  # an 8x8 grid
+    vit.assert_position_resampling(model.embeddings._patch_positions, patches, (3, 10), "bicubic", antialias=True)
 
 
 def test_square_windows_are_spatial_and_invert() -> None:
@@ -448,15 +418,14 @@ def test_default_config_builds_at_its_real_size_on_meta() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-class TestRfDetrDinov2ConfigErrors(ConfigErrors):
+class TestRfDetrDinov2ConfigErrors(vit.ViTConfigErrors):
     config_class = RfDetrDinov2Config
     config = TINY
+    vit_rules = ("heads-divide-the-width", "square-position-grid")
     errors = {
         "windows": ({"num_windows": 0}, r"num_windows=0: Input should be greater than or equal to 1"),
         "layer-range": ({"window_block_indexes": [0, 3]}, r"names layers \[3\] that do not exist; .* from 0 to 2"),
         "duplicate": ({"window_block_indexes": [1, 1]}, r"names a layer twice"),
-        "heads": ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=16"),
-        "grid": ({"image_size": [32, 48]}, r"image_size \(32, 48\) gives a 8x12 grid of patches"),
     }
 
 

@@ -14,10 +14,9 @@ import transformers
 from PIL import Image
 from torch import nn
 
-from backbones import AutoBackbone, ConfigError, ReparameterizedError
+from backbones import AutoBackbone, ConfigError
 from backbones.layers import FrozenBatchNorm2d
 from backbones.testing import (
-    BackboneConformance,
     ProcessorParity,
     TransformersParity,
     assert_exports_with_dynamic_size,
@@ -26,41 +25,44 @@ from backbones.testing import (
     assert_parity,
     randomize_weights_,
 )
+from backbones.testing.cnn import (
+    SMALL_CNN,
+    TINY_CNN,
+    CNNConformance,
+    assert_config_json_round_trips,
+    assert_reparameterize_folds_norms,
+    assert_same_maps_at_sizes,
+    detr_detector,
+    dilated_backbone,
+    save_randomized,
+)
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_rt_detr_resnet import RTDetrImageProcessor, RTDetrResNetBackbone, RTDetrResNetConfig
 
-TINY: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24], "depths": [1, 1, 2]}
-# Four stages, as real ResNets have, for parity; still a few thousand parameters.
-SMALL: dict[str, Any] = {"embedding_size": 8, "hidden_sizes": [8, 16, 24, 32], "depths": [1, 2, 1, 1]}
+TINY: dict[str, Any] = {"embedding_size": 8, **TINY_CNN}
+SMALL: dict[str, Any] = {"embedding_size": 8, **SMALL_CNN}
 ALL_STAGES = [0, 1, 2, 3, 4]
 
 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class _TinyConformance(BackboneConformance):
-    model_type = "rt_detr_resnet"
-    layer_type: ClassVar[str] = ""
-    # 50 and 38 are not multiples of the strides, so the rounding below is really exercised.
-    input_sizes = ((64, 64), (50, 38))
-    # Strided convolutions pad by kernel // 2 and the shortcuts' average-pools round up: ceil(size / 2) each.
-    spatial_rounding = "ceil"
-    # Any size exports: padding is static. The lower end is the deepest stride (16) + 1, so that every map
-    # is 2 pixels or more: torch.export specialises a size of 1 (it broadcasts), not a limit of ResNet-vd's.
-    export_range = (17, 4096)
+class _TinyConformance(CNNConformance):
+    """Strided convolutions pad by kernel // 2 and the shortcuts' average-pools round up: ceil(size / 2) each."""
 
-    def make_config(self, **overrides: Any) -> RTDetrResNetConfig:
-        return RTDetrResNetConfig(**TINY, layer_type=self.layer_type, **overrides)
+    model_type = "rt_detr_resnet"
+    config_class = RTDetrResNetConfig
+    deepest_stride = 16
 
 
 class TestBottleneckConformance(_TinyConformance):
-    layer_type = "bottleneck"
+    config = {**TINY, "layer_type": "bottleneck"}
     channel_error_name = "ResNet-vd"
     bad_config_value = ("freeze_at", 7, r"freeze_at=7: must be an int between")
 
 
 class TestBasicConformance(_TinyConformance):
-    layer_type = "basic"
+    config = {**TINY, "layer_type": "basic"}
     # The same operations as bottleneck blocks (convolution, BatchNorm, ReLU, average-pool shortcut, residual
     # add), only fewer of them: the bottleneck class's export, ONNX and DDP/FSDP2 checks cover this code path.
     deployment_checks = False
@@ -134,25 +136,11 @@ DETECTOR_BACKBONE_PREFIX = "model.backbone.model."
 def detector_checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """A tiny RT-DETR on the SMALL ResNet-vd (frozen BatchNorm, as RT-DETR trains), randomised and saved."""
     backbone = transformers.RTDetrResNetConfig(**SMALL, layer_type=request.param, out_indices=[2, 3, 4])
-    config = transformers.RTDetrConfig(
-        backbone_config=backbone,
-        encoder_in_channels=[16, 24, 32],
-        encoder_hidden_dim=16,
-        encoder_ffn_dim=32,
-        encoder_attention_heads=2,
-        d_model=16,
-        decoder_in_channels=[16, 16, 16],
-        decoder_ffn_dim=32,
-        decoder_attention_heads=2,
-        num_queries=10,
-        num_labels=3,
-        decoder_layers=2,
-        num_denoising=0,
+    detector = detr_detector(
+        "RTDetr", backbone, encoder_attention_heads=2, decoder_in_channels=[16, 16, 16], decoder_attention_heads=2
     )
-    detector = randomize_weights_(transformers.RTDetrForObjectDetection(config)).eval()
     directory = tmp_path_factory.mktemp(f"rtdetr-{request.param}")
-    detector.save_pretrained(directory)
-    return detector, directory
+    return save_randomized(detector, directory), directory
 
 
 def test_detector_checkpoint_loads_with_prefix(detector_checkpoint: tuple[Any, Path]) -> None:
@@ -193,17 +181,8 @@ def test_detector_checkpoint_through_auto_backbone(detector_checkpoint: tuple[An
 
 
 def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
-    reference = transformers.RTDetrResNetConfig(**SMALL, layer_type="basic", out_features=["stage2", "stage4"])
-    reference.save_pretrained(tmp_path)
-    config = RTDetrResNetConfig.from_pretrained(tmp_path)
-    assert config.out_features == ["stage2", "stage4"] and config.out_indices == [2, 4]
-    assert config.layer_type == "basic" and config.hidden_sizes == SMALL["hidden_sizes"]
-    out = tmp_path / "ours"
-    config.save_pretrained(out)
-    back = transformers.RTDetrResNetConfig.from_pretrained(out)
-    assert back.stage_names == config.stage_names
-    assert back.out_features == ["stage2", "stage4"]
-    assert (back.layer_type, back.depths, back.hidden_sizes) == ("basic", SMALL["depths"], SMALL["hidden_sizes"])
+    fields = {**SMALL, "layer_type": "basic"}
+    assert_config_json_round_trips(RTDetrResNetConfig, "RTDetrResNetConfig", fields, ["stage2", "stage4"], tmp_path)
 
 
 def test_freeze_fields_round_trip_through_both_libraries(tmp_path: Path) -> None:
@@ -419,10 +398,7 @@ def _timm_resnet_d_key(key: str) -> str:
 @pytest.mark.parametrize("output_stride", [32, 16, 8])
 def test_output_stride_matches_timm_resnet_d(output_stride: int) -> None:
     timm = pytest.importorskip("timm")
-    config = RTDetrResNetConfig(**TIMM_LIKE, output_stride=output_stride, out_indices=[1, 2, 3, 4])
-    model = randomize_weights_(AutoBackbone.from_config(config)).eval()
-    expected = {32: [4, 4, 8, 16, 32], 16: [4, 4, 8, 16, 16], 8: [4, 4, 8, 8, 8]}[output_stride]
-    assert model.reductions == expected  # known before any forward
+    model = dilated_backbone(RTDetrResNetConfig(**TIMM_LIKE, output_stride=output_stride, out_indices=[1, 2, 3, 4]))
     reference = timm.create_model(
         "resnet50d",
         pretrained=False,
@@ -437,10 +413,7 @@ def test_output_stride_matches_timm_resnet_d(output_stride: int) -> None:
     reference.load_state_dict(state, strict=True)
     # Odd sizes: the shortcuts' pools (ceil mode when strided, padded at the bottom and right when dilated)
     # handle their last row and column specially.
-    for height, width in [(64, 64), (50, 38)]:
-        images = pixels(height=height, width=width)
-        with torch.no_grad():
-            assert_parity(model(images).feature_maps, reference(images), tolerance=1e-5)
+    assert_same_maps_at_sizes(lambda images: model(images).feature_maps, reference, [(64, 64), (50, 38)])
 
 
 def test_output_stride_loads_the_same_weights(tmp_path: Path) -> None:
@@ -471,17 +444,10 @@ def test_reparameterize_folds_every_norm(freeze_norm: bool) -> None:
     config = RTDetrResNetConfig(**SMALL, freeze_norm=freeze_norm, out_indices=ALL_STAGES)
     model = randomize_weights_(AutoBackbone.from_config(config)).eval()
     norm_type = FrozenBatchNorm2d if freeze_norm else nn.BatchNorm2d
-    norms = sum(isinstance(module, norm_type) for module in model.modules())
-    sizes = [(64, 48), (45, 71)]
-    with torch.no_grad():
-        expected = [model(pixels(height=h, width=w)).feature_maps for h, w in sizes]
-    assert model.reparameterize() == norms
+    inputs = [pixels(height=height, width=width) for height, width in [(64, 48), (45, 71)]]
+    assert_reparameterize_folds_norms(model, (norm_type,), inputs)
+    # The other kind of norm is not there either.
     assert not any(isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d)) for module in model.modules())
-    with torch.no_grad():
-        for (height, width), maps in zip(sizes, expected):
-            assert_parity(model(pixels(height=height, width=width)).feature_maps, maps, tolerance=1e-5)
-    with pytest.raises(ReparameterizedError, match="cannot train"):
-        model.train()
 
 
 def test_folded_dilated_model_exports_with_dynamic_size() -> None:

@@ -15,44 +15,27 @@ from safetensors.torch import load_file
 import backbones_sapiens2
 from backbones import AutoBackbone, AutoBackboneConfig, Backbone
 from backbones.testing import (
-    ConfigErrors,
     TokenShapes,
-    TransformersParity,
     assert_parity,
     feature_map_loss,
     imported_names,
     random_pixels,
     randomize_weights_,
+    vit,
 )
-from backbones.testing.vit import ViTConformance
 from backbones_sapiens2 import Sapiens2Backbone, Sapiens2Config
 
 # Patch 16 as every released Sapiens2; 32-64 px inputs give 2x2 to 4x3 grids of patches. The middle layer of TINY
 # (and the two middle layers of SMALL) use grouped-query attention, as the middle third of the released models do.
-TINY: dict[str, Any] = {
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 2,
-    "num_register_tokens": 2,
-    "num_key_value_attention_heads": 1,
-    "num_first_full_attention_layers": 1,
-    "num_last_full_attention_layers": 1,
-    "image_size": [64, 48],
-    "pos_embed_rescale": None,
-}
-SMALL: dict[str, Any] = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_register_tokens": 2,
-    "num_key_value_attention_heads": 2,
+# One full-attention layer first and one last; 64x48, the training aspect (1024x768) scaled down.
+LAYOUT: dict[str, Any] = {
     "num_first_full_attention_layers": 1,
     "num_last_full_attention_layers": 1,
     "image_size": [64, 48],
 }
-AUGMENTED: dict[str, Any] = {"pos_embed_shift": 0.2, "pos_embed_jitter": 1.5, "pos_embed_rescale": 2.0}
+TINY: dict[str, Any] = {**vit.TINY_ROTARY_VIT, **LAYOUT, "num_key_value_attention_heads": 1}
+SMALL: dict[str, Any] = {**vit.SMALL_ROTARY_VIT, **LAYOUT, "num_register_tokens": 2, "num_key_value_attention_heads": 2}
+AUGMENTED: dict[str, Any] = dict(vit.ROTARY_AUGMENTATIONS)
 # The training aspect (1024x768 scaled down to 64x48), a square size, and a size that is no multiple of 16 (the
 # projection floors it).
 SIZES = ((64, 48), (32, 32), (40, 56))
@@ -114,8 +97,7 @@ def their_name(name: str) -> str:
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestSapiens2Conformance(ViTConformance):
-    model_type = "sapiens2"
+class TestSapiens2Conformance(vit.ViTConformance):
     config_class = Sapiens2Config
     config = TINY
     input_sizes = SIZES
@@ -142,7 +124,8 @@ class TestSapiens2PlainConformance(TestSapiens2Conformance):
 # -- parity with transformers -----------------------------------------------------------------------
 
 
-class TestSapiens2Parity(TransformersParity):
+class TestSapiens2Parity(vit.ViTParity):
+    never_built_keys = ()  # transformers' Sapiens2 holds no weight that our backbone leaves out
     config_class = Sapiens2Config
     backbone_class = Sapiens2Backbone
     reference_task_classes = ("Sapiens2ForPoseEstimation", "Sapiens2ForSemanticSegmentation")
@@ -167,17 +150,11 @@ class TestSapiens2Parity(TransformersParity):
         },
     }
     input_sizes = SIZES
-    out_indices = ((0, 1, 2, 3, 4), (1, 2, 3, 4), (2,), (-1,))
-    backbone_prefix = ""  # the keys match as they are
-    hidden_state_count = 5
-    compare_attentions = True
     task_variants = ("gated-gqa", "augmented-unnormalised-per-layer-heads-biases")
-    task_out_indices = (0, 2, 4)
     task_options: dict[str, Any] = {"num_labels": 5, "head_config": HEAD}
     task_prefix = "'backbone.' removed"
     # transformers cannot load its own checkpoint of a plain-MLP model (see the test of that below).
     round_trip_variants = ("gated-gqa", "augmented-unnormalised-per-layer-heads-biases")
-    round_trip_out_indices = (0, 2, 4)
     # Hidden states are the raw token sequences (class token, 2 registers, then 4x3 patches at 64x48); attentions
     # span all of them with every query head, grouped-query layers included.
     token_shapes = {"gated-gqa": TokenShapes((64, 48), ((2, 1 + 2 + 12, 32),) * 5, ((2, 4, 15, 15),) * 4)}
@@ -325,19 +302,16 @@ def test_augmentations_are_off_in_eval_mode_and_seeded_in_training() -> None:
 
 
 def test_pruning_keeps_only_the_layers_that_run() -> None:
-    model = AutoBackbone.from_config(Sapiens2Config(**SMALL, out_indices=[2]))
-    assert model.prune_unused_stages() == ["stage3", "stage4"]
-    assert len(model.blocks) == 2
-    with torch.no_grad():
-        (fmap,) = model(random_pixels(64, 48)).feature_maps
-    assert tuple(fmap.shape) == (2, 32, 4, 3)
+    config = Sapiens2Config(**SMALL, out_indices=[2])
+    vit.assert_prunes_deeper_layers(config, lambda model: model.blocks, ["stage3", "stage4"], (64, 48), (2, 32, 4, 3))
 
 
 def test_imports_only_public_names_of_other_plugins() -> None:
     """The rotary positions are backbones-dinov3-vit's public block: no ``_``-prefixed module or name of it."""
     imported = imported_names(backbones_sapiens2, "backbones_")
     assert imported == [
-        ("backbones_dinov2.blocks", ["PlainViTBackbone"]),
+        ("backbones_dinov3_vit.configs", ["RotaryViTConfig"]),
+        ("backbones_dinov2.blocks", ["LayerScale", "PlainViTBackbone"]),
         ("backbones_dinov3_vit.blocks", ["RotaryPositions", "Rotation", "rotate"]),
     ]
 
@@ -348,16 +322,11 @@ def test_imports_only_public_names_of_other_plugins() -> None:
 def test_default_config_is_the_04b_model_at_its_training_size() -> None:
     """The defaults build sapiens2-0.4b; on the meta device it runs a 1024x768 image without allocating."""
     config = Sapiens2Config(out_indices=[6, 12, 18, 24])
-    with torch.device("meta"):
-        model = AutoBackbone.from_config(config)
-        maps = model(torch.empty(1, 3, 1024, 768)).feature_maps
-        reference = transformers.Sapiens2Backbone(transformers.Sapiens2Config())
-    assert all(parameter.device.type == "meta" for parameter in model.parameters())
-    assert len(model.stage_names) == 25 and model.channels == [1024] * 4 and model.out_reductions == [16] * 4
-    assert [tuple(fmap.shape) for fmap in maps] == [(1, 1024, 64, 48)] * 4
+    # Maps of 1024 channels on a 64x48 grid.
+    _, count = vit.assert_builds_on_meta(config, (1024, 768), width=1024, reduction=16, stages=25)
     assert config.key_value_heads == [16] * 8 + [8] * 8 + [16] * 8
-    count = sum(parameter.numel() for parameter in model.parameters())
-    assert count == sum(parameter.numel() for parameter in reference.parameters()) == 395_450_368
+    reference = vit.meta_parameter_count(lambda: transformers.Sapiens2Backbone(transformers.Sapiens2Config()))
+    assert count == reference == 395_450_368
     assert abs(count / 0.398e9 - 1) < 0.01  # Sapiens2-0.4B's published 0.398 B
 
 
@@ -376,15 +345,11 @@ def test_transformers_config_file_is_read_as_it_is(tmp_path: Path) -> None:
     assert config.out_indices == [1, 3] and config.pos_embed_rescale == 2.0 and config.unknown_fields() == {}
 
 
-class TestSapiens2ConfigErrors(ConfigErrors):
+class TestSapiens2ConfigErrors(vit.ViTConfigErrors):
     config_class = Sapiens2Config
     config = TINY
+    vit_rules = ("heads-divide-the-width", "head-width-a-multiple-of-four", "square-patches", "unknown-activation")
     errors = {
-        "heads-divide-the-width": ({"num_attention_heads": 3}, r"num_attention_heads=3 does not divide hidden_size=16"),
-        "head-width-a-multiple-of-four": (
-            {"hidden_size": 24, "num_attention_heads": 4},
-            r"hidden_size / num_attention_heads = 24 / 4 = 6 must be a multiple of 4",
-        ),
         "key-value-heads-divide-the-query-heads": (
             {**SMALL, "num_key_value_attention_heads": 3},
             r"num_key_value_attention_heads=3 must be a positive divisor of num_attention_heads=4",
@@ -397,19 +362,9 @@ class TestSapiens2ConfigErrors(ConfigErrors):
             {**SMALL, "num_key_value_heads_per_layer": [4, 2, 4]},
             r"num_key_value_heads_per_layer has 3 entries but num_hidden_layers is 4; give one",
         ),
-        "square-patches": ({"patch_size": [16, 8]}, r"patch_size must be one int or a square pair such as \[16, 16\]"),
-        "unknown-activation": (
-            {"hidden_act": "swishy"},
-            r"hidden_act 'swishy' is not supported; set hidden_act to one of",
-        ),
     }
     invalid_values = (
-        ("pos_embed_jitter", 0.5, "greater than or equal to 1"),
-        ("pos_embed_rescale", 0.9, "greater than or equal to 1"),
-        ("pos_embed_shift", -0.1, "greater than or equal to 0"),
-        ("num_register_tokens", -1, "greater than or equal to 0"),
-        ("attention_dropout", 1.0, "less than 1"),
-        ("intermediate_size", 0, "greater than or equal to 1"),
+        *vit.ROTARY_VIT_INVALID_VALUES,
         ("rms_norm_eps", 0, "greater than 0"),
         ("num_first_full_attention_layers", -1, "greater than or equal to 0"),
         ("num_key_value_attention_heads", 0, "greater than or equal to 1"),

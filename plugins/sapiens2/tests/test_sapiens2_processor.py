@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from backbones import ConfigError
-from backbones.testing import ProcessorParity
+from backbones.testing import ProcessorParity, imagenet_preprocessor
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("torchvision")
@@ -24,30 +23,16 @@ from backbones_sapiens2 import Sapiens2ImageProcessor  # noqa: E402 -- after the
 
 # facebook/sapiens2-seg-0.4b's preprocessor_config.json (transformers' class defaults written out), with a 64x48
 # size instead of 1024x768.
-PREPROCESSOR: dict[str, Any] = {
-    "do_normalize": True,
-    "do_pad": False,
-    "do_reduce_labels": False,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_processor_type": "Sapiens2ImageProcessor",
-    "image_std": [0.229, 0.224, 0.225],
-    "keypoint_heatmap_downscale_factor": 4,
-    "keypoint_heatmap_sigma": 6.0,
-    "resample": 2,
-    "rescale_factor": 0.00392156862745098,
-    "size": {"height": 64, "width": 48},
-}
+PREPROCESSOR = imagenet_preprocessor(
+    "Sapiens2ImageProcessor",
+    do_pad=False,
+    do_reduce_labels=False,
+    keypoint_heatmap_downscale_factor=4,
+    keypoint_heatmap_sigma=6.0,
+    size={"height": 64, "width": 48},
+)
 # One 8-bit level after normalising by the smallest std.
 ONE_LEVEL = 1 / 255 / 0.224 + 1e-5
-
-
-def _images() -> list[Any]:
-    rng = np.random.default_rng(0)
-    # Downscaled (97 x 131, 200 x 150) and upscaled (30 x 20), as the checkpoints' users feed them.
-    shapes = ((97, 131, 3), (200, 150, 3), (30, 20, 3))
-    return [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in shapes]
 
 
 class TestSapiens2ProcessorParity(ProcessorParity):
@@ -66,6 +51,8 @@ class TestSapiens2ProcessorParity(ProcessorParity):
         "channels as given, resize to 64x48 (bilinear), scale to [0, 1], "
         "normalise with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"
     )
+    # Downscaled (97 x 131, 200 x 150) and upscaled (30 x 20), as the checkpoints' users feed them.
+    image_sizes = ((97, 131), (200, 150), (30, 20))
     expected_shape = (1, 3, 64, 48)
     tolerance = (ONE_LEVEL, ONE_LEVEL, 1e-5)  # upscaling: the same to float rounding
     rounding_fraction = 0.05  # Pillow's and torchvision's rounding, rarely
@@ -81,14 +68,11 @@ class TestSapiens2ProcessorParity(ProcessorParity):
         }
     }
 
-    def images(self, variant: str) -> list[Any]:
-        return _images()
-
     def compare(self, ours: Any, reference: Any, variant: str) -> list[float]:
         worst = super().compare(ours, reference, variant)
         if variant == "padded":
             # A 97x131 image fits as 35x48 (rounded down): 14 rows of padding above it, 15 below.
-            (pixels,) = ours(_images()[0], return_tensors="pt")["pixel_values"]
+            (pixels,) = ours(self.images(variant)[0], return_tensors="pt")["pixel_values"]
             padding = torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]).view(3, 1, 1)
             assert torch.allclose(pixels[:, :14], padding.expand(3, 14, 48))
             assert torch.allclose(pixels[:, -15:], padding.expand(3, 15, 48))

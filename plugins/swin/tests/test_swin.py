@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from backbones import AutoBackbone, testing
-from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, assert_parity
+from backbones.testing import ConfigErrors, TransformersParity, assert_close_maps, assert_parity, random_pixels
+from backbones.testing.hierarchical import (
+    SWIN_SMALL,
+    SWIN_TINY,
+    WindowConformance,
+    assert_cached_bias_trains,
+)
 from backbones_swin import SwinBackbone, SwinConfig
 
 transformers = pytest.importorskip("transformers")
 
-# Two stages: enough for regular and shifted windows, patch merging, and a single-window stage.
-TINY: dict[str, Any] = {
-    "embed_dim": 16,
-    "depths": [1, 2],
-    "num_heads": [2, 4],
-    "window_size": 4,
-    "patch_size": 4,
-    "image_size": 32,
-    "drop_path_rate": 0.0,
-}
-# Three stages (four stage names), for selections such as [1, 3].
-SMALL: dict[str, Any] = {**TINY, "depths": [1, 2, 2], "num_heads": [2, 2, 4]}
+TINY = dict(SWIN_TINY)
+SMALL = dict(SWIN_SMALL)
 ALL_STAGES = [0, 1, 2, 3]
 # The output norm of each stage named, as load-report key templates.
 NORM_KEYS = ("hidden_states_norms.{stage}.bias", "hidden_states_norms.{stage}.weight")
@@ -43,23 +38,12 @@ REFERENCE_RENAMES = (
 )
 
 
-def _pixels(height: int, width: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-class TestSwinConformance(BackboneConformance):
+class TestSwinConformance(WindowConformance):
     model_type = "swin"
-    # 40 x 56 gives a 10 x 14 patch grid: not a multiple of the window, so every stage pads.
-    input_sizes = ((32, 32), (40, 56))
-    # torch.export / ONNX with dynamic H and W: any size whose deepest stage map is at least 2 wide, i.e.
-    # above the deepest stride (8 here). The forward has no branch on the size (maps are padded to whole
-    # windows; windows never shrink to the map), but a map axis of exactly 1 is a different case to the
-    # tracer (a size-1 axis broadcasts), so one program cannot hold for 1 and for larger sizes at once.
-    export_range = (9, 1024)
+    config_class = SwinConfig
+    config = TINY
+    default_pyramid = (96, 192, 384, 768)
     lora_deployment_checks = True  # the kit's hierarchical model for compile and DDP on a LoRA-adapted model
-
-    def make_config(self, **overrides: Any) -> SwinConfig:
-        return SwinConfig(**{**TINY, **overrides})
 
 
 # -- parity with transformers ---------------------------------------------------------------------
@@ -119,11 +103,11 @@ class TestSwinParity(TransformersParity):
         reference.save_pretrained(tmp_path)
         ours, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
         assert "swin.embeddings.position_embeddings" not in report.unused_keys
-        pixels = _pixels(32, 32)
+        pixels = random_pixels(32, 32)
         with torch.no_grad():
             assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps)
             # Another size: the 8 x 8 position grid is resampled (transformers would raise here).
-            maps = ours(_pixels(48, 40)).feature_maps
+            maps = ours(random_pixels(48, 40)).feature_maps
         assert [tuple(m.shape) for m in maps] == [(2, 16, 12, 10), (2, 32, 6, 5)]
 
 
@@ -137,7 +121,7 @@ def test_drop_path_rates_and_training_only() -> None:
     model = testing.randomize_weights_(SwinBackbone(config))
     assert [block.drop_path for layer in model.swin.encoder.layers for block in layer.blocks] == expected
     assert expected == [0.0, 0.125, 0.25, 0.375, 0.5]
-    pixels = _pixels(32, 32)
+    pixels = random_pixels(32, 32)
     testing.assert_random_only_in_training(model, pixels)
 
 
@@ -147,16 +131,13 @@ def test_drop_path_rates_and_training_only() -> None:
 def test_cache_follows_weight_updates_and_dtype() -> None:
     model = testing.randomize_weights_(SwinBackbone(SwinConfig(out_indices=[-1], **TINY))).eval()
     table = model.swin.encoder.layers[1].blocks[1].attention.self.relative_position_bias_table
-    testing.assert_cache_follows_weights(model, table, _pixels(32, 32), dtype_tolerance=1e-5)
+    testing.assert_cache_follows_weights(model, table, random_pixels(32, 32), dtype_tolerance=1e-5)
 
 
 def test_relative_bias_gets_gradient_in_eval_mode() -> None:
     model = testing.randomize_weights_(SwinBackbone(SwinConfig(out_indices=[-1], **TINY))).eval()
-    with torch.no_grad():
-        model(_pixels(32, 32))  # fills the cache
-    model(_pixels(32, 32)).feature_maps[0].pow(2).sum().backward()
     table = model.swin.encoder.layers[1].blocks[1].attention.self.relative_position_bias_table
-    assert table.grad is not None and table.grad.abs().sum() > 0
+    assert_cached_bias_trains(model, [table], random_pixels(32, 32))
 
 
 # -- selection and pruning ------------------------------------------------------------------------
@@ -170,7 +151,7 @@ def test_reassigning_out_features_follows_norms() -> None:
     assert torch.equal(norm.weight, torch.ones(16)) and torch.equal(norm.bias, torch.zeros(16))
     fresh = SwinBackbone(SwinConfig(out_indices=[1, 2], **SMALL)).eval()
     fresh.load_state_dict(model.state_dict())  # strict: the same keys as a model built for [1, 2]
-    pixels = _pixels(32, 32)
+    pixels = random_pixels(32, 32)
     with torch.no_grad():
         assert_close_maps(model(pixels).feature_maps, fresh(pixels).feature_maps, atol=0.0)
 
@@ -184,36 +165,23 @@ def test_pruning_drops_unused_downsample() -> None:
     )
 
 
-# -- default size ---------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_swin_tiny_feature_map_shapes() -> None:
-    model = AutoBackbone.from_config(SwinConfig(out_indices=[1, 2, 3, 4])).eval()
-    assert model.channels == [96, 192, 384, 768] and model.out_reductions == [4, 8, 16, 32]
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
-
-
 # -- config ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
-        ({"embed_dim": 18, "num_heads": [4, 4]}, r"num_heads\[0\]=4 must be a positive divisor of stage 1's width"),
-        ({"depths": []}, "depths must list at least one stage"),
-        ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
-        ({"patch_size": [4, 2]}, r"patch_size must be one int or a square pair"),
-        ({"window_size": 0}, "window_size=0: Input should be greater than or equal to 1"),
-        ({"drop_path_rate": 1.0}, "drop_path_rate=1.0: Input should be less than 1"),
-    ],
-)
-def test_config_rejects_bad_values(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        SwinConfig(**{**TINY, **overrides})
+class TestSwinConfigErrors(ConfigErrors):
+    config_class = SwinConfig
+    config = TINY
+    errors = {
+        "heads_per_stage": ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
+        "heads_divide_width": (
+            {"embed_dim": 18, "num_heads": [4, 4]},
+            r"num_heads\[0\]=4 must be a positive divisor of stage 1's width",
+        ),
+        "no_stage": ({"depths": []}, "depths must list at least one stage"),
+        "activation": ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
+        "patch_pair": ({"patch_size": [4, 2]}, r"patch_size must be one int or a square pair"),
+    }
+    invalid_values = (("window_size", 0, "greater than or equal to 1"), ("drop_path_rate", 1.0, "less than 1"))
 
 
 def test_config_accepts_square_patch_pair() -> None:

@@ -12,22 +12,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from backbones import AutoBackbone, testing
-from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, assert_parity
+from backbones.testing import ConfigErrors, TransformersParity, assert_close_maps, assert_parity, random_pixels
+from backbones.testing.hierarchical import (
+    SWIN_TINY,
+    WindowConformance,
+    assert_cached_bias_trains,
+)
 from backbones_swinv2 import Swinv2Backbone, Swinv2Config
 from backbones_swinv2._model import _log_spaced_offsets, _PostNormBlock
 
 transformers = pytest.importorskip("transformers")
 
 # Two stages on a 12-patch pre-training grid: windows of 4 that shift in both stages (12 and 6 > 4).
-TINY: dict[str, Any] = {
-    "embed_dim": 16,
-    "depths": [1, 2],
-    "num_heads": [2, 4],
-    "window_size": 4,
-    "patch_size": 4,
-    "image_size": 48,
-    "drop_path_rate": 0.0,
-}
+TINY: dict[str, Any] = {**SWIN_TINY, "image_size": 48}
 # Three stages on a 10-patch grid (maps of 10, 5 and 2 patches): stages 1 and 2 shift windows of 4, stage 3's
 # window shrinks to 2 and does not shift; stages 2 and 3 have pre-training windows.
 SMALL: dict[str, Any] = {**TINY, "depths": [2, 2, 2], "num_heads": [2, 2, 4], "image_size": 40}
@@ -35,22 +32,13 @@ SMALL["pretrained_window_sizes"] = [0, 8, 3]
 ALL_STAGES = [0, 1, 2, 3]
 
 
-def _pixels(height: int, width: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-class TestSwinv2Conformance(BackboneConformance):
+class TestSwinv2Conformance(WindowConformance):
     model_type = "swinv2"
-    # 40 x 56 gives a 10 x 14 patch grid: not a multiple of the window, so every stage pads.
+    config_class = Swinv2Config
+    config = TINY
+    default_pyramid = (96, 192, 384, 768)
+    # 48: the pre-training grid; 40 x 56 gives a 10 x 14 patch grid, so every stage pads.
     input_sizes = ((48, 48), (40, 56))
-    # torch.export / ONNX with dynamic H and W: any size whose deepest stage map is at least 2 wide, i.e.
-    # above the deepest stride (8 here). The forward has no branch on the size (maps are padded to whole
-    # windows; windows never shrink to the map), but a map axis of exactly 1 is a different case to the
-    # tracer (a size-1 axis broadcasts), so one program cannot hold for 1 and for larger sizes at once.
-    export_range = (9, 1024)
-
-    def make_config(self, **overrides: Any) -> Swinv2Config:
-        return Swinv2Config(**{**TINY, **overrides})
 
 
 # -- parity with transformers ---------------------------------------------------------------------
@@ -190,7 +178,7 @@ def test_drop_path_rates_and_training_only() -> None:
     model = testing.randomize_weights_(Swinv2Backbone(config))
     rates = [block.drop_path for layer in model.encoder.layers for block in layer.blocks]
     assert rates == pytest.approx(expected) and rates == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
-    pixels = _pixels(40, 40)
+    pixels = random_pixels(40, 40)
     testing.assert_random_only_in_training(model, pixels)
 
 
@@ -209,17 +197,14 @@ def test_fresh_model_initialised_as_transformers() -> None:
 def test_cache_follows_mlp_updates_and_dtype() -> None:
     model = testing.randomize_weights_(Swinv2Backbone(Swinv2Config(out_indices=[-1], **TINY))).eval()
     weight = model.encoder.layers[1].blocks[1].attention.self.continuous_position_bias_mlp[2].weight
-    testing.assert_cache_follows_weights(model, weight, _pixels(48, 48), dtype_tolerance=1e-4)
+    testing.assert_cache_follows_weights(model, weight, random_pixels(48, 48), dtype_tolerance=1e-4)
 
 
 def test_bias_mlp_gets_gradient_in_eval_mode() -> None:
     model = testing.randomize_weights_(Swinv2Backbone(Swinv2Config(out_indices=[-1], **TINY))).eval()
-    with torch.no_grad():
-        model(_pixels(48, 48))  # fills the cache
-    model(_pixels(48, 48)).feature_maps[0].pow(2).sum().backward()
     attention = model.encoder.layers[1].blocks[1].attention.self
-    for parameter in (*attention.continuous_position_bias_mlp.parameters(), attention.logit_scale):
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    parameters = [*attention.continuous_position_bias_mlp.parameters(), attention.logit_scale]
+    assert_cached_bias_trains(model, parameters, random_pixels(48, 48))
 
 
 # -- selection and pruning ------------------------------------------------------------------------
@@ -243,15 +228,9 @@ def test_pruning_drops_unused_downsample() -> None:
 # -- default size ---------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_swinv2_tiny_feature_map_shapes() -> None:
+def test_swinv2_tiny_windows_and_shifts() -> None:
     config = Swinv2Config(out_indices=[1, 2, 3, 4])
     assert config.stage_window_sizes == [7, 7, 7, 7] and config.stage_shift_sizes == [3, 3, 3, 0]
-    model = AutoBackbone.from_config(config).eval()
-    assert model.channels == [96, 192, 384, 768] and model.out_reductions == [4, 8, 16, 32]
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -264,22 +243,28 @@ def test_longer_pretrained_window_sizes_are_accepted() -> None:
     assert config.stage_window_sizes == [4, 4] and config.stage_shift_sizes == [2, 2]
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"use_absolute_embeddings": True}, "use_absolute_embeddings=True is not supported"),
-        ({"pretrained_window_sizes": [0]}, "pretrained_window_sizes has 1 entries but depths has 2"),
-        ({"pretrained_window_sizes": [0, 1]}, r"pretrained_window_sizes\[1\]=1 is invalid: use 0"),
-        ({"pretrained_window_sizes": [-2, 0]}, r"pretrained_window_sizes\[0\]=-2 is invalid"),
-        (
+class TestSwinv2ConfigErrors(ConfigErrors):
+    config_class = Swinv2Config
+    config = TINY
+    errors = {
+        "absolute_embeddings": ({"use_absolute_embeddings": True}, "use_absolute_embeddings=True is not supported"),
+        "pretrained_windows_per_stage": (
+            {"pretrained_window_sizes": [0]},
+            "pretrained_window_sizes has 1 entries but depths has 2",
+        ),
+        "pretrained_window_of_one": (
+            {"pretrained_window_sizes": [0, 1]},
+            r"pretrained_window_sizes\[1\]=1 is invalid: use 0",
+        ),
+        "negative_pretrained_window": (
+            {"pretrained_window_sizes": [-2, 0]},
+            r"pretrained_window_sizes\[0\]=-2 is invalid",
+        ),
+        "grid_too_small": (
             {"image_size": 4, "depths": [1, 1, 1], "num_heads": [1, 1, 1]},
             r"gives a 1-patch-high grid, too small for 3 stages .* at least patch_size \* 2\*\*2 = 16",
         ),
-        ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
-        ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
-        ({"window_size": 0}, "window_size=0: Input should be greater than or equal to 1"),
-    ],
-)
-def test_config_rejects_bad_values(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        Swinv2Config(**{**TINY, **overrides})
+        "heads_per_stage": ({"num_heads": [2, 4, 8]}, "num_heads has 3 entries but depths has 2"),
+        "activation": ({"hidden_act": "swishy"}, "hidden_act 'swishy' is not supported"),
+    }
+    invalid_values = (("window_size", 0, "greater than or equal to 1"),)

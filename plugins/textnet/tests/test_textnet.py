@@ -17,12 +17,12 @@ from torch import Tensor, nn
 from backbones import ConfigError, ReparameterizedError
 from backbones.layers import FrozenBatchNorm2d
 from backbones.testing import (
-    BackboneConformance,
     ProcessorParity,
     TransformersParity,
     assert_exports_with_dynamic_size,
     randomize_weights_,
 )
+from backbones.testing.cnn import CNNConformance
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_textnet import TextNetBackbone, TextNetConfig, TextNetImageProcessor
 
@@ -57,18 +57,14 @@ def pixels(height: int = 64, width: int = 48, batch: int = 2, seed: int = 7) -> 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestTextNetConformance(BackboneConformance):
-    model_type = "textnet"
-    # 50 and 38 are not multiples of the strides: every padded stride-2 layer rounds up.
-    input_sizes = ((64, 64), (50, 38))
-    spatial_rounding = "ceil"
-    # Any size exports (the padding is static); the lower end is the deepest stride (16) + 1, so every map
-    # is 2 pixels or more: torch.export specialises a size of 1 (it broadcasts), not a limit of TextNet's.
-    export_range = (17, 4096)
-    bad_config_value = ("hidden_sizes", [8, 8, 16, 16], r"hidden_sizes has 4 entries but needs 5")
+class TestTextNetConformance(CNNConformance):
+    """Every padded stride-2 layer rounds up."""
 
-    def make_config(self, **overrides: Any) -> TextNetConfig:
-        return TextNetConfig(**TINY, **overrides)
+    model_type = "textnet"
+    config_class = TextNetConfig
+    config = TINY
+    deepest_stride = 16
+    bad_config_value = ("hidden_sizes", [8, 8, 16, 16], r"hidden_sizes has 4 entries but needs 5")
 
 
 # -- parity with transformers -----------------------------------------------------------------------

@@ -16,21 +16,19 @@ from safetensors import safe_open
 import backbones_tipsv2
 from backbones import AutoBackbone, AutoBackboneConfig, Backbone, ConfigError
 from backbones.testing import (
-    ConfigErrors,
     ProcessorParity,
     TokenShapes,
-    TransformersParity,
     assert_parity,
     imported_names,
     random_pixels,
     randomize_weights_,
+    vit,
 )
-from backbones.testing.vit import SMALL_VIT, TINY_VIT, ViTConformance
 from backbones_tipsv2 import Tipsv2ImageProcessor, Tipsv2VisionBackbone, Tipsv2VisionConfig
 
-TINY: dict[str, Any] = {**TINY_VIT, "num_register_tokens": 2}
+TINY: dict[str, Any] = {**vit.TINY_VIT, "num_register_tokens": 2}
 # Parity: four layers, a 4x4 grid of pre-training positions, one register (as the released checkpoints).
-SMALL: dict[str, Any] = {**SMALL_VIT, "num_register_tokens": 1}
+SMALL: dict[str, Any] = {**vit.SMALL_VIT, "num_register_tokens": 1}
 TEXT: dict[str, Any] = {
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -39,19 +37,14 @@ TEXT: dict[str, Any] = {
     "vocab_size": 40,
 }
 TINY_TEXT = {**TEXT, "hidden_size": 16, "num_attention_heads": 2}  # its width is the vision tower's
-# The training size (positions as stored), a larger non-square size (rows and columns upsampled), a size whose
-# rows are downsampled (where antialiasing changes the table), and a size that is no multiple of the patch.
-SIZES = ((32, 32), (48, 40), (24, 40), (42, 59))
 
 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestTipsv2Conformance(ViTConformance):
-    model_type = "tipsv2_vision_model"
+class TestTipsv2Conformance(vit.ViTConformance):
     config_class = Tipsv2VisionConfig
     config = TINY
-    input_sizes = ((32, 32), (48, 40), (24, 40))
 
 
 class TestTipsv2SwiGLUConformance(TestTipsv2Conformance):
@@ -84,7 +77,7 @@ FUSED = {
 }
 
 
-class TestTipsv2Parity(TransformersParity):
+class TestTipsv2Parity(vit.ViTParity):
     config_class = Tipsv2VisionConfig
     backbone_class = Tipsv2VisionBackbone
     reference_task_class = "Tipsv2VisionModel"
@@ -94,16 +87,10 @@ class TestTipsv2Parity(TransformersParity):
         "swiglu": {"use_swiglu_ffn": True, "mlp_ratio": 2.5},
         PLAIN: {"apply_layernorm": False, "hidden_act": "silu", "qkv_bias": False, "num_register_tokens": 0},
     }
-    input_sizes = SIZES
-    out_indices = ((0, 1, 2, 3, 4), (1, 2, 3, 4), (2,), (-1,))
-    backbone_prefix = ""  # the keys match as they are
-    hidden_state_count = 5
-    compare_attentions = True
+    input_sizes = vit.RESAMPLING_SIZES
     task_variants = ("mlp", "swiglu")
-    task_out_indices = (0, 2, 4)
     task_unused_keys = ("mask_token",)
     task_prefix = ""
-    round_trip_out_indices = (0, 2, 4)
     key_renames = KEY_RENAMES
     # Every weight's gradient of a training step equals transformers' (its split q/k/v and gate/up projections
     # concatenated as our fused ones); transformers' only other weight is the mask token.
@@ -116,6 +103,9 @@ class TestTipsv2Parity(TransformersParity):
     # Without reshape_hidden_states a map is the whole normalised sequence, class token and register too.
     unreshaped_out_indices = (0, 4)
     unreshaped_prefix_tokens = 2
+    # ``prefix_tokens`` are the class token and the register (TIPSv2's two image embeddings) of transformers'
+    # hidden states, through the final norm.
+    prefix_token_count = 2
 
     @staticmethod
     def _plain(variant: str) -> bool:
@@ -129,19 +119,6 @@ class TestTipsv2Parity(TransformersParity):
     def expected_round_trip_missing(self, variant: str) -> list[str]:
         unbuilt = ["layernorm.bias", "layernorm.weight"] if self._plain(variant) else []
         return sorted(["embeddings.mask_token", *unbuilt])
-
-    def test_prefix_tokens_match_transformers(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        """``prefix_tokens`` are the class token and the register (TIPSv2's two image embeddings) of
-        transformers' hidden states, through the final norm."""
-        directory, reference = self.reference_checkpoint("mlp", tmp_path_factory)
-        model = AutoBackbone.from_pretrained(directory, out_indices=[0, 2, 4])
-        inputs = self.pixels((48, 40))
-        with torch.no_grad():
-            output = model(inputs, output_prefix_tokens=True)
-            states = reference(inputs, output_hidden_states=True).hidden_states
-            expected = [reference.layernorm(states[index])[:, :2] for index in (0, 2, 4)]
-        assert [tuple(tokens.shape) for tokens in output.prefix_tokens] == [(2, 2, 32)] * 3
-        assert_parity(output.prefix_tokens, expected, self.tolerance)
 
     @pytest.mark.parametrize("variant", ["mlp", "swiglu"])
     def test_full_model_checkpoint_loads_the_vision_tower(self, tmp_path: Path, variant: str) -> None:
@@ -212,12 +189,8 @@ def test_freezing_the_stem_freezes_its_top_level_tokens() -> None:
 
 
 def test_pruning_keeps_only_the_layers_that_run() -> None:
-    model = AutoBackbone.from_config(Tipsv2VisionConfig(**SMALL, out_indices=[2]))
-    assert model.prune_unused_stages() == ["stage3", "stage4"]
-    assert len(model.blocks) == 2
-    with torch.no_grad():
-        (fmap,) = model(random_pixels(48, 40)).feature_maps
-    assert tuple(fmap.shape) == (2, 32, 6, 5)
+    config = Tipsv2VisionConfig(**SMALL, out_indices=[2])
+    vit.assert_prunes_deeper_layers(config, lambda model: model.blocks, ["stage3", "stage4"], (48, 40), (2, 32, 6, 5))
 
 
 def test_both_model_types_build_this_backbone(tmp_path: Path) -> None:
@@ -249,24 +222,21 @@ def test_imports_only_public_names_of_backbones_dinov2() -> None:
     imported = imported_names(backbones_tipsv2, "backbones_dinov2")
     assert sorted(imported) == [
         ("backbones_dinov2", ["Dinov2Config"]),
-        ("backbones_dinov2.blocks", ["PlainViTBackbone", "resample_position_table", "swiglu_hidden_features"]),
+        (
+            "backbones_dinov2.blocks",
+            ["LayerScale", "PlainViTBackbone", "resample_position_table", "swiglu_hidden_features"],
+        ),
     ]
 
 
 def test_default_config_is_tipsv2_b14_at_its_training_size() -> None:
     """The defaults build tipsv2-b14; on the meta device it runs a 448x448 image without allocating."""
     config = Tipsv2VisionConfig(out_indices=[3, 6, 9, 12])
-    with torch.device("meta"):
-        model = AutoBackbone.from_config(config)
-        output = model(torch.empty(1, 3, 448, 448), output_prefix_tokens=True)
-        reference = transformers.Tipsv2VisionBackbone(transformers.Tipsv2VisionConfig())
-    assert all(parameter.device.type == "meta" for parameter in model.parameters())
-    assert len(model.stage_names) == 13 and model.channels == [768] * 4 and model.out_reductions == [14] * 4
-    assert [tuple(fmap.shape) for fmap in output.feature_maps] == [(1, 768, 32, 32)] * 4
-    assert [tuple(tokens.shape) for tokens in output.prefix_tokens] == [(1, 2, 768)] * 4
-    count = sum(parameter.numel() for parameter in model.parameters())
+    # Maps of 768 channels on a 32x32 grid; the class token and the register beside each.
+    _, count = vit.assert_builds_on_meta(config, (448, 448), width=768, reduction=14, stages=13, prefix_tokens=2)
     # transformers' count less the mask token, which the backbone never builds.
-    assert count == sum(parameter.numel() for parameter in reference.parameters()) - 768
+    reference = vit.meta_parameter_count(lambda: transformers.Tipsv2VisionBackbone(transformers.Tipsv2VisionConfig()))
+    assert count == reference - 768
 
 
 # -- preprocessing ----------------------------------------------------------------------------------
@@ -314,13 +284,10 @@ def test_processor_defaults_are_transformers_class_defaults() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-class TestTipsv2ConfigErrors(ConfigErrors):
+class TestTipsv2ConfigErrors(vit.ViTConfigErrors):
     config_class = Tipsv2VisionConfig
     config = TINY
-    errors = {
-        "heads-divide-the-width": ({"num_attention_heads": 5}, r"num_attention_heads=5 does not divide hidden_size=16"),
-        "square-position-grid": ({"image_size": [32, 48]}, r"image_size \(32, 48\) gives a 4x6 grid of patches"),
-    }
+    vit_rules = ("heads-divide-the-width", "square-position-grid")
     invalid_values = (("num_register_tokens", -1, "greater than or equal to 0"),)
 
 

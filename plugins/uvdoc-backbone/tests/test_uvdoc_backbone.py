@@ -12,18 +12,18 @@ import pytest
 import torch
 import transformers
 from PIL import Image
-from safetensors import safe_open
 from torch import Tensor, nn
 
 from backbones import AutoBackbone, ConfigError, ReparameterizedError
 from backbones.testing import (
-    BackboneConformance,
     ProcessorParity,
     TransformersParity,
     assert_exports_with_dynamic_size,
+    assert_nested_checkpoint,
     assert_parity,
     randomize_weights_,
 )
+from backbones.testing.cnn import CNNConformance, save_randomized
 from backbones_uvdoc_backbone import UVDocBackbone, UVDocBackboneConfig, UVDocImageProcessor
 
 # Two head layers, a stage of one plain block and a stage of a downsampling and a dilated block (stride 8),
@@ -43,18 +43,14 @@ def pixels(height: int = 64, width: int = 48, batch: int = 2, seed: int = 7) -> 
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestUVDocBackboneConformance(BackboneConformance):
-    model_type = "uvdoc_backbone"
-    # 50 and 38 are not multiples of the stride: every padded stride-2 convolution rounds up.
-    input_sizes = ((64, 64), (50, 38))
-    spatial_rounding = "ceil"
-    # Any size exports (the padding is static); the lower end is the stride (8) + 1, so every map is 2 pixels
-    # or more: torch.export specialises a size of 1 (it broadcasts), not a limit of UVDoc's.
-    export_range = (9, 4096)
-    bad_config_value = ("kernel_size", 3, r"kernel_size=3 must be 5")
+class TestUVDocBackboneConformance(CNNConformance):
+    """Every padded stride-2 convolution rounds up."""
 
-    def make_config(self, **overrides: Any) -> UVDocBackboneConfig:
-        return UVDocBackboneConfig(**TINY, **overrides)
+    model_type = "uvdoc_backbone"
+    config_class = UVDocBackboneConfig
+    config = TINY
+    deepest_stride = 8
+    bad_config_value = ("kernel_size", 3, r"kernel_size=3 must be 5")
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -99,32 +95,31 @@ def uvdoc_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Pat
     config = transformers.UVDocConfig(
         backbone_config=backbone, bridge_connector=[16, 16], out_point_positions2D=[[16, 4], [4, 2]]
     )
-    model = randomize_weights_(transformers.UVDocModel(config)).eval()
     directory = tmp_path_factory.mktemp("uvdoc")
-    model.save_pretrained(directory)
-    return model, directory
+    return save_randomized(transformers.UVDocModel(config), directory), directory
 
 
 def test_uvdoc_model_checkpoint_loads_with_prefix(uvdoc_checkpoint: tuple[Any, Path]) -> None:
     reference, directory = uvdoc_checkpoint
-    model, report = UVDocBackbone.from_pretrained(
-        directory, checkpoint_prefix="backbone.", config_key="backbone_config", output_loading_info=True
+    sizes = ((712, 488), (50, 38))
+    model, report = assert_nested_checkpoint(
+        directory,
+        reference.backbone,
+        "backbone.",
+        backbone_class=UVDocBackbone,
+        out_indices=[1, 2, 3, 4],  # the selection saved in backbone_config
+        input_sizes=sizes,
+        min_unused=14,
+        loader=UVDocBackbone,
     )
-    assert model.out_indices == [1, 2, 3, 4]  # the selection saved in backbone_config
-    assert report.missing_keys == []
-    with safe_open(directory / "model.safetensors", "pt") as handle:
-        saved = list(handle.keys())
-    head = sorted(key for key in saved if not key.startswith("backbone."))
-    assert report.unused_keys == head
     # The head: the bridge connector and the grid predictor (a PReLU's weight among them), nothing of ours.
+    head = report.unused_keys
     assert head == sorted(key for key in reference.state_dict() if key.startswith("head.")) and len(head) == 15
-    for size in ((712, 488), (50, 38)):
+    for size in sizes:
         batch = pixels(*size, batch=1)
         with torch.no_grad():
             ours = model(batch, output_hidden_states=True)
-            theirs = reference.backbone(batch, output_hidden_states=True)
-            assert_parity(ours.feature_maps, theirs.feature_maps)
-            assert_parity(ours.hidden_states, theirs.hidden_states)
+            assert_parity(ours.hidden_states, reference.backbone(batch, output_hidden_states=True).hidden_states)
             # What UVDoc's head reads: the maps concatenated along the channels.
             head_input = torch.cat(ours.feature_maps, dim=1)
             assert tuple(head_input.shape[:2]) == (1, 64)

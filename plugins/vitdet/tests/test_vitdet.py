@@ -15,14 +15,12 @@ from safetensors.torch import load_file, save_file
 
 from backbones import AutoBackbone, testing
 from backbones.testing import (
-    BackboneConformance,
-    ConfigErrors,
     TransformersParity,
     assert_close_maps,
     assert_parity,
     random_pixels,
 )
-from backbones.testing.vit import TINY_VIT
+from backbones.testing.vit import TINY_VIT, ViTConfigErrors, ViTConformance
 from backbones_vitdet import VitDetBackbone, VitDetConfig
 from backbones_vitdet.blocks import _relative_table
 
@@ -53,17 +51,13 @@ SIZES = [(32, 32), (40, 56), (47, 33)]
 # -- conformance ------------------------------------------------------------------------------------
 
 
-class TestVitDetConformance(BackboneConformance):
-    model_type = "vitdet"
+class TestVitDetConformance(ViTConformance):
+    # Windows pad and crop back: a map is size // p wide, as the patch projection's (ViTConformance's rounding).
+    config_class = VitDetConfig
+    config = TINY
     input_sizes = ((32, 32), (48, 40), (42, 59))
-    # The patch projection is a stride-p convolution without padding, and windows pad and crop back:
-    # a map is size // p wide.
-    spatial_rounding = "floor"
     channel_error_name = "ViTDet"
     bad_config_value = ("num_hidden_layers", 1, r"residual_block_indices \[1\] are not layers")
-
-    def make_config(self, **overrides: Any) -> VitDetConfig:
-        return VitDetConfig(**TINY, **overrides)
 
 
 class TestVitDetGlobalConformance(TestVitDetConformance):
@@ -72,10 +66,12 @@ class TestVitDetGlobalConformance(TestVitDetConformance):
     # Its code paths (global attention without position terms) are a subset of TestVitDetConformance's,
     # whose model has global layers too; the slow export, ONNX and distributed checks run there.
     deployment_checks = False
-
-    def make_config(self, **overrides: Any) -> VitDetConfig:
-        settings = {**TINY, "window_block_indices": [], "use_relative_position_embeddings": False}
-        return VitDetConfig(**settings, use_absolute_position_embeddings=False, **overrides)
+    config = {
+        **TINY,
+        "window_block_indices": [],
+        "use_relative_position_embeddings": False,
+        "use_absolute_position_embeddings": False,
+    }
 
 
 # -- parity with transformers -----------------------------------------------------------------------
@@ -232,36 +228,23 @@ def test_vitdet_base_shapes_at_224() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-class TestVitDetConfigErrors(ConfigErrors):
+class TestVitDetConfigErrors(ViTConfigErrors):
     config_class = VitDetConfig
     config = TINY
+    vit_rules = (
+        "heads-divide-the-width",
+        "square-absolute-position-grid",
+        "image-holds-a-patch",
+        "square-patches",
+        "unknown-activation",
+    )
     errors = {
-        "heads-divide-the-width": (
-            {"num_attention_heads": 3},
-            r"num_attention_heads=3 does not divide hidden_size=16; choose a head count",
-        ),
         "window-blocks-are-layers": (
             {"window_block_indices": [0, 3, -1]},
             r"window_block_indices \[3, -1\] are not layers of this model; use 0-based layer indices from 0 to "
             r"num_hidden_layers - 1 = 2",
         ),
         "residual-blocks-are-layers": ({"residual_block_indices": [5]}, r"residual_block_indices \[5\] are not layers"),
-        "square-absolute-position-grid": (
-            {"pretrain_image_size": [24, 32]},
-            r"pretrain_image_size \(24, 32\) gives a 3x4 grid of patches, .*use a square pretrain_image_size",
-        ),
-        "image-holds-a-patch": (
-            {"image_size": 4},
-            r"image_size 4 is smaller than patch_size 8; set image_size >= patch_size",
-        ),
-        "square-patches": (
-            {"patch_size": [8, 4]},
-            r"patch_size must be one int or a square pair such as \[16, 16\], got \[8, 4\]",
-        ),
-        "unknown-activation": (
-            {"hidden_act": "swishy"},
-            r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'",
-        ),
     }
     invalid_values = (("window_size", -2, "greater than or equal to 0"),)
 

@@ -22,13 +22,13 @@ from safetensors import safe_open
 from backbones import AutoBackbone, ConfigError
 from backbones.testing import (
     BackboneConformance,
-    ConfigErrors,
     assert_parity,
     feature_map_loss,
     load_reference,
     random_pixels,
     randomize_weights_,
 )
+from backbones.testing.vit import ViTConfigErrors
 from backbones_vitpose_backbone import VitPoseBackbone, VitPoseBackboneConfig
 
 # Four layers so that out_indices (1, 2, 3, 4) exist; 8-pixel patches (the padded projection needs > 4).
@@ -353,25 +353,23 @@ def test_other_sizes_resample_the_position_table() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-class TestVitPoseBackboneConfigErrors(ConfigErrors):
+class TestVitPoseBackboneConfigErrors(ViTConfigErrors):
     config_class = VitPoseBackboneConfig
     config = TINY
+    vit_rules = ("square-patches", "heads-divide-the-width", "unknown-activation")
     errors = {
         "patch-too-small": ({"patch_size": 4}, r"patch_size=4 is too small: .* use patch_size >= 5"),
-        "square-patches": ({"patch_size": [8, 4]}, r"patch_size must be one int or a square pair such as \[16, 16\]"),
         "width-leaves-a-short-patch": (
             {"image_size": [32, 30]},
             r"image_size width 30 leaves 6 pixels after 3 patches of 8, .* below 4 \(e.g. 24\)",
         ),
         "height-holds-a-patch": ({"image_size": [4, 24]}, r"image_size height 4 is smaller than patch_size 8"),
-        "heads-divide-the-width": ({"num_attention_heads": 3}, r"num_attention_heads=3 does not divide hidden_size=16"),
         "positive-expert-count": ({"num_experts": 0}, r"num_experts"),
         "part-features-below-the-width": (
             {"num_experts": 2, "part_features": 16},
             r"part_features=16 must be in \[1, 15\] \(below hidden_size=16\)",
         ),
         "positive-mlp-ratio": ({"mlp_ratio": 0}, r"mlp_ratio"),
-        "unknown-activation": ({"hidden_act": "swishy"}, r"hidden_act"),
     }
 
 

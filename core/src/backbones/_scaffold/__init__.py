@@ -27,8 +27,22 @@ class _Family:
     rounding: str
     tiny_config: str
     default_stage_names: str
-    config_rows: str
+    config_fields: tuple[tuple[str, object, str], ...]  # (field, default, meaning) after num_channels
     stages_text: str
+
+
+def _config_rows(fields: tuple[tuple[str, object, str], ...]) -> str:
+    """The README's config table rows: ``num_channels`` (every family's first field), then ``fields``."""
+    rows = [("num_channels", 3, "input channels"), *fields]
+    return "\n".join(f"| `{name}` | {default} | {meaning} |" for name, default, meaning in rows)
+
+
+def _pyramid_table(stem_channels: int, stem_stride: int, widths: tuple[int, ...]) -> str:
+    """The README's stage table of a four-stage pyramid: the stem, then stage ``i`` at stride ``2 ** (i + 1)``."""
+    rows = [("stem", stem_channels, stem_stride)]
+    rows += [(f"stage{index}", width, 2 ** (index + 1)) for index, width in enumerate(widths, start=1)]
+    lines = ["| stage | channels | stride |", "| --- | --- | --- |"]
+    return "\n".join(lines + [f"| {name} | {channels} | {stride} |" for name, channels, stride in rows])
 
 
 FAMILIES: dict[str, _Family] = {
@@ -38,26 +52,13 @@ FAMILIES: dict[str, _Family] = {
         rounding="ceil",
         tiny_config='{"embedding_size": 8, "hidden_sizes": [8, 16, 16], "depths": [1, 1, 1]}',
         default_stage_names='["stem", "stage1", "stage2", "stage3", "stage4"]',
-        config_rows="\n".join(
-            [
-                "| `num_channels` | 3 | input channels |",
-                "| `embedding_size` | 32 | channels of the stem (3x3 stride-2 convolution) |",
-                "| `hidden_sizes` | [64, 128, 256, 512] | channels of each stage |",
-                "| `depths` | [2, 2, 2, 2] | residual blocks in each stage |",
-                "| `batch_norm_eps` | 1e-05 | epsilon of every BatchNorm |",
-            ]
+        config_fields=(
+            ("embedding_size", 32, "channels of the stem (3x3 stride-2 convolution)"),
+            ("hidden_sizes", [64, 128, 256, 512], "channels of each stage"),
+            ("depths", [2, 2, 2, 2], "residual blocks in each stage"),
+            ("batch_norm_eps", 1e-05, "epsilon of every BatchNorm"),
         ),
-        stages_text="\n".join(
-            [
-                "| stage | channels | stride |",
-                "| --- | --- | --- |",
-                "| stem | 32 | 2 |",
-                "| stage1 | 64 | 4 |",
-                "| stage2 | 128 | 8 |",
-                "| stage3 | 256 | 16 |",
-                "| stage4 | 512 | 32 |",
-            ]
-        ),
+        stages_text=_pyramid_table(32, 2, (64, 128, 256, 512)),
     ),
     "vit": _Family(
         description="plain vision transformer read out at several depths",
@@ -65,16 +66,13 @@ FAMILIES: dict[str, _Family] = {
         rounding="floor",
         tiny_config='{"patch_size": 8, "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2}',
         default_stage_names='["stem"] + [f"stage{index}" for index in range(1, 13)]',
-        config_rows="\n".join(
-            [
-                "| `num_channels` | 3 | input channels |",
-                "| `patch_size` | 16 | side of the square patches, the stride of every map |",
-                "| `hidden_size` | 192 | width of the tokens |",
-                "| `num_hidden_layers` | 12 | transformer blocks, one stage each |",
-                "| `num_attention_heads` | 3 | heads of every attention layer |",
-                "| `mlp_ratio` | 4.0 | MLP width relative to `hidden_size` |",
-                "| `layer_norm_eps` | 1e-06 | epsilon of every LayerNorm |",
-            ]
+        config_fields=(
+            ("patch_size", 16, "side of the square patches, the stride of every map"),
+            ("hidden_size", 192, "width of the tokens"),
+            ("num_hidden_layers", 12, "transformer blocks, one stage each"),
+            ("num_attention_heads", 3, "heads of every attention layer"),
+            ("mlp_ratio", 4.0, "MLP width relative to `hidden_size`"),
+            ("layer_norm_eps", 1e-06, "epsilon of every LayerNorm"),
         ),
         stages_text=(
             "`stem` (the patch embedding) and `stage1` to `stage12` (after each block): 192 channels, "
@@ -87,28 +85,15 @@ FAMILIES: dict[str, _Family] = {
         rounding="ceil",
         tiny_config='{"patch_size": 4, "embed_dim": 8, "depths": [1, 1, 1], "num_heads": [1, 2, 2], "mlp_ratio": 2.0}',
         default_stage_names='["stem", "stage1", "stage2", "stage3", "stage4"]',
-        config_rows="\n".join(
-            [
-                "| `num_channels` | 3 | input channels |",
-                "| `patch_size` | 4 | side of the square patches of the embedding |",
-                "| `embed_dim` | 96 | width of the first stage (stage i is `embed_dim * 2**i` wide) |",
-                "| `depths` | [2, 2, 6, 2] | attention blocks in each stage |",
-                "| `num_heads` | [3, 6, 12, 24] | attention heads in each stage |",
-                "| `mlp_ratio` | 4.0 | MLP width relative to the stage's width |",
-                "| `layer_norm_eps` | 1e-05 | epsilon of every LayerNorm |",
-            ]
+        config_fields=(
+            ("patch_size", 4, "side of the square patches of the embedding"),
+            ("embed_dim", 96, "width of the first stage (stage i is `embed_dim * 2**i` wide)"),
+            ("depths", [2, 2, 6, 2], "attention blocks in each stage"),
+            ("num_heads", [3, 6, 12, 24], "attention heads in each stage"),
+            ("mlp_ratio", 4.0, "MLP width relative to the stage's width"),
+            ("layer_norm_eps", 1e-05, "epsilon of every LayerNorm"),
         ),
-        stages_text="\n".join(
-            [
-                "| stage | channels | stride |",
-                "| --- | --- | --- |",
-                "| stem | 96 | 4 |",
-                "| stage1 | 96 | 4 |",
-                "| stage2 | 192 | 8 |",
-                "| stage3 | 384 | 16 |",
-                "| stage4 | 768 | 32 |",
-            ]
-        ),
+        stages_text=_pyramid_table(96, 4, (96, 192, 384, 768)),
     ),
 }
 
@@ -197,7 +182,7 @@ def _values(name: str, family: str, directory: Path) -> dict[str, str]:
         "rounding": spec.rounding,
         "tiny_config": spec.tiny_config,
         "default_stage_names": spec.default_stage_names,
-        "config_rows": spec.config_rows,
+        "config_rows": _config_rows(spec.config_fields),
         "stages_text": spec.stages_text,
         "api": PLUGIN_API_VERSION,
         "core_requirement": _core_requirement(),

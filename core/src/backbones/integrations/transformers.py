@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ __all__ = ["BridgeConfig", "TransformersBackbone", "backbone_config", "register"
 PREFIX = "backbones_"
 _lock = threading.Lock()
 _registered: dict[str, type[BridgeConfig]] = {}
+_T = TypeVar("_T")
 
 
 class BridgeConfig(PretrainedConfig):  # type: ignore[no-untyped-call]  # transformers' __init_subclass__
@@ -87,6 +88,28 @@ _TRANSFORMERS_ONLY = frozenset(
         "use_return_dict",
     }
 )
+
+
+class _FromBackbone(Generic[_T]):
+    """A read-only attribute of :class:`TransformersBackbone`: its backbone's attribute of the same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> _FromBackbone[_T]: ...
+
+    @overload
+    def __get__(self, instance: TransformersBackbone, owner: type) -> _T: ...
+
+    def __get__(self, instance: TransformersBackbone | None, owner: type) -> _T | _FromBackbone[_T]:
+        if instance is None:
+            return self
+        value: _T = getattr(instance.backbone, self._name)
+        return value
+
+    def __set__(self, instance: TransformersBackbone, value: object) -> None:
+        raise AttributeError(f"{self._name} is the backbone's; set it on the model's .backbone")
 
 
 class TransformersBackbone(PreTrainedModel):  # type: ignore[no-untyped-call]  # transformers' __init_subclass__
@@ -158,29 +181,12 @@ class TransformersBackbone(PreTrainedModel):  # type: ignore[no-untyped-call]  #
 
     # -- what transformers' heads read -------------------------------------------------------------
 
-    @property
-    def stage_names(self) -> list[str]:
-        return self.backbone.stage_names
-
-    @property
-    def out_features(self) -> list[str]:
-        return self.backbone.out_features
-
-    @property
-    def out_indices(self) -> list[int]:
-        return self.backbone.out_indices
-
-    @property
-    def channels(self) -> list[int]:
-        return self.backbone.channels
-
-    @property
-    def out_feature_channels(self) -> dict[str, int]:
-        return self.backbone.out_feature_channels
-
-    @property
-    def num_features(self) -> list[int]:
-        return self.backbone.num_features
+    stage_names: _FromBackbone[list[str]] = _FromBackbone()
+    out_features: _FromBackbone[list[str]] = _FromBackbone()
+    out_indices: _FromBackbone[list[int]] = _FromBackbone()
+    channels: _FromBackbone[list[int]] = _FromBackbone()
+    out_feature_channels: _FromBackbone[dict[str, int]] = _FromBackbone()
+    num_features: _FromBackbone[list[int]] = _FromBackbone()
 
     def forward_with_filtered_kwargs(self, *args: Any, **kwargs: Any) -> Any:
         if not self.backbone.has_attentions:

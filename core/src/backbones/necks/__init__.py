@@ -20,39 +20,6 @@ registers the model types ``simple_feature_pyramid`` and ``feature_pyramid``)::
 Importing this package is cheap; the classes are imported on first access.
 """
 
-from __future__ import annotations
+from ..lazy import attach_stub
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-_EXPORTS: dict[str, str] = {
-    "FeaturePyramid": "._model",
-    "FeaturePyramidConfig": "._config",
-    "LayerNorm2d": "._model",
-    "PyramidBackbone": "._model",
-    "SimpleFeaturePyramid": "._model",
-    "SimpleFeaturePyramidConfig": "._config",
-}
-
-__all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:
-    from ._config import FeaturePyramidConfig as FeaturePyramidConfig
-    from ._config import SimpleFeaturePyramidConfig as SimpleFeaturePyramidConfig
-    from ._model import FeaturePyramid as FeaturePyramid
-    from ._model import LayerNorm2d as LayerNorm2d
-    from ._model import PyramidBackbone as PyramidBackbone
-    from ._model import SimpleFeaturePyramid as SimpleFeaturePyramid
-
-
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'backbones.necks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

@@ -52,6 +52,11 @@ plugin declares for its model type), then run against the transformers processor
 :class:`BitProcessorParity` is the same with the ImageNet ``BitImageProcessor`` file DINOv2-style checkpoints
 save; a subclass only names its ``model_type``.
 
+:func:`imagenet_preprocessor` writes out such a file's usual keys (resize bilinearly, rescale by 1/255, normalise
+with the ImageNet mean and std) around the ones a checkpoint adds::
+
+    preprocessor = imagenet_preprocessor("PvtImageProcessor", size={"height": 64, "width": 48})
+
 Also exported: :func:`randomize_weights_` (give every parameter and statistic a non-trivial value before
 saving a parity checkpoint), :func:`assert_close_maps` (max-abs-diff comparison with a readable failure),
 :func:`assert_parity`, :func:`reference_class` and :func:`load_reference` (a transformers class by name, a
@@ -63,9 +68,10 @@ the extra forward inputs a backbone declares), and :func:`assert_nested_checkpoi
 saved detector or other model holding it, the same maps as that sub-model)), and
 :func:`assert_frozen_norm_round_trip` (a BatchNorm checkpoint loaded with ``freeze_norm=True`` and saved back
 into transformers), :func:`assert_exports_with_dynamic_size` (a model the kit does not build, such as a
-reparameterised one, exported with dynamic sizes and to ONNX, against eager) and
+reparameterised one, exported with dynamic sizes and to ONNX, against eager),
 :func:`assert_cache_follows_weights` (values cached from a weight, such as an attention bias, follow in-place
-updates and dtype changes).
+updates and dtype changes) and :func:`modules_loaded_by` (the modules a snippet loads in a fresh interpreter:
+``import backbones`` and a plugin's package must not load torch).
 
 Extra forward inputs: a backbone whose ``forward`` takes more than images (ViTPose's ``dataset_index``)
 declares each in :attr:`backbones.Backbone.extra_forward_inputs` as a :class:`backbones.ForwardInput`. Every
@@ -98,7 +104,7 @@ from ._caches import assert_cache_follows_weights
 from ._config_errors import ConfigErrors
 from ._export import assert_exports_with_dynamic_size
 from ._frozen import assert_frozen_norm_round_trip
-from ._imports import imported_names
+from ._imports import imported_names, modules_loaded_by
 from ._inputs import InputConformance
 from ._nested import assert_nested_checkpoint
 from ._parity import (
@@ -110,7 +116,7 @@ from ._parity import (
     reference_class,
 )
 from ._pixels import random_pixels
-from ._processing import BitProcessorParity, ProcessorParity
+from ._processing import BitProcessorParity, ProcessorParity, imagenet_preprocessor
 from ._tensors import (
     assert_close_maps,
     assert_maps_at_size,
@@ -142,8 +148,10 @@ __all__ = [
     "edit_checkpoint",
     "example_forward_inputs",
     "feature_map_loss",
+    "imagenet_preprocessor",
     "imported_names",
     "load_reference",
+    "modules_loaded_by",
     "patch_token_count",
     "random_pixels",
     "randomize_weights_",
@@ -266,6 +274,13 @@ class BackboneConformance(TrainingConformance, InputConformance):
             options: Further keyword arguments of ``forward``.
         """
         return (model if via is None else via)(pixels, **self.extra_inputs(model, pixels), **options)
+
+    def baseline_maps(self) -> tuple[Backbone, Tensor, tuple[Tensor, ...]]:
+        """A model from :meth:`build`, pixels from :meth:`inputs` and the model's feature maps of them (without
+        gradients): what a check compares the same model's maps under other settings with."""
+        model, pixels = self.build(), self.inputs()
+        with torch.no_grad():
+            return model, pixels, self.run(model, pixels).feature_maps
 
     def extra_input_sets(self, model: Backbone, pixels: Tensor) -> list[dict[str, Tensor]]:
         """The example extra inputs, and (where there are any) the same with the batch order reversed: an
@@ -675,11 +690,8 @@ class BackboneConformance(TrainingConformance, InputConformance):
             model.freeze_stages(len(names) + 1)
 
     def test_frozen_batch_norm_keeps_statistics(self) -> None:
-        model = self.build()
+        model, pixels, reference = self.baseline_maps()
         batch_norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        pixels = self.inputs()
-        with torch.no_grad():
-            reference = self.run(model, pixels).feature_maps
         converted = model.freeze_batch_norm()
         assert converted == batch_norms, f"freeze_batch_norm replaced {converted} of {batch_norms} BatchNorm layers"
         assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -696,12 +708,9 @@ class BackboneConformance(TrainingConformance, InputConformance):
 
     def test_bf16_autocast_is_close(self, request: pytest.FixtureRequest) -> None:
         self.expect_support(request, "bf16")
-        model = self.build()
-        pixels = self.inputs()
-        with torch.no_grad():
-            reference = self.run(model, pixels).feature_maps
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                low = self.run(model, pixels).feature_maps
+        model, pixels, reference = self.baseline_maps()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            low = self.run(model, pixels).feature_maps
         for name, fmap, ref in zip(model.out_features, low, reference):
             assert torch.isfinite(fmap).all(), f"stage {name}: non-finite values under bf16 autocast"
             error = ((fmap.float() - ref).norm() / ref.norm().clamp_min(1e-12)).item()
@@ -709,10 +718,8 @@ class BackboneConformance(TrainingConformance, InputConformance):
 
     def test_channels_last_gives_same_maps(self, request: pytest.FixtureRequest) -> None:
         self.expect_support(request, "channels_last")
-        model = self.build()
-        pixels = self.inputs()
+        model, pixels, reference = self.baseline_maps()
         with torch.no_grad():
-            reference = self.run(model, pixels).feature_maps
             as_input = self.run(model, pixels.to(memory_format=torch.channels_last)).feature_maps
             model.to(memory_format=torch.channels_last)
             both = self.run(model, pixels.to(memory_format=torch.channels_last)).feature_maps

@@ -164,12 +164,27 @@ def _train(model: nn.Module, wrapped: nn.Module, spec: dict[str, Any], rank: int
     return missing
 
 
-def main(spec_path: str) -> None:
+def join_group(spec_path: str) -> tuple[dict[str, Any], int, Path]:
+    """Start a worker rank: read ``SPEC``, import from its ``sys_path`` and join the gloo process group.
+
+    Returns:
+        The spec, this rank and the output directory.
+    """
     spec = json.loads(Path(spec_path).read_text())
     sys.path[:0] = [entry for entry in spec["sys_path"] if entry not in sys.path]
     dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    out = Path(spec["out_dir"])
+    return spec, dist.get_rank(), Path(spec["out_dir"])
+
+
+def save_parameters(model: nn.Module, path: Path) -> None:
+    """Write ``model``'s parameters (as they are on this rank) to a safetensors file."""
+    from safetensors.torch import save_file
+
+    save_file({name: p.detach().contiguous() for name, p in model.named_parameters()}, path)
+
+
+def main(spec_path: str) -> None:
+    spec, rank, out = join_group(spec_path)
     from safetensors.torch import save_file
 
     from ..layers import CheckpointableLayer
@@ -178,7 +193,7 @@ def main(spec_path: str) -> None:
     model = _build(spec)
     ddp = nn.parallel.DistributedDataParallel(model)
     ddp_missing = _train(model, ddp, spec, rank)
-    save_file({name: p.detach().contiguous() for name, p in model.named_parameters()}, out / f"ddp-{rank}.safetensors")
+    save_parameters(model, out / f"ddp-{rank}.safetensors")
 
     # FSDP2 from the same start.
     from torch.distributed.fsdp import fully_shard

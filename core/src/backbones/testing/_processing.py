@@ -15,9 +15,36 @@ import torch
 from .. import AutoImageProcessor, ConfigError, ImageProcessor
 from ._parity import reference_class
 
-__all__ = ["BitProcessorParity", "ProcessorParity"]
+__all__ = ["BitProcessorParity", "ProcessorParity", "imagenet_preprocessor"]
 
 _TYPE_KEY = "image_processor_type"
+
+
+def imagenet_preprocessor(processor_type: str, **settings: Any) -> dict[str, Any]:
+    """A ``preprocessor_config.json`` as transformers saves it for an ImageNet-normalised processor.
+
+    The steps most checkpoints' files switch on are written out: resize (bilinear, ``resample`` 2), rescale by
+    1/255, normalise with the ImageNet mean and std; ``settings`` adds the file's other keys (such as ``size``)
+    or replaces those.
+
+    Args:
+        processor_type: The file's ``image_processor_type`` (as saved, e.g. with a ``Fast`` suffix).
+        **settings: The file's other keys, and replaced defaults.
+
+    Returns:
+        A new dictionary (for ``ProcessorParity.preprocessor``).
+    """
+    return {
+        _TYPE_KEY: processor_type,
+        "do_resize": True,
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+        **settings,
+    }
 
 
 class ProcessorParity:
@@ -228,18 +255,12 @@ class BitProcessorParity(ProcessorParity):
 
     processor_type = "BitImageProcessor"
     reference_processor_class = "BitImageProcessorPil"
-    preprocessor = {
-        "image_processor_type": "BitImageProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": 64},
-        "resample": 3,
-        "do_center_crop": True,
-        "crop_size": {"height": 56, "width": 56},
-        "do_rescale": True,
-        "rescale_factor": 0.00392156862745098,
-        "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
-        "do_convert_rgb": True,
-    }
+    preprocessor = imagenet_preprocessor(
+        "BitImageProcessor",
+        size={"shortest_edge": 64},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": 56, "width": 56},
+        do_convert_rgb=True,
+    )
     expected_shape = (1, 3, 56, 56)

@@ -264,16 +264,10 @@ class TrainingConformance:
 def _lora_worker(spec_path: str) -> None:
     """One rank of :meth:`TrainingConformance.test_lora_adapted_model_trains_under_ddp`."""
     import peft
-    import torch.distributed as dist
-    from safetensors.torch import save_file
 
-    from ._distributed import _build, _train, finish
+    from ._distributed import _build, _train, finish, join_group, save_parameters
 
-    spec = json.loads(Path(spec_path).read_text())
-    sys.path[:0] = [entry for entry in spec["sys_path"] if entry not in sys.path]
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    out = Path(spec["out_dir"])
+    spec, rank, out = join_group(spec_path)
     model = _build(spec)
     targets = list(getattr(type(model), "lora_target_modules", ()))
     torch.manual_seed(100)
@@ -281,11 +275,11 @@ def _lora_worker(spec_path: str) -> None:
         model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=targets, init_lora_weights=False)
     )
     if rank == 0:
-        save_file({n: p.detach().contiguous() for n, p in adapted.named_parameters()}, out / "start.safetensors")
+        save_parameters(adapted, out / "start.safetensors")
     ddp = torch.nn.parallel.DistributedDataParallel(adapted)
     trainable = [name for name, p in adapted.named_parameters() if p.requires_grad]
     missing = _train(adapted, ddp, spec, rank)
-    save_file({n: p.detach().contiguous() for n, p in adapted.named_parameters()}, out / f"lora-{rank}.safetensors")
+    save_parameters(adapted, out / f"lora-{rank}.safetensors")
     (out / f"report-{rank}.json").write_text(json.dumps({"trainable": trainable, "missing": missing}))
     finish()
 

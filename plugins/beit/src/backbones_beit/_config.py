@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from backbones import BackboneConfig, ConfigError, align_out_features_out_indices
+from backbones import ConfigError, align_out_features_out_indices
 from backbones.activations import ACTIVATIONS
-from backbones.validation import ActivationName, check_heads_divide, image_pair, numbered_stage_names, square_patch
+from backbones.validation import image_pair, numbered_stage_names
+from backbones_dinov2.configs import PlainViTConfig
 
 __all__ = ["ACTIVATIONS", "BeitConfig"]
 
@@ -18,7 +19,7 @@ PYRAMID_LEVELS = 4
 """Levels of the optional feature pyramid (``add_fpn``): 4x up, 2x up, as is, 2x down."""
 
 
-class BeitConfig(BackboneConfig):
+class BeitConfig(PlainViTConfig):
     """Configuration of a BEiT backbone; the defaults describe beit-base (patch 16, 224 px).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = num_hidden_layers``: the patch
@@ -77,18 +78,10 @@ class BeitConfig(BackboneConfig):
     )
     """Keys of transformers' config.json without effect here: its segmentation head's and masked-image-modelling fields."""
 
-    hidden_size: int = Field(default=768, ge=1)
-    num_hidden_layers: int = Field(default=12, ge=1)
-    num_attention_heads: int = Field(default=12, ge=1)
     intermediate_size: int = Field(default=3072, ge=1)
-    hidden_act: ActivationName = "gelu"
     hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
-    initializer_range: float = 0.02
     layer_norm_eps: float = Field(default=1e-12, gt=0)
-    image_size: int | tuple[int, int] = 224
-    patch_size: Annotated[int, square_patch(16)] = Field(default=16, ge=1)
-    num_channels: int = Field(default=3, ge=1)
     use_mask_token: bool = False
     use_absolute_position_embeddings: bool = False
     use_relative_position_bias: bool = False
@@ -112,7 +105,6 @@ class BeitConfig(BackboneConfig):
 
     @model_validator(mode="after")
     def _check_architecture(self) -> BeitConfig:
-        check_heads_divide(self.hidden_size, self.num_attention_heads)
         height, width = image_pair(self.image_size)
         if min(height, width) < self.patch_size:
             raise ValueError(
@@ -158,10 +150,6 @@ class BeitConfig(BackboneConfig):
                 f"fpn_indices {indices} must go from shallow to deep (the first feeds the finest level): use "
                 f"{sorted(positions)}; valid stage names are {names}"
             )
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(self.num_hidden_layers)
 
     @property
     def patch_grid(self) -> tuple[int, int]:

@@ -13,9 +13,9 @@ from backbones.validation import (
     ActivationName,
     OutputStride,
     PositivePerStage,
+    StagesPerDepth,
     check_choice,
     check_hidden_sizes_per_stage,
-    numbered_stage_names,
 )
 
 __all__ = ["ACTIVATIONS", "LAYER_TYPES", "PADDINGS", "BitConfig", "StagePlan", "round_channels"]
@@ -59,7 +59,7 @@ class StagePlan:
     reduction: int
 
 
-class BitConfig(BackboneConfig):
+class BitConfig(StagesPerDepth, BackboneConfig):
     """Configuration of a BiT backbone (defaults: BiT-R50x1 layout, as transformers' ``BitConfig()``).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = len(depths)``.
@@ -142,10 +142,6 @@ class BitConfig(BackboneConfig):
                     f"{sorted({channels for _, channels in normalised})}"
                 )
         return self
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(len(self.depths))
 
     @property
     def stage_plans(self) -> list[StagePlan]:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer, StemAndStages, drop_path_rates
+from backbones.layers import CheckpointableLayer, StageList, StemAndStages, drop_path_rates
 
 from ._config import BitConfig, StagePlan
 
@@ -314,17 +314,14 @@ class _Stem(nn.Module):
         return F.max_pool2d(x, kernel_size=3, stride=2)
 
 
-class _Encoder(nn.Module):
-    """Holds the stages under the checkpoint's ``encoder.stages`` keys; the backbone runs them."""
-
-    def __init__(self, config: BitConfig) -> None:
-        super().__init__()
-        rates = drop_path_rates(config.drop_path_rate, config.depths)
-        stages, in_channels = [], config.embedding_size
-        for index, plan in enumerate(config.stage_plans):
-            stages.append(_Stage(config, in_channels, plan, rates[index]))
-            in_channels = plan.channels
-        self.stages = nn.ModuleList(stages)
+def _stages(config: BitConfig) -> list[_Stage]:
+    """The stages, held under the checkpoint's ``encoder.stages`` keys."""
+    rates = drop_path_rates(config.drop_path_rate, config.depths)
+    stages, in_channels = [], config.embedding_size
+    for index, plan in enumerate(config.stage_plans):
+        stages.append(_Stage(config, in_channels, plan, rates[index]))
+        in_channels = plan.channels
+    return stages
 
 
 class _Trunk(nn.Module):
@@ -333,7 +330,7 @@ class _Trunk(nn.Module):
     def __init__(self, config: BitConfig) -> None:
         super().__init__()
         self.embedder = _Stem(config)
-        self.encoder = _Encoder(config)
+        self.encoder = StageList(_stages(config))
 
 
 class BitBackbone(StemAndStages, Backbone):

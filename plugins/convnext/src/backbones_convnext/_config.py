@@ -17,9 +17,9 @@ from backbones.validation import (
     DilatedStage,
     OutputStride,
     PositivePerStage,
+    StagesPerDepth,
     check_hidden_sizes_per_stage,
     dilate_stages,
-    numbered_stage_names,
     square_patch,
 )
 
@@ -28,7 +28,7 @@ __all__ = ["ACTIVATIONS", "ConvNextConfig", "ConvNextFamilyConfig"]
 """Supported values of ``hidden_act``."""
 
 
-class ConvNextFamilyConfig(BackboneConfig):
+class ConvNextFamilyConfig(StagesPerDepth, BackboneConfig):
     """Fields shared by ConvNeXt and ConvNeXt V2 (a base class; use a concrete subclass).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = len(depths)``; ``"stem"`` is the
@@ -88,10 +88,6 @@ class ConvNextFamilyConfig(BackboneConfig):
         ``output_stride``."""
         strides = [1] + [2] * (len(self.depths) - 1)
         return dilate_stages(strides, self.output_stride, stem_stride=self.patch_size)
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(len(self.depths))
 
     @property
     def num_stages(self) -> int:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, drop_path
+from backbones.layers import CheckpointableLayer, StageList, drop_path
 
 __all__ = [
     "NORM_EPS",
@@ -202,13 +202,10 @@ class ConvNextStage(nn.Module):
         return self.layers(x)
 
 
-class ConvNextEncoder(nn.Module):
-    """Holds the stages under the key ``stages``; the backbone runs them (pruning shortens the list).
+class ConvNextEncoder(StageList):
+    """ConvNeXt's stages under the key ``stages``; the backbone runs them (pruning shortens the list): a
+    :class:`backbones.layers.StageList`.
 
     Args:
         stages: The stages, shallowest first.
     """
-
-    def __init__(self, stages: Iterable[nn.Module]) -> None:
-        super().__init__()
-        self.stages = nn.ModuleList(stages)

@@ -6,24 +6,17 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
 
-from backbones import BackboneConfig
 from backbones.activations import ACTIVATIONS
-from backbones.validation import (
-    ActivationName,
-    check_heads_divide,
-    check_image_holds_patches,
-    check_positive_mlp_ratio,
-    image_pair,
-    numbered_stage_names,
-    square_patch,
-)
+from backbones.validation import check_image_holds_patches, check_positive_mlp_ratio, image_pair, square_patch
+
+from .configs import PlainViTConfig
 
 __all__ = ["ACTIVATIONS", "Dinov2Config"]
 
 """Supported values of ``hidden_act``."""
 
 
-class Dinov2Config(BackboneConfig):
+class Dinov2Config(PlainViTConfig):
     """Configuration of a DINOv2 backbone; the defaults describe dinov2-base (ViT-B/14).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = num_hidden_layers``: the stem is the
@@ -58,18 +51,11 @@ class Dinov2Config(BackboneConfig):
 
     model_type: ClassVar[str] = "dinov2"
 
-    hidden_size: int = Field(default=768, ge=1)
-    num_hidden_layers: int = Field(default=12, ge=1)
-    num_attention_heads: int = Field(default=12, ge=1)
     mlp_ratio: int | float = 4
-    hidden_act: ActivationName = "gelu"
     hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
-    initializer_range: float = 0.02
     layer_norm_eps: float = 1e-6
-    image_size: int | tuple[int, int] = 224
     patch_size: Annotated[int, square_patch(14)] = Field(default=14, ge=1)
-    num_channels: int = Field(default=3, ge=1)
     qkv_bias: bool = True
     layerscale_value: float = 1.0
     drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
@@ -81,13 +67,8 @@ class Dinov2Config(BackboneConfig):
     @model_validator(mode="after")
     def _check_shapes(self) -> Dinov2Config:
         check_positive_mlp_ratio(self.mlp_ratio, self.hidden_size)
-        check_heads_divide(self.hidden_size, self.num_attention_heads)
         check_image_holds_patches("image_size", self.image_size, self.patch_size, square_grid=True)
         return self
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(self.num_hidden_layers)
 
     @property
     def position_grid(self) -> int:

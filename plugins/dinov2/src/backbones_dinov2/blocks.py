@@ -55,6 +55,7 @@ __all__ = [
     "PlainViTBackbone",
     "PlainViTShape",
     "SwiGLUFeedForward",
+    "ViTAttentionShape",
     "init_dinov2_weights_",
     "resample_position_table",
     "swiglu_hidden_features",
@@ -176,6 +177,22 @@ class _Dense(nn.Module):
         self.dense = nn.Linear(width, width)
 
 
+class ViTAttentionShape(Protocol):
+    """The config fields :meth:`Dinov2Attention.from_config` reads (transformers' ViT names).
+
+    Attributes:
+        hidden_size: Token channels.
+        num_attention_heads: Attention heads per layer.
+        qkv_bias: Whether the query, key and value projections have a bias.
+        attention_probs_dropout_prob: Dropout on the attention probabilities (training only).
+    """
+
+    hidden_size: int
+    num_attention_heads: int
+    qkv_bias: bool
+    attention_probs_dropout_prob: float
+
+
 class Dinov2Attention(nn.Module):
     """Self-attention and its output projection (keys ``attention.*``, ``output.dense``).
 
@@ -195,6 +212,17 @@ class Dinov2Attention(nn.Module):
         )
         self.output = _Dense(hidden_size)
 
+    @classmethod
+    def from_config(cls, config: ViTAttentionShape) -> Dinov2Attention:
+        """The attention of one layer as a config with transformers' ViT field names describes it (DINOv2's,
+        Pixio's, ViTPose's, ...)."""
+        return cls(
+            config.hidden_size,
+            config.num_attention_heads,
+            qkv_bias=config.qkv_bias,
+            attention_dropout=config.attention_probs_dropout_prob,
+        )
+
     def forward(self, tokens: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """Returns the projected context ``(batch, tokens, channels)`` and the probabilities if asked."""
         context, weights = self.attention(tokens, need_weights)
@@ -202,20 +230,29 @@ class Dinov2Attention(nn.Module):
 
 
 class LayerScale(nn.Module):
-    """Learned per-channel factor on a residual branch (key ``lambda1``).
+    """Learned per-channel factor on a residual branch (key ``lambda1``, or :attr:`factor_key`).
 
     Args:
         width: Channels.
         value: Initial value of every factor.
     """
 
+    factor_key: ClassVar[str] = "lambda1"
+    """The factors' checkpoint key: a subclass for a format that names them otherwise (``gamma``, ``weight``)
+    sets it; the module, its forward and :func:`init_dinov2_weights_` are the same."""
+
     def __init__(self, width: int, value: float) -> None:
         super().__init__()
-        self.lambda1 = nn.Parameter(torch.full((width,), value))
+        self.register_parameter(self.factor_key, nn.Parameter(torch.full((width,), value)))
+
+    @property
+    def factor(self) -> nn.Parameter:
+        """The factors, ``(width,)`` (the parameter under :attr:`factor_key`)."""
+        return cast(nn.Parameter, getattr(self, self.factor_key))
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x * lambda1`` over the last axis."""
-        return x * self.lambda1
+        """``x * factor`` over the last axis."""
+        return x * getattr(self, self.factor_key)
 
 
 class Mlp(nn.Module):
@@ -420,7 +457,7 @@ def init_dinov2_weights_(module: nn.Module, std: float, layerscale_value: float)
         nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
         return True
     if isinstance(module, LayerScale):
-        nn.init.constant_(module.lambda1, layerscale_value)
+        nn.init.constant_(module.factor, layerscale_value)
         return True
     return False
 

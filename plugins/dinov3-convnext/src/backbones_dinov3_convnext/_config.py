@@ -11,14 +11,14 @@ from backbones import BackboneConfig
 from backbones.validation import (
     ActivationName,
     PositivePerStage,
+    StagesPerDepth,
     check_hidden_sizes_per_stage,
-    numbered_stage_names,
 )
 
 __all__ = ["DINOv3ConvNextConfig"]
 
 
-class DINOv3ConvNextConfig(BackboneConfig):
+class DINOv3ConvNextConfig(StagesPerDepth, BackboneConfig):
     """Configuration of a DINOv3 ConvNeXt backbone; the defaults describe ConvNeXt-T (dinov3-convnext-tiny).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = len(depths)``. As in transformers'
@@ -63,10 +63,6 @@ class DINOv3ConvNextConfig(BackboneConfig):
     def _one_size_per_stage(self) -> DINOv3ConvNextConfig:
         check_hidden_sizes_per_stage(self.hidden_sizes, self.depths)
         return self
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(len(self.depths))
 
     @property
     def num_stages(self) -> int:

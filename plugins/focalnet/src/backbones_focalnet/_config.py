@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
 from backbones.activations import ACTIVATIONS
-from backbones.validation import ActivationName, PositivePerStage, numbered_stage_names, square_patch
+from backbones.validation import ActivationName, PositivePerStage, StagesPerDepth, odd_kernels, square_patch
 
 __all__ = ["ACTIVATIONS", "FocalNetConfig"]
 
@@ -18,7 +18,7 @@ __all__ = ["ACTIVATIONS", "FocalNetConfig"]
 _CONV_STEM_STRIDE = 4
 
 
-class FocalNetConfig(BackboneConfig):
+class FocalNetConfig(StagesPerDepth, BackboneConfig):
     """Configuration of a FocalNet backbone; the defaults describe focalnet-tiny (srf).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = len(depths)``. Stage ``i < N`` is the
@@ -70,7 +70,13 @@ class FocalNetConfig(BackboneConfig):
     use_conv_embed: bool = False
     depths: PositivePerStage = [2, 2, 6, 2]
     focal_levels: list[int] = [2, 2, 2, 2]
-    focal_windows: list[int] = [3, 3, 3, 3]
+    focal_windows: Annotated[
+        list[int],
+        odd_kernels(
+            "an even kernel makes each context map one pixel larger than the input, so the levels cannot be "
+            "summed (transformers fails too)"
+        ),
+    ] = [3, 3, 3, 3]
     hidden_act: ActivationName = "gelu"
     mlp_ratio: float = Field(default=4.0, gt=0)
     hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
@@ -101,16 +107,6 @@ class FocalNetConfig(BackboneConfig):
             )
         return value
 
-    @field_validator("focal_windows")
-    @classmethod
-    def _odd_windows(cls, value: list[int]) -> list[int]:
-        if any(window < 1 or window % 2 == 0 for window in value):
-            raise ValueError(
-                f"focal_windows must hold odd kernel sizes >= 1, got {value}; an even kernel makes each context "
-                "map one pixel larger than the input, so the levels cannot be summed (transformers fails too)"
-            )
-        return value
-
     @model_validator(mode="after")
     def _check_stages(self) -> FocalNetConfig:
         stages = len(self.depths)
@@ -131,10 +127,6 @@ class FocalNetConfig(BackboneConfig):
                 f"(int(embed_dim * mlp_ratio) = 0); raise mlp_ratio or embed_dim"
             )
         return self
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(len(self.depths))
 
     @property
     def stage_widths(self) -> list[int]:

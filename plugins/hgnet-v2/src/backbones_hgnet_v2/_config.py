@@ -6,7 +6,7 @@ widths with B0-like depths); :data:`VARIANTS` holds the fields of the B0-B6 back
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import field_validator, model_validator
 
@@ -19,6 +19,7 @@ from backbones.validation import (
     check_stem_channels,
     dilate_stages,
     numbered_stage_names,
+    odd_kernels,
 )
 
 __all__ = ["STAGE_LIST_FIELDS", "VARIANTS", "HGNetV2Config"]
@@ -127,7 +128,12 @@ class HGNetV2Config(BackboneConfig):
     stage_downsample: list[bool] = [False, True, True, True]
     stage_downsample_strides: PositiveInts = [2, 2, 2, 2]
     stage_light_block: list[bool] = [False, False, True, True]
-    stage_kernel_size: PositiveInts = [3, 3, 5, 5]
+    stage_kernel_size: Annotated[
+        PositiveInts,
+        odd_kernels(
+            "an even kernel shrinks the map by one pixel per convolution and a block's concatenation then fails"
+        ),
+    ] = [3, 3, 5, 5]
     stage_numb_of_layers: PositiveInts = [6, 6, 6, 6]
     use_learnable_affine_block: bool = False
     initializer_range: float = 0.02
@@ -151,17 +157,6 @@ class HGNetV2Config(BackboneConfig):
                     stride = stride[0]
                 strides.append(stride)
             return strides
-        return value
-
-    @field_validator("stage_kernel_size")
-    @classmethod
-    def _odd_kernels(cls, value: list[int]) -> list[int]:
-        for index, kernel in enumerate(value):
-            if kernel % 2 == 0:
-                raise ValueError(
-                    f"stage_kernel_size[{index}]={kernel} must be odd: an even kernel shrinks the map by one "
-                    "pixel per convolution and a block's concatenation then fails; use 3, 5, 7, ..."
-                )
         return value
 
     @model_validator(mode="after")

@@ -11,54 +11,21 @@ state dict (``embedder.stem1.convolution.weight``, ``encoder.stages.2.blocks.0.l
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
 from backbones.layers import (
     CheckpointableLayer,
     ConvNormActivation,
-    LearnableAffine,
+    StageList,
     StemAndStages,
     init_conv_and_batch_norm_,
 )
 
 from ._config import HGNetV2Config
+from .blocks import HGNetStem
 
 __all__ = ["HGNetV2Backbone"]
-
-
-class _ConvNorm(ConvNormActivation):
-    """Convolution (no bias), BatchNorm, then optionally an activation and a learnable affine.
-
-    The affine (``lab``) exists only after an activation, as in transformers; without one the module
-    has no ``lab`` keys. :meth:`reparameterize` folds the BatchNorm into the convolution; the affine
-    follows the activation, so it stays.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        groups: int = 1,
-        activation: str | None = "relu",
-        affine: bool = False,
-        dilation: int = 1,
-    ) -> None:
-        # The activation reads the fresh BatchNorm output only, so ReLU may overwrite it.
-        super().__init__(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            padding=dilation * (kernel_size - 1) // 2,
-            dilation=dilation,
-            groups=groups,
-            activation=activation,
-            affine=affine,
-        )
 
 
 class _LightConv(nn.Module):
@@ -66,9 +33,15 @@ class _LightConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, affine: bool, dilation: int = 1) -> None:
         super().__init__()
-        self.conv1 = _ConvNorm(in_channels, out_channels, 1, activation=None, affine=affine)
-        self.conv2 = _ConvNorm(
-            out_channels, out_channels, kernel_size, groups=out_channels, affine=affine, dilation=dilation
+        self.conv1 = ConvNormActivation(in_channels, out_channels, 1)
+        self.conv2 = ConvNormActivation(
+            out_channels,
+            out_channels,
+            kernel_size,
+            groups=out_channels,
+            activation="relu",
+            affine=affine,
+            dilation=dilation,
         )
 
     def forward(self, hidden: Tensor) -> Tensor:
@@ -102,12 +75,16 @@ class _HGBlock(CheckpointableLayer):
             if light:
                 layers.append(_LightConv(source, mid_channels, kernel_size, affine, dilation))
             else:
-                layers.append(_ConvNorm(source, mid_channels, kernel_size, affine=affine, dilation=dilation))
+                layers.append(
+                    ConvNormActivation(
+                        source, mid_channels, kernel_size, activation="relu", affine=affine, dilation=dilation
+                    )
+                )
         self.layers = nn.ModuleList(layers)
         concatenated = in_channels + num_layers * mid_channels
         self.aggregation = nn.Sequential(
-            _ConvNorm(concatenated, out_channels // 2, 1, affine=affine),
-            _ConvNorm(out_channels // 2, out_channels, 1, affine=affine),
+            ConvNormActivation(concatenated, out_channels // 2, 1, activation="relu", affine=affine),
+            ConvNormActivation(out_channels // 2, out_channels, 1, activation="relu", affine=affine),
         )
 
     def forward(self, hidden: Tensor) -> Tensor:
@@ -136,14 +113,8 @@ class _Stage(nn.Module):
         plan = config.stage_plans[index]
         # transformers' downsample never has an activation, hence never a learnable affine either.
         self.downsample = (
-            _ConvNorm(
-                in_channels,
-                in_channels,
-                3,
-                stride=plan.stride,
-                groups=in_channels,
-                activation=None,
-                dilation=plan.first_dilation,
+            ConvNormActivation(
+                in_channels, in_channels, 3, plan.stride, groups=in_channels, dilation=plan.first_dilation
             )
             if config.stage_downsample[index]
             else None
@@ -169,49 +140,6 @@ class _Stage(nn.Module):
         for block in self.blocks:
             hidden = block(hidden)
         return hidden
-
-
-class _Stem(nn.Module):
-    """The stem: ``stem1`` (3x3), then two branches of its right/bottom-padded output concatenated
-    (a stride-1 2x2 max-pool, and ``stem2a`` -> pad -> ``stem2b``, two 2x2 convolutions), then ``stem3``
-    (3x3) and ``stem4`` (1x1).
-    """
-
-    def __init__(self, config: HGNetV2Config) -> None:
-        super().__init__()
-        _, middle, out = config.stem_channels
-        strides = config.stem_strides
-        act, affine = config.hidden_act, config.use_learnable_affine_block
-        self.stem1 = _ConvNorm(config.num_channels, middle, 3, strides[0], activation=act, affine=affine)
-        self.stem2a = _ConvNorm(middle, middle // 2, 2, strides[1], activation=act, affine=affine)
-        self.stem2b = _ConvNorm(middle // 2, middle, 2, strides[2], activation=act, affine=affine)
-        self.stem3 = _ConvNorm(middle * 2, middle, 3, strides[3], activation=act, affine=affine)
-        self.stem4 = _ConvNorm(middle, out, 1, strides[4], activation=act, affine=affine)
-        self.pool = nn.MaxPool2d(kernel_size=2, stride=1)
-
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        if pixel_values.device.type != "cpu" or pixel_values.is_contiguous(memory_format=torch.channels_last):
-            return self._stem(pixel_values)
-        # PyTorch's CPU max-pool is about 5x slower on NCHW maps than on channels_last ones, and the stem's
-        # small convolutions are faster channels_last too (HGNetV2-B4's stem at batch 8, one thread: 277 ms
-        # NCHW, 122 ms channels_last, 40% of the whole forward), so the stem runs channels_last and only its
-        # output returns to the input's layout.
-        return self._stem(pixel_values.contiguous(memory_format=torch.channels_last)).contiguous()
-
-    def _stem(self, pixel_values: Tensor) -> Tensor:
-        # One pixel of zero padding right and bottom keeps the 2x2 windows at the input's size.
-        hidden = F.pad(self.stem1(pixel_values), (0, 1, 0, 1))
-        branch = self.stem2b(F.pad(self.stem2a(hidden), (0, 1, 0, 1)))
-        hidden = torch.cat([self.pool(hidden), branch], dim=1)
-        return self.stem4(self.stem3(hidden))
-
-
-class _Encoder(nn.Module):
-    """Holds the stages under the checkpoint's ``encoder.stages`` keys; the backbone runs them."""
-
-    def __init__(self, config: HGNetV2Config) -> None:
-        super().__init__()
-        self.stages = nn.ModuleList(_Stage(config, index) for index in range(config.num_stages))
 
 
 class HGNetV2Backbone(StemAndStages, Backbone):
@@ -242,8 +170,11 @@ class HGNetV2Backbone(StemAndStages, Backbone):
 
     def __init__(self, config: HGNetV2Config) -> None:
         super().__init__(config)
-        self.embedder = _Stem(config)
-        self.encoder = _Encoder(config)
+        _, middle, out = config.stem_channels
+        self.embedder = HGNetStem(
+            config.num_channels, middle, out, config.stem_strides, config.hidden_act, config.use_learnable_affine_block
+        )
+        self.encoder = StageList(_Stage(config, index) for index in range(config.num_stages))
         # The real widths: transformers reports [embedding_size, *hidden_sizes], which the hub's B0-B3
         # configs leave at defaults that are not the maps' widths.
         self.num_features = [config.stem_channels[2], *config.stage_out_channels]
@@ -253,11 +184,7 @@ class HGNetV2Backbone(StemAndStages, Backbone):
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module`` as transformers' HGNetV2PreTrainedModel does."""
-        if init_conv_and_batch_norm_(module, self.config.initializer_range):
-            return
-        if isinstance(module, LearnableAffine):
-            nn.init.ones_(module.scale)
-            nn.init.zeros_(module.bias)
+        init_conv_and_batch_norm_(module, self.config.initializer_range)
 
     def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
         return self.embedder, self.encoder.stages

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from backbones import BackboneConfig
-from backbones.validation import (
-    ActivationName,
-    check_heads_divide,
-    check_image_holds_patches,
-    check_layer_indices,
-    image_pair,
-    numbered_stage_names,
-    square_patch,
-)
+from backbones.validation import image_pair
+from backbones_vitdet.configs import WindowedViTConfig
 
 __all__ = ["LwDetrViTConfig"]
 
 
-class LwDetrViTConfig(BackboneConfig):
+class LwDetrViTConfig(WindowedViTConfig):
     """Configuration of LW-DETR's plain ViT; the defaults are transformers' (ViT-B/16, 16 windows).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = num_hidden_layers``: the stem is the
@@ -60,21 +52,8 @@ class LwDetrViTConfig(BackboneConfig):
     reference_config_keys: ClassVar[frozenset[str]] = frozenset({"num_windows_side"})
     """Keys of transformers' config.json without effect here: transformers' value derived from num_windows."""
 
-    hidden_size: int = Field(default=768, ge=1)
-    num_hidden_layers: int = Field(default=12, ge=1)
-    num_attention_heads: int = Field(default=12, ge=1)
     mlp_ratio: int = Field(default=4, ge=1)
-    hidden_act: ActivationName = "gelu"
-    dropout_prob: float = Field(default=0.0, ge=0, lt=1)
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-6
     image_size: int | tuple[int, int] = 256
-    pretrain_image_size: int | tuple[int, int] = 224
-    patch_size: Annotated[int, square_patch(16)] = Field(default=16, ge=1)
-    num_channels: int = Field(default=3, ge=1)
-    qkv_bias: bool = True
-    window_block_indices: list[int] = []
-    use_absolute_position_embeddings: bool = True
     cae_init_values: float = 0.1
     num_windows: int = Field(default=16, ge=1)
 
@@ -88,8 +67,6 @@ class LwDetrViTConfig(BackboneConfig):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> LwDetrViTConfig:
-        check_heads_divide(self.hidden_size, self.num_attention_heads)
-        check_layer_indices("window_block_indices", self.window_block_indices, self.num_hidden_layers)
         side = math.isqrt(self.num_windows)
         if side * side != self.num_windows:
             raise ValueError(
@@ -104,24 +81,9 @@ class LwDetrViTConfig(BackboneConfig):
                 f"image_size {self.image_size} must be a multiple of num_windows * sqrt(num_windows) = {step} "
                 f"(transformers' LwDetrViTConfig rule), e.g. {step * max(1, round(image_pair(self.image_size)[0] / step))}"
             )
-        check_image_holds_patches(
-            "pretrain_image_size",
-            self.pretrain_image_size,
-            self.patch_size,
-            square_grid=self.use_absolute_position_embeddings,
-        )
         return self
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(self.num_hidden_layers)
 
     @property
     def num_windows_side(self) -> int:
         """Windows per side of the patch grid: ``sqrt(num_windows)``."""
         return math.isqrt(self.num_windows)
-
-    @property
-    def position_grid(self) -> int:
-        """Side of the square grid of absolute position embeddings (``pretrain_image_size // patch_size``)."""
-        return image_pair(self.pretrain_image_size)[0] // self.patch_size

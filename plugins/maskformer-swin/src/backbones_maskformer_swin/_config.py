@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import model_validator
-
 from backbones_swin import SwinFamilyConfig
 
 __all__ = ["MaskFormerSwinConfig"]
@@ -24,18 +22,9 @@ class MaskFormerSwinConfig(SwinFamilyConfig):
     model_type: ClassVar[str] = "maskformer-swin"
     reference_config_keys: ClassVar[frozenset[str]] = frozenset({"hidden_size"})
     """Keys of transformers' config.json without effect here: transformers' value derived from embed_dim and depths."""
+    absolute_embeddings_refused_by: ClassVar[str | None] = "MaskFormerSwin"
 
     def __init__(self, /, **data: Any) -> None:
         if data.get("model_type") == "swin":
             data = {key: value for key, value in data.items() if key != "model_type"}
         super().__init__(**data)
-
-    @model_validator(mode="after")
-    def _no_absolute_embeddings(self) -> MaskFormerSwinConfig:
-        if self.use_absolute_embeddings:
-            raise ValueError(
-                "use_absolute_embeddings=True is not supported: transformers' MaskFormerSwin keeps one position "
-                "embedding more than there are patches and its forward fails on them, so no checkpoint uses them; "
-                "set use_absolute_embeddings=False"
-            )
-        return self

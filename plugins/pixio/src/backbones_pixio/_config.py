@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from backbones import BackboneConfig
-from backbones.validation import (
-    ActivationName,
-    check_heads_divide,
-    check_image_holds_patches,
-    image_pair,
-    numbered_stage_names,
-    square_patch,
-)
+from backbones.validation import check_image_holds_patches, image_pair
+from backbones_dinov2.configs import PlainViTConfig
 
 __all__ = ["PixioConfig"]
 
 
-class PixioConfig(BackboneConfig):
+class PixioConfig(PlainViTConfig):
     """Configuration of a Pixio backbone; the defaults describe pixio-vith16 (ViT-H/16, 8 class tokens).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = num_hidden_layers``: the stem is the
@@ -56,14 +49,10 @@ class PixioConfig(BackboneConfig):
     num_hidden_layers: int = Field(default=32, ge=1)
     num_attention_heads: int = Field(default=16, ge=1)
     mlp_ratio: int = Field(default=4, ge=1)
-    hidden_act: ActivationName = "gelu"
     hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
-    initializer_range: float = 0.02
     layer_norm_eps: float = 1e-6
     image_size: int | tuple[int, int] = 256
-    patch_size: Annotated[int, square_patch(16)] = Field(default=16, ge=1)
-    num_channels: int = Field(default=3, ge=1)
     qkv_bias: bool = True
     drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
     apply_layernorm: bool = True
@@ -72,13 +61,8 @@ class PixioConfig(BackboneConfig):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> PixioConfig:
-        check_heads_divide(self.hidden_size, self.num_attention_heads)
         check_image_holds_patches("image_size", self.image_size, self.patch_size, square_grid=True)
         return self
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(self.num_hidden_layers)
 
     @property
     def position_grid(self) -> int:

@@ -93,12 +93,7 @@ class _PixioLayer(CheckpointableLayer):
         width = config.hidden_size
         hidden = width * config.mlp_ratio
         self.norm1 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.attention = Dinov2Attention(
-            width,
-            config.num_attention_heads,
-            qkv_bias=config.qkv_bias,
-            attention_dropout=config.attention_probs_dropout_prob,
-        )
+        self.attention = Dinov2Attention.from_config(config)
         self.norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.intermediate = _Dense(width, hidden)
         self.activation = make_activation(config.hidden_act)

@@ -11,19 +11,21 @@ their checkpoints load unchanged and ours load into them.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import CheckpointableLayer, StemAndStages, init_conv_and_batch_norm_
+from backbones.layers import BlockSequence, CheckpointableLayer, StemAndStages, init_conv_and_batch_norm_
+from backbones_hgnet_v2.blocks import HGNetStem
 
-from ._config import PPLCNetConfig, PPLCNetV3Config, PPLCNetV4Config, Stride, stride_pair
-from .blocks import ConvNormLayer, LearnableAffine, LearnableRepLayer, SqueezeExcitation
+from ._config import PPLCNetConfig, PPLCNetV3Config, PPLCNetV4Config, Stride, _LCNetConfig, stride_pair
+from .blocks import ConvNormLayer, LearnableRepLayer, SqueezeExcitation
 
 __all__ = ["PPLCNetBackbone", "PPLCNetV3Backbone", "PPLCNetV4Backbone"]
+
+_LCNetConfigT = TypeVar("_LCNetConfigT", bound=_LCNetConfig)
 
 
 def _reductions(first: tuple[int, int], strides: list[list[Stride]]) -> list[tuple[int, int]]:
@@ -92,19 +94,6 @@ class _RepDepthwiseSeparable(CheckpointableLayer):
         return self.pointwise_convolution(hidden)
 
 
-class _Stage(nn.Module):
-    """The blocks of one stage (key ``layers``)."""
-
-    def __init__(self, layers: list[nn.Module]) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        for layer in self.layers:
-            hidden = layer(hidden)
-        return hidden
-
-
 class _Encoder(nn.Module):
     """Holds the stem (``convolution``) and the stages (``blocks``) under the checkpoint's ``encoder.`` keys."""
 
@@ -124,14 +113,24 @@ class _LCNetBackbone(StemAndStages, Backbone):
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module`` as transformers' PreTrainedModel does for these models."""
-        if init_conv_and_batch_norm_(module, 0.02):
-            return
-        if isinstance(module, LearnableAffine):
-            nn.init.ones_(module.scale)
-            nn.init.zeros_(module.bias)
+        init_conv_and_batch_norm_(module, 0.02)
 
     def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
         return self.encoder.convolution, self.encoder.blocks
+
+    def _build_stages(
+        self, config: _LCNetConfigT, stem: nn.Module, make_block: Callable[[_LCNetConfigT, list[Any]], nn.Module]
+    ) -> None:
+        """PP-LCNet's and V3's trunk: ``stem``, then one :class:`~backbones.layers.BlockSequence` per row of ``config.block_configs``,
+        each block ``make_block(config, block)``; then the widths and strides, and the initialisation."""
+        stages: list[nn.Module] = [
+            BlockSequence(make_block(config, block) for block in blocks) for blocks in config.block_configs
+        ]
+        self.encoder = _Encoder(stem, stages)
+        self.num_features = [config.stem_width, *(config.width(blocks[-1][2]) for blocks in config.block_configs)]
+        strides = [[block[3] for block in blocks] for blocks in config.block_configs]
+        self._set_reductions(_reductions(stride_pair(config.stem_stride), strides))
+        self.post_init()
 
     def _set_reductions(self, pairs: list[tuple[int, int]]) -> None:
         self.reductions_hw = pairs
@@ -166,14 +165,7 @@ class PPLCNetBackbone(_LCNetBackbone):
         stem = ConvNormLayer(
             config.num_channels, config.stem_width, 3, config.stem_stride, activation=config.hidden_act
         )
-        stages: list[nn.Module] = [
-            _Stage([_DepthwiseSeparable(config, block) for block in blocks]) for blocks in config.block_configs
-        ]
-        self.encoder = _Encoder(stem, stages)
-        self.num_features = [config.stem_width, *(config.width(blocks[-1][2]) for blocks in config.block_configs)]
-        strides = [[block[3] for block in blocks] for blocks in config.block_configs]
-        self._set_reductions(_reductions(stride_pair(config.stem_stride), strides))
-        self.post_init()
+        self._build_stages(config, stem, _DepthwiseSeparable)
 
 
 class PPLCNetV3Backbone(_LCNetBackbone):
@@ -203,48 +195,10 @@ class PPLCNetV3Backbone(_LCNetBackbone):
     def __init__(self, config: PPLCNetV3Config) -> None:
         super().__init__(config)
         stem = ConvNormLayer(config.num_channels, config.stem_width, 3, config.stem_stride)
-        stages: list[nn.Module] = [
-            _Stage([_RepDepthwiseSeparable(config, block) for block in blocks]) for blocks in config.block_configs
-        ]
-        self.encoder = _Encoder(stem, stages)
-        self.num_features = [config.stem_width, *(config.width(blocks[-1][2]) for blocks in config.block_configs)]
-        strides = [[block[3] for block in blocks] for blocks in config.block_configs]
-        self._set_reductions(_reductions(stride_pair(config.stem_stride), strides))
-        self.post_init()
+        self._build_stages(config, stem, _RepDepthwiseSeparable)
 
 
 # -- PP-LCNetV4 ----------------------------------------------------------------------------------------
-
-
-class _LargeStem(nn.Module):
-    """HGNet's stem: ``stem1`` (3x3), then its right/bottom-padded output through a stride-1 2x2 max-pool
-    beside ``stem2a`` -> pad -> ``stem2b`` (two 2x2 convolutions), concatenated, then ``stem3`` (3x3) and
-    ``stem4`` (1x1)."""
-
-    def __init__(self, config: PPLCNetV4Config) -> None:
-        super().__init__()
-        _, middle, out = config.stem_channels
-        strides, act, affine = config.stem_strides, config.hidden_act, config.use_learnable_affine_block
-
-        def layer(in_channels: int, out_channels: int, kernel: int, stride: Stride) -> ConvNormLayer:
-            padding = (kernel - 1) // 2
-            return ConvNormLayer(
-                in_channels, out_channels, kernel, stride, activation=act, padding=padding, affine=affine
-            )
-
-        self.stem1 = layer(config.num_channels, middle, 3, strides[0])
-        self.stem2a = layer(middle, middle // 2, 2, strides[1])
-        self.stem2b = layer(middle // 2, middle, 2, strides[2])
-        self.stem3 = layer(middle * 2, middle, 3, strides[3])
-        self.stem4 = layer(middle, out, 1, strides[4])
-        self.pool = nn.MaxPool2d(kernel_size=2, stride=1)
-
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        # One pixel of zero padding right and bottom keeps the 2x2 windows at the input's size.
-        hidden = F.pad(self.stem1(pixel_values), (0, 1, 0, 1))
-        branch = self.stem2b(F.pad(self.stem2a(hidden), (0, 1, 0, 1)))
-        hidden = torch.cat([self.pool(hidden), branch], dim=1)
-        return self.stem4(self.stem3(hidden))
 
 
 class _SmallStem(nn.Module):
@@ -294,12 +248,10 @@ class _V4Stage(nn.Module):
 
     def __init__(self, config: PPLCNetV4Config, index: int) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(_V4Block(config, block) for block in config.block_configs[index])
+        self.blocks = nn.Sequential(*(_V4Block(config, block) for block in config.block_configs[index]))
 
     def forward(self, hidden: Tensor) -> Tensor:
-        for block in self.blocks:
-            hidden = block(hidden)
-        return hidden
+        return self.blocks(hidden)
 
 
 class PPLCNetV4Backbone(_LCNetBackbone):
@@ -327,7 +279,15 @@ class PPLCNetV4Backbone(_LCNetBackbone):
         super().__init__(config)
         stem: nn.Module
         if config.stem_type == "large":
-            stem = _LargeStem(config)
+            _, middle, out = config.stem_channels
+            stem = HGNetStem(
+                config.num_channels,
+                middle,
+                out,
+                [stride_pair(stride) for stride in config.stem_strides],
+                config.hidden_act,
+                config.use_learnable_affine_block,
+            )
             first = (1, 1)
             for index in (0, 3, 4):
                 step = stride_pair(config.stem_strides[index])

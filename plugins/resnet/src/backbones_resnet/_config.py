@@ -13,10 +13,10 @@ from backbones.validation import (
     DilatedStage,
     OutputStride,
     PositivePerStage,
+    StagesPerDepth,
     check_choice,
     check_hidden_sizes_per_stage,
     dilate_stages,
-    numbered_stage_names,
 )
 
 __all__ = ["ACTIVATIONS", "LAYER_TYPES", "ResNetConfig"]
@@ -27,7 +27,7 @@ LAYER_TYPES = ("basic", "bottleneck")
 """Supported values of ``hidden_act``."""
 
 
-class ResNetConfig(BackboneConfig):
+class ResNetConfig(StagesPerDepth, BackboneConfig):
     """Configuration of a ResNet backbone (defaults: ResNet-50).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = len(depths)``.
@@ -73,10 +73,6 @@ class ResNetConfig(BackboneConfig):
         check_hidden_sizes_per_stage(self.hidden_sizes, self.depths)
         self.stage_plans  # noqa: B018 -- validates output_stride against the stem's stride
         return self
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(len(self.depths))
 
     @property
     def stage_plans(self) -> list[DilatedStage]:

@@ -15,23 +15,34 @@ Layout: ``(batch, channels, height, width)`` maps.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import Tensor, nn
 
+from backbones import Backbone
 from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer, ConvNormActivation
+from backbones.layers import (
+    BlockSequence,
+    CheckpointableLayer,
+    ConvNormActivation,
+    StageList,
+    StemAndStages,
+    init_conv_and_batch_norm_,
+)
+from backbones.validation import DilatedStage
+
+from ._config import ResNetConfig
 
 __all__ = [
     "ConvNormLayer",
     "ResNetEmbeddings",
     "ResNetEncoder",
+    "ResNetLayoutBackbone",
     "ResNetStage",
     "ResidualBlock",
     "basic_layer",
     "bottleneck_layer",
     "projection_shortcut",
+    "residual_layer",
 ]
 
 
@@ -118,6 +129,32 @@ def bottleneck_layer(
     )
 
 
+def residual_layer(
+    config: ResNetConfig, in_channels: int, out_channels: int, plan: DilatedStage, *, first: bool
+) -> nn.Sequential:
+    """The residual branch of one block of a stage planned by ``plan``, of ``config.layer_type``: a
+    :func:`basic_layer` or a :func:`bottleneck_layer` (stride on its first 1x1 convolution if
+    ``config.downsample_in_bottleneck``).
+
+    The stage's first block carries the stride, and its first 3x3 convolution the previous stage's dilation
+    (``plan.first_dilation``, timm's rule); the other blocks have stride 1 and the stage's dilation.
+
+    Args:
+        config: The architecture (its ``layer_type`` and ``downsample_in_bottleneck``).
+        in_channels: Input channels.
+        out_channels: Output channels.
+        plan: The stage's stride and dilations (from :func:`backbones.validation.dilate_stages`).
+        first: Whether the block is the stage's first.
+    """
+    stride = plan.stride if first else 1
+    first_dilation = plan.first_dilation if first else plan.dilation
+    if config.layer_type == "basic":
+        return basic_layer(in_channels, out_channels, stride, dilation=plan.dilation, first_dilation=first_dilation)
+    return bottleneck_layer(
+        in_channels, out_channels, stride, stride_in_first=config.downsample_in_bottleneck, dilation=first_dilation
+    )
+
+
 def projection_shortcut(in_channels: int, out_channels: int, stride: int = 1) -> ConvNormLayer | None:
     """ResNet's shortcut: a strided 1x1 conv-norm projection when the shape changes, else ``None`` (identity)."""
     if in_channels == out_channels and stride == 1:
@@ -151,20 +188,12 @@ class ResidualBlock(CheckpointableLayer):
         return self.activation(out)
 
 
-class ResNetStage(nn.Module):
-    """A run of residual blocks (key ``layers``).
+class ResNetStage(BlockSequence):
+    """A run of residual blocks (key ``layers``): a :class:`backbones.layers.BlockSequence`.
 
     Args:
         blocks: The blocks, in order (in ResNet only the first changes channels or resolution).
     """
-
-    def __init__(self, blocks: Iterable[nn.Module]) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(*blocks)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        """The blocks applied in order."""
-        return self.layers(hidden)
 
 
 class ResNetEmbeddings(nn.Module):
@@ -194,13 +223,64 @@ class ResNetEmbeddings(nn.Module):
         return hidden.contiguous()
 
 
-class ResNetEncoder(nn.Module):
-    """The stages under the key ``stages`` (pruning shortens the list).
+class ResNetEncoder(StageList):
+    """ResNet's stages under the key ``stages`` (pruning shortens the list): a
+    :class:`backbones.layers.StageList`.
 
     Args:
         stages: The stages, shallowest first.
     """
 
-    def __init__(self, stages: Iterable[nn.Module]) -> None:
-        super().__init__()
-        self.stages = nn.ModuleList(stages)
+
+class ResNetLayoutBackbone(StemAndStages, Backbone):
+    """Base of a backbone laid out as transformers' ``ResNetBackbone``: a :class:`ResNetEmbeddings` stem at
+    stride 4 (key ``embedder``), then a :class:`ResNetEncoder` of :class:`ResNetStage` (key ``encoder``), one
+    stage per ``config.depths`` entry with ``config.hidden_sizes`` channels, dilated after
+    ``config.stage_plans``; convolutions and BatchNorms initialised as transformers' ResNet does.
+
+    A subclass sets ``config_class``, ``reference_class_name`` and ``input_model_name``, implements
+    :meth:`_stage_blocks`, and calls :meth:`_build_trunk` with its stem from ``__init__``.
+
+    Args:
+        config: The architecture (a :class:`~backbones_resnet.ResNetConfig` or a subclass) and the output
+            selection.
+    """
+
+    lora_target_modules = ("convolution",)
+    base_model_prefix = "resnet"  # prefix of the trunk in the ForImageClassification checkpoints
+    has_attentions = False
+    config: ResNetConfig
+    embedder: ResNetEmbeddings
+    encoder: ResNetEncoder
+
+    def _build_trunk(self, stem: nn.Module) -> None:
+        """Set ``embedder`` (``stem``, then the max-pool), ``encoder`` (the stages of :meth:`_stage_blocks`),
+        ``num_features`` and ``reductions``, then initialise the weights.
+
+        Args:
+            stem: The convolutional part of the stem, from ``config.num_channels`` to
+                ``config.embedding_size`` channels at stride 2.
+        """
+        config = self.config
+        channels = [config.embedding_size, *config.hidden_sizes]
+        plans = config.stage_plans
+        self.embedder = ResNetEmbeddings(stem)
+        self.encoder = ResNetEncoder(
+            ResNetStage(self._stage_blocks(channels[index], channels[index + 1], depth, plan))
+            for index, (depth, plan) in enumerate(zip(config.depths, plans))
+        )
+        self.num_features = channels
+        self.reductions = [4] + [plan.reduction for plan in plans]
+        self.post_init()
+
+    def _stage_blocks(self, in_channels: int, out_channels: int, depth: int, plan: DilatedStage) -> list[nn.Module]:
+        """The ``depth`` residual blocks of one stage, from ``in_channels`` to ``out_channels``, planned by
+        ``plan`` (its stride and dilations, from :func:`backbones.validation.dilate_stages`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _stage_blocks")
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise ``module`` as transformers' ResNet does (:func:`backbones.layers.init_conv_and_batch_norm_`)."""
+        init_conv_and_batch_norm_(module)
+
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        return self.embedder, self.encoder.stages

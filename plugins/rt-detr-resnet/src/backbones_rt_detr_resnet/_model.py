@@ -13,18 +13,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import Backbone
-from backbones.layers import StemAndStages, init_conv_and_batch_norm_
 from backbones.validation import DilatedStage
 from backbones_resnet.blocks import (
     ConvNormLayer,
     ResidualBlock,
-    ResNetEmbeddings,
-    ResNetEncoder,
-    ResNetStage,
-    basic_layer,
-    bottleneck_layer,
+    ResNetLayoutBackbone,
     projection_shortcut,
+    residual_layer,
 )
 
 from ._config import RTDetrResNetConfig
@@ -66,35 +61,22 @@ def _first_block(config: RTDetrResNetConfig, in_channels: int, out_channels: int
     stride is 1 and the shortcut's pool keeps the resolution (timm's ResNet-D rule)."""
     shortcut: nn.Module | None
     stride, dilated = plan.stride, plan.dilation > 1
+    layer = residual_layer(config, in_channels, out_channels, plan, first=True)
     if config.layer_type == "basic":
-        layer = basic_layer(
-            in_channels, out_channels, stride, dilation=plan.dilation, first_dilation=plan.first_dilation
-        )
         # RT-DETR's basic stages always project in their first block, even when nothing changes.
         if in_channels != out_channels:
             shortcut = _pooled_projection(in_channels, out_channels, dilated=dilated)
         else:
             shortcut = ConvNormLayer(in_channels, out_channels, 1, stride, activation=None)
+    elif stride != 1 or dilated:
+        shortcut = _pooled_projection(in_channels, out_channels, dilated=dilated)
     else:
-        layer = bottleneck_layer(
-            in_channels,
-            out_channels,
-            stride,
-            stride_in_first=config.downsample_in_bottleneck,
-            dilation=plan.first_dilation,
-        )
-        if stride != 1 or dilated:
-            shortcut = _pooled_projection(in_channels, out_channels, dilated=dilated)
-        else:
-            shortcut = projection_shortcut(in_channels, out_channels)
+        shortcut = projection_shortcut(in_channels, out_channels)
     return ResidualBlock(layer, shortcut, config.hidden_act)
 
 
-def _later_block(config: RTDetrResNetConfig, channels: int, dilation: int) -> ResidualBlock:
-    if config.layer_type == "basic":
-        return ResidualBlock(basic_layer(channels, channels, dilation=dilation), None, config.hidden_act)
-    layer = bottleneck_layer(channels, channels, stride_in_first=config.downsample_in_bottleneck, dilation=dilation)
-    return ResidualBlock(layer, None, config.hidden_act)
+def _later_block(config: RTDetrResNetConfig, channels: int, plan: DilatedStage) -> ResidualBlock:
+    return ResidualBlock(residual_layer(config, channels, channels, plan, first=False), None, config.hidden_act)
 
 
 def _deep_stem(config: RTDetrResNetConfig) -> nn.Sequential:
@@ -107,7 +89,7 @@ def _deep_stem(config: RTDetrResNetConfig) -> nn.Sequential:
     )
 
 
-class RTDetrResNetBackbone(StemAndStages, Backbone):
+class RTDetrResNetBackbone(ResNetLayoutBackbone):
     """RT-DETR's ResNet-vd feature extractor with transformers-compatible state-dict keys.
 
     Stage 0 (``"stem"``) is the max-pooled deep stem's output; stage ``i`` is the output of residual stage
@@ -124,34 +106,14 @@ class RTDetrResNetBackbone(StemAndStages, Backbone):
     """
 
     config_class = RTDetrResNetConfig
-    lora_target_modules = ("convolution",)
-    base_model_prefix = "resnet"
-    has_attentions = False
     reference_class_name = "RTDetrResNetBackbone"
     input_model_name = "ResNet-vd"
     config: RTDetrResNetConfig
 
     def __init__(self, config: RTDetrResNetConfig) -> None:
         super().__init__(config)
-        self.embedder = ResNetEmbeddings(_deep_stem(config))
-        channels = [config.embedding_size, *config.hidden_sizes]
-        plans = config.stage_plans
-        self.encoder = ResNetEncoder(
-            ResNetStage(
-                [
-                    _first_block(config, channels[index], channels[index + 1], plan),
-                    *(_later_block(config, channels[index + 1], plan.dilation) for _ in range(depth - 1)),
-                ]
-            )
-            for index, (depth, plan) in enumerate(zip(config.depths, plans))
-        )
-        self.num_features = channels
-        self.reductions = [4] + [plan.reduction for plan in plans]
-        self.post_init()
+        self._build_trunk(_deep_stem(config))
 
-    def _init_weights(self, module: nn.Module) -> None:
-        """Initialise ``module`` as transformers' RTDetrResNetPreTrainedModel does."""
-        init_conv_and_batch_norm_(module)
-
-    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
-        return self.embedder, self.encoder.stages
+    def _stage_blocks(self, in_channels: int, out_channels: int, depth: int, plan: DilatedStage) -> list[nn.Module]:
+        first = _first_block(self.config, in_channels, out_channels, plan)
+        return [first, *(_later_block(self.config, out_channels, plan) for _ in range(depth - 1))]

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from backbones import BackboneConfig
-from backbones.validation import ActivationName, check_rotary_heads, numbered_stage_names, square_patch
+from backbones.validation import ActivationName
+from backbones_dinov3_vit.configs import RotaryViTConfig
 
 __all__ = ["Sapiens2Config"]
 
 
-class Sapiens2Config(BackboneConfig):
+class Sapiens2Config(RotaryViTConfig):
     """Configuration of a Sapiens2 vision transformer; the defaults describe the 0.4B model (sapiens2-*-0.4b).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = num_hidden_layers``: the stem is the
@@ -20,36 +20,12 @@ class Sapiens2Config(BackboneConfig):
     layer ``K``. Every stage has ``hidden_size`` channels and stride ``patch_size``. Positions enter through
     2-D rotary embeddings of the patch centres (DINOv3's), so any input size works.
 
+    Every field of :class:`backbones_dinov3_vit.configs.RotaryViTConfig` and of
+    :class:`backbones_dinov2.configs.PlainViTConfig` keeps the meaning documented there, with this model's
+    defaults (here ``num_attention_heads`` counts the query heads, ``hidden_act`` is the gate's activation and
+    ``layerscale_value`` scales the attention branch only); Sapiens2 adds:
+
     Args:
-        patch_size: Side of the square patches (the stride of every stage).
-        hidden_size: Width of the tokens (the channels of every feature map).
-        intermediate_size: Hidden width of the feed-forward network.
-        num_hidden_layers: Number of transformer layers.
-        num_attention_heads: Query heads per layer; must divide ``hidden_size`` into head widths that are
-            multiples of 4 (the rotary embedding gives each head a sine-cosine pair per axis).
-        hidden_act: Activation of the feed-forward network (the gate's, when ``use_gated_mlp``).
-        attention_dropout: Dropout on attention probabilities (training only).
-        initializer_range: Standard deviation of the truncated-normal initialisation.
-        rope_theta: Base period of the rotary embeddings.
-        image_size: Pre-training image size; recorded for transformers' task heads, it sizes nothing here.
-        num_channels: Input channels.
-        query_bias: Bias on the query projection.
-        key_bias: Bias on the key projection.
-        value_bias: Bias on the value projection.
-        proj_bias: Bias on the attention output projection.
-        mlp_bias: Biases in the feed-forward network.
-        layerscale_value: Initial value of the per-channel layer scale on the attention branch.
-        drop_path_rate: Stochastic-depth rate of every residual branch (training only).
-        use_gated_mlp: Gated feed-forward network (``w3(act(gate) * up)``, SwiGLU with SiLU).
-        num_register_tokens: Register tokens placed after the class token.
-        pos_embed_shift: In training, shift the patch coordinates by a uniform draw in ``[-shift, shift]``
-            per axis (``None``: off).
-        pos_embed_jitter: In training, scale each coordinate axis by a log-uniform draw in
-            ``[1/jitter, jitter]`` (``None``: off).
-        pos_embed_rescale: In training, scale both axes by one log-uniform draw in ``[1/rescale, rescale]``
-            (``None``: off).
-        reshape_hidden_states: Return feature maps as ``(batch, channels, height, width)``; when False they
-            are the patch tokens ``(batch, height * width, channels)`` (prefix tokens dropped).
         use_mask_token: Whether the pre-training checkpoint has a mask token; recorded for transformers, the
             backbone never masks patches and never builds it.
         rms_norm_eps: Epsilon of every RMS norm.
@@ -71,30 +47,14 @@ class Sapiens2Config(BackboneConfig):
         {"head_config", "semantic_loss_ignore_index", "flip_pairs"}
     )
 
-    patch_size: Annotated[int, square_patch(16)] = Field(default=16, ge=1)
     hidden_size: int = Field(default=1024, ge=1)
     intermediate_size: int = Field(default=4096, ge=1)
     num_hidden_layers: int = Field(default=24, ge=1)
     num_attention_heads: int = Field(default=16, ge=1)
     hidden_act: ActivationName = "silu"
-    attention_dropout: float = Field(default=0.0, ge=0, lt=1)
-    initializer_range: float = 0.02
-    rope_theta: float = Field(default=100.0, gt=0)
-    image_size: int | tuple[int, int] = 224
-    num_channels: int = Field(default=3, ge=1)
-    query_bias: bool = True
     key_bias: bool = True
-    value_bias: bool = True
-    proj_bias: bool = True
-    mlp_bias: bool = True
-    layerscale_value: float = 1.0
-    drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
     use_gated_mlp: bool = True
     num_register_tokens: int = Field(default=8, ge=0)
-    pos_embed_shift: float | None = Field(default=None, ge=0)
-    pos_embed_jitter: float | None = Field(default=None, ge=1)
-    pos_embed_rescale: float | None = Field(default=2.0, ge=1)
-    reshape_hidden_states: bool = True
     use_mask_token: bool = False
     rms_norm_eps: float = Field(default=1e-6, gt=0)
     normalize_backbone_outputs: bool = True
@@ -106,7 +66,6 @@ class Sapiens2Config(BackboneConfig):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> Sapiens2Config:
-        check_rotary_heads(self.hidden_size, self.num_attention_heads)
         per_layer = self.num_key_value_heads_per_layer
         if per_layer is not None and len(per_layer) != self.num_hidden_layers:
             raise ValueError(
@@ -136,12 +95,3 @@ class Sapiens2Config(BackboneConfig):
             else self.num_key_value_attention_heads
             for layer in range(self.num_hidden_layers)
         ]
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(self.num_hidden_layers)
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        """Tokens before the patches: the class token and the registers."""
-        return 1 + self.num_register_tokens

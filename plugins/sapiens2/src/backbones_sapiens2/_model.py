@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from backbones.activations import make_activation
 from backbones.layers import CheckpointableLayer, attend, check_pixel_channels, drop_path, init_linear_and_norm_
-from backbones_dinov2.blocks import PlainViTBackbone
+from backbones_dinov2.blocks import LayerScale, PlainViTBackbone
 from backbones_dinov3_vit.blocks import RotaryPositions, Rotation, rotate
 
 from ._config import Sapiens2Config
@@ -58,15 +58,10 @@ class _RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-class _LayerScale(nn.Module):
-    """Learned per-channel factor on the attention branch (key ``weight``: ``attn.gamma.weight``)."""
+class _LayerScale(LayerScale):
+    """DINOv2's layer scale on the attention branch, its factors under the key ``weight`` (``attn.gamma.weight``)."""
 
-    def __init__(self, width: int, value: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.full((width,), value))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.weight
+    factor_key = "weight"
 
 
 class _PatchEmbed(nn.Module):
@@ -230,7 +225,7 @@ class Sapiens2Backbone(PlainViTBackbone):
             nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             nn.init.trunc_normal_(module.storage_tokens, mean=0.0, std=std)
         elif isinstance(module, _LayerScale):
-            nn.init.constant_(module.weight, self.config.layerscale_value)
+            nn.init.constant_(module.factor, self.config.layerscale_value)
         elif isinstance(module, _RMSNorm):
             nn.init.ones_(module.weight)
 

@@ -62,6 +62,10 @@ class SwinFamilyConfig(BackboneConfig):
 
     # Written to config.json as transformers writes them, so tools that read the file directly find them.
     derived_config_keys: ClassVar[tuple[str, ...]] = _DERIVED_FIELDS
+    absolute_embeddings_refused_by: ClassVar[str | None] = None
+    """The transformers architecture whose absolute position embeddings cannot be used, which a subclass names
+    when it refuses ``use_absolute_embeddings=True``: that architecture keeps one position embedding more than
+    there are patches and its forward fails on them, so none of its checkpoints uses them. ``None``: supported."""
 
     def __init__(self, /, **data: Any) -> None:
         for name in _DERIVED_FIELDS:
@@ -73,6 +77,13 @@ class SwinFamilyConfig(BackboneConfig):
         if not self.depths or any(depth < 1 for depth in self.depths):
             raise ValueError(f"depths must list at least one stage, each with one block or more; got {self.depths}")
         check_stage_heads(self.embed_dim, self.depths, self.num_heads)
+        architecture = self.absolute_embeddings_refused_by
+        if self.use_absolute_embeddings and architecture is not None:
+            raise ValueError(
+                f"use_absolute_embeddings=True is not supported: transformers' {architecture} keeps one position "
+                f"embedding more than there are patches and its forward fails on them, so no {architecture} "
+                "checkpoint uses them; set use_absolute_embeddings=False"
+            )
         return self
 
     @property

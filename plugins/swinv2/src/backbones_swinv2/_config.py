@@ -33,18 +33,13 @@ class Swinv2Config(SwinFamilyConfig):
     model_type: ClassVar[str] = "swinv2"
     reference_config_keys: ClassVar[frozenset[str]] = frozenset({"hidden_size", "num_layers"})
     """Keys of transformers' config.json without effect here: transformers' values derived from embed_dim and depths."""
+    absolute_embeddings_refused_by: ClassVar[str | None] = "Swinv2"
 
     pretrained_window_sizes: list[int] = [0, 0, 0, 0]
     encoder_stride: int = Field(default=32, ge=1)
 
     @model_validator(mode="after")
     def _check_swinv2(self) -> Swinv2Config:
-        if self.use_absolute_embeddings:
-            raise ValueError(
-                "use_absolute_embeddings=True is not supported: transformers' Swinv2 keeps one position embedding "
-                "more than there are patches and its forward fails on them, so no Swinv2 checkpoint uses them; "
-                "set use_absolute_embeddings=False"
-            )
         stages = len(self.depths)
         if len(self.pretrained_window_sizes) < stages:
             raise ValueError(

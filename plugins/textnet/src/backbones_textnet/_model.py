@@ -157,21 +157,21 @@ class TextNetStage(nn.Module):
         super().__init__()
         in_width, out_width = config.hidden_sizes[index], config.hidden_sizes[index + 1]
         kernels, strides = config.conv_layer_kernel_sizes[index], config.conv_layer_strides[index]
-        self.stage = nn.ModuleList(
-            TextNetRepConvLayer(
-                in_width if layer == 0 else out_width,
-                out_width,
-                (kernel[0], kernel[1]),
-                stride,
-                config.batch_norm_eps,
+        self.stage = nn.Sequential(
+            *(
+                TextNetRepConvLayer(
+                    in_width if layer == 0 else out_width,
+                    out_width,
+                    (kernel[0], kernel[1]),
+                    stride,
+                    config.batch_norm_eps,
+                )
+                for layer, (kernel, stride) in enumerate(zip(kernels, strides))
             )
-            for layer, (kernel, stride) in enumerate(zip(kernels, strides))
         )
 
     def forward(self, hidden: Tensor) -> Tensor:
-        for layer in self.stage:
-            hidden = layer(hidden)
-        return hidden
+        return self.stage(hidden)
 
 
 class TextNetEncoder(nn.Module):

@@ -31,7 +31,7 @@ from backbones import Backbone, BackboneType
 from backbones.layers import check_pixel_channels
 
 from ._config import TimmBackboneConfig
-from ._timm import create_timm_model, feature_dicts, freeze_batch_norm_2d
+from ._timm import TimmModelRequest, create_timm_model, feature_dicts, freeze_batch_norm_2d
 
 __all__ = ["TimmBackbone"]
 
@@ -83,15 +83,16 @@ class TimmBackbone(Backbone):
         spec = config.feature_spec  # raises ConfigError if backbone is not set
         assert config.backbone is not None
         self._timm_initialised = False  # until post_init: timm has initialised its own weights
-        self._backbone = create_timm_model(
+        request = TimmModelRequest(
             config.backbone,
-            pretrained=config.use_pretrained_backbone and not _parameters_created_on_meta(),
             features_only=config.features_only,
             num_channels=config.num_channels,
             output_stride=config.output_stride,
             kwargs=config.timm_kwargs,
             num_stages=len(spec.names),
         )
+        pretrained = config.use_pretrained_backbone and not _parameters_created_on_meta()
+        self._backbone = create_timm_model(request, pretrained=pretrained)
         dicts = feature_dicts(self._backbone) or []
         names = [str(entry["module"]) for entry in dicts]
         if names != list(spec.names):

@@ -24,6 +24,7 @@ from backbones import CheckpointError, ConfigError
 
 __all__ = [
     "FeatureSpec",
+    "TimmModelRequest",
     "create_timm_model",
     "describe_features",
     "feature_dicts",
@@ -89,32 +90,44 @@ def _check_name(backbone: str) -> None:
         raise _unknown_model(backbone)
 
 
-def _build(
-    backbone: str,
-    *,
-    pretrained: bool,
-    features_only: bool,
-    num_channels: int,
-    output_stride: int | None,
-    kwargs: dict[str, Any],
-    num_stages: int | None,
-    on_meta: bool,
-) -> nn.Module:
-    arguments = dict(kwargs)
-    if features_only:
-        # Every stage is built (so any selection works later); the probe asks for the last one only,
-        # which is valid for every model, to learn how many there are.
-        arguments["features_only"] = True
-        arguments["out_indices"] = tuple(range(num_stages)) if num_stages is not None else (-1,)
-    device = torch.device("meta") if on_meta else contextlib.nullcontext()
-    with device:
-        return timm.create_model(
-            backbone,
-            pretrained=pretrained,
-            in_chans=num_channels,
-            output_stride=output_stride,
-            **arguments,
-        )
+@dataclass(frozen=True)
+class TimmModelRequest:
+    """A timm model to build: its name and the arguments of ``timm.create_model`` that a config sets.
+
+    Attributes:
+        backbone: timm's name of the model (``hf-hub:`` and ``local-dir:`` names included).
+        features_only: Build timm's feature extractor (every stage) rather than the whole model.
+        num_channels: Input channels (timm's ``in_chans``).
+        output_stride: timm's ``output_stride`` (dilation past it); ``None``: the model's own.
+        kwargs: Further keyword arguments of ``timm.create_model``.
+        num_stages: The model's number of stages, all of which the feature extractor returns; ``None``: not
+            known yet (the feature extractor then returns the last stage only, which is valid for every model).
+    """
+
+    backbone: str
+    features_only: bool
+    num_channels: int
+    output_stride: int | None
+    kwargs: dict[str, Any]
+    num_stages: int | None
+
+    def build(self, *, pretrained: bool, on_meta: bool) -> nn.Module:
+        """``timm.create_model`` of the request, with or without timm's pretrained weights, on the meta device or not."""
+        arguments = dict(self.kwargs)
+        if self.features_only:
+            # Every stage is built (so any selection works later); the probe asks for the last one only,
+            # which is valid for every model, to learn how many there are.
+            arguments["features_only"] = True
+            arguments["out_indices"] = tuple(range(self.num_stages)) if self.num_stages is not None else (-1,)
+        device = torch.device("meta") if on_meta else contextlib.nullcontext()
+        with device:
+            return timm.create_model(
+                self.backbone,
+                pretrained=pretrained,
+                in_chans=self.num_channels,
+                output_stride=self.output_stride,
+                **arguments,
+            )
 
 
 def _hub_or_folder_error(backbone: str, error: Exception) -> CheckpointError:
@@ -169,22 +182,15 @@ def describe_features(
     """
     _check_name(backbone)
     kwargs = json.loads(kwargs_json)
-    options = {
-        "pretrained": False,
-        "features_only": features_only,
-        "num_channels": num_channels,
-        "output_stride": output_stride,
-        "kwargs": kwargs,
-        "num_stages": None,
-    }
+    request = TimmModelRequest(backbone, features_only, num_channels, output_stride, kwargs, num_stages=None)
     try:
         try:
-            model = _build(backbone, **options, on_meta=True)
+            model = request.build(pretrained=False, on_meta=True)
         except (TypeError, ValueError, OSError, ConfigError):
             raise
         except Exception:
             # A model whose __init__ computes with tensor values cannot be built on meta; build it for real.
-            model = _build(backbone, **options, on_meta=False)
+            model = request.build(pretrained=False, on_meta=False)
     except TypeError as error:
         extra = f" (extra config fields passed to it: {sorted(kwargs)})" if kwargs else ""
         raise ConfigError(
@@ -236,38 +242,21 @@ def weights_source(backbone: str, kwargs: dict[str, Any]) -> str:
     return "nowhere: timm lists no pretrained weights for this model"
 
 
-def create_timm_model(
-    backbone: str,
-    *,
-    pretrained: bool,
-    features_only: bool,
-    num_channels: int,
-    output_stride: int | None,
-    kwargs: dict[str, Any],
-    num_stages: int,
-) -> nn.Module:
-    """Build the timm model with every stage; with ``pretrained``, load timm's weights for it.
+def create_timm_model(request: TimmModelRequest, *, pretrained: bool) -> nn.Module:
+    """Build the timm model of ``request`` (every stage); with ``pretrained``, load timm's weights for it.
 
     Raises:
         CheckpointError: The pretrained weights cannot be reached or read; the message names the model
             and where the weights were looked for.
     """
-    options: dict[str, Any] = {
-        "features_only": features_only,
-        "num_channels": num_channels,
-        "output_stride": output_stride,
-        "kwargs": kwargs,
-        "num_stages": num_stages,
-        "on_meta": False,
-    }
     if not pretrained:
-        return _build(backbone, pretrained=False, **options)
+        return request.build(pretrained=False, on_meta=False)
     try:
-        return _build(backbone, pretrained=True, **options)
+        return request.build(pretrained=True, on_meta=False)
     except Exception as error:  # the architecture built without weights, so this is about the weights
-        source = weights_source(backbone, kwargs)
+        source = weights_source(request.backbone, request.kwargs)
         raise CheckpointError(
-            f"cannot load the pretrained weights of timm model {backbone!r} from {source}: "
+            f"cannot load the pretrained weights of timm model {request.backbone!r} from {source}: "
             f"{type(error).__name__}: {error}"
             + _offline_hint("Hugging Face hub" in source)
             + ". Pass a local file with pretrained_cfg_overlay={'file': '/path/to/weights.safetensors'} "

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from backbones.activations import make_activation
 from backbones.layers import CheckpointableLayer, attend, check_pixel_channels, drop_path, init_linear_and_norm_
-from backbones_dinov2.blocks import PlainViTBackbone, resample_position_table, swiglu_hidden_features
+from backbones_dinov2.blocks import LayerScale, PlainViTBackbone, resample_position_table, swiglu_hidden_features
 
 from ._config import Tipsv2VisionConfig
 
@@ -74,15 +74,10 @@ class _Attention(nn.Module):
         return self.proj(context.transpose(1, 2).reshape(batch, length, width)), weights
 
 
-class _LayerScale(nn.Module):
-    """Learned per-channel factor on a residual branch (key ``gamma``)."""
+class _LayerScale(LayerScale):
+    """DINOv2's layer scale, its factors under the key ``gamma``."""
 
-    def __init__(self, width: int, value: float) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((width,), value))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gamma
+    factor_key = "gamma"
 
 
 class _Mlp(nn.Module):
@@ -207,7 +202,7 @@ class Tipsv2VisionBackbone(PlainViTBackbone):
             nn.init.trunc_normal_(self.cls_token, mean=0.0, std=std)
             nn.init.zeros_(self.register_tokens)
         elif isinstance(module, _LayerScale):
-            nn.init.constant_(module.gamma, self.config.layerscale_value)
+            nn.init.constant_(module.factor, self.config.layerscale_value)
 
     def _embed(self, pixel_values: Tensor) -> tuple[Tensor, int, int]:
         """The stem: ``(batch, 1 + registers + height * width, channels)`` tokens and the patch grid's size.

@@ -106,17 +106,17 @@ class UVDocResNetStage(nn.Module):
 
     def __init__(self, config: UVDocBackboneConfig, index: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            UVDocResidualBlock(
-                in_channels, out_channels, config.kernel_size, dilation=dilation, downsample=bool(downsample)
+        self.layers = nn.Sequential(
+            *(
+                UVDocResidualBlock(
+                    in_channels, out_channels, config.kernel_size, dilation=dilation, downsample=bool(downsample)
+                )
+                for in_channels, out_channels, dilation, downsample in config.resnet_configs[index]
             )
-            for in_channels, out_channels, dilation, downsample in config.resnet_configs[index]
         )
 
     def forward(self, hidden: Tensor) -> Tensor:
-        for layer in self.layers:
-            hidden = layer(hidden)
-        return hidden
+        return self.layers(hidden)
 
 
 class UVDocResNet(nn.Module):
@@ -124,19 +124,18 @@ class UVDocResNet(nn.Module):
 
     def __init__(self, config: UVDocBackboneConfig) -> None:
         super().__init__()
-        self.resnet_head = nn.ModuleList(
-            UVDocConvLayer(in_channels, out_channels, config.kernel_size, stride=2, padding=config.kernel_size // 2)
-            for in_channels, out_channels in config.resnet_head
+        self.resnet_head = nn.Sequential(
+            *(
+                UVDocConvLayer(in_channels, out_channels, config.kernel_size, stride=2, padding=config.kernel_size // 2)
+                for in_channels, out_channels in config.resnet_head
+            )
         )
-        self.resnet_down = nn.ModuleList(UVDocResNetStage(config, index) for index in range(len(config.resnet_configs)))
+        self.resnet_down = nn.Sequential(
+            *(UVDocResNetStage(config, index) for index in range(len(config.resnet_configs)))
+        )
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        hidden = pixel_values
-        for layer in self.resnet_head:
-            hidden = layer(hidden)
-        for stage in self.resnet_down:
-            hidden = stage(hidden)
-        return hidden
+        return self.resnet_down(self.resnet_head(pixel_values))
 
 
 class UVDocBridgeBlock(CheckpointableLayer):
@@ -144,14 +143,15 @@ class UVDocBridgeBlock(CheckpointableLayer):
 
     def __init__(self, layers: list[tuple[int, int]]) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(
-            UVDocConvLayer(channels, channels, 3, padding=dilation, dilation=dilation) for channels, dilation in layers
+        self.blocks = nn.Sequential(
+            *(
+                UVDocConvLayer(channels, channels, 3, padding=dilation, dilation=dilation)
+                for channels, dilation in layers
+            )
         )
 
     def forward(self, hidden: Tensor) -> Tensor:
-        for block in self.blocks:
-            hidden = block(hidden)
-        return hidden
+        return self.blocks(hidden)
 
 
 class UVDocBridge(nn.Module):

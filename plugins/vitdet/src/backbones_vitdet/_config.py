@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from backbones import BackboneConfig
 from backbones.activations import ACTIVATIONS
-from backbones.validation import (
-    ActivationName,
-    check_heads_divide,
-    check_image_holds_patches,
-    check_layer_indices,
-    check_positive_mlp_ratio,
-    image_pair,
-    numbered_stage_names,
-    square_patch,
-)
+from backbones.validation import check_image_holds_patches, check_layer_indices, check_positive_mlp_ratio, image_pair
+
+from .configs import WindowedViTConfig
 
 __all__ = ["ACTIVATIONS", "VitDetConfig"]
 
 """Supported values of ``hidden_act``."""
 
 
-class VitDetConfig(BackboneConfig):
+class VitDetConfig(WindowedViTConfig):
     """Configuration of a ViTDet backbone; the defaults describe ViT-B/16 at 224 pixels.
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = num_hidden_layers``: the stem is the
@@ -59,49 +51,18 @@ class VitDetConfig(BackboneConfig):
 
     model_type: ClassVar[str] = "vitdet"
 
-    hidden_size: int = Field(default=768, ge=1)
-    num_hidden_layers: int = Field(default=12, ge=1)
-    num_attention_heads: int = Field(default=12, ge=1)
     mlp_ratio: int | float = 4
-    hidden_act: ActivationName = "gelu"
-    dropout_prob: float = Field(default=0.0, ge=0, lt=1)
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-6
-    image_size: int | tuple[int, int] = 224
-    pretrain_image_size: int | tuple[int, int] = 224
-    patch_size: Annotated[int, square_patch(16)] = Field(default=16, ge=1)
-    num_channels: int = Field(default=3, ge=1)
-    qkv_bias: bool = True
     drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
-    window_block_indices: list[int] = []
     residual_block_indices: list[int] = []
-    use_absolute_position_embeddings: bool = True
     use_relative_position_embeddings: bool = False
     window_size: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check_shapes(self) -> VitDetConfig:
         check_positive_mlp_ratio(self.mlp_ratio, self.hidden_size)
-        check_heads_divide(self.hidden_size, self.num_attention_heads)
-        check_layer_indices("window_block_indices", self.window_block_indices, self.num_hidden_layers)
         check_layer_indices("residual_block_indices", self.residual_block_indices, self.num_hidden_layers)
         check_image_holds_patches("image_size", self.image_size, self.patch_size)
-        check_image_holds_patches(
-            "pretrain_image_size",
-            self.pretrain_image_size,
-            self.patch_size,
-            square_grid=self.use_absolute_position_embeddings,
-        )
         return self
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(self.num_hidden_layers)
-
-    @property
-    def position_grid(self) -> int:
-        """Side of the square grid of absolute position embeddings (``pretrain_image_size // patch_size``)."""
-        return image_pair(self.pretrain_image_size)[0] // self.patch_size
 
     @property
     def global_attention_grid(self) -> tuple[int, int]:

@@ -3,18 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
 from pydantic import Field, field_serializer, model_validator
 
-from backbones import BackboneConfig
-from backbones.validation import (
-    ActivationName,
-    check_heads_divide,
-    image_pair,
-    numbered_stage_names,
-    square_patch,
-)
+from backbones.validation import image_pair
+from backbones_dinov2.configs import PlainViTConfig
 
 __all__ = ["PATCH_PADDING", "VitPoseBackboneConfig"]
 
@@ -22,7 +16,7 @@ PATCH_PADDING = 2
 """Pixels of zero padding on every side of the patch projection (ViTPose's, whatever the patch size)."""
 
 
-class VitPoseBackboneConfig(BackboneConfig):
+class VitPoseBackboneConfig(PlainViTConfig):
     """Configuration of a ViTPose backbone; the defaults describe ViTPose-B as transformers'
     ``VitPoseBackboneConfig`` does.
 
@@ -56,24 +50,16 @@ class VitPoseBackboneConfig(BackboneConfig):
     model_type: ClassVar[str] = "vitpose_backbone"
 
     image_size: int | tuple[int, int] = (256, 192)
-    patch_size: Annotated[int, square_patch(16)] = Field(default=16, ge=1)
-    num_channels: int = Field(default=3, ge=1)
-    hidden_size: int = Field(default=768, ge=1)
-    num_hidden_layers: int = Field(default=12, ge=1)
-    num_attention_heads: int = Field(default=12, ge=1)
     mlp_ratio: int = Field(default=4, ge=1)
     num_experts: int = Field(default=1, ge=1)
     part_features: int = Field(default=256, ge=1)
-    hidden_act: ActivationName = "gelu"
     hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
-    initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     qkv_bias: bool = True
 
     @model_validator(mode="after")
     def _check_shapes(self) -> VitPoseBackboneConfig:
-        check_heads_divide(self.hidden_size, self.num_attention_heads)
         patch = self.patch_size
         if patch <= 2 * PATCH_PADDING:
             raise ValueError(
@@ -104,10 +90,6 @@ class VitPoseBackboneConfig(BackboneConfig):
     def _patch_pair(self, patch_size: int) -> list[int]:
         # Written as transformers writes it: its pose model indexes patch_size[0] and patch_size[1].
         return [patch_size, patch_size]
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(self.num_hidden_layers)
 
     @property
     def position_grid(self) -> tuple[int, int]:

@@ -137,12 +137,7 @@ class VitPoseLayer(CheckpointableLayer):
         super().__init__()
         width = config.hidden_size
         self.layernorm_before = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.attention = Dinov2Attention(
-            width,
-            config.num_attention_heads,
-            qkv_bias=config.qkv_bias,
-            attention_dropout=config.attention_probs_dropout_prob,
-        )
+        self.attention = Dinov2Attention.from_config(config)
         self.layernorm_after = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.mlp: nn.Module = (
             VitPoseMoeMlp(config) if config.num_experts > 1 else Mlp(width, width * config.mlp_ratio, config.hidden_act)
