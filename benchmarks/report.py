@@ -192,7 +192,8 @@ def _header(results: Mapping[str, Any]) -> list[str]:
         "[`benchmarks/README.md`](../benchmarks/README.md).",
         "",
         *[
-            f"Section(s) {', '.join(update['sections'])} re-measured by `{update['command']}` on {update['date']}."
+            f"Section(s) {', '.join(update['sections'])} re-measured by `{update['command']}` on {update['date']}"
+            + (f" (allocator: {update['allocator']})." if update.get("allocator") else ".")
             for update in meta.get("updates", [])
         ],
         "",
@@ -210,6 +211,13 @@ def _header(results: Mapping[str, Any]) -> list[str]:
         "- **ratio** = ours / min(transformers, timm) for forwards; ours / transformers elsewhere. "
         "A row is MISS when the ratio is above its target.",
     ]
+    lines.append(
+        f"- **Allocator**: {meta.get('allocator', 'glibc default')} for the run"
+        + (" (each re-measurement above says its own)." if meta.get("updates") else ".")
+        + " `--allocator pinned` (the default since 2026-12-05) fixes glibc's adaptive mmap and trim thresholds, "
+        "so that the implementations timed in turn in one process do not tune the allocator for one another "
+        "(see `benchmarks/run.py:pin_allocator`)."
+    )
     if meta.get("clock") == "cpu":
         lines.append(
             "- **Clock: CPU time** (`--clock cpu`): every figure is CPU seconds (user + system) of the measuring "

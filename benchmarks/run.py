@@ -66,6 +66,41 @@ def clock_name() -> str:
     return next(name for name, function in CLOCKS.items() if function is _clock)
 
 
+# glibc's mallopt parameters (malloc.h): M_TRIM_THRESHOLD and M_MMAP_THRESHOLD.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+PINNED_MMAP_THRESHOLD = 32 * 2**20
+PINNED_TRIM_THRESHOLD = 2**30
+
+
+def pin_allocator() -> str:
+    """Fix glibc malloc's thresholds for the whole run, so that one implementation's frees cannot tune it.
+
+    By default glibc raises its mmap threshold (up to 32 MiB) each time a large mmapped block is freed,
+    and returns freed heap to the kernel above a trim threshold. Timing three implementations in turn in
+    one process, each then runs under whatever the previous one left: the same model measured after
+    another pays a few hundred page faults per forward more, or fewer (measured on one ViT-S/14: 555, 0
+    and 588 faults per forward for ours, timm and transformers interleaved; timm alone in a process of its
+    own: 1143). Pinning the mmap threshold at its ceiling and the trim threshold at 1 GiB
+    gives every implementation the same allocator, whatever ran before it. Returns a line for the report:
+    ``"platform default (...)"`` where the C library is not glibc or refuses the settings.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if platform.system() != "Linux" or not name:
+        return "platform default (not glibc)"
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return "platform default (no mallopt)"
+    pinned = libc.mallopt(_M_MMAP_THRESHOLD, PINNED_MMAP_THRESHOLD) and libc.mallopt(
+        _M_TRIM_THRESHOLD, PINNED_TRIM_THRESHOLD
+    )
+    if not pinned:
+        return "platform default (mallopt refused)"
+    return f"glibc, pinned: M_MMAP_THRESHOLD={PINNED_MMAP_THRESHOLD >> 20} MiB, M_TRIM_THRESHOLD=1 GiB"
+
+
 def time_call(function: Callable[[], Any]) -> float:
     """Seconds one call of ``function`` takes (by the clock :func:`set_clock` chose)."""
     start = _clock()
@@ -497,8 +532,16 @@ _SETTINGS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def _settings(quick: bool) -> dict[str, Any]:
-    return {name: quick_value if quick else full_value for name, (quick_value, full_value) in _SETTINGS.items()}
+def _settings(quick: bool, forward_scale: float = 1.0) -> dict[str, Any]:
+    """The run's settings; ``forward_scale`` multiplies the forward rows' repetitions and time budgets (a
+    re-measurement of a few rows near their threshold can afford many more samples than the full suite)."""
+    settings = {name: quick_value if quick else full_value for name, (quick_value, full_value) in _SETTINGS.items()}
+    for batch in ("bs1", "bs8"):
+        settings[batch] = {
+            key: value if value is None or key == "warmup" else type(value)(value * forward_scale)
+            for key, value in settings[batch].items()
+        }
+    return settings
 
 
 QUICK_ARCHS = ("swin", "resnet", "convnext")
@@ -509,8 +552,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     threads = args.threads or os.cpu_count() or 1
     set_clock(args.clock)
+    allocator = pin_allocator() if args.allocator == "pinned" else "glibc default"
     torch.set_num_threads(threads)
-    settings = _settings(args.quick)
+    if args.forward_scale <= 0:
+        raise SystemExit(f"--forward-scale must be above 0, got {args.forward_scale}")
+    settings = _settings(args.quick, args.forward_scale)
     only = [name.strip() for name in (args.only or "").split(",") if name.strip()]
     if only:
         archs = [arch_by_name(name) for name in only if name not in ("bigload", "timm")]
@@ -530,6 +576,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
             "quick": args.quick,
             "clock": args.clock,
+            "allocator": allocator,
             "load_average_start": [round(value, 1) for value in os.getloadavg()],
             "settings": {key: value for key, value in settings.items() if key != "modes_bs8"},
         },
@@ -698,6 +745,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="wall",
         help="wall: elapsed time; cpu: CPU time of the process (fair on a busy machine; use with --threads 1)",
     )
+    parser.add_argument(
+        "--allocator",
+        choices=("pinned", "default"),
+        default="pinned",
+        help="pinned (default): fix glibc malloc's mmap/trim thresholds, so that the implementations timed in turn "
+        "in this process do not tune the allocator for each other; default: leave glibc's adaptive thresholds",
+    )
+    parser.add_argument(
+        "--forward-scale",
+        type=float,
+        default=1.0,
+        help="multiply the forward rows' repetitions and time budgets, e.g. 3 to re-measure rows near 1.00x",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md", help="markdown report")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json", help="raw results")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "benchmarks-forward.png")
@@ -736,7 +796,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 previous[key] = merge_section(previous.get(key), value)
             previous["notes"] = {**previous.get("notes", {}), **results["notes"]}
             previous["meta"].setdefault("updates", []).append(
-                {"command": results["meta"]["command"], "date": results["meta"]["date"], "sections": sorted(fresh)}
+                {
+                    "command": results["meta"]["command"],
+                    "date": results["meta"]["date"],
+                    "sections": sorted(fresh),
+                    "allocator": results["meta"]["allocator"],
+                }
             )
             results = previous
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -11,16 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbones_hgnet_v2 import VARIANTS
+
 __all__ = ["ARCHS", "Arch", "BIG_LOAD", "BIG_LOAD_SHARD_BYTES", "arch_by_name"]
 
 FOUR_STAGES = [1, 2, 3, 4]
 VIT_LAYERS = [3, 6, 9, 12]
 TIMM_VIT_LAYERS = [index - 1 for index in VIT_LAYERS]  # timm counts blocks from 0, transformers' stages from 1
-CONVNEXT_TINY: dict[str, Any] = {
-    "depths": [3, 3, 9, 3],
-    "hidden_sizes": [96, 192, 384, 768],
-    "out_indices": FOUR_STAGES,
-}
+CONVNEXT_TINY: dict[str, Any] = {"depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768]}
 
 
 @dataclass(frozen=True)
@@ -95,222 +93,187 @@ class Arch:
         return timm.create_model(self.timm_name, pretrained=False, **kwargs).eval()
 
 
+def _arch(
+    name: str,
+    label: str,
+    prefix: str,
+    out_indices: list[int] = FOUR_STAGES,
+    *,
+    fields: dict[str, Any] | None = None,
+    timm_out_indices: list[int] | None = None,
+    **options: Any,
+) -> Arch:
+    """An architecture transformers runs as ``{prefix}Config`` / ``{prefix}Backbone``, measured at ``out_indices``.
+
+    ``fields`` are the config's other fields; ``timm_out_indices`` (timm's numbering of the same stages) joins
+    the ``timm_kwargs`` in ``options``, which are :class:`Arch`'s own.
+    """
+    timm_kwargs = dict(options.pop("timm_kwargs", {}))
+    if timm_out_indices is not None:
+        timm_kwargs["out_indices"] = timm_out_indices
+    config = {**(fields or {}), "out_indices": out_indices}
+    return Arch(name, label, f"{prefix}Config", f"{prefix}Backbone", config, timm_kwargs=timm_kwargs, **options)
+
+
+def _cnn(name: str, label: str, prefix: str, out_indices: list[int] = FOUR_STAGES, **options: Any) -> Arch:
+    """A convolutional network (see :func:`_arch`): it also gets a ``channels_last`` row."""
+    return _arch(name, label, prefix, out_indices, channels_last=True, **options)
+
+
+def _vit(
+    name: str,
+    label: str,
+    prefix: str,
+    fields: dict[str, Any],
+    timm_name: str,
+    *,
+    timm_img_size: int | None = 224,
+    **options: Any,
+) -> Arch:
+    """A plain ViT read after layers 3, 6, 9 and 12 (see :func:`_arch`); timm's model is built for
+    ``timm_img_size`` (``None``: its own size)."""
+    timm_kwargs = {} if timm_img_size is None else {"img_size": timm_img_size}
+    return _arch(
+        name,
+        label,
+        prefix,
+        VIT_LAYERS,
+        fields=fields,
+        timm_name=timm_name,
+        timm_kwargs=timm_kwargs,
+        timm_out_indices=TIMM_VIT_LAYERS,
+        **options,
+    )
+
+
+DINOV2_SMALL = {"hidden_size": 384, "num_attention_heads": 6}
 ARCHS: list[Arch] = [
-    Arch(
-        "swin",
-        "swin-tiny",
-        "SwinConfig",
-        "SwinBackbone",
-        {"out_indices": FOUR_STAGES},
-        timm_name="swin_tiny_patch4_window7_224",
-    ),
-    Arch(
+    _arch("swin", "swin-tiny", "Swin", timm_name="swin_tiny_patch4_window7_224"),
+    _arch(
         "swinv2",
         "swinv2-tiny (window 7)",
-        "Swinv2Config",
-        "Swinv2Backbone",
-        {"out_indices": FOUR_STAGES},
+        "Swinv2",
         timm_name="swinv2_tiny_window8_256",
         timm_kwargs={"img_size": 224, "window_size": 7},
         note="timm's swinv2_tiny_window8_256 built at img_size=224, window_size=7 to match SwinV2Config() defaults",
     ),
-    Arch(
+    _arch(
         "maskformer-swin",
         "maskformer-swin-tiny",
-        "MaskFormerSwinConfig",
-        "MaskFormerSwinBackbone",
-        {"out_indices": FOUR_STAGES},
+        "MaskFormerSwin",
         timm_name="swin_tiny_patch4_window7_224",
         note="timm has no MaskFormer Swin; its swin_tiny_patch4_window7_224 is the same network without per-stage norms",
     ),
-    Arch(
-        "resnet",
-        "resnet50",
-        "ResNetConfig",
-        "ResNetBackbone",
-        {"out_indices": FOUR_STAGES},
-        timm_name="resnet50",
-        timm_kwargs={"out_indices": FOUR_STAGES},
-        channels_last=True,
-    ),
-    Arch(
-        "bit",
-        "bit-50",
-        "BitConfig",
-        "BitBackbone",
-        {"out_indices": FOUR_STAGES},
-        timm_name="resnetv2_50x1_bit",
-        timm_kwargs={"out_indices": FOUR_STAGES},
-        channels_last=True,
-    ),
-    Arch(
-        "hgnet-v2",
-        "hgnetv2-b4 (D-FINE-L's backbone)",
-        "HGNetV2Config",
-        "HGNetV2Backbone",
-        {
-            "stem_channels": [3, 32, 48],
-            "stage_in_channels": [48, 128, 512, 1024],
-            "stage_mid_channels": [48, 96, 192, 384],
-            "stage_out_channels": [128, 512, 1024, 2048],
-            "stage_num_blocks": [1, 1, 3, 1],
-            "stage_downsample": [False, True, True, True],
-            "stage_light_block": [False, False, True, True],
-            "stage_kernel_size": [3, 3, 5, 5],
-            "stage_numb_of_layers": [6, 6, 6, 6],
-            "use_learnable_affine_block": False,
-            "out_indices": FOUR_STAGES,
-        },
-        timm_name="hgnetv2_b4",
-        channels_last=True,
-    ),
-    Arch(
+    _cnn("resnet", "resnet50", "ResNet", timm_name="resnet50", timm_out_indices=FOUR_STAGES),
+    _cnn("bit", "bit-50", "Bit", timm_name="resnetv2_50x1_bit", timm_out_indices=FOUR_STAGES),
+    _cnn("hgnet-v2", "hgnetv2-b4 (D-FINE-L's backbone)", "HGNetV2", fields=VARIANTS["B4"], timm_name="hgnetv2_b4"),
+    _cnn(
         "rt-detr-resnet",
         "resnet50-vd (RT-DETR R50's backbone)",
-        "RTDetrResNetConfig",
-        "RTDetrResNetBackbone",
-        {"out_indices": FOUR_STAGES},
+        "RTDetrResNet",
         timm_name="resnet50d",
-        timm_kwargs={"out_indices": FOUR_STAGES},
-        channels_last=True,
+        timm_out_indices=FOUR_STAGES,
         note="timm's resnet50d (deep stem, average-pool downsampling) is the same network as ResNet-50-vd",
     ),
-    Arch(
-        "convnext",
-        "convnext-tiny",
-        "ConvNextConfig",
-        "ConvNextBackbone",
-        CONVNEXT_TINY,
-        timm_name="convnext_tiny",
-        channels_last=True,
-    ),
-    Arch(
-        "convnextv2",
-        "convnextv2-tiny",
-        "ConvNextV2Config",
-        "ConvNextV2Backbone",
-        CONVNEXT_TINY,
-        timm_name="convnextv2_tiny",
-        channels_last=True,
-    ),
-    Arch(
+    _cnn("convnext", "convnext-tiny", "ConvNext", fields=CONVNEXT_TINY, timm_name="convnext_tiny"),
+    _cnn("convnextv2", "convnextv2-tiny", "ConvNextV2", fields=CONVNEXT_TINY, timm_name="convnextv2_tiny"),
+    _cnn(
         "dinov3-convnext",
         "dinov3-convnext-tiny",
-        "DINOv3ConvNextConfig",
-        "DINOv3ConvNextBackbone",
-        CONVNEXT_TINY,
+        "DINOv3ConvNext",
+        fields=CONVNEXT_TINY,
         timm_name="convnext_tiny",
-        channels_last=True,
         note="timm's convnext_tiny is the same network (timm's convnext_tiny.dinov3_lvd1689m weights load into it)",
     ),
-    Arch(
+    _arch(
         "pvt-v2",
         "pvt_v2_b2 (spatial-reduction attention, 224)",
-        "PvtV2Config",
-        "PvtV2Backbone",
-        {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 6, 3], "out_indices": [0, 1, 2, 3]},
+        "PvtV2",
+        [0, 1, 2, 3],
+        fields={"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 6, 3]},
         timm_name="pvt_v2_b2",
-        timm_kwargs={"out_indices": [0, 1, 2, 3]},
+        timm_out_indices=[0, 1, 2, 3],
         note="PVTv2 has no stem: its four stages are out_indices 0 to 3",
     ),
-    Arch(
+    _arch(
         "focalnet",
         "focalnet-tiny (srf)",
-        "FocalNetConfig",
-        "FocalNetBackbone",
-        {
+        "FocalNet",
+        fields={
             "depths": [2, 2, 6, 2],
             "hidden_sizes": [192, 384, 768, 768],
             "focal_levels": [2, 2, 2, 2],
             "focal_windows": [3, 3, 3, 3],
-            "out_indices": FOUR_STAGES,
         },
         timm_name="focalnet_tiny_srf",
     ),
-    Arch(
+    _vit(
         "beit",
         "beit-base (relative position bias)",
-        "BeitConfig",
-        "BeitBackbone",
-        {"use_relative_position_bias": True, "out_indices": VIT_LAYERS},
-        timm_name="beit_base_patch16_224",
-        timm_kwargs={"out_indices": TIMM_VIT_LAYERS},
+        "Beit",
+        {"use_relative_position_bias": True},
+        "beit_base_patch16_224",
+        timm_img_size=None,  # built at 224 already
     ),
-    Arch(
-        "dinov2",
-        "dinov2-small (patch 14, 224)",
-        "Dinov2Config",
-        "Dinov2Backbone",
-        {"hidden_size": 384, "num_attention_heads": 6, "out_indices": VIT_LAYERS},
-        timm_name="vit_small_patch14_dinov2",
-        timm_kwargs={"img_size": 224, "out_indices": TIMM_VIT_LAYERS},
-    ),
-    Arch(
+    _vit("dinov2", "dinov2-small (patch 14, 224)", "Dinov2", DINOV2_SMALL, "vit_small_patch14_dinov2"),
+    _vit(
         "dinov3-vit",
         "dinov3-vits16 (4 registers, rotary positions, 224)",
-        "DINOv3ViTConfig",
-        "DINOv3ViTBackbone",
-        {"num_register_tokens": 4, "out_indices": VIT_LAYERS},
-        timm_name="vit_small_patch16_dinov3_qkvb",
-        timm_kwargs={"img_size": 224, "out_indices": TIMM_VIT_LAYERS},
+        "DINOv3ViT",
+        {"num_register_tokens": 4},
+        "vit_small_patch16_dinov3_qkvb",
         note="timm's vit_small_patch16_dinov3_qkvb is the same network (with a zero key bias) built at img_size=224",
     ),
-    Arch(
+    _vit(
         "dinov2-with-registers",
         "dinov2-with-registers-small (patch 14, 4 registers, 224)",
-        "Dinov2WithRegistersConfig",
-        "Dinov2WithRegistersBackbone",
-        {"hidden_size": 384, "num_attention_heads": 6, "patch_size": 14, "out_indices": VIT_LAYERS},
-        timm_name="vit_small_patch14_reg4_dinov2",
-        timm_kwargs={"img_size": 224, "out_indices": TIMM_VIT_LAYERS},
+        "Dinov2WithRegisters",
+        {**DINOV2_SMALL, "patch_size": 14},
+        "vit_small_patch14_reg4_dinov2",
     ),
-    Arch(
+    _arch(
         "vitdet",
         "vitdet-base (window 14, rel-pos, global at 3/6/9/12)",
-        "VitDetConfig",
-        "VitDetBackbone",
-        {
+        "VitDet",
+        [12],
+        fields={
             "window_size": 14,
             "window_block_indices": [0, 1, 3, 4, 6, 7, 9, 10],
             "use_relative_position_embeddings": True,
-            "out_indices": [12],
         },
         timm_name="samvit_base_patch16_224",
         timm_kwargs={"neck_chans": 0},
         timm_features_only=False,
         note="timm has no ViTDet; samvit_base_patch16_224 (windowed + global attention, rel-pos, no neck) is the same block design",
     ),
-    Arch(
+    _arch(
         "lw-detr-vit",
         "lw-detr ViT (192 wide, 10 layers, 2x2 windows at 224, global at layers 3/5/6/9)",
-        "LwDetrViTConfig",
-        "LwDetrViTBackbone",
-        {
+        "LwDetrViT",
+        [2, 4, 5, 9],
+        fields={
             "image_size": 224,
             "hidden_size": 192,
             "num_hidden_layers": 10,
             "num_windows": 4,
             "window_block_indices": [0, 1, 3, 6, 7, 9],
-            "out_indices": [2, 4, 5, 9],
         },
         note="timm has no LW-DETR ViT; 2x2 windows, since a 224x224 input gives a 14x14 patch grid, which LW-DETR's 4x4 windows do not split",
     ),
-    Arch(
+    _arch(
         "rf-detr-dinov2",
         "rf-detr-base backbone (ViT-S/14, positions for 518, 4x4 windows, global at 2/5/8/11, 224)",
-        "RfDetrDinov2Config",
-        "RfDetrDinov2Backbone",
-        {"hidden_size": 384, "num_attention_heads": 6, "image_size": 518, "out_indices": [2, 5, 8, 11]},
+        "RfDetrDinov2",
+        [2, 5, 8, 11],
+        fields={**DINOV2_SMALL, "image_size": 518},
         note="timm has no RF-DETR windowed DINOv2: transformers' RfDetrDinov2Backbone only",
     ),
-    Arch(
+    _arch(
         "hiera",
         "hiera-base (224, mask-unit attention)",
-        "HieraConfig",
-        "HieraBackbone",
-        {"out_indices": FOUR_STAGES},
+        "Hiera",
         timm_name="hiera_base_224",
-        timm_kwargs={"out_indices": [0, 1, 2, 3]},
+        timm_out_indices=[0, 1, 2, 3],
         note="timm's hiera_base_224 is the same network",
     ),
     Arch(
@@ -321,78 +284,56 @@ ARCHS: list[Arch] = [
         {"image_size": [224, 224], "out_indices": [12]},
         note="timm has no ViTPose backbone: transformers' VitPoseBackbone only",
     ),
-    Arch(
+    _arch(
         "pixio",
         "pixio at ViT-B width (768, 12 layers, 224)",
-        "PixioConfig",
-        "PixioBackbone",
-        {
-            "hidden_size": 768,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "image_size": 224,
-            "out_indices": VIT_LAYERS,
-        },
+        "Pixio",
+        VIT_LAYERS,
+        fields={"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "image_size": 224},
         note="Pixio's released sizes start at ViT-H; measured at ViT-B width to fit the suite's budget; timm has none",
     ),
-    Arch(
+    _arch(
         "tipsv2",
         "tipsv2-b/14 vision encoder (224)",
-        "Tipsv2VisionConfig",
-        "Tipsv2VisionBackbone",
-        {"image_size": 224, "out_indices": VIT_LAYERS},
+        "Tipsv2Vision",
+        VIT_LAYERS,
+        fields={"image_size": 224},
         note="timm has no TIPSv2: transformers' Tipsv2VisionBackbone only",
     ),
-    Arch(
+    _arch(
         "sapiens2",
         "sapiens2 at ViT-B width (768, 12 layers, 8 registers, 224)",
-        "Sapiens2Config",
-        "Sapiens2Backbone",
-        {
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "out_indices": VIT_LAYERS,
-        },
+        "Sapiens2",
+        VIT_LAYERS,
+        fields={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
         note="Sapiens2's smallest release is 0.4 B; measured at ViT-B width to fit the suite's budget; timm has none",
     ),
-    Arch(
+    _cnn(
         "pp-lcnet",
         "pp-lcnet x1.0",
-        "PPLCNetConfig",
-        "PPLCNetBackbone",
-        {"out_indices": [2, 3, 4, 5]},
+        "PPLCNet",
+        [2, 3, 4, 5],
         timm_name="lcnet_100",
-        timm_kwargs={"out_indices": [1, 2, 3, 4]},
-        channels_last=True,
+        timm_out_indices=[1, 2, 3, 4],
         note="timm's lcnet_100 is the same network",
     ),
-    Arch(
+    _cnn(
         "pp-lcnet-v3",
         "pp-lcnetv3 (default config, unfolded)",
-        "PPLCNetV3Config",
-        "PPLCNetV3Backbone",
-        {"out_indices": [2, 3, 4, 5]},
-        channels_last=True,
+        "PPLCNetV3",
+        [2, 3, 4, 5],
         note="timm has no PP-LCNetV3; the reparam section measures the folded model",
     ),
-    Arch(
+    _cnn(
         "pp-lcnet-v4",
         "pp-lcnetv4 (default config)",
-        "PPLCNetV4Config",
-        "PPLCNetV4Backbone",
-        {"out_indices": FOUR_STAGES},
-        channels_last=True,
+        "PPLCNetV4",
         note="timm has no PP-LCNetV4: transformers' PPLCNetV4Backbone only",
     ),
-    Arch(
+    _cnn(
         "textnet",
         "textnet-base (default config, unfolded, 224)",
-        "TextNetConfig",
-        "TextNetBackbone",
-        {"out_indices": FOUR_STAGES},
-        channels_last=True,
+        "TextNet",
         note="timm has no TextNet; the reparam section measures the folded model",
     ),
     Arch(

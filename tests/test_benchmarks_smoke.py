@@ -164,3 +164,41 @@ def test_reparam_section_measures_and_renders() -> None:
     entry = {**row, "unfolded": [0.030], "folded": [0.020]}
     markdown = render_markdown({**_results(), "reparam": [entry]})
     assert "| resnet-tiny | 8 | 30.0 | 20.0 | 1.50x |" in markdown
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's (Linux); elsewhere the allocator is left as is")
+def test_allocator_is_pinned_in_a_process_of_its_own() -> None:
+    import platform
+    import subprocess
+
+    # In a child: pinning changes the allocator for the rest of the process, which the tests must not share.
+    code = "from benchmarks.run import pin_allocator; print(pin_allocator())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    if platform.libc_ver()[0] == "glibc":
+        assert done.stdout.strip() == "glibc, pinned: M_MMAP_THRESHOLD=32 MiB, M_TRIM_THRESHOLD=1 GiB"
+    else:
+        assert done.stdout.strip().startswith("platform default")  # e.g. musl: mallopt refuses
+    results = _results()
+    results["meta"]["allocator"] = done.stdout.strip()
+    assert f"- **Allocator**: {done.stdout.strip()} for the run." in render_markdown(results)
+    results["meta"]["updates"] = [
+        {"command": "run.py --only x", "date": "d", "sections": ["forward"], "allocator": "A"}
+    ]
+    markdown = render_markdown(results)
+    assert "re-measured by `run.py --only x` on d (allocator: A)." in markdown
+    assert "for the run (each re-measurement above says its own)." in markdown
+
+
+def test_forward_scale_multiplies_repetitions_and_budgets_only() -> None:
+    from benchmarks.run import _settings
+
+    plain, scaled = _settings(quick=False), _settings(quick=False, forward_scale=3)
+    assert scaled["bs1"] == {
+        "repetitions": 3 * plain["bs1"]["repetitions"],
+        "warmup": plain["bs1"]["warmup"],
+        "budget_s": 3 * plain["bs1"]["budget_s"],
+        "max_repetitions": 3 * plain["bs1"]["max_repetitions"],
+    }
+    assert scaled["bs8"]["repetitions"] == 3 * plain["bs8"]["repetitions"]
+    assert {key: scaled[key] for key in ("import_reps", "load_reps")} == {"import_reps": 5, "load_reps": 2}
+    assert _settings(quick=True, forward_scale=2)["bs8"]["budget_s"] is None  # no budget stays no budget

@@ -8,6 +8,7 @@ here.
 
 from __future__ import annotations
 
+import doctest
 import html
 import inspect
 import os
@@ -100,6 +101,15 @@ def test_site_has_every_page_and_the_api_reference(site: Path) -> None:
     for name in ["testing.BackboneConformance", "activations", "validation", "hookspecs"]:
         assert f'id="backbones.{name}' in api, name
     assert not (site / "_hooks.py").exists()
+
+
+def test_backbone_constructor_example_runs() -> None:
+    """The example on :class:`backbones.Backbone`, the one place the constructor is documented for every
+    plugin's class, runs as written and prints what it shows."""
+    (test,) = doctest.DocTestFinder(recurse=False).find(backbones.Backbone, "backbones.Backbone", globs={})
+    runner = doctest.DocTestRunner(verbose=False, optionflags=doctest.NORMALIZE_WHITESPACE)
+    runner.run(test, out=lambda text: pytest.fail(text))
+    assert runner.summarize(verbose=False) == doctest.TestResults(failed=0, attempted=9)
 
 
 # -- hooks: documented with their signature, and exercised by a test ------------------------------------------

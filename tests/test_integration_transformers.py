@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +30,107 @@ TINY_CONVNEXT = {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1]}
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "layer_type": "basic"}
 FOUR = [1, 2, 3, 4]
 
+# Tiny heads: the fields of each head's config beside its backbone_config.
+UPERNET = {"hidden_size": 16, "auxiliary_channels": 8, "pool_scales": [1, 2], "num_labels": 3}
+MASK2FORMER = {
+    "feature_size": 32,  # the pixel decoder's GroupNorm has 32 groups
+    "mask_feature_size": 32,
+    "hidden_dim": 32,
+    "encoder_feedforward_dim": 32,
+    "dim_feedforward": 32,
+    "num_queries": 4,
+    "encoder_layers": 1,
+    "decoder_layers": 2,
+    "num_attention_heads": 2,
+    "num_labels": 3,
+    "train_num_points": 64,
+}
+DETR = {
+    "use_timm_backbone": False,
+    "d_model": 16,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_ffn_dim": 32,
+    "decoder_ffn_dim": 32,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "num_queries": 5,
+    "num_labels": 3,
+}
 
-def _upernet(model_type: str, fields: dict[str, Any]) -> transformers.UperNetForSemanticSegmentation:
-    config = transformers.UperNetConfig(
-        backbone_config=backbone_config(model_type, **fields, out_indices=FOUR),
-        hidden_size=16,
-        auxiliary_channels=8,
-        pool_scales=[1, 2],
-        num_labels=3,
-    )
-    return transformers.UperNetForSemanticSegmentation(config)
+
+def _segmentation_inputs() -> dict[str, Any]:
+    return {"pixel_values": torch.randn(2, 3, 64, 64), "labels": torch.randint(0, 3, (2, 64, 64))}
+
+
+def _mask_inputs() -> dict[str, Any]:
+    masks = [torch.zeros(2, 64, 64), torch.zeros(1, 64, 64)]
+    masks[0][0, :32], masks[0][1, 32:], masks[1][0, :, :20] = 1, 1, 1
+    return {
+        "pixel_values": torch.randn(2, 3, 64, 64),
+        "mask_labels": masks,
+        "class_labels": [torch.tensor([0, 2]), torch.tensor([1])],
+    }
+
+
+def _detection_inputs() -> dict[str, Any]:
+    labels = [
+        {"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1]])},
+        {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.4, 0.4, 0.5, 0.5]])},
+    ]
+    return {"pixel_values": torch.randn(2, 3, 64, 64), "labels": labels}
+
+
+@dataclass(frozen=True)
+class Head:
+    """A transformers head on one of our backbones, with a batch to train it on.
+
+    Attributes:
+        model_class: The head's transformers class name; its config class is ``config_class``.
+        fields: The head config's fields beside ``backbone_config``.
+        model_type: Our backbone, with the fields ``backbone_fields`` and stages 1 to 4 selected.
+        inputs: A batch with labels, so that the head computes a loss.
+        output: The output compared after a save / load round trip.
+        backbone_trains: Whether the backbone gets gradients (DETR freezes a ResNet).
+    """
+
+    model_class: str
+    config_class: str
+    fields: dict[str, Any]
+    model_type: str
+    backbone_fields: dict[str, Any]
+    inputs: Callable[[], dict[str, Any]]
+    output: str = "logits"
+    backbone_trains: bool = True
+
+    def build(self) -> Any:
+        config = getattr(transformers, self.config_class)(
+            backbone_config=backbone_config(self.model_type, **self.backbone_fields, out_indices=FOUR), **self.fields
+        )
+        return getattr(transformers, self.model_class)(config)
+
+
+SEGMENTATION = ("UperNetForSemanticSegmentation", "UperNetConfig", UPERNET)
+HEADS = {
+    "upernet-swin": Head(*SEGMENTATION, "swin", TINY_SWIN, _segmentation_inputs),
+    "upernet-dinat": Head(*SEGMENTATION, "dinat", TINY_DINAT, _segmentation_inputs),
+    "upernet-convnext": Head(*SEGMENTATION, "convnext", TINY_CONVNEXT, _segmentation_inputs),
+    "mask2former-swin": Head(
+        "Mask2FormerForUniversalSegmentation",
+        "Mask2FormerConfig",
+        MASK2FORMER,
+        "swin",
+        TINY_SWIN,
+        _mask_inputs,
+        output="masks_queries_logits",
+    ),
+    # DETR freezes a backbone whose model_type contains "resnet" except names with "stage.1", "stage.2" or
+    # "stage.3"; ResNet's parameters are named "stages.N", so that freezes all of them, for transformers' own
+    # ResNet too (backbones_resnet gets the same treatment): the backbone does not train here.
+    "detr-resnet": Head(
+        "DetrForObjectDetection", "DetrConfig", DETR, "resnet", TINY_RESNET, _detection_inputs, backbone_trains=False
+    ),
+}
 
 
 def _train_step_then_round_trip(
@@ -76,31 +169,22 @@ def _backbone_path(model: Any) -> str:
     raise AssertionError("no bridged backbone in the head")
 
 
-@pytest.mark.parametrize(
-    ("model_type", "fields"),
-    [("swin", TINY_SWIN), ("dinat", TINY_DINAT), ("convnext", TINY_CONVNEXT)],
-    ids=["swin", "dinat", "convnext"],
-)
-def test_upernet_trains_and_round_trips(model_type: str, fields: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("head", HEADS.values(), ids=HEADS.keys())
+def test_head_trains_and_round_trips(head: Head, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = _upernet(model_type, fields)
-    assert model.config.backbone_config.model_type == f"backbones_{model_type}"
-    inputs = {"pixel_values": torch.randn(2, 3, 64, 64), "labels": torch.randint(0, 3, (2, 64, 64))}
-    _train_step_then_round_trip(model, inputs, tmp_path, "logits")
+    model = head.build()
+    assert model.config.backbone_config.model_type == f"backbones_{head.model_type}"
+    _train_step_then_round_trip(model, head.inputs(), tmp_path, head.output, backbone_trains=head.backbone_trains)
 
 
 def test_upernet_on_our_swin_equals_transformers_swin_upernet(tmp_path: Path) -> None:
     """The same weights in transformers' own Swin-backed UperNet and in ours give the same logits (<= 1e-4)."""
     torch.manual_seed(0)
     reference_config = transformers.UperNetConfig(
-        backbone_config=transformers.SwinConfig(**TINY_SWIN, out_indices=FOUR),
-        hidden_size=16,
-        auxiliary_channels=8,
-        pool_scales=[1, 2],
-        num_labels=3,
+        backbone_config=transformers.SwinConfig(**TINY_SWIN, out_indices=FOUR), **UPERNET
     )
     reference = randomize_weights_(transformers.UperNetForSemanticSegmentation(reference_config)).eval()
-    ours = _upernet("swin", TINY_SWIN).eval()
+    ours = HEADS["upernet-swin"].build().eval()
     # transformers 5.23's Swin names its attention projections otherwise than the checkpoints our loader reads;
     # our loader maps them: load the reference backbone's weights through it, and the head's as they are.
     reference.backbone.save_pretrained(tmp_path)
@@ -114,60 +198,6 @@ def test_upernet_on_our_swin_equals_transformers_swin_upernet(tmp_path: Path) ->
         expected = reference(pixel_values=pixel_values).logits
         got = ours(pixel_values=pixel_values).logits
     assert (got - expected).abs().max() / max(1.0, expected.abs().max()) <= 1e-4
-
-
-def test_mask2former_on_swin(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    config = transformers.Mask2FormerConfig(
-        backbone_config=backbone_config("swin", **TINY_SWIN, out_indices=FOUR),
-        feature_size=32,  # the pixel decoder's GroupNorm has 32 groups
-        mask_feature_size=32,
-        hidden_dim=32,
-        encoder_feedforward_dim=32,
-        dim_feedforward=32,
-        num_queries=4,
-        encoder_layers=1,
-        decoder_layers=2,
-        num_attention_heads=2,
-        num_labels=3,
-        train_num_points=64,
-    )
-    model = transformers.Mask2FormerForUniversalSegmentation(config)
-    masks = [torch.zeros(2, 64, 64), torch.zeros(1, 64, 64)]
-    masks[0][0, :32], masks[0][1, 32:], masks[1][0, :, :20] = 1, 1, 1
-    inputs = {
-        "pixel_values": torch.randn(2, 3, 64, 64),
-        "mask_labels": masks,
-        "class_labels": [torch.tensor([0, 2]), torch.tensor([1])],
-    }
-    _train_step_then_round_trip(model, inputs, tmp_path, "masks_queries_logits")
-
-
-def test_detr_on_resnet(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    config = transformers.DetrConfig(
-        use_timm_backbone=False,
-        backbone_config=backbone_config("resnet", **TINY_RESNET, out_indices=FOUR),
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        num_queries=5,
-        num_labels=3,
-    )
-    model = transformers.DetrForObjectDetection(config)
-    # DETR freezes a backbone whose model_type contains "resnet" except names with "stage.1", "stage.2" or
-    # "stage.3"; ResNet's parameters are named "stages.N", so that freezes all of them, for transformers' own
-    # ResNet too (backbones_resnet gets the same treatment): the backbone does not train here.
-    labels = [
-        {"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1]])},
-        {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.4, 0.4, 0.5, 0.5]])},
-    ]
-    inputs = {"pixel_values": torch.randn(2, 3, 64, 64), "labels": labels}
-    _train_step_then_round_trip(model, inputs, tmp_path, "logits", backbone_trains=False)
 
 
 def test_register_is_idempotent_and_covers_every_installed_type() -> None:

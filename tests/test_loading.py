@@ -20,7 +20,7 @@ from backbones import (
     LoadReport,
     WeightsMismatchError,
 )
-from backbones.testing import assert_close_maps, randomize_weights_
+from backbones.testing import assert_close_maps, assert_load_report, randomize_weights_
 from backbones_toynet.model import ToyNetBackbone, ToyNetConfig
 
 pytestmark = pytest.mark.usefixtures("registry")
@@ -71,17 +71,19 @@ def test_task_checkpoint_maps_prefix_and_reports(saved: tuple[Path, ToyNetBackbo
         return task
 
     _rewrite(directory, as_task_checkpoint)
-    loaded, report = AutoBackbone.from_pretrained(directory, output_loading_info=True)
-    assert isinstance(report, LoadReport)
-    assert report.prefix == "'toynet.' removed"
-    assert report.unused_keys == ["classifier.bias", "classifier.weight"]
-    assert report.missing_keys == [
-        "stages.2.1.bias",
-        "stages.2.1.num_batches_tracked",
-        "stages.2.1.running_mean",
-        "stages.2.1.running_var",
-        "stages.2.1.weight",
-    ]
+    loaded, report = assert_load_report(
+        directory,
+        prefix="'toynet.' removed",
+        missing_keys=[
+            "stages.2.1.bias",
+            "stages.2.1.num_batches_tracked",
+            "stages.2.1.running_mean",
+            "stages.2.1.running_var",
+            "stages.2.1.weight",
+        ],
+        unused_keys=["classifier.bias", "classifier.weight"],
+    )
+    assert isinstance(report, LoadReport) and isinstance(loaded, ToyNetBackbone)
     norm = loaded.stages[2][1]
     # Missing keys are initialised as the architecture does (BatchNorm: weight 1, bias 0, fresh stats).
     assert torch.equal(norm.weight, torch.ones(8)) and torch.equal(norm.bias, torch.zeros(8))
@@ -93,6 +95,18 @@ def test_task_checkpoint_maps_prefix_and_reports(saved: tuple[Path, ToyNetBackbo
         WeightsMismatchError, match=r"(?s)strict loading of .* failed:\n.*unused checkpoint keys: classifier.bias"
     ):
         AutoBackbone.from_pretrained(directory, strict=True)
+
+
+def test_assert_load_report_expects_what_is_not_given_to_be_empty(saved: tuple[Path, ToyNetBackbone]) -> None:
+    directory, _ = saved
+    loaded, report = assert_load_report(directory, out_indices=[-1])  # clean and unmapped; options pass through
+    assert report.clean and report.prefix == "" and loaded.out_features == ["stage3"]
+    with pytest.raises(
+        AssertionError,
+        match=r"^\(prefix, missing_keys, unused_keys\) \('', \[\], \[\]\) != expected \('', \['stages.0.weight'\], \[\]\); "
+        r"report:\ncheckpoint ",
+    ):
+        assert_load_report(directory, missing_keys=["stages.0.weight"])
 
 
 def test_checkpoint_prefix_selects_a_nested_backbone(saved: tuple[Path, ToyNetBackbone]) -> None:

@@ -49,6 +49,17 @@ class FakeSite:
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
         (info / "entry_points.txt").write_text(f"[backbones]\n{entry_name or module} = {module}\n")
 
+    def install_manifest(self, dist: str, package: str, manifest: str, version: str = "0.1") -> None:
+        """A manifest plugin: a package whose ``__init__`` fails if anything imports it, and its backbones.toml."""
+        folder = self.root / package
+        folder.mkdir()
+        (folder / "__init__.py").write_text(f"raise RuntimeError('{package} was imported')\n")
+        (folder / "backbones.toml").write_text(textwrap.dedent(manifest))
+        info = self.root / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[backbones]\n{package} = {package}\n")
+
 
 def _fake_failures(registry: Registry) -> list:
     """Failures of this test's made-up distributions (real plugins installed beside them are not ours)."""
@@ -318,35 +329,41 @@ def test_older_minor_version_fits(site: FakeSite, monkeypatch: pytest.MonkeyPatc
 
 
 def test_every_published_plugin_declares_the_api_of_what_it_uses() -> None:
-    """Each plugin declares a version this core fits, and 1.1 when it declares an image processor (1.1's field)."""
+    """Every published plugin but the timm wrapper (which implements a second hook) is a 1.2 manifest; the
+    wrapper's module declares a version this core fits."""
     from importlib import metadata
 
-    modules = {ep.dist.metadata["Name"]: ep.load() for ep in metadata.entry_points(group="backbones") if ep.dist}
-    ours = {name: module for name, module in modules.items() if name in set(KNOWN_DISTRIBUTIONS.values())}
+    from backbones._manifest import find_manifest, read_manifest
+
+    points = {ep.dist.metadata["Name"]: ep for ep in metadata.entry_points(group="backbones") if ep.dist}
+    ours = {name: point for name, point in points.items() if name in set(KNOWN_DISTRIBUTIONS.values())}
     assert set(ours) == set(KNOWN_DISTRIBUTIONS.values())
+    manifests = {name: find_manifest(point.module) for name, point in ours.items()}
+    assert [name for name, path in manifests.items() if path is None] == ["backbones-timm"]
+    for name, path in manifests.items():
+        if path is not None:
+            assert read_manifest(path).plugin_api == "1.2", name
+    assert ours["backbones-timm"].load().BACKBONES_PLUGIN_API == "1.1"
     registry = get_registry()
     declaring = {entry.distribution for entry in registry.registrations() if entry.image_processor_types}
     assert declaring >= {"backbones-swin", "backbones-convnext", "backbones-dinov2", "backbones-beit"}
-    for name, module in ours.items():
-        assert module.BACKBONES_PLUGIN_API in ("1.0", "1.1"), name
-        if name in declaring:
-            assert module.BACKBONES_PLUGIN_API == "1.1", name
     assert [failure.distribution for failure in registry.failures if failure.distribution in ours] == []
 
 
-def test_core_implements_1_1_and_keeps_loading_1_0_plugins(site: FakeSite) -> None:
+def test_core_implements_1_2_and_keeps_loading_1_0_and_1_1_plugins(site: FakeSite) -> None:
     import backbones
 
-    assert backbones.PLUGIN_API_VERSION == "1.1"
+    assert backbones.PLUGIN_API_VERSION == "1.2"
     site.install("backbones-fake-ten", "fake_ten", GOOD_HOOK.format(model_type="fake-ten"), api="1.0")
     site.install("backbones-fake-eleven", "fake_eleven", GOOD_HOOK.format(model_type="fake-eleven"), api="1.1")
     site.install("backbones-fake-twelve", "fake_twelve", GOOD_HOOK.format(model_type="fake-twelve"), api="1.2")
+    site.install("backbones-fake-thirteen", "fake_thirteen", GOOD_HOOK.format(model_type="fake-13"), api="1.3")
     registry = get_registry()
-    assert {"fake-ten", "fake-eleven"} <= set(registry.model_types())
+    assert {"fake-ten", "fake-eleven", "fake-twelve"} <= set(registry.model_types())
     assert registry.get("fake-ten").image_processor is None and registry.get("fake-ten").image_processor_types == ()
     (failure,) = _fake_failures(registry)
-    assert failure.distribution == "backbones-fake-twelve"
-    assert "built for plugin API 1.2, but this backbones-core implements 1.1 and fits plugins built for " in str(
+    assert failure.distribution == "backbones-fake-thirteen"
+    assert "built for plugin API 1.3, but this backbones-core implements 1.2 and fits plugins built for " in str(
         failure.error
     )
 
@@ -360,7 +377,7 @@ def test_list_command_reports_an_incompatible_plugin(site: FakeSite, capsys: pyt
     assert "fake-future" not in out.split("plugins that failed to load:")[0]
     assert (
         "fake_future (backbones-fake-future 0.1): PluginError: plugin 'fake_future' (backbones-fake-future) was built "
-        "for plugin API 9.0, but this backbones-core implements 1.1" in out
+        "for plugin API 9.0, but this backbones-core implements 1.2" in out
     )
 
 
@@ -569,3 +586,121 @@ def test_runtime_registration_declares_processors(site: FakeSite) -> None:
         {"image_processor_type": "MineImageProcessor", "do_reverse_channels": False}
     )
     assert type(processor) is ToyNetImageProcessor and processor.do_reverse_channels is False
+
+
+# -- manifests (plugin API 1.2) ---------------------------------------------------------------------------------
+
+MANIFEST = """
+plugin_api = "1.2"
+
+[[backbone]]
+model_type = "fake-manifest"
+config = "backbones_toynet.model:ToyNetConfig"
+model = "backbones_toynet.model:ToyNetBackbone"
+aliases = ["fake-manifest-alias"]
+description = "from a manifest"
+image_processor = "FakeManifestProcessor"
+image_processor_types = ["ViTImageProcessor"]
+image_processor_classes = { FakeManifestProcessor = "backbones_toynet.processing:ToyNetImageProcessor" }
+
+[[backbone]]
+model_type = "fake-manifest-two"
+config = "backbones_toynet.model:ToyNetConfig"
+model = "backbones_toynet.model:ToyNetBackbone"
+"""
+
+
+def test_a_manifest_registers_without_importing_its_package(site: FakeSite) -> None:
+    site.install_manifest("backbones-fake-manifest", "fake_manifest", MANIFEST, version="3.1")
+    registry = get_registry()
+    assert _fake_failures(registry) == []
+    assert "fake_manifest" not in sys.modules
+    entry = registry.get("fake-manifest-alias")
+    assert (entry.model_type, entry.distribution, entry.version, entry.description) == (
+        "fake-manifest",
+        "backbones-fake-manifest",
+        "3.1",
+        "from a manifest",
+    )
+    assert (entry.config, entry.model) == (
+        "backbones_toynet.model:ToyNetConfig",
+        "backbones_toynet.model:ToyNetBackbone",
+    )
+    assert entry.aliases == ("fake-manifest-alias",)
+    assert entry.image_processor_types == ("FakeManifestProcessor", "ViTImageProcessor")
+    processor = registry.image_processor("FakeManifestProcessor")
+    assert processor is not None and processor.target == "backbones_toynet.processing:ToyNetImageProcessor"
+    assert registry.get("fake-manifest-two").image_processor is None
+
+
+def test_a_manifest_plugin_is_listed_without_torch(site: FakeSite) -> None:
+    site.install_manifest("backbones-fake-manifest", "fake_manifest", MANIFEST)
+    code = f"import sys\nsys.path.insert(0, {str(site.root)!r})\nfrom backbones._cli import main\nmain(['list'])"
+    loaded = modules_loaded_by(code)
+    assert "torch" not in loaded and "fake_manifest" not in loaded
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (
+            MANIFEST.replace('description = "from a manifest"', 'descripton = "typo"'),
+            r"\[\[backbone\]\] number 1 of plugin manifest .*backbones.toml has unknown key\(s\) descripton; the valid "
+            r"keys are model_type, config, model, aliases, description, image_processor, image_processor_types, "
+            r"image_processor_classes$",
+        ),
+        (
+            MANIFEST.rstrip().rsplit("\n", 1)[0],  # without the second table's last line, its model
+            r"number 2 of plugin manifest .* lacks model; each table needs model_type, config, model$",
+        ),
+        (
+            MANIFEST.replace('plugin_api = "1.2"', ""),
+            r"must set plugin_api = \"major.minor\", the plugin API it was built for \(got None\)$",
+        ),
+        (
+            MANIFEST.replace('plugin_api = "1.2"', 'plugin_api = "1.1"'),
+            r"declares plugin_api = '1.1' in its manifest .*, but manifests came with plugin API 1.2; declare \"1.2\"",
+        ),
+        (
+            MANIFEST.replace('plugin_api = "1.2"', 'plugin_api = "1.9"'),
+            r"built for plugin API 1.9, but this backbones-core implements 1.2 .*upgrade backbones-core",
+        ),
+        (
+            'plugin_api = "1.2"\nbackbone = 3\n',
+            r"must hold one \[\[backbone\]\] table per model type \(keys: model_type,",
+        ),
+        ('plugin_api = "1.2"\nextra = 1\n', r"has unknown key\(s\) extra; the valid keys are plugin_api, backbone$"),
+        ("plugin_api = 1.2.3\n", r"cannot be read: TOMLDecodeError: "),
+        (
+            MANIFEST.replace('config = "backbones_toynet.model:ToyNetConfig"', "config = 3", 1),
+            r"config of 'fake-manifest' must be a class or a 'module:attr' string, got int$",
+        ),
+        (
+            MANIFEST.replace('image_processor = "FakeManifestProcessor"', 'image_processor = "NoSuchProcessor"'),
+            r"NoSuchProcessor",
+        ),
+    ],
+    ids=[
+        "unknown-key",
+        "missing-key",
+        "no-api",
+        "api-1.1",
+        "api-too-new",
+        "no-tables",
+        "top-key",
+        "bad-toml",
+        "bad-class",
+        "unknown-processor",
+    ],
+)
+def test_a_bad_manifest_fails_its_plugin_only(site: FakeSite, manifest: str, message: str) -> None:
+    site.install_manifest("backbones-fake-manifest", "fake_manifest", manifest)
+    site.install("backbones-fake-ok", "fake_ok", GOOD_HOOK.format(model_type="fake-ok"))
+    registry = get_registry()
+    (failure,) = _fake_failures(registry)
+    assert (failure.name, failure.distribution) == ("fake_manifest", "backbones-fake-manifest")
+    assert isinstance(failure.error, PluginError)
+    assert re.search(message, str(failure.error)), str(failure.error)
+    assert "fake-ok" in registry.model_types()
+    assert not {"fake-manifest", "fake-manifest-two"} & set(registry.model_types()), "nothing half-registered"
+    assert "fake_manifest" not in sys.modules

@@ -23,6 +23,7 @@ import pytest
 import backbones
 from backbones import BackboneError
 from backbones._cli import main
+from backbones._manifest import read_manifest
 from backbones._scaffold import FAMILIES, new_plugin
 from backbones.testing import BackboneConformance
 
@@ -35,7 +36,7 @@ EXPECTED_FILES = [
     "src/backbones_foo_net/__init__.pyi",
     "src/backbones_foo_net/_config.py",
     "src/backbones_foo_net/_model.py",
-    "src/backbones_foo_net/_plugin.py",
+    "src/backbones_foo_net/backbones.toml",
     "src/backbones_foo_net/py.typed",
     "tests/test_foo_net.py",
     "tests/test_foo_net_parity.py",
@@ -62,12 +63,19 @@ def test_the_command_writes_a_complete_plugin(tmp_path: Path, family: str, capsy
     assert not [name for name, text in texts.items() if "${" in text], "a template placeholder was left unfilled"
     pyproject = texts["pyproject.toml"]
     assert 'name = "backbones-foo-net"' in pyproject
-    assert '[project.entry-points.backbones]\nfoo-net = "backbones_foo_net._plugin"' in pyproject
+    assert '[project.entry-points.backbones]\nfoo-net = "backbones_foo_net"' in pyproject
     assert '"backbones-core>=0.1,<0.2"' in pyproject and 'packages = ["src/backbones_foo_net"]' in pyproject
-    plugin = texts["src/backbones_foo_net/_plugin.py"]
-    assert f'BACKBONES_PLUGIN_API = "{backbones.PLUGIN_API_VERSION}"' in plugin
-    assert f'image_processor="{FAMILIES[family].processor}"' in plugin
-    assert '"foo-net",\n        config="backbones_foo_net._config:FooNetConfig"' in plugin
+    manifest = read_manifest(target / "src/backbones_foo_net/backbones.toml")
+    assert manifest.plugin_api == backbones.PLUGIN_API_VERSION
+    assert manifest.backbones == (
+        {
+            "model_type": "foo-net",
+            "config": "backbones_foo_net._config:FooNetConfig",
+            "model": "backbones_foo_net._model:FooNetBackbone",
+            "description": f"foo-net ({FAMILIES[family].description}; describe the paper here)",
+            "image_processor": FAMILIES[family].processor,
+        },
+    )
     assert 'model_type: ClassVar[str] = "foo-net"' in texts["src/backbones_foo_net/_config.py"]
     assert "class FooNetBackbone(Backbone):" in texts["src/backbones_foo_net/_model.py"]
     assert "class TestFooNetConformance(BackboneConformance):" in texts["tests/test_foo_net.py"]
@@ -96,7 +104,7 @@ def test_the_default_folder_and_the_metadata_of_this_repository(
     assert new_plugin("bar_v2") == [Path(name.replace("foo_net", "bar_v2")) for name in _order()]
     outside = (tmp_path / "backbones-bar-v2" / "pyproject.toml").read_text()
     assert 'Source = "https://example.org/backbones-bar-v2/source"' in outside
-    assert 'bar_v2 = "backbones_bar_v2._plugin"' in outside
+    assert 'bar_v2 = "backbones_bar_v2"' in outside
     # In plugins/<name> of a backbones checkout, the plugin gets this project's metadata.
     (tmp_path / "core").mkdir()
     (tmp_path / "core" / "pyproject.toml").write_text('[project]\nname = "backbones-core"\n')
@@ -115,7 +123,7 @@ def _order() -> list[str]:
         "README.md",
         "src/backbones_foo_net/__init__.py",
         "src/backbones_foo_net/__init__.pyi",
-        "src/backbones_foo_net/_plugin.py",
+        "src/backbones_foo_net/backbones.toml",
         "tests/test_foo_net.py",
         "tests/test_foo_net_parity.py",
         "src/backbones_foo_net/py.typed",

@@ -1,77 +1,19 @@
-"""out_features / out_indices: property tests against transformers' BackboneConfigMixin as the oracle."""
+"""out_features / out_indices: alignment examples and the message of each rejection.
+
+The property tests against transformers' ``BackboneConfigMixin`` (same accept/reject decision and aligned values
+on generated selections, tuples stored as lists, every rejection naming the valid stages) are in
+test_transformers_compat.py, beside the other checks against transformers.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from transformers.backbone_utils import BackboneConfigMixin
 
 from backbones import align_out_features_out_indices
 
 STAGES = ["stem", "stage1", "stage2", "stage3", "stage4"]
-
-
-class _Oracle(BackboneConfigMixin):
-    """transformers' mixin on a bare object: exactly its validation and alignment, nothing else."""
-
-    def __init__(self, stage_names: list[str]) -> None:
-        self.stage_names = stage_names
-
-
-def _oracle(out_features: Any, out_indices: Any, stage_names: list[str]) -> tuple[list[str], list[int]] | None:
-    oracle = _Oracle(stage_names)
-    try:
-        oracle.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
-    except (ValueError, IndexError):
-        # transformers 5.23 lets some out-of-range negative indices through its check and then fails
-        # with IndexError while aligning; both are rejections.
-        return None
-    return oracle.out_features, oracle.out_indices
-
-
-def _ours(out_features: Any, out_indices: Any, stage_names: list[str]) -> tuple[list[str], list[int]] | None:
-    try:
-        return align_out_features_out_indices(out_features, out_indices, stage_names)
-    except ValueError as error:
-        assert "valid stage names are" in str(error) or "stage_names is empty" in str(error), str(error)
-        return None
-
-
-@st.composite
-def _requests(draw: st.DrawFn) -> tuple[Any, Any, list[str]]:
-    count = draw(st.integers(min_value=1, max_value=6))
-    stage_names = ["stem"] + [f"stage{index}" for index in range(1, count)]
-    names = st.sampled_from([*stage_names, "stage9", "head"])
-    out_features = draw(st.none() | st.lists(names, max_size=5))
-    out_indices = draw(st.none() | st.lists(st.integers(min_value=-2 * count, max_value=2 * count), max_size=5))
-    return out_features, out_indices, stage_names
-
-
-@settings(max_examples=1500, deadline=None)
-@given(_requests())
-def test_accept_reject_and_alignment_match_transformers(request: tuple[Any, Any, list[str]]) -> None:
-    out_features, out_indices, stage_names = request
-    assert _ours(out_features, out_indices, stage_names) == _oracle(out_features, out_indices, stage_names)
-
-
-@settings(max_examples=300, deadline=None)
-@given(_requests())
-def test_out_indices_tuples_are_stored_as_lists_and_out_features_tuples_refused(
-    request: tuple[Any, Any, list[str]],
-) -> None:
-    out_features, out_indices, stage_names = request
-    if out_indices is not None:
-        result = _ours(out_features, tuple(out_indices), stage_names)
-        assert result == _ours(out_features, out_indices, stage_names)
-        if result is not None:
-            assert type(result[0]) is list and type(result[1]) is list
-    if out_features is not None:
-        # transformers: "out_features must be a list"; the message here also says what to pass.
-        with pytest.raises(ValueError, match=r"out_features must be a list of str, got tuple .*; pass out_features=\["):
-            align_out_features_out_indices(tuple(out_features), out_indices, stage_names)
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,7 @@ def _selections(draw: st.DrawFn) -> tuple[Any, Any, list[str]]:
     return out_features, out_indices, stage_names
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(_selections())
 def test_aligning_matches_transformers_set_output_features_output_indices(
     selection: tuple[Any, Any, list[str]],
@@ -99,6 +99,18 @@ def test_aligning_matches_transformers_set_output_features_output_indices(
         assert ours == theirs
     if ours != REJECTED:
         assert type(ours[0]) is list and type(ours[1]) is list
+    if isinstance(out_indices, tuple):  # stored as the list it would be given as
+        assert ours == _outcome(lambda: align_out_features_out_indices(out_features, list(out_indices), stage_names))
+    if ours == REJECTED:
+        # Every rejection names the valid stages (or says there is none to select); a tuple of features says what
+        # to pass instead.
+        message = (
+            r"out_features must be a list of str, got tuple .*; pass out_features=\["
+            if isinstance(out_features, tuple)
+            else r"valid stage names are|stage_names is empty"
+        )
+        with pytest.raises(ValueError, match=message):
+            align_out_features_out_indices(out_features, out_indices, stage_names)
 
 
 @settings(max_examples=400, deadline=None)

@@ -13,7 +13,7 @@ from .lazy import attach_stub
 
 __version__ = "0.1.0"
 
-PLUGIN_API_VERSION = "1.1"
+PLUGIN_API_VERSION = "1.2"
 """Version of the plugin API (hooks, base classes) that this core implements."""
 
 # The public classes and functions are declared once, in __init__.pyi, and imported on first access.

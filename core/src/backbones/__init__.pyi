@@ -14,6 +14,7 @@ from ._errors import ReparameterizedError as ReparameterizedError
 from ._errors import UnknownModelTypeError as UnknownModelTypeError
 from ._errors import WeightsMismatchError as WeightsMismatchError
 from ._forward_inputs import ForwardInput as ForwardInput
+from ._forward_inputs import ForwardRequest as ForwardRequest
 from ._head import load_backbone as load_backbone
 from ._image import AutoImageProcessor as AutoImageProcessor
 from ._image import ImageProcessor as ImageProcessor

@@ -5,8 +5,8 @@ A plugin implements three things:
 * ``__init__(config)``: build the modules (attribute names are the checkpoint's key names), set
   ``self.num_features`` (channels of every stage) and ``self.reductions`` (stride of every stage),
   then call ``self.post_init()``.
-* ``_forward_features(pixel_values, *, last_stage, output_hidden_states, output_attentions)``: run
-  stages ``0..last_stage`` and return ``(stage_maps, hidden_states, attentions)`` where
+* ``_forward_features(pixel_values, *, last_stage, output_hidden_states, output_attentions)`` (the
+  :class:`~backbones.ForwardRequest`): run stages ``0..last_stage`` and return ``(stage_maps, hidden_states, attentions)`` where
   ``stage_maps[i]`` is the feature map of stage ``i`` *if it is in* ``self.out_positions`` (others
   may be ``None``, so no work is spent on them).
 * ``_init_weights(module)``: initialise one module as the reference implementation does.
@@ -28,12 +28,14 @@ from torch import Tensor, nn
 
 from ._backbone_type import BackboneType
 from ._config import BackboneConfig
-from ._forward_inputs import ForwardInput
+from ._forward_inputs import ForwardInput, ForwardRequest
 from ._output import BackboneOutput
 from ._stages import positive_indices
 from .layers import CheckpointableLayer, convert_batch_norm_to_frozen
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from ._options import LoadOptions
 
 __all__ = ["Backbone", "WEIGHTS_NAME"]
@@ -58,6 +60,34 @@ torch.utils._pytree.register_pytree_node(
 
 class Backbone(nn.Module):
     """Base class of backbones: metadata known without a forward, transformers' forward contract.
+
+    Every backbone class is built from its config alone, ``XxxBackbone(XxxConfig(...))``, with weights
+    initialised as the reference implementation does; the config's ``out_indices`` (or ``out_features``)
+    selects the stages :meth:`forward` returns, and can be changed on the model afterwards.
+    :meth:`from_config` builds one after counting its parameters, :meth:`from_pretrained` (or
+    :meth:`backbones.AutoBackbone.from_pretrained`) loads a checkpoint into one.
+
+    Args:
+        config: The architecture and the output selection: an instance of the class's :attr:`config_class`
+            (another config is a ``TypeError``).
+
+    Examples:
+        A tiny ResNet (``pip install backbones-resnet``) returning its second and fourth stages; every plugin's
+        backbone class is used the same way:
+
+        >>> import torch
+        >>> from backbones_resnet import ResNetBackbone, ResNetConfig
+        >>> config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], out_indices=[2, 4])
+        >>> model = ResNetBackbone(config).eval()
+        >>> model.stage_names
+        ['stem', 'stage1', 'stage2', 'stage3', 'stage4']
+        >>> model.out_features, model.channels, model.out_reductions
+        (['stage2', 'stage4'], [16, 32], [8, 32])
+        >>> [tuple(fmap.shape) for fmap in model(torch.randn(1, 3, 64, 64)).feature_maps]
+        [(1, 16, 8, 8), (1, 32, 2, 2)]
+        >>> model.out_indices = [-1]
+        >>> model.out_features
+        ['stage4']
 
     Class attributes a plugin sets:
         config_class: Its :class:`BackboneConfig` subclass.
@@ -398,16 +428,9 @@ class Backbone(nn.Module):
                 break
         return pixel_values
 
-    def _forward_features(
-        self,
-        pixel_values: Tensor,
-        *,
-        last_stage: int,
-        output_hidden_states: bool,
-        output_attentions: bool,
-    ) -> tuple[Any, ...]:
-        """``(stage_maps, hidden_states, attentions)``, plus ``prefix_tokens`` when called with
-        ``output_prefix_tokens=True`` (see :meth:`forward`)."""
+    def _forward_features(self, pixel_values: Tensor, **request: Unpack[ForwardRequest]) -> tuple[Any, ...]:
+        """``(stage_maps, hidden_states, attentions)`` for the :class:`~backbones.ForwardRequest`, plus
+        ``prefix_tokens`` when called with ``output_prefix_tokens=True`` (see :meth:`forward`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement _forward_features")
 
     def forward_with_filtered_kwargs(self, *args: Any, **kwargs: Any) -> BackboneOutput | tuple[Any, ...]:

@@ -1,4 +1,5 @@
-"""`ForwardInput`: the declaration of a forward input a backbone takes beyond ``pixel_values``.
+"""`ForwardInput`: the declaration of a forward input a backbone takes beyond ``pixel_values``; and
+`ForwardRequest`: what :meth:`backbones.Backbone.forward` asks of a plugin's ``_forward_features``.
 
 Some architectures take more than images: ViTPose's mixture-of-experts MLP picks its expert per sample from
 a ``dataset_index``. A backbone declares such inputs in :attr:`backbones.Backbone.extra_forward_inputs`, so
@@ -10,14 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     import torch
 
     from ._config import BackboneConfig
 
-__all__ = ["ForwardInput"]
+__all__ = ["ForwardInput", "ForwardRequest"]
+
+
+class ForwardRequest(TypedDict):
+    """The keyword arguments :meth:`backbones.Backbone.forward` passes to a plugin's ``_forward_features``.
+
+    A plugin spells them as keyword-only parameters, ``_forward_features(self, pixel_values, *, last_stage,
+    output_hidden_states, output_attentions)``, or takes them whole, ``**request: Unpack[ForwardRequest]``, to
+    hand them on (as :class:`backbones.necks.FeaturePyramid` does to the backbone it wraps). A plugin with prefix
+    tokens also takes ``output_prefix_tokens: bool = False`` (passed only when requested).
+    """
+
+    last_stage: int
+    """Position of the deepest stage to compute: the deepest selected one, or the last kept stage when hidden
+    states or attentions are requested."""
+    output_hidden_states: bool
+    """Whether to return every computed stage's hidden state."""
+    output_attentions: bool
+    """Whether to return attention weights (only ever true for a backbone with ``has_attentions``)."""
 
 
 @dataclass(frozen=True)

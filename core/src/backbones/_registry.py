@@ -1,13 +1,16 @@
 """The plugin registry: entry points of the group ``backbones``, discovered once, on first use.
 
-Discovery imports each plugin module (not its model code), skips and records a plugin that fails, and
-calls each plugin's ``register_backbones`` hook separately so every registration and every failure is
+Discovery reads each plugin's manifest or imports its plugin module (never its model code), skips and
+records a plugin that fails, and runs each plugin's registrations separately so every registration and every failure is
 attributed to its distribution. A model type claimed by two distributions is recorded as a conflict
 and raises, naming both, only when that type is requested.
 
-Each plugin module declares the plugin-API version it was built for, ``BACKBONES_PLUGIN_API = "1.1"``.
-It is loaded only if that fits :data:`backbones.PLUGIN_API_VERSION`: the same major version and a minor
-version no newer than core's. Others are recorded as failures (``backbones list`` shows them).
+An entry point names either a package holding a manifest, ``backbones.toml`` (plugin API 1.2: the
+registrations as data, read without importing anything of the plugin; see :mod:`backbones._manifest`), or a
+module implementing hooks. A manifest declares the plugin-API version it was built for as ``plugin_api``, a
+module as ``BACKBONES_PLUGIN_API = "1.1"``. The plugin is loaded only if that fits
+:data:`backbones.PLUGIN_API_VERSION`: the same major version and a minor version no newer than core's.
+Others are recorded as failures (``backbones list`` shows them).
 
 Since plugin API 1.1 a registration also says how the model type's images are prepared: the processor
 its checkpoints use (a family core implements, or one the plugin implements itself, given lazily).
@@ -25,16 +28,21 @@ import logging
 import os
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
 
 import pluggy
 
 from . import PLUGIN_API_VERSION, hookspecs
 from ._errors import PluginError, UnknownModelTypeError
+from ._manifest import find_manifest, read_manifest
 from ._processor_families import FAMILY_NAMES, family_names_text
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; a dependency of torch, so installed
 
 __all__ = [
     "KNOWN_DISTRIBUTIONS",
@@ -42,6 +50,7 @@ __all__ = [
     "ProcessorRegistration",
     "Register",
     "Registration",
+    "RegistrationOptions",
     "get_registry",
     "register",
 ]
@@ -89,22 +98,34 @@ KNOWN_DISTRIBUTIONS: dict[str, str] = {
 }
 
 
+class RegistrationOptions(TypedDict, total=False):
+    """The optional keyword arguments of a registration, each as :func:`backbones.hookspecs.register_backbones`
+    describes it; the defaults (``()``, ``""``, ``None``, ``()``, ``None``) are filled in by the registry.
+
+    Declared once for the ``register`` callable a plugin's hook receives (:class:`Register`),
+    :meth:`Registry.register` and :func:`backbones.register`.
+    """
+
+    aliases: tuple[str, ...] | list[str]
+    description: str
+    image_processor: str | None
+    image_processor_types: Sequence[str]
+    image_processor_classes: Mapping[str, type | str] | None
+
+
 class Register(Protocol):
     """The callable a plugin's ``register_backbones`` hook receives."""
 
     def __call__(
-        self,
-        model_type: str,
-        *,
-        config: type | str,
-        model: type | str,
-        aliases: tuple[str, ...] | list[str] = (),
-        description: str = "",
-        image_processor: str | None = None,
-        image_processor_types: Sequence[str] = (),
-        image_processor_classes: Mapping[str, type | str] | None = None,
+        self, model_type: str, *, config: type | str, model: type | str, **options: Unpack[RegistrationOptions]
     ) -> None: ...
 
+
+# A plugin's registrations: called once with the `register` callable (its hooks, or its manifest's tables).
+_Declare = Callable[[Callable[..., None]], None]
+
+# Plugin manifests (backbones.toml, read without importing the plugin) came with plugin API 1.2.
+MANIFEST_API = (1, 2)
 
 # The registration arguments each plugin-API minor version added: a plugin that passes one declares that version.
 _ADDED_IN: dict[str, tuple[int, int]] = {
@@ -119,24 +140,35 @@ def _parse_api_version(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def check_plugin_api(module: Any, plugin_name: str, dist_name: str) -> None:
-    """Raise :class:`PluginError` unless ``module`` declares a plugin-API version this core implements.
+def check_plugin_api(
+    declared: object, plugin_name: str, dist_name: str, *, setting: str, place: str
+) -> tuple[int, int]:
+    """Raise :class:`PluginError` unless ``declared`` is a plugin-API version this core implements.
 
     A plugin built for ``M.m`` fits a core implementing ``M.n`` with ``m <= n``: minor versions only add.
+
+    Args:
+        declared: The version the plugin declares (None where it declares none).
+        plugin_name: The entry point's name.
+        dist_name: The plugin's distribution.
+        setting: The name it is declared under (``BACKBONES_PLUGIN_API`` in a module, ``plugin_api`` in a manifest).
+        place: Where it is declared, for the messages (``"its module 'backbones_foo._plugin'"``).
+
+    Returns:
+        The declared ``(major, minor)``.
     """
     core_major, core_minor = _parse_api_version(PLUGIN_API_VERSION)
     fits = f'"{core_major}.0" to "{core_major}.{core_minor}"'
-    declared = getattr(module, "BACKBONES_PLUGIN_API", None)
     if declared is None:
         raise PluginError(
             f"plugin {plugin_name!r} ({dist_name}) does not declare the plugin API it was built for, so it is not "
-            f"loaded; its module {module.__name__!r} must set BACKBONES_PLUGIN_API (this backbones-core fits {fits})"
+            f"loaded; {place} must set {setting} (this backbones-core fits {fits})"
         )
     try:
-        major, minor = _parse_api_version(declared)
-    except (AttributeError, ValueError):
+        major, minor = _parse_api_version(declared if isinstance(declared, str) else "")
+    except ValueError:
         raise PluginError(
-            f"plugin {plugin_name!r} ({dist_name}) declares BACKBONES_PLUGIN_API = {declared!r}, which is not a "
+            f"plugin {plugin_name!r} ({dist_name}) declares {setting} = {declared!r}, which is not a "
             f'"major.minor" string; this backbones-core fits {fits}'
         ) from None
     if major != core_major or minor > core_minor:
@@ -146,6 +178,7 @@ def check_plugin_api(module: Any, plugin_name: str, dist_name: str) -> None:
             f"implements {PLUGIN_API_VERSION} and fits plugins built for {fits}; it is not loaded ({advice}, or "
             f"install a release of {dist_name} built for a fitting version)"
         )
+    return major, minor
 
 
 def _truthy(value: str | None) -> bool:
@@ -266,6 +299,22 @@ def _validate_class(value: object, what: str) -> None:
         raise PluginError(f"{what} must be a class or a 'module:attr' string, got {type(value).__name__}")
 
 
+_Claimed = TypeVar("_Claimed", Registration, ProcessorRegistration)
+
+
+def _record_conflict(
+    table: dict[str, _Claimed], conflicts: dict[str, list[str]], name: str, distribution: str, what: str
+) -> None:
+    """``distribution`` claims ``name``, which another holds or several claim: from now on ``name`` belongs to none
+    of them (it leaves ``table``), ``conflicts`` lists every claimant, and a lookup of it raises naming them."""
+    holder = table.pop(name, None)
+    claimants = conflicts.setdefault(name, [holder.distribution] if holder else [])
+    claimants.append(distribution)
+    logger.warning(
+        "%s %r is provided by %s; it is unusable until all but one are uninstalled", what, name, " and ".join(claimants)
+    )
+
+
 class Registry:
     """Model types and the plugins that provide them. Use :func:`get_registry`."""
 
@@ -277,6 +326,7 @@ class Registry:
         self._processors: dict[str, ProcessorRegistration] = {}  # image processors plugins implement
         self._processor_conflicts: dict[str, list[str]] = {}
         self._failures: list[PluginFailure] = []
+        self._plugin_names: set[str] = set()  # entry points loaded (a manifest plugin has no pluggy plugin)
         self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.plugin_manager.add_hookspecs(hookspecs)
 
@@ -302,57 +352,88 @@ class Registry:
             if entry_point.name in disabled or dist_name in disabled:
                 logger.debug("plugin %s (%s) disabled by BACKBONES_DISABLE_PLUGINS", entry_point.name, dist_name)
                 continue
-            if self.plugin_manager.has_plugin(entry_point.name):
+            if entry_point.name in self._plugin_names:
                 continue  # the same distribution visible twice on sys.path
+            self._plugin_names.add(entry_point.name)
             try:
-                module = entry_point.load()
-                check_plugin_api(module, entry_point.name, dist_name)
-                self.plugin_manager.register(module, name=entry_point.name)
-                self._check_hooks(entry_point.name)
+                manifest = None if entry_point.attr else find_manifest(entry_point.module)
+                if manifest is not None:
+                    setting, api, declare = "plugin_api", *self._read_manifest(manifest, entry_point.name, dist_name)
+                else:
+                    setting, api, declare = "BACKBONES_PLUGIN_API", *self._load_module(entry_point, dist_name)
             except (Exception, SystemExit) as error:  # a broken plugin must not take the registry down
                 self._fail(entry_point.name, dist_name, version, error)
                 continue
-            self._call_register_hook(entry_point.name, dist_name, version)
+            self._stage_and_add(entry_point.name, dist_name, version, (setting, api), declare)
 
-    def _check_hooks(self, plugin_name: str) -> None:
-        plugin = self.plugin_manager.get_plugin(plugin_name)
+    @staticmethod
+    def _read_manifest(path: Path, plugin_name: str, dist_name: str) -> tuple[tuple[int, int], _Declare]:
+        """A manifest plugin's declared API and its registrations, read from ``path`` (nothing is imported)."""
+        manifest = read_manifest(path)
+        place = f"its manifest {path}"
+        api = check_plugin_api(manifest.plugin_api, plugin_name, dist_name, setting="plugin_api", place=place)
+        if api < MANIFEST_API:
+            raise PluginError(
+                f"plugin {plugin_name!r} ({dist_name}) declares plugin_api = {manifest.plugin_api!r} in {place}, but "
+                f'manifests came with plugin API {MANIFEST_API[0]}.{MANIFEST_API[1]}; declare "{MANIFEST_API[0]}.'
+                f'{MANIFEST_API[1]}" (and depend on a backbones-core that implements it)'
+            )
+
+        def declare(register: Callable[..., None]) -> None:
+            for arguments in manifest.backbones:
+                register(**arguments)
+
+        return api, declare
+
+    def _load_module(self, entry_point: metadata.EntryPoint, dist_name: str) -> tuple[tuple[int, int], _Declare]:
+        """Import a hook plugin's module, check its API and hooks, and return its ``register_backbones`` calls."""
+        module = entry_point.load()
+        api = check_plugin_api(
+            getattr(module, "BACKBONES_PLUGIN_API", None),
+            entry_point.name,
+            dist_name,
+            setting="BACKBONES_PLUGIN_API",
+            place=f"its module {module.__name__!r}",
+        )
+        self.plugin_manager.register(module, name=entry_point.name)
         try:
             self.plugin_manager.check_pending()
         except pluggy.PluginValidationError as error:
-            self.plugin_manager.unregister(plugin)
-            raise PluginError(f"plugin {plugin_name!r} implements an unknown hook: {error}") from error
-
-    def _call_register_hook(self, plugin_name: str, dist_name: str, version: str) -> None:
-        plugin = self.plugin_manager.get_plugin(plugin_name)
-        impls = [impl for impl in self.plugin_manager.hook.register_backbones.get_hookimpls() if impl.plugin is plugin]
+            self.plugin_manager.unregister(module)
+            raise PluginError(f"plugin {entry_point.name!r} implements an unknown hook: {error}") from error
+        impls = [impl for impl in self.plugin_manager.hook.register_backbones.get_hookimpls() if impl.plugin is module]
         if not impls:
-            self._fail(
-                plugin_name,
-                dist_name,
-                version,
-                PluginError(f"plugin {plugin_name!r} implements no register_backbones hook"),
-            )
-            return
+            raise PluginError(f"plugin {entry_point.name!r} implements no register_backbones hook")
+
+        def declare(register: Callable[..., None]) -> None:
+            for impl in impls:
+                impl.function(register=register)
+
+        return api, declare
+
+    def _stage_and_add(
+        self, plugin_name: str, dist_name: str, version: str, api: tuple[str, tuple[int, int]], declare: _Declare
+    ) -> None:
+        """Run a plugin's registrations; add them all, or (on any error) none and record the failure."""
+        setting, declared_api = api
         staged: list[Registration] = []
-        declared_api = _parse_api_version(getattr(plugin, "BACKBONES_PLUGIN_API", PLUGIN_API_VERSION))
 
         def register_from_plugin(model_type: str, **kwargs: Any) -> None:
             for argument, added in _ADDED_IN.items():
                 if argument in kwargs and declared_api < added:
                     raise PluginError(
                         f"model type {model_type!r} passes {argument}, which plugin API {added[0]}.{added[1]} added, "
-                        f"but plugin {plugin_name!r} declares BACKBONES_PLUGIN_API = "
+                        f"but plugin {plugin_name!r} declares {setting} = "
                         f"'{declared_api[0]}.{declared_api[1]}'; declare \"{added[0]}.{added[1]}\" (and depend on a "
                         "backbones-core that implements it)"
                     )
             staged.append(self._make_registration(model_type, distribution=dist_name, version=version, **kwargs))
 
         try:
-            for impl in impls:
-                impl.function(register=register_from_plugin)
+            declare(register_from_plugin)
             _check_declared_processors(staged, {name for entry in staged for name in entry.image_processor_classes})
         except (Exception, SystemExit) as error:
-            # Nothing of a plugin whose hook failed is kept: a half-registered plugin is worse than none.
+            # Nothing of a plugin whose registration failed is kept: a half-registered plugin is worse than none.
             self._fail(plugin_name, dist_name, version, error)
             return
         for registration in staged:
@@ -435,14 +516,7 @@ class Registry:
         for name in (registration.model_type, *registration.aliases):
             owner = self._names.get(name)
             if not replace and (owner is not None or name in self._conflicts):
-                claimants = self._conflicts.setdefault(name, [owner.distribution] if owner else [])
-                claimants.append(registration.distribution)
-                self._names.pop(name, None)
-                logger.warning(
-                    "model type %r is provided by %s; it is unusable until all but one are uninstalled",
-                    name,
-                    " and ".join(claimants),
-                )
+                _record_conflict(self._names, self._conflicts, name, registration.distribution, "model type")
                 continue
             self._conflicts.pop(name, None)
             self._names[name] = registration
@@ -455,13 +529,8 @@ class Registry:
             elif current is not None and (current.distribution, current.target) == (processor.distribution, target):
                 continue  # two model types of one plugin sharing its processor
             else:
-                claimants = self._processor_conflicts.setdefault(name, [current.distribution] if current else [])
-                claimants.append(registration.distribution)
-                self._processors.pop(name, None)
-                logger.warning(
-                    "image processor %r is provided by %s; it is unusable until all but one are uninstalled",
-                    name,
-                    " and ".join(claimants),
+                _record_conflict(
+                    self._processors, self._processor_conflicts, name, registration.distribution, "image processor"
                 )
 
     def register(
@@ -470,18 +539,14 @@ class Registry:
         *,
         config: type | str,
         model: type | str,
-        aliases: tuple[str, ...] | list[str] = (),
-        description: str = "",
-        image_processor: str | None = None,
-        image_processor_types: Sequence[str] = (),
-        image_processor_classes: Mapping[str, type | str] | None = None,
         replace: bool = False,
+        **options: Unpack[RegistrationOptions],
     ) -> None:
         """Register classes at runtime (e.g. a model defined in a notebook).
 
-        The arguments are those of the ``register`` callable of the ``register_backbones`` hook; a
-        declared image processor must be a core family, one of ``image_processor_classes``, or one an
-        installed plugin implements.
+        The arguments are those of the ``register`` callable of the ``register_backbones`` hook
+        (:class:`RegistrationOptions`), and ``replace``; a declared image processor must be a core family,
+        one of ``image_processor_classes``, or one an installed plugin implements.
 
         Raises:
             PluginError: When ``model_type`` is already registered and ``replace`` is false, or an
@@ -489,16 +554,7 @@ class Registry:
         """
         self.discover()
         registration = self._make_registration(
-            model_type,
-            config=config,
-            model=model,
-            distribution=RUNTIME,
-            version="",
-            aliases=aliases,
-            description=description,
-            image_processor=image_processor,
-            image_processor_types=image_processor_types,
-            image_processor_classes=image_processor_classes,
+            model_type, config=config, model=model, distribution=RUNTIME, version="", **options
         )
         _check_declared_processors([registration], {*registration.image_processor_classes, *self._processors})
         with self._lock:
@@ -619,22 +675,8 @@ def register(
     *,
     config: type | str,
     model: type | str,
-    aliases: tuple[str, ...] | list[str] = (),
-    description: str = "",
-    image_processor: str | None = None,
-    image_processor_types: Sequence[str] = (),
-    image_processor_classes: Mapping[str, type | str] | None = None,
     replace: bool = False,
+    **options: Unpack[RegistrationOptions],
 ) -> None:
     """Register a backbone at runtime; see :meth:`Registry.register`."""
-    get_registry().register(
-        model_type,
-        config=config,
-        model=model,
-        aliases=aliases,
-        description=description,
-        image_processor=image_processor,
-        image_processor_types=image_processor_types,
-        image_processor_classes=image_processor_classes,
-        replace=replace,
-    )
+    get_registry().register(model_type, config=config, model=model, replace=replace, **options)

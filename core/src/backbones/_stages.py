@@ -133,13 +133,8 @@ def align_out_features_out_indices(
 ) -> tuple[list[str], list[int]]:
     """Validate and align the requested output stages.
 
-    The rules of transformers' ``set_output_features_output_indices``: ``out_indices`` may be a tuple
-    (stored as a list), ``out_features`` must be a list; then :func:`verify_out_features_out_indices`.
-
-    Args:
-        out_features: Stage names to output, or ``None``.
-        out_indices: Stage indices to output (negative allowed), or ``None``.
-        stage_names: All stage names of the backbone, in order.
+    The rules of transformers' ``set_output_features_output_indices``: the arguments of
+    :func:`verify_out_features_out_indices`, except that ``out_indices`` may be a tuple (stored as a list).
 
     Returns:
         ``(out_features, out_indices)`` as lists naming the same stages. Indices are kept as given

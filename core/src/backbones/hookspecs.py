@@ -1,9 +1,11 @@
 """Hook specifications of the ``backbones`` plugin system (pluggy project name ``"backbones"``).
 
-A plugin is a module named by an entry point in the group ``backbones``::
+Most plugins need no hook: their entry point names their package, whose ``backbones.toml`` manifest holds
+the arguments of each ``register`` call as data (plugin API 1.2; see :mod:`backbones._manifest`). A plugin
+that needs code is a module named by an entry point in the group ``backbones``::
 
     [project.entry-points.backbones]
-    swin = "backbones_swin._plugin"
+    timm = "backbones_timm._plugin"
 
 and that module implements hooks marked with :data:`hookimpl`. Hooks are always called with keyword
 arguments, so a spec can gain arguments without breaking existing plugins. The plugin module must stay

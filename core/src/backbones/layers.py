@@ -18,13 +18,17 @@
 * :func:`run_token_layers`: the forward of a plain vision transformer's layers, one stage each.
 * :func:`attend`: multi-head scaled dot-product attention that returns the probabilities when asked.
 * :func:`reselect_output_modules`: per-output modules (e.g. output norms) following a new selection.
+* :func:`module_group`: a parameterless holder of named modules, for a checkpoint's key paths;
+  :func:`query_key_value_projections`, the three same-width projections of a multi-head attention.
+* :func:`transformer_layer_options`: a transformer layer's keyword arguments read from the config fields of the
+  same names (:class:`TransformerLayerConfig`, :class:`TransformerLayerOptions`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable, Sequence
 from itertools import islice
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +48,8 @@ __all__ = [
     "BlockSequence",
     "FrozenBatchNorm2d",
     "LearnableAffine",
+    "TransformerLayerConfig",
+    "TransformerLayerOptions",
     "attend",
     "check_pixel_channels",
     "convert_batch_norm_to_frozen",
@@ -51,9 +57,12 @@ __all__ = [
     "drop_path_rates",
     "init_conv_and_batch_norm_",
     "init_linear_and_norm_",
+    "module_group",
+    "query_key_value_projections",
     "reselect_output_modules",
     "run_stem_and_stages",
     "run_token_layers",
+    "transformer_layer_options",
 ]
 
 
@@ -613,3 +622,95 @@ def reselect_output_modules(
         A new ``nn.ModuleDict``; assign it in place of ``current``.
     """
     return nn.ModuleDict({name: current[name] if name in current else make(name) for name in out_features})
+
+
+def module_group(**children: nn.Module) -> Any:
+    """A parameterless module that only holds ``children`` under their names, to reproduce a checkpoint's key
+    paths (``encoder.layer.N``, ``output.dense``, ``pooler.norm``, ...) without a class for each holder.
+
+    Args:
+        **children: The modules to hold, by attribute name (the next part of their key path).
+
+    Returns:
+        The holder, typed ``Any``: its attributes are the children named at run time, which a type checker
+        cannot see.
+    """
+    holder = nn.Module()
+    for name, child in children.items():
+        holder.add_module(name, child)
+    return holder
+
+
+def query_key_value_projections(
+    width: int, *, bias: bool = True, key_bias: bool | None = None
+) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+    """The separate query, key and value projections of a multi-head attention (transformers' ``query``,
+    ``key``, ``value`` keys), each ``width`` to ``width`` wide, created in that order (so a seeded
+    initialisation draws the same weights as three ``nn.Linear`` written out).
+
+    Args:
+        width: Input and output channels of each projection.
+        bias: Whether the projections have a bias (a config's ``qkv_bias``).
+        key_bias: Whether the key projection has one, where it differs from ``bias`` (BEiT's and Swin V2's
+            keys have none: the softmax is invariant to it); ``None``: ``bias``.
+
+    Returns:
+        ``(query, key, value)``, to assign in that order so the modules register as the checkpoint lists them.
+    """
+    return (
+        nn.Linear(width, width, bias=bias),
+        nn.Linear(width, width, bias=bias if key_bias is None else key_bias),
+        nn.Linear(width, width, bias=bias),
+    )
+
+
+class TransformerLayerConfig(Protocol):
+    """The config fields :func:`transformer_layer_options` reads (transformers' names for them)."""
+
+    @property
+    def mlp_ratio(self) -> float:
+        """Hidden width of the MLP relative to ``hidden_size``."""
+        ...
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Whether the query, key and value projections have a bias."""
+        ...
+
+    @property
+    def hidden_act(self) -> str:
+        """Activation of the MLP (a name of :data:`backbones.activations.ACTIVATIONS`)."""
+        ...
+
+    @property
+    def layer_norm_eps(self) -> float:
+        """Epsilon of the layer norms."""
+        ...
+
+
+class TransformerLayerOptions(TypedDict):
+    """Keyword arguments that a transformer layer's constructor takes under the names of the config fields they
+    come from (DINOv2's, ViTDet's, NAT's, Swin's layers): see :class:`TransformerLayerConfig`."""
+
+    mlp_ratio: float
+    qkv_bias: bool
+    hidden_act: str
+    layer_norm_eps: float
+
+
+def transformer_layer_options(config: TransformerLayerConfig) -> TransformerLayerOptions:
+    """The MLP width, projection bias, activation and norm epsilon of a config's transformer layers, as keyword
+    arguments for a layer's constructor: ``Layer(width, heads, **transformer_layer_options(config), ...)``.
+
+    Args:
+        config: A config with the fields of :class:`TransformerLayerConfig`.
+
+    Returns:
+        ``mlp_ratio``, ``qkv_bias``, ``hidden_act`` and ``layer_norm_eps``, read from the fields of those names.
+    """
+    return TransformerLayerOptions(
+        mlp_ratio=config.mlp_ratio,
+        qkv_bias=config.qkv_bias,
+        hidden_act=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+    )

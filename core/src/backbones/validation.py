@@ -5,21 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BeforeValidator, ValidationInfo
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, model_validator
 
+from ._config import BackboneConfig
 from .activations import check_activation
 
 __all__ = [
     "OUTPUT_STRIDES",
     "ActivationName",
     "DilatedStage",
+    "HierarchicalTransformerConfig",
     "OutputStride",
     "PositiveInts",
     "PositivePerStage",
+    "RecomputedDerivedKeys",
     "StagesPerDepth",
     "check_choice",
+    "check_entries_at_least_one",
     "check_heads_divide",
     "check_hidden_sizes_per_stage",
     "check_image_holds_patches",
@@ -235,8 +239,13 @@ def check_image_holds_patches(
         )
 
 
-def check_positive_mlp_ratio(mlp_ratio: float, hidden_size: int) -> None:
+def check_positive_mlp_ratio(mlp_ratio: float, hidden_size: int, *, mlp: str = "the MLP") -> None:
     """Require an MLP ratio that leaves a transformer layer's MLP (``int(hidden_size * mlp_ratio)`` wide) a hidden unit.
+
+    Args:
+        mlp_ratio: Hidden width of the MLP relative to its input width.
+        hidden_size: Input width of the narrowest MLP (a hierarchical model's first stage).
+        mlp: How the message names that MLP (e.g. ``"the first stage's MLP"``).
 
     Raises:
         ValueError: For a ratio that is not positive, or one too small for ``hidden_size``.
@@ -244,7 +253,7 @@ def check_positive_mlp_ratio(mlp_ratio: float, hidden_size: int) -> None:
     if not mlp_ratio > 0:
         raise ValueError(f"mlp_ratio must be positive (the MLP is mlp_ratio * hidden_size wide), got {mlp_ratio}")
     if int(hidden_size * mlp_ratio) < 1:
-        raise ValueError(f"mlp_ratio={mlp_ratio} leaves the MLP with no hidden units; raise mlp_ratio")
+        raise ValueError(f"mlp_ratio={mlp_ratio} leaves {mlp} with no hidden units; raise mlp_ratio")
 
 
 def check_rotary_heads(hidden_size: int, num_attention_heads: int) -> None:
@@ -391,3 +400,95 @@ def dilate_stages(strides: Sequence[int], output_stride: int, *, stem_stride: in
         reduction *= stride
         plans.append(DilatedStage(stride, dilation, first_dilation, reduction))
     return plans
+
+
+class RecomputedDerivedKeys:
+    """Mixin of a :class:`~backbones.BackboneConfig` whose :attr:`~backbones.BackboneConfig.derived_config_keys`
+    are properties computed from its fields (Swin's ``hidden_size``, FocalNet's ``hidden_sizes``, ...): a value
+    given for one of them (``config.json`` holds them, as the reference implementation writes them) is dropped,
+    never read back, so the config cannot disagree with its own fields. List it before ``BackboneConfig`` in
+    the bases.
+    """
+
+    if TYPE_CHECKING:
+        derived_config_keys: ClassVar[tuple[str, ...]]
+
+    def __init__(self, /, **data: Any) -> None:
+        for key in self.derived_config_keys:
+            data.pop(key, None)
+        super().__init__(**data)
+
+
+class HierarchicalTransformerConfig(RecomputedDerivedKeys, StagesPerDepth, BackboneConfig):
+    """Fields and rules shared by the configs of hierarchical vision transformers whose stage ``i`` (from 0) runs
+    ``depths[i]`` transformer layers of ``num_heads[i]`` heads at ``embed_dim * 2**i`` channels, each stage after
+    the first at half the resolution of the one before (transformers' Swin, Swin V2, MaskFormer-Swin, NAT and
+    DiNAT configs, with their field names).
+
+    A base class: an architecture's config subclasses it and declares ``embed_dim``, ``depths``, ``num_heads`` and
+    ``mlp_ratio`` with its own defaults (they have none here). Stages are ``["stem", "stage1", ..., "stageN"]``
+    (:class:`StagesPerDepth`); ``hidden_size`` and ``num_layers`` are derived and written to ``config.json`` as
+    transformers writes them (:class:`RecomputedDerivedKeys`).
+
+    Args:
+        num_channels: Input channels.
+        embed_dim: Channels of the stem output and of the first stage; each stage after the first doubles them.
+        depths: Number of transformer layers in each stage (at least one stage, each with one layer or more).
+        num_heads: Attention heads in each stage, each a divisor of its stage's width (:func:`check_stage_heads`).
+        mlp_ratio: Hidden width of each layer's MLP, relative to its input width.
+        qkv_bias: Whether the query, key and value projections have a bias.
+        hidden_dropout_prob: Dropout on embeddings and MLP outputs (training only; where else, the architecture's
+            config says).
+        attention_probs_dropout_prob: Dropout on attention probabilities (training only).
+        drop_path_rate: Stochastic-depth rate of the deepest layer; it grows linearly from 0.
+        hidden_act: Activation of the MLPs (a name of :data:`backbones.activations.ACTIVATIONS`).
+        initializer_range: Standard deviation of the normal initialisation of linear and conv weights.
+        layer_norm_eps: Epsilon of the layer norms inside the transformer layers.
+    """
+
+    num_channels: int = Field(default=3, ge=1)
+    embed_dim: int = Field(ge=1)
+    depths: list[int]
+    num_heads: list[int]
+    mlp_ratio: float = Field(gt=0)
+    qkv_bias: bool = True
+    hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
+    attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
+    drop_path_rate: float = Field(default=0.1, ge=0, lt=1)
+    hidden_act: ActivationName = "gelu"
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+
+    derived_config_keys: ClassVar[tuple[str, ...]] = ("hidden_size", "num_layers")
+
+    @model_validator(mode="after")
+    def _check_stage_layout(self) -> HierarchicalTransformerConfig:
+        if not self.depths or any(depth < 1 for depth in self.depths):
+            raise ValueError(f"depths must list at least one stage, each with one layer or more; got {self.depths}")
+        check_stage_heads(self.embed_dim, self.depths, self.num_heads)
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        """Number of stages after the stem (transformers' derived ``num_layers``)."""
+        return len(self.depths)
+
+    @property
+    def hidden_size(self) -> int:
+        """Channels of the last stage (transformers' derived ``hidden_size``)."""
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+
+def check_entries_at_least_one(name: str, values: Sequence[float]) -> None:
+    """Refuse a list with an entry below 1 (a list of widths, strides or ratios, none of which may be below 1).
+
+    Args:
+        name: How the error names the list, indices and all (``"hidden_sizes"``, ``"conv_layer_strides[2]"``).
+        values: The entries.
+
+    Raises:
+        ValueError: Naming the first entry below 1 by its index and value.
+    """
+    for index, value in enumerate(values):
+        if value < 1:
+            raise ValueError(f"{name}[{index}]={value} must be 1 or more")

@@ -18,7 +18,8 @@ from backbones.testing import (
     assert_parity,
     random_pixels,
 )
-from backbones.testing.vit import TINY_VIT, ViTConfigErrors
+from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
+from backbones.testing.vit import REFERENCE_LAYER_RENAMES, TINY_VIT, ViTConfigErrors, assert_same_maps
 from backbones_beit import BeitBackbone, BeitConfig
 
 transformers = pytest.importorskip("transformers")
@@ -34,12 +35,7 @@ REFERENCE_RENAMES = (
     (r"^beit\.encoder\.relative_position_bias\.", "beit.shared_position_bias."),
     (r"\.encoder\.layer\.", ".layers."),
     (r"\.attention\.attention\.relative_position_bias\.", ".relative_position_bias."),
-    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
-    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
-    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
-    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
-    (r"\.intermediate\.dense\.", ".mlp.fc1."),
-    (r"\.output\.dense\.", ".mlp.fc2."),
+    *REFERENCE_LAYER_RENAMES,
     (r"^fpn1\.0\.", "fpn.fpn1.conv_transpose1."),
     (r"^fpn1\.1\.", "fpn.fpn1.normalization."),
     (r"^fpn1\.3\.", "fpn.fpn1.conv_transpose2."),
@@ -170,10 +166,7 @@ class TestBeitParity(TransformersParity):
         assert report.missing_keys == []
         assert report.unused_keys == ["beit.layernorm.bias", "beit.layernorm.weight"]
         assert not any("lambda" in key for key in ours.state_dict())
-        for size in SIZES:
-            pixels = self.pixels(size)
-            with torch.no_grad():
-                assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps)
+        assert_same_maps(ours, reference, map(self.pixels, SIZES))
 
     def test_shared_and_per_layer_bias_add_up(self, tmp_path: Path) -> None:
         reference = self.reference_model(
@@ -182,10 +175,7 @@ class TestBeitParity(TransformersParity):
         reference.save_pretrained(tmp_path)
         ours, report = AutoBackbone.from_pretrained(tmp_path, output_loading_info=True)
         assert report.clean, str(report)
-        for size in SIZES:
-            pixels = self.pixels(size)
-            with torch.no_grad():
-                assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps)
+        assert_same_maps(ours, reference, map(self.pixels, SIZES))
 
     def test_masked_image_modeling_checkpoint_parity(self, tmp_path: Path) -> None:
         # A pre-training checkpoint: shared bias, a mask token the backbone never uses, an LM head.
@@ -204,10 +194,7 @@ class TestBeitParity(TransformersParity):
             "lm_head.weight",
         ]
         reference = _reference_trunk(pretrained, self.reference_config("cls-pooling", out_indices=[0, 3], **options))
-        for size in SIZES[:2]:
-            pixels = self.pixels(size)
-            with torch.no_grad():
-                assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps)
+        assert_same_maps(ours, reference, map(self.pixels, SIZES[:2]))
 
     def test_unreshaped_hidden_states_parity(self, tmp_path: Path) -> None:
         # reshape_hidden_states=False: each map is the stage's whole token sequence, CLS token included.
@@ -341,9 +328,7 @@ class TestBeitPyramidParity(TransformersParity):
         reference = _reference_trunk(classifier, config, neck_missing=True)
         neck = {self.reference_name(k): v for k, v in ours.state_dict().items() if "fpn" in k}
         reference.load_state_dict(neck, strict=False)
-        pixels = self.pixels((32, 32))
-        with torch.no_grad():
-            assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps)
+        assert_same_maps(ours, reference, [self.pixels((32, 32))])
 
     def test_segmentation_checkpoint_loads_its_pyramid(self, tmp_path: Path) -> None:
         options = {"out_indices": [1, 2, 3, 4], "pool_scales": [1, 2], "auxiliary_channels": 8}
@@ -355,10 +340,7 @@ class TestBeitPyramidParity(TransformersParity):
         assert report.missing_keys == []
         assert report.unused_keys == sorted(key for key in saved if key.startswith(("decode_head.", "auxiliary_head.")))
         reference = _reference_trunk(segmenter, self.reference_config("pyramid", **options))
-        for size in SIZES[:2]:
-            pixels = self.pixels(size)
-            with torch.no_grad():
-                assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps)
+        assert_same_maps(ours, reference, map(self.pixels, SIZES[:2]))
 
 
 def test_drop_path_rates_and_training_only() -> None:
@@ -457,13 +439,8 @@ def test_pruning_drops_deeper_layers_and_levels() -> None:
 
 
 def test_truncated_forward_skips_deeper_layers() -> None:
-    model = BeitBackbone(BeitConfig(**TINY, out_indices=[1]))
-    calls: list[int] = []
-    for index, layer in enumerate(model.beit.encoder.layer):
-        layer.register_forward_hook(lambda *_, index=index: calls.append(index))
-    with torch.no_grad():
-        model(random_pixels(32, 32, seed=1))
-    assert calls == [0]
+    model = BeitBackbone(BeitConfig(**TINY, out_indices=[1])).eval()
+    assert_runs_up_to_deepest_selected_stage(model, model.beit.encoder.layer, random_pixels(32, 32, seed=1))
 
 
 # -- default size ---------------------------------------------------------------------------------

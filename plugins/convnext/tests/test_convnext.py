@@ -15,10 +15,14 @@ from backbones.testing import assert_close_maps, randomize_weights_
 from backbones.testing.cnn import (
     SMALL_CNN,
     TINY_CNN,
+    ConfigRefusals,
     ConvNextStyleConformance,
     ConvNextStyleParity,
-    assert_same_maps_at_sizes,
-    dilated_backbone,
+    assert_dilation_matches_timm_convnext,
+    assert_patch_size_must_be_square,
+    non_positive_depths_refusal,
+    uneven_stage_lists_refusal,
+    unknown_activation_refusal,
 )
 from backbones_convnext import ConvNextBackbone, ConvNextConfig
 from backbones_convnext._config import ACTIVATIONS
@@ -148,21 +152,15 @@ def test_convnext_tiny_shapes_at_224() -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-def test_unknown_activation_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'"):
-        ConvNextConfig(hidden_act="swishy")
-
-
-def test_one_hidden_size_per_stage() -> None:
-    with pytest.raises(
-        ValueError, match=r"hidden_sizes has 2 entries but depths has 3; .*len\(hidden_sizes\) == len\(depths\)"
-    ):
-        ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1, 1])
-
-
-def test_depths_must_be_positive() -> None:
-    with pytest.raises(ValueError, match=r"depths must list one positive integer per stage, got \[1, 0\]"):
-        ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 0])
+class TestConvNextConfigRefusals(ConfigRefusals):
+    config_class = ConvNextConfig
+    error = ConfigError
+    refusals = (
+        unknown_activation_refusal("gelu"),
+        uneven_stage_lists_refusal(),
+        non_positive_depths_refusal(hidden_sizes=[8, 16]),
+        ({"drop_path_rate": 1.5}, r"drop_path_rate=1.5: Input should be less than 1"),
+    )
 
 
 def test_num_stages_must_match_depths() -> None:
@@ -173,14 +171,7 @@ def test_num_stages_must_match_depths() -> None:
 
 
 def test_patch_size_must_be_square() -> None:
-    assert ConvNextConfig(patch_size=[2, 2]).patch_size == 2
-    with pytest.raises(ValueError, match=r"patch_size must be one int or a square pair such as \[4, 4\], got \[2, 4\]"):
-        ConvNextConfig(patch_size=[2, 4])
-
-
-def test_drop_path_rate_range_is_named() -> None:
-    with pytest.raises(ValueError, match=r"drop_path_rate=1.5: Input should be less than 1"):
-        ConvNextConfig(drop_path_rate=1.5)
+    assert_patch_size_must_be_square(ConvNextConfig)
 
 
 def test_transformers_default_config_loads(tmp_path: Path) -> None:
@@ -197,48 +188,10 @@ def test_transformers_default_config_loads(tmp_path: Path) -> None:
 
 # -- output stride by dilation ----------------------------------------------------------------------
 
-_TIMM_BLOCK_NAMES = {"dwconv": "conv_dw", "layernorm": "norm", "pwconv1": "mlp.fc1", "pwconv2": "mlp.fc2"}
-
-
-def _timm_convnext_state(model: ConvNextBackbone) -> dict[str, torch.Tensor]:
-    """Our trunk's weights under timm's ``ConvNeXt`` names (``stem.0``, ``stages.S.downsample.1``,
-    ``stages.S.blocks.B.conv_dw``, ``.gamma``, ...); the output norms have no timm counterpart."""
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("hidden_states_norms."):
-            continue
-        if key.startswith("embeddings."):
-            part, leaf = key.removeprefix("embeddings.").split(".", 1)
-            state[("stem.0." if part == "patch_embeddings" else "stem.1.") + leaf] = value
-            continue
-        _, _, stage, kind, rest = key.split(".", 4)
-        if kind == "downsampling_layer":
-            state[f"stages.{stage}.downsample.{rest}"] = value
-            continue
-        block, part, *leaf = rest.split(".")
-        name = "gamma" if part == "layer_scale_parameter" else ".".join([_TIMM_BLOCK_NAMES[part], *leaf])
-        state[f"stages.{stage}.blocks.{block}.{name}"] = value
-    return state
-
 
 @pytest.mark.parametrize("output_stride", [32, 16, 8])
 def test_output_stride_matches_timm(output_stride: int) -> None:
-    pytest.importorskip("timm")
-    from timm.models.convnext import ConvNeXt
-
-    model = dilated_backbone(ConvNextConfig(**SMALL, output_stride=output_stride, out_indices=ALL_STAGES))
-    reference = ConvNeXt(depths=SMALL["depths"], dims=SMALL["hidden_sizes"], output_stride=output_stride).eval()
-    assert [info["reduction"] for info in reference.feature_info] == model.reductions[1:]
-    missing, unexpected = reference.load_state_dict(_timm_convnext_state(model), strict=False)
-    assert (sorted(missing), unexpected) == (
-        ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"],
-        [],
-    )
-    assert_same_maps_at_sizes(
-        lambda images: model(images, output_hidden_states=True).hidden_states[1:],
-        lambda images: reference.forward_intermediates(images, intermediates_only=True),
-        [(64, 64), (67, 45)],
-    )
+    assert_dilation_matches_timm_convnext(ConvNextConfig(**SMALL, output_stride=output_stride, out_indices=ALL_STAGES))
 
 
 def test_dilated_model_loads_the_same_weights_and_exports(tmp_path: Path) -> None:

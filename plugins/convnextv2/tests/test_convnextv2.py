@@ -14,10 +14,12 @@ from backbones.testing import assert_close_maps, randomize_weights_
 from backbones.testing.cnn import (
     SMALL_CNN,
     TINY_CNN,
+    ConfigRefusals,
     ConvNextStyleConformance,
     ConvNextStyleParity,
-    assert_same_maps_at_sizes,
-    dilated_backbone,
+    assert_dilation_matches_timm_convnext,
+    uneven_stage_lists_refusal,
+    unknown_activation_refusal,
 )
 from backbones_convnext import ConvNextBackbone, ConvNextBlock, ConvNextConfig
 from backbones_convnext.blocks import ChannelsFirstLayerNorm
@@ -125,15 +127,14 @@ def test_config_has_no_layer_scale_field() -> None:
     assert "layer_scale_init_value" not in ConvNextV2Config(**TINY).to_dict()
 
 
-def test_shared_validation_messages() -> None:
-    with pytest.raises(
-        ValueError, match=r"hidden_sizes has 2 entries but depths has 3; .*len\(hidden_sizes\) == len\(depths\)"
-    ):
-        ConvNextV2Config(hidden_sizes=[8, 16], depths=[1, 1, 1])
-    with pytest.raises(ValueError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of"):
-        ConvNextV2Config(hidden_act="swishy")
-    with pytest.raises(ConfigError, match=r"invalid ConvNextV2Config: num_stages=2: it must equal len\(depths\) = 3"):
-        ConvNextV2Config(**TINY, num_stages=2)
+class TestSharedValidationMessages(ConfigRefusals):
+    config_class = ConvNextV2Config
+    error = ConfigError
+    refusals = (
+        uneven_stage_lists_refusal(),
+        unknown_activation_refusal("gelu"),
+        ({**TINY, "num_stages": 2}, r"invalid ConvNextV2Config: num_stages=2: it must equal len\(depths\) = 3"),
+    )
 
 
 def test_rejects_a_convnext_config() -> None:
@@ -147,60 +148,11 @@ def test_rejects_a_convnext_config() -> None:
 
 # -- output stride by dilation ----------------------------------------------------------------------
 
-_TIMM_BLOCK_NAMES = {
-    "dwconv": "conv_dw",
-    "layernorm": "norm",
-    "pwconv1": "mlp.fc1",
-    "pwconv2": "mlp.fc2",
-    "grn": "mlp.grn",
-}
-
-
-def _timm_convnextv2_state(model: ConvNextV2Backbone) -> dict[str, torch.Tensor]:
-    """Our trunk's weights under timm's ``ConvNeXt(use_grn=True)`` names; timm's GRN parameters are flat."""
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("hidden_states_norms."):
-            continue
-        if key.startswith("embeddings."):
-            part, leaf = key.removeprefix("embeddings.").split(".", 1)
-            state[("stem.0." if part == "patch_embeddings" else "stem.1.") + leaf] = value
-            continue
-        _, _, stage, kind, rest = key.split(".", 4)
-        if kind == "downsampling_layer":
-            state[f"stages.{stage}.downsample.{rest}"] = value
-            continue
-        block, part, leaf = rest.split(".")
-        state[f"stages.{stage}.blocks.{block}.{_TIMM_BLOCK_NAMES[part]}.{leaf}"] = (
-            value.reshape(-1) if part == "grn" else value
-        )
-    return state
-
 
 @pytest.mark.parametrize("output_stride", [16, 8])
 def test_output_stride_matches_timm(output_stride: int) -> None:
-    pytest.importorskip("timm")
-    from timm.models.convnext import ConvNeXt
-
-    model = dilated_backbone(ConvNextV2Config(**SMALL, output_stride=output_stride, out_indices=ALL_STAGES))
-    reference = ConvNeXt(
-        depths=SMALL["depths"],
-        dims=SMALL["hidden_sizes"],
-        output_stride=output_stride,
-        use_grn=True,
-        ls_init_value=None,
-    ).eval()
-    missing, unexpected = reference.load_state_dict(_timm_convnextv2_state(model), strict=False)
-    assert (sorted(missing), unexpected) == (
-        ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"],
-        [],
-    )
-    assert_same_maps_at_sizes(
-        lambda images: model(images, output_hidden_states=True).hidden_states[1:],
-        lambda images: reference.forward_intermediates(images, intermediates_only=True),
-        [(64, 64), (67, 45)],
-        seed=3,
-    )
+    config = ConvNextV2Config(**SMALL, output_stride=output_stride, out_indices=ALL_STAGES)
+    assert_dilation_matches_timm_convnext(config, seed=3, use_grn=True, ls_init_value=None)
 
 
 def test_output_stride_lists_the_valid_values() -> None:

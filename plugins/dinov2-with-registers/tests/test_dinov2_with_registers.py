@@ -65,13 +65,8 @@ class TestDinov2WithRegistersParity(vit.ViTParity):
     task_unused_keys = ("classifier.bias", "classifier.weight", "dinov2_with_registers.embeddings.mask_token")
     task_prefix = "'dinov2_with_registers.' removed"
     compare_gradients = True
-    # transformers' in-memory names of the attention projections (its files hold ours).
-    key_renames = (
-        (r"attention\.attention\.query", "attention.q_proj"),
-        (r"attention\.attention\.key", "attention.k_proj"),
-        (r"attention\.attention\.value", "attention.v_proj"),
-        (r"attention\.output\.dense", "attention.o_proj"),
-    )
+    # transformers' in-memory names of the attention projections (its files hold ours; DINOv2's MLP keeps its names).
+    key_renames = vit.REFERENCE_LAYER_RENAMES
     # Hidden states are the raw token sequences (class token, 4 registers, then 6x5 patches at 48x40).
     token_shapes = {"mlp": TokenShapes((48, 40), ((2, 1 + 4 + 30, 32),) * 5, ((2, 4, 35, 35),) * 4)}
     # Without reshape_hidden_states a map is the whole normalised sequence, class token and registers too.
@@ -84,9 +79,8 @@ class TestDinov2WithRegistersParity(vit.ViTParity):
 
 def test_positions_are_resampled_with_antialiasing() -> None:
     """Bicubic by target size in float32 with antialiasing (unlike DINOv2's), even for bfloat16."""
-    model = randomize_weights_(AutoBackbone.from_config(Dinov2WithRegistersConfig(**TINY))).to(torch.bfloat16)
-    patches = model.embeddings.position_embeddings[:, 1:]
-    vit.assert_position_resampling(model.embeddings._patch_positions, patches, (3, 5), "bicubic", antialias=True)
+    config = Dinov2WithRegistersConfig(**TINY)
+    vit.assert_model_resamples_positions(config, (3, 5), antialias=True, dtype=torch.bfloat16)
 
 
 def test_registers_have_no_position_and_start_at_zero() -> None:
@@ -104,9 +98,10 @@ def test_registers_have_no_position_and_start_at_zero() -> None:
 
 
 def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
-    model, loaded = vit.reload_without(Dinov2WithRegistersConfig(**SMALL), tmp_path, "embeddings.register_tokens")
-    assert torch.equal(loaded.embeddings.register_tokens, torch.zeros(1, 4, 32))
-    assert torch.equal(loaded.embeddings.position_embeddings, model.embeddings.position_embeddings)
+    config = Dinov2WithRegistersConfig(**SMALL)
+    kept = "embeddings.position_embeddings"
+    registers = vit.reinitialised_when_missing(config, tmp_path, "embeddings.register_tokens", kept)
+    assert torch.equal(registers, torch.zeros(1, 4, 32))
 
 
 def test_pruning_keeps_only_the_layers_that_run() -> None:
@@ -129,11 +124,9 @@ def test_imports_only_public_names_of_backbones_dinov2() -> None:
     """This plugin builds on backbones-dinov2's public API: no ``_``-prefixed module or name of it."""
     imported = imported_names(backbones_dinov2_with_registers, "backbones_dinov2")
     assert sorted(imported) == [
+        ("backbones_dinov2", ["Dinov2Backbone"]),
         ("backbones_dinov2", ["Dinov2Config"]),
-        (
-            "backbones_dinov2.blocks",
-            ["Dinov2Embeddings", "Dinov2Encoder", "Dinov2Layer", "PlainViTBackbone", "init_dinov2_weights_"],
-        ),
+        ("backbones_dinov2.blocks", ["Dinov2Embeddings", "embeddings_options"]),
     ]
 
 

@@ -82,27 +82,20 @@ class TestDinov2Parity(vit.ViTParity):
 
 def test_position_embeddings_follow_transformers_resampling() -> None:
     """The table is resampled bicubically in float32 by target size (no antialiasing), even for bfloat16."""
-    model = randomize_weights_(AutoBackbone.from_config(Dinov2Config(**TINY))).to(torch.bfloat16)
-    patches = model.embeddings.position_embeddings[:, 1:]
-    vit.assert_position_resampling(model.embeddings._patch_positions, patches, (6, 5), "bicubic", antialias=False)
+    vit.assert_model_resamples_positions(Dinov2Config(**TINY), (6, 5), antialias=False, dtype=torch.bfloat16)
 
 
 def test_fresh_weights_follow_transformers_init() -> None:
     torch.manual_seed(0)
     model = AutoBackbone.from_config(Dinov2Config(**SMALL, layerscale_value=0.25))
     layer = model.encoder.layer[2]
-    assert torch.equal(layer.layer_scale1.lambda1, torch.full((32,), 0.25))
-    assert torch.equal(layer.norm2.weight, torch.ones(32)) and torch.equal(layer.norm2.bias, torch.zeros(32))
-    assert torch.equal(layer.attention.attention.query.bias, torch.zeros(32))
-    assert layer.mlp.fc1.weight.std().item() == pytest.approx(0.02, rel=0.15)
+    vit.assert_layer_scaled_init(layer, layer.attention.attention.query, layer.mlp.fc1, layer_scale=0.25)
     assert model.embeddings.position_embeddings.std().item() == pytest.approx(0.02, rel=0.15)
 
 
 def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
-    model, loaded = vit.reload_without(Dinov2Config(**SMALL), tmp_path, "embeddings.position_embeddings")
-    assert loaded.embeddings.position_embeddings.std().item() == pytest.approx(0.02, rel=0.15)
     # The module's other parameter keeps its loaded value.
-    assert torch.equal(loaded.embeddings.cls_token, model.embeddings.cls_token)
+    vit.redrawn_when_missing(Dinov2Config(**SMALL), tmp_path, "embeddings.position_embeddings", "embeddings.cls_token")
 
 
 def test_pruning_keeps_only_the_layers_that_run() -> None:

@@ -177,18 +177,14 @@ def test_fresh_weights_follow_transformers_init() -> None:
     torch.manual_seed(0)
     model = AutoBackbone.from_config(Dinov3ViTConfig(**SMALL, layerscale_value=1e-5))
     layer = model.layer[2]
-    assert torch.equal(layer.layer_scale1.lambda1, torch.full((32,), 1e-5))
-    assert torch.equal(layer.norm2.weight, torch.ones(32)) and torch.equal(layer.norm2.bias, torch.zeros(32))
-    assert torch.equal(layer.attention.q_proj.bias, torch.zeros(32))
+    vit.assert_layer_scaled_init(layer, layer.attention.q_proj, layer.mlp.up_proj, layer_scale=1e-5)
     assert layer.attention.k_proj.bias is None
-    assert layer.mlp.up_proj.weight.std().item() == pytest.approx(0.02, rel=0.15)
     assert model.embeddings.register_tokens.std().item() == pytest.approx(0.02, rel=0.3)
 
 
 def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
-    model, loaded = vit.reload_without(Dinov3ViTConfig(**SMALL), tmp_path, "embeddings.register_tokens")
-    assert loaded.embeddings.register_tokens.std().item() == pytest.approx(0.02, rel=0.3)
-    assert torch.equal(loaded.embeddings.cls_token, model.embeddings.cls_token)
+    kept = "embeddings.cls_token"
+    vit.redrawn_when_missing(Dinov3ViTConfig(**SMALL), tmp_path, "embeddings.register_tokens", kept, rel=0.3)
 
 
 def test_pruning_keeps_only_the_layers_that_run() -> None:
@@ -200,7 +196,7 @@ def test_imports_only_public_names_of_backbones_dinov2() -> None:
     """The layer scale is backbones-dinov2's public block: no ``_``-prefixed module or name of it is used."""
     imported = imported_names(backbones_dinov3_vit, "backbones_dinov2")
     assert imported == [
-        ("backbones_dinov2.blocks", ["LayerScale", "PlainViTBackbone", "init_dinov2_weights_"]),
+        ("backbones_dinov2.blocks", ["LayerScaledLayer", "PlainViTBackbone", "init_dinov2_weights_"]),
         ("backbones_dinov2.configs", ["PlainViTConfig"]),
     ]
 

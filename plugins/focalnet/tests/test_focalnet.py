@@ -14,7 +14,14 @@ from transformers.activations import ACT2FN
 from backbones import AutoBackbone, Backbone, ConfigError, testing
 from backbones.activations import make_activation
 from backbones.testing import TransformersParity, edit_checkpoint, randomize_weights_
-from backbones.testing.cnn import CNNConformance
+from backbones.testing.cnn import (
+    CNNConformance,
+    ConfigRefusals,
+    assert_patch_size_must_be_square,
+    map_shapes,
+    non_positive_depths_refusal,
+    unknown_activation_refusal,
+)
 from backbones_focalnet import FocalNetBackbone, FocalNetConfig
 from backbones_focalnet._config import ACTIVATIONS
 
@@ -238,14 +245,7 @@ def test_pruning_keeps_the_downsampling_that_makes_the_last_kept_stage() -> None
 @pytest.mark.slow
 def test_focalnet_tiny_shapes_at_224() -> None:
     testing.assert_maps_at_size(
-        FocalNetConfig(out_indices=ALL_STAGES),
-        [
-            (1, 96, 56, 56),
-            (1, 192, 28, 28),
-            (1, 384, 14, 14),
-            (1, 768, 7, 7),
-            (1, 768, 7, 7),
-        ],
+        FocalNetConfig(out_indices=ALL_STAGES), map_shapes(1, [96, 192, 384, 768, 768], [56, 28, 14, 7, 7])
     )
 
 
@@ -273,25 +273,19 @@ def test_one_focal_value_per_stage(name: str) -> None:
     assert config.depths == [1, 1]
 
 
-def test_depths_must_be_positive() -> None:
-    with pytest.raises(ValueError, match=r"depths must list one positive integer per stage, got \[1, 0\]"):
-        FocalNetConfig(depths=[1, 0])
-
-
 def test_conv_embed_needs_patch_size_4() -> None:
     with pytest.raises(ValueError, match=r"use_conv_embed=True .* patch_size must be 4 \(got 2\); set patch_size=4"):
         FocalNetConfig(use_conv_embed=True, patch_size=2)
 
 
-def test_unknown_activation_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'gelu'"):
-        FocalNetConfig(hidden_act="swishy")
+class TestFocalNetConfigRefusals(ConfigRefusals):
+    config_class = FocalNetConfig
+    error = ConfigError
+    refusals = (unknown_activation_refusal("gelu"), non_positive_depths_refusal())
 
 
 def test_non_square_patches_are_rejected() -> None:
-    assert FocalNetConfig(patch_size=[2, 2]).patch_size == 2
-    with pytest.raises(ValueError, match=r"patch_size must be one int or a square pair such as \[4, 4\], got \[2, 4\]"):
-        FocalNetConfig(patch_size=[2, 4])
+    assert_patch_size_must_be_square(FocalNetConfig)
 
 
 def test_empty_mlp_is_rejected() -> None:

@@ -18,14 +18,16 @@ from backbones.testing import (
     TransformersParity,
     assert_exports_with_dynamic_size,
     assert_frozen_norm_round_trip,
-    assert_nested_checkpoint,
     randomize_weights_,
 )
 from backbones.testing.cnn import (
     CNNConformance,
+    HeldBackbone,
+    SavedModelsHoldingBackbone,
+    assert_map_shapes,
     assert_reparameterize_folds_norms,
+    build_on_meta_like_transformers,
     detr_detector,
-    save_randomized,
 )
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_hgnet_v2 import VARIANTS, HGNetV2Backbone, HGNetV2Config
@@ -145,32 +147,29 @@ def test_strided_variant_reductions() -> None:
 
 # -- the D-FINE detector's backbone -----------------------------------------------------------------
 
-DFINE_BACKBONE_PREFIX = "model.backbone.model."
 
-
-@pytest.fixture(scope="module")
-def detector_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
-    """A tiny D-FINE detector on the SMALL HGNetV2 (frozen BatchNorm, as D-FINE trains), randomised and saved."""
+def _dfine_detector() -> Any:
+    """A tiny D-FINE detector on the SMALL HGNetV2 (frozen BatchNorm, as D-FINE trains)."""
     backbone = transformers.HGNetV2Config(**SMALL, use_learnable_affine_block=True, out_indices=[2, 3, 4])
-    detector = detr_detector("DFine", backbone, hidden_expansion=0.5, encoder_layers=1, decoder_n_points=[1, 1, 1])
-    directory = tmp_path_factory.mktemp("dfine")
-    return save_randomized(detector, directory), directory
+    return detr_detector("DFine", backbone, hidden_expansion=0.5, encoder_layers=1, decoder_n_points=[1, 1, 1])
 
 
-def test_detector_checkpoint_loads_with_prefix(detector_checkpoint: tuple[Any, Path]) -> None:
-    detector, directory = detector_checkpoint
-    # D-FINE freezes the backbone's BatchNorm, which then has no num_batches_tracked; ours keeps the counter.
-    # Outside the prefix: the hybrid encoder, the decoder and the heads. D-FINE's training size, and another.
-    assert_nested_checkpoint(
-        directory,
-        detector.model.backbone.model,
-        DFINE_BACKBONE_PREFIX,
-        backbone_class=HGNetV2Backbone,
-        out_indices=[2, 3, 4],  # the selection saved in backbone_config
-        input_sizes=((640, 640), (96, 64)),
-        min_unused=50,
-        missing_counters=True,
-    )
+class TestDFineDetector(SavedModelsHoldingBackbone):
+    """D-FINE freezes the backbone's BatchNorm, which then has no num_batches_tracked; ours keeps the counter.
+    Outside the prefix: the hybrid encoder, the decoder and the heads. D-FINE's training size, and another."""
+
+    backbone_class = HGNetV2Backbone
+    models = {
+        "DFineForObjectDetection": HeldBackbone(
+            _dfine_detector,
+            "model.backbone.model",
+            "model.backbone.model.",
+            [2, 3, 4],  # the selection saved in backbone_config
+            ((640, 640), (96, 64)),
+            min_unused=50,
+            missing_counters=True,
+        ),
+    }
 
 
 class TestHGNetV2ProcessorParity(ProcessorParity):
@@ -223,20 +222,10 @@ def test_freeze_fields_round_trip_through_both_libraries(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_variants_build_at_real_size(variant: str) -> None:
-    fields = VARIANTS[variant]
-    with torch.device("meta"):
-        model = HGNetV2Backbone(HGNetV2Config(**fields, out_indices=[1, 2, 3, 4]))
-        reference = transformers.HGNetV2Backbone(transformers.HGNetV2Config(**fields, out_indices=[1, 2, 3, 4]))
-        maps = model(torch.empty(1, 3, 640, 640)).feature_maps
-    ours = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    assert ours == {name: tuple(tensor.shape) for name, tensor in reference.state_dict().items()}
+    fields = {**VARIANTS[variant], "out_indices": [1, 2, 3, 4]}
+    model, maps = build_on_meta_like_transformers(HGNetV2Backbone, HGNetV2Config, fields, (640, 640))
     out = fields["stage_out_channels"]
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (1, out[0], 160, 160),
-        (1, out[1], 80, 80),
-        (1, out[2], 40, 40),
-        (1, out[3], 20, 20),
-    ]
+    assert_map_shapes(maps, 1, out, [160, 80, 40, 20])
     assert model.channels == out and model.out_reductions == [4, 8, 16, 32]
 
 
@@ -244,13 +233,7 @@ def test_default_config_shapes_at_224() -> None:
     with torch.device("meta"):
         model = HGNetV2Backbone(HGNetV2Config(out_indices=[0, 1, 2, 3, 4]))
         maps = model(torch.empty(2, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (2, 48, 56, 56),
-        (2, 128, 56, 56),
-        (2, 512, 28, 28),
-        (2, 1024, 14, 14),
-        (2, 2048, 7, 7),
-    ]
+    assert_map_shapes(maps, 2, [48, 128, 512, 1024, 2048], [56, 56, 28, 14, 7])
 
 
 # -- behaviour --------------------------------------------------------------------------------------

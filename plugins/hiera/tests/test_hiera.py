@@ -22,7 +22,12 @@ from backbones.testing import (
     random_pixels,
     randomize_weights_,
 )
-from backbones.testing.hierarchical import HierarchicalConformance
+from backbones.testing.hierarchical import (
+    HierarchicalConformance,
+    assert_pyramid_at_size,
+    assert_pyramid_builds_on_meta,
+    stage_shapes,
+)
 from backbones_hiera import HieraBackbone, HieraConfig
 
 # Four stages of widths 8, 16, 32, 64 at strides 4, 8, 16, 32; 8x8 mask units of 4-pixel patches: inputs are
@@ -81,9 +86,9 @@ def _unrolled_reference_class() -> type:
             pixel_values: torch.Tensor,
             output_hidden_states: bool | None = None,
             output_attentions: bool | None = None,
-            return_dict: bool | None = None,
             **kwargs: Any,
         ) -> Any:
+            # Always a BackboneOutput: ``return_dict`` and transformers' other options land in ``kwargs``, unused.
             config = self.config
             size = [side // stride for side, stride in zip(pixel_values.shape[-2:], config.patch_stride)]
             strides = [config.query_stride] * (len(config.depths) - 1)
@@ -201,39 +206,13 @@ class TestHieraParity(TransformersParity):
         return reference.eval()
 
     def test_pretraining_report_is_exact(self, tmp_path: Path) -> None:
-        """A HieraForPreTraining checkpoint: the encoder loads, the MAE decoder and fusion heads are reported."""
+        """A HieraForPreTraining checkpoint: the encoder loads, the MAE decoder and the fusion heads of its two
+        pooling stages are reported, one by one."""
         self.reference_model("HieraForPreTraining", "two-pools-relu").save_pretrained(tmp_path)
         model, report = AutoBackbone.from_pretrained(tmp_path, out_indices=[-1], output_loading_info=True)
         assert report.prefix == "'hiera.' removed"
         assert report.missing_keys == ["hidden_states_norms.stage4.bias", "hidden_states_norms.stage4.weight"]
-        assert report.unused_keys == [
-            "decoder.decoder_block.layers.0.attn.proj.bias",
-            "decoder.decoder_block.layers.0.attn.proj.weight",
-            "decoder.decoder_block.layers.0.attn.qkv.bias",
-            "decoder.decoder_block.layers.0.attn.qkv.weight",
-            "decoder.decoder_block.layers.0.layernorm_after.bias",
-            "decoder.decoder_block.layers.0.layernorm_after.weight",
-            "decoder.decoder_block.layers.0.layernorm_before.bias",
-            "decoder.decoder_block.layers.0.layernorm_before.weight",
-            "decoder.decoder_block.layers.0.mlp.fc1.bias",
-            "decoder.decoder_block.layers.0.mlp.fc1.weight",
-            "decoder.decoder_block.layers.0.mlp.fc2.bias",
-            "decoder.decoder_block.layers.0.mlp.fc2.weight",
-            "decoder.decoder_embeddings.bias",
-            "decoder.decoder_embeddings.weight",
-            "decoder.decoder_norm.bias",
-            "decoder.decoder_norm.weight",
-            "decoder.decoder_position_embeddings",
-            "decoder.decoder_pred.bias",
-            "decoder.decoder_pred.weight",
-            "decoder.mask_token",
-            "encoder_norm.bias",
-            "encoder_norm.weight",
-            "multiscale_fusion.multi_scale_fusion_heads.0.bias",
-            "multiscale_fusion.multi_scale_fusion_heads.0.weight",
-            "multiscale_fusion.multi_scale_fusion_heads.1.bias",
-            "multiscale_fusion.multi_scale_fusion_heads.1.weight",
-        ]
+        assert report.unused_keys == _decoder_keys(num_query_pool=2)
         assert "unused checkpoint keys: decoder.decoder_block.layers.0.attn.proj.bias" in str(report)
         assert model.config.num_query_pool == 2 and model.config.decoder_depth == 1
 
@@ -263,17 +242,13 @@ class TestHieraParity(TransformersParity):
 
 
 def test_stage_strides_follow_the_pooled_stages() -> None:
+    # Two pooling stages: the last stage widens without halving the map.
+    widths, reductions = [8, 8, 16, 32, 64], [4, 4, 8, 16, 16]
     model = AutoBackbone.from_config(HieraConfig(**TINY, num_query_pool=2, out_indices=[0, 1, 2, 3, 4])).eval()
-    assert model.reductions == [4, 4, 8, 16, 16] and model.num_features == [8, 8, 16, 32, 64]
+    assert model.reductions == reductions and model.num_features == widths
     with torch.no_grad():
         maps = model(random_pixels(64, 96)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (2, 8, 16, 24),
-        (2, 8, 16, 24),
-        (2, 16, 8, 12),
-        (2, 32, 4, 6),
-        (2, 64, 4, 6),
-    ]
+    assert [tuple(fmap.shape) for fmap in maps] == stage_shapes(widths, (64, 96), reductions, batch=2)
 
 
 def test_stochastic_depth_acts_in_training_only() -> None:
@@ -345,28 +320,15 @@ RELEASED = {
 @pytest.mark.parametrize("name", list(RELEASED))
 def test_released_sizes_on_the_meta_device(name: str) -> None:
     fields, width = RELEASED[name]
-    config = HieraConfig(**fields, out_indices=[1, 2, 3, 4])
-    with torch.device("meta"):
-        model = AutoBackbone.from_config(config)
-        maps = model(torch.empty(1, 3, 224, 224)).feature_maps
-        reference = transformers.HieraBackbone(transformers.HieraConfig(**fields, out_indices=[1, 2, 3, 4]))
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (1, width, 56, 56),
-        (1, 2 * width, 28, 28),
-        (1, 4 * width, 14, 14),
-        (1, 8 * width, 7, 7),
-    ]
-    assert model.out_reductions == [4, 8, 16, 32] and model.channels == [width, 2 * width, 4 * width, 8 * width]
-    assert sorted(model.state_dict()) == sorted(reference.state_dict())
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
+    assert_pyramid_builds_on_meta(
+        HieraConfig(**fields, out_indices=[1, 2, 3, 4]),
+        lambda: transformers.HieraBackbone(transformers.HieraConfig(**fields, out_indices=[1, 2, 3, 4])),
+        [width, 2 * width, 4 * width, 8 * width],
+    )
 
 
 def test_hiera_tiny_runs_at_224() -> None:
-    config = HieraConfig(depths=[1, 2, 7, 2], out_indices=[1, 2, 3, 4])
-    model = AutoBackbone.from_config(config).eval()
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
+    model = assert_pyramid_at_size(HieraConfig(depths=[1, 2, 7, 2], out_indices=[1, 2, 3, 4]), [96, 192, 384, 768])
     assert sum(p.numel() for p in model.parameters()) == 27_142_560
 
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from PIL import Image
 from safetensors import safe_open
 
 from backbones import AutoBackbone, ConfigError
@@ -22,10 +21,12 @@ from backbones.testing import (
     TransformersParity,
     assert_parity,
     load_reference,
+    random_image,
     random_pixels,
     randomize_weights_,
     vit,
 )
+from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_lw_detr_vit import DeformableDetrImageProcessor, LwDetrViTBackbone, LwDetrViTConfig
 
 # 2x2 windows of a 4x4 grid of 8-pixel patches at 32 pixels; layers 1 and 3 windowed, layer 2 global.
@@ -174,10 +175,8 @@ def test_detector_checkpoint_loads_with_prefix(detector_checkpoint: tuple[Any, P
     # The stem's 3 weights and 17 a layer (its key projection has no bias).
     assert len(saved) - len(outside) == len(model.state_dict()) == 3 + 17 * 4
     trunk = detector.model.backbone.backbone
-    for size in ((640, 640), (256, 384)):  # LW-DETR's training size, and another
-        batch = random_pixels(*size, batch=1)
-        with torch.no_grad():
-            assert_parity(model(batch).feature_maps, trunk(batch).feature_maps)
+    sizes = ((640, 640), (256, 384))  # LW-DETR's training size, and another
+    vit.assert_same_maps(model, trunk, (random_pixels(*size, batch=1) for size in sizes))
 
 
 def _stage_maps(tokens: tuple[torch.Tensor, ...], side: int, height: int, width: int) -> list[torch.Tensor]:
@@ -288,14 +287,7 @@ def test_fresh_weights_follow_transformers_init() -> None:
 
 def test_forward_stops_at_the_deepest_requested_stage() -> None:
     model = LwDetrViTBackbone(LwDetrViTConfig(**SMALL, out_indices=[2])).eval()
-    ran: list[int] = []
-    for number, layer in enumerate(model.encoder.layer, start=1):
-        layer.register_forward_hook(lambda *_, number=number: ran.append(number))
-    with torch.no_grad():
-        model(random_pixels(256, 384, batch=1))
-        assert ran == [1, 2]
-        model(random_pixels(256, 384, batch=1), output_hidden_states=True)
-    assert ran == [1, 2, 1, 2, 3, 4]
+    assert_runs_up_to_deepest_selected_stage(model, model.encoder.layer, random_pixels(256, 384, batch=1))
 
 
 def test_sizes_that_do_not_split_into_windows_are_explained() -> None:
@@ -342,10 +334,6 @@ PREPROCESSOR: dict[str, Any] = {
 }
 
 
-def _image(height: int = 75, width: int = 101) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8))
-
-
 class TestLwDetrViTProcessorParity(ProcessorParity):
     """The checkpoints' DeformableDetrImageProcessor, also when the file names no type (this plugin declares it)."""
 
@@ -367,7 +355,7 @@ class TestLwDetrViTProcessorParity(ProcessorParity):
 
 def test_processor_pads_to_the_largest_image_with_a_mask() -> None:
     processor = DeformableDetrImageProcessor(**{k: v for k, v in PREPROCESSOR.items() if k != "image_processor_type"})
-    inputs = processor([_image(), _image(40, 30)], return_tensors="np")
+    inputs = processor([random_image(75, 101), random_image(40, 30)], return_tensors="np")
     # 75x101 -> 64x86 (shortest edge 64); 40x30 -> 85x64; padded to 85x86.
     assert inputs["pixel_values"].shape == (2, 3, 85, 86)
     mask = inputs["pixel_mask"]
@@ -381,8 +369,8 @@ def test_processor_defaults_are_transformers_defaults() -> None:
     ours, oracle = DeformableDetrImageProcessor(), transformers.DeformableDetrImageProcessorPil()
     assert ours.size == dict(oracle.size) == {"shortest_edge": 800, "longest_edge": 1333}
     assert (ours.do_pad, ours.do_normalize, ours.do_convert_rgb) == (oracle.do_pad, oracle.do_normalize, False)
-    expected = oracle(_image(), return_tensors="pt")["pixel_values"]
-    actual = ours(_image(), return_tensors="pt")["pixel_values"]
+    expected = oracle(random_image(75, 101), return_tensors="pt")["pixel_values"]
+    actual = ours(random_image(75, 101), return_tensors="pt")["pixel_values"]
     assert tuple(actual.shape) == tuple(expected.shape) == (1, 3, 800, 1077)
     assert (actual - expected).abs().max().item() <= 1e-5
 
@@ -402,7 +390,7 @@ def test_processor_rejects_bad_fields(fields: dict[str, Any], message: str) -> N
 def test_processor_refuses_an_image_larger_than_pad_size() -> None:
     processor = DeformableDetrImageProcessor(size={"height": 64, "width": 64}, pad_size={"height": 48, "width": 80})
     with pytest.raises(ValueError, match=r"image 0 is 64x64 after resizing, larger than pad_size="):
-        processor(_image())
+        processor(random_image(75, 101))
 
 
 # -- config errors ----------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ class NatFamilyConformance(HierarchicalConformance):
 
 
 class NatFamilyRecordedParity(RecordedParity):
-    """Parity with transformers 4.53.3's NAT-family models, recorded by :func:`run_oracle`.
+    """Parity with transformers 4.53.3's NAT-family models, recorded by :func:`run_oracle` (marked ``oracle``).
 
     The recording: ``backbone``, transformers' backbone of ``small`` (three stages) with every stage selected,
     its hidden states, attentions and gradients at :data:`INPUTS`; ``extra_cases``; ``classifier``, its task
@@ -180,12 +180,14 @@ class NatFamilyRecordedParity(RecordedParity):
     Class attributes (besides :class:`~backbones.testing.RecordedParity`'s):
         small: Config arguments of the recorded backbone.
         classifier: Config arguments of the recorded task model (with layer scales).
-        base_model_prefix: transformers' base-model prefix (``"nat"``), which a task checkpoint's keys start with.
+        base_model_prefix: transformers' base-model prefix, which a task checkpoint's keys start with: the model
+            type (``"nat"``), set from ``backbone_class``.
         saved_out_indices: The selection of our saved backbone.
         extra_cases: More oracle cases (``oracle_script.py``'s format) recorded in the same run.
         classifier_fields: Values our config class reads from the task checkpoint's ``config.json``.
     """
 
+    pytestmark = pytest.mark.oracle
     small: ClassVar[dict[str, Any]]
     classifier: ClassVar[dict[str, Any]]
     base_model_prefix: ClassVar[str]
@@ -204,7 +206,7 @@ class NatFamilyRecordedParity(RecordedParity):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        prefix = cls.base_model_prefix
+        prefix = cls.base_model_prefix = cls.backbone_class.config_class.model_type
         cls.task_unused_keys = (
             "classifier.bias",
             "classifier.weight",

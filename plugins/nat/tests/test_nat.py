@@ -36,12 +36,10 @@ class TestNatConformance(NatFamilyConformance):
 # -- parity with transformers 4.53.3 --------------------------------------------------------------
 
 
-@pytest.mark.oracle
 class TestNatRecordedParity(NatFamilyRecordedParity):
     backbone_class = NatBackbone
     small = SMALL
     classifier = CLASSIFIER
-    base_model_prefix = "nat"
     saved_out_indices = (0, 2, 3)
     classifier_fields = {"layer_scale_init_value": 0.5, "kernel_size": 3, "out_features": ["stage3"]}
     # Every stage's last layer, over the padded map in the last stage (4 x 4 padded to the 5 x 5 window).

@@ -11,11 +11,10 @@ import torch
 import transformers
 
 import backbones_pixio
-from backbones import AutoBackbone, AutoBackboneConfig, Backbone
+from backbones import AutoBackbone, AutoBackboneConfig
 from backbones.testing import (
     BitProcessorParity,
     TokenShapes,
-    assert_parity,
     imported_names,
     load_reference,
     random_pixels,
@@ -53,12 +52,7 @@ PLAIN = "no-layernorm-silu-no-qkv-bias-one-class-token"
 KEY_RENAMES = (
     (r"^encoder\.encoder\.layer\.", "pixio.layers."),
     (r"^encoder\.embeddings\.", "pixio.embeddings."),
-    (r"attention\.attention\.query", "attention.q_proj"),
-    (r"attention\.attention\.key", "attention.k_proj"),
-    (r"attention\.attention\.value", "attention.v_proj"),
-    (r"attention\.output\.dense", "attention.o_proj"),
-    (r"intermediate\.dense", "mlp.fc1"),
-    (r"\.output\.dense", ".mlp.fc2"),
+    *vit.REFERENCE_LAYER_RENAMES,
     (r"\.norm1\.", ".layernorm_before."),
     (r"\.norm2\.", ".layernorm_after."),
 )
@@ -87,19 +81,14 @@ class TestPixioParity(vit.ViTParity):
     # ``prefix_tokens`` are the 8 class tokens of transformers' hidden states, through the maps' norm.
     prefix_token_count = 8
 
-    @staticmethod
-    def _plain(variant: str) -> bool:
-        return variant == PLAIN
-
-    def expected_backbone_unused(self, variant: str, model: Backbone) -> list[str]:
-        # Without apply_layernorm the backbone builds no norm; the trunk's own final norm is dropped silently
-        # (ignored_checkpoint_keys): transformers' backbone never runs it either.
-        return ["layernorm.bias", "layernorm.weight"] if self._plain(variant) else []
+    # No mask token: without apply_layernorm the backbone builds no norm (vit.ViTParity's final_norm_keys); the
+    # trunk's own final norm is dropped silently (ignored_checkpoint_keys): transformers' backbone never runs it.
+    never_built_keys = ()
 
     def expected_round_trip_missing(self, variant: str) -> list[str]:
         # transformers puts our ``layernorm`` in ``pixio.layernorm`` (see load_reference_checkpoint), so it reports
         # its maps' norm missing; without apply_layernorm our file holds no norm at all.
-        return sorted(MAPS_NORM + TRUNK_NORM) if self._plain(variant) else MAPS_NORM
+        return sorted(MAPS_NORM + [f"pixio.{key}" for key in self.never_built(variant)])
 
     def load_reference_checkpoint(self, directory: Path, missing: Iterable[str]) -> Any:
         """transformers' PixioBackbone of our file, its maps' norm set from the file.
@@ -138,10 +127,7 @@ class TestPixioParity(vit.ViTParity):
         trunk.update({key: value for key, value in task.state_dict().items() if key.startswith("layernorm.")})
         result = reference.load_state_dict(trunk, strict=False)
         assert sorted(result.missing_keys) == TRUNK_NORM and result.unexpected_keys == []
-        for size in self.input_sizes:
-            inputs = self.pixels(size)
-            with torch.no_grad():
-                assert_parity(model(inputs).feature_maps, reference(inputs).feature_maps, self.tolerance)
+        vit.assert_same_maps(model, reference, map(self.pixels, self.input_sizes), self.tolerance)
 
     def test_transformers_leaves_the_maps_norm_of_a_model_checkpoint_untrained(self, tmp_path: Path) -> None:
         """Why the oracle above is assembled by hand: transformers' own load of a PixioModel checkpoint."""
@@ -176,10 +162,11 @@ def test_every_class_token_has_its_own_position() -> None:
 
 
 def test_positions_are_resampled_bicubically_without_antialiasing() -> None:
-    model = randomize_weights_(AutoBackbone.from_config(PixioConfig(**TINY)))
-    embeddings = model.encoder.embeddings
-    patches = embeddings.position_embeddings[:, 2:]  # after the 2 class tokens' positions
-    vit.assert_position_resampling(embeddings._patch_positions, patches, (3, 5), "bicubic", antialias=False)
+    # The table's patch positions follow the 2 class tokens' positions.
+    config = PixioConfig(**TINY)
+    vit.assert_model_resamples_positions(
+        config, (3, 5), antialias=False, prefix_tokens=2, embeddings="encoder.embeddings"
+    )
 
 
 def test_pruning_keeps_only_the_layers_that_run() -> None:
@@ -211,10 +198,17 @@ def test_imports_only_public_names_of_backbones_dinov2() -> None:
     """This plugin builds on backbones-dinov2's public API: no ``_``-prefixed module or name of it."""
     imported = imported_names(backbones_pixio, "backbones_dinov2")
     assert imported == [
-        ("backbones_dinov2.configs", ["PlainViTConfig"]),
+        ("backbones_dinov2.configs", ["ViTLayerConfig"]),
         (
             "backbones_dinov2.blocks",
-            ["Dinov2Attention", "Dinov2Embeddings", "Dinov2Encoder", "PlainViTBackbone", "resample_position_table"],
+            [
+                "Dinov2Attention",
+                "Dinov2Embeddings",
+                "Dinov2Encoder",
+                "PlainViTBackbone",
+                "embeddings_options",
+                "resample_position_table",
+            ],
         ),
     ]
 

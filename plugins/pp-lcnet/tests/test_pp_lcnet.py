@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +9,26 @@ import pytest
 import torch
 import transformers
 
-from backbones import AutoBackbone, ConfigError
-from backbones.testing import TransformersParity, assert_nested_checkpoint, assert_parity, randomize_weights_
-from backbones.testing.cnn import CNNConformance, assert_config_json_round_trips, save_randomized
+from backbones import ConfigError
+from backbones.testing import (
+    TransformersParity,
+    assert_maps_at_size,
+    assert_nested_checkpoint,
+    assert_parity,
+    random_pixels,
+    randomize_weights_,
+)
+from backbones.testing.cnn import (
+    CNNConformance,
+    ConfigRefusals,
+    assert_config_file_refused,
+    assert_config_json_round_trips,
+    assert_map_shapes,
+    build_on_meta_like_transformers,
+    map_shapes,
+    save_randomized,
+    with_height_only_strides,
+)
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_pp_lcnet import SCALES, PPLCNetBackbone, PPLCNetConfig
 
@@ -29,10 +45,6 @@ SMALL: dict[str, Any] = {
     ],
 }
 ALL_STAGES = [0, 1, 2, 3, 4, 5]
-
-
-def pixels(height: int = 64, width: int = 48, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
 
 
 # -- conformance ------------------------------------------------------------------------------------
@@ -61,14 +73,7 @@ class TestPPLCNetParity(TransformersParity):
     batch_size = 1
     out_indices = ((1, 2, 3, 4), (2,), (-1,), (0, 1, 2, 3, 4, 5))
     hidden_state_count = 6
-    hidden_state_shapes = (
-        (1, 8, 112, 112),
-        (1, 8, 112, 112),
-        (1, 16, 56, 56),
-        (1, 16, 28, 28),
-        (1, 24, 14, 14),
-        (1, 32, 7, 7),
-    )
+    hidden_state_shapes = map_shapes(1, [8, 8, 16, 16, 24, 32], [112, 112, 56, 28, 14, 7])
     task_out_indices = (1, 2, 3, 4)
     task_unused_keys = ("head.bias", "head.weight", "last_convolution.weight")
     round_trip_out_indices = (0, 2, 5)
@@ -79,14 +84,7 @@ class TestScaledParity(TestPPLCNetParity):
 
     variants = {"scaled-relu": {"scale": 0.75, "hidden_act": "relu", "stem_stride": 1}}
     out_indices = ((1, 2, 3, 4), (-1,))
-    hidden_state_shapes = (
-        (1, 8, 224, 224),
-        (1, 8, 224, 224),
-        (1, 16, 112, 112),
-        (1, 16, 56, 56),
-        (1, 24, 28, 28),
-        (1, 24, 14, 14),
-    )
+    hidden_state_shapes = map_shapes(1, [8, 8, 16, 16, 24, 24], [224, 224, 112, 56, 28, 14])
     # transformers reports int(width * scale) as the channels of a saved model, not the maps' widths.
     reference_reports_channels = False
 
@@ -97,7 +95,7 @@ def test_scaled_channels_are_the_real_widths() -> None:
     reference = transformers.PPLCNetBackbone(transformers.PPLCNetConfig(**options)).eval()
     model = PPLCNetBackbone(PPLCNetConfig(**options)).eval()
     with torch.no_grad():
-        maps = reference(pixels()).feature_maps
+        maps = reference(random_pixels(64, 48)).feature_maps
     assert [fmap.shape[1] for fmap in maps] == model.channels == [8, 8, 8, 8, 8, 16]
     assert reference.channels == [8, 2, 5, 5, 8, 11]
 
@@ -144,40 +142,22 @@ def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("scale", SCALES)
 def test_every_published_scale_builds_at_real_size(scale: float) -> None:
-    with torch.device("meta"):
-        model = PPLCNetBackbone(PPLCNetConfig(scale=scale, out_indices=ALL_STAGES))
-        reference = transformers.PPLCNetBackbone(transformers.PPLCNetConfig(scale=scale, out_indices=ALL_STAGES))
-        maps = model(torch.empty(1, 3, 224, 224)).feature_maps
-    ours = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    assert ours == {name: tuple(tensor.shape) for name, tensor in reference.state_dict().items()}
+    fields = {"scale": scale, "out_indices": ALL_STAGES}
+    model, maps = build_on_meta_like_transformers(PPLCNetBackbone, PPLCNetConfig, fields, (224, 224))
     # The real widths, read off transformers' BatchNorms: the stem's, and each stage's last pointwise one.
-    widths = [ours["encoder.convolution.normalization.weight"][0]] + [
-        ours[f"encoder.blocks.{stage}.layers.{depth - 1}.pointwise_convolution.normalization.weight"][0]
+    state = model.state_dict()
+    widths = [state["encoder.convolution.normalization.weight"].shape[0]] + [
+        state[f"encoder.blocks.{stage}.layers.{depth - 1}.pointwise_convolution.normalization.weight"].shape[0]
         for stage, depth in enumerate((1, 2, 2, 6, 2))
     ]
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (1, widths[0], 112, 112),
-        (1, widths[1], 112, 112),
-        (1, widths[2], 56, 56),
-        (1, widths[3], 28, 28),
-        (1, widths[4], 14, 14),
-        (1, widths[5], 7, 7),
-    ]
+    assert_map_shapes(maps, 1, widths, [112, 112, 56, 28, 14, 7])
     assert model.channels == widths and model.out_reductions == [2, 2, 4, 8, 16, 32]
 
 
 def test_default_config_shapes_at_224() -> None:
-    model = PPLCNetBackbone(PPLCNetConfig(out_indices=ALL_STAGES)).eval()
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 224, 224)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (1, 16, 112, 112),
-        (1, 32, 112, 112),
-        (1, 64, 56, 56),
-        (1, 128, 28, 28),
-        (1, 256, 14, 14),
-        (1, 512, 7, 7),
-    ]
+    shapes = map_shapes(1, [16, 32, 64, 128, 256, 512], [112, 112, 56, 28, 14, 7])
+    model = assert_maps_at_size(PPLCNetConfig(out_indices=ALL_STAGES), shapes)
+    assert type(model) is PPLCNetBackbone
     # The trunk of PP-LCNet x1.0 (the paper's 3.0M parameters include the 1280-wide head and classifier).
     assert sum(parameter.numel() for parameter in model.parameters()) == 1_016_160
 
@@ -187,18 +167,16 @@ def test_default_config_shapes_at_224() -> None:
 
 def test_forward_stops_at_the_deepest_requested_stage() -> None:
     model = PPLCNetBackbone(PPLCNetConfig(**SMALL, out_indices=[2])).eval()
-    assert_runs_up_to_deepest_selected_stage(model, model.encoder.blocks, pixels())
+    assert_runs_up_to_deepest_selected_stage(model, model.encoder.blocks, random_pixels(64, 48))
 
 
 def test_rectangular_strides_halve_the_height_only() -> None:
-    blocks = [[list(block) for block in stage] for stage in SMALL["block_configs"]]
-    blocks[3][0][3] = [2, 1]
-    blocks[4][0][3] = [2, 1]
+    blocks = with_height_only_strides(SMALL["block_configs"], (3, 4))
     options = {**SMALL, "block_configs": blocks, "out_indices": ALL_STAGES}
     model = PPLCNetBackbone(PPLCNetConfig(**options)).eval()
     reference = randomize_weights_(transformers.PPLCNetBackbone(transformers.PPLCNetConfig(**options))).eval()
     model.load_state_dict(reference.state_dict())
-    batch = pixels(32, 96)
+    batch = random_pixels(32, 96)
     with torch.no_grad():
         maps = model(batch).feature_maps
         assert_parity(maps, reference(batch).feature_maps)
@@ -216,9 +194,11 @@ def _blocks_with(stage: int, index: int, position: int, value: Any) -> list[list
     return blocks
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
+class TestPPLCNetConfigRefusals(ConfigRefusals):
+    config_class = PPLCNetConfig
+    config = SMALL
+    error = ConfigError
+    refusals = (
         ({"scale": 0}, r"scale=0 must be a positive number \(the width multiplier; the published models use 0.25"),
         ({"scale": -0.5}, r"scale=-0.5 must be a positive number"),
         (
@@ -262,18 +242,12 @@ def _blocks_with(stage: int, index: int, position: int, value: Any) -> list[list
         ({"divisor": 0}, r"divisor=0 must be a positive int"),
         ({"stem_stride": [2]}, r"stem_stride=\[2\] must be a positive int or a \[height, width\] pair"),
         ({"hidden_act": "swishy"}, r"hidden_act 'swishy' is not supported"),
-    ],
-)
-def test_bad_configs_name_the_field(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        PPLCNetConfig(**{**SMALL, **overrides})
+    )
 
 
 def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
-    PPLCNetConfig(**SMALL).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    data = json.loads(path.read_text())
-    data["block_configs"][2][1][0] = 2
-    path.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match=r"invalid backbone config in .*config.json: .*kernel_size=2 must be odd"):
-        AutoBackbone.from_pretrained(tmp_path)
+    def even_kernel(data: dict[str, Any]) -> None:
+        data["block_configs"][2][1][0] = 2
+
+    message = r"invalid backbone config in .*config.json: .*kernel_size=2 must be odd"
+    assert_config_file_refused(PPLCNetConfig(**SMALL), even_kernel, message, tmp_path)

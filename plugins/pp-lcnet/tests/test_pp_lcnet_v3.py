@@ -3,23 +3,25 @@ PP-OCRv5 mobile detector and recogniser that hold it), real sizes, config errors
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import transformers
 
-from backbones import AutoBackbone, ConfigError
-from backbones.testing import (
-    TransformersParity,
-)
+from backbones import ConfigError
+from backbones.testing import TransformersParity, assert_maps_at_size
 from backbones.testing.cnn import (
     CNNConformance,
+    ConfigRefusals,
     HeldBackbone,
     SavedModelsHoldingBackbone,
+    assert_config_file_refused,
     assert_config_json_round_trips,
+    assert_map_shapes,
+    build_on_meta_like_transformers,
+    map_shapes,
+    with_height_only_strides,
 )
 from backbones_pp_lcnet import SCALES, PPLCNetV3Backbone, PPLCNetV3Config
 
@@ -34,15 +36,9 @@ BLOCKS: list[list[list[Any]]] = [
 # layers that keep or change the width, squeeze-excitation, two k x k branches per layer.
 SMALL: dict[str, Any] = {"stem_channels": 8, "block_configs": BLOCKS, "conv_symmetric_num": 2}
 # PP-OCRv5's recogniser halves only the height in its last stages.
-REC_BLOCKS = [[list(block) for block in stage] for stage in BLOCKS]
-REC_BLOCKS[3][0][3] = [2, 1]
-REC_BLOCKS[4][0][3] = [2, 1]
+REC_BLOCKS = with_height_only_strides(BLOCKS, (3, 4))
 ALL_STAGES = [0, 1, 2, 3, 4, 5]
 DETECTOR_PREFIX = "model.backbone."
-
-
-def pixels(height: int = 64, width: int = 48, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
 
 
 # -- conformance ------------------------------------------------------------------------------------
@@ -86,13 +82,8 @@ class TestRecognitionParity(TestPPLCNetV3Parity):
     variants = {"rec": {"block_configs": REC_BLOCKS}}
     input_sizes = ((48, 320), (32, 100))
     out_indices = ((1, 2, 3, 4), (-1,))
-    hidden_state_shapes = (
-        (1, 8, 24, 160),
-        (1, 8, 24, 160),
-        (1, 16, 12, 80),
-        (1, 16, 6, 40),
-        (1, 24, 3, 40),
-        (1, 32, 2, 40),
+    hidden_state_shapes = map_shapes(
+        1, [8, 8, 16, 16, 24, 32], [(24, 160), (24, 160), (12, 80), (6, 40), (3, 40), (2, 40)]
     )
     round_trip_variants = ("rec",)
 
@@ -159,44 +150,32 @@ def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("scale", "divisor"), [(scale, 8) for scale in SCALES] + [(0.75, 16)])
 def test_every_scale_builds_at_real_size(scale: float, divisor: int) -> None:
     options = {"scale": scale, "divisor": divisor, "out_indices": ALL_STAGES}
-    with torch.device("meta"):
-        model = PPLCNetV3Backbone(PPLCNetV3Config(**options))
-        reference = transformers.PPLCNetV3Backbone(transformers.PPLCNetV3Config(**options))
-        maps = model(torch.empty(1, 3, 640, 640)).feature_maps
-    ours = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    assert ours == {name: tuple(tensor.shape) for name, tensor in reference.state_dict().items()}
+    model, maps = build_on_meta_like_transformers(PPLCNetV3Backbone, PPLCNetV3Config, options, (640, 640))
     # The real widths, read off the BatchNorms: the stem's, and each stage's last pointwise branch's.
-    widths = [ours["encoder.convolution.normalization.weight"][0]] + [
-        ours[f"encoder.blocks.{stage}.layers.{depth - 1}.pointwise_convolution.conv_symmetric.0.normalization.weight"][
-            0
-        ]
+    state = model.state_dict()
+    pointwise = "pointwise_convolution.conv_symmetric.0.normalization.weight"
+    widths = [state["encoder.convolution.normalization.weight"].shape[0]] + [
+        state[f"encoder.blocks.{stage}.layers.{depth - 1}.{pointwise}"].shape[0]
         for stage, depth in enumerate((1, 2, 2, 5, 4))
     ]
-    sides = (320, 320, 160, 80, 40, 20)
-    assert [tuple(fmap.shape) for fmap in maps] == [(1, width, side, side) for width, side in zip(widths, sides)]
+    assert_map_shapes(maps, 1, widths, [320, 320, 160, 80, 40, 20])
     assert model.channels == widths
 
 
 def test_default_config_shapes_at_640() -> None:
-    model = PPLCNetV3Backbone(PPLCNetV3Config(out_indices=ALL_STAGES)).eval()
-    with torch.no_grad():
-        maps = model(torch.randn(1, 3, 640, 640)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (1, 16, 320, 320),
-        (1, 32, 320, 320),
-        (1, 64, 160, 160),
-        (1, 128, 80, 80),
-        (1, 256, 40, 40),
-        (1, 512, 20, 20),
-    ]
+    shapes = map_shapes(1, [16, 32, 64, 128, 256, 512], [320, 320, 160, 80, 40, 20])
+    model = assert_maps_at_size(PPLCNetV3Config(out_indices=ALL_STAGES), shapes, size=640)
+    assert type(model) is PPLCNetV3Backbone
 
 
 # -- config errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
+class TestPPLCNetV3ConfigRefusals(ConfigRefusals):
+    config_class = PPLCNetV3Config
+    config = SMALL
+    error = ConfigError
+    refusals = (
         ({"conv_symmetric_num": 0}, r"conv_symmetric_num=0 must be at least 1: a pointwise layer"),
         ({"scale": 0.0}, r"scale=0.0 must be a positive number \(the width multiplier"),
         ({"scale": "big"}, r"scale='big' must be a positive number"),
@@ -206,20 +185,12 @@ def test_default_config_shapes_at_640() -> None:
             r"block_configs\[0\]\[0\]: in_channels=8 is 8 channels .* but stem_channels=16 gives 16",
         ),
         ({"divisor": -8}, r"divisor=-8 must be a positive int"),
-    ],
-)
-def test_bad_configs_name_the_field(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        PPLCNetV3Config(**{**SMALL, **overrides})
+    )
 
 
 def test_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
-    PPLCNetV3Config(**SMALL).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    data = json.loads(path.read_text())
-    data["block_configs"][4][0][3] = [2, 0]
-    path.write_text(json.dumps(data))
-    with pytest.raises(
-        ConfigError, match=r"config.json: .*block_configs\[4\]\[0\]: stride=\[2, 0\] must be a positive"
-    ):
-        AutoBackbone.from_pretrained(tmp_path)
+    def zero_stride(data: dict[str, Any]) -> None:
+        data["block_configs"][4][0][3] = [2, 0]
+
+    message = r"config.json: .*block_configs\[4\]\[0\]: stride=\[2, 0\] must be a positive"
+    assert_config_file_refused(PPLCNetV3Config(**SMALL), zero_stride, message, tmp_path)

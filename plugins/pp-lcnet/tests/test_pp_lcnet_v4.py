@@ -6,19 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 import transformers
 
 from backbones import ConfigError
-from backbones.testing import (
-    TransformersParity,
-)
+from backbones.testing import TransformersParity, random_pixels
 from backbones.testing.cnn import (
     CNNConformance,
+    ConfigRefusals,
     HeldBackbone,
     SavedModelsHoldingBackbone,
     assert_config_json_round_trips,
+    assert_map_shapes,
+    assert_same_state_shapes,
+    with_height_only_strides,
 )
 from backbones_pp_lcnet import PPLCNetV4Backbone, PPLCNetV4Config
 
@@ -32,15 +33,9 @@ BLOCKS: list[list[list[Any]]] = [
 ]
 SMALL: dict[str, Any] = {"stem_channels": [3, 8, 16], "block_configs": BLOCKS}
 # PP-OCRv6's layout: the last two stages halve the height only.
-REC_BLOCKS = [[list(block) for block in stage] for stage in BLOCKS]
-REC_BLOCKS[2][0][3] = [2, 1]
-REC_BLOCKS[3][0][3] = [2, 1]
+REC_BLOCKS = with_height_only_strides(BLOCKS, (2, 3))
 ALL_STAGES = [0, 1, 2, 3, 4]
 OCR_PREFIX = "model.backbone."
-
-
-def pixels(height: int = 64, width: int = 48, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(7))
 
 
 # -- conformance ------------------------------------------------------------------------------------
@@ -113,16 +108,10 @@ def test_default_config_is_the_recognition_layout() -> None:
     assert model.channels == [96, 96, 96, 192, 384]
     with torch.no_grad():
         maps = model(torch.randn(1, 3, 48, 320)).feature_maps
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (1, 96, 12, 80),
-        (1, 96, 12, 80),
-        (1, 96, 12, 80),
-        (1, 192, 6, 80),
-        (1, 384, 3, 80),
-    ]
-    reference = transformers.PPLCNetV4Backbone(transformers.PPLCNetV4Config(out_indices=ALL_STAGES))
-    ours = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    assert ours == {name: tuple(tensor.shape) for name, tensor in reference.state_dict().items()}
+    assert_map_shapes(maps, 1, [96, 96, 96, 192, 384], [(12, 80), (12, 80), (12, 80), (6, 80), (3, 80)])
+    assert_same_state_shapes(
+        model, transformers.PPLCNetV4Backbone(transformers.PPLCNetV4Config(out_indices=ALL_STAGES))
+    )
 
 
 # -- the PP-OCRv6 models' backbone ------------------------------------------------------------------
@@ -168,9 +157,11 @@ def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
 # -- config errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
+class TestPPLCNetV4ConfigRefusals(ConfigRefusals):
+    config_class = PPLCNetV4Config
+    config = SMALL
+    error = ConfigError
+    refusals = (
         ({"stem_type": "medium"}, r"stem_type='medium': Input should be 'large' or 'small'"),
         ({"block_configs": BLOCKS[:3]}, r"block_configs must have 4 stages \(one list of blocks each\), got 3"),
         ({"stem_channels": [3, 8, 24]}, r"block_configs\[0\]\[0\]: in_channels=16 must equal stem_channels\[2\]=24"),
@@ -186,15 +177,11 @@ def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
         ({"scale": 0}, r"scale=0 must be a positive number \(transformers multiplies the widths it reports by it\)"),
         ({"reduction": 0}, r"reduction=0 must be a positive int"),
         ({"reduction": 64}, r"block_configs\[0\]\[0\]: its squeeze-excitation squeezes 16 channels by reduction=64"),
-    ],
-)
-def test_bad_configs_name_the_field(overrides: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        PPLCNetV4Config(**{**SMALL, **overrides})
+    )
 
 
 def test_small_stem_accepts_any_middle_width() -> None:
     config = PPLCNetV4Config(**{**SMALL, "stem_channels": [3, 1, 16], "stem_type": "small"})
     model = PPLCNetV4Backbone(config).eval()
     with torch.no_grad():
-        assert model(pixels()).feature_maps[0].shape == (2, 40, 2, 2)
+        assert model(random_pixels(64, 48)).feature_maps[0].shape == (2, 40, 2, 2)

@@ -7,11 +7,9 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import pytest
 import torch
 import transformers
-from PIL import Image
 from torch import Tensor, nn
 
 from backbones import AutoBackbone, Backbone, ConfigError
@@ -24,7 +22,13 @@ from backbones.testing import (
     random_pixels,
     randomize_weights_,
 )
-from backbones.testing.hierarchical import HierarchicalConformance
+from backbones.testing.hierarchical import (
+    PYRAMID_REDUCTIONS,
+    HierarchicalConformance,
+    assert_pyramid_builds_on_meta,
+    stage_shapes,
+)
+from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_pvt_v2 import PvtImageProcessor, PvtV2Backbone, PvtV2Config
 from backbones_pvt_v2._model import LINEAR_POOL_SIZE, _adaptive_average_matrix
 
@@ -68,14 +72,12 @@ class TestPvtV2LinearAttentionConformance(TestPvtV2Conformance):
 
 # -- parity with transformers -----------------------------------------------------------------------
 
-# transformers' per-block attention probabilities at 224x224: (batch, heads, tokens, reduced tokens).
-# Spatial reduction by 8, 4, 2, 1 and PVTv2-Li's 7x7 pool give the same 49 keys at this size.
-ATTENTION_SHAPES_224 = (
-    (1, 1, 3136, 49),
-    (1, 2, 784, 49),
-    (1, 2, 784, 49),
-    (1, 3, 196, 49),
-    (1, 4, 49, 49),
+# transformers' per-block attention probabilities at 224x224: (batch, heads, tokens, reduced tokens), one per block
+# of SMALL. Spatial reduction by 8, 4, 2, 1 and PVTv2-Li's 7x7 pool give the same 49 keys at this size.
+ATTENTION_SHAPES_224 = tuple(
+    (1, heads, (224 // reduction) ** 2, 49)
+    for heads, depth, reduction in zip(SMALL["num_attention_heads"], SMALL["depths"], PYRAMID_REDUCTIONS)
+    for _ in range(depth)
 )
 
 
@@ -97,12 +99,7 @@ class TestPvtV2Parity(TransformersParity):
     # Every variant with every stage selected; the single-stage selections with the first variant only.
     selection_variants = ("spatial-reduction",)
     hidden_state_count = 4
-    hidden_state_shapes: ClassVar[tuple[tuple[int, ...], ...] | None] = (
-        (1, 8, 56, 56),
-        (1, 16, 28, 28),
-        (1, 24, 14, 14),
-        (1, 32, 7, 7),
-    )
+    hidden_state_shapes: ClassVar[tuple[tuple[int, ...], ...] | None] = tuple(stage_shapes(SMALL["hidden_sizes"], 224))
     compare_attentions = True
     attention_shapes: ClassVar[tuple[tuple[int, ...], ...] | None] = ATTENTION_SHAPES_224
     task_variants = ("spatial-reduction", "linear-attention")
@@ -182,24 +179,13 @@ REAL_SIZES: dict[str, tuple[dict[str, Any], float]] = {
 @pytest.mark.parametrize("size", list(REAL_SIZES))
 def test_real_sizes_build_on_meta(size: str) -> None:
     fields, millions_with_head = REAL_SIZES[size]
-    with torch.device("meta"):
-        model = PvtV2Backbone(PvtV2Config(**fields, out_indices=ALL_STAGES))
-        reference = transformers.PvtV2Model(transformers.PvtV2Config(**fields))
-        maps = model(torch.empty(1, 3, 224, 224)).feature_maps
-    ours = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    assert ours == {name: tuple(tensor.shape) for name, tensor in reference.state_dict().items()}
-    count = sum(parameter.numel() for parameter in model.parameters())
-    assert count == sum(parameter.numel() for parameter in reference.parameters())
-    widths = model.config.hidden_sizes
-    head = widths[-1] * 1000 + 1000
+    config = PvtV2Config(**fields, out_indices=ALL_STAGES)
+    model, count = assert_pyramid_builds_on_meta(
+        config, lambda: transformers.PvtV2Model(transformers.PvtV2Config(**fields)), config.hidden_sizes
+    )
+    assert type(model) is PvtV2Backbone
+    head = config.hidden_sizes[-1] * 1000 + 1000
     assert round((count + head) / 1e6, 1) == millions_with_head
-    assert [tuple(fmap.shape) for fmap in maps] == [
-        (1, widths[0], 56, 56),
-        (1, widths[1], 28, 28),
-        (1, widths[2], 14, 14),
-        (1, widths[3], 7, 7),
-    ]
-    assert model.channels == widths and model.out_reductions == [4, 8, 16, 32]
 
 
 def test_default_config_is_b0() -> None:
@@ -225,14 +211,9 @@ def test_linear_pool_equals_adaptive_average_pool(size: tuple[int, int]) -> None
 
 def test_forward_stops_at_the_deepest_requested_stage() -> None:
     model = PvtV2Backbone(PvtV2Config(**TINY, out_indices=[1])).eval()
-    ran: list[int] = []
-    for number, stage in enumerate(model.encoder.layers, start=1):
-        stage.register_forward_hook(lambda *_, number=number: ran.append(number))
-    with torch.no_grad():
-        model(random_pixels(64, 48))
-        assert ran == [1, 2]
-        model(random_pixels(64, 48), output_hidden_states=True)
-    assert ran == [1, 2, 1, 2, 3, 4]
+    # PVTv2 has no stem: stage1, at position 0, runs for every selection as a stem would; the check hooks the
+    # stages at positions 1 to 3.
+    assert_runs_up_to_deepest_selected_stage(model, model.encoder.layers[1:], random_pixels(64, 48))
     model.prune_unused_stages()
     assert len(model.encoder.layers) == 2
 
@@ -320,10 +301,6 @@ def test_a_stage_without_blocks_matches_transformers(tmp_path: Path) -> None:
 PREPROCESSOR = imagenet_preprocessor("PvtImageProcessor", size={"height": 64, "width": 48})
 
 
-def _image(height: int = 75, width: int = 101) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8))
-
-
 class TestPvtV2ProcessorParity(ProcessorParity):
     """The hub checkpoints' PvtImageProcessor, also when the file names no type (this plugin declares it), and
     under the names transformers 4 (``PvtImageProcessorFast``) and 5 (``...Pil``, its PIL class) wrote."""
@@ -339,14 +316,14 @@ class TestPvtV2ProcessorParity(ProcessorParity):
     batched = True
     expected_shape = (2, 3, 64, 48)
 
-
-def test_processor_defaults_are_transformers_defaults() -> None:
-    ours, oracle = PvtImageProcessor(), transformers.PvtImageProcessorPil()
-    assert ours.size == dict(oracle.size) == {"height": 224, "width": 224}
-    assert ours.resample == int(oracle.resample) == 3
-    assert tuple(ours.image_mean) == tuple(oracle.image_mean) and tuple(ours.image_std) == tuple(oracle.image_std)
-    expected = oracle(_image(), return_tensors="pt")["pixel_values"]
-    assert (ours(_image(), return_tensors="pt")["pixel_values"] - expected).abs().max().item() <= 1e-5
+    def test_processor_defaults_are_transformers_defaults(self) -> None:
+        ours, oracle = PvtImageProcessor(), transformers.PvtImageProcessorPil()
+        assert ours.size == dict(oracle.size) == {"height": 224, "width": 224}
+        assert ours.resample == int(oracle.resample) == 3
+        assert tuple(ours.image_mean) == tuple(oracle.image_mean) and tuple(ours.image_std) == tuple(oracle.image_std)
+        image = self.images("named")[0]  # 75 x 101
+        expected = oracle(image, return_tensors="pt")["pixel_values"]
+        assert (ours(image, return_tensors="pt")["pixel_values"] - expected).abs().max().item() <= 1e-5
 
 
 # -- config errors ----------------------------------------------------------------------------------

@@ -23,11 +23,17 @@ from backbones.testing.cnn import (
     SMALL_CNN,
     TINY_CNN,
     CNNConformance,
+    ConfigRefusals,
     assert_refuses_unlisted_choice,
     assert_reparameterize_folds_norms,
     assert_same_maps_at_sizes,
     dilated_backbone,
+    map_shapes,
+    non_positive_depths_refusal,
+    uneven_stage_lists_refusal,
+    unknown_activation_refusal,
 )
+from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_resnet import ResNetBackbone, ResNetConfig
 from backbones_resnet._config import ACTIVATIONS
 from backbones_resnet.blocks import _make_activation
@@ -153,26 +159,13 @@ def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
 
 def test_forward_stops_at_the_deepest_requested_stage() -> None:
     model = AutoBackbone.from_config(ResNetConfig(**TINY, out_indices=[1])).eval()
-    ran: list[int] = []
-    for number, stage in enumerate(model.encoder.stages, start=1):
-        stage.register_forward_hook(lambda *_, number=number: ran.append(number))
-    with torch.no_grad():
-        model(pixels())
-        assert ran == [1]
-        model(pixels(), output_hidden_states=True)
-    assert ran == [1, 1, 2, 3]
+    assert_runs_up_to_deepest_selected_stage(model, model.encoder.stages, pixels())
 
 
 @pytest.mark.slow
 def test_resnet50_shapes_at_224() -> None:
     testing.assert_maps_at_size(
-        ResNetConfig(out_indices=[1, 2, 3, 4]),
-        [
-            (1, 256, 56, 56),
-            (1, 512, 28, 28),
-            (1, 1024, 14, 14),
-            (1, 2048, 7, 7),
-        ],
+        ResNetConfig(out_indices=[1, 2, 3, 4]), map_shapes(1, [256, 512, 1024, 2048], [56, 28, 14, 7])
     )
 
 
@@ -183,21 +176,14 @@ def test_unknown_layer_type_lists_the_valid_ones() -> None:
     assert_refuses_unlisted_choice(ResNetConfig, "layer_type", "wide", ["basic", "bottleneck"], "bottleneck")
 
 
-def test_unknown_activation_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'relu'"):
-        ResNetConfig(hidden_act="swishy")
-
-
-def test_one_hidden_size_per_stage() -> None:
-    with pytest.raises(
-        ValueError, match=r"hidden_sizes has 2 entries but depths has 3; .*len\(hidden_sizes\) == len\(depths\)"
-    ):
-        ResNetConfig(hidden_sizes=[8, 16], depths=[1, 1, 1])
-
-
-def test_depths_must_be_positive() -> None:
-    with pytest.raises(ValueError, match=r"depths must list one positive integer per stage, got \[1, 0\]"):
-        ResNetConfig(hidden_sizes=[8, 16], depths=[1, 0])
+class TestResNetConfigRefusals(ConfigRefusals):
+    config_class = ResNetConfig
+    error = ConfigError
+    refusals = (
+        unknown_activation_refusal("relu"),
+        uneven_stage_lists_refusal(),
+        non_positive_depths_refusal(hidden_sizes=[8, 16]),
+    )
 
 
 # -- output stride by dilation ----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from backbones.testing import (
     randomize_weights_,
     vit,
 )
+from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_rf_detr_dinov2 import RfDetrDinov2Backbone, RfDetrDinov2Config
 from backbones_rf_detr_dinov2._model import _partition, _unpartition
 
@@ -274,9 +275,8 @@ def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
 
 def test_positions_are_resampled_with_antialiasing() -> None:
     """Bicubic by target size in float32 with antialiasing (unlike DINOv2's), even for bfloat16."""
-    model = randomize_weights_(RfDetrDinov2Backbone(RfDetrDinov2Config(**TINY))).to(torch.bfloat16)
-    patches = model.embeddings.position_embeddings[:, 1:]  # an 8x8 grid
-    vit.assert_position_resampling(model.embeddings._patch_positions, patches, (3, 10), "bicubic", antialias=True)
+    config = RfDetrDinov2Config(**TINY)  # an 8x8 grid of positions
+    vit.assert_model_resamples_positions(config, (3, 10), antialias=True, dtype=torch.bfloat16)
 
 
 def test_square_windows_are_spatial_and_invert() -> None:
@@ -342,12 +342,10 @@ def test_grid_must_divide_into_the_windows() -> None:
 
 def test_forward_stops_at_the_deepest_requested_stage() -> None:
     model = RfDetrDinov2Backbone(RfDetrDinov2Config(**TINY, out_indices=[1])).eval()
-    calls: list[int] = []
-    for index, layer in enumerate(model.encoder.layer):
-        layer.register_forward_hook(lambda *_, index=index: calls.append(index))
+    assert_runs_up_to_deepest_selected_stage(model, model.encoder.layer, random_pixels(32, 32))
     with torch.no_grad():
         (fmap,) = model(random_pixels(32, 32)).feature_maps
-    assert calls == [0] and tuple(fmap.shape) == (2, 16, 8, 8)
+    assert tuple(fmap.shape) == (2, 16, 8, 8)
     assert model.prune_unused_stages() == ["stage2", "stage3"] and len(model.encoder.layer) == 1
 
 
@@ -372,7 +370,7 @@ def test_imports_only_public_names_of_backbones_dinov2() -> None:
             [
                 "Dinov2Embeddings",
                 "Dinov2Encoder",
-                "LayerScale",
+                "LayerScaledLayer",
                 "Mlp",
                 "PlainViTBackbone",
                 "init_dinov2_weights_",

@@ -30,6 +30,7 @@ from backbones.testing.cnn import (
     TINY_CNN,
     CNNConformance,
     assert_config_json_round_trips,
+    assert_map_shapes,
     assert_reparameterize_folds_norms,
     assert_same_maps_at_sizes,
     detr_detector,
@@ -422,13 +423,8 @@ def test_output_stride_loads_the_same_weights(tmp_path: Path) -> None:
     assert (report.missing_keys, report.unused_keys, report.unknown_config_fields) == ([], [], {})
     assert model.reductions == [4, 4, 8, 16, 16]
     with torch.no_grad():
-        assert [tuple(fmap.shape) for fmap in model(pixels(), output_hidden_states=True).hidden_states] == [
-            (2, 8, 16, 12),
-            (2, 8, 16, 12),
-            (2, 16, 8, 6),
-            (2, 24, 4, 3),
-            (2, 32, 4, 3),
-        ]
+        states = model(pixels(), output_hidden_states=True).hidden_states
+    assert_map_shapes(states, 2, [8, 8, 16, 24, 32], [(16, 12), (16, 12), (8, 6), (4, 3), (4, 3)])
 
 
 def test_output_stride_lists_the_valid_values() -> None:

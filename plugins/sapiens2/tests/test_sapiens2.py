@@ -311,8 +311,8 @@ def test_imports_only_public_names_of_other_plugins() -> None:
     imported = imported_names(backbones_sapiens2, "backbones_")
     assert imported == [
         ("backbones_dinov3_vit.configs", ["RotaryViTConfig"]),
-        ("backbones_dinov2.blocks", ["LayerScale", "PlainViTBackbone"]),
-        ("backbones_dinov3_vit.blocks", ["RotaryPositions", "Rotation", "rotate"]),
+        ("backbones_dinov2.blocks", ["LayerScale"]),
+        ("backbones_dinov3_vit.blocks", ["RotaryPositions", "RotaryViTBackbone", "Rotation", "rotate"]),
     ]
 
 

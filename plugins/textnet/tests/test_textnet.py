@@ -20,9 +20,10 @@ from backbones.testing import (
     ProcessorParity,
     TransformersParity,
     assert_exports_with_dynamic_size,
+    random_pixels,
     randomize_weights_,
 )
-from backbones.testing.cnn import CNNConformance
+from backbones.testing.cnn import CNNConformance, assert_map_shapes
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_textnet import TextNetBackbone, TextNetConfig, TextNetImageProcessor
 
@@ -48,10 +49,6 @@ TINY: dict[str, Any] = {
     "conv_layer_strides": [[1], [2], [2], [2]],
 }
 ALL_STAGES = [0, 1, 2, 3, 4]
-
-
-def pixels(height: int = 64, width: int = 48, batch: int = 2, seed: int = 7) -> Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
 # -- conformance ------------------------------------------------------------------------------------
@@ -105,14 +102,8 @@ class TestTextNetParity(TransformersParity):
 def test_hidden_state_shapes_at_the_training_size() -> None:
     model = TextNetBackbone(TextNetConfig(**SMALL)).eval()
     with torch.no_grad():
-        states = model(pixels(640, 640, batch=1), output_hidden_states=True).hidden_states
-    assert [tuple(state.shape) for state in states] == [
-        (1, 8, 320, 320),
-        (1, 8, 160, 160),
-        (1, 16, 80, 80),
-        (1, 16, 40, 40),
-        (1, 24, 20, 20),
-    ]
+        states = model(random_pixels(640, 640, batch=1), output_hidden_states=True).hidden_states
+    assert_map_shapes(states, 1, [8, 8, 16, 16, 24], [320, 160, 80, 40, 20])
     assert model.reductions == [2, 4, 8, 16, 32] and model.num_features == [8, 8, 16, 16, 24]
 
 
@@ -188,7 +179,7 @@ def test_reparameterize_folds_every_layer_with_the_same_outputs(variant: str) ->
     model = _randomised(config)
     sizes = ((64, 64), (50, 38))
     with torch.no_grad():
-        expected = [model(pixels(*size)).feature_maps for size in sizes]
+        expected = [model(random_pixels(*size)).feature_maps for size in sizes]
     assert model.supports_reparameterize and not model.is_reparameterized
     layers = sum(len(stage) for stage in config.conv_layer_kernel_sizes)
     assert model.reparameterize() == layers + 1  # every layer and the stem
@@ -201,10 +192,10 @@ def test_reparameterize_folds_every_layer_with_the_same_outputs(variant: str) ->
     assert first.main_conv.kernel_size == tuple(config.conv_layer_kernel_sizes[0][0])
     with torch.no_grad():
         for size, reference in zip(sizes, expected):
-            assert _relative_difference(model(pixels(*size)).feature_maps, reference) <= 1e-5
+            assert _relative_difference(model(random_pixels(*size)).feature_maps, reference) <= 1e-5
     assert model.reparameterize() == 0  # a second call folds nothing and changes nothing
     with torch.no_grad():
-        assert _relative_difference(model(pixels(*sizes[0])).feature_maps, expected[0]) <= 1e-5
+        assert _relative_difference(model(random_pixels(*sizes[0])).feature_maps, expected[0]) <= 1e-5
 
 
 def test_reparameterize_folds_frozen_batch_norms() -> None:
@@ -217,7 +208,7 @@ def test_reparameterize_folds_frozen_batch_norms() -> None:
         for module in model.modules()
         if type(module).__name__ == "TextNetRepConvLayer"
     )
-    batch = pixels()
+    batch = random_pixels(64, 48)
     with torch.no_grad():
         expected = model(batch).feature_maps
     model.reparameterize()
@@ -239,9 +230,9 @@ def test_folded_model_refuses_training_and_saving(tmp_path: Path) -> None:
 def test_folded_model_exports_with_dynamic_size(tmp_path: Path) -> None:
     model = _randomised(TextNetConfig(**SMALL, out_indices=[1, 4]))
     model.reparameterize()
-    inputs = [pixels(*size, seed=3) for size in ((64, 64), (50, 38))]
+    inputs = [random_pixels(*size, seed=3) for size in ((64, 64), (50, 38))]
     assert_exports_with_dynamic_size(
-        model, pixels(), inputs, size_range=(33, 4096), onnx_path=tmp_path / "textnet.onnx"
+        model, random_pixels(64, 48), inputs, size_range=(33, 4096), onnx_path=tmp_path / "textnet.onnx"
     )
 
 
@@ -260,7 +251,7 @@ def test_fresh_weights_follow_transformers_init() -> None:
 
 def test_forward_stops_at_the_deepest_requested_stage() -> None:
     model = TextNetBackbone(TextNetConfig(**SMALL, out_indices=[2])).eval()
-    assert_runs_up_to_deepest_selected_stage(model, model.textnet.encoder.stages, pixels())
+    assert_runs_up_to_deepest_selected_stage(model, model.textnet.encoder.stages, random_pixels(64, 48))
 
 
 def test_wrong_channel_count_names_the_field() -> None:

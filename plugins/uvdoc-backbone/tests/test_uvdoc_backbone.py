@@ -21,6 +21,7 @@ from backbones.testing import (
     assert_exports_with_dynamic_size,
     assert_nested_checkpoint,
     assert_parity,
+    random_pixels,
     randomize_weights_,
 )
 from backbones.testing.cnn import CNNConformance, save_randomized
@@ -34,10 +35,6 @@ TINY: dict[str, Any] = {
     "stage_configs": [[[16, 1]], [[16, 2], [16, 3]], [[16, 5]], [[16, 2]]],
 }
 ALL_STAGES = [0, 1, 2, 3, 4]
-
-
-def pixels(height: int = 64, width: int = 48, batch: int = 2, seed: int = 7) -> Tensor:
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
 # -- conformance ------------------------------------------------------------------------------------
@@ -78,7 +75,7 @@ def test_transformers_reports_dilations_as_channels() -> None:
     model = UVDocBackbone(UVDocBackboneConfig(**TINY, out_indices=ALL_STAGES)).eval()
     assert list(reference.channels) == [8, 1, 2, 5, 2]
     with torch.no_grad():
-        maps = model(pixels()).feature_maps
+        maps = model(random_pixels(64, 48)).feature_maps
     assert model.channels == [fmap.shape[1] for fmap in maps] == [16] * 5
 
 
@@ -116,7 +113,7 @@ def test_uvdoc_model_checkpoint_loads_with_prefix(uvdoc_checkpoint: tuple[Any, P
     head = report.unused_keys
     assert head == sorted(key for key in reference.state_dict() if key.startswith("head.")) and len(head) == 15
     for size in sizes:
-        batch = pixels(*size, batch=1)
+        batch = random_pixels(*size, batch=1)
         with torch.no_grad():
             ours = model(batch, output_hidden_states=True)
             assert_parity(ours.hidden_states, reference.backbone(batch, output_hidden_states=True).hidden_states)
@@ -132,7 +129,7 @@ def test_uvdoc_model_checkpoint_through_auto_backbone(uvdoc_checkpoint: tuple[An
         directory, checkpoint_prefix="backbone.", config_key="backbone_config", out_indices=[0, -1]
     )
     assert isinstance(model, UVDocBackbone) and model.out_features == ["stem", "stage4"]
-    batch = pixels(batch=1)
+    batch = random_pixels(64, 48, batch=1)
     with torch.no_grad():
         states = reference.backbone(batch, output_hidden_states=True).hidden_states
         assert_parity(model(batch).feature_maps, [states[0], states[4]])
@@ -194,7 +191,7 @@ def test_reparameterize_folds_every_batch_norm_with_the_same_outputs() -> None:
     model = _randomised(out_indices=ALL_STAGES)
     sizes = ((64, 64), (50, 38))
     with torch.no_grad():
-        expected = [model(pixels(*size)).feature_maps for size in sizes]
+        expected = [model(random_pixels(*size)).feature_maps for size in sizes]
     norms = sum(isinstance(module, nn.BatchNorm2d) for module in model.modules())
     assert norms == 2 + 3 + 2 * 2 + 5  # head, the downsampling block, the two plain blocks, bridge layers
     assert model.reparameterize() == norms
@@ -203,7 +200,7 @@ def test_reparameterize_folds_every_batch_norm_with_the_same_outputs() -> None:
     assert block.conv_start.convolution.dilation == (2, 2) and block.conv_start.convolution.bias is not None
     with torch.no_grad():
         for size, reference in zip(sizes, expected):
-            assert _relative_difference(model(pixels(*size)).feature_maps, reference) <= 1e-5
+            assert _relative_difference(model(random_pixels(*size)).feature_maps, reference) <= 1e-5
 
 
 def test_folded_model_refuses_training_and_saving(tmp_path: Path) -> None:
@@ -219,8 +216,10 @@ def test_folded_model_refuses_training_and_saving(tmp_path: Path) -> None:
 def test_folded_model_exports_with_dynamic_size(tmp_path: Path) -> None:
     model = _randomised(out_indices=[0, 2, 4])
     model.reparameterize()
-    inputs = [pixels(*size, seed=3) for size in ((64, 64), (50, 38))]
-    assert_exports_with_dynamic_size(model, pixels(), inputs, size_range=(9, 4096), onnx_path=tmp_path / "uvdoc.onnx")
+    inputs = [random_pixels(*size, seed=3) for size in ((64, 64), (50, 38))]
+    assert_exports_with_dynamic_size(
+        model, random_pixels(64, 48), inputs, size_range=(9, 4096), onnx_path=tmp_path / "uvdoc.onnx"
+    )
 
 
 # -- behaviour --------------------------------------------------------------------------------------
@@ -234,15 +233,15 @@ def test_only_the_requested_bridges_run() -> None:
     for number, bridge in enumerate(model.bridge.bridge, start=1):
         bridge.register_forward_hook(lambda *_, number=number: calls.append(number))
     with torch.no_grad():
-        model(pixels())
+        model(random_pixels(64, 48))
         assert calls == [2]
         model.out_indices = [0]
-        model(pixels())
+        model(random_pixels(64, 48))
         assert calls == [2]  # the trunk alone
         model.out_indices = [1, 3]
-        model(pixels())
+        model(random_pixels(64, 48))
         assert calls == [2, 1, 3]
-        model(pixels(), output_hidden_states=True)
+        model(random_pixels(64, 48), output_hidden_states=True)
         assert calls == [2, 1, 3, 1, 2, 3, 4]  # hidden states cover every stage
 
 

@@ -8,6 +8,7 @@ skeleton that is skipped, saying why, until its author points it at a reference 
 
 from __future__ import annotations
 
+import ast
 import keyword
 import re
 import string
@@ -16,86 +17,47 @@ from importlib import resources
 from pathlib import Path
 
 from .._errors import BackboneError
+from .._manifest import tomllib
 
 __all__ = ["FAMILIES", "new_plugin", "validate_name"]
 
 
 @dataclass(frozen=True)
 class _Family:
+    """What a family's templates are filled with besides the plugin's names (its ``family.toml``)."""
+
     description: str
     processor: str
     rounding: str
     tiny_config: str
     default_stage_names: str
-    config_fields: tuple[tuple[str, object, str], ...]  # (field, default, meaning) after num_channels
     stages_text: str
 
 
-def _config_rows(fields: tuple[tuple[str, object, str], ...]) -> str:
-    """The README's config table rows: ``num_channels`` (every family's first field), then ``fields``."""
-    rows = [("num_channels", 3, "input channels"), *fields]
-    return "\n".join(f"| `{name}` | {default} | {meaning} |" for name, default, meaning in rows)
+def _config_rows(config_source: str) -> str:
+    """The README's config table rows, read from the generated config class: each field, in order, with its
+    default and the meaning its docstring's ``Args:`` gives, so that the table says what the code does."""
+    config_class = next(node for node in ast.parse(config_source).body if isinstance(node, ast.ClassDef))
+    meanings = dict(re.findall(r"^    (\w+): (.+)$", ast.get_docstring(config_class) or "", re.MULTILINE))
+    fields = [
+        (node.target.id, ast.literal_eval(node.value))
+        for node in config_class.body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None
+        if not ast.unparse(node.annotation).startswith("ClassVar")
+    ]
+    return "\n".join(f"| `{name}` | {default} | {meanings[name]} |" for name, default in fields)
 
 
-def _pyramid_table(stem_channels: int, stem_stride: int, widths: tuple[int, ...]) -> str:
-    """The README's stage table of a four-stage pyramid: the stem, then stage ``i`` at stride ``2 ** (i + 1)``."""
-    rows = [("stem", stem_channels, stem_stride)]
-    rows += [(f"stage{index}", width, 2 ** (index + 1)) for index, width in enumerate(widths, start=1)]
-    lines = ["| stage | channels | stride |", "| --- | --- | --- |"]
-    return "\n".join(lines + [f"| {name} | {channels} | {stride} |" for name, channels, stride in rows])
+def _load_families() -> dict[str, _Family]:
+    """Each family's values, from ``templates/<family>/family.toml`` (the folder of its templates)."""
+    templates = resources.files(__name__) / "templates"
+    return {
+        name: _Family(**tomllib.loads((templates / name / "family.toml").read_text(encoding="utf-8")))
+        for name in ("cnn", "vit", "hierarchical")
+    }
 
 
-FAMILIES: dict[str, _Family] = {
-    "cnn": _Family(
-        description="convolutional backbone with residual stages",
-        processor="ConvNextImageProcessor",
-        rounding="ceil",
-        tiny_config='{"embedding_size": 8, "hidden_sizes": [8, 16, 16], "depths": [1, 1, 1]}',
-        default_stage_names='["stem", "stage1", "stage2", "stage3", "stage4"]',
-        config_fields=(
-            ("embedding_size", 32, "channels of the stem (3x3 stride-2 convolution)"),
-            ("hidden_sizes", [64, 128, 256, 512], "channels of each stage"),
-            ("depths", [2, 2, 2, 2], "residual blocks in each stage"),
-            ("batch_norm_eps", 1e-05, "epsilon of every BatchNorm"),
-        ),
-        stages_text=_pyramid_table(32, 2, (64, 128, 256, 512)),
-    ),
-    "vit": _Family(
-        description="plain vision transformer read out at several depths",
-        processor="ViTImageProcessor",
-        rounding="floor",
-        tiny_config='{"patch_size": 8, "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2}',
-        default_stage_names='["stem"] + [f"stage{index}" for index in range(1, 13)]',
-        config_fields=(
-            ("patch_size", 16, "side of the square patches, the stride of every map"),
-            ("hidden_size", 192, "width of the tokens"),
-            ("num_hidden_layers", 12, "transformer blocks, one stage each"),
-            ("num_attention_heads", 3, "heads of every attention layer"),
-            ("mlp_ratio", 4.0, "MLP width relative to `hidden_size`"),
-            ("layer_norm_eps", 1e-06, "epsilon of every LayerNorm"),
-        ),
-        stages_text=(
-            "`stem` (the patch embedding) and `stage1` to `stage12` (after each block): 192 channels, "
-            "stride 16 each. A single scale: detection necks build the other scales from it."
-        ),
-    ),
-    "hierarchical": _Family(
-        description="hierarchical vision transformer with patch-merging stages",
-        processor="ViTImageProcessor",
-        rounding="ceil",
-        tiny_config='{"patch_size": 4, "embed_dim": 8, "depths": [1, 1, 1], "num_heads": [1, 2, 2], "mlp_ratio": 2.0}',
-        default_stage_names='["stem", "stage1", "stage2", "stage3", "stage4"]',
-        config_fields=(
-            ("patch_size", 4, "side of the square patches of the embedding"),
-            ("embed_dim", 96, "width of the first stage (stage i is `embed_dim * 2**i` wide)"),
-            ("depths", [2, 2, 6, 2], "attention blocks in each stage"),
-            ("num_heads", [3, 6, 12, 24], "attention heads in each stage"),
-            ("mlp_ratio", 4.0, "MLP width relative to the stage's width"),
-            ("layer_norm_eps", 1e-05, "epsilon of every LayerNorm"),
-        ),
-        stages_text=_pyramid_table(96, 4, (96, 192, 384, 768)),
-    ),
-}
+FAMILIES: dict[str, _Family] = _load_families()
 
 # Where each template goes; ``{package}`` and ``{module}`` are filled in. Family templates first.
 _FAMILY_FILES = {"_config.py.tmpl": "src/{package}/_config.py", "_model.py.tmpl": "src/{package}/_model.py"}
@@ -104,7 +66,7 @@ _COMMON_FILES = {
     "README.md.tmpl": "README.md",
     "__init__.py.tmpl": "src/{package}/__init__.py",
     "__init__.pyi.tmpl": "src/{package}/__init__.pyi",
-    "_plugin.py.tmpl": "src/{package}/_plugin.py",
+    "backbones.toml.tmpl": "src/{package}/backbones.toml",
     "test_conformance.py.tmpl": "tests/test_{module}.py",
     "test_parity.py.tmpl": "tests/test_{module}_parity.py",
 }
@@ -182,7 +144,6 @@ def _values(name: str, family: str, directory: Path) -> dict[str, str]:
         "rounding": spec.rounding,
         "tiny_config": spec.tiny_config,
         "default_stage_names": spec.default_stage_names,
-        "config_rows": _config_rows(spec.config_fields),
         "stages_text": spec.stages_text,
         "api": PLUGIN_API_VERSION,
         "core_requirement": _core_requirement(),
@@ -224,6 +185,8 @@ def new_plugin(name: str, directory: str | Path | None = None, family: str = "cn
     for source, destination in planned:
         text = string.Template(source.read_text(encoding="utf-8")).substitute(values)
         rendered[destination.format(package=values["package"], module=values["module"])] = text
+        if source.name == "_config.py.tmpl":  # rendered first: the README's table is read from it
+            values["config_rows"] = _config_rows(text)
     rendered[f"src/{values['package']}/py.typed"] = ""
     for relative, text in rendered.items():
         path = target / relative

@@ -9,7 +9,7 @@ runs the pyramid. Freezing the first stages freezes the wrapped backbone's (as t
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from torch import Tensor, nn
 from torch.nn import functional
@@ -18,6 +18,11 @@ from .._backbone import Backbone
 from .._config import BackboneConfig
 from ..layers import convert_batch_norm_to_frozen
 from ._config import FeaturePyramidConfig, PyramidConfig, SimpleFeaturePyramidConfig
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .._forward_inputs import ForwardRequest
 
 __all__ = ["FeaturePyramid", "LayerNorm2d", "PyramidBackbone", "SimpleFeaturePyramid"]
 
@@ -143,14 +148,11 @@ class PyramidBackbone(Backbone):
         self.backbone.out_features = [name for name in inner if name in needed]
 
     def _forward_features(
-        self,
-        pixel_values: Tensor,
-        *,
-        last_stage: int,
-        output_hidden_states: bool,
-        output_attentions: bool,
+        self, pixel_values: Tensor, **request: Unpack[ForwardRequest]
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
         count = self._num_inner
+        # The wrapped backbone runs as far as its own selection needs (or every stage, for hidden states).
+        output_hidden_states, output_attentions = request["output_hidden_states"], request["output_attentions"]
         output = self.backbone(
             pixel_values,
             output_hidden_states=output_hidden_states,

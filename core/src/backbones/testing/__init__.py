@@ -60,7 +60,9 @@ with the ImageNet mean and std) around the ones a checkpoint adds::
 Also exported: :func:`randomize_weights_` (give every parameter and statistic a non-trivial value before
 saving a parity checkpoint), :func:`assert_close_maps` (max-abs-diff comparison with a readable failure),
 :func:`assert_parity`, :func:`reference_class` and :func:`load_reference` (a transformers class by name, a
-checkpoint loaded into one with a clean-load check), :func:`edit_checkpoint` (a saved checkpoint rewritten
+checkpoint loaded into one with a clean-load check), :func:`assert_load_report` (our checkpoint loaded, its prefix,
+missing and unused keys checked exactly), :func:`random_pixels` and :func:`random_image` (seeded random pixel
+tensors, and PIL images for processor tests), :func:`edit_checkpoint` (a saved checkpoint rewritten
 with keys added, changed or removed), :func:`assert_random_only_in_training` (dropout and stochastic depth
 act in training only), :func:`assert_maps_at_size` (a default-size model's maps, channels and reductions),
 :func:`feature_map_loss`, :func:`saved_activation_bytes` and :func:`example_forward_inputs` (example values of
@@ -115,8 +117,9 @@ from ._parity import (
     load_reference,
     reference_class,
 )
-from ._pixels import random_pixels
+from ._pixels import random_image, random_pixels
 from ._processing import BitProcessorParity, ProcessorParity, imagenet_preprocessor
+from ._reports import assert_load_report
 from ._tensors import (
     assert_close_maps,
     assert_maps_at_size,
@@ -141,6 +144,7 @@ __all__ = [
     "assert_close_maps",
     "assert_exports_with_dynamic_size",
     "assert_frozen_norm_round_trip",
+    "assert_load_report",
     "assert_maps_at_size",
     "assert_nested_checkpoint",
     "assert_parity",
@@ -153,6 +157,7 @@ __all__ = [
     "load_reference",
     "modules_loaded_by",
     "patch_token_count",
+    "random_image",
     "random_pixels",
     "randomize_weights_",
     "reference_class",

@@ -23,7 +23,16 @@ Also here:
   DETR-style head :data:`TINY_DETR_HEAD`; :class:`SavedModelsHoldingBackbone`, their load-by-prefix checks
   declared as a table of :class:`HeldBackbone`);
 * a transformers ``config.json`` read and written back (:func:`assert_config_json_round_trips`), and a choice
-  field's refusal of an unlisted value (:func:`assert_refuses_unlisted_choice`).
+  field's refusal of an unlisted value (:func:`assert_refuses_unlisted_choice`);
+* the expected shapes of a pyramid of maps (:func:`map_shapes`, :func:`assert_map_shapes`), a real-size model built on the meta device with
+  transformers' weight shapes (:func:`build_on_meta_like_transformers`, :func:`assert_same_state_shapes`), and
+  PP-LCNet-style block lists whose strides halve the height only (:func:`with_height_only_strides`);
+* config refusals declared as a table (:class:`ConfigRefusals`), the refusals the stage-list configs share
+  (:func:`unknown_activation_refusal`, :func:`uneven_stage_lists_refusal`, :func:`non_positive_depths_refusal`,
+  :func:`assert_patch_size_must_be_square`), and a bad ``config.json`` refused with its file named
+  (:func:`assert_config_file_refused`);
+* a dilated ConvNeXt-style trunk compared with timm's ``ConvNeXt`` (:func:`timm_convnext_state`,
+  :func:`assert_dilation_matches_timm_convnext`).
 
 transformers is imported only inside the functions that need it.
 """
@@ -31,17 +40,18 @@ transformers is imported only inside the functions that need it.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
 import pytest
 import torch
 from torch import Tensor, nn
 
-from .. import AutoBackbone, Backbone, BackboneConfig, ReparameterizedError
+from .. import AutoBackbone, Backbone, BackboneConfig, ConfigError, ReparameterizedError
 from . import (
     BackboneConformance,
     TransformersParity,
@@ -58,20 +68,34 @@ __all__ = [
     "TINY_CNN",
     "TINY_DETR_HEAD",
     "CNNConformance",
+    "ConfigRefusals",
     "ConvNextStyleConformance",
     "ConvNextStyleParity",
     "HeldBackbone",
     "SavedModelsHoldingBackbone",
+    "assert_config_file_refused",
     "assert_config_json_round_trips",
+    "assert_dilation_matches_timm_convnext",
+    "assert_patch_size_must_be_square",
     "assert_refuses_unlisted_choice",
     "assert_reparameterize_folds_norms",
     "assert_same_maps_at_sizes",
+    "assert_same_state_shapes",
+    "build_on_meta_like_transformers",
+    "assert_map_shapes",
     "detr_detector",
     "dilated_backbone",
+    "map_shapes",
+    "non_positive_depths_refusal",
     "save_randomized",
+    "timm_convnext_state",
+    "uneven_stage_lists_refusal",
+    "unknown_activation_refusal",
+    "with_height_only_strides",
 ]
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+BackboneT = TypeVar("BackboneT", bound=Backbone)
 
 TINY_CNN: Mapping[str, Any] = MappingProxyType({"hidden_sizes": [8, 16, 24], "depths": [1, 1, 2]})
 """Three stages 8, 16 and 24 wide, the last of two blocks: the conformance size of a ResNet-style config
@@ -368,6 +392,8 @@ class HeldBackbone(NamedTuple):
         out_indices: The selection saved in its backbone config.
         input_sizes: ``(height, width)`` of the compared images.
         min_unused: The least number of its keys outside ``prefix`` (the rest of the model).
+        missing_counters: The model froze its BatchNorm, so its checkpoint has no ``num_batches_tracked``
+            (passed to :func:`~backbones.testing.assert_nested_checkpoint`: RT-DETR-style detectors).
     """
 
     build: Callable[[], nn.Module]
@@ -376,6 +402,7 @@ class HeldBackbone(NamedTuple):
     out_indices: Sequence[int]
     input_sizes: Sequence[tuple[int, int]]
     min_unused: int
+    missing_counters: bool = False
 
 
 class SavedModelsHoldingBackbone:
@@ -416,6 +443,7 @@ class SavedModelsHoldingBackbone:
             out_indices=held.out_indices,
             input_sizes=held.input_sizes,
             min_unused=held.min_unused,
+            missing_counters=held.missing_counters,
         )
 
 
@@ -442,3 +470,292 @@ def assert_refuses_unlisted_choice(
     with pytest.raises(ValueError, match=message):
         setattr(config, field, value)
     assert getattr(config, field) == default
+
+
+def map_shapes(
+    batch: int, widths: Sequence[int], sides: Sequence[int | tuple[int, int]]
+) -> tuple[tuple[int, int, int, int], ...]:
+    """The shapes of a pyramid of maps, written as its widths and its sizes rather than one tuple a map.
+
+    Args:
+        batch: The batch size of every map.
+        widths: Each map's channel count, in order.
+        sides: Each map's size: an int for a square map, or ``(height, width)``.
+
+    Returns:
+        ``(batch, width, height, width)`` for each map, as ``tuple(fmap.shape)`` reads.
+
+    Raises:
+        ValueError: ``widths`` and ``sides`` do not have one entry a map each.
+    """
+    if len(widths) != len(sides):
+        raise ValueError(f"{len(widths)} widths but {len(sides)} sides: give one of each per map")
+    sizes = [(side, side) if isinstance(side, int) else side for side in sides]
+    return tuple((batch, width, height, across) for width, (height, across) in zip(widths, sizes))
+
+
+def assert_map_shapes(
+    maps: Sequence[Tensor], batch: int, widths: Sequence[int], sides: Sequence[int | tuple[int, int]]
+) -> None:
+    """Assert the maps have the shapes :func:`map_shapes` gives for ``batch``, ``widths`` and ``sides``.
+
+    Args:
+        maps: The maps (feature maps or hidden states), in order.
+        batch: The expected batch size.
+        widths: The expected channel counts.
+        sides: The expected sizes: an int for a square map, or ``(height, width)``.
+    """
+    shapes = [tuple(fmap.shape) for fmap in maps]
+    expected = list(map_shapes(batch, widths, sides))
+    assert shapes == expected, f"map shapes {shapes}, expected {expected}"
+
+
+def assert_same_state_shapes(model: nn.Module, reference: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Assert two modules' state dicts hold the same keys with the same shapes (no value is read: meta works).
+
+    Args:
+        model: Our module.
+        reference: The oracle's module (transformers').
+
+    Returns:
+        Our state dict's shapes, by key.
+    """
+    ours = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    theirs = {name: tuple(tensor.shape) for name, tensor in reference.state_dict().items()}
+    only_ours, only_theirs = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
+    assert not only_ours and not only_theirs, f"keys only in ours: {only_ours}; only in the reference: {only_theirs}"
+    differing = {key: (shape, theirs[key]) for key, shape in ours.items() if shape != theirs[key]}
+    assert not differing, f"(ours, reference) shapes differ: {differing}"
+    return ours
+
+
+def build_on_meta_like_transformers(
+    backbone_class: type[BackboneT],
+    config_class: type[BackboneConfig],
+    fields: Mapping[str, Any],
+    image_size: tuple[int, int],
+    *,
+    batch: int = 1,
+) -> tuple[BackboneT, list[Tensor]]:
+    """Build a real-size model on the meta device, assert its weights have transformers' shapes, and run it.
+
+    Nothing is allocated: a published size builds and runs in milliseconds. transformers' classes are those named
+    as ours (``PPLCNetBackbone``, ``PPLCNetConfig``, ...), built from the same ``fields``.
+
+    Args:
+        backbone_class: Our backbone class.
+        config_class: Our config class.
+        fields: The config fields (for both sides), a selection included.
+        image_size: ``(height, width)`` of the empty image batch run through our model.
+        batch: Its batch size.
+
+    Returns:
+        Our model and its feature maps (meta tensors: their shapes are real).
+    """
+    import transformers
+
+    with torch.device("meta"):
+        model = backbone_class(config_class(**fields))
+        reference_config = getattr(transformers, config_class.__name__)(**fields)
+        reference = getattr(transformers, backbone_class.__name__)(reference_config)
+        maps = list(model(torch.empty(batch, 3, *image_size)).feature_maps)
+    assert_same_state_shapes(model, reference)
+    return model, maps
+
+
+def with_height_only_strides(block_configs: Sequence[Sequence[Sequence[Any]]], stages: Iterable[int]) -> list[Any]:
+    """A copy of PP-LCNet-style ``block_configs`` whose given stages open with a ``[2, 1]`` stride.
+
+    Each block is ``[kernel_size, in_channels, out_channels, stride, ...]``: the first block of each listed stage
+    gets the stride ``[2, 1]``, which halves the height only (the text recognisers' layout).
+
+    Args:
+        block_configs: One list of blocks a stage.
+        stages: The stages whose first block is changed.
+
+    Returns:
+        The new block lists (the input is left alone).
+    """
+    blocks = [[list(block) for block in stage] for stage in block_configs]
+    for stage in stages:
+        blocks[stage][0][3] = [2, 1]
+    return blocks
+
+
+def unknown_activation_refusal(listed: str) -> tuple[dict[str, Any], str]:
+    """The refusal of ``hidden_act="swishy"`` that lists the supported activations, for :class:`ConfigRefusals`.
+
+    Args:
+        listed: One activation the message must list (``"relu"``, ``"gelu"``).
+
+    Returns:
+        ``(overrides, message pattern)``.
+    """
+    return {"hidden_act": "swishy"}, rf"hidden_act 'swishy' is not supported; set hidden_act to one of \[.*'{listed}'"
+
+
+def uneven_stage_lists_refusal(widths: Sequence[int] = (8, 16)) -> tuple[dict[str, Any], str]:
+    """The refusal of two ``hidden_sizes`` for three ``depths``, for :class:`ConfigRefusals`.
+
+    Args:
+        widths: The two stage widths (valid on their own, so that only the count is wrong).
+
+    Returns:
+        ``(overrides, message pattern)``.
+    """
+    message = r"hidden_sizes has 2 entries but depths has 3; .*len\(hidden_sizes\) == len\(depths\)"
+    return {"hidden_sizes": list(widths), "depths": [1, 1, 1]}, message
+
+
+def non_positive_depths_refusal(**fields: Any) -> tuple[dict[str, Any], str]:
+    """The refusal of ``depths=[1, 0]``, for :class:`ConfigRefusals`.
+
+    Args:
+        **fields: Other fields that make the rest valid (``hidden_sizes=[8, 16]``).
+
+    Returns:
+        ``(overrides, message pattern)``.
+    """
+    return {**fields, "depths": [1, 0]}, r"depths must list one positive integer per stage, got \[1, 0\]"
+
+
+class ConfigRefusals:
+    """Config refusals declared as a table. Subclass it as ``Test<Name>ConfigRefusals``::
+
+        class TestResNetConfigRefusals(ConfigRefusals):
+            config_class = ResNetConfig
+            refusals = (unknown_activation_refusal("relu"), ({"depths": [1, 0]}, r"depths must list ..."))
+
+    Generated check: ``test_bad_config_names_the_field``, per entry of ``refusals`` (arguments ``overrides`` and
+    ``message``): ``config_class(**{**config, **overrides})`` raises ``error`` whose message matches ``message``.
+
+    Class attributes:
+        config_class: The config class.
+        config: Fields that every case starts from (a valid config).
+        refusals: ``(overrides, message pattern)`` per case.
+        error: The exception class expected (:class:`~backbones.ConfigError` is a ``ValueError``).
+    """
+
+    config_class: ClassVar[type[BackboneConfig]]
+    config: ClassVar[Mapping[str, Any]] = {}
+    refusals: ClassVar[Sequence[tuple[Mapping[str, Any], str]]] = ()
+    error: ClassVar[type[Exception]] = ValueError
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """Parametrise the check from the table."""
+        if "overrides" in metafunc.fixturenames:
+            metafunc.parametrize(("overrides", "message"), list(self.refusals))
+
+    def test_bad_config_names_the_field(self, overrides: Mapping[str, Any], message: str) -> None:
+        with pytest.raises(self.error, match=message):
+            self.config_class(**{**self.config, **overrides})
+
+
+def assert_patch_size_must_be_square(config_class: type[BackboneConfig]) -> None:
+    """Assert a square ``patch_size`` pair is kept as one int and a non-square one is refused with an example.
+
+    Args:
+        config_class: A config with a ``patch_size`` field.
+    """
+    assert getattr(config_class(patch_size=[2, 2]), "patch_size", None) == 2
+    message = r"patch_size must be one int or a square pair such as \[4, 4\], got \[2, 4\]"
+    with pytest.raises(ValueError, match=message):
+        config_class(patch_size=[2, 4])
+
+
+def assert_config_file_refused(
+    config: BackboneConfig, edit: Callable[[dict[str, Any]], None], message: str, directory: Path
+) -> None:
+    """Assert a ``config.json`` made invalid by hand is refused by ``AutoBackbone.from_pretrained``, naming it.
+
+    Args:
+        config: A valid config, saved in ``directory``.
+        edit: Changes the saved file's parsed JSON in place, making it invalid.
+        message: Pattern of the :class:`~backbones.ConfigError` (which names the file and the field).
+        directory: Where the file is written.
+    """
+    config.save_pretrained(directory)
+    path = directory / "config.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=message):
+        AutoBackbone.from_pretrained(directory)
+
+
+_TIMM_CONVNEXT_NAMES = MappingProxyType(
+    {
+        "dwconv": "conv_dw",
+        "layernorm": "norm",
+        "pwconv1": "mlp.fc1",
+        "pwconv2": "mlp.fc2",
+        "grn": "mlp.grn",
+        "layer_scale_parameter": "gamma",
+    }
+)
+
+
+def timm_convnext_state(model: nn.Module) -> dict[str, Tensor]:
+    """A ConvNeXt-style trunk's weights under timm's ``ConvNeXt`` names.
+
+    ``embeddings.patch_embeddings`` and ``embeddings.layernorm`` become ``stem.0`` and ``stem.1``; a stage's
+    ``downsampling_layer`` its ``downsample``; a block's ``dwconv``, ``layernorm``, ``pwconv1``, ``pwconv2``,
+    ``grn`` and ``layer_scale_parameter`` its ``conv_dw``, ``norm``, ``mlp.fc1``, ``mlp.fc2``, ``mlp.grn`` (whose
+    parameters timm keeps flat) and ``gamma``. The output norms have no timm counterpart and are left out.
+
+    Args:
+        model: Our ConvNeXt or ConvNeXt V2 backbone.
+
+    Returns:
+        The state dict to load into timm's ``ConvNeXt``.
+    """
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("hidden_states_norms."):
+            continue
+        if key.startswith("embeddings."):
+            layer, parameter = key.removeprefix("embeddings.").split(".", 1)
+            state[("stem.0." if layer == "patch_embeddings" else "stem.1.") + parameter] = value
+            continue
+        _, _, stage, kind, rest = key.split(".", 4)
+        if kind == "downsampling_layer":
+            state[f"stages.{stage}.downsample.{rest}"] = value
+            continue
+        block, part, *leaf = rest.split(".")
+        name = ".".join([_TIMM_CONVNEXT_NAMES[part], *leaf])
+        state[f"stages.{stage}.blocks.{block}.{name}"] = value.reshape(-1) if part == "grn" else value
+    return state
+
+
+def assert_dilation_matches_timm_convnext(config: BackboneConfig, *, seed: int = 7, **timm_options: Any) -> None:
+    """Assert a dilated ConvNeXt-style model matches timm's ``ConvNeXt`` of the same ``output_stride`` and weights.
+
+    The model is built by :func:`dilated_backbone`; timm's reductions must be those of our four stages, it must
+    load :func:`timm_convnext_state` missing only its classifier head, and give our hidden states after the stem
+    on 64x64 and 67x45 images (:func:`assert_same_maps_at_sizes`). Skipped where timm is not installed.
+
+    Args:
+        config: A config with ``depths``, ``hidden_sizes`` and ``output_stride``.
+        seed: Seed of the images.
+        **timm_options: Further arguments of timm's ``ConvNeXt`` (``use_grn=True``, ``ls_init_value=None``).
+    """
+    pytest.importorskip("timm")
+    from timm.models.convnext import ConvNeXt
+
+    fields = config.to_dict()
+    model = dilated_backbone(config)
+    reference = ConvNeXt(
+        depths=fields["depths"], dims=fields["hidden_sizes"], output_stride=fields["output_stride"], **timm_options
+    ).eval()
+    assert [info["reduction"] for info in reference.feature_info] == model.reductions[1:]
+    missing, unexpected = reference.load_state_dict(timm_convnext_state(model), strict=False)
+    assert (sorted(missing), unexpected) == (
+        ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"],
+        [],
+    )
+    assert_same_maps_at_sizes(
+        lambda images: model(images, output_hidden_states=True).hidden_states[1:],
+        lambda images: cast("list[Tensor]", reference.forward_intermediates(images, intermediates_only=True)),
+        [(64, 64), (67, 45)],
+        seed=seed,
+    )

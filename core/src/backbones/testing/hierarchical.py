@@ -12,14 +12,17 @@ windows and halve the map between stages. Maps that do not fill whole windows ar
         config = dict(SWIN_TINY)
 
 A class that sets ``default_pyramid`` also gets the default-size check of a four-stage pyramid of strides 4 to 32
-(:data:`PYRAMID_REDUCTIONS`, :func:`assert_pyramid_at_size`). Also here: the Swin-family sizes several plugins'
-tests share (:data:`SWIN_TINY`, :data:`SWIN_SMALL`), and the check that an attention bias computed once and cached
-still trains (:func:`assert_cached_bias_trains`).
+(:data:`PYRAMID_REDUCTIONS`, :func:`assert_pyramid_at_size`). Also here: the map shapes of stages at their
+reductions (:func:`stage_shapes`), a real-size pyramid built on the meta device against its transformers
+counterpart (:func:`assert_pyramid_builds_on_meta`), the Swin-family sizes several plugins' tests share
+(:data:`SWIN_TINY`, :data:`SWIN_SMALL`), and the check that an attention bias computed once and cached still trains
+(:func:`assert_cached_bias_trains`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -27,7 +30,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from .. import Backbone, BackboneConfig
+from .. import AutoBackbone, Backbone, BackboneConfig
 from . import BackboneConformance, assert_maps_at_size, random_pixels
 from ._declared import declare_checks
 
@@ -39,6 +42,8 @@ __all__ = [
     "WindowConformance",
     "assert_cached_bias_trains",
     "assert_pyramid_at_size",
+    "assert_pyramid_builds_on_meta",
+    "stage_shapes",
 ]
 
 SWIN_TINY: Mapping[str, Any] = MappingProxyType(
@@ -61,6 +66,40 @@ SWIN_SMALL: Mapping[str, Any] = MappingProxyType({**SWIN_TINY, "depths": [1, 2, 
 
 PYRAMID_REDUCTIONS: tuple[int, ...] = (4, 8, 16, 32)
 """The reductions of the four stages of a 4 x 4 patch embedding followed by three halvings."""
+
+
+def stage_shapes(
+    channels: Sequence[int],
+    size: int | tuple[int, int],
+    reductions: Sequence[int] = PYRAMID_REDUCTIONS,
+    batch: int = 1,
+) -> list[tuple[int, int, int, int]]:
+    """The shapes of the maps of stages ``channels`` wide at ``reductions``, for images of ``size``.
+
+    A stage of stride ``r`` is ``ceil(side / r)`` pixels along each side (a map that does not fill whole windows
+    or patches is padded); the default reductions are the four-stage pyramid's (:data:`PYRAMID_REDUCTIONS`).
+
+    Args:
+        channels: The stages' widths, in order.
+        size: The images' side, or their ``(height, width)``.
+        reductions: The stages' reductions, one a width.
+        batch: The batch size.
+
+    Returns:
+        ``(batch, width, height, width)`` of each stage, as ``[tuple(fmap.shape) for fmap in maps]`` lists them.
+
+    Raises:
+        ValueError: ``channels`` and ``reductions`` differ in length.
+    """
+    if len(channels) != len(reductions):
+        raise ValueError(
+            f"{len(channels)} widths for {len(reductions)} reductions: give stage_shapes one reduction per width"
+        )
+    height, width = (size, size) if isinstance(size, int) else size
+    return [
+        (batch, channel, math.ceil(height / reduction), math.ceil(width / reduction))
+        for channel, reduction in zip(channels, reductions)
+    ]
 
 
 class HierarchicalConformance(BackboneConformance):
@@ -128,14 +167,43 @@ def assert_pyramid_at_size(config: BackboneConfig, channels: Sequence[int], size
     Returns:
         The model, in eval mode, for further checks.
     """
-    shapes = [
-        (1, width, size // reduction, size // reduction) for width, reduction in zip(channels, PYRAMID_REDUCTIONS)
-    ]
-    model = assert_maps_at_size(config, shapes, size)
+    model = assert_maps_at_size(config, stage_shapes(channels, size), size)
     with torch.no_grad():
         maps = model(random_pixels(size, size, batch=1)).feature_maps
     assert all(torch.isfinite(fmap).all() for fmap in maps), "a default-size feature map is not finite"
     return model
+
+
+def assert_pyramid_builds_on_meta(
+    config: BackboneConfig, reference: Callable[[], nn.Module], channels: Sequence[int], size: int = 224
+) -> tuple[Backbone, int]:
+    """Assert a real-size four-stage backbone is laid out as its transformers counterpart, on the meta device.
+
+    Builds ``config``'s backbone and ``reference()`` under ``torch.device("meta")`` (nothing is allocated) and runs
+    one ``size`` x ``size`` image through ours. Both state dicts must hold the same names with the same shapes and
+    both models the same number of parameters; our maps must be ``channels`` wide at :data:`PYRAMID_REDUCTIONS`
+    (:func:`stage_shapes`), as our ``channels`` and ``out_reductions`` say.
+
+    Args:
+        config: A real-size config selecting the four stages.
+        reference: Builds transformers' model of the same size (called on the meta device).
+        channels: The four stages' widths.
+        size: The image's height and width; a multiple of 32.
+
+    Returns:
+        Our meta model and its parameter count.
+    """
+    with torch.device("meta"):
+        model = AutoBackbone.from_config(config)
+        oracle = reference()
+        maps = model(torch.empty(1, 3, size, size)).feature_maps
+    ours = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    assert ours == {name: tuple(tensor.shape) for name, tensor in oracle.state_dict().items()}
+    count = sum(parameter.numel() for parameter in model.parameters())
+    assert count == sum(parameter.numel() for parameter in oracle.parameters())
+    assert [tuple(fmap.shape) for fmap in maps] == stage_shapes(channels, size)
+    assert model.channels == list(channels) and model.out_reductions == list(PYRAMID_REDUCTIONS)
+    return model, count
 
 
 def assert_cached_bias_trains(model: Backbone, parameters: Iterable[nn.Parameter], pixel_values: Tensor) -> None:

@@ -17,18 +17,21 @@ rather than write ``make_config``::
 :class:`ViTParity` holds the parity declarations plain ViTs share as defaults. The rules every ViT config shares
 (core's :mod:`backbones.validation`) are declared by name rather than written out again: :class:`ViTConfigErrors`
 generates their entries, with the exact messages, from the tested config. :func:`assert_prunes_deeper_layers`,
-:func:`assert_builds_on_meta`, :func:`assert_position_resampling` and :func:`reload_without` are the pruning,
-real-size, position-resampling and missing-weight checks of a plain ViT; the tables (``TINY_VIT``,
-``RESAMPLING_SIZES``, ``TINY_ROTARY_VIT``, ``ROTARY_VIT_INVALID_VALUES``, ``TINY_DETR_DECODER``, ...) are the
-sizes and values the ViT plugins' tests share.
+:func:`assert_builds_on_meta`, :func:`assert_position_resampling` (:func:`assert_model_resamples_positions` for a
+model's own table) and :func:`reload_without` (:func:`reinitialised_when_missing`, :func:`redrawn_when_missing`)
+are the pruning, real-size, position-resampling and missing-weight checks of a plain ViT,
+:func:`assert_layer_scaled_init` the fresh init of a DINOv2-style layer, and :func:`assert_same_maps` compares two
+models' maps over several inputs; the tables (``TINY_VIT``, ``RESAMPLING_SIZES``, ``TINY_ROTARY_VIT``,
+``ROTARY_VIT_INVALID_VALUES``, ``TINY_DETR_DECODER``, ``REFERENCE_LAYER_RENAMES``, ...) are the sizes and values the
+ViT plugins' tests share.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import pytest
 
@@ -39,9 +42,11 @@ from ._declared import declare_checks
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import torch
     from torch import Tensor, nn
 
 __all__ = [
+    "REFERENCE_LAYER_RENAMES",
     "RESAMPLING_SIZES",
     "ROTARY_AUGMENTATIONS",
     "ROTARY_VIT_INVALID_VALUES",
@@ -55,9 +60,14 @@ __all__ = [
     "ViTConformance",
     "ViTParity",
     "assert_builds_on_meta",
+    "assert_layer_scaled_init",
+    "assert_model_resamples_positions",
     "assert_position_resampling",
     "assert_prunes_deeper_layers",
+    "assert_same_maps",
     "meta_parameter_count",
+    "redrawn_when_missing",
+    "reinitialised_when_missing",
     "reload_without",
     "vit_config_errors",
 ]
@@ -117,6 +127,20 @@ ROTARY_AUGMENTATIONS: Mapping[str, Any] = MappingProxyType(
     {"pos_embed_shift": 0.2, "pos_embed_jitter": 1.5, "pos_embed_rescale": 2.0}
 )
 """Every train-time augmentation of the rotary coordinates of the same family on: shift, jitter and rescale."""
+
+REFERENCE_LAYER_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
+    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
+    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+    (r"\.intermediate\.dense\.", ".mlp.fc1."),
+    (r"\.output\.dense\.", ".mlp.fc2."),
+)
+"""transformers 5's in-memory names of a BERT-style ViT layer's weights, for a parity test's ``key_renames``:
+its files (and our models) keep ``attention.attention.query``, ``attention.output.dense``, ``intermediate.dense``
+and ``output.dense``; in memory these are ``attention.q_proj`` (``k_proj``, ``v_proj``), ``attention.o_proj``,
+``mlp.fc1`` and ``mlp.fc2``. Applied in order (the attention's output projection before the MLP's); a layer whose
+MLP already has transformers' names (DINOv2's) is left alone by the last two."""
 
 
 class ViTConformance(BackboneConformance):
@@ -451,6 +475,25 @@ def assert_builds_on_meta(
     return model, sum(parameter.numel() for parameter in model.parameters())
 
 
+def assert_same_maps(
+    ours: Callable[..., Any], reference: Callable[..., Any], inputs: Iterable[Tensor], tolerance: float = 1e-4
+) -> None:
+    """Assert two backbones give the same feature maps for each batch of ``inputs`` (compared without gradients).
+
+    Args:
+        ours: Our backbone.
+        reference: The model it must match: any callable whose output has ``feature_maps`` (e.g. transformers'
+            backbone, or a detector's trunk).
+        inputs: The pixel batches, e.g. ``map(self.pixels, sizes)`` in a :class:`~backbones.testing.TransformersParity`.
+        tolerance: The largest absolute difference allowed (see :func:`~backbones.testing.assert_parity`).
+    """
+    import torch
+
+    for pixels in inputs:
+        with torch.no_grad():
+            assert_parity(ours(pixels).feature_maps, reference(pixels).feature_maps, tolerance)
+
+
 # -- positions and checkpoints ------------------------------------------------------------------------------------
 
 
@@ -516,3 +559,112 @@ def reload_without(config: BackboneConfig, directory: Path, key: str) -> tuple[B
     loaded, report = AutoBackbone.from_pretrained(directory, output_loading_info=True)
     assert report.missing_keys == [key]
     return model, loaded
+
+
+def reinitialised_when_missing(config: BackboneConfig, directory: Path, missing: str, kept: str) -> Tensor:
+    """Reload a backbone of ``config`` from a checkpoint without the weight ``missing`` (see :func:`reload_without`).
+
+    Asserts that exactly ``missing`` is reported missing and that ``kept`` (e.g. another parameter of the same
+    module) keeps its saved value; the caller checks how ``missing`` was initialised.
+
+    Args:
+        config: The config of the saved backbone.
+        directory: An empty folder for the checkpoint.
+        missing: The key left out of the checkpoint.
+        kept: A key whose saved value the loaded model must hold.
+
+    Returns:
+        The loaded model's ``missing`` weight, as its initialisation left it.
+    """
+    import torch
+
+    model, loaded = reload_without(config, directory, missing)
+    weights = loaded.state_dict()
+    assert torch.equal(weights[kept], model.state_dict()[kept])
+    return weights[missing]
+
+
+def redrawn_when_missing(
+    config: BackboneConfig, directory: Path, missing: str, kept: str, *, rel: float = 0.15
+) -> Tensor:
+    """:func:`reinitialised_when_missing`, and assert that ``missing`` was drawn afresh as transformers draws it.
+
+    Its standard deviation must be the config's ``initializer_range`` (within ``rel``).
+
+    Args:
+        config: The config of the saved backbone (with an ``initializer_range``).
+        directory: An empty folder for the checkpoint.
+        missing: The key left out of the checkpoint.
+        kept: A key whose saved value the loaded model must hold.
+        rel: The relative tolerance of the standard deviation (wider for a small tensor).
+
+    Returns:
+        The loaded model's ``missing`` weight.
+    """
+    weight = reinitialised_when_missing(config, directory, missing, kept)
+    assert weight.std().item() == pytest.approx(config.initializer_range, rel=rel)  # type: ignore[attr-defined]
+    return weight
+
+
+def assert_layer_scaled_init(
+    layer: nn.Module, query: nn.Linear, mlp_in: nn.Linear, *, layer_scale: float, std: float = 0.02
+) -> None:
+    """Assert transformers' fresh init of a DINOv2-style layer (``norm1``, ``attention``, ``layer_scale1``,
+    ``norm2``, ``mlp``, ``layer_scale2``).
+
+    Both layer scales hold ``layer_scale``, both norms start at one and zero, ``query``'s bias at zero, and
+    ``mlp_in``'s weight is drawn with standard deviation ``std`` (within 15 %).
+
+    Args:
+        layer: One transformer layer of a freshly built model.
+        query: Its attention's query projection (the fused ``qkv`` where it has one).
+        mlp_in: Its MLP's first projection.
+        layer_scale: The config's ``layerscale_value``.
+        std: The config's ``initializer_range``.
+    """
+    import torch
+
+    width = query.in_features
+    for scale in ("layer_scale1", "layer_scale2"):
+        assert torch.equal(layer.get_parameter(f"{scale}.lambda1"), torch.full((width,), layer_scale))
+    for norm in ("norm1", "norm2"):
+        assert torch.equal(layer.get_parameter(f"{norm}.weight"), torch.ones(width))
+        assert torch.equal(layer.get_parameter(f"{norm}.bias"), torch.zeros(width))
+    assert torch.equal(query.bias, torch.zeros(query.out_features))
+    assert mlp_in.weight.std().item() == pytest.approx(std, rel=0.15)
+
+
+def assert_model_resamples_positions(
+    config: BackboneConfig,
+    size: tuple[int, int],
+    *,
+    antialias: bool,
+    prefix_tokens: int = 1,
+    dtype: torch.dtype | None = None,
+    embeddings: str = "embeddings",
+    mode: str = "bicubic",
+) -> None:
+    """Assert a randomised backbone of ``config`` resamples its own position table as
+    :func:`assert_position_resampling` says.
+
+    The table is the ``position_embeddings`` of the submodule ``embeddings``, without its first ``prefix_tokens``
+    positions (those of the class tokens); the resampling is that submodule's ``_patch_positions``.
+
+    Args:
+        config: The config; its position table is a square grid.
+        size: ``(rows, columns)`` resampled to.
+        antialias: Whether the resampling antialiases.
+        prefix_tokens: The positions of prefix tokens at the start of the table.
+        dtype: The dtype the model is cast to first (``None``: float32, as built).
+        embeddings: The name of the submodule holding the table (e.g. ``"encoder.embeddings"``).
+        mode: The interpolation mode of :func:`torch.nn.functional.interpolate`.
+    """
+    from . import randomize_weights_
+
+    model = randomize_weights_(AutoBackbone.from_config(config))
+    if dtype is not None:
+        model = model.to(dtype)
+    module = model.get_submodule(embeddings)
+    table = cast("Tensor", module.position_embeddings)
+    resample = cast("Callable[[int, int], Tensor]", module._patch_positions)
+    assert_position_resampling(resample, table[:, prefix_tokens:], size, mode, antialias)

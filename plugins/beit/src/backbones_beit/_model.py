@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation as build_activation
-from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path, drop_path_rates
+from backbones.layers import (
+    CheckpointableLayer,
+    check_pixel_channels,
+    drop_path,
+    drop_path_rates,
+    module_group,
+    query_key_value_projections,
+)
 from backbones_dinov2.blocks import PlainViTBackbone
 
 from ._config import BeitConfig
@@ -35,17 +42,6 @@ __all__ = ["BeitBackbone"]
 
 # Input sizes whose attention bias one relative-position module keeps (a few sizes alternate in practice).
 _CACHED_SIZES = 8
-
-
-def _named(**children: nn.Module) -> Any:
-    """A parameterless module that only groups ``children``, to reproduce the checkpoint's key paths.
-
-    Typed ``Any``: its attributes are the children named at run time, which a type checker cannot see.
-    """
-    module = nn.Module()
-    for name, child in children.items():
-        module.add_module(name, child)
-    return module
 
 
 def _activation(name: str) -> nn.Module:
@@ -160,7 +156,7 @@ class _Embeddings(nn.Module):
         super().__init__()
         patch = config.patch_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.patch_embeddings = _named(
+        self.patch_embeddings = module_group(
             projection=nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=patch, stride=patch)
         )
         self.grid = config.patch_grid
@@ -206,9 +202,7 @@ class _SelfAttention(nn.Module):
         width = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.dropout = config.attention_probs_dropout_prob
-        self.query = nn.Linear(width, width)
-        self.key = nn.Linear(width, width, bias=False)
-        self.value = nn.Linear(width, width)
+        self.query, self.key, self.value = query_key_value_projections(width, key_bias=False)
         self.relative_position_bias = _RelativePositionBias(config) if config.use_relative_position_bias else None
 
     def forward(self, tokens: Tensor, bias: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
@@ -246,10 +240,12 @@ class _Layer(CheckpointableLayer):
         super().__init__()
         width = config.hidden_size
         self.layernorm_before = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.attention = _named(attention=_SelfAttention(config), output=_named(dense=nn.Linear(width, width)))
+        self.attention = module_group(
+            attention=_SelfAttention(config), output=module_group(dense=nn.Linear(width, width))
+        )
         self.layernorm_after = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.intermediate = _named(dense=nn.Linear(width, config.intermediate_size))
-        self.output = _named(dense=nn.Linear(config.intermediate_size, width))
+        self.intermediate = module_group(dense=nn.Linear(width, config.intermediate_size))
+        self.output = module_group(dense=nn.Linear(config.intermediate_size, width))
         self.activation = _activation(config.hidden_act)
         scale = config.layer_scale_init_value
         self.lambda_1 = nn.Parameter(torch.full((width,), scale)) if scale > 0 else None
@@ -334,7 +330,6 @@ class BeitBackbone(PlainViTBackbone):
     lora_target_modules = ("query", "key", "value", "output.dense", "intermediate.dense")
     config: BeitConfig
     base_model_prefix = "beit"  # trunk prefix of task checkpoints; transformers' BeitBackbone saves it without
-    has_attentions = True
     # Saved by older transformers releases; recomputed from the grid here.
     ignored_checkpoint_keys = (r"relative_position_index$",)
     reference_class_name = "BeitBackbone"
@@ -343,10 +338,10 @@ class BeitBackbone(PlainViTBackbone):
         super().__init__(config)
         (rates,) = drop_path_rates(config.drop_path_rate, [config.num_hidden_layers])
         shared = _RelativePositionBias(config) if config.use_shared_relative_position_bias else None
-        encoder = _named(layer=nn.ModuleList(_Layer(config, rate) for rate in rates))
+        encoder = module_group(layer=nn.ModuleList(_Layer(config, rate) for rate in rates))
         encoder.add_module("relative_position_bias", shared)
         # No beit.layernorm nor beit.pooler: only transformers' pooling and heads use them.
-        self.beit = _named(embeddings=_Embeddings(config), encoder=encoder)
+        self.beit = module_group(embeddings=_Embeddings(config), encoder=encoder)
         patch = config.patch_size
         # One prefix token: the class token.
         self._set_plain_stages(config, num_prefix_tokens=1, reshape_maps=config.reshape_hidden_states)

@@ -341,13 +341,8 @@ class BitBackbone(StemAndStages, Backbone):
     features). A forward runs only up to the deepest requested stage (all stages when hidden states are
     requested).
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = BitBackbone(BitConfig(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
-        [256, 512, 1024, 2048]
+    With the default configuration the four stages are 256, 512, 1024 and 2048 channels wide, at strides 4, 8, 16
+    and 32.
     """
 
     config_class = BitConfig

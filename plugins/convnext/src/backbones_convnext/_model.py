@@ -16,8 +16,7 @@ module: :meth:`ConvNextBackbone._make_block` is the hook that swaps in its block
 
 from __future__ import annotations
 
-from itertools import islice
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor, nn
 
@@ -26,6 +25,11 @@ from backbones.layers import StemAndStages, drop_path_rates, init_linear_and_nor
 
 from ._config import ConvNextConfig, ConvNextFamilyConfig
 from .blocks import NORM_EPS, ChannelsFirstLayerNorm, ConvNextBlock, ConvNextEmbeddings, ConvNextEncoder, ConvNextStage
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from backbones import ForwardRequest
 
 __all__ = ["ConvNextBackbone"]
 
@@ -39,13 +43,7 @@ class ConvNextBackbone(StemAndStages, Backbone):
     stages as transformers does; ``hidden_states`` are the maps before those norms. A forward runs only up
     to the deepest requested stage (all stages when hidden states are requested).
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = ConvNextBackbone(ConvNextConfig(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
-        [96, 192, 384, 768]
+    With the default configuration (ConvNeXt-T) the four stages are 96, 192, 384 and 768 channels wide.
     """
 
     config_class: ClassVar[type[ConvNextFamilyConfig]] = ConvNextConfig
@@ -121,24 +119,14 @@ class ConvNextBackbone(StemAndStages, Backbone):
         return max(self.reductions)
 
     def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
+        self, pixel_values: Tensor, **request: Unpack[ForwardRequest]
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        self._check_input_channels(pixel_values)
-        names = self.stage_names
-        wanted = set(self.out_positions)
-        norms = self.hidden_states_norms
-        maps: list[Tensor | None] = [None] * len(names)
-        x = self.embeddings(pixel_values)
-        states = [x]
-        if 0 in wanted:
-            maps[0] = norms[names[0]](x)
-        # islice, not a slice: slicing a ModuleList builds a new module on every call.
-        for position, stage in enumerate(islice(self.encoder.stages, last_stage), start=1):
-            x = stage(x)
-            states.append(x)
-            if position in wanted:
-                maps[position] = norms[names[position]](x)
-        return maps, tuple(states) if output_hidden_states else None, None
+        # The trunk runs as StemAndStages runs it; only the requested maps then go through their output norms
+        # (the hidden states stay the maps before them).
+        maps, states, attentions = super()._forward_features(pixel_values, **request)
+        for position in self.out_positions:
+            maps[position] = self.hidden_states_norms[self.stage_names[position]](maps[position])
+        return maps, states, attentions
 
     def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
         return self.embeddings, self.encoder.stages

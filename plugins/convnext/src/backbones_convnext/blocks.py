@@ -3,11 +3,10 @@ encoder, for plugins that build on ConvNeXt (backbones-convnextv2, DINOv3-ConvNe
 
 Paper: Liu et al., "A ConvNet for the 2020s" (2022), https://arxiv.org/abs/2201.03545.
 
-Every name in ``__all__`` is part of backbones-convnext's public API and follows semantic versioning: within a
-``0.1.x`` (later ``1.x``) series its constructor arguments, attribute names and forward signatures do not
-change incompatibly, so a dependent plugin pins ``backbones-convnext>=0.1,<0.2``. Attribute names are checkpoint
-key names in transformers' ConvNeXt format (``patch_embeddings``, ``downsampling_layer.1``, ``layers.N.dwconv``,
-``pwconv1``, ``layer_scale_parameter``, ...): changing one would change what every plugin built on them loads.
+Every name in ``__all__`` is part of backbones-convnext's public API and follows the versioning rule of
+docs/plugins.md ("Building on another plugin's blocks"): a dependent plugin pins ``backbones-convnext>=0.1,<0.2``.
+Attribute names are checkpoint key names in transformers' ConvNeXt format (``patch_embeddings``,
+``downsampling_layer.1``, ``layers.N.dwconv``, ``pwconv1``, ``layer_scale_parameter``, ...).
 
 Layout: maps are ``(batch, channels, height, width)`` tensors in the channels-last memory format (from the stem's
 norm on); a block's pointwise layers run on their ``(batch, height, width, channels)`` permuted views.

@@ -83,13 +83,7 @@ class ConvNextV2Backbone(ConvNextBackbone):
     map passes through its own output LayerNorm (``hidden_states_norms.<stage>``), and a forward runs
     only up to the deepest requested stage.
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = ConvNextV2Backbone(ConvNextV2Config(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
-        [96, 192, 384, 768]
+    With the default configuration the four stages are 96, 192, 384 and 768 channels wide.
     """
 
     config_class = ConvNextV2Config

@@ -22,10 +22,8 @@ __all__ = ["DinatBackbone"]
 class DinatBackbone(NatBackbone):
     """DiNAT feature extractor with transformers-compatible checkpoints (transformers' ``DinatBackbone``).
 
-    Stages, outputs and layouts are those of :class:`backbones_nat.NatBackbone`.
-
-    Args:
-        config: The architecture (with its per-layer dilations) and the output selection.
+    Stages, outputs and layouts are those of :class:`backbones_nat.NatBackbone`; the config adds a dilation
+    per layer.
     """
 
     config_class = DinatConfig

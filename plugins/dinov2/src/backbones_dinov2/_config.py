@@ -9,14 +9,14 @@ from pydantic import Field, model_validator
 from backbones.activations import ACTIVATIONS
 from backbones.validation import check_image_holds_patches, check_positive_mlp_ratio, image_pair, square_patch
 
-from .configs import PlainViTConfig
+from .configs import ViTLayerConfig
 
 __all__ = ["ACTIVATIONS", "Dinov2Config"]
 
 """Supported values of ``hidden_act``."""
 
 
-class Dinov2Config(PlainViTConfig):
+class Dinov2Config(ViTLayerConfig):
     """Configuration of a DINOv2 backbone; the defaults describe dinov2-base (ViT-B/14).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = num_hidden_layers``: the stem is the
@@ -52,11 +52,7 @@ class Dinov2Config(PlainViTConfig):
     model_type: ClassVar[str] = "dinov2"
 
     mlp_ratio: int | float = 4
-    hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
-    attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
-    layer_norm_eps: float = 1e-6
     patch_size: Annotated[int, square_patch(14)] = Field(default=14, ge=1)
-    qkv_bias: bool = True
     layerscale_value: float = 1.0
     drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
     use_swiglu_ffn: bool = False
@@ -69,6 +65,11 @@ class Dinov2Config(PlainViTConfig):
         check_positive_mlp_ratio(self.mlp_ratio, self.hidden_size)
         check_image_holds_patches("image_size", self.image_size, self.patch_size, square_grid=True)
         return self
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token (a subclass's stem may add more, e.g. registers)."""
+        return 1
 
     @property
     def position_grid(self) -> int:

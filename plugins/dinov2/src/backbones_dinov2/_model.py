@@ -23,7 +23,14 @@ from typing import ClassVar
 from torch import nn
 
 from ._config import Dinov2Config
-from .blocks import Dinov2Embeddings, Dinov2Encoder, Dinov2Layer, PlainViTBackbone, init_dinov2_weights_
+from .blocks import (
+    Dinov2Embeddings,
+    Dinov2Encoder,
+    Dinov2Layer,
+    PlainViTBackbone,
+    embeddings_options,
+    init_dinov2_weights_,
+)
 
 __all__ = ["Dinov2Backbone"]
 
@@ -45,24 +52,22 @@ class Dinov2Backbone(PlainViTBackbone):
     lora_target_modules = ("query", "key", "value", "output.dense", "fc1", "fc2", "weights_in", "weights_out")
     config: Dinov2Config
     base_model_prefix = "dinov2"  # trunk prefix in Dinov2ForImageClassification checkpoints
-    has_attentions = True
     reference_class_name = "Dinov2Backbone"
 
     def __init__(self, config: Dinov2Config) -> None:
         super().__init__(config)
-        self.embeddings = Dinov2Embeddings(
-            config.num_channels,
-            config.hidden_size,
-            config.patch_size,
-            config.position_grid,
-            dropout=config.hidden_dropout_prob,
-        )
+        self.embeddings = self._build_embeddings()
         self.encoder = Dinov2Encoder(Dinov2Layer.from_config(config) for _ in range(config.num_hidden_layers))
         # Only built when the feature maps use it, so that no parameter goes unused.
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.apply_layernorm else None
-        # One prefix token: the class token.
-        self._set_plain_stages(config, num_prefix_tokens=1, reshape_maps=config.reshape_hidden_states)
+        self._set_plain_stages(
+            config, num_prefix_tokens=config.num_prefix_tokens, reshape_maps=config.reshape_hidden_states
+        )
         self.post_init()
+
+    def _build_embeddings(self) -> Dinov2Embeddings:
+        """The stem of ``self.config``; a subclass whose stem adds tokens (e.g. registers) builds its own."""
+        return Dinov2Embeddings(**embeddings_options(self.config))
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise ``module``'s own parameters as transformers' ``Dinov2PreTrainedModel`` does."""

@@ -5,12 +5,11 @@ that build on DINOv2 (DINOv2 with registers, RF-DETR's windowed DINOv2, ...).
 Paper: Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision" (2023),
 https://arxiv.org/abs/2304.07193.
 
-Every name in ``__all__`` is part of backbones-dinov2's public API and follows semantic versioning: within a
-``0.1.x`` (later ``1.x``) series its constructor arguments, attribute names and forward signatures do not
-change incompatibly, so a dependent plugin pins ``backbones-dinov2>=0.1,<0.2``. Attribute names are checkpoint
-key names in the format transformers writes to disk (``embeddings.cls_token``, ``attention.attention.query``,
-``attention.output.dense``, ``layer_scale1.lambda1``, ``mlp.fc1`` or ``mlp.weights_in``, ...): changing one would
-change what every plugin built on these blocks loads.
+Every name in ``__all__`` is part of backbones-dinov2's public API and follows the versioning rule of
+docs/plugins.md ("Building on another plugin's blocks"): a dependent plugin pins ``backbones-dinov2>=0.1,<0.2``.
+Attribute names are checkpoint key names in the format transformers writes to disk (``embeddings.cls_token``,
+``attention.attention.query``, ``attention.output.dense``, ``layer_scale1.lambda1``, ``mlp.fc1`` or
+``mlp.weights_in``, ...).
 
 Layout: tokens are ``(batch, tokens, channels)``, the class token first (then any extra tokens a subclass of
 :class:`Dinov2Embeddings` inserts), then the patches row by row.
@@ -23,7 +22,7 @@ antialiasing), :meth:`Dinov2Embeddings._patch_positions` (how the position table
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +36,9 @@ from backbones.layers import (
     check_pixel_channels,
     drop_path,
     init_linear_and_norm_,
+    query_key_value_projections,
     run_token_layers,
+    transformer_layer_options,
 )
 
 if TYPE_CHECKING:
@@ -46,16 +47,20 @@ if TYPE_CHECKING:
 __all__ = [
     "Dinov2Attention",
     "Dinov2Embeddings",
+    "Dinov2EmbeddingsOptions",
+    "Dinov2EmbeddingsShape",
     "Dinov2Encoder",
     "Dinov2Layer",
     "Dinov2PatchEmbeddings",
     "Dinov2SelfAttention",
     "LayerScale",
+    "LayerScaledLayer",
     "Mlp",
     "PlainViTBackbone",
     "PlainViTShape",
     "SwiGLUFeedForward",
     "ViTAttentionShape",
+    "embeddings_options",
     "init_dinov2_weights_",
     "resample_position_table",
     "swiglu_hidden_features",
@@ -137,6 +142,57 @@ class Dinov2Embeddings(nn.Module):
         )
 
 
+class Dinov2EmbeddingsShape(Protocol):
+    """The config fields :func:`embeddings_options` reads (a :class:`~backbones_dinov2.Dinov2Config` has them).
+
+    Attributes:
+        num_channels: Input channels.
+        hidden_size: Token channels.
+        patch_size: Side of the square patches.
+        hidden_dropout_prob: Dropout on the tokens (training only).
+    """
+
+    num_channels: int
+    hidden_size: int
+    patch_size: int
+    hidden_dropout_prob: float
+
+    @property
+    def position_grid(self) -> int:
+        """Side of the square patch grid of the position table (``image_size // patch_size``)."""
+        ...
+
+
+class Dinov2EmbeddingsOptions(TypedDict):
+    """The constructor arguments of :class:`Dinov2Embeddings` (and of subclasses that keep them), by name."""
+
+    num_channels: int
+    hidden_size: int
+    patch_size: int
+    position_grid: int
+    dropout: float
+
+
+def embeddings_options(config: Dinov2EmbeddingsShape) -> Dinov2EmbeddingsOptions:
+    """The arguments of a config's :class:`Dinov2Embeddings`: ``Dinov2Embeddings(**embeddings_options(config))``,
+    or ``super().__init__(**embeddings_options(config))`` in a subclass that adds its own tokens.
+
+    Args:
+        config: A config with the fields of :class:`Dinov2EmbeddingsShape`.
+
+    Returns:
+        Its ``num_channels``, ``hidden_size``, ``patch_size`` and ``position_grid``, and ``hidden_dropout_prob`` as
+        ``dropout``.
+    """
+    return Dinov2EmbeddingsOptions(
+        num_channels=config.num_channels,
+        hidden_size=config.hidden_size,
+        patch_size=config.patch_size,
+        position_grid=config.position_grid,
+        dropout=config.hidden_dropout_prob,
+    )
+
+
 class Dinov2SelfAttention(nn.Module):
     """Multi-head self-attention over all tokens (keys ``query``, ``key``, ``value``).
 
@@ -153,9 +209,7 @@ class Dinov2SelfAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.dropout = attention_dropout
-        self.query = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
-        self.key = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
-        self.value = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
+        self.query, self.key, self.value = query_key_value_projections(hidden_size, bias=qkv_bias)
 
     def forward(self, tokens: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """Returns the context ``(batch, tokens, channels)`` and, if asked, the attention probabilities
@@ -299,10 +353,58 @@ class SwiGLUFeedForward(nn.Module):
         return self.weights_out(F.silu(gate) * value)
 
 
-class Dinov2Layer(CheckpointableLayer):
-    """One pre-norm transformer layer whose residual branches are layer-scaled (keys ``norm1``, ``attention``,
-    ``layer_scale1``, ``norm2``, ``mlp``, ``layer_scale2``). The unit of gradient checkpointing and of FSDP
-    sharding.
+class LayerScaledLayer(CheckpointableLayer):
+    """DINOv2's pre-norm transformer layer around a given attention and feed-forward network: both residual
+    branches are layer-scaled (keys ``norm1``, ``attention``, ``layer_scale1``, ``norm2``, ``mlp``,
+    ``layer_scale2``). The unit of gradient checkpointing and of FSDP sharding.
+
+    Subclasses build the attention and the network (DINOv2's in :class:`Dinov2Layer`, DINOv3's rotary
+    attention, RF-DETR's windowed one) and pass them here; the forward is this class's.
+
+    Args:
+        hidden_size: Token channels.
+        attention: Called as ``attention(normalised_tokens, *attention_inputs)`` (see :meth:`forward`); returns
+            the context ``(batch, tokens, hidden_size)`` and the attention probabilities or ``None``.
+        mlp: The feed-forward network, ``(..., hidden_size)`` to ``(..., hidden_size)``.
+        layer_norm_eps: Epsilon of the two layer norms.
+        layerscale_value: Initial value of the layer-scale factors.
+        drop_path: Stochastic-depth rate of both residual branches (training only).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        attention: nn.Module,
+        mlp: nn.Module,
+        *,
+        layer_norm_eps: float = 1e-6,
+        layerscale_value: float = 1.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.attention = attention
+        self.layer_scale1 = LayerScale(hidden_size, layerscale_value)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.mlp = mlp
+        self.layer_scale2 = LayerScale(hidden_size, layerscale_value)
+        self.drop_path = drop_path
+
+    def forward(self, x: Tensor, *attention_inputs: Any) -> tuple[Tensor, Tensor | None]:
+        """``(B, N, C)`` to ``(B, N, C)``, and the attention probabilities or ``None``.
+
+        ``attention_inputs`` go to the attention after the normalised tokens: the inputs every layer takes
+        (e.g. rotary positions, see :meth:`PlainViTBackbone._layer_inputs`), then ``need_weights``.
+        """
+        context, weights = self.attention(self.norm1(x), *attention_inputs)
+        x = x + drop_path(self.layer_scale1(context), self.drop_path, self.training)
+        branch = self.layer_scale2(self.mlp(self.norm2(x)))
+        return x + drop_path(branch, self.drop_path, self.training), weights
+
+
+class Dinov2Layer(LayerScaledLayer):
+    """DINOv2's transformer layer: :class:`LayerScaledLayer` around :class:`Dinov2Attention` and an
+    :class:`Mlp` (or a :class:`SwiGLUFeedForward`). Called as ``layer(tokens, need_weights)``.
 
     Args:
         hidden_size: Token channels.
@@ -331,17 +433,12 @@ class Dinov2Layer(CheckpointableLayer):
         attention_dropout: float = 0.0,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__()
         width = hidden_size
-        self.norm1 = nn.LayerNorm(width, eps=layer_norm_eps)
-        self.attention = Dinov2Attention(width, num_heads, qkv_bias=qkv_bias, attention_dropout=attention_dropout)
-        self.layer_scale1 = LayerScale(width, layerscale_value)
-        self.norm2 = nn.LayerNorm(width, eps=layer_norm_eps)
-        self.mlp: nn.Module = (
-            SwiGLUFeedForward(width, mlp_ratio) if use_swiglu_ffn else Mlp(width, int(width * mlp_ratio), hidden_act)
+        attention = Dinov2Attention(width, num_heads, qkv_bias=qkv_bias, attention_dropout=attention_dropout)
+        mlp = SwiGLUFeedForward(width, mlp_ratio) if use_swiglu_ffn else Mlp(width, int(width * mlp_ratio), hidden_act)
+        super().__init__(
+            width, attention, mlp, layer_norm_eps=layer_norm_eps, layerscale_value=layerscale_value, drop_path=drop_path
         )
-        self.layer_scale2 = LayerScale(width, layerscale_value)
-        self.drop_path = drop_path
 
     @classmethod
     def from_config(cls, config: Dinov2Config) -> Dinov2Layer:
@@ -350,22 +447,12 @@ class Dinov2Layer(CheckpointableLayer):
         return cls(
             config.hidden_size,
             config.num_attention_heads,
-            mlp_ratio=config.mlp_ratio,
-            qkv_bias=config.qkv_bias,
-            hidden_act=config.hidden_act,
-            layer_norm_eps=config.layer_norm_eps,
+            **transformer_layer_options(config),
             layerscale_value=config.layerscale_value,
             use_swiglu_ffn=config.use_swiglu_ffn,
             attention_dropout=config.attention_probs_dropout_prob,
             drop_path=config.drop_path_rate,
         )
-
-    def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        """``(B, N, C)`` to ``(B, N, C)``; also the attention probabilities if ``need_weights``."""
-        context, weights = self.attention(self.norm1(x), need_weights)
-        x = x + drop_path(self.layer_scale1(context), self.drop_path, self.training)
-        branch = self.layer_scale2(self.mlp(self.norm2(x)))
-        return x + drop_path(branch, self.drop_path, self.training), weights
 
 
 def tokens_to_map(

@@ -1,6 +1,7 @@
-"""Public config base of plain vision transformers (DINOv2 and the plugins built on its blocks): the fields,
-the head check and the stage names every such config declares alike, in one place. Imports no torch, so a
-config can be built and listed without it.
+"""Public config bases of plain vision transformers (DINOv2 and the plugins built on its blocks): the fields,
+the head check and the stage names every such config declares alike (:class:`PlainViTConfig`), and the fields of
+ViT-style layers (:class:`ViTLayerConfig`), in one place. Imports no torch, so a config can be built and listed
+without it.
 
 Like :mod:`backbones_dinov2.blocks`, every name in ``__all__`` is part of backbones-dinov2's public API and
 follows semantic versioning: within a ``0.1.x`` series no field is removed or renamed and no default changes,
@@ -22,7 +23,7 @@ from backbones.validation import (
     square_patch,
 )
 
-__all__ = ["PlainViTConfig"]
+__all__ = ["PlainViTConfig", "ViTLayerConfig"]
 
 
 class PlainViTConfig(BackboneConfig):
@@ -67,3 +68,21 @@ class PlainViTConfig(BackboneConfig):
     @property
     def stage_names(self) -> list[str]:
         return numbered_stage_names(self.num_hidden_layers)
+
+
+class ViTLayerConfig(PlainViTConfig):
+    """Base of the config of a plain vision transformer whose layers are ViT's (DINOv2, Pixio, ViTPose): it adds
+    to :class:`PlainViTConfig` (whose fields it keeps) the layer fields of transformers' ``ViTConfig``, which
+    :meth:`backbones_dinov2.blocks.Dinov2Attention.from_config` reads.
+
+    Args:
+        hidden_dropout_prob: Dropout on the hidden states (training only); a subclass says where it applies.
+        attention_probs_dropout_prob: Dropout on attention probabilities (training only).
+        layer_norm_eps: Epsilon of every layer norm.
+        qkv_bias: Whether the query, key and value projections have a bias.
+    """
+
+    hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
+    attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True

@@ -28,7 +28,6 @@ with the patchify convolution inside the first stage, and every DINOv3 block has
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import islice
 from typing import ClassVar
 
 import torch
@@ -38,7 +37,7 @@ from backbones import Backbone
 from backbones.activations import make_activation
 from backbones.layers import (
     CheckpointableLayer,
-    check_pixel_channels,
+    StemAndStages,
     drop_path,
     drop_path_rates,
     init_linear_and_norm_,
@@ -51,6 +50,8 @@ __all__ = ["DINOv3ConvNextBackbone"]
 
 # The stem's patchify convolution: 4x4 patches, stride 4 (fixed in DINOv3, as in ConvNeXt).
 _PATCH = 4
+# Stage 0 is the input image itself; this parameter-free module stands for it in the stem-and-stages forward.
+_INPUT_AS_STEM = nn.Identity()
 
 
 class _Layer(CheckpointableLayer):
@@ -113,7 +114,7 @@ class _Stage(nn.Module):
         return self.layers(self.downsample_layers(x))
 
 
-class DINOv3ConvNextBackbone(Backbone):
+class DINOv3ConvNextBackbone(StemAndStages, Backbone):
     """DINOv3 ConvNeXt feature extractor with transformers-compatible state-dict keys.
 
     Stage 0 (``"stem"``) is the input image, as in transformers (``num_channels`` channels, stride 1);
@@ -124,13 +125,7 @@ class DINOv3ConvNextBackbone(Backbone):
     For :meth:`freeze_stages`, the stem is the patchify layer (``stages.0.downsample_layers``), as the
     stem of backbones-convnext is; stage 1 is then the first stage's blocks.
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = DINOv3ConvNextBackbone(DINOv3ConvNextConfig(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
-        [96, 192, 384, 768]
+    With the default configuration the four stages are 96, 192, 384 and 768 channels wide.
     """
 
     config_class: ClassVar[type[DINOv3ConvNextConfig]] = DINOv3ConvNextConfig
@@ -141,6 +136,7 @@ class DINOv3ConvNextBackbone(Backbone):
     # under ``model.``; its files, and the hub's, do not.
     checkpoint_key_renames = ((r"^model\.stages\.", "stages."),)
     reference_class_name = "DINOv3ConvNextBackbone"
+    input_model_name = "DINOv3 ConvNeXt"
 
     def __init__(self, config: DINOv3ConvNextConfig) -> None:
         super().__init__(config)
@@ -173,23 +169,8 @@ class DINOv3ConvNextBackbone(Backbone):
         """The deepest stage's stride: each downsampling layer is an unpadded strided convolution."""
         return max(self.reductions)
 
-    def _forward_features(
-        self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
-    ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        check_pixel_channels(pixel_values, self.config.num_channels, "DINOv3 ConvNeXt")
-        wanted = set(self.out_positions)
-        maps: list[Tensor | None] = [None] * len(self.stage_names)
-        x = pixel_values
-        states = [x]
-        if 0 in wanted:
-            maps[0] = x
-        # islice, not a slice: slicing a ModuleList builds a new module on every call.
-        for position, stage in enumerate(islice(self.stages, last_stage), start=1):
-            x = stage(x)
-            states.append(x)
-            if position in wanted:
-                maps[position] = x
-        return maps, tuple(states) if output_hidden_states else None, None
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        return _INPUT_AS_STEM, self.stages
 
     def _stage_modules(self, position: int) -> list[nn.Module]:
         """The patchify layer (``stages.0.downsample_layers``) for position 0, the first stage's blocks for
@@ -200,7 +181,3 @@ class DINOv3ConvNextBackbone(Backbone):
             return []  # pruned to the stem, whose own map is the input: no patchify layer is left
         first: _Stage = self.stages[0]  # type: ignore[assignment]  # a ModuleList item is typed Module
         return [first.downsample_layers if position == 0 else first.layers]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        # Stage K >= 1 lives at stages[K - 1]; the stem (the input) has no modules.
-        del self.stages[last_stage:]

@@ -14,8 +14,9 @@ coordinates (normalised to ``[-1, 1]`` per axis), half of each head's channels f
 half for the horizontal one. The prefix tokens are not rotated. A feature map is the patch tokens after
 the final norm, returned as a ``(batch, channels, height, width)`` view (channels-last memory).
 
-The layer scale is backbones-dinov2's public block (same key, ``lambda1``). DINOv2's other blocks do not
-fit DINOv3's checkpoints: its attention keys are ``attention.attention.query`` (here ``attention.q_proj``)
+The layer is backbones-dinov2's public :class:`~backbones_dinov2.blocks.LayerScaledLayer` (same keys, the layer
+scale's ``lambda1`` included) around DINOv3's attention and MLP. DINOv2's other blocks do not fit DINOv3's
+checkpoints: its attention keys are ``attention.attention.query`` (here ``attention.q_proj``)
 and its SwiGLU holds the gate and value projections in one ``weights_in`` (here ``gate_proj`` and
 ``up_proj``, with a configurable activation and width).
 """
@@ -30,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, attend, check_pixel_channels, drop_path
-from backbones_dinov2.blocks import LayerScale, PlainViTBackbone, init_dinov2_weights_
+from backbones.layers import attend, check_pixel_channels
+from backbones_dinov2.blocks import LayerScaledLayer, PlainViTBackbone, init_dinov2_weights_
 
 from ._config import Dinov3ViTConfig
 
@@ -179,30 +180,39 @@ class _GatedMlp(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-class _Layer(CheckpointableLayer):
-    """One pre-norm transformer layer with layer-scaled residual branches (keys ``layer.N.*``).
-
-    The unit of gradient checkpointing and of FSDP sharding."""
+class _Layer(LayerScaledLayer):
+    """DINOv2's layer-scaled pre-norm layer (keys ``layer.N.*``) around the rotary attention and DINOv3's MLP;
+    called as ``layer(tokens, rotation, need_weights)``."""
 
     def __init__(self, config: Dinov3ViTConfig) -> None:
-        super().__init__()
-        width = config.hidden_size
-        self.norm1 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.attention = _Attention(config)
-        self.layer_scale1 = LayerScale(width, config.layerscale_value)
-        self.norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.mlp = _GatedMlp(config) if config.use_gated_mlp else _Mlp(config)
-        self.layer_scale2 = LayerScale(width, config.layerscale_value)
-        self.drop_path = config.drop_path_rate  # the same rate in every layer, as transformers
-
-    def forward(self, x: Tensor, rotation: Rotation, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        context, weights = self.attention(self.norm1(x), rotation, need_weights)
-        x = x + drop_path(self.layer_scale1(context), self.drop_path, self.training)
-        branch = self.layer_scale2(self.mlp(self.norm2(x)))
-        return x + drop_path(branch, self.drop_path, self.training), weights
+        super().__init__(
+            config.hidden_size,
+            _Attention(config),
+            _GatedMlp(config) if config.use_gated_mlp else _Mlp(config),
+            layer_norm_eps=config.layer_norm_eps,
+            layerscale_value=config.layerscale_value,
+            drop_path=config.drop_path_rate,  # the same rate in every layer, as transformers
+        )
 
 
-class Dinov3ViTBackbone(PlainViTBackbone):
+class RotaryViTBackbone(PlainViTBackbone):
+    """Base of a plain vision transformer whose positions are 2-D rotary embeddings (DINOv3 ViT, Sapiens2).
+
+    A subclass builds ``rope_embeddings`` (DINOv3's rotary positions); every layer is called as
+    ``layer(tokens, rotation, need_weights)`` with the rotation of the input's patch grid. Without
+    ``reshape_maps`` a feature map is the patch tokens only (the prefix tokens dropped), as transformers'
+    DINOv3 and Sapiens2 backbones return them.
+    """
+
+    sequence_maps_keep_prefix = False
+    rope_embeddings: _RotaryPositions
+
+    def _layer_inputs(self, tokens: Tensor, height: int, width: int) -> tuple[Any, ...]:
+        """Every layer takes the rotary positions of the patch grid."""
+        return (self.rope_embeddings(height, width, tokens.device, tokens.dtype),)
+
+
+class Dinov3ViTBackbone(RotaryViTBackbone):
     """DINOv3 ViT feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the embeddings) and ``stage1..stageN`` (the transformer layers), all of stride
@@ -215,10 +225,8 @@ class Dinov3ViTBackbone(PlainViTBackbone):
     """
 
     config_class = Dinov3ViTConfig
-    sequence_maps_keep_prefix = False
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
     config: Dinov3ViTConfig
-    has_attentions = True
     reference_class_name = "DINOv3ViTBackbone"
     # A checkpoint saved from transformers' in-memory state dict (not by save_pretrained) nests the layers.
     checkpoint_key_renames = ((r"^model\.layer\.", "layer."),)
@@ -245,10 +253,6 @@ class Dinov3ViTBackbone(PlainViTBackbone):
     @property
     def token_layers(self) -> nn.ModuleList:
         return self.layer
-
-    def _layer_inputs(self, tokens: Tensor, height: int, width: int) -> tuple[Any, ...]:
-        """Every layer takes the rotary positions of the patch grid."""
-        return (self.rope_embeddings(height, width, tokens.device, tokens.dtype),)
 
     def _map_norm(self, position: int) -> nn.Module | None:
         """The final norm: always for the last stage, for the others if ``apply_layernorm``."""

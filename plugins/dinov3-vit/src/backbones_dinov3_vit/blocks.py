@@ -1,14 +1,14 @@
 """Public building blocks of DINOv3's vision transformer: 2-D rotary position embeddings of a patch grid (with
-DINOv3's train-time coordinate augmentations) and the rotation they apply to queries and keys, for plugins whose
-models use the same positions (Sapiens2, ...).
+DINOv3's train-time coordinate augmentations), the rotation they apply to queries and keys, and the base of a
+backbone whose layers take them (:class:`RotaryViTBackbone`), for plugins whose models use the same positions
+(Sapiens2, ...).
 
 Paper: Siméoni et al., "DINOv3" (2025), https://arxiv.org/abs/2508.10104.
 
-Every name in ``__all__`` is part of backbones-dinov3-vit's public API and follows semantic versioning: within a
-``0.1.x`` series its constructor arguments, attributes and forward signatures do not change incompatibly, so a
-dependent plugin pins ``backbones-dinov3-vit>=0.1,<0.2``. They are the very modules DINOv3 ViT runs (no second
-implementation): :class:`RotaryPositions` only types its constructor against :class:`RotaryConfig`, the fields
-it reads, so that another architecture's config can be passed.
+Every name in ``__all__`` is part of backbones-dinov3-vit's public API and follows the versioning rule of
+docs/plugins.md ("Building on another plugin's blocks"): a dependent plugin pins ``backbones-dinov3-vit>=0.1,<0.2``.
+They are the very modules DINOv3 ViT runs (no second implementation): :class:`RotaryPositions` only types its
+constructor against :class:`RotaryConfig`, the fields it reads, so that another architecture's config can be passed.
 
 Layout: tokens are ``(batch, heads, prefix + height * width, head_width)``, the prefix tokens (class, registers)
 first, then the patches row by row. The prefix tokens get angle 0, so :func:`rotate` leaves them unchanged.
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ._model import Rotation, _RotaryPositions, _rotate
+from ._model import RotaryViTBackbone, Rotation, _RotaryPositions, _rotate
 
-__all__ = ["RotaryConfig", "RotaryPositions", "Rotation", "rotate"]
+__all__ = ["RotaryConfig", "RotaryPositions", "RotaryViTBackbone", "Rotation", "rotate"]
 
 
 class RotaryConfig(Protocol):

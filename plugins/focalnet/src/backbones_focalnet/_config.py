@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
 from backbones.activations import ACTIVATIONS
-from backbones.validation import ActivationName, PositivePerStage, StagesPerDepth, odd_kernels, square_patch
+from backbones.validation import (
+    ActivationName,
+    PositivePerStage,
+    RecomputedDerivedKeys,
+    StagesPerDepth,
+    check_positive_mlp_ratio,
+    odd_kernels,
+    square_patch,
+)
 
 __all__ = ["ACTIVATIONS", "FocalNetConfig"]
 
@@ -18,7 +26,7 @@ __all__ = ["ACTIVATIONS", "FocalNetConfig"]
 _CONV_STEM_STRIDE = 4
 
 
-class FocalNetConfig(StagesPerDepth, BackboneConfig):
+class FocalNetConfig(RecomputedDerivedKeys, StagesPerDepth, BackboneConfig):
     """Configuration of a FocalNet backbone; the defaults describe focalnet-tiny (srf).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = len(depths)``. Stage ``i < N`` is the
@@ -93,10 +101,6 @@ class FocalNetConfig(StagesPerDepth, BackboneConfig):
     # Written so that transformers' FocalNetBackbone, which reports channels from it, reports the real ones.
     derived_config_keys: ClassVar[tuple[str, ...]] = ("hidden_sizes",)
 
-    def __init__(self, /, **data: Any) -> None:
-        data.pop("hidden_sizes", None)  # derived; see the class docstring
-        super().__init__(**data)
-
     @field_validator("focal_levels")
     @classmethod
     def _non_negative_levels(cls, value: list[int]) -> list[int]:
@@ -121,11 +125,7 @@ class FocalNetConfig(StagesPerDepth, BackboneConfig):
                 f"use_conv_embed=True embeds with a 7x7 stride-{_CONV_STEM_STRIDE} convolution, so patch_size must be "
                 f"{_CONV_STEM_STRIDE} (got {self.patch_size}); set patch_size={_CONV_STEM_STRIDE} or use_conv_embed=False"
             )
-        if int(self.embed_dim * self.mlp_ratio) < 1:
-            raise ValueError(
-                f"mlp_ratio={self.mlp_ratio} leaves the MLP of the first stage with no hidden unit "
-                f"(int(embed_dim * mlp_ratio) = 0); raise mlp_ratio or embed_dim"
-            )
+        check_positive_mlp_ratio(self.mlp_ratio, self.embed_dim, mlp="the MLP of the first stage")
         return self
 
     @property

@@ -18,8 +18,6 @@ transposing copy; feature maps are returned as such views too.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,26 +26,16 @@ from backbones import Backbone
 from backbones.activations import make_activation
 from backbones.layers import (
     CheckpointableLayer,
-    check_pixel_channels,
+    StemAndStages,
     drop_path,
     drop_path_rates,
     init_linear_and_norm_,
+    module_group,
 )
 
 from ._config import FocalNetConfig
 
 __all__ = ["FocalNetBackbone"]
-
-
-def _group(**children: nn.Module) -> Any:
-    """A parameterless module holding ``children``, only to reproduce the checkpoint's key paths.
-
-    Typed ``Any``: its attributes are the children named at run time, which a type checker cannot see.
-    """
-    holder = nn.Module()
-    for name, child in children.items():
-        holder.add_module(name, child)
-    return holder
 
 
 def _pad_to_multiple(x: Tensor, multiple: int, channels_last: bool) -> Tensor:
@@ -106,7 +94,7 @@ class _Stem(nn.Module):
             conv = nn.Conv2d(config.num_channels, config.embed_dim, kernel_size=7, stride=patch, padding=2)
         else:
             conv = nn.Conv2d(config.num_channels, config.embed_dim, kernel_size=patch, stride=patch)
-        self.patch_embeddings = _group(projection=conv)
+        self.patch_embeddings = module_group(projection=conv)
         self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         self.patch_size = patch
         self.dropout = config.hidden_dropout_prob
@@ -253,22 +241,15 @@ class _Stage(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
-class FocalNetBackbone(Backbone):
+class FocalNetBackbone(StemAndStages, Backbone):
     """FocalNet feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the normalised patch embeddings) and ``stage1..stageN``. As in transformers'
     ``FocalNetBackbone``, stage ``i < N`` is taken *after* the downsampling that ends block group ``i``
     (so it has the next group's width and stride) and the last stage is the last group's output; no
     extra norm is applied to the maps. ``hidden_states`` are those same stages as token sequences
-    ``(batch, height * width, channels)``, as transformers returns them.
-
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = FocalNetBackbone(FocalNetConfig(out_indices=[0, 1, 2, 3])).eval()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
-        [96, 192, 384, 768]
+    ``(batch, height * width, channels)``, as transformers returns them. focalnet-tiny's stages are
+    96 (stem), 192, 384, 768 and 768 channels wide.
     """
 
     config_class = FocalNetConfig
@@ -277,6 +258,7 @@ class FocalNetBackbone(Backbone):
     base_model_prefix = "focalnet"  # FocalNetModel checkpoints lack it; backbone and task ones have it
     has_attentions = False
     reference_class_name = "FocalNetBackbone"
+    input_model_name = "FocalNet"
 
     def __init__(self, config: FocalNetConfig) -> None:
         super().__init__(config)
@@ -284,7 +266,7 @@ class FocalNetBackbone(Backbone):
         stages = [
             _Stage(config, index, rates) for index, rates in enumerate(drop_path_rates(config.drop_path_rate, depths))
         ]
-        self.focalnet = _group(embeddings=_Stem(config), encoder=_group(stages=nn.ModuleList(stages)))
+        self.focalnet = module_group(embeddings=_Stem(config), encoder=module_group(stages=nn.ModuleList(stages)))
         widths = config.stage_widths
         strides = [config.patch_size * 2**index for index in range(len(depths))]
         self.num_features = [widths[0], *widths[1:], widths[-1]]
@@ -299,31 +281,24 @@ class FocalNetBackbone(Backbone):
             nn.init.constant_(module.gamma_1, self.config.layerscale_value)
             nn.init.constant_(module.gamma_2, self.config.layerscale_value)
 
+    def _stem_and_stages(self) -> tuple[nn.Module, nn.ModuleList]:
+        """Stage 0 is the stem (``focalnet.embeddings``); stage ``i`` is block group ``i - 1`` with its
+        downsampling (``focalnet.encoder.stages[i - 1]``), as its map is taken after it."""
+        return self.focalnet.embeddings, self.focalnet.encoder.stages
+
     def _forward_features(
         self, pixel_values: Tensor, *, last_stage: int, output_hidden_states: bool, output_attentions: bool
     ) -> tuple[list[Tensor | None], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-        check_pixel_channels(pixel_values, self.config.num_channels, "FocalNet")
-        wanted = set(self.out_positions)
-        maps: list[Tensor | None] = [None] * len(self.stage_names)
-        hidden_states: list[Tensor] = []
-        x = self.focalnet.embeddings(pixel_values)
-        stages = self.focalnet.encoder.stages
-        for position in range(last_stage + 1):
-            if position:
-                x = stages[position - 1](x)
-            if position in wanted:
-                maps[position] = x.permute(0, 3, 1, 2)
-            if output_hidden_states:
-                hidden_states.append(x.flatten(1, 2))
-        return maps, tuple(hidden_states) if output_hidden_states else None, None
-
-    def _stage_modules(self, position: int) -> list[nn.Module]:
-        """Stage 0 is the stem (``focalnet.embeddings``); stage ``i`` is block group ``i - 1`` with its
-        downsampling (``focalnet.encoder.stages[i - 1]``), as its map is taken after it."""
-        if position == 0:
-            return [self.focalnet.embeddings]
-        return [self.focalnet.encoder.stages[position - 1]]
-
-    def _prune_stages(self, last_stage: int) -> None:
-        # Stage i >= 1 is the output of encoder.stages[i - 1], its downsampling included.
-        del self.focalnet.encoder.stages[last_stage:]
+        maps, states, _ = super()._forward_features(
+            pixel_values,
+            last_stage=last_stage,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        # The stages compute channels-last (B, H, W, C) maps: feature maps are their (B, C, H, W) views, hidden
+        # states their (B, H * W, C) token sequences, as transformers returns them.
+        return (
+            [None if x is None else x.permute(0, 3, 1, 2) for x in maps],
+            None if states is None else tuple(x.flatten(1, 2) for x in states),
+            None,
+        )

@@ -149,13 +149,8 @@ class HGNetV2Backbone(StemAndStages, Backbone):
     runs only up to the deepest requested stage (all stages when hidden states are requested).
     ``config.freeze_at`` / ``freeze_stem_only`` / ``freeze_norm`` are applied when the model is built or loaded.
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = HGNetV2Backbone(HGNetV2Config(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
-        [128, 512, 1024, 2048]
+    With the default configuration the stem is 48 channels wide and the four stages 128, 512, 1024 and 2048, at
+    strides 4, 8, 16 and 32.
     """
 
     config_class = HGNetV2Config

@@ -3,10 +3,9 @@
 Papers: D-FINE, https://arxiv.org/abs/2410.13842 (which trains on HGNetV2); the HGNet family comes from
 PaddlePaddle's PP-HGNet (https://github.com/PaddlePaddle/PaddleClas).
 
-Every name in ``__all__`` is part of backbones-hgnet-v2's public API and follows semantic versioning: within a
-``0.1.x`` (later ``1.x``) series its constructor arguments, attribute names and forward signatures do not
-change incompatibly, so a dependent plugin pins ``backbones-hgnet-v2>=0.1,<0.2``. Attribute names are
-checkpoint key names in transformers' format (``stem1.convolution``, ``stem2a.lab.scale``, ...).
+Every name in ``__all__`` is part of backbones-hgnet-v2's public API and follows the versioning rule of
+docs/plugins.md ("Building on another plugin's blocks"): a dependent plugin pins ``backbones-hgnet-v2>=0.1,<0.2``.
+Attribute names are checkpoint key names in transformers' format (``stem1.convolution``, ``stem2a.lab.scale``, ...).
 
 Layout: ``(batch, channels, height, width)`` maps.
 """

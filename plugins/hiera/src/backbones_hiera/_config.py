@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
 from backbones import BackboneConfig
-from backbones.validation import ActivationName, PositivePerStage, numbered_stage_names
+from backbones.validation import ActivationName, PositivePerStage, RecomputedDerivedKeys, StagesPerDepth
 
 __all__ = ["HieraConfig"]
 
@@ -41,7 +41,7 @@ StridePair = Annotated[
 ]
 
 
-class HieraConfig(BackboneConfig):
+class HieraConfig(RecomputedDerivedKeys, StagesPerDepth, BackboneConfig):
     """Configuration of a Hiera backbone; the defaults describe hiera-base-224.
 
     Stage ``i`` (from 0) is ``int(embed_dim * embed_dim_multiplier**i)`` wide. The first ``num_query_pool``
@@ -110,11 +110,6 @@ class HieraConfig(BackboneConfig):
     # Written to config.json as transformers writes it, so tools that read the file directly find it.
     derived_config_keys: ClassVar[tuple[str, ...]] = _DERIVED_FIELDS
 
-    def __init__(self, /, **data: Any) -> None:
-        for name in _DERIVED_FIELDS:
-            data.pop(name, None)
-        super().__init__(**data)
-
     @model_validator(mode="after")
     def _check_architecture(self) -> HieraConfig:
         stages = len(self.depths)
@@ -160,10 +155,6 @@ class HieraConfig(BackboneConfig):
                 f"{multiple} (whole mask units of whole patches); round it to a multiple"
             )
         return self
-
-    @property
-    def stage_names(self) -> list[str]:
-        return numbered_stage_names(len(self.depths))
 
     @property
     def stage_widths(self) -> list[int]:

@@ -259,9 +259,6 @@ class HieraBackbone(StemAndStages, Backbone):
     last block's probabilities of each stage, ``(batch, heads, windows, queries, keys)``.
 
     Inputs must be multiples of ``patch_stride * masked_unit_size`` (32 pixels for the released models).
-
-    Args:
-        config: The architecture and the output selection.
     """
 
     config_class: ClassVar[type[HieraConfig]] = HieraConfig

@@ -138,15 +138,8 @@ class LwDetrViTBackbone(PlainViTBackbone):
     (window-major token order) for global ones.
 
     An input's patch grid must be a multiple of ``sqrt(num_windows)`` on both sides (e.g. multiples of 64
-    pixels for 16x16 patches and 16 windows); other sizes are refused with a ``ValueError``.
-
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = LwDetrViTBackbone(LwDetrViTConfig(out_indices=[3, 6, 9, 12])).eval()  # doctest: +SKIP
-        >>> [fmap.shape for fmap in model(torch.randn(1, 3, 640, 640)).feature_maps][0]  # doctest: +SKIP
-        torch.Size([1, 768, 40, 40])
+    pixels for 16x16 patches and 16 windows); other sizes are refused with a ``ValueError``. With the default
+    config a 640x640 input gives 768-channel 40x40 maps.
     """
 
     config_class = LwDetrViTConfig
@@ -155,7 +148,6 @@ class LwDetrViTBackbone(PlainViTBackbone):
     # transformers' base-model prefix; backbone checkpoints are unprefixed, the detector's sit under
     # ``model.backbone.backbone.`` (load them with checkpoint_prefix and config_key="backbone_config").
     base_model_prefix = "lw_detr_vit"
-    has_attentions = True
     reference_class_name = "LwDetrViTBackbone"
     # LW-DETR detector checkpoints (model_type "lw_detr", the hub's and those transformers saves) keep the
     # attention projections under their original names; transformers renames them when loading, so do we.

@@ -40,15 +40,8 @@ class MaskFormerSwinBackbone(SwinBackbone):
     and output in order (``2 * depth`` entries, each ``(B, H * W, C)``, before patch merging and the output
     norm), stacked into one ``(2 * depth, B, H * W, C)`` tensor per stage: ``for tokens in
     hidden_states[i]`` and ``hidden_states[i][-1]`` (the stage output) work as on transformers' tuples.
-    ``attentions`` hold the last block's attention probabilities of each stage.
-
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = MaskFormerSwinBackbone(MaskFormerSwinConfig(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
-        [96, 192, 384, 768]
+    ``attentions`` hold the last block's attention probabilities of each stage. With the default (swin-tiny)
+    config, ``stage1..stage4`` are 96, 192, 384 and 768 channels wide.
     """
 
     config_class = MaskFormerSwinConfig

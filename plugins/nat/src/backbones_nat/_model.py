@@ -23,7 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import check_pixel_channels, init_linear_and_norm_, reselect_output_modules
+from backbones.layers import (
+    check_pixel_channels,
+    init_linear_and_norm_,
+    reselect_output_modules,
+    transformer_layer_options,
+)
 
 from ._config import NatConfig
 from .blocks import NatDownsampler, NatEmbeddings, NatLayer, NatLevel, NeighborhoodSelfAttention
@@ -48,10 +53,7 @@ class _Layer(NatLayer):
             num_heads,
             kernel_size=config.kernel_size,
             dilation=dilation,
-            mlp_ratio=config.mlp_ratio,
-            qkv_bias=config.qkv_bias,
-            hidden_act=config.hidden_act,
-            layer_norm_eps=config.layer_norm_eps,
+            **transformer_layer_options(config),
             layer_scale_init_value=config.layer_scale_init_value,
             hidden_dropout=config.hidden_dropout_prob,
             attention_dropout=config.attention_probs_dropout_prob,
@@ -92,9 +94,6 @@ class NatBackbone(Backbone):
     as in the reference. ``hidden_states`` are the stem and stage outputs before those norms, channels-last
     ``(B, H, W, C)`` as transformers returns them; ``attentions`` hold each stage's last layer's attention
     weights, ``(B, heads, H, W, kernel_size**2)`` on the (padded) map attended over.
-
-    Args:
-        config: The architecture and the output selection.
     """
 
     config_class: ClassVar[type[NatConfig]] = NatConfig

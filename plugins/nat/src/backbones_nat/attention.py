@@ -26,11 +26,11 @@ products instead of many tiny ones. ``plugins/nat/benchmarks/bench_attention.py`
 against brute force. Index tables depend on sizes only; they are cached per size in eager mode and
 built inside the graph under ``torch.compile``.
 
-:func:`padded_neighborhood_attention_2d` is the same computation on a map that is virtually zero-padded
-(bottom and right) to at least ``kernel_size * dilation``, for maps of symbolic size (``torch.export``
-with dynamic height and width): its tiles and spans have fixed sizes and every size-dependent choice is
-a tensor computation, so one traced program, free of guards on the size, serves maps both smaller and
-larger than the window.
+With its ``padding`` argument, :func:`neighborhood_attention_2d` is the same computation on a map that is
+virtually zero-padded (bottom and right) to at least ``kernel_size * dilation``, for maps of symbolic size
+(``torch.export`` with dynamic height and width): its tiles and spans have fixed sizes and every size-dependent
+choice is a tensor computation, so one traced program, free of guards on the size, serves maps both smaller
+and larger than the window.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["neighborhood_attention_2d", "neighborhood_indices", "padded_neighborhood_attention_2d"]
+__all__ = ["neighborhood_attention_2d", "neighborhood_indices"]
 
 
 class _AxisTiles(NamedTuple):
@@ -278,8 +278,14 @@ def neighborhood_attention_2d(
     dropout_p: float = 0.0,
     return_weights: bool = False,
     tile_size: int | None = None,
+    padding: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Neighbourhood attention over a 2-D map, with natten's semantics (see the module docstring).
+
+    With ``padding``, the map is attended over as if zero-padded (bottom, right) to ``kernel_size * dilation``
+    on each side shorter than that: equal to padding the map's input, attending and cropping back, but the
+    padding is virtual (every padded key and value is ``padding``). Any map size then works, and sizes only
+    enter the computation symbolically, so it traces without guards under ``torch.export`` with dynamic sizes.
 
     Args:
         query: ``(batch, height, width, heads, head_dim)``.
@@ -287,22 +293,25 @@ def neighborhood_attention_2d(
         value: ``(batch, height, width, heads, value_dim)``.
         rpb: Relative position bias ``(heads, 2 * kernel_size - 1, 2 * kernel_size - 1)``, or ``None``.
         kernel_size: Side of the neighbourhood (odd).
-        dilation: Distance between neighbouring keys; ``height`` and ``width`` must be at least
-            ``kernel_size * dilation``.
+        dilation: Distance between neighbouring keys; without ``padding``, ``height`` and ``width`` must be at
+            least ``kernel_size * dilation``.
         scale: Factor of the query-key products (default ``head_dim ** -0.5``).
         dropout_p: Dropout probability of the attention weights (pass 0 in eval mode).
         return_weights: Also return the attention weights.
         tile_size: Queries per tile along each axis (default ``kernel_size``); affects speed and
             memory, not the result.
+        padding: ``(key_padding, value_padding)``, the ``(heads, head_dim)`` key and ``(heads, value_dim)``
+            value of a padded position (what the projections make of the zero padding: their biases); ``None``:
+            no padding.
 
     Returns:
-        ``(context, weights)``: ``context`` is ``(batch, height, width, heads, value_dim)``; ``weights``
-        is ``(batch, heads, height, width, kernel_size ** 2)`` (natten's layout: kernel rows major,
-        entry ``a * kernel_size + b`` for the key ``a`` rows and ``b`` columns into the window) when
-        ``return_weights``, else ``None``.
+        ``(context, weights)`` of the map's positions: ``context`` is ``(batch, height, width, heads,
+        value_dim)``; ``weights`` is ``(batch, heads, height, width, kernel_size ** 2)`` (natten's layout:
+        kernel rows major, entry ``a * kernel_size + b`` for the key ``a`` rows and ``b`` columns into the
+        window) when ``return_weights``, else ``None``.
 
     Raises:
-        ValueError: When shapes disagree, ``kernel_size`` is even, or the map is too small.
+        ValueError: When shapes disagree, ``kernel_size`` is even, or the map is too small (without ``padding``).
     """
     if query.dim() != 5 or key.shape != query.shape or value.shape[:4] != query.shape[:4]:
         raise ValueError(
@@ -310,8 +319,11 @@ def neighborhood_attention_2d(
             f"got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
         )
     batch, height, width, heads, _ = query.shape
-    _check_axis(height, kernel_size, dilation, "height")
-    _check_axis(width, kernel_size, dilation, "width")
+    if padding is None:
+        _check_axis(height, kernel_size, dilation, "height")
+        _check_axis(width, kernel_size, dilation, "width")
+    else:
+        _check_axis(kernel_size * dilation, kernel_size, dilation, "window")
     side = 2 * kernel_size - 1
     if rpb is not None and tuple(rpb.shape) != (heads, side, side):
         raise ValueError(
@@ -321,74 +333,23 @@ def neighborhood_attention_2d(
     tile = kernel_size if tile_size is None else tile_size
     if tile < 1:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size}")
-    plan = _get_plan(height, width, kernel_size, dilation, tile, query.device)
-    flat = (batch, height * width, heads)
-    return _attend(
-        query,
-        key.reshape(*flat, -1),
-        value.reshape(*flat, -1),
-        rpb,
-        plan,
-        kernel_size,
-        scale,
-        dropout_p,
-        return_weights,
-    )
+    if padding is None:
+        plan = _get_plan(height, width, kernel_size, dilation, tile, query.device)
+        flat = (batch, height * width, heads)
+        key, value = key.reshape(*flat, -1), value.reshape(*flat, -1)
+    else:
+        plan = _padded_plan(height, width, kernel_size, dilation, tile, query.device)
+        # Key index height * width is the padding token (see _padded_plan).
+        key, value = (
+            torch.cat([x.reshape(batch, height * width, heads, -1), _padding_token(pad, x, batch, heads)], dim=1)
+            for x, pad in zip((key, value), padding)
+        )
+    return _attend(query, key, value, rpb, plan, kernel_size, scale, dropout_p, return_weights)
 
 
-def padded_neighborhood_attention_2d(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    key_padding: Tensor,
-    value_padding: Tensor,
-    rpb: Tensor | None,
-    kernel_size: int,
-    dilation: int = 1,
-    *,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    return_weights: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """:func:`neighborhood_attention_2d` of a map zero-padded (bottom, right) to ``kernel_size * dilation``.
-
-    Equal to padding the map's input to ``max(side, kernel_size * dilation)`` on each side, running
-    :func:`neighborhood_attention_2d` and cropping back, but the padding is virtual: every padded key and
-    value is ``key_padding`` and ``value_padding`` (what the projections make of the zero padding: their
-    biases). Any map size works, and sizes only enter the computation symbolically, so it traces without
-    guards under ``torch.export`` with dynamic sizes.
-
-    Args:
-        query: ``(batch, height, width, heads, head_dim)``, any height and width.
-        key: Same shape as ``query``.
-        value: ``(batch, height, width, heads, value_dim)``.
-        key_padding: ``(heads, head_dim)`` key of a padded position.
-        value_padding: ``(heads, value_dim)`` value of a padded position.
-        rpb, kernel_size, dilation, scale, dropout_p, return_weights: As :func:`neighborhood_attention_2d`.
-
-    Returns:
-        ``(context, weights)`` of the real positions: ``(batch, height, width, heads, value_dim)`` and
-        ``(batch, heads, height, width, kernel_size ** 2)`` (if ``return_weights``).
-    """
-    batch, height, width, heads, _ = query.shape
-    _check_axis(kernel_size * dilation, kernel_size, dilation, "window")
-    plan = _padded_plan(height, width, kernel_size, dilation, kernel_size, query.device)
-
-    def flat(x: Tensor, padding: Tensor) -> Tensor:
-        padding = padding.to(x.dtype).reshape(1, 1, heads, -1).expand(batch, 1, heads, -1)
-        return torch.cat([x.reshape(batch, height * width, heads, -1), padding], dim=1)
-
-    return _attend(
-        query,
-        flat(key, key_padding),
-        flat(value, value_padding),
-        rpb,
-        plan,
-        kernel_size,
-        scale,
-        dropout_p,
-        return_weights,
-    )
+def _padding_token(padding: Tensor, like: Tensor, batch: int, heads: int) -> Tensor:
+    """``(heads, dim)`` key or value of the padding as the ``(batch, 1, heads, dim)`` token appended to a map's."""
+    return padding.to(like.dtype).reshape(1, 1, heads, -1).expand(batch, 1, heads, -1)
 
 
 def _attend(

@@ -4,12 +4,10 @@ neighbourhood attention, the transformer layer, the downsampler and stages, for 
 
 Paper: Hassani et al., "Neighborhood Attention Transformer" (2022), https://arxiv.org/abs/2204.07143.
 
-Every name in ``__all__`` is part of backbones-nat's public API and follows semantic versioning: within a
-``0.1.x`` (later ``1.x``) series its constructor arguments, attribute names and forward signatures do not
-change incompatibly, so a dependent plugin pins ``backbones-nat>=0.1,<0.2``. Attribute names are checkpoint key
-names in transformers' NAT / DiNAT format (``attention.self.rpb``, ``patch_embeddings.projection.0``,
-``downsample.reduction``, ...): changing one would change what every plugin built on these blocks loads.
-The attention op itself is :func:`backbones_nat.neighborhood_attention_2d`.
+Every name in ``__all__`` is part of backbones-nat's public API and follows the versioning rule of docs/plugins.md
+("Building on another plugin's blocks"): a dependent plugin pins ``backbones-nat>=0.1,<0.2``. Attribute names are
+checkpoint key names in transformers' NAT / DiNAT format (``attention.self.rpb``, ``patch_embeddings.projection.0``,
+``downsample.reduction``, ...). The attention op itself is :func:`backbones_nat.neighborhood_attention_2d`.
 
 Layout: maps are channels-last ``(batch, height, width, channels)`` throughout.
 """
@@ -17,16 +15,15 @@ Layout: maps are channels-last ``(batch, height, width, channels)`` throughout.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, drop_path
+from backbones.layers import CheckpointableLayer, drop_path, module_group, query_key_value_projections
 
-from .attention import neighborhood_attention_2d, padded_neighborhood_attention_2d
+from .attention import neighborhood_attention_2d
 
 __all__ = [
     "NatDownsampler",
@@ -37,18 +34,6 @@ __all__ = [
     "NeighborhoodAttention",
     "NeighborhoodSelfAttention",
 ]
-
-
-class _Holder(nn.Module):
-    """Holds one module under the checkpoint's name for it (``output.dense``) and calls it."""
-
-    def __init__(self, name: str, module: nn.Module) -> None:
-        super().__init__()
-        self.add_module(name, module)
-        self._held = name
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._modules[self._held](x)  # type: ignore[misc]
 
 
 class NatPatchEmbeddings(nn.Module):
@@ -121,69 +106,58 @@ class NeighborhoodSelfAttention(nn.Module):
         self.dilation = dilation
         self.dropout = attention_dropout
         self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel - 1, 2 * kernel - 1))
-        self.query = nn.Linear(dim, dim, bias=qkv_bias)
-        self.key = nn.Linear(dim, dim, bias=qkv_bias)
-        self.value = nn.Linear(dim, dim, bias=qkv_bias)
+        self.query, self.key, self.value = query_key_value_projections(dim, bias=qkv_bias)
 
     def forward(self, x: Tensor, need_weights: bool, pad_virtually: bool = False) -> tuple[Tensor, Tensor | None]:
         """``(B, H, W, C)`` -> context of the same shape, and the ``(B, heads, H, W, K*K)`` weights if asked.
 
         With ``pad_virtually`` the map may be smaller than the dilated window: it is attended over as if
-        zero-padded to it (see :func:`padded_neighborhood_attention_2d`), and only real positions return.
+        zero-padded to it (see :func:`~backbones_nat.attention.neighborhood_attention_2d`'s ``padding``), and only real positions return.
         """
         heads = (*x.shape[:3], self.num_heads, x.shape[-1] // self.num_heads)
         query, key, value = self.query(x).view(heads), self.key(x).view(heads), self.value(x).view(heads)
-        options: dict[str, Any] = {"dropout_p": self.dropout if self.training else 0.0, "return_weights": need_weights}
+        padding: tuple[Tensor, Tensor] | None = None
         if pad_virtually:
             # What the projections make of a zero-padded position: their biases.
             key_padding, value_padding = (
                 (layer.bias if layer.bias is not None else x.new_zeros(x.shape[-1])).view(heads[3:])
                 for layer in (self.key, self.value)
             )
-            context, weights = padded_neighborhood_attention_2d(
-                query, key, value, key_padding, value_padding, self.rpb, self.kernel_size, self.dilation, **options
-            )
-        else:
-            context, weights = neighborhood_attention_2d(
-                query, key, value, self.rpb, self.kernel_size, self.dilation, **options
-            )
+            padding = (key_padding, value_padding)
+        context, weights = neighborhood_attention_2d(
+            query,
+            key,
+            value,
+            self.rpb,
+            self.kernel_size,
+            self.dilation,
+            dropout_p=self.dropout if self.training else 0.0,
+            return_weights=need_weights,
+            padding=padding,
+        )
         return context.view(x.shape), weights
 
 
 class NeighborhoodAttention(nn.Module):
     """Self-attention (key ``self``) and its output projection (``output.dense``).
 
+    The output gets the self-attention's dropout rate too (training only), as in the reference.
+
     Args:
-        dim: Channels.
-        num_heads: Attention heads.
-        kernel_size: Side of each query's neighbourhood.
-        dilation: Spacing of the neighbourhood's positions.
-        qkv_bias: Whether the projections have a bias.
-        attention_dropout: Dropout on the attention probabilities and on the output (training only), as the
-            reference.
+        attention: The self-attention; its input width is the projection's.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        kernel_size: int,
-        dilation: int = 1,
-        *,
-        qkv_bias: bool = True,
-        attention_dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, attention: NeighborhoodSelfAttention) -> None:
         super().__init__()
-        self.self = NeighborhoodSelfAttention(  # the checkpoint's name
-            dim, num_heads, kernel_size, dilation, qkv_bias=qkv_bias, attention_dropout=attention_dropout
-        )
-        self.output = _Holder("dense", nn.Linear(dim, dim))
-        self.dropout = attention_dropout
+        dim = attention.query.in_features
+        self.self = attention  # the checkpoint's name
+        self.output = module_group(dense=nn.Linear(dim, dim))
+        self.dropout = attention.dropout
 
     def forward(self, x: Tensor, need_weights: bool, pad_virtually: bool = False) -> tuple[Tensor, Tensor | None]:
         """See :meth:`NeighborhoodSelfAttention.forward`; the context is projected by ``output.dense``."""
         context, weights = self.self(x, need_weights, pad_virtually)
-        return F.dropout(self.output(context), self.dropout, self.training), weights
+        return F.dropout(self.output.dense(context), self.dropout, self.training), weights
 
 
 class NatLayer(CheckpointableLayer):
@@ -228,11 +202,13 @@ class NatLayer(CheckpointableLayer):
         super().__init__()
         self.layernorm_before = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.attention = NeighborhoodAttention(
-            dim, num_heads, kernel_size, dilation, qkv_bias=qkv_bias, attention_dropout=attention_dropout
+            NeighborhoodSelfAttention(
+                dim, num_heads, kernel_size, dilation, qkv_bias=qkv_bias, attention_dropout=attention_dropout
+            )
         )
         self.layernorm_after = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.intermediate = _Holder("dense", nn.Linear(dim, int(mlp_ratio * dim)))
-        self.output = _Holder("dense", nn.Linear(int(mlp_ratio * dim), dim))
+        self.intermediate = module_group(dense=nn.Linear(dim, int(mlp_ratio * dim)))
+        self.output = module_group(dense=nn.Linear(int(mlp_ratio * dim), dim))
         self.activation = make_activation(hidden_act)
         self.layer_scale_parameters = (
             nn.Parameter(torch.full((2, dim), layer_scale_init_value)) if layer_scale_init_value > 0 else None
@@ -261,7 +237,7 @@ class NatLayer(CheckpointableLayer):
         if scales is not None:
             branch = scales[0] * branch
         x = x + drop_path(branch, self.drop_path, self.training)
-        branch = self.output(self.activation(self.intermediate(self.layernorm_after(x))))
+        branch = self.output.dense(self.activation(self.intermediate.dense(self.layernorm_after(x))))
         branch = F.dropout(branch, self.dropout, self.training)
         if scales is not None:
             branch = scales[1] * branch

@@ -7,12 +7,12 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 
 from backbones.validation import check_image_holds_patches, image_pair
-from backbones_dinov2.configs import PlainViTConfig
+from backbones_dinov2.configs import ViTLayerConfig
 
 __all__ = ["PixioConfig"]
 
 
-class PixioConfig(PlainViTConfig):
+class PixioConfig(ViTLayerConfig):
     """Configuration of a Pixio backbone; the defaults describe pixio-vith16 (ViT-H/16, 8 class tokens).
 
     The stages are ``["stem", "stage1", ..., "stageN"]`` with ``N = num_hidden_layers``: the stem is the
@@ -49,11 +49,7 @@ class PixioConfig(PlainViTConfig):
     num_hidden_layers: int = Field(default=32, ge=1)
     num_attention_heads: int = Field(default=16, ge=1)
     mlp_ratio: int = Field(default=4, ge=1)
-    hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
-    attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
-    layer_norm_eps: float = 1e-6
     image_size: int | tuple[int, int] = 256
-    qkv_bias: bool = True
     drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
     apply_layernorm: bool = True
     reshape_hidden_states: bool = True

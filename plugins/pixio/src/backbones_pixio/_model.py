@@ -36,6 +36,7 @@ from backbones_dinov2.blocks import (
     Dinov2Embeddings,
     Dinov2Encoder,
     PlainViTBackbone,
+    embeddings_options,
     resample_position_table,
 )
 
@@ -53,13 +54,7 @@ class _PixioEmbeddings(Dinov2Embeddings):
     """
 
     def __init__(self, config: PixioConfig) -> None:
-        super().__init__(
-            config.num_channels,
-            config.hidden_size,
-            config.patch_size,
-            config.position_grid,
-            dropout=config.hidden_dropout_prob,
-        )
+        super().__init__(**embeddings_options(config))
         self.num_class_tokens = count = config.n_cls_tokens
         grid = config.position_grid
         self.cls_token = nn.Parameter(torch.zeros(1, count, config.hidden_size))
@@ -144,7 +139,6 @@ class PixioBackbone(PlainViTBackbone):
     # The trunk's own final norm in PixioBackbone checkpoints: transformers' backbone never runs it (its maps
     # use the backbone's ``layernorm``); without this it could take the place of ``layernorm``.
     ignored_checkpoint_keys = (r"^encoder\.layernorm\.",)
-    has_attentions = True
     reference_class_name = "PixioBackbone"
     lora_target_modules = ("query", "key", "value", "output.dense", "intermediate.dense")
 

@@ -196,6 +196,15 @@ class _LCNetConfig(_BlockTableConfig):
         return numbered_stage_names(len(self.block_configs))
 
 
+# The first three stages of PP-LCNet and of PP-LCNetV3 (per block: kernel, in, out, stride, squeeze-excitation);
+# the two differ only in their last two stages.
+_LCNET_FIRST_STAGES: list[list[BlockConfig]] = [
+    [[3, 16, 32, 1, False]],
+    [[3, 32, 64, 2, False], [3, 64, 64, 1, False]],
+    [[3, 64, 128, 2, False], [3, 128, 128, 1, False]],
+]
+
+
 class PPLCNetConfig(_LCNetConfig):
     """Configuration of a PP-LCNet backbone (defaults: PP-LCNet x1.0, as transformers' PPLCNetConfig).
 
@@ -219,9 +228,7 @@ class PPLCNetConfig(_LCNetConfig):
 
     model_type: ClassVar[str] = "pp_lcnet"
     default_block_configs: ClassVar[list[list[BlockConfig]]] = [
-        [[3, 16, 32, 1, False]],
-        [[3, 32, 64, 2, False], [3, 64, 64, 1, False]],
-        [[3, 64, 128, 2, False], [3, 128, 128, 1, False]],
+        *_LCNET_FIRST_STAGES,
         [[3, 128, 256, 2, False], *[[5, 256, 256, 1, False] for _ in range(5)]],
         [[5, 256, 512, 2, True], [5, 512, 512, 1, True]],
     ]
@@ -255,9 +262,7 @@ class PPLCNetV3Config(_LCNetConfig):
 
     model_type: ClassVar[str] = "pp_lcnet_v3"
     default_block_configs: ClassVar[list[list[BlockConfig]]] = [
-        [[3, 16, 32, 1, False]],
-        [[3, 32, 64, 2, False], [3, 64, 64, 1, False]],
-        [[3, 64, 128, 2, False], [3, 128, 128, 1, False]],
+        *_LCNET_FIRST_STAGES,
         [[3, 128, 256, 2, False], *[[5, 256, 256, 1, False] for _ in range(4)]],
         [[5, 256, 512, 2, True], [5, 512, 512, 1, True], [5, 512, 512, 1, False], [5, 512, 512, 1, False]],
     ]

@@ -146,13 +146,7 @@ class PPLCNetBackbone(_LCNetBackbone):
     forward runs only up to the deepest requested stage. :meth:`reparameterize` folds every BatchNorm into
     its convolution for inference.
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = PPLCNetBackbone(PPLCNetConfig(out_indices=[3, 4, 5])).eval()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
-        [128, 256, 512]
+    With the default configuration the five stages are 32, 64, 128, 256 and 512 channels wide, at strides 2 to 32.
     """
 
     config_class = PPLCNetConfig
@@ -175,14 +169,7 @@ class PPLCNetV3Backbone(_LCNetBackbone):
     :class:`~backbones_pp_lcnet.blocks.LearnableRepLayer`): :meth:`reparameterize` folds each block's
     branches and BatchNorms into one depthwise and one pointwise convolution.
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = PPLCNetV3Backbone(PPLCNetV3Config(out_indices=[2, 3, 4, 5])).eval()  # doctest: +SKIP
-        >>> model.reparameterize()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 640, 640)).feature_maps]  # doctest: +SKIP
-        [64, 128, 256, 512]
+    With the default configuration the five stages are 32, 64, 128, 256 and 512 channels wide, at strides 2 to 32.
     """
 
     config_class = PPLCNetV3Config
@@ -260,13 +247,9 @@ class PPLCNetV4Backbone(_LCNetBackbone):
     Stage 0 (``"stem"``) is the stem's output; stage ``i`` the output of stage ``i``'s blocks.
     :meth:`reparameterize` folds every BatchNorm into its convolution for inference.
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = PPLCNetV4Backbone(PPLCNetV4Config(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
-        >>> [tuple(fmap.shape[1:]) for fmap in model(torch.randn(1, 3, 48, 320)).feature_maps]  # doctest: +SKIP
-        [(96, 12, 80), (96, 12, 80), (192, 6, 80), (384, 3, 80)]
+    With the default configuration (a text-recognition trunk) the stem and the four stages are 96, 96, 96, 192 and
+    384 channels wide; after the stem's stride 4 only the height is halved, by stages 3 and 4, so a 48 x 320 text
+    line gives maps of heights 12, 12, 12, 6 and 3, all 80 wide.
     """
 
     config_class = PPLCNetV4Config

@@ -36,6 +36,7 @@ from backbones.layers import (
     drop_path,
     drop_path_rates,
     init_linear_and_norm_,
+    query_key_value_projections,
 )
 
 from ._config import PvtV2Config
@@ -110,9 +111,7 @@ class PvtV2SpatialReductionAttention(nn.Module):
         self.linear = linear
         self.reduction = reduction
         self.attention_dropout = attention_dropout
-        self.query = nn.Linear(width, width, bias=qkv_bias)
-        self.key = nn.Linear(width, width, bias=qkv_bias)
-        self.value = nn.Linear(width, width, bias=qkv_bias)
+        self.query, self.key, self.value = query_key_value_projections(width, bias=qkv_bias)
         self.proj = nn.Linear(width, width)
         self.proj_drop = nn.Dropout(hidden_dropout)
         self.spatial_reduction: nn.Conv2d | None = None
@@ -264,9 +263,6 @@ class PvtV2Backbone(Backbone):
     patch sizes). ``hidden_states`` are every stage's map, as transformers returns them; ``attentions`` are the
     attention probabilities of every block, stage by stage (``(batch, heads, tokens, reduced tokens)``), as
     transformers' ``PvtV2Model`` computes them (its backbone class returns none).
-
-    Args:
-        config: The architecture and the output selection.
     """
 
     config_class: ClassVar[type[PvtV2Config]] = PvtV2Config

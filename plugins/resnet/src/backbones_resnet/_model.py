@@ -24,13 +24,8 @@ class ResNetBackbone(ResNetLayoutBackbone):
     Stage 0 (``"stem"``) is the max-pooled stem output; stage ``i`` is the output of residual stage ``i``.
     A forward runs only up to the deepest requested stage (all stages when hidden states are requested).
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = ResNetBackbone(ResNetConfig(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
-        [256, 512, 1024, 2048]
+    With the default configuration (ResNet-50) the four stages are 256, 512, 1024 and 2048 channels wide, at
+    strides 4, 8, 16 and 32.
     """
 
     config_class = ResNetConfig

@@ -4,11 +4,10 @@ average-pool shortcuts are other modules put into the same :class:`ResidualBlock
 
 Paper: He et al., "Deep Residual Learning for Image Recognition" (2015), https://arxiv.org/abs/1512.03385.
 
-Every name in ``__all__`` is part of backbones-resnet's public API and follows semantic versioning: within a
-``0.1.x`` (later ``1.x``) series its constructor arguments, attribute names and forward signatures do not
-change incompatibly, so a dependent plugin pins ``backbones-resnet>=0.1,<0.2``. Attribute names are checkpoint
-key names in transformers' ResNet format (``embedder.embedder.convolution``, ``layer.0.normalization``,
-``shortcut.convolution``, ...): changing one would change what every plugin built on these blocks loads.
+Every name in ``__all__`` is part of backbones-resnet's public API and follows the versioning rule of
+docs/plugins.md ("Building on another plugin's blocks"): a dependent plugin pins ``backbones-resnet>=0.1,<0.2``.
+Attribute names are checkpoint key names in transformers' ResNet format (``embedder.embedder.convolution``,
+``layer.0.normalization``, ``shortcut.convolution``, ...).
 
 Layout: ``(batch, channels, height, width)`` maps.
 """

@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import InputError
-from backbones.layers import CheckpointableLayer, attend, drop_path
+from backbones.layers import attend
 from backbones_dinov2.blocks import (
     Dinov2Embeddings,
     Dinov2Encoder,
-    LayerScale,
+    LayerScaledLayer,
     Mlp,
     PlainViTBackbone,
     init_dinov2_weights_,
@@ -125,31 +125,22 @@ class _SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class _Layer(CheckpointableLayer):
-    """DINOv2's pre-norm layer with layer-scaled residual branches (keys ``norm1``, ``attention``,
-    ``layer_scale1``, ``norm2``, ``mlp``, ``layer_scale2``), attending in windows or globally."""
+class _Layer(LayerScaledLayer):
+    """DINOv2's layer-scaled pre-norm layer (keys ``norm1``, ``attention``, ``layer_scale1``, ``norm2``, ``mlp``,
+    ``layer_scale2``), attending in windows or globally; called as ``layer(tokens, need_weights)``."""
 
     def __init__(self, config: RfDetrDinov2Config, global_attention: bool) -> None:
-        super().__init__()
         width = config.hidden_size
-        self.norm1 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.attention = _SelfAttention(config, global_attention)
-        self.layer_scale1 = LayerScale(width, config.layerscale_value)
-        self.norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.mlp: nn.Module = (
+        super().__init__(
+            width,
+            _SelfAttention(config, global_attention),
             _SwiGLU(width, config.mlp_ratio)
             if config.use_swiglu_ffn
-            else Mlp(width, int(width * config.mlp_ratio), config.hidden_act)
+            else Mlp(width, int(width * config.mlp_ratio), config.hidden_act),
+            layer_norm_eps=config.layer_norm_eps,
+            layerscale_value=config.layerscale_value,
+            drop_path=config.drop_path_rate,
         )
-        self.layer_scale2 = LayerScale(width, config.layerscale_value)
-        self.drop_path = config.drop_path_rate
-
-    def forward(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        """``(B, N, C)`` to ``(B, N, C)``; also the attention probabilities if ``need_weights``."""
-        context, weights = self.attention(self.norm1(x), need_weights)
-        x = x + drop_path(self.layer_scale1(context), self.drop_path, self.training)
-        branch = self.layer_scale2(self.mlp(self.norm2(x)))
-        return x + drop_path(branch, self.drop_path, self.training), weights
 
 
 class RfDetrDinov2Backbone(PlainViTBackbone):
@@ -183,7 +174,6 @@ class RfDetrDinov2Backbone(PlainViTBackbone):
         (r"attention\.attention\.value\.", "attention.v_proj."),
         (r"attention\.output\.dense\.", "attention.o_proj."),
     )
-    has_attentions = True
     reference_class_name = "RfDetrDinov2Backbone"
 
     def __init__(self, config: RfDetrDinov2Config) -> None:

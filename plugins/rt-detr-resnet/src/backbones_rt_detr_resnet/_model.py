@@ -96,13 +96,8 @@ class RTDetrResNetBackbone(ResNetLayoutBackbone):
     ``i``. A forward runs only up to the deepest requested stage (all stages when hidden states are
     requested). ``config.freeze_at`` / ``freeze_norm`` are applied when the model is built or loaded.
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = RTDetrResNetBackbone(RTDetrResNetConfig(out_indices=[2, 3, 4])).eval()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 640, 640)).feature_maps]  # doctest: +SKIP
-        [512, 1024, 2048]
+    With the default configuration (ResNet-50-vd) the four stages are 256, 512, 1024 and 2048 channels wide, at
+    strides 4, 8, 16 and 32; RT-DETR reads stages 2, 3 and 4.
     """
 
     config_class = RTDetrResNetConfig

@@ -23,16 +23,14 @@ DINOv2's and DINOv3's other blocks do not fit these checkpoints: their norms are
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
 from backbones.layers import CheckpointableLayer, attend, check_pixel_channels, drop_path, init_linear_and_norm_
-from backbones_dinov2.blocks import LayerScale, PlainViTBackbone
-from backbones_dinov3_vit.blocks import RotaryPositions, Rotation, rotate
+from backbones_dinov2.blocks import LayerScale
+from backbones_dinov3_vit.blocks import RotaryPositions, RotaryViTBackbone, Rotation, rotate
 
 from ._config import Sapiens2Config
 
@@ -180,7 +178,7 @@ class _Block(CheckpointableLayer):
         return x + drop_path(self.ffn(self.ln2(x)), self.drop_path, self.training), weights
 
 
-class Sapiens2Backbone(PlainViTBackbone):
+class Sapiens2Backbone(RotaryViTBackbone):
     """Sapiens2 feature extractor with transformers-compatible checkpoints.
 
     Stages are ``stem`` (the embeddings) and ``stage1..stageN`` (the transformer layers), all of stride
@@ -193,10 +191,8 @@ class Sapiens2Backbone(PlainViTBackbone):
     """
 
     config_class = Sapiens2Config
-    sequence_maps_keep_prefix = False
     lora_target_modules = ("wq", "wk", "wv", "proj", "w12", "w3")
     config: Sapiens2Config
-    has_attentions = True
     reference_class_name = "Sapiens2Backbone"
     # Sapiens2For{PoseEstimation,SemanticSegmentation,...} files hold the trunk under ``backbone.``.
     base_model_prefix = "backbone"
@@ -239,10 +235,6 @@ class Sapiens2Backbone(PlainViTBackbone):
     @property
     def token_layers(self) -> nn.ModuleList:
         return self.blocks
-
-    def _layer_inputs(self, tokens: Tensor, height: int, width: int) -> tuple[Any, ...]:
-        """Every layer takes the rotary positions of the patch grid."""
-        return (self.rope_embeddings(height, width, tokens.device, tokens.dtype),)
 
     def _map_norm(self, position: int) -> nn.Module | None:
         return self.ln1 if self.config.normalize_backbone_outputs else None

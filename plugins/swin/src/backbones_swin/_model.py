@@ -27,7 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import drop_path_rates, init_linear_and_norm_, reselect_output_modules
+from backbones.layers import (
+    drop_path_rates,
+    init_linear_and_norm_,
+    reselect_output_modules,
+    transformer_layer_options,
+)
 
 from ._config import SwinConfig, SwinFamilyConfig
 from .blocks import PatchMerging, SwinBlock, SwinEmbeddings, SwinEncoder, SwinStage, SwinTrunk, WindowSelfAttention
@@ -44,9 +49,6 @@ class SwinBackbone(Backbone):
     norms; ``attentions`` hold the last block's attention probabilities of each stage. Feature maps
     and hidden states are ``(B, C, H, W)`` views of channels-last memory (call ``.contiguous()`` if a
     consumer needs the default layout).
-
-    Args:
-        config: The architecture and the output selection.
     """
 
     config_class: ClassVar[type[SwinFamilyConfig]] = SwinConfig
@@ -95,10 +97,7 @@ class SwinBackbone(Backbone):
         """The :class:`~backbones_swin.blocks.SwinBlock` arguments every block of ``self.config`` shares."""
         config = self.config
         return {
-            "mlp_ratio": config.mlp_ratio,
-            "qkv_bias": config.qkv_bias,
-            "hidden_act": config.hidden_act,
-            "layer_norm_eps": config.layer_norm_eps,
+            **transformer_layer_options(config),
             "hidden_dropout": config.hidden_dropout_prob,
             "attention_dropout": config.attention_probs_dropout_prob,
         }

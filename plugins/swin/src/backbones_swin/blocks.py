@@ -4,11 +4,10 @@ stages and the encoder, for plugins that build on Swin (backbones-swinv2, backbo
 Paper: Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows" (2021),
 https://arxiv.org/abs/2103.14030.
 
-Every name in ``__all__`` is part of backbones-swin's public API and follows semantic versioning: within a
-``0.1.x`` (later ``1.x``) series its constructor arguments, attribute names and forward signatures do not
-change incompatibly, so a dependent plugin pins ``backbones-swin>=0.1,<0.2``. Attribute names are checkpoint
-key names (``attention.self.query``, ``intermediate.dense``, ``layernorm_before``, ...), in the format
-transformers writes for Swin: changing one would change what every Swin-family plugin loads.
+Every name in ``__all__`` is part of backbones-swin's public API and follows the versioning rule of docs/plugins.md
+("Building on another plugin's blocks"): a dependent plugin pins ``backbones-swin>=0.1,<0.2``. Attribute names are
+checkpoint key names (``attention.self.query``, ``intermediate.dense``, ``layernorm_before``, ...), in the format
+transformers writes for Swin.
 
 Layout: maps are channels-last ``(batch, height, width, channels)`` throughout.
 
@@ -34,7 +33,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path
+from backbones.layers import (
+    CheckpointableLayer,
+    check_pixel_channels,
+    drop_path,
+    module_group,
+    query_key_value_projections,
+)
 
 __all__ = [
     "SHIFT_MASK_VALUE",
@@ -55,18 +60,6 @@ SHIFT_MASK_VALUE = -100.0
 original code)."""
 # Input sizes whose attention biases one attention module keeps (a few sizes alternate in practice).
 _CACHED_SIZES = 8
-
-
-class _Holder(nn.Module):
-    """Holds one module under the checkpoint's name for it (``intermediate.dense``); calls it."""
-
-    def __init__(self, name: str, module: nn.Module) -> None:
-        super().__init__()
-        self.add_module(name, module)
-        self._held = name
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._modules[self._held](x)  # type: ignore[misc]
 
 
 def _pad_bottom_right(x: Tensor, bottom: Any, right: Any) -> Tensor:
@@ -232,8 +225,8 @@ class SwinEmbeddings(nn.Module):
         super().__init__()
         patch = patch_size
         self.patch_size = patch
-        self.patch_embeddings = _Holder(
-            "projection", nn.Conv2d(num_channels, embed_dim, kernel_size=patch, stride=patch)
+        self.patch_embeddings = module_group(
+            projection=nn.Conv2d(num_channels, embed_dim, kernel_size=patch, stride=patch)
         )
         self.norm = nn.LayerNorm(embed_dim)  # transformers leaves this one at the default eps
         self.grid = position_grid or (0, 0)
@@ -255,7 +248,7 @@ class SwinEmbeddings(nn.Module):
         pad_right = (width + patch - 1) // patch * patch - width
         if torch.compiler.is_compiling() or pad_bottom or pad_right:
             pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
-        x = self.norm(self.patch_embeddings(pixel_values).permute(0, 2, 3, 1))
+        x = self.norm(projection(pixel_values).permute(0, 2, 3, 1))
         if self.position_embeddings is not None:
             x = x + self._positions(x.shape[1], x.shape[2])
         return F.dropout(x, self.dropout, self.training)
@@ -319,9 +312,9 @@ class WindowSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.window_size = window
         self.dropout = attention_dropout
-        self.query = nn.Linear(dim, dim, bias=qkv_bias)
-        self.key = nn.Linear(dim, dim, bias=qkv_bias and self.key_bias)
-        self.value = nn.Linear(dim, dim, bias=qkv_bias)
+        self.query, self.key, self.value = query_key_value_projections(
+            dim, bias=qkv_bias, key_bias=qkv_bias and self.key_bias
+        )
         self._add_bias_parameters(num_heads)
         # Entry (i, j): the table row of the offset between tokens i and j of a window. Derived from
         # window_size, so not saved by default (older Swin checkpoints hold it; SwinBackbone ignores that key).
@@ -461,7 +454,7 @@ class WindowAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, window_size: int, **options: Any) -> None:
         super().__init__()
         self.self = self.self_attention_class(dim, num_heads, window_size, **options)  # "self" is the checkpoint's name
-        self.output = _Holder("dense", nn.Linear(dim, dim))
+        self.output = module_group(dense=nn.Linear(dim, dim))
 
     def forward(
         self,
@@ -483,9 +476,9 @@ class WindowAttention(nn.Module):
             gather, scatter, map_height, map_width = order
             context, weights = self.self(windows, bias, need_weights, gather)
             context = context.index_select(1, scatter).view(windows.shape[0], map_height, map_width, -1)
-            return self.output(context), weights
+            return self.output.dense(context), weights
         context, weights = self.self(windows, bias, need_weights)
-        return self.output(context), weights
+        return self.output.dense(context), weights
 
 
 class SwinBlock(CheckpointableLayer):
@@ -541,8 +534,8 @@ class SwinBlock(CheckpointableLayer):
             dim, num_heads, window, qkv_bias=qkv_bias, attention_dropout=attention_dropout, **attention_options
         )
         self.layernorm_after = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.intermediate = _Holder("dense", nn.Linear(dim, hidden))
-        self.output = _Holder("dense", nn.Linear(hidden, dim))
+        self.intermediate = module_group(dense=nn.Linear(dim, hidden))
+        self.output = module_group(dense=nn.Linear(hidden, dim))
         self.activation = make_activation(hidden_act)
         self.window_size = window
         self.shift = shift
@@ -554,7 +547,7 @@ class SwinBlock(CheckpointableLayer):
         """``(B, H, W, C)`` to ``(B, H, W, C)``; also the attention probabilities if ``need_weights``."""
         branch, weights = self._attend(self.layernorm_before(x), need_weights)
         x = x + self._drop_path(F.dropout(branch, self.attention_dropout, self.training))
-        branch = self.output(self.activation(self.intermediate(self.layernorm_after(x))))
+        branch = self.output.dense(self.activation(self.intermediate.dense(self.layernorm_after(x))))
         # transformers applies stochastic depth to the attention branch only; so do we.
         return x + F.dropout(branch, self.dropout, self.training), weights
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbones.layers import transformer_layer_options
 from backbones_swin import SwinBackbone
 from backbones_swin.blocks import (
     SHIFT_MASK_VALUE,
@@ -156,10 +157,7 @@ class _PostNormBlock(SwinBlock):
             num_heads,
             window_size=config.window_size if window is None else window,
             shift=shift,
-            mlp_ratio=config.mlp_ratio,
-            qkv_bias=config.qkv_bias,
-            hidden_act=config.hidden_act,
-            layer_norm_eps=config.layer_norm_eps,
+            **transformer_layer_options(config),
             hidden_dropout=config.hidden_dropout_prob,
             attention_dropout=config.attention_probs_dropout_prob,
             attention_output_dropout=config.attention_probs_dropout_prob,
@@ -171,7 +169,7 @@ class _PostNormBlock(SwinBlock):
         branch, weights = self._attend(x, need_weights)
         branch = self.layernorm_before(F.dropout(branch, self.attention_dropout, self.training))
         x = x + self._drop_path(branch)
-        branch = F.dropout(self.output(self.activation(self.intermediate(x))), self.dropout, self.training)
+        branch = F.dropout(self.output.dense(self.activation(self.intermediate.dense(x))), self.dropout, self.training)
         return x + self._drop_path(self.layernorm_after(branch)), weights
 
 
@@ -182,15 +180,8 @@ class Swinv2Backbone(SwinBackbone):
     output before patch merging, with no further norm, exactly as transformers' ``Swinv2Backbone``.
     ``hidden_states`` are the same outputs as ``(B, H * W, C)`` token sequences (transformers' layout);
     ``attentions`` hold the last block's attention probabilities of each stage. Feature maps are
-    ``(B, C, H, W)`` views of channels-last memory.
-
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = Swinv2Backbone(Swinv2Config(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
-        >>> [fmap.shape[1] for fmap in model(torch.randn(1, 3, 224, 224)).feature_maps]  # doctest: +SKIP
-        [96, 192, 384, 768]
+    ``(B, C, H, W)`` views of channels-last memory. With the default config, ``stage1..stage4`` are 96, 192,
+    384 and 768 channels wide.
     """
 
     config_class = Swinv2Config

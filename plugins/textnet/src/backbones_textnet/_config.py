@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from backbones import BackboneConfig
 from backbones.activations import check_activation
+from backbones.validation import check_entries_at_least_one
 
 __all__ = ["TextNetConfig"]
 
@@ -106,17 +107,13 @@ class TextNetConfig(BackboneConfig):
                         f"conv_layer_kernel_sizes[{stage}][{layer}]={kernel} must be [height, width] with odd positive "
                         "sides (an even side would shift the layer's branches against each other)"
                     )
-            for layer, stride in enumerate(stage_strides):
-                if stride < 1:
-                    raise ValueError(f"conv_layer_strides[{stage}][{layer}]={stride} must be 1 or more")
+            check_entries_at_least_one(f"conv_layer_strides[{stage}]", stage_strides)
         if len(self.hidden_sizes) != NUM_STAGES + 1:
             raise ValueError(
                 f"hidden_sizes has {len(self.hidden_sizes)} entries but needs {NUM_STAGES + 1}: the stem's channels, "
                 "then each stage's"
             )
-        for index, size in enumerate(self.hidden_sizes):
-            if size < 1:
-                raise ValueError(f"hidden_sizes[{index}]={size} must be 1 or more")
+        check_entries_at_least_one("hidden_sizes", self.hidden_sizes)
         if self.hidden_sizes[0] != self.stem_out_channels:
             raise ValueError(
                 f"hidden_sizes[0]={self.hidden_sizes[0]} must equal stem_out_channels={self.stem_out_channels}: "

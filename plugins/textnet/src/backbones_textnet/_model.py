@@ -199,13 +199,8 @@ class TextNetBackbone(StemAndStages, Backbone):
     :meth:`reparameterize` folds every layer into one convolution and the stem's BatchNorm into its
     convolution, for inference.
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = TextNetBackbone(TextNetConfig(out_indices=[1, 2, 3, 4])).eval()  # doctest: +SKIP
-        >>> [tuple(fmap.shape[1:]) for fmap in model(torch.randn(1, 3, 640, 640)).feature_maps]  # doctest: +SKIP
-        [(64, 160, 160), (128, 80, 80), (256, 40, 40), (512, 20, 20)]
+    With the default configuration the stem is 64 channels wide at stride 2 and the four stages 64, 128, 256 and
+    512, at strides 4, 8, 16 and 32.
     """
 
     config_class = TextNetConfig

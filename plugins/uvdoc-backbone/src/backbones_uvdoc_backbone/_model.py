@@ -16,50 +16,17 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from backbones import Backbone, InputError
-from backbones.layers import CheckpointableLayer, ConvNormActivation, StemAndStages, init_conv_and_batch_norm_
+from backbones.layers import (
+    BlockSequence,
+    CheckpointableLayer,
+    ConvNormActivation,
+    StemAndStages,
+    init_conv_and_batch_norm_,
+)
 
 from ._config import UVDocBackboneConfig
 
 __all__ = ["UVDocBackbone"]
-
-
-class UVDocConvLayer(ConvNormActivation):
-    """Convolution, BatchNorm, optional ReLU (keys ``convolution``, ``normalization``); the norm folds into the
-    convolution (:meth:`reparameterize`).
-
-    Args:
-        in_channels: Input channels.
-        out_channels: Output channels.
-        kernel_size: Side of the square kernel.
-        stride: Stride.
-        padding: Zero padding on every side.
-        dilation: Dilation.
-        bias: Whether the convolution has a bias.
-        activation: Apply a ReLU after the norm.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        *,
-        stride: int = 1,
-        padding: int = 0,
-        dilation: int = 1,
-        bias: bool = False,
-        activation: bool = True,
-    ) -> None:
-        super().__init__(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            padding=padding,
-            dilation=dilation,
-            bias=bias,
-            activation=nn.ReLU(inplace=True) if activation else None,
-        )
 
 
 class UVDocResidualBlock(CheckpointableLayer):
@@ -74,49 +41,19 @@ class UVDocResidualBlock(CheckpointableLayer):
     ) -> None:
         super().__init__()
         stride = 2 if downsample else 1
+        # Every unit pads by ``dilation * (kernel_size // 2)`` (ConvNormActivation's default), as UVDoc does.
         self.conv_down = (
-            UVDocConvLayer(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride=stride,
-                padding=kernel_size // 2,
-                bias=True,
-                activation=False,
-            )
-            if downsample
-            else None
+            ConvNormActivation(in_channels, out_channels, kernel_size, stride, bias=True) if downsample else None
         )
-        padding = dilation * (kernel_size // 2)
-        self.conv_start = UVDocConvLayer(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=True
+        self.conv_start = ConvNormActivation(
+            in_channels, out_channels, kernel_size, stride, dilation=dilation, bias=True, activation="relu"
         )
-        self.conv_final = UVDocConvLayer(
-            out_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=True, activation=False
-        )
+        self.conv_final = ConvNormActivation(out_channels, out_channels, kernel_size, dilation=dilation, bias=True)
         self.act_fn = nn.ReLU(inplace=True)
 
     def forward(self, hidden: Tensor) -> Tensor:
         shortcut = self.conv_down(hidden) if self.conv_down is not None else hidden
         return self.act_fn(self.conv_final(self.conv_start(hidden)) + shortcut)
-
-
-class UVDocResNetStage(nn.Module):
-    """The residual blocks of one stage (key ``layers``)."""
-
-    def __init__(self, config: UVDocBackboneConfig, index: int) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            *(
-                UVDocResidualBlock(
-                    in_channels, out_channels, config.kernel_size, dilation=dilation, downsample=bool(downsample)
-                )
-                for in_channels, out_channels, dilation, downsample in config.resnet_configs[index]
-            )
-        )
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        return self.layers(hidden)
 
 
 class UVDocResNet(nn.Module):
@@ -126,12 +63,21 @@ class UVDocResNet(nn.Module):
         super().__init__()
         self.resnet_head = nn.Sequential(
             *(
-                UVDocConvLayer(in_channels, out_channels, config.kernel_size, stride=2, padding=config.kernel_size // 2)
+                ConvNormActivation(in_channels, out_channels, config.kernel_size, 2, activation="relu")
                 for in_channels, out_channels in config.resnet_head
             )
         )
+        # Each stage holds its residual blocks under ``layers``.
         self.resnet_down = nn.Sequential(
-            *(UVDocResNetStage(config, index) for index in range(len(config.resnet_configs)))
+            *(
+                BlockSequence(
+                    UVDocResidualBlock(
+                        in_channels, out_channels, config.kernel_size, dilation=dilation, downsample=bool(downsample)
+                    )
+                    for in_channels, out_channels, dilation, downsample in stage
+                )
+                for stage in config.resnet_configs
+            )
         )
 
     def forward(self, pixel_values: Tensor) -> Tensor:
@@ -145,7 +91,7 @@ class UVDocBridgeBlock(CheckpointableLayer):
         super().__init__()
         self.blocks = nn.Sequential(
             *(
-                UVDocConvLayer(channels, channels, 3, padding=dilation, dilation=dilation)
+                ConvNormActivation(channels, channels, 3, dilation=dilation, activation="relu")
                 for channels, dilation in layers
             )
         )
@@ -169,14 +115,8 @@ class UVDocBackbone(StemAndStages, Backbone):
     are independent, so a forward runs the trunk and only the requested bridges (all of them when hidden
     states are requested). :meth:`reparameterize` folds every BatchNorm into its convolution for inference.
 
-    Args:
-        config: The architecture and the output selection.
-
-    Example:
-        >>> model = UVDocBackbone(UVDocBackboneConfig(out_indices=[1, 2, 3, 4, 5, 6])).eval()  # doctest: +SKIP
-        >>> maps = model(torch.randn(1, 3, 712, 488)).feature_maps  # doctest: +SKIP
-        >>> torch.cat(maps, dim=1).shape  # what UVDoc's head reads  # doctest: +SKIP
-        torch.Size([1, 768, 45, 31])
+    With the default configuration every bridge returns 128 channels at 1/16 of the input's resolution (rounded
+    up), so the six bridges concatenated along channels give the 768-channel map UVDoc's head reads.
     """
 
     config_class = UVDocBackboneConfig

@@ -13,17 +13,17 @@ are returned as ``(batch, channels, height, width)`` views of them (the channels
 no stage pays for a transposing copy. The residual conv blocks run in that layout as well: their 1x1
 convolutions are matrix products over the channel axis and their channel norms are ordinary layer norms.
 
-The modules are the public blocks of :mod:`backbones_vitdet.blocks`.
+The modules are the public blocks of :mod:`backbones_vitdet.blocks`, held under ``encoder.layer`` by
+backbones-dinov2's :class:`~backbones_dinov2.blocks.Dinov2Encoder`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import drop_path_rates, init_linear_and_norm_, run_token_layers
+from backbones.layers import drop_path_rates, init_linear_and_norm_, run_token_layers, transformer_layer_options
+from backbones_dinov2.blocks import Dinov2Encoder
 
 from ._config import VitDetConfig
 from .blocks import BottleneckConv, ChannelNorm, VitDetAttention, VitDetEmbeddings, VitDetLayer
@@ -45,7 +45,6 @@ class VitDetBackbone(Backbone):
     config: VitDetConfig
     # transformers' prefix for the trunk; VitDetModel and VitDetBackbone checkpoints are both unprefixed.
     base_model_prefix = "vitdet"
-    has_attentions = True
     reference_class_name = "VitDetBackbone"
 
     def __init__(self, config: VitDetConfig) -> None:
@@ -58,9 +57,7 @@ class VitDetBackbone(Backbone):
             for index in range(depth)
         ]
         self.embeddings = VitDetEmbeddings.from_config(config)
-        # Typed Any: a bare holder of `layer`, for the checkpoint's key paths; a type checker cannot see it.
-        self.encoder: Any = nn.Module()
-        self.encoder.layer = nn.ModuleList(layers)
+        self.encoder = Dinov2Encoder(layers)
         self.num_features = [config.hidden_size] * (depth + 1)
         self.reductions = [config.patch_size] * (depth + 1)
         self.post_init()
@@ -75,10 +72,7 @@ class VitDetBackbone(Backbone):
             window_size=window,
             relative_grid=grid if config.use_relative_position_embeddings else None,
             residual=residual,
-            mlp_ratio=config.mlp_ratio,
-            qkv_bias=config.qkv_bias,
-            hidden_act=config.hidden_act,
-            layer_norm_eps=config.layer_norm_eps,
+            **transformer_layer_options(config),
             dropout=config.dropout_prob,
             drop_path=drop_path,
         )

@@ -5,11 +5,10 @@ block, and the window partition helpers, for plugins that build on ViTDet (e.g. 
 Paper: Li, Mao, Girshick, He, "Exploring Plain Vision Transformer Backbones for Object Detection" (2022),
 https://arxiv.org/abs/2203.16527.
 
-Every name in ``__all__`` is part of backbones-vitdet's public API and follows semantic versioning: within a
-``0.1.x`` (later ``1.x``) series its constructor arguments, attribute names and forward signatures do not
-change incompatibly, so a dependent plugin pins ``backbones-vitdet>=0.1,<0.2``. Attribute names are checkpoint
-key names in transformers' ViTDet format (``projection``, ``attention.qkv``, ``attention.rel_pos_h``,
-``residual.conv1``, ...): changing one would change what every plugin built on these blocks loads.
+Every name in ``__all__`` is part of backbones-vitdet's public API and follows the versioning rule of
+docs/plugins.md ("Building on another plugin's blocks"): a dependent plugin pins ``backbones-vitdet>=0.1,<0.2``.
+Attribute names are checkpoint key names in transformers' ViTDet format (``projection``, ``attention.qkv``,
+``attention.rel_pos_h``, ``residual.conv1``, ...).
 
 Layout: maps are channels-last ``(batch, height, width, channels)`` throughout.
 """

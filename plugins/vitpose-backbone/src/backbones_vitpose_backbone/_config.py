@@ -8,7 +8,7 @@ from typing import ClassVar
 from pydantic import Field, field_serializer, model_validator
 
 from backbones.validation import image_pair
-from backbones_dinov2.configs import PlainViTConfig
+from backbones_dinov2.configs import ViTLayerConfig
 
 __all__ = ["PATCH_PADDING", "VitPoseBackboneConfig"]
 
@@ -16,7 +16,7 @@ PATCH_PADDING = 2
 """Pixels of zero padding on every side of the patch projection (ViTPose's, whatever the patch size)."""
 
 
-class VitPoseBackboneConfig(PlainViTConfig):
+class VitPoseBackboneConfig(ViTLayerConfig):
     """Configuration of a ViTPose backbone; the defaults describe ViTPose-B as transformers'
     ``VitPoseBackboneConfig`` does.
 
@@ -53,10 +53,7 @@ class VitPoseBackboneConfig(PlainViTConfig):
     mlp_ratio: int = Field(default=4, ge=1)
     num_experts: int = Field(default=1, ge=1)
     part_features: int = Field(default=256, ge=1)
-    hidden_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
-    attention_probs_dropout_prob: float = Field(default=0.0, ge=0, lt=1)
     layer_norm_eps: float = 1e-12
-    qkv_bias: bool = True
 
     @model_validator(mode="after")
     def _check_shapes(self) -> VitPoseBackboneConfig:
