@@ -1,8 +1,8 @@
 """The plugin registry: entry points of the group ``backbones``, discovered once, on first use.
 
 Discovery reads each plugin's manifest or imports its plugin module (never its model code), skips and
-records a plugin that fails, and runs each plugin's registrations separately so every registration and every failure is
-attributed to its distribution. A model type claimed by two distributions is recorded as a conflict
+records a plugin that fails, and runs each plugin's registrations separately so every registration and every
+failure is attributed to its distribution. A model type claimed by two distributions is recorded as a conflict
 and raises, naming both, only when that type is requested.
 
 An entry point names either a package holding a manifest, ``backbones.toml`` (plugin API 1.2: the
@@ -358,13 +358,13 @@ class Registry:
             try:
                 manifest = None if entry_point.attr else find_manifest(entry_point.module)
                 if manifest is not None:
-                    setting, api, declare = "plugin_api", *self._read_manifest(manifest, entry_point.name, dist_name)
+                    api, declare = self._read_manifest(manifest, entry_point.name, dist_name)
                 else:
-                    setting, api, declare = "BACKBONES_PLUGIN_API", *self._load_module(entry_point, dist_name)
+                    api, declare = self._load_module(entry_point, dist_name)
             except (Exception, SystemExit) as error:  # a broken plugin must not take the registry down
                 self._fail(entry_point.name, dist_name, version, error)
                 continue
-            self._stage_and_add(entry_point.name, dist_name, version, (setting, api), declare)
+            self._stage_and_add(entry_point.name, dist_name, version, api, declare)
 
     @staticmethod
     def _read_manifest(path: Path, plugin_name: str, dist_name: str) -> tuple[tuple[int, int], _Declare]:
@@ -412,10 +412,12 @@ class Registry:
         return api, declare
 
     def _stage_and_add(
-        self, plugin_name: str, dist_name: str, version: str, api: tuple[str, tuple[int, int]], declare: _Declare
+        self, plugin_name: str, dist_name: str, version: str, declared_api: tuple[int, int], declare: _Declare
     ) -> None:
-        """Run a plugin's registrations; add them all, or (on any error) none and record the failure."""
-        setting, declared_api = api
+        """Run a plugin's registrations; add them all, or (on any error) none and record the failure.
+
+        An argument newer than ``declared_api`` can only come from a module: a manifest declares 1.2 or later.
+        """
         staged: list[Registration] = []
 
         def register_from_plugin(model_type: str, **kwargs: Any) -> None:
@@ -423,7 +425,7 @@ class Registry:
                 if argument in kwargs and declared_api < added:
                     raise PluginError(
                         f"model type {model_type!r} passes {argument}, which plugin API {added[0]}.{added[1]} added, "
-                        f"but plugin {plugin_name!r} declares {setting} = "
+                        f"but plugin {plugin_name!r} declares BACKBONES_PLUGIN_API = "
                         f"'{declared_api[0]}.{declared_api[1]}'; declare \"{added[0]}.{added[1]}\" (and depend on a "
                         "backbones-core that implements it)"
                     )
