@@ -35,6 +35,8 @@ class Arch:
         timm_name: timm model name, or ``None`` when timm has no equivalent.
         timm_kwargs: Extra ``timm.create_model`` arguments.
         timm_features_only: Use ``features_only=True`` (else ``forward_features``).
+        timm_norm: Read timm's maps through its final norm (``FeatureGetterNet(norm=True)``), as the
+            transformers backbone returns them (``apply_layernorm``): the same work on both sides.
         channels_last: Whether a ``channels_last`` row is measured (convolutional networks).
         note: Shown under the table.
     """
@@ -48,6 +50,7 @@ class Arch:
     timm_name: str | None = None
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     timm_features_only: bool = True
+    timm_norm: bool = False
     channels_last: bool = False
     note: str = ""
 
@@ -88,6 +91,12 @@ class Arch:
         import timm
 
         kwargs = dict(self.timm_kwargs)
+        if self.timm_norm:
+            from timm.models._features import FeatureGetterNet
+
+            out_indices = kwargs.pop("out_indices")
+            model = timm.create_model(self.timm_name, pretrained=False, **kwargs)
+            return FeatureGetterNet(model, out_indices=out_indices, norm=True).eval()
         if self.timm_features_only:
             kwargs["features_only"] = True
         return timm.create_model(self.timm_name, pretrained=False, **kwargs).eval()
@@ -215,13 +224,14 @@ ARCHS: list[Arch] = [
         "beit_base_patch16_224",
         timm_img_size=None,  # built at 224 already
     ),
-    _vit("dinov2", "dinov2-small (patch 14, 224)", "Dinov2", DINOV2_SMALL, "vit_small_patch14_dinov2"),
+    _vit("dinov2", "dinov2-small (patch 14, 224)", "Dinov2", DINOV2_SMALL, "vit_small_patch14_dinov2", timm_norm=True),
     _vit(
         "dinov3-vit",
         "dinov3-vits16 (4 registers, rotary positions, 224)",
         "DINOv3ViT",
         {"num_register_tokens": 4},
         "vit_small_patch16_dinov3_qkvb",
+        timm_norm=True,
         note="timm's vit_small_patch16_dinov3_qkvb is the same network (with a zero key bias) built at img_size=224",
     ),
     _vit(
@@ -230,6 +240,7 @@ ARCHS: list[Arch] = [
         "Dinov2WithRegisters",
         {**DINOV2_SMALL, "patch_size": 14},
         "vit_small_patch14_reg4_dinov2",
+        timm_norm=True,
     ),
     _arch(
         "vitdet",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+import contextlib
+from collections.abc import Callable
 
-from backbones.layers import drop_path
+import pytest
+import torch
+from torch import nn
+
+from backbones.layers import _ONEDNN_LINEAR, drop_path, linear
 
 
 def test_drop_path_is_the_identity_outside_training_or_at_rate_zero() -> None:
@@ -102,3 +107,114 @@ class _TokenLayer(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.calls += 1
         return tokens + step, torch.ones(1, 1, 2, 2) if need_weights else None
+
+
+# -- linear: the oneDNN path -------------------------------------------------------------------------
+
+ONEDNN = "mkldnn::_linear_pointwise"
+needs_onednn = pytest.mark.skipif(_ONEDNN_LINEAR is None, reason="this torch build or machine has no oneDNN linear")
+
+
+def _ran_onednn(function: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    with torch.profiler.profile() as profile:
+        out = function()
+    return out, any(event.name == ONEDNN for event in profile.events())
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", [None, nn.GELU(), nn.GELU(approximate="tanh"), nn.ReLU(), nn.SiLU()], ids=repr)
+@pytest.mark.parametrize("shape", [(300, 96), (2, 150, 96), (1, 15, 20, 96)])
+def test_linear_in_inference_is_one_onednn_call_with_the_modules_result(
+    activation: nn.Module | None, shape: tuple[int, ...]
+) -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(96, 384)
+    x = torch.randn(shape)
+    expected = layer(x) if activation is None else activation(layer(x))
+    with torch.inference_mode():
+        out, fused = _ran_onednn(lambda: linear(x, layer, activation))
+    assert fused
+    assert out.shape == (*shape[:-1], 384)
+    torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_linear_in_bfloat16_and_without_bias() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(96, 384, bias=False).to(torch.bfloat16)
+    x = torch.randn(300, 96, dtype=torch.bfloat16)
+    with torch.no_grad():
+        out, fused = _ran_onednn(lambda: linear(x, layer, nn.GELU()))
+        expected = nn.functional.gelu(layer(x))
+    assert fused and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=1.6e-2, atol=1e-2)
+
+
+class _Wrapped(nn.Module):
+    """A layer around a linear one (what a LoRA adapter is): it must be called, not bypassed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base_layer = nn.Linear(96, 384)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + 1.0
+
+
+def _hooked() -> nn.Linear:
+    layer = nn.Linear(96, 384)
+    layer.register_forward_hook(lambda module, inputs, output: output * 2.0)
+    return layer
+
+
+@pytest.mark.parametrize(
+    ("case", "make_layer", "activation", "size", "mode"),
+    [
+        ("autograd on", lambda: nn.Linear(96, 384), nn.GELU(), 300, "grad"),
+        ("a wrapper", _Wrapped, nn.GELU(), 300, "inference"),
+        ("a forward hook", _hooked, nn.Identity(), 300, "inference"),
+        ("an activation without a oneDNN post-op", lambda: nn.Linear(96, 384), nn.Tanh(), 300, "inference"),
+        ("too little work", lambda: nn.Linear(96, 384), nn.GELU(), 4, "inference"),
+        ("CPU autocast", lambda: nn.Linear(96, 384), nn.GELU(), 300, "autocast"),
+    ],
+)
+def test_linear_otherwise_calls_the_modules(
+    case: str, make_layer: Callable[[], nn.Module], activation: nn.Module, size: int, mode: str
+) -> None:
+    torch.manual_seed(0)
+    layer = make_layer()
+    x = torch.randn(size, 96)
+    expected = activation(layer(x))
+    context = {
+        "grad": contextlib.nullcontext(),
+        "inference": torch.inference_mode(),
+        "autocast": torch.autocast("cpu", dtype=torch.bfloat16),
+    }[mode]
+    with context:
+        out, fused = _ran_onednn(lambda: linear(x, layer, activation))
+        if mode == "autocast":
+            expected = activation(layer(x))
+    assert not fused, case
+    assert out.dtype == expected.dtype
+    assert out.requires_grad == (mode != "inference"), case
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+class _Mlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(96, 384)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.fc, self.act)
+
+
+def test_traced_and_exported_graphs_hold_the_standard_linear() -> None:
+    # Graphs for other runtimes (TorchScript for ONNX, torch.export) must not hold the oneDNN call.
+    model, x = _Mlp().eval(), torch.randn(300, 96)
+    with torch.no_grad():
+        traced = str(torch.jit.trace(model, x).inlined_graph)
+        exported = str(torch.export.export(model, (x,)).graph)
+    assert "aten::linear" in traced and "mkldnn" not in traced
+    assert "aten.linear" in exported and "mkldnn" not in exported

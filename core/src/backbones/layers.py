@@ -17,6 +17,7 @@
   :class:`BlockSequence`, a stage that runs its blocks in order under the key ``layers``.
 * :func:`run_token_layers`: the forward of a plain vision transformer's layers, one stage each.
 * :func:`attend`: multi-head scaled dot-product attention that returns the probabilities when asked.
+* :func:`linear`: a linear layer and the activation after it, as one oneDNN call in CPU inference.
 * :func:`reselect_output_modules`: per-output modules (e.g. output norms) following a new selection.
 * :func:`module_group`: a parameterless holder of named modules, for a checkpoint's key paths;
   :func:`query_key_value_projections`, the three same-width projections of a multi-head attention.
@@ -26,6 +27,7 @@
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Container, Iterable, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, cast
@@ -57,6 +59,7 @@ __all__ = [
     "drop_path_rates",
     "init_conv_and_batch_norm_",
     "init_linear_and_norm_",
+    "linear",
     "module_group",
     "query_key_value_projections",
     "reselect_output_modules",
@@ -602,6 +605,110 @@ def attend(
     scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
     weights = F.dropout(scores.softmax(dim=-1), rate, training)
     return torch.matmul(weights, value), weights
+
+
+def _onednn_linear() -> Callable[..., Tensor] | None:
+    """torch's oneDNN matmul with a fused bias and activation (the kernel ``torch.compile`` fuses a linear
+    layer and its activation into on the CPU), or ``None`` where this build or machine lacks it. Only
+    x86-64 is enabled: it is the platform where it was measured faster than the default ``addmm``."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return cast("Callable[..., Tensor]", torch.ops.mkldnn._linear_pointwise)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+# Below this many multiply-adds the oneDNN call's fixed cost (about 15 microseconds) outweighs its gain.
+_ONEDNN_MIN_WORK = 1 << 21
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _cpu_autocast_check() -> Callable[[], bool]:
+    """Whether CPU autocast is on: ``torch.is_autocast_enabled("cpu")`` (torch 2.4 on), else the older call."""
+    try:
+        torch.is_autocast_enabled("cpu")  # type: ignore[call-arg,unused-ignore]
+    except TypeError:
+        return torch.is_autocast_cpu_enabled
+    return lambda: torch.is_autocast_enabled("cpu")  # type: ignore[call-arg,unused-ignore]
+
+
+_cpu_autocast = _cpu_autocast_check()
+
+
+def _onednn_activation(activation: nn.Module | None) -> tuple[str, list[float], str] | None:
+    """The oneDNN post-op computing ``activation`` (its name, scalars and algorithm), or ``None``."""
+    if activation is None or type(activation) is nn.Identity:
+        return ("none", [], "")
+    if type(activation) is nn.GELU:
+        return ("gelu", [], activation.approximate)
+    if type(activation) is nn.ReLU:
+        return ("relu", [], "")
+    if type(activation) is nn.SiLU:
+        return ("swish", [], "")
+    return None
+
+
+def _plain_call(module: nn.Module) -> bool:
+    """Whether calling ``module`` would only run its ``forward``: no hooks of its own or global ones."""
+    from torch.nn.modules import module as base
+
+    return not (
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or base._global_forward_hooks
+        or base._global_forward_pre_hooks
+        or base._global_backward_hooks
+        or base._global_backward_pre_hooks
+    )
+
+
+def linear(x: Tensor, layer: nn.Module, activation: nn.Module | None = None) -> Tensor:
+    """``activation(layer(x))`` (``layer(x)`` without an activation), computed as one oneDNN matmul with
+    the bias and the activation fused where that is the same computation, only faster.
+
+    That is CPU inference on x86-64 (no autograd: ``torch.inference_mode()`` or ``torch.no_grad()``) of a
+    plain ``nn.Linear`` (not a LoRA wrapper or a quantised layer; no hooks) on a float32 or bfloat16 tensor
+    outside autocast, tracing and compilation, and work of at least about two million multiply-adds;
+    ``activation`` is then GELU, ReLU, SiLU or nothing. Everything else (training, CUDA, ``torch.compile``,
+    ``torch.export``, ONNX, small layers, other activations) runs the modules as called. The results agree
+    with the modules' to float rounding (oneDNN sums in another order than ``addmm``); measured here,
+    5-10% less time for a ViT's or ConvNeXt's forward.
+
+    Args:
+        x: ``(..., in_features)``.
+        layer: The linear layer (any module: only an ``nn.Linear`` is fused).
+        activation: The activation after it, or ``None``.
+
+    Returns:
+        ``(..., out_features)``.
+    """
+    post_op = _onednn_activation(activation)
+    if (
+        _ONEDNN_LINEAR is not None
+        and post_op is not None
+        and isinstance(layer, nn.Linear)
+        and type(layer).forward is nn.Linear.forward
+        and type(x) is Tensor
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype in _ONEDNN_DTYPES
+        and layer.weight.dtype == x.dtype
+        and type(layer.weight) in (Tensor, nn.Parameter)
+        and x.numel() * layer.out_features >= _ONEDNN_MIN_WORK
+        and torch.backends.mkldnn.enabled
+        and not _cpu_autocast()
+        and not torch._C._get_tracing_state()  # torch.jit.trace (ONNX's TorchScript exporter)
+        and not torch.compiler.is_compiling()
+        and _plain_call(layer)
+        and (activation is None or _plain_call(activation))
+    ):
+        return _ONEDNN_LINEAR(x, layer.weight, layer.bias, *post_op)
+    out = layer(x)
+    return out if activation is None else activation(out)
 
 
 def reselect_output_modules(

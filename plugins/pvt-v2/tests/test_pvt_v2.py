@@ -30,7 +30,7 @@ from backbones.testing.hierarchical import (
 )
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_pvt_v2 import PvtImageProcessor, PvtV2Backbone, PvtV2Config
-from backbones_pvt_v2._model import LINEAR_POOL_SIZE, _adaptive_average_matrix
+from backbones_pvt_v2._model import LINEAR_POOL_SIZE, PvtV2DepthWiseConv, _adaptive_average_matrix
 
 # Four stages as every PVTv2 has, a few thousand parameters. sr_ratios stay transformers' defaults (8, 4, 2, 1)
 # in the parity tests, which run at the training size 224.
@@ -207,6 +207,23 @@ def test_linear_pool_equals_adaptive_average_pool(size: tuple[int, int]) -> None
     columns = _adaptive_average_matrix(size[1], LINEAR_POOL_SIZE, grid)
     expected = nn.AdaptiveAvgPool2d(LINEAR_POOL_SIZE)(grid)
     torch.testing.assert_close(rows @ grid @ columns.T, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_depthwise_convolution_runs_on_the_token_memory(batch: int) -> None:
+    # The MLP's depth-wise convolution sees the tokens as a channels-last view. At batch 1 its strides are
+    # ambiguous, and with the weight in its default layout the convolution copied the whole map into
+    # channels-first order and ran the channels-first kernel (20x slower on the first stage): no copy now,
+    # and the tokens come back as a view of the convolution's output.
+    conv = PvtV2DepthWiseConv(16).eval()
+    tokens = torch.randn(batch, 12 * 10, 16, generator=torch.Generator().manual_seed(0))
+    with torch.profiler.profile(record_shapes=True) as profile:
+        out = conv(tokens, 12, 10)
+    copies = [event.input_shapes[0] for event in profile.events() if event.name == "aten::copy_"]
+    assert copies == [[16, 1, 3, 3]]  # the weight's, into the channels-last layout
+    grid = tokens.transpose(1, 2).reshape(batch, 16, 12, 10).contiguous()
+    expected = nn.functional.conv2d(grid, conv.dwconv.weight, conv.dwconv.bias, padding=1, groups=16)
+    torch.testing.assert_close(out, expected.flatten(2).transpose(1, 2), rtol=0, atol=1e-6)
 
 
 def test_forward_stops_at_the_deepest_requested_stage() -> None:

@@ -31,6 +31,7 @@ from backbones.layers import (
     check_pixel_channels,
     drop_path,
     drop_path_rates,
+    linear,
     module_group,
     query_key_value_projections,
 )
@@ -209,7 +210,7 @@ class _SelfAttention(nn.Module):
         """Returns the context ``(B, L, C)`` and, if asked, the probabilities ``(B, heads, L, L)``."""
         batch, length, width = tokens.shape
         split = (batch, length, self.num_heads, width // self.num_heads)
-        query, key, value = (proj(tokens).view(split).transpose(1, 2) for proj in (self.query, self.key, self.value))
+        query, key, value = (linear(tokens, p).view(split).transpose(1, 2) for p in (self.query, self.key, self.value))
         if bias is not None:
             bias = bias.to(query.dtype)  # autocast may run the projections in a lower precision
         dropout = self.dropout if self.training else 0.0
@@ -262,11 +263,13 @@ class _Layer(CheckpointableLayer):
             own = attention.relative_position_bias(*grid)
             bias = own if bias is None else own + bias
         branch, weights = attention(self.layernorm_before(tokens), bias, need_weights)
-        branch = F.dropout(self.attention.output.dense(branch), self.dropout, self.training)
+        branch = F.dropout(linear(branch, self.attention.output.dense), self.dropout, self.training)
         if self.lambda_1 is not None:
             branch = self.lambda_1 * branch
         tokens = tokens + self._drop_path(branch)
-        branch = self.output.dense(self.activation(self.intermediate.dense(self.layernorm_after(tokens))))
+        branch = linear(
+            linear(self.layernorm_after(tokens), self.intermediate.dense, self.activation), self.output.dense
+        )
         branch = F.dropout(branch, self.dropout, self.training)
         if self.lambda_2 is not None:
             branch = self.lambda_2 * branch

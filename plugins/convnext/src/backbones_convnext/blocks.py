@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, StageList, drop_path
+from backbones.layers import CheckpointableLayer, StageList, drop_path, linear
 
 __all__ = [
     "NORM_EPS",
@@ -99,7 +99,11 @@ class ConvNextBlock(CheckpointableLayer):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, dim, H, W)`` to ``(B, dim, H, W)``."""
         branch = self.layernorm(self.dwconv(x).permute(0, 2, 3, 1))
-        branch = self.pwconv2(self._activate(self.pwconv1(branch)))
+        if type(self)._activate is ConvNextBlock._activate:  # the activation alone: fused with pwconv1
+            expanded = linear(branch, self.pwconv1, self.act)
+        else:
+            expanded = self._activate(linear(branch, self.pwconv1))
+        branch = linear(expanded, self.pwconv2)
         scale = self.layer_scale_parameter
         if self.drop_path_rate and self.training:
             if scale is not None:

@@ -36,6 +36,7 @@ from backbones.layers import (
     check_pixel_channels,
     drop_path,
     init_linear_and_norm_,
+    linear,
     query_key_value_projections,
     run_token_layers,
     transformer_layer_options,
@@ -216,7 +217,7 @@ class Dinov2SelfAttention(nn.Module):
         ``(batch, heads, tokens, tokens)``."""
         batch, length, width = tokens.shape
         heads = (batch, length, self.num_heads, width // self.num_heads)
-        query, key, value = (proj(tokens).view(heads).transpose(1, 2) for proj in (self.query, self.key, self.value))
+        query, key, value = (linear(tokens, p).view(heads).transpose(1, 2) for p in (self.query, self.key, self.value))
         context, weights = attend(
             query, key, value, dropout=self.dropout, training=self.training, need_weights=need_weights
         )
@@ -280,7 +281,7 @@ class Dinov2Attention(nn.Module):
     def forward(self, tokens: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """Returns the projected context ``(batch, tokens, channels)`` and the probabilities if asked."""
         context, weights = self.attention(tokens, need_weights)
-        return self.output.dense(context), weights
+        return linear(context, self.output.dense), weights
 
 
 class LayerScale(nn.Module):
@@ -326,7 +327,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``fc2(activation(fc1(x)))``."""
-        return self.fc2(self.activation(self.fc1(x)))
+        return linear(linear(x, self.fc1, self.activation), self.fc2)
 
 
 class SwiGLUFeedForward(nn.Module):
@@ -349,8 +350,8 @@ class SwiGLUFeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``weights_out(silu(gate) * value)``."""
-        gate, value = self.weights_in(x).chunk(2, dim=-1)
-        return self.weights_out(F.silu(gate) * value)
+        gate, value = linear(x, self.weights_in).chunk(2, dim=-1)
+        return linear(F.silu(gate) * value, self.weights_out)
 
 
 class LayerScaledLayer(CheckpointableLayer):

@@ -41,6 +41,7 @@ from backbones.layers import (
     drop_path,
     drop_path_rates,
     init_linear_and_norm_,
+    linear,
 )
 from backbones_convnext.blocks import ChannelsFirstLayerNorm
 
@@ -72,7 +73,7 @@ class _Layer(CheckpointableLayer):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, dim, H, W)`` to ``(B, dim, H, W)``."""
         branch = self.layer_norm(self.depthwise_conv(x).permute(0, 2, 3, 1))
-        branch = self.pointwise_conv2(self.act(self.pointwise_conv1(branch)))
+        branch = linear(linear(branch, self.pointwise_conv1, self.act), self.pointwise_conv2)
         if self.drop_path_rate and self.training:
             return x + drop_path((branch * self.gamma).permute(0, 3, 1, 2), self.drop_path_rate, True)
         # Scale and residual in one pass, on the (B, H, W, C) views where gamma broadcasts along the last

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import attend, check_pixel_channels
+from backbones.layers import attend, check_pixel_channels, linear
 from backbones_dinov2.blocks import LayerScaledLayer, PlainViTBackbone, init_dinov2_weights_
 
 from ._config import Dinov3ViTConfig
@@ -144,13 +144,13 @@ class _Attention(nn.Module):
         probabilities ``(batch, heads, tokens, tokens)``."""
         batch, length, width = tokens.shape
         heads = (batch, length, self.num_heads, width // self.num_heads)
-        query = _rotate(self.q_proj(tokens).view(heads).transpose(1, 2), rotation)
-        key = _rotate(self.k_proj(tokens).view(heads).transpose(1, 2), rotation)
-        value = self.v_proj(tokens).view(heads).transpose(1, 2)
+        query = _rotate(linear(tokens, self.q_proj).view(heads).transpose(1, 2), rotation)
+        key = _rotate(linear(tokens, self.k_proj).view(heads).transpose(1, 2), rotation)
+        value = linear(tokens, self.v_proj).view(heads).transpose(1, 2)
         context, weights = attend(
             query, key, value, dropout=self.dropout, training=self.training, need_weights=need_weights
         )
-        return self.o_proj(context.transpose(1, 2).reshape(batch, length, width)), weights
+        return linear(context.transpose(1, 2).reshape(batch, length, width), self.o_proj), weights
 
 
 class _Mlp(nn.Module):
@@ -163,7 +163,7 @@ class _Mlp(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(self.act_fn(self.up_proj(x)))
+        return linear(linear(x, self.up_proj, self.act_fn), self.down_proj)
 
 
 class _GatedMlp(nn.Module):
@@ -177,7 +177,7 @@ class _GatedMlp(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        return linear(linear(x, self.gate_proj, self.act_fn) * linear(x, self.up_proj), self.down_proj)
 
 
 class _Layer(LayerScaledLayer):

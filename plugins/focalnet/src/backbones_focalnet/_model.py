@@ -30,6 +30,7 @@ from backbones.layers import (
     drop_path,
     drop_path_rates,
     init_linear_and_norm_,
+    linear,
     module_group,
 )
 
@@ -139,7 +140,7 @@ class _FocalModulation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         dim, level = self.dim, self.focal_level
-        query, context, gates = self.projection_in(x).split((dim, dim, level + 1), dim=-1)
+        query, context, gates = linear(x, self.projection_in).split((dim, dim, level + 1), dim=-1)
         # NCHW views of channels-last data: the first depthwise convolution packs the context slice into
         # a dense channels_last map once, and every later map keeps that format without transposes.
         context = context.permute(0, 3, 1, 2)
@@ -172,7 +173,7 @@ class _FocalModulation(nn.Module):
         out = query * modulator
         if self.layernorm is not None:
             out = self.layernorm(out)
-        return F.dropout(self.projection_out(out), self.dropout, self.training)
+        return F.dropout(linear(out, self.projection_out), self.dropout, self.training)
 
 
 class _Mlp(nn.Module):
@@ -187,8 +188,8 @@ class _Mlp(nn.Module):
         self.dropout = config.hidden_dropout_prob
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.dropout(self.activation(self.fc1(x)), self.dropout, self.training)
-        return F.dropout(self.fc2(x), self.dropout, self.training)
+        x = F.dropout(linear(x, self.fc1, self.activation), self.dropout, self.training)
+        return F.dropout(linear(x, self.fc2), self.dropout, self.training)
 
 
 class _FocalBlock(CheckpointableLayer):

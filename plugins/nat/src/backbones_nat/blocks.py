@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, drop_path, module_group, query_key_value_projections
+from backbones.layers import CheckpointableLayer, drop_path, linear, module_group, query_key_value_projections
 
 from .attention import neighborhood_attention_2d
 
@@ -115,7 +115,7 @@ class NeighborhoodSelfAttention(nn.Module):
         zero-padded to it (see :func:`~backbones_nat.attention.neighborhood_attention_2d`'s ``padding``), and only real positions return.
         """
         heads = (*x.shape[:3], self.num_heads, x.shape[-1] // self.num_heads)
-        query, key, value = self.query(x).view(heads), self.key(x).view(heads), self.value(x).view(heads)
+        query, key, value = (linear(x, p).view(heads) for p in (self.query, self.key, self.value))
         padding: tuple[Tensor, Tensor] | None = None
         if pad_virtually:
             # What the projections make of a zero-padded position: their biases.
@@ -157,7 +157,7 @@ class NeighborhoodAttention(nn.Module):
     def forward(self, x: Tensor, need_weights: bool, pad_virtually: bool = False) -> tuple[Tensor, Tensor | None]:
         """See :meth:`NeighborhoodSelfAttention.forward`; the context is projected by ``output.dense``."""
         context, weights = self.self(x, need_weights, pad_virtually)
-        return F.dropout(self.output.dense(context), self.dropout, self.training), weights
+        return F.dropout(linear(context, self.output.dense), self.dropout, self.training), weights
 
 
 class NatLayer(CheckpointableLayer):
@@ -237,7 +237,7 @@ class NatLayer(CheckpointableLayer):
         if scales is not None:
             branch = scales[0] * branch
         x = x + drop_path(branch, self.drop_path, self.training)
-        branch = self.output.dense(self.activation(self.intermediate.dense(self.layernorm_after(x))))
+        branch = linear(linear(self.layernorm_after(x), self.intermediate.dense, self.activation), self.output.dense)
         branch = F.dropout(branch, self.dropout, self.training)
         if scales is not None:
             branch = scales[1] * branch

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, drop_path, init_linear_and_norm_
+from backbones.layers import CheckpointableLayer, drop_path, init_linear_and_norm_, linear
 from backbones_dinov2.blocks import (
     Dinov2Attention,
     Dinov2Embeddings,
@@ -104,7 +104,7 @@ class _PixioLayer(CheckpointableLayer):
         """``(B, N, C)`` to ``(B, N, C)``; also the attention probabilities if ``need_weights``."""
         context, weights = self.attention(self.norm1(x), need_weights)
         x = x + self._residual(context)
-        branch = self.output.dense(self.activation(self.intermediate.dense(self.norm2(x))))
+        branch = linear(linear(self.norm2(x), self.intermediate.dense, self.activation), self.output.dense)
         return x + self._residual(branch), weights
 
 

@@ -36,6 +36,7 @@ from backbones.layers import (
     drop_path,
     drop_path_rates,
     init_linear_and_norm_,
+    linear,
     query_key_value_projections,
 )
 
@@ -50,6 +51,16 @@ LINEAR_POOL_SIZE = 7
 def _tokens_to_map(tokens: Tensor, height: int, width: int) -> Tensor:
     """``(batch, height * width, channels)`` tokens as a ``(batch, channels, height, width)`` map."""
     return tokens.transpose(1, 2).unflatten(2, (height, width))
+
+
+def _map_to_tokens(grid: Tensor) -> Tensor:
+    """A ``(batch, channels, height, width)`` map as ``(batch, height * width, channels)`` tokens.
+
+    Where the map is channels-last in memory (the depth-wise convolution's output, see
+    :class:`PvtV2DepthWiseConv`) this is a view, and the next layer reads contiguous tokens; a channels-first
+    map is copied once, where ``flatten(2).transpose(1, 2)`` would leave the next layer strided tokens.
+    """
+    return grid.permute(0, 2, 3, 1).flatten(1, 2)
 
 
 def _adaptive_average_matrix(size: int, bins: int, like: Tensor) -> Tensor:
@@ -133,7 +144,7 @@ class PvtV2SpatialReductionAttention(nn.Module):
             rows = _adaptive_average_matrix(height, LINEAR_POOL_SIZE, grid)
             columns = _adaptive_average_matrix(width, LINEAR_POOL_SIZE, grid)
             grid = rows @ grid @ columns.transpose(0, 1)
-        reduced = self.layer_norm(self.spatial_reduction(grid).flatten(2).transpose(1, 2))
+        reduced = self.layer_norm(_map_to_tokens(self.spatial_reduction(grid)))
         return self.act(reduced) if self.linear else reduced
 
     def _heads(self, tokens: Tensor) -> Tensor:
@@ -141,9 +152,9 @@ class PvtV2SpatialReductionAttention(nn.Module):
 
     def forward(self, tokens: Tensor, height: int, width: int, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         batch, length, channels = tokens.shape
-        query = self._heads(self.query(tokens))
+        query = self._heads(linear(tokens, self.query))
         source = self._reduced(tokens, height, width)
-        key, value = self._heads(self.key(source)), self._heads(self.value(source))
+        key, value = self._heads(linear(source, self.key)), self._heads(linear(source, self.value))
         dropout = self.attention_dropout if self.training else 0.0
         probabilities: Tensor | None = None
         if need_weights:
@@ -153,7 +164,7 @@ class PvtV2SpatialReductionAttention(nn.Module):
         else:
             context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
         context = context.transpose(1, 2).reshape(batch, length, channels)
-        return self.proj_drop(self.proj(context)), probabilities
+        return self.proj_drop(linear(context, self.proj)), probabilities
 
 
 class PvtV2DepthWiseConv(nn.Module):
@@ -165,7 +176,14 @@ class PvtV2DepthWiseConv(nn.Module):
         self.dwconv = nn.Conv2d(width, width, 3, padding=1, groups=width)
 
     def forward(self, tokens: Tensor, height: int, width: int) -> Tensor:
-        return self.dwconv(_tokens_to_map(tokens, height, width)).flatten(2).transpose(1, 2)
+        conv = self.dwconv
+        # The map is channels-last in memory (a view of the tokens). At batch 1 its strides do not tell the
+        # convolution so, and with the weight in its default layout it would copy the map channels-first and
+        # run the channels-first depth-wise kernel (about 20x slower here); the weight in channels-last layout
+        # (a copy of 9 values a channel) makes it run channels-last on the view, and return a channels-last map.
+        weight = conv.weight.to(memory_format=torch.channels_last)
+        grid = F.conv2d(_tokens_to_map(tokens, height, width), weight, conv.bias, padding=1, groups=conv.groups)
+        return _map_to_tokens(grid)
 
 
 class PvtV2ConvMlp(nn.Module):
@@ -181,9 +199,9 @@ class PvtV2ConvMlp(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, tokens: Tensor, height: int, width: int) -> Tensor:
-        hidden = self.dwconv(self.relu(self.dense1(tokens)), height, width)
+        hidden = self.dwconv(linear(tokens, self.dense1, self.relu), height, width)
         hidden = self.dropout(self.intermediate_act_fn(hidden))
-        return self.dropout(self.dense2(hidden))
+        return self.dropout(linear(hidden, self.dense2))
 
 
 class PvtV2Block(CheckpointableLayer):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import InputError
-from backbones.layers import attend
+from backbones.layers import attend, linear
 from backbones_dinov2.blocks import (
     Dinov2Embeddings,
     Dinov2Encoder,
@@ -100,12 +100,12 @@ class _SelfAttention(nn.Module):
         batch, length, width = tokens.shape
         heads = (batch, length, self.num_heads, width // self.num_heads)
         query, key, value = (
-            proj(tokens).view(heads).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj)
+            linear(tokens, p).view(heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj)
         )
         context, weights = attend(
             query, key, value, dropout=self.dropout, training=self.training, need_weights=need_weights
         )
-        context = self.o_proj(context.transpose(1, 2).reshape(batch, length, width))
+        context = linear(context.transpose(1, 2).reshape(batch, length, width), self.o_proj)
         return context.reshape(shape), weights
 
 
@@ -119,10 +119,11 @@ class _SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(hidden_size, hidden)
         self.up_proj = nn.Linear(hidden_size, hidden)
         self.down_proj = nn.Linear(hidden, hidden_size)
+        self.act = nn.SiLU()
 
     def forward(self, x: Tensor) -> Tensor:
         """``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return linear(linear(x, self.gate_proj, self.act) * linear(x, self.up_proj), self.down_proj)
 
 
 class _Layer(LayerScaledLayer):

@@ -37,6 +37,7 @@ from backbones.layers import (
     CheckpointableLayer,
     check_pixel_channels,
     drop_path,
+    linear,
     module_group,
     query_key_value_projections,
 )
@@ -427,9 +428,9 @@ class WindowSelfAttention(nn.Module):
     def _qkv(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Query, key and value of ``(..., C)`` tokens, each split into heads: ``(..., heads, head_dim)``."""
         return (
-            self._split_heads(self.query(tokens)),
-            self._split_heads(self.key(tokens)),
-            self._split_heads(self.value(tokens)),
+            self._split_heads(linear(tokens, self.query)),
+            self._split_heads(linear(tokens, self.key)),
+            self._split_heads(linear(tokens, self.value)),
         )
 
     def _split_heads(self, x: Tensor) -> Tensor:
@@ -476,9 +477,9 @@ class WindowAttention(nn.Module):
             gather, scatter, map_height, map_width = order
             context, weights = self.self(windows, bias, need_weights, gather)
             context = context.index_select(1, scatter).view(windows.shape[0], map_height, map_width, -1)
-            return self.output.dense(context), weights
+            return linear(context, self.output.dense), weights
         context, weights = self.self(windows, bias, need_weights)
-        return self.output.dense(context), weights
+        return linear(context, self.output.dense), weights
 
 
 class SwinBlock(CheckpointableLayer):
@@ -547,7 +548,7 @@ class SwinBlock(CheckpointableLayer):
         """``(B, H, W, C)`` to ``(B, H, W, C)``; also the attention probabilities if ``need_weights``."""
         branch, weights = self._attend(self.layernorm_before(x), need_weights)
         x = x + self._drop_path(F.dropout(branch, self.attention_dropout, self.training))
-        branch = self.output.dense(self.activation(self.intermediate.dense(self.layernorm_after(x))))
+        branch = linear(linear(self.layernorm_after(x), self.intermediate.dense, self.activation), self.output.dense)
         # transformers applies stochastic depth to the attention branch only; so do we.
         return x + F.dropout(branch, self.dropout, self.training), weights
 

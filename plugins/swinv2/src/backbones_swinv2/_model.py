@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones.layers import transformer_layer_options
+from backbones.layers import linear, transformer_layer_options
 from backbones_swin import SwinBackbone
 from backbones_swin.blocks import (
     SHIFT_MASK_VALUE,
@@ -112,9 +112,9 @@ class _CosineWindowSelfAttention(WindowSelfAttention):
 
     def _qkv(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         temperature = self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp().view(self.num_heads, 1)
-        query = F.normalize(self._split_heads(self.query(tokens)), dim=-1) * temperature
-        key = F.normalize(self._split_heads(self.key(tokens)), dim=-1)
-        return query, key, self._split_heads(self.value(tokens))
+        query = F.normalize(self._split_heads(linear(tokens, self.query)), dim=-1) * temperature
+        key = F.normalize(self._split_heads(linear(tokens, self.key)), dim=-1)
+        return query, key, self._split_heads(linear(tokens, self.value))
 
 
 class _CosineWindowAttention(WindowAttention):
@@ -169,7 +169,8 @@ class _PostNormBlock(SwinBlock):
         branch, weights = self._attend(x, need_weights)
         branch = self.layernorm_before(F.dropout(branch, self.attention_dropout, self.training))
         x = x + self._drop_path(branch)
-        branch = F.dropout(self.output.dense(self.activation(self.intermediate.dense(x))), self.dropout, self.training)
+        branch = linear(linear(x, self.intermediate.dense, self.activation), self.output.dense)
+        branch = F.dropout(branch, self.dropout, self.training)
         return x + self._drop_path(self.layernorm_after(branch)), weights
 
 

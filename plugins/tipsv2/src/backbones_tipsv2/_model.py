@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, attend, check_pixel_channels, drop_path, init_linear_and_norm_
+from backbones.layers import CheckpointableLayer, attend, check_pixel_channels, drop_path, init_linear_and_norm_, linear
 from backbones_dinov2.blocks import LayerScale, PlainViTBackbone, resample_position_table, swiglu_hidden_features
 
 from ._config import Tipsv2VisionConfig
@@ -91,7 +91,7 @@ class _Mlp(nn.Module):
         self.c_proj = nn.Linear(hidden, config.hidden_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.c_proj(self.activation(self.c_fc(x)))
+        return linear(linear(x, self.c_fc, self.activation), self.c_proj)
 
 
 class _SwiGLU(nn.Module):

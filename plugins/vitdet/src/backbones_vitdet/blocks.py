@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path
+from backbones.layers import CheckpointableLayer, check_pixel_channels, drop_path, linear
 
 __all__ = [
     "CHANNEL_NORM_EPS",
@@ -264,7 +264,7 @@ class VitDetAttention(nn.Module):
         """Returns the output ``(B, height, width, C)`` and, if asked, the attention probabilities
         ``(B, heads, N, N)`` (``B`` counts windows for windowed layers, as transformers returns them)."""
         batch, height, width, channels = x.shape
-        qkv = self.qkv(x).view(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = linear(x, self.qkv).view(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)
         bias = self._relative_bias(query, height, width) if self.rel_pos_h is not None else None
         weights = None
@@ -282,7 +282,7 @@ class VitDetAttention(nn.Module):
             # ONNX export later swaps in a decomposition that returns heads-outer memory, which that view
             # cannot read. An explicit contiguous copy makes the graph independent of the kernel's layout.
             context = context.clone(memory_format=torch.contiguous_format)
-        return self.proj(context.reshape(batch, height, width, channels)), weights
+        return linear(context.reshape(batch, height, width, channels), self.proj), weights
 
 
 class VitDetMlp(nn.Module):
@@ -304,8 +304,8 @@ class VitDetMlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``dropout(fc2(dropout(activation(fc1(x)))))``."""
-        x = F.dropout(self.activation(self.fc1(x)), self.dropout, self.training)
-        return F.dropout(self.fc2(x), self.dropout, self.training)
+        x = F.dropout(linear(x, self.fc1, self.activation), self.dropout, self.training)
+        return F.dropout(linear(x, self.fc2), self.dropout, self.training)
 
 
 class BottleneckConv(nn.Conv2d):

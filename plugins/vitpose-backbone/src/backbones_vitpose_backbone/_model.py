@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from backbones import BackboneOutput, ForwardInput, InputError
 from backbones.activations import make_activation
-from backbones.layers import CheckpointableLayer, check_pixel_channels, init_linear_and_norm_
+from backbones.layers import CheckpointableLayer, check_pixel_channels, init_linear_and_norm_, linear
 from backbones_dinov2.blocks import Dinov2Attention, Dinov2Encoder, Mlp, PlainViTBackbone
 
 from ._config import PATCH_PADDING, VitPoseBackboneConfig
@@ -121,12 +121,12 @@ class VitPoseMoeMlp(nn.Module):
 
     def forward(self, x: Tensor, dataset_index: Tensor) -> Tensor:
         """``(B, N, C)`` tokens and ``(B,)`` expert indices to ``(B, N, C)``."""
-        hidden = self.activation(self.fc1(x))
+        hidden = linear(x, self.fc1, self.activation)
         experts = [cast(nn.Linear, expert) for expert in self.experts]
         weight = torch.stack([expert.weight for expert in experts])[dataset_index]  # (B, part, hidden)
         bias = torch.stack([expert.bias for expert in experts])[dataset_index]  # (B, part)
         parts = torch.baddbmm(bias.unsqueeze(1).to(hidden.dtype), hidden, weight.transpose(1, 2).to(hidden.dtype))
-        return torch.cat((self.fc2(hidden), parts), dim=-1)
+        return torch.cat((linear(hidden, self.fc2), parts), dim=-1)
 
 
 class VitPoseLayer(CheckpointableLayer):
