@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _torch_module
 from torch.utils.checkpoint import checkpoint
 
 from .activations import make_activation
@@ -652,17 +653,15 @@ def _onednn_activation(activation: nn.Module | None) -> tuple[str, list[float], 
 
 def _plain_call(module: nn.Module) -> bool:
     """Whether calling ``module`` would only run its ``forward``: no hooks of its own or global ones."""
-    from torch.nn.modules import module as base
-
     return not (
         module._forward_hooks
         or module._forward_pre_hooks
         or module._backward_hooks
         or module._backward_pre_hooks
-        or base._global_forward_hooks
-        or base._global_forward_pre_hooks
-        or base._global_backward_hooks
-        or base._global_backward_pre_hooks
+        or _torch_module._global_forward_hooks
+        or _torch_module._global_forward_pre_hooks
+        or _torch_module._global_backward_hooks
+        or _torch_module._global_backward_pre_hooks
     )
 
 
