@@ -14,7 +14,7 @@ import transformers
 
 from backbones import ConfigError, UnknownModelTypeError
 from backbones.integrations.transformers import TransformersBackbone, backbone_config, register, register_all
-from backbones.testing import modules_loaded_by, randomize_weights_
+from backbones.testing import TINY_DETR, modules_loaded_by, randomize_weights_
 from backbones_swin import SwinBackbone
 
 TINY_SWIN = {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4, "image_size": 64}
@@ -45,18 +45,7 @@ MASK2FORMER = {
     "num_labels": 3,
     "train_num_points": 64,
 }
-DETR = {
-    "use_timm_backbone": False,
-    "d_model": 16,
-    "encoder_layers": 1,
-    "decoder_layers": 1,
-    "encoder_ffn_dim": 32,
-    "decoder_ffn_dim": 32,
-    "encoder_attention_heads": 2,
-    "decoder_attention_heads": 2,
-    "num_queries": 5,
-    "num_labels": 3,
-}
+DETR = {"use_timm_backbone": False, **TINY_DETR}
 
 
 def _segmentation_inputs() -> dict[str, Any]:

@@ -13,13 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from backbones import (
-    AutoBackbone,
-    CheckpointError,
-    ConfigError,
-    LoadReport,
-    WeightsMismatchError,
-)
+from backbones import AutoBackbone, CheckpointError, ConfigError, LoadReport, WeightsMismatchError
 from backbones.testing import assert_close_maps, assert_load_report, randomize_weights_
 from backbones_toynet.model import ToyNetBackbone, ToyNetConfig
 
@@ -59,6 +53,26 @@ def test_saved_files_are_transformers_format(saved: tuple[Path, ToyNetBackbone])
     assert config["out_indices"] == [1, 2, 3] and config["out_features"] == ["stage1", "stage2", "stage3"]
     tensors = load_file(directory / "model.safetensors")
     assert sorted(tensors) == sorted(model.state_dict())
+
+
+def test_architectures_name_the_class_unless_it_declares_a_reference_name(tmp_path: Path) -> None:
+    class Widened(ToyNetBackbone):  # a subclass is another model: its own name, not its parent's
+        pass
+
+    class Renamed(Widened):
+        reference_class_name = "ToyNetModel"
+
+    class RenamedChild(Renamed):
+        pass
+
+    assert ToyNetBackbone.reference_class_name == "ToyNetBackbone"
+    assert [cls.reference_class_name for cls in (Widened, Renamed, RenamedChild)] == [
+        "Widened",
+        "ToyNetModel",
+        "RenamedChild",
+    ]
+    Renamed(ToyNetConfig(widths=[4, 8])).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["ToyNetModel"]
 
 
 def test_task_checkpoint_maps_prefix_and_reports(saved: tuple[Path, ToyNetBackbone]) -> None:

@@ -7,12 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backbones.testing.vit import (
-    REFERENCE_LAYER_RENAMES,
-    SMALL_VIT,
-    assert_layer_scaled_init,
-    redrawn_when_missing,
-)
+from backbones.testing.vit import REFERENCE_LAYER_RENAMES, SMALL_VIT, assert_layer_scaled_init, redrawn_when_missing
 
 
 def _renamed(name: str) -> str:

@@ -98,7 +98,8 @@ class Backbone(nn.Module):
             transformers releases saved and that are now recomputed).
         checkpoint_key_renames: ``(pattern, replacement)`` regex pairs applied, in order, to checkpoint
             keys that match no model key as they are (e.g. another release's module names).
-        reference_class_name: The transformers class name written to ``architectures`` on save.
+        reference_class_name: The transformers class name written to ``architectures`` on save (default:
+            the class's own name; a subclass gets its own unless it declares one).
         backbone_type: transformers' kind of backbone, which heads branch on:
             :attr:`BackboneType.TRANSFORMERS` (the default) or :attr:`BackboneType.TIMM` (the timm wrapper).
         first_selectable_stage: Stages before this position are computed (they appear in
@@ -141,6 +142,11 @@ class Backbone(nn.Module):
     reductions: list[int]
     """Stride of every stage relative to the input, aligned with ``stage_names``."""
     _reparameterized: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("reference_class_name"):  # not declared here (or declared empty)
+            cls.reference_class_name = cls.__name__
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()

@@ -924,7 +924,7 @@ def save_checkpoint(model: Backbone, directory: Path) -> Path:
         seen.add(tensor.untyped_storage().data_ptr())
         state[key] = tensor
     config = model.config.to_dict()
-    config["architectures"] = [model.reference_class_name or type(model).__name__]
+    config["architectures"] = [model.reference_class_name]
     atomic_write(directory / SAFETENSORS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory

@@ -11,13 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from backbones import AutoBackbone, Backbone, ConfigError, testing
-from backbones.testing import (
-    BackboneConformance,
-    TransformersParity,
-    assert_close_maps,
-    assert_parity,
-    random_pixels,
-)
+from backbones.testing import BackboneConformance, TransformersParity, assert_close_maps, assert_parity, random_pixels
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones.testing.vit import REFERENCE_LAYER_RENAMES, TINY_VIT, ViTConfigErrors, assert_same_maps
 from backbones_beit import BeitBackbone, BeitConfig

@@ -331,7 +331,6 @@ def test_output_stride_must_be_8_16_or_32(value: int) -> None:
 
 class TestBitConfigRefusals(ConfigRefusals):
     config_class = BitConfig
-    error = ConfigError
     refusals = (unknown_activation_refusal("relu"), uneven_stage_lists_refusal([256, 512]))
 
 

@@ -20,9 +20,7 @@ from backbones.testing.cnn import (
     ConvNextStyleParity,
     assert_dilation_matches_timm_convnext,
     assert_patch_size_must_be_square,
-    non_positive_depths_refusal,
-    uneven_stage_lists_refusal,
-    unknown_activation_refusal,
+    stage_list_refusals,
 )
 from backbones_convnext import ConvNextBackbone, ConvNextConfig
 from backbones_convnext._config import ACTIVATIONS
@@ -37,7 +35,6 @@ ALL_STAGES = [0, 1, 2, 3, 4]
 
 
 class TestConvNextConformance(ConvNextStyleConformance):
-    model_type = "convnext"
     config_class = ConvNextConfig
     channel_error_name = "model"
 
@@ -154,11 +151,8 @@ def test_convnext_tiny_shapes_at_224() -> None:
 
 class TestConvNextConfigRefusals(ConfigRefusals):
     config_class = ConvNextConfig
-    error = ConfigError
     refusals = (
-        unknown_activation_refusal("gelu"),
-        uneven_stage_lists_refusal(),
-        non_positive_depths_refusal(hidden_sizes=[8, 16]),
+        *stage_list_refusals("gelu"),
         ({"drop_path_rate": 1.5}, r"drop_path_rate=1.5: Input should be less than 1"),
     )
 

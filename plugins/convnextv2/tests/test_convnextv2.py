@@ -18,8 +18,7 @@ from backbones.testing.cnn import (
     ConvNextStyleConformance,
     ConvNextStyleParity,
     assert_dilation_matches_timm_convnext,
-    uneven_stage_lists_refusal,
-    unknown_activation_refusal,
+    stage_list_refusals,
 )
 from backbones_convnext import ConvNextBackbone, ConvNextBlock, ConvNextConfig
 from backbones_convnext.blocks import ChannelsFirstLayerNorm
@@ -38,7 +37,6 @@ class TestConvNextV2Conformance(ConvNextStyleConformance):
     """The deployment checks stay on: GRN (a global reduction over the map) and the block without layer scale
     are code paths that backbones-convnext's class does not cover."""
 
-    model_type = "convnextv2"
     config_class = ConvNextV2Config
 
 
@@ -129,10 +127,8 @@ def test_config_has_no_layer_scale_field() -> None:
 
 class TestSharedValidationMessages(ConfigRefusals):
     config_class = ConvNextV2Config
-    error = ConfigError
     refusals = (
-        uneven_stage_lists_refusal(),
-        unknown_activation_refusal("gelu"),
+        *stage_list_refusals("gelu"),
         ({**TINY, "num_stages": 2}, r"invalid ConvNextV2Config: num_stages=2: it must equal len\(depths\) = 3"),
     )
 

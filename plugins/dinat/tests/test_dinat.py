@@ -51,7 +51,6 @@ CLASSIFIER: dict[str, Any] = {**SMALL, **CLASSIFIER_LAYOUT, "dilations": [[1, 3]
 
 
 class TestDinatConformance(NatFamilyConformance):
-    model_type = "dinat"
     config_class = DinatConfig
     config = TINY
 

@@ -12,14 +12,7 @@ import transformers
 
 import backbones_dinov2_with_registers
 from backbones import AutoBackbone
-from backbones.testing import (
-    BitProcessorParity,
-    TokenShapes,
-    imported_names,
-    random_pixels,
-    randomize_weights_,
-    vit,
-)
+from backbones.testing import BitProcessorParity, TokenShapes, imported_names, random_pixels, randomize_weights_, vit
 from backbones_dinov2_with_registers import Dinov2WithRegistersBackbone, Dinov2WithRegistersConfig
 
 TINY: dict[str, Any] = {**vit.TINY_VIT, "num_register_tokens": 2}
@@ -48,10 +41,7 @@ NO_LAYERNORM = "no-layernorm-silu-no-qkv-bias-no-registers"
 
 class TestDinov2WithRegistersParity(vit.ViTParity):
     # vit.ViTParity's defaults: the mask token and (without apply_layernorm) the final norm are never built.
-    config_class = Dinov2WithRegistersConfig
     backbone_class = Dinov2WithRegistersBackbone
-    reference_config_class = "Dinov2WithRegistersConfig"
-    reference_backbone_class = "Dinov2WithRegistersBackbone"
     reference_task_class = "Dinov2WithRegistersForImageClassification"
     config = SMALL
     variants = {

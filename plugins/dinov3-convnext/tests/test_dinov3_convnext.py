@@ -20,6 +20,7 @@ from backbones.testing import (
     TransformersParity,
     assert_parity,
     assert_random_only_in_training,
+    imagenet_preprocessor,
     randomize_weights_,
 )
 from backbones_dinov3_convnext import DINOv3ConvNextBackbone, DINOv3ConvNextConfig
@@ -332,17 +333,7 @@ def test_missing_checkpoint_weight_is_initialised(tmp_path: Path) -> None:
 
 # facebook/dinov3-convnext-tiny-pretrain-lvd1689m's preprocessor_config.json (transformers 4.56 wrote its
 # torchvision class's name), with a 64x48 size instead of 224x224.
-DINOV3_PREPROCESSOR: dict[str, Any] = {
-    "image_processor_type": "DINOv3ViTImageProcessorFast",
-    "do_resize": True,
-    "size": {"height": 64, "width": 48},
-    "resample": 2,
-    "do_rescale": True,
-    "rescale_factor": 0.00392156862745098,
-    "do_normalize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-}
+DINOV3_PREPROCESSOR = imagenet_preprocessor("DINOv3ViTImageProcessorFast", size={"height": 64, "width": 48})
 
 
 class TestDINOv3ConvNextProcessorParity(ProcessorParity):
@@ -352,7 +343,6 @@ class TestDINOv3ConvNextProcessorParity(ProcessorParity):
 
     model_type = "dinov3_convnext"
     processor_type = "DINOv3ViTImageProcessor"
-    reference_processor_class = "DINOv3ViTImageProcessor"
     reference_options = {"size": DINOV3_PREPROCESSOR["size"]}
     preprocessor = DINOV3_PREPROCESSOR
     expected_attributes = {"rescale_before_resize": True}

@@ -14,14 +14,7 @@ from safetensors.torch import save_file
 
 import backbones_dinov3_vit
 from backbones import AutoBackbone
-from backbones.testing import (
-    TokenShapes,
-    assert_parity,
-    imported_names,
-    random_pixels,
-    randomize_weights_,
-    vit,
-)
+from backbones.testing import TokenShapes, assert_parity, imported_names, random_pixels, randomize_weights_, vit
 from backbones_dinov3_vit import Dinov3ViTBackbone, Dinov3ViTConfig
 
 # Patch 16 as every released DINOv3 ViT; 32-64 px inputs give 2x2 to 4x3 grids of patches. The training
@@ -58,10 +51,8 @@ class TestDinov3ViTParity(vit.ViTParity):
     # The mask token only serves masked pre-training: the backbone never builds it (ViTParity's default); the
     # final norm is built whatever apply_layernorm says.
     final_norm_keys = ()
-    config_class = Dinov3ViTConfig
     backbone_class = Dinov3ViTBackbone
     reference_config_class = "DINOv3ViTConfig"
-    reference_backbone_class = "DINOv3ViTBackbone"
     # DINOv3 has no classification model in transformers: its task checkpoint is the hub's DINOv3ViTModel.
     reference_task_class = "DINOv3ViTModel"
     config = SMALL

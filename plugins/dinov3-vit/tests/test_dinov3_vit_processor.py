@@ -25,7 +25,6 @@ class TestDINOv3ViTProcessorParity(ProcessorParity):
 
     model_type = "dinov3_vit"
     processor_type = "DINOv3ViTImageProcessor"
-    reference_processor_class = "DINOv3ViTImageProcessor"
     reference_options = {"size": PREPROCESSOR["size"]}
     preprocessor = PREPROCESSOR
     minimal_keys = ("size",)

@@ -53,7 +53,6 @@ class TestFocalNetConformance(CNNConformance):
     """The stem and every downsampling pad (bottom, right) to a multiple of their stride first, as transformers
     does, so each map is ceil(size / stride)."""
 
-    model_type = "focalnet"
     config_class = FocalNetConfig
     config = TINY
     # Any input size works (every stride pads); exported from 32 (twice the deepest stride, so every map
@@ -280,7 +279,6 @@ def test_conv_embed_needs_patch_size_4() -> None:
 
 class TestFocalNetConfigRefusals(ConfigRefusals):
     config_class = FocalNetConfig
-    error = ConfigError
     refusals = (unknown_activation_refusal("gelu"), non_positive_depths_refusal())
 
 

@@ -74,7 +74,6 @@ ALL_STAGES = [0, 1, 2, 3, 4]
 class _TinyConformance(CNNConformance):
     """Every strided convolution pads by (kernel - 1) // 2 and the stem pads its 2x2 branch: ceil(size / stride)."""
 
-    model_type = "hgnet_v2"
     config_class = HGNetV2Config
     deepest_stride = 16
     # The stem's first convolution reads the image: stem_channels[0] follows num_channels.
@@ -98,9 +97,7 @@ class TestLearnableAffineConformance(_TinyConformance):
 
 
 class TestHGNetV2Parity(TransformersParity):
-    config_class, backbone_class = HGNetV2Config, HGNetV2Backbone
-    reference_config_class = "HGNetV2Config"
-    reference_backbone_class = "HGNetV2Backbone"
+    backbone_class = HGNetV2Backbone
     reference_task_class = "HGNetV2ForImageClassification"
     config = SMALL
     variants = {
@@ -177,9 +174,7 @@ class TestHGNetV2ProcessorParity(ProcessorParity):
     whose preprocessor_config.json names no type)."""
 
     model_type = "hgnet_v2"
-    processor_type = "RTDetrImageProcessor"
     processor_class = RTDetrImageProcessor
-    reference_processor_class = "RTDetrImageProcessorPil"
     preprocessor = {"image_processor_type": "RTDetrImageProcessor", "size": {"height": 64, "width": 48}}
     image_sizes = ((37, 53),)
     expected_shape = (1, 3, 64, 48)

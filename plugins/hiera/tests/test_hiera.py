@@ -49,7 +49,6 @@ SMALL: dict[str, Any] = {
 
 
 class TestHieraConformance(HierarchicalConformance):
-    model_type = "hiera"
     config_class = HieraConfig
     config = TINY
     input_sizes = ((64, 64), (96, 64))

@@ -92,7 +92,7 @@ def _transformers_without_position_table() -> Iterator[None]:
 
 
 class TestLwDetrViTParity(TransformersParity):
-    config_class, backbone_class = LwDetrViTConfig, LwDetrViTBackbone
+    backbone_class = LwDetrViTBackbone
     config = SMALL
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "windowed-and-global": {},
@@ -338,9 +338,7 @@ class TestLwDetrViTProcessorParity(ProcessorParity):
     """The checkpoints' DeformableDetrImageProcessor, also when the file names no type (this plugin declares it)."""
 
     model_type = "lw_detr_vit"
-    processor_type = "DeformableDetrImageProcessor"
     processor_class = DeformableDetrImageProcessor
-    reference_processor_class = "DeformableDetrImageProcessorPil"
     preprocessor = PREPROCESSOR
     variants = {
         "fixed-size": {"size": {"height": 64, "width": 64}},

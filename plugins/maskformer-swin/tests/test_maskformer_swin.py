@@ -12,7 +12,14 @@ import torch
 from safetensors import safe_open
 
 from backbones import AutoBackbone, Backbone, load_backbone
-from backbones.testing import ConfigErrors, TransformersParity, assert_close_maps, random_pixels, randomize_weights_
+from backbones.testing import (
+    TINY_DETR,
+    ConfigErrors,
+    TransformersParity,
+    assert_close_maps,
+    random_pixels,
+    randomize_weights_,
+)
 from backbones.testing.hierarchical import SWIN_SMALL, SWIN_TINY, WindowConformance
 from backbones_maskformer_swin import MASKFORMER_BACKBONE_PREFIX, MaskFormerSwinBackbone, MaskFormerSwinConfig
 
@@ -32,7 +39,6 @@ def _as_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class TestMaskFormerSwinConformance(WindowConformance):
-    model_type = "maskformer-swin"
     config_class = MaskFormerSwinConfig
     config = TINY
     default_pyramid = (96, 192, 384, 768)
@@ -127,16 +133,7 @@ def segmentation_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[A
     from transformers.models.maskformer import modeling_maskformer
 
     backbone = transformers.MaskFormerSwinConfig(out_indices=STAGES, **SMALL)
-    decoder = transformers.DetrConfig(
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        num_queries=4,
-    )
+    decoder = transformers.DetrConfig(**TINY_DETR)
     config = transformers.MaskFormerConfig(
         backbone_config=backbone, decoder_config=decoder, fpn_feature_size=32, mask_feature_size=32, num_labels=3
     )

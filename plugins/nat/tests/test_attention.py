@@ -15,12 +15,7 @@ from backbones_nat.attention import neighborhood_attention_2d, neighborhood_indi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from natten_reference import (
-    dense_neighborhood_attention,
-    key_offsets,
-    natten2dav,
-    natten2dqkrpb,
-)
+from natten_reference import dense_neighborhood_attention, key_offsets, natten2dav, natten2dqkrpb
 
 
 def _inputs(

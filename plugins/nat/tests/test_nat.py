@@ -28,7 +28,6 @@ CLASSIFIER: dict[str, Any] = {**SMALL, **CLASSIFIER_LAYOUT, "kernel_size": 3, "n
 
 
 class TestNatConformance(NatFamilyConformance):
-    model_type = "nat"
     config_class = NatConfig
     config = TINY
 

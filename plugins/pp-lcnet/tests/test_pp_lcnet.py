@@ -9,7 +9,6 @@ import pytest
 import torch
 import transformers
 
-from backbones import ConfigError
 from backbones.testing import (
     TransformersParity,
     assert_maps_at_size,
@@ -53,7 +52,6 @@ ALL_STAGES = [0, 1, 2, 3, 4, 5]
 class TestConformance(CNNConformance):
     """Every convolution pads by kernel // 2: a stage of stride s is ceil(size / s) wide."""
 
-    model_type = "pp_lcnet"
     config_class = PPLCNetConfig
     config = SMALL
     deepest_stride = 32
@@ -65,7 +63,7 @@ class TestConformance(CNNConformance):
 
 
 class TestPPLCNetParity(TransformersParity):
-    config_class, backbone_class = PPLCNetConfig, PPLCNetBackbone
+    backbone_class = PPLCNetBackbone
     reference_task_class = "PPLCNetForImageClassification"
     config = SMALL
     # 224: the ImageNet training size of the PP-LCNet classifiers; 50x38 exercises the ceil rounding.
@@ -197,7 +195,6 @@ def _blocks_with(stage: int, index: int, position: int, value: Any) -> list[list
 class TestPPLCNetConfigRefusals(ConfigRefusals):
     config_class = PPLCNetConfig
     config = SMALL
-    error = ConfigError
     refusals = (
         ({"scale": 0}, r"scale=0 must be a positive number \(the width multiplier; the published models use 0.25"),
         ({"scale": -0.5}, r"scale=-0.5 must be a positive number"),

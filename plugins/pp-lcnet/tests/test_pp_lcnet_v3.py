@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import transformers
 
-from backbones import ConfigError
 from backbones.testing import TransformersParity, assert_maps_at_size
 from backbones.testing.cnn import (
     CNNConformance,
@@ -47,7 +46,6 @@ DETECTOR_PREFIX = "model.backbone."
 class TestConformance(CNNConformance):
     """Every convolution pads by kernel // 2: a stage of stride s is ceil(size / s) wide."""
 
-    model_type = "pp_lcnet_v3"
     config_class = PPLCNetV3Config
     config = SMALL
     deepest_stride = 32
@@ -59,7 +57,7 @@ class TestConformance(CNNConformance):
 
 
 class TestPPLCNetV3Parity(TransformersParity):
-    config_class, backbone_class = PPLCNetV3Config, PPLCNetV3Backbone
+    backbone_class = PPLCNetV3Backbone
     config = SMALL
     variants = {
         "plain": {},
@@ -174,7 +172,6 @@ def test_default_config_shapes_at_640() -> None:
 class TestPPLCNetV3ConfigRefusals(ConfigRefusals):
     config_class = PPLCNetV3Config
     config = SMALL
-    error = ConfigError
     refusals = (
         ({"conv_symmetric_num": 0}, r"conv_symmetric_num=0 must be at least 1: a pointwise layer"),
         ({"scale": 0.0}, r"scale=0.0 must be a positive number \(the width multiplier"),

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 import transformers
 
-from backbones import ConfigError
 from backbones.testing import TransformersParity, random_pixels
 from backbones.testing.cnn import (
     CNNConformance,
@@ -44,7 +43,6 @@ OCR_PREFIX = "model.backbone."
 class _Conformance(CNNConformance):
     """Every strided layer pads (the stem's 2x2 branch pads right and bottom): ceil(size / stride)."""
 
-    model_type = "pp_lcnet_v4"
     config_class = PPLCNetV4Config
     deepest_stride = 32
     channel_error_name = "PP-LCNetV4"
@@ -66,7 +64,7 @@ class TestSmallStemConformance(_Conformance):
 
 
 class TestPPLCNetV4Parity(TransformersParity):
-    config_class, backbone_class = PPLCNetV4Config, PPLCNetV4Backbone
+    backbone_class = PPLCNetV4Backbone
     config = SMALL
     variants = {
         "large": {},
@@ -160,7 +158,6 @@ def test_transformers_config_json_round_trips(tmp_path: Path) -> None:
 class TestPPLCNetV4ConfigRefusals(ConfigRefusals):
     config_class = PPLCNetV4Config
     config = SMALL
-    error = ConfigError
     refusals = (
         ({"stem_type": "medium"}, r"stem_type='medium': Input should be 'large' or 'small'"),
         ({"block_configs": BLOCKS[:3]}, r"block_configs must have 4 stages \(one list of blocks each\), got 3"),

@@ -44,9 +44,7 @@ class TestPPLCNetProcessorParity(ProcessorParity):
     """The checkpoints' processor, also when the file names no type (the model type's declared processor)."""
 
     model_type = "pp_lcnet"
-    processor_type = "PPLCNetImageProcessor"
     processor_class = PPLCNetImageProcessor
-    reference_processor_class = "PPLCNetImageProcessor"
     preprocessor = PREPROCESSOR
     image_sizes = ((300, 400), (480, 256), (100, 90))  # downscaled, shortest edge already 256, upscaled
     expected_shape = (1, 3, 224, 224)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from backbones import AutoBackbone, Backbone, ConfigError
 from backbones.testing import (
-    ProcessorParity,
+    FixedSizeProcessorParity,
     TransformersParity,
     assert_parity,
     assert_random_only_in_training,
@@ -49,7 +49,6 @@ ALL_STAGES = [0, 1, 2, 3]
 
 
 class TestPvtV2Conformance(HierarchicalConformance):
-    model_type = "pvt_v2"
     config_class = PvtV2Config
     config = TINY
     # 50 and 54 are not multiples of the strides: the padded patch embeddings round up.
@@ -318,20 +317,14 @@ def test_a_stage_without_blocks_matches_transformers(tmp_path: Path) -> None:
 PREPROCESSOR = imagenet_preprocessor("PvtImageProcessor", size={"height": 64, "width": 48})
 
 
-class TestPvtV2ProcessorParity(ProcessorParity):
-    """The hub checkpoints' PvtImageProcessor, also when the file names no type (this plugin declares it), and
-    under the names transformers 4 (``PvtImageProcessorFast``) and 5 (``...Pil``, its PIL class) wrote."""
+class TestPvtV2ProcessorParity(FixedSizeProcessorParity):
+    """The hub checkpoints' PvtImageProcessor (and, with no type named, the one this plugin declares)."""
 
     model_type = "pvt_v2"
-    processor_type = "PvtImageProcessor"
     processor_class = PvtImageProcessor
-    reference_processor_class = "PvtImageProcessorPil"
     preprocessor = PREPROCESSOR
     variants = {"bicubic": {"resample": 3}}
     suffixes = ("Fast", "Pil")
-    image_sizes = ((75, 101), (40, 30))
-    batched = True
-    expected_shape = (2, 3, 64, 48)
 
     def test_processor_defaults_are_transformers_defaults(self) -> None:
         ours, oracle = PvtImageProcessor(), transformers.PvtImageProcessorPil()

@@ -29,9 +29,7 @@ from backbones.testing.cnn import (
     assert_same_maps_at_sizes,
     dilated_backbone,
     map_shapes,
-    non_positive_depths_refusal,
-    uneven_stage_lists_refusal,
-    unknown_activation_refusal,
+    stage_list_refusals,
 )
 from backbones.testing.stages import assert_runs_up_to_deepest_selected_stage
 from backbones_resnet import ResNetBackbone, ResNetConfig
@@ -49,7 +47,6 @@ ALL_STAGES = [0, 1, 2, 3, 4]
 class _TinyResNetConformance(CNNConformance):
     """Every stride-2 convolution and the max-pool pad by kernel // 2, so each halving is ceil(size / 2)."""
 
-    model_type = "resnet"
     config_class = ResNetConfig
     deepest_stride = 16
     channel_error_name = "ResNet"
@@ -178,12 +175,7 @@ def test_unknown_layer_type_lists_the_valid_ones() -> None:
 
 class TestResNetConfigRefusals(ConfigRefusals):
     config_class = ResNetConfig
-    error = ConfigError
-    refusals = (
-        unknown_activation_refusal("relu"),
-        uneven_stage_lists_refusal(),
-        non_positive_depths_refusal(hidden_sizes=[8, 16]),
-    )
+    refusals = stage_list_refusals("relu")
 
 
 # -- output stride by dilation ----------------------------------------------------------------------

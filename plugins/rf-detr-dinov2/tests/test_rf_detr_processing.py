@@ -56,9 +56,7 @@ class TestRfDetrProcessorParity(ProcessorParity):
     (only to the detector type), so a file naming none is refused."""
 
     model_type = "rf_detr_dinov2"
-    processor_type = "RfDetrImageProcessor"
     processor_class = RfDetrImageProcessor
-    reference_processor_class = "RfDetrImageProcessor"
     preprocessor = {"image_processor_type": "RfDetrImageProcessor", "size": {"height": 32, "width": 32}}
     fallback_error = "image_processor_type"
     expected_attributes = {"size": {"height": 32, "width": 32}}

@@ -17,7 +17,7 @@ from torch import nn
 from backbones import AutoBackbone, ConfigError
 from backbones.layers import FrozenBatchNorm2d
 from backbones.testing import (
-    ProcessorParity,
+    FixedSizeProcessorParity,
     TransformersParity,
     assert_exports_with_dynamic_size,
     assert_frozen_norm_round_trip,
@@ -51,7 +51,6 @@ ALL_STAGES = [0, 1, 2, 3, 4]
 class _TinyConformance(CNNConformance):
     """Strided convolutions pad by kernel // 2 and the shortcuts' average-pools round up: ceil(size / 2) each."""
 
-    model_type = "rt_detr_resnet"
     config_class = RTDetrResNetConfig
     deepest_stride = 16
 
@@ -73,9 +72,7 @@ class TestBasicConformance(_TinyConformance):
 
 
 class TestRTDetrResNetParity(TransformersParity):
-    config_class, backbone_class = RTDetrResNetConfig, RTDetrResNetBackbone
-    reference_config_class = "RTDetrResNetConfig"
-    reference_backbone_class = "RTDetrResNetBackbone"
+    backbone_class = RTDetrResNetBackbone
     config = SMALL
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "basic": {"layer_type": "basic"},
@@ -296,20 +293,14 @@ def _image(height: int = 75, width: int = 101) -> Image.Image:
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8))
 
 
-class TestRTDetrResNetProcessorParity(ProcessorParity):
-    """The hub checkpoints' RTDetrImageProcessor, also when the file names no type (this plugin declares it), and
-    under the names transformers 4 (``RTDetrImageProcessorFast``) and 5 (``...Pil``, its PIL class) wrote."""
+class TestRTDetrResNetProcessorParity(FixedSizeProcessorParity):
+    """The hub checkpoints' RTDetrImageProcessor (and, with no type named, the one this plugin declares)."""
 
     model_type = "rt_detr_resnet"
-    processor_type = "RTDetrImageProcessor"
     processor_class = RTDetrImageProcessor
-    reference_processor_class = "RTDetrImageProcessorPil"
     preprocessor = PREPROCESSOR
     variants = {"normalized": {"do_normalize": True}}
     suffixes = ("Fast", "Pil")
-    image_sizes = ((75, 101), (40, 30))
-    batched = True
-    expected_shape = (2, 3, 64, 48)
 
 
 def test_padding_to_pad_size_matches_transformers() -> None:

@@ -40,9 +40,7 @@ class TestSapiens2ProcessorParity(ProcessorParity):
     (the normal and pointmap checkpoints' ``do_pad``: fit inside the size keeping the aspect ratio, then pad)."""
 
     model_type = "sapiens2"
-    processor_type = "Sapiens2ImageProcessor"
     processor_class = Sapiens2ImageProcessor
-    reference_processor_class = "Sapiens2ImageProcessor"
     reference_options = {"size": PREPROCESSOR["size"]}
     preprocessor = PREPROCESSOR
     minimal_keys = ("size",)

@@ -11,12 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from backbones import AutoBackbone, testing
 from backbones.testing import ConfigErrors, TransformersParity, assert_close_maps, assert_parity, random_pixels
-from backbones.testing.hierarchical import (
-    SWIN_SMALL,
-    SWIN_TINY,
-    WindowConformance,
-    assert_cached_bias_trains,
-)
+from backbones.testing.hierarchical import SWIN_SMALL, SWIN_TINY, WindowConformance, assert_cached_bias_trains
 from backbones_swin import SwinBackbone, SwinConfig
 
 transformers = pytest.importorskip("transformers")
@@ -39,7 +34,6 @@ REFERENCE_RENAMES = (
 
 
 class TestSwinConformance(WindowConformance):
-    model_type = "swin"
     config_class = SwinConfig
     config = TINY
     default_pyramid = (96, 192, 384, 768)

@@ -13,11 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from backbones import AutoBackbone, testing
 from backbones.testing import ConfigErrors, TransformersParity, assert_close_maps, assert_parity, random_pixels
-from backbones.testing.hierarchical import (
-    SWIN_TINY,
-    WindowConformance,
-    assert_cached_bias_trains,
-)
+from backbones.testing.hierarchical import SWIN_TINY, WindowConformance, assert_cached_bias_trains
 from backbones_swinv2 import Swinv2Backbone, Swinv2Config
 from backbones_swinv2._model import _log_spaced_offsets, _PostNormBlock
 
@@ -33,7 +29,6 @@ ALL_STAGES = [0, 1, 2, 3]
 
 
 class TestSwinv2Conformance(WindowConformance):
-    model_type = "swinv2"
     config_class = Swinv2Config
     config = TINY
     default_pyramid = (96, 192, 384, 768)

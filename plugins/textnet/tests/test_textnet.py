@@ -57,7 +57,6 @@ ALL_STAGES = [0, 1, 2, 3, 4]
 class TestTextNetConformance(CNNConformance):
     """Every padded stride-2 layer rounds up."""
 
-    model_type = "textnet"
     config_class = TextNetConfig
     config = TINY
     deepest_stride = 16
@@ -289,9 +288,7 @@ def _image(height: int = 75, width: int = 101, mode: str = "RGB") -> Image.Image
 
 class TestTextNetProcessorParity(ProcessorParity):
     model_type = "textnet"
-    processor_type = "TextNetImageProcessor"
     processor_class = TextNetImageProcessor
-    reference_processor_class = "TextNetImageProcessorPil"
     preprocessor = PREPROCESSOR
     variants = {"divisor-16": {"size_divisor": 16}}
     suffixes = ("Pil",)

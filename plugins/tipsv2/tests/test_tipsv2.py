@@ -255,9 +255,7 @@ class TestTipsv2ProcessorParity(ProcessorParity):
     """As saved, without a type (the plugin's declared fallback applies) and with no keys but the type and size."""
 
     model_type = "tipsv2_vision_model"
-    processor_type = "Tipsv2ImageProcessor"
     processor_class = Tipsv2ImageProcessor
-    reference_processor_class = "Tipsv2ImageProcessor"
     reference_options = {"size": PREPROCESSOR["size"]}
     requires = ("torchvision",)
     preprocessor = PREPROCESSOR

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from backbones import AutoBackbone, ConfigError, ReparameterizedError
 from backbones.testing import (
-    ProcessorParity,
+    FixedSizeProcessorParity,
     TransformersParity,
     assert_exports_with_dynamic_size,
     assert_nested_checkpoint,
@@ -43,7 +43,6 @@ ALL_STAGES = [0, 1, 2, 3, 4]
 class TestUVDocBackboneConformance(CNNConformance):
     """Every padded stride-2 convolution rounds up."""
 
-    model_type = "uvdoc_backbone"
     config_class = UVDocBackboneConfig
     config = TINY
     deepest_stride = 8
@@ -281,21 +280,15 @@ def _image(height: int = 75, width: int = 101) -> Image.Image:
     return Image.fromarray(np.random.default_rng(height).integers(0, 256, size=(height, width, 3), dtype=np.uint8))
 
 
-class TestUVDocProcessorParity(ProcessorParity):
+class TestUVDocProcessorParity(FixedSizeProcessorParity):
     model_type = "uvdoc_backbone"
-    processor_type = "UVDocImageProcessor"
     processor_class = UVDocImageProcessor
-    reference_processor_class = "UVDocImageProcessor"  # transformers has only the torchvision-backed class
     preprocessor = PREPROCESSOR
     variants = {
         "normalized": {"do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
         "upsampled": {"size": {"height": 160, "width": 120}},
     }
-    image_sizes = ((75, 101), (40, 30))
-    batched = True
-    expected_shape = (2, 3, 64, 48)
     reference_only_outputs = ("original_images",)
-    variant_settings = {"upsampled": {"expected_shape": (2, 3, 160, 120)}}
 
 
 def test_processor_defaults_are_transformers_defaults() -> None:

@@ -14,12 +14,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from backbones import AutoBackbone, testing
-from backbones.testing import (
-    TransformersParity,
-    assert_close_maps,
-    assert_parity,
-    random_pixels,
-)
+from backbones.testing import TransformersParity, assert_close_maps, assert_parity, random_pixels
 from backbones.testing.vit import TINY_VIT, ViTConfigErrors, ViTConformance
 from backbones_vitdet import VitDetBackbone, VitDetConfig
 from backbones_vitdet.blocks import _relative_table

@@ -6,10 +6,8 @@ a small config::
     from backbones.testing import BackboneConformance
 
     class TestSwinConformance(BackboneConformance):
-        model_type = "swin"
-
-        def make_config(self, **overrides):
-            return SwinConfig(embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=2, **overrides)
+        config_class = SwinConfig  # its model_type is the tested one
+        config = {"embed_dim": 8, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2}
 
 pytest then runs every ``test_*`` method below against it.
 
@@ -44,13 +42,13 @@ plugin declares for its model type), then run against the transformers processor
 
     class TestPvtV2ProcessorParity(ProcessorParity):
         model_type = "pvt_v2"
-        processor_type = "PvtImageProcessor"
-        reference_processor_class = "PvtImageProcessorPil"
+        processor_type = "PvtImageProcessor"  # compared with transformers' PvtImageProcessorPil
         preprocessor = {"image_processor_type": "PvtImageProcessor", "size": {"height": 64, "width": 48}}
         expected_shape = (1, 3, 64, 48)
 
-:class:`BitProcessorParity` is the same with the ImageNet ``BitImageProcessor`` file DINOv2-style checkpoints
-save; a subclass only names its ``model_type``.
+:class:`FixedSizeProcessorParity` is the same for a processor that resizes to the file's ``size``, with the
+expected shape read from it. :class:`BitProcessorParity` is the same with the ImageNet ``BitImageProcessor`` file
+DINOv2-style checkpoints save; a subclass only names its ``model_type``.
 
 :func:`imagenet_preprocessor` writes out such a file's usual keys (resize bilinearly, rescale by 1/255, normalise
 with the ImageNet mean and std) around the ones a checkpoint adds::
@@ -93,7 +91,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -110,6 +108,7 @@ from ._imports import imported_names, modules_loaded_by
 from ._inputs import InputConformance
 from ._nested import assert_nested_checkpoint
 from ._parity import (
+    TINY_DETR,
     RecordedParity,
     TransformersParity,
     assert_parity,
@@ -118,7 +117,7 @@ from ._parity import (
     reference_class,
 )
 from ._pixels import random_image, random_pixels
-from ._processing import BitProcessorParity, ProcessorParity, imagenet_preprocessor
+from ._processing import BitProcessorParity, FixedSizeProcessorParity, ProcessorParity, imagenet_preprocessor
 from ._reports import assert_load_report
 from ._tensors import (
     assert_close_maps,
@@ -133,9 +132,11 @@ from ._tokens import TokenShapes, patch_token_count
 from ._training import TrainingConformance
 
 __all__ = [
+    "TINY_DETR",
     "BackboneConformance",
     "BitProcessorParity",
     "ConfigErrors",
+    "FixedSizeProcessorParity",
     "ProcessorParity",
     "RecordedParity",
     "TokenShapes",
@@ -179,7 +180,10 @@ class BackboneConformance(TrainingConformance, InputConformance):
     """Contract tests for one backbone plugin. Subclass it as ``Test<Name>Conformance``.
 
     Class attributes:
-        model_type: The registered model type.
+        config_class: The config class of the tested model; ``make_config`` builds it from ``config``, the
+            overrides replacing its entries. A class that writes its own ``make_config`` may leave it unset.
+        config: Its small config arguments.
+        model_type: The registered model type (default: ``config_class``'s).
         input_sizes: Two or more ``(height, width)`` sizes; use sizes the architecture supports.
         spatial_rounding: ``"ceil"`` if a stage of stride ``r`` is ``ceil(size / r)`` wide (padding
             backbones), ``"floor"`` if ``size // r``.
@@ -205,6 +209,8 @@ class BackboneConformance(TrainingConformance, InputConformance):
             ``message`` (a regular expression); ``None``: not checked.
     """
 
+    config_class: ClassVar[type[BackboneConfig]]
+    config: ClassVar[Mapping[str, Any]] = {}
     model_type: ClassVar[str] = ""
     input_sizes: ClassVar[tuple[tuple[int, int], ...]] = ((64, 64), (96, 80))
     spatial_rounding: ClassVar[str] = "ceil"
@@ -226,6 +232,8 @@ class BackboneConformance(TrainingConformance, InputConformance):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if not cls.model_type and hasattr(cls, "config_class"):
+            cls.model_type = cls.config_class.model_type
         # A variant that switches the slow checks off does not have them (rather than skipping them); the
         # same for a check whose declaration is missing.
         wanted = {name: cls.deployment_checks for name in cls._DEPLOYMENT_CHECKS}
@@ -238,8 +246,10 @@ class BackboneConformance(TrainingConformance, InputConformance):
                 setattr(cls, name, getattr(BackboneConformance, name))
 
     def make_config(self, **overrides: Any) -> BackboneConfig:
-        """Return a small config of this plugin's architecture with ``overrides`` applied."""
-        raise NotImplementedError("set make_config in the conformance subclass")
+        """A small config of this plugin's architecture: ``config_class(**{**config, **overrides})``."""
+        if not hasattr(self, "config_class"):
+            raise NotImplementedError(f"{type(self).__name__}: set config_class (and config), or write make_config")
+        return self.config_class(**{**self.config, **overrides})
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -851,7 +861,7 @@ class BackboneConformance(TrainingConformance, InputConformance):
         assert report.clean, str(report)
         assert not loaded.training
         saved = loaded.config.to_dict()
-        assert saved.pop("architectures") == [model.reference_class_name or type(model).__name__]
+        assert saved.pop("architectures") == [type(model).reference_class_name]
         assert saved == model.config.to_dict()
         assert all(p.device.type != "meta" for p in loaded.parameters())
         pixels = self.inputs()

@@ -9,8 +9,9 @@ import importlib
 import json
 import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import pytest
@@ -23,6 +24,7 @@ from ._tensors import assert_close_maps, compare_maps, feature_map_loss, randomi
 from ._tokens import TokenShapes, patch_token_count
 
 __all__ = [
+    "TINY_DETR",
     "RecordedParity",
     "TransformersParity",
     "assert_parity",
@@ -30,6 +32,23 @@ __all__ = [
     "load_reference",
     "reference_class",
 ]
+
+
+TINY_DETR: Mapping[str, Any] = MappingProxyType(
+    {
+        "d_model": 16,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_ffn_dim": 32,
+        "decoder_ffn_dim": 32,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "num_queries": 5,
+        "num_labels": 3,
+    }
+)
+"""transformers' ``DetrConfig`` fields of a tiny DETR transformer (DETR's head, MaskFormer's decoder) on a
+backbone under test: one encoder and one decoder layer 16 wide with 2 heads, 5 queries, 3 labels."""
 
 
 def assert_parity(ours: Sequence[Tensor], reference: Sequence[Tensor], tolerance: float = 1e-4) -> float:
@@ -128,7 +147,8 @@ class TransformersParity:
         backbone_class: Our backbone class (the class ``AutoBackbone`` must build).
         config_class: Our config class (default: ``backbone_class.config_class``).
         reference_config_class: Name of transformers' config class (default: our config class's name).
-        reference_backbone_class: Name of transformers' backbone class (default: our backbone class's name).
+        reference_backbone_class: Name of transformers' backbone class (default: our backbone class's
+            ``reference_class_name``, the name it saves in ``architectures``).
         reference_task_class: Name of a transformers task model whose trunk we load (``""``: no task check).
         reference_task_classes: Several such names, where more than one task model is checked.
         config: Small config arguments shared by every variant (valid for both config classes).
@@ -240,7 +260,7 @@ class TransformersParity:
             if getattr(cls, "config_class", None) is None:
                 cls.config_class = cls.backbone_class.config_class
             cls.reference_config_class = cls.reference_config_class or cls.config_class.__name__
-            cls.reference_backbone_class = cls.reference_backbone_class or cls.backbone_class.__name__
+            cls.reference_backbone_class = cls.reference_backbone_class or cls.backbone_class.reference_class_name
         # A check the declaration does not ask for is not there at all (rather than skipped).
         wanted = {
             "test_task_checkpoint_loads_trunk": bool(cls.task_classes()),
@@ -608,7 +628,7 @@ class RecordedParity:
     Class attributes:
         backbone_class: Our backbone class.
         reference_backbone_class: The oracle's backbone class name (our saved ``architectures``; default: our
-            backbone class's name).
+            backbone class's ``reference_class_name``).
         backbone_case: The case of a backbone checkpoint saved with every stage selected.
         out_indices: Selections loaded from it.
         backbone_unused_keys: Its unused keys (``{stage}``: each stage not selected).
@@ -649,7 +669,7 @@ class RecordedParity:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if getattr(cls, "backbone_class", None) is not None:
-            cls.reference_backbone_class = cls.reference_backbone_class or cls.backbone_class.__name__
+            cls.reference_backbone_class = cls.reference_backbone_class or cls.backbone_class.reference_class_name
         wanted = {
             "test_training_gradients_match_recording": cls.compare_gradients,
             "test_task_checkpoint_matches_recording": bool(cls.task_case),

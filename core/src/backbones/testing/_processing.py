@@ -5,6 +5,7 @@ transformers (and Pillow and numpy) are test-only here: this module imports them
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -71,7 +72,7 @@ class ProcessorParity:
     Class attributes:
         model_type: The model type written to ``config.json``.
         processor_type: The ``image_processor_type`` our processor reports (the name without a
-            ``Fast``/``Pil`` suffix).
+            ``Fast``/``Pil`` suffix; default: ``processor_class``'s name).
         processor_class: Our processor's exact class (``None``: not checked).
         preprocessor: The ``preprocessor_config.json`` as checkpoints write it (naming its type).
         variants: Case name -> keys of ``preprocessor`` changed.
@@ -80,7 +81,8 @@ class ProcessorParity:
             class, ``Pil``: 5's PIL class), which name the same processor: a case each, ``<suffix>-suffix``.
         fallback_error: Where the model type has no declared processor: a regular expression the refusal of a
             file naming no type must match (there is then no ``model-type-fallback`` case).
-        reference_processor_class: Name of transformers' processor class (``transformers.<name>``).
+        reference_processor_class: Name of transformers' processor class (``transformers.<name>``; default:
+            its PIL class of ``processor_type``, ``<type>Pil``, where it has one, else ``<type>``).
         reference_options: Arguments of transformers' processor (``None``: the case's file without its type).
         requires: Modules the reference needs (e.g. ``"torchvision"``); a case is skipped without them.
         image_sizes: ``(height, width)`` of the random RGB test images (see :meth:`images`).
@@ -124,6 +126,8 @@ class ProcessorParity:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if not cls.processor_type and cls.processor_class is not None:
+            cls.processor_type = cls.processor_class.__name__
         # The refusal check exists only where the declaration expects a refusal (rather than being skipped).
         name = "test_file_naming_no_type_is_refused"
         if cls.fallback_error is None:
@@ -181,7 +185,14 @@ class ProcessorParity:
         options = self.setting("reference_options", variant)
         if options is None:
             options = {key: value for key, value in self.file(variant).items() if key != _TYPE_KEY}
-        return reference_class(self.reference_processor_class)(**options)
+        return reference_class(self.reference_name())(**options)
+
+    def reference_name(self) -> str:
+        """The name of transformers' processor class: ``reference_processor_class`` or its default."""
+        if self.reference_processor_class:
+            return self.reference_processor_class
+        pil = self.processor_type + "Pil"
+        return pil if hasattr(importlib.import_module("transformers"), pil) else self.processor_type
 
     def images(self, variant: str) -> list[Any]:
         """The test images of ``variant``: random 8-bit RGB images of ``image_sizes`` (override for others)."""
@@ -254,7 +265,6 @@ class BitProcessorParity(ProcessorParity):
     """
 
     processor_type = "BitImageProcessor"
-    reference_processor_class = "BitImageProcessorPil"
     preprocessor = imagenet_preprocessor(
         "BitImageProcessor",
         size={"shortest_edge": 64},
@@ -264,3 +274,23 @@ class BitProcessorParity(ProcessorParity):
         do_convert_rgb=True,
     )
     expected_shape = (1, 3, 56, 56)
+
+
+class FixedSizeProcessorParity(ProcessorParity):
+    """:class:`ProcessorParity` of a processor that resizes every image to its file's ``size`` (``height`` and
+    ``width``, as RT-DETR's, PVT's and UVDoc's do): a larger and a smaller image of other aspect ratios run in one
+    call, and each case's ``pixel_values`` is ``(2, 3, height, width)`` of that case's file (``expected_shape``
+    where a case's file names no ``size``, or where ``variant_settings`` sets it)."""
+
+    image_sizes = ((75, 101), (40, 30))
+    batched = True
+
+    def setting(self, name: str, variant: str) -> Any:
+        """As :meth:`ProcessorParity.setting`, with ``expected_shape`` from the case file's ``size``."""
+        if name != "expected_shape" or name in self.variant_settings.get(variant, {}):
+            return super().setting(name, variant)
+        size = self.file(variant).get("size")
+        if size is None:
+            return super().setting(name, variant)
+        batch = len(self.setting("image_sizes", variant)) if self.setting("batched", variant) else 1
+        return (batch, 3, size["height"], size["width"])

@@ -6,7 +6,6 @@ deepest stride rather than an export range::
     from backbones.testing.cnn import TINY_CNN, CNNConformance
 
     class TestResNetConformance(CNNConformance):
-        model_type = "resnet"
         config_class = ResNetConfig
         config = {**TINY_CNN, "embedding_size": 8, "layer_type": "bottleneck"}
         deepest_stride = 16
@@ -28,9 +27,9 @@ Also here:
   transformers' weight shapes (:func:`build_on_meta_like_transformers`, :func:`assert_same_state_shapes`), and
   PP-LCNet-style block lists whose strides halve the height only (:func:`with_height_only_strides`);
 * config refusals declared as a table (:class:`ConfigRefusals`), the refusals the stage-list configs share
-  (:func:`unknown_activation_refusal`, :func:`uneven_stage_lists_refusal`, :func:`non_positive_depths_refusal`,
-  :func:`assert_patch_size_must_be_square`), and a bad ``config.json`` refused with its file named
-  (:func:`assert_config_file_refused`);
+  (:func:`unknown_activation_refusal`, :func:`uneven_stage_lists_refusal`, :func:`non_positive_depths_refusal`;
+  all three: :func:`stage_list_refusals`; :func:`assert_patch_size_must_be_square`), and a bad ``config.json``
+  refused with its file named (:func:`assert_config_file_refused`);
 * a dilated ConvNeXt-style trunk compared with timm's ``ConvNeXt`` (:func:`timm_convnext_state`,
   :func:`assert_dilation_matches_timm_convnext`).
 
@@ -88,6 +87,7 @@ __all__ = [
     "map_shapes",
     "non_positive_depths_refusal",
     "save_randomized",
+    "stage_list_refusals",
     "timm_convnext_state",
     "uneven_stage_lists_refusal",
     "unknown_activation_refusal",
@@ -137,8 +137,8 @@ class CNNConformance(BackboneConformance):
 
     Its images are 64x64 and 50x38: 50 and 38 are multiples of no stride above 2, so the rounding of every
     strided layer is exercised, and a padded layer of stride ``r`` gives a map ``ceil(size / r)`` wide
-    (``spatial_rounding = "ceil"``; a class whose layers drop the remainder sets ``"floor"``). ``make_config``
-    builds ``config_class`` from ``config``, the overrides replacing its entries.
+    (``spatial_rounding = "ceil"``; a class whose layers drop the remainder sets ``"floor"``). It declares its
+    ``config_class`` and ``config`` (see :class:`~backbones.testing.BackboneConformance`).
 
     A CNN whose padding is static exports at any size: declare its ``deepest_stride`` and the export checks run
     from the smallest size whose every map is 2 pixels or more (``deepest_stride + 1`` when rounding up, twice it
@@ -146,8 +146,6 @@ class CNNConformance(BackboneConformance):
     ``export_range`` itself keeps it.
 
     Class attributes:
-        config_class: The config class of the tested model.
-        config: Its small config arguments.
         deepest_stride: The largest reduction of the tested config's maps; ``None``: ``export_range`` as declared.
         image_channels_field: A config list whose first entry is the image's channel count, so that a
             checkpoint loaded for grey images sets it together with ``num_channels`` (HGNetV2's
@@ -156,8 +154,6 @@ class CNNConformance(BackboneConformance):
 
     input_sizes: ClassVar[tuple[tuple[int, int], ...]] = ((64, 64), (50, 38))
     spatial_rounding: ClassVar[str] = "ceil"
-    config_class: ClassVar[type[BackboneConfig]]
-    config: ClassVar[dict[str, Any]] = {}
     deepest_stride: ClassVar[int | None] = None
     image_channels_field: ClassVar[str | None] = None
 
@@ -166,10 +162,6 @@ class CNNConformance(BackboneConformance):
         if cls.deepest_stride is not None and "export_range" not in cls.__dict__:
             smallest = cls.deepest_stride + 1 if cls.spatial_rounding == "ceil" else 2 * cls.deepest_stride
             cls.export_range = (smallest, 4096)
-
-    def make_config(self, **overrides: Any) -> BackboneConfig:
-        """``config_class(**{**config, **overrides})``."""
-        return self.config_class(**{**self.config, **overrides})
 
     def input_channel_overrides(self, channels: int) -> dict[str, Any]:
         """``num_channels``, and the first entry of ``image_channels_field`` where one is declared."""
@@ -619,6 +611,17 @@ def non_positive_depths_refusal(**fields: Any) -> tuple[dict[str, Any], str]:
     return {**fields, "depths": [1, 0]}, r"depths must list one positive integer per stage, got \[1, 0\]"
 
 
+def stage_list_refusals(listed: str) -> tuple[tuple[dict[str, Any], str], ...]:
+    """The refusals a config of per-stage lists (``hidden_sizes``, ``depths``) with a ``hidden_act`` shares, for
+    :class:`ConfigRefusals`: :func:`unknown_activation_refusal` (listing ``listed``),
+    :func:`uneven_stage_lists_refusal` and :func:`non_positive_depths_refusal` (two stages 8 and 16 wide)."""
+    return (
+        unknown_activation_refusal(listed),
+        uneven_stage_lists_refusal(),
+        non_positive_depths_refusal(hidden_sizes=[8, 16]),
+    )
+
+
 class ConfigRefusals:
     """Config refusals declared as a table. Subclass it as ``Test<Name>ConfigRefusals``::
 
@@ -633,13 +636,14 @@ class ConfigRefusals:
         config_class: The config class.
         config: Fields that every case starts from (a valid config).
         refusals: ``(overrides, message pattern)`` per case.
-        error: The exception class expected (:class:`~backbones.ConfigError` is a ``ValueError``).
+        error: The exception class expected (default :class:`~backbones.ConfigError`, which every config
+            validation raises).
     """
 
     config_class: ClassVar[type[BackboneConfig]]
     config: ClassVar[Mapping[str, Any]] = {}
     refusals: ClassVar[Sequence[tuple[Mapping[str, Any], str]]] = ()
-    error: ClassVar[type[Exception]] = ValueError
+    error: ClassVar[type[Exception]] = ConfigError
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         """Parametrise the check from the table."""

@@ -7,7 +7,6 @@ windows and halve the map between stages. Maps that do not fill whole windows ar
     from backbones.testing.hierarchical import SWIN_TINY, WindowConformance
 
     class TestSwinConformance(WindowConformance):
-        model_type = "swin"
         config_class = SwinConfig
         config = dict(SWIN_TINY)
 
@@ -105,33 +104,25 @@ def stage_shapes(
 class HierarchicalConformance(BackboneConformance):
     """:class:`~backbones.testing.BackboneConformance` of a hierarchical transformer, declared by its config.
 
-    ``make_config`` builds ``config_class`` from ``config``, the overrides replacing its entries. The images
-    are 32 x 32 and 40 x 56: 40 x 56 gives a 10 x 14 grid of 4-pixel patches, a multiple of no window or
-    neighbourhood of the tiny configs, so every stage of a padding architecture pads. An architecture with
+    It declares its ``config_class`` and ``config`` (see :class:`~backbones.testing.BackboneConformance`). The
+    images are 32 x 32 and 40 x 56: 40 x 56 gives a 10 x 14 grid of 4-pixel patches, a multiple of no window
+    or neighbourhood of the tiny configs, so every stage of a padding architecture pads. An architecture with
     other size rules (Hiera's whole mask units, PVTv2's reduced key maps) declares its own ``input_sizes``.
 
     Generated check (there only when declared): ``test_default_size_pyramid`` (marked ``slow``), the default
     config's model selecting its four stages at 224 x 224 (:func:`assert_pyramid_at_size`).
 
     Class attributes:
-        config_class: The config class of the tested model.
-        config: Its small config arguments.
         default_pyramid: The four stage widths of ``config_class()``, whose stages reduce by
             :data:`PYRAMID_REDUCTIONS`; ``None``: no default-size check.
     """
 
     input_sizes: ClassVar[tuple[tuple[int, int], ...]] = ((32, 32), (40, 56))
-    config_class: ClassVar[type[BackboneConfig]]
-    config: ClassVar[Mapping[str, Any]] = {}
     default_pyramid: ClassVar[tuple[int, int, int, int] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         declare_checks(cls, HierarchicalConformance, {"test_default_size_pyramid": cls.default_pyramid is not None})
-
-    def make_config(self, **overrides: Any) -> BackboneConfig:
-        """``config_class(**{**config, **overrides})``."""
-        return self.config_class(**{**self.config, **overrides})
 
     @pytest.mark.slow
     def test_default_size_pyramid(self) -> None:

@@ -146,28 +146,13 @@ MLP already has transformers' names (DINOv2's) is left alone by the last two."""
 class ViTConformance(BackboneConformance):
     """:class:`~backbones.testing.BackboneConformance` of a patch-embedding vision transformer.
 
-    Its maps are ``size // patch_size`` wide (``spatial_rounding = "floor"``), and ``make_config`` builds
-    ``config_class`` from ``config``, the overrides replacing its entries. ``model_type`` defaults to
-    ``config_class``'s, and ``input_sizes`` to the first three :data:`RESAMPLING_SIZES`.
-
-    Class attributes:
-        config_class: The config class of the tested model.
-        config: Its small config arguments.
+    Its maps are ``size // patch_size`` wide (``spatial_rounding = "floor"``); it declares its ``config_class``
+    and ``config`` (see :class:`~backbones.testing.BackboneConformance`); ``input_sizes`` defaults to the first
+    three :data:`RESAMPLING_SIZES`.
     """
 
     spatial_rounding: ClassVar[str] = "floor"
     input_sizes: ClassVar[tuple[tuple[int, int], ...]] = RESAMPLING_SIZES[:3]
-    config_class: ClassVar[type[BackboneConfig]]
-    config: ClassVar[dict[str, Any]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if not cls.model_type and hasattr(cls, "config_class"):
-            cls.model_type = cls.config_class.model_type
-
-    def make_config(self, **overrides: Any) -> BackboneConfig:
-        """``config_class(**{**config, **overrides})``."""
-        return self.config_class(**{**self.config, **overrides})
 
 
 class ViTParity(TransformersParity):

@@ -335,7 +335,6 @@ class BeitBackbone(PlainViTBackbone):
     base_model_prefix = "beit"  # trunk prefix of task checkpoints; transformers' BeitBackbone saves it without
     # Saved by older transformers releases; recomputed from the grid here.
     ignored_checkpoint_keys = (r"relative_position_index$",)
-    reference_class_name = "BeitBackbone"
 
     def __init__(self, config: BeitConfig) -> None:
         super().__init__(config)

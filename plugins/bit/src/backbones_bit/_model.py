@@ -351,7 +351,6 @@ class BitBackbone(StemAndStages, Backbone):
     # with it, and BitModel checkpoints (without it) load too.
     base_model_prefix = "bit"
     has_attentions = False
-    reference_class_name = "BitBackbone"
     input_model_name = "BiT"
 
     def __init__(self, config: BitConfig) -> None:

@@ -51,7 +51,6 @@ class ConvNextBackbone(StemAndStages, Backbone):
     config: ConvNextFamilyConfig
     base_model_prefix = "convnext"  # prefix of the trunk in ConvNextForImageClassification checkpoints
     has_attentions = False
-    reference_class_name = "ConvNextBackbone"
 
     def __init__(self, config: ConvNextFamilyConfig) -> None:
         super().__init__(config)

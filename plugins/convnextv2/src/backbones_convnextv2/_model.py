@@ -90,7 +90,6 @@ class ConvNextV2Backbone(ConvNextBackbone):
     lora_target_modules = ("pwconv1", "pwconv2")
     config: ConvNextV2Config
     base_model_prefix = "convnextv2"  # prefix of the trunk in ConvNextV2ForImageClassification checkpoints
-    reference_class_name = "ConvNextV2Backbone"
 
     def _make_block(self, dim: int, drop_path_rate: float, *, dilation: int = 1) -> nn.Module:
         return ConvNextV2Block(dim, hidden_act=self.config.hidden_act, drop_path_rate=drop_path_rate, dilation=dilation)

@@ -29,6 +29,5 @@ class DinatBackbone(NatBackbone):
     config_class = DinatConfig
     lora_target_modules = ("query", "key", "value", "output.dense", "intermediate.dense")
     base_model_prefix = "dinat"  # trunk prefix in DinatForImageClassification checkpoints
-    reference_class_name = "DinatBackbone"
 
     config: DinatConfig

@@ -64,7 +64,6 @@ class Dinov2WithRegistersBackbone(Dinov2Backbone):
     config: Dinov2WithRegistersConfig
     # Trunk prefix in Dinov2WithRegistersForImageClassification checkpoints.
     base_model_prefix = "dinov2_with_registers"
-    reference_class_name = "Dinov2WithRegistersBackbone"
 
     def _build_embeddings(self) -> Dinov2Embeddings:
         """DINOv2's stem with the register tokens after the class token."""

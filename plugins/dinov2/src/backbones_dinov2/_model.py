@@ -52,7 +52,6 @@ class Dinov2Backbone(PlainViTBackbone):
     lora_target_modules = ("query", "key", "value", "output.dense", "fc1", "fc2", "weights_in", "weights_out")
     config: Dinov2Config
     base_model_prefix = "dinov2"  # trunk prefix in Dinov2ForImageClassification checkpoints
-    reference_class_name = "Dinov2Backbone"
 
     def __init__(self, config: Dinov2Config) -> None:
         super().__init__(config)

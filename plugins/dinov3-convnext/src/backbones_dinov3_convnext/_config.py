@@ -8,12 +8,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from backbones import BackboneConfig
-from backbones.validation import (
-    ActivationName,
-    PositivePerStage,
-    StagesPerDepth,
-    check_hidden_sizes_per_stage,
-)
+from backbones.validation import ActivationName, PositivePerStage, StagesPerDepth, check_hidden_sizes_per_stage
 
 __all__ = ["DINOv3ConvNextConfig"]
 

@@ -136,7 +136,6 @@ class DINOv3ConvNextBackbone(StemAndStages, Backbone):
     # transformers' in-memory names (and so a state dict saved from a model in memory) nest the stages
     # under ``model.``; its files, and the hub's, do not.
     checkpoint_key_renames = ((r"^model\.stages\.", "stages."),)
-    reference_class_name = "DINOv3ConvNextBackbone"
     input_model_name = "DINOv3 ConvNeXt"
 
     def __init__(self, config: DINOv3ConvNextConfig) -> None:

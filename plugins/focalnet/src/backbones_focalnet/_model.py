@@ -258,7 +258,6 @@ class FocalNetBackbone(StemAndStages, Backbone):
     config: FocalNetConfig
     base_model_prefix = "focalnet"  # FocalNetModel checkpoints lack it; backbone and task ones have it
     has_attentions = False
-    reference_class_name = "FocalNetBackbone"
     input_model_name = "FocalNet"
 
     def __init__(self, config: FocalNetConfig) -> None:

@@ -159,7 +159,6 @@ class HGNetV2Backbone(StemAndStages, Backbone):
     # HGNetV2ForImageClassification keeps embedder/encoder at the top level; its head ("fc") goes unused.
     base_model_prefix = ""
     has_attentions = False
-    reference_class_name = "HGNetV2Backbone"
     input_model_name = "HGNetV2"
     config: HGNetV2Config
 

@@ -37,13 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import Backbone, InputError
-from backbones.layers import (
-    CheckpointableLayer,
-    StemAndStages,
-    drop_path,
-    drop_path_rates,
-    reselect_output_modules,
-)
+from backbones.layers import CheckpointableLayer, StemAndStages, drop_path, drop_path_rates, reselect_output_modules
 from backbones_dinov2.blocks import Mlp, resample_position_table
 
 from ._config import HieraConfig
@@ -264,7 +258,6 @@ class HieraBackbone(StemAndStages, Backbone):
     config_class: ClassVar[type[HieraConfig]] = HieraConfig
     base_model_prefix = "hiera"  # trunk prefix in HieraForImageClassification / HieraForPreTraining checkpoints
     has_attentions = True
-    reference_class_name = "HieraBackbone"
     input_model_name = "Hiera"
     lora_target_modules: ClassVar[tuple[str, ...]] = ("qkv", "proj", "fc1", "fc2")
 

@@ -148,7 +148,6 @@ class LwDetrViTBackbone(PlainViTBackbone):
     # transformers' base-model prefix; backbone checkpoints are unprefixed, the detector's sit under
     # ``model.backbone.backbone.`` (load them with checkpoint_prefix and config_key="backbone_config").
     base_model_prefix = "lw_detr_vit"
-    reference_class_name = "LwDetrViTBackbone"
     # LW-DETR detector checkpoints (model_type "lw_detr", the hub's and those transformers saves) keep the
     # attention projections under their original names; transformers renames them when loading, so do we.
     checkpoint_key_renames = (

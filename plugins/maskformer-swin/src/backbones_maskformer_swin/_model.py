@@ -48,7 +48,6 @@ class MaskFormerSwinBackbone(SwinBackbone):
     lora_target_modules = ("query", "key", "value", "output.dense", "intermediate.dense")
     base_model_prefix = "model"  # trunk prefix in MaskFormerSwinBackbone checkpoints; absent in MaskFormerSwinModel's
     ignored_checkpoint_keys = ()  # relative_position_index is a weight of this model
-    reference_class_name = "MaskFormerSwinBackbone"
     per_block_hidden_states = True
     trunk_name = "model"
     first_selectable_stage = 1  # transformers' MaskFormerSwinBackbone refuses "stem"

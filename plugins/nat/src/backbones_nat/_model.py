@@ -100,7 +100,6 @@ class NatBackbone(Backbone):
     lora_target_modules = ("query", "key", "value", "output.dense", "intermediate.dense")
     base_model_prefix = "nat"  # trunk prefix in NatForImageClassification checkpoints
     has_attentions = True
-    reference_class_name = "NatBackbone"
 
     config: NatConfig
 

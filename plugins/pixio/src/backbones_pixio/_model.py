@@ -139,7 +139,6 @@ class PixioBackbone(PlainViTBackbone):
     # The trunk's own final norm in PixioBackbone checkpoints: transformers' backbone never runs it (its maps
     # use the backbone's ``layernorm``); without this it could take the place of ``layernorm``.
     ignored_checkpoint_keys = (r"^encoder\.layernorm\.",)
-    reference_class_name = "PixioBackbone"
     lora_target_modules = ("query", "key", "value", "output.dense", "intermediate.dense")
 
     def __init__(self, config: PixioConfig) -> None:

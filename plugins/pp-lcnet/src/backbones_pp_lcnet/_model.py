@@ -150,7 +150,6 @@ class PPLCNetBackbone(_LCNetBackbone):
     """
 
     config_class = PPLCNetConfig
-    reference_class_name = "PPLCNetBackbone"
     lora_target_modules = ("pointwise_convolution.convolution",)
     config: PPLCNetConfig
 
@@ -173,7 +172,6 @@ class PPLCNetV3Backbone(_LCNetBackbone):
     """
 
     config_class = PPLCNetV3Config
-    reference_class_name = "PPLCNetV3Backbone"
     # The first k x k (here 1x1) branch of every pointwise layer: the dense convolutions.
     lora_target_modules = ("pointwise_convolution.conv_symmetric.0.convolution",)
     input_model_name = "PP-LCNetV3"
@@ -253,7 +251,6 @@ class PPLCNetV4Backbone(_LCNetBackbone):
     """
 
     config_class = PPLCNetV4Config
-    reference_class_name = "PPLCNetV4Backbone"
     lora_target_modules = ("channel_conv1.convolution", "channel_conv2.convolution")
     input_model_name = "PP-LCNetV4"
     config: PPLCNetV4Config

@@ -287,7 +287,6 @@ class PvtV2Backbone(Backbone):
     lora_target_modules = ("query", "key", "value", "attention.proj", "dense1", "dense2")
     base_model_prefix = "pvt_v2"  # trunk prefix in PvtV2ForImageClassification checkpoints
     has_attentions = True
-    reference_class_name = "PvtV2Backbone"
 
     config: PvtV2Config
 

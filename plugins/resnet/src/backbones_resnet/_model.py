@@ -29,7 +29,6 @@ class ResNetBackbone(ResNetLayoutBackbone):
     """
 
     config_class = ResNetConfig
-    reference_class_name = "ResNetBackbone"
     input_model_name = "ResNet"
 
     def __init__(self, config: ResNetConfig) -> None:

@@ -237,7 +237,7 @@ class ResNetLayoutBackbone(StemAndStages, Backbone):
     stage per ``config.depths`` entry with ``config.hidden_sizes`` channels, dilated after
     ``config.stage_plans``; convolutions and BatchNorms initialised as transformers' ResNet does.
 
-    A subclass sets ``config_class``, ``reference_class_name`` and ``input_model_name``, implements
+    A subclass sets ``config_class`` and ``input_model_name``, implements
     :meth:`_stage_blocks`, and calls :meth:`_build_trunk` with its stem from ``__init__``.
 
     Args:

@@ -175,7 +175,6 @@ class RfDetrDinov2Backbone(PlainViTBackbone):
         (r"attention\.attention\.value\.", "attention.v_proj."),
         (r"attention\.output\.dense\.", "attention.o_proj."),
     )
-    reference_class_name = "RfDetrDinov2Backbone"
 
     def __init__(self, config: RfDetrDinov2Config) -> None:
         super().__init__(config)

@@ -101,7 +101,6 @@ class RTDetrResNetBackbone(ResNetLayoutBackbone):
     """
 
     config_class = RTDetrResNetConfig
-    reference_class_name = "RTDetrResNetBackbone"
     input_model_name = "ResNet-vd"
     config: RTDetrResNetConfig
 

@@ -193,7 +193,6 @@ class Sapiens2Backbone(RotaryViTBackbone):
     config_class = Sapiens2Config
     lora_target_modules = ("wq", "wk", "wv", "proj", "w12", "w3")
     config: Sapiens2Config
-    reference_class_name = "Sapiens2Backbone"
     # Sapiens2For{PoseEstimation,SemanticSegmentation,...} files hold the trunk under ``backbone.``.
     base_model_prefix = "backbone"
 

@@ -27,12 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones import Backbone
-from backbones.layers import (
-    drop_path_rates,
-    init_linear_and_norm_,
-    reselect_output_modules,
-    transformer_layer_options,
-)
+from backbones.layers import drop_path_rates, init_linear_and_norm_, reselect_output_modules, transformer_layer_options
 
 from ._config import SwinConfig, SwinFamilyConfig
 from .blocks import PatchMerging, SwinBlock, SwinEmbeddings, SwinEncoder, SwinStage, SwinTrunk, WindowSelfAttention
@@ -57,7 +52,6 @@ class SwinBackbone(Backbone):
     has_attentions = True
     # Saved by transformers before 5.x; recomputed from window_size here.
     ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = (r"relative_position_index$",)
-    reference_class_name = "SwinBackbone"
 
     config: SwinFamilyConfig
     hidden_states_norms: nn.Module  # a ModuleDict by stage name here; subclasses may lay them out otherwise

@@ -190,7 +190,6 @@ class Swinv2Backbone(SwinBackbone):
     base_model_prefix = "swinv2"  # trunk prefix in Swinv2ForImageClassification checkpoints
     # Derived from the window sizes; some converted checkpoints hold them.
     ignored_checkpoint_keys = (r"relative_position_index$", r"relative_coords_table$")
-    reference_class_name = "Swinv2Backbone"
     trunk_name = ""  # transformers' Swinv2Backbone holds the stem and the stages itself
 
     config: Swinv2Config

@@ -206,7 +206,6 @@ class TextNetBackbone(StemAndStages, Backbone):
     config_class = TextNetConfig
     base_model_prefix = "textnet"
     has_attentions = False
-    reference_class_name = "TextNetBackbone"
     lora_target_modules = ("main_conv", "vertical_conv", "horizontal_conv")
     config: TextNetConfig
 

@@ -72,7 +72,6 @@ class TimmBackbone(Backbone):
     config_class = TimmBackboneConfig
     lora_target_modules = ("qkv", "proj", "fc1", "fc2", "conv2", "conv3", "conv_pw", "conv_pwl")
     has_attentions = False
-    reference_class_name = "TimmBackbone"
     backbone_type = BackboneType.TIMM
     config: TimmBackboneConfig
     _backbone: Any

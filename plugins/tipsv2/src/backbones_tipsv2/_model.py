@@ -171,7 +171,6 @@ class Tipsv2VisionBackbone(PlainViTBackbone):
     config: Tipsv2VisionConfig
     # The vision tower's prefix in Tipsv2Model checkpoints (beside ``text_encoder.``).
     base_model_prefix = "vision_encoder"
-    reference_class_name = "Tipsv2VisionBackbone"
     lora_target_modules = ("qkv", "attn.proj", "c_fc", "c_proj", "w12", "w3")
 
     def __init__(self, config: Tipsv2VisionConfig) -> None:

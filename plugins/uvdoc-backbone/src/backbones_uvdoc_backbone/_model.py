@@ -122,7 +122,6 @@ class UVDocBackbone(StemAndStages, Backbone):
     config_class = UVDocBackboneConfig
     base_model_prefix = "backbone"
     has_attentions = False
-    reference_class_name = "UVDocBackbone"
     # None: peft's LoRA for convolutions builds its low-rank convolution without the base layer's dilation, so
     # it cannot adapt the dilated residual and bridge convolutions that make most of UVDoc.
     lora_target_modules = ()

@@ -45,7 +45,6 @@ class VitDetBackbone(Backbone):
     config: VitDetConfig
     # transformers' prefix for the trunk; VitDetModel and VitDetBackbone checkpoints are both unprefixed.
     base_model_prefix = "vitdet"
-    reference_class_name = "VitDetBackbone"
 
     def __init__(self, config: VitDetConfig) -> None:
         super().__init__(config)

@@ -173,7 +173,6 @@ class VitPoseBackbone(PlainViTBackbone):
 
     config_class: ClassVar[type[VitPoseBackboneConfig]] = VitPoseBackboneConfig
     config: VitPoseBackboneConfig
-    reference_class_name = "VitPoseBackbone"
     # Not the experts: their weights are gathered per image, never called as modules, so a LoRA wrapper on
     # them would never run.
     lora_target_modules = ("query", "key", "value", "output.dense", "fc1", "fc2")
